@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv on first use and install the project into it. constraints/cpu.txt pins the
+# CPU build of torch; on a GPU machine install with `pip install -e '.[gpu]'` instead.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ./embedscale-data
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints/cpu.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/embedscale run samples/corpus --table sample --mode overwrite --data-dir $(DATA_DIR)
+	$(BIN)/embedscale search sample "how do I split text into token-sized chunks?" -k 3 --data-dir $(DATA_DIR)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR)

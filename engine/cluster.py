@@ -1,0 +1,116 @@
+"""Start or connect to a Dask cluster from a spec (cluster_specs/*.yaml)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from distributed import Client
+
+from engine.errors import EmbedscaleError
+
+ClusterKind = Literal["local", "local-cuda", "address"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """Where jobs run: a LocalCluster, a LocalCUDACluster (one worker per GPU), or the cluster
+    behind a scheduler address."""
+
+    kind: ClusterKind = "local"
+    n_workers: int | None = None  # local: None = one per core
+    threads_per_worker: int = 1
+    memory_limit: str | int = "auto"
+    dashboard_address: str = ":8787"
+    address: str | None = None  # kind=address
+    cuda_visible_devices: str | None = None  # kind=local-cuda
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "ClusterSpec":
+        """Read a spec file; unknown keys are an error, so typos do not pass silently."""
+        try:
+            data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise EmbedscaleError(f"cannot read cluster spec {path}: {exc.strerror}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise EmbedscaleError(f"cluster spec {path}: unknown keys {sorted(unknown)}; "
+                                  f"known: {sorted(known)}")
+        spec = cls(**data)
+        if spec.kind not in ("local", "local-cuda", "address"):
+            raise EmbedscaleError(f"cluster spec {path}: unknown kind {spec.kind!r}")
+        if spec.kind == "address" and not spec.address:
+            raise EmbedscaleError(f"cluster spec {path}: kind 'address' needs an address")
+        return spec
+
+
+class Cluster:
+    """A connected client, and the cluster it started if any (closed with it)."""
+
+    def __init__(self, client: Client, cluster: Any | None) -> None:
+        self.client = client
+        self._cluster = cluster
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.client.dashboard_link
+
+    def worker_threads(self) -> int:
+        """Total task slots (threads over all workers)."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return sum(w.get("nthreads", 1) for w in workers) or 1
+
+    def close(self) -> None:
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_cluster(spec: ClusterSpec) -> Cluster:
+    """Start the cluster a spec describes (or connect to it) and return a connected Cluster."""
+    if spec.kind == "address":
+        try:
+            return Cluster(Client(spec.address, timeout="10s"), None)
+        except OSError as exc:
+            raise EmbedscaleError(f"cannot reach the Dask scheduler at {spec.address}: {exc}") \
+                from None
+    if spec.kind == "local-cuda":
+        cluster = _local_cuda_cluster(spec)
+    else:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=spec.n_workers or os.cpu_count() or 1,
+            threads_per_worker=spec.threads_per_worker,
+            processes=True,
+            memory_limit=spec.memory_limit,
+            dashboard_address=spec.dashboard_address,
+            silence_logs=logging.ERROR,
+        )
+    return Cluster(Client(cluster), cluster)
+
+
+def _local_cuda_cluster(spec: ClusterSpec) -> Any:
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise EmbedscaleError(
+            "the local-cuda cluster needs dask-cuda: pip install 'embedscale[gpu]'"
+        ) from None
+    return LocalCUDACluster(
+        CUDA_VISIBLE_DEVICES=spec.cuda_visible_devices,
+        threads_per_worker=spec.threads_per_worker,
+        memory_limit=spec.memory_limit,
+        dashboard_address=spec.dashboard_address,
+        silence_logs=logging.ERROR,
+    )

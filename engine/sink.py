@@ -1,0 +1,143 @@
+"""LanceDB sink, exactly once: workers write fragments, the driver commits them.
+
+Lance's two-phase write makes retries safe. A worker writes its partition's rows as data files
+that no reader sees (`write_fragments`) and returns their metadata; the driver commits the
+fragments of completed partitions in one atomic Append. A task that is retried, or re-run after
+its worker died, writes new files, but only the one result the scheduler hands back is ever
+committed; the files of a lost attempt stay invisible and are removed by cleanup. Every commit
+carries the job id and its partition numbers as transaction properties, so a restarted driver
+can tell which partitions are already in the table.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+
+from engine.errors import TableError
+from engine.models.backend import ModelInfo
+from engine.schema import chunk_schema, table_model
+
+MODES = ("append", "overwrite", "upsert")
+JOB_PROPERTY = "embedscale.job"
+PARTITIONS_PROPERTY = "embedscale.partitions"
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DELETE_BATCH = 1000  # doc ids per delete predicate
+
+
+def validate_table_name(name: str) -> str:
+    """Refuse names that could escape the data directory or that LanceDB cannot hold."""
+    if not isinstance(name, str) or not _TABLE_NAME.match(name) or ".." in name:
+        raise TableError(
+            f"invalid table name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter, digit or '_', without '..' or '/'"
+        )
+    return name
+
+
+def lancedb_dir(data_dir: str | Path) -> Path:
+    """Where a data directory keeps its LanceDB tables."""
+    return Path(data_dir) / "lancedb"
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal for Lance filters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class ChunkTable:
+    """A table of chunk rows, seen from the driver: create or check it, then commit to it."""
+
+    def __init__(self, data_dir: str | Path, name: str) -> None:
+        self.name = validate_table_name(name)
+        self.root = lancedb_dir(data_dir)
+        self.uri = str(self.root / f"{self.name}.lance")
+
+    def exists(self) -> bool:
+        return (Path(self.uri) / "_versions").is_dir()
+
+    def prepare(self, model: ModelInfo, mode: str) -> None:
+        """Make the table ready for a job: create it, empty it (overwrite), or check that its
+        model and dimension match the job's (append, upsert)."""
+        if mode not in MODES:
+            raise TableError(f"unknown write mode {mode!r}: use one of {', '.join(MODES)}")
+        schema = chunk_schema(model.name, model.dimension)
+        if not self.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            lance.write_dataset(schema.empty_table(), self.uri, schema=schema, mode="create")
+            return
+        if mode == "overwrite":
+            lance.LanceDataset.commit(self.uri, lance.LanceOperation.Overwrite(schema, []),
+                                      read_version=lance.dataset(self.uri).version)
+            return
+        existing_model, existing_dim = table_model(lance.dataset(self.uri).schema)
+        if existing_model != model.name or existing_dim != model.dimension:
+            raise TableError(
+                f"table '{self.name}' holds vectors of model '{existing_model}' "
+                f"({existing_dim} dimensions); this job's model '{model.name}' makes "
+                f"{model.dimension}: use that model, another table, or --mode overwrite"
+            )
+
+    def commit(self, job_id: str, partitions: Sequence[int], fragments: list,
+               replaced_doc_ids: Iterable[str] = ()) -> int:
+        """Make the given partitions' fragments visible in one atomic append; returns the new
+        version. For upserts the old rows of `replaced_doc_ids` are deleted first, so a crash in
+        between leaves those documents absent (and re-embedded on resume), never doubled."""
+        self._delete_docs(list(replaced_doc_ids))
+        ds = lance.dataset(self.uri)
+        if not fragments:
+            return ds.version
+        tx = lance.Transaction(
+            read_version=ds.version,
+            operation=lance.LanceOperation.Append(fragments),
+            transaction_properties={
+                JOB_PROPERTY: job_id,
+                PARTITIONS_PROPERTY: ",".join(str(p) for p in partitions),
+            },
+        )
+        return lance.LanceDataset.commit(self.uri, tx).version
+
+    def _delete_docs(self, doc_ids: list[str]) -> None:
+        if not doc_ids:
+            return
+        ds = lance.dataset(self.uri)
+        for i in range(0, len(doc_ids), _DELETE_BATCH):
+            chunk = doc_ids[i : i + _DELETE_BATCH]
+            ds.delete(f"doc_id IN ({', '.join(sql_string(d) for d in chunk)})")
+
+    def committed_partitions(self, job_id: str, recent: int = 10_000) -> set[int]:
+        """Partitions of `job_id` already committed, read from the table's own transactions."""
+        done: set[int] = set()
+        for tx in lance.dataset(self.uri).get_transactions(recent):
+            props = (tx.transaction_properties or {}) if tx else {}
+            if props.get(JOB_PROPERTY) == job_id and props.get(PARTITIONS_PROPERTY):
+                done.update(int(p) for p in props[PARTITIONS_PROPERTY].split(","))
+        return done
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+def write_fragments(uri: str, rows: pa.Table) -> list:
+    """Write rows as invisible fragments of the table at `uri`; returns their metadata."""
+    from lance.fragment import write_fragments as lance_write_fragments
+
+    return lance_write_fragments(rows, uri, schema=rows.schema)
+
+
+def existing_hashes(uri: str, doc_ids: Sequence[str]) -> dict[str, set[str]]:
+    """doc_id -> the content hashes its rows in the table have (upsert's change detection)."""
+    found: dict[str, set[str]] = {}
+    if not doc_ids:
+        return found
+    ds = lance.dataset(uri)
+    for i in range(0, len(doc_ids), _DELETE_BATCH):
+        chunk = doc_ids[i : i + _DELETE_BATCH]
+        table = ds.to_table(columns=["doc_id", "content_hash"],
+                            filter=f"doc_id IN ({', '.join(sql_string(d) for d in chunk)})")
+        for doc_id, h in zip(table.column("doc_id").to_pylist(),
+                             table.column("content_hash").to_pylist()):
+            found.setdefault(doc_id, set()).add(h)
+    return found

@@ -1,0 +1,129 @@
+"""The task each partition becomes on a worker: read -> chunk -> embed -> write fragments.
+
+The stages run fused in one task so a partition's text, token ids and vectors never leave the
+worker's memory, and a retry redoes the whole partition from its references. Only the small
+PartitionResult (fragment metadata and counts) goes back to the driver.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from engine import sink
+from engine.batching import embed_inputs
+from engine.chunking import ChunkSettings, Chunks, chunk_texts
+from engine.documents import Document, Skipped, chunk_id
+from engine.models.cache import get_model
+from engine.models.registry import ModelSpec
+from engine.partitions import Partition
+from engine.readers import RecordFields, read_item
+from engine.schema import chunk_schema
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """Everything a worker needs for any partition of a job; small, picklable, shared."""
+
+    job_id: str
+    model: ModelSpec
+    chunking: ChunkSettings
+    table_uri: str
+    mode: str = "append"
+    fields: RecordFields = RecordFields()
+    token_budget: int | None = None
+
+
+@dataclass(slots=True)
+class PartitionResult:
+    """What a partition produced: fragments to commit and counts for progress and the summary."""
+
+    partition: int
+    fragments: list = field(default_factory=list)
+    documents: int = 0  # documents read and embedded
+    unchanged: int = 0  # upsert: documents whose content hash is already in the table
+    chunks: int = 0
+    tokens: int = 0
+    replaced_doc_ids: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult:
+    """Run one partition end to end on this worker; bad documents are skipped, not fatal."""
+    started = time.perf_counter()
+    model = get_model(config.model)
+    docs, skipped = _read(partition, config)
+    result = PartitionResult(partition.index, skipped=skipped)
+    if config.mode == "upsert":
+        docs, result.unchanged, result.replaced_doc_ids = _changed_only(docs, config.table_uri)
+    chunks = chunk_texts([d.text for d in docs], model.tokenizer, config.chunking)
+    no_tokens = set(range(len(docs))) - set(chunks.doc_index.tolist())
+    skipped.extend(Skipped(docs[i].doc_id, "no tokens in text") for i in sorted(no_tokens))
+    inputs = [model.wrap(ids) for ids in chunks.content_ids]
+    vectors = embed_inputs(model, inputs, config.token_budget)
+    if len(chunks):
+        rows = _rows(docs, chunks, inputs, vectors, config)
+        result.fragments = sink.write_fragments(config.table_uri, rows)
+    result.documents = len(docs) - len(no_tokens)
+    result.chunks = len(chunks)
+    result.tokens = int(sum(len(x) for x in inputs))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _read(partition: Partition, config: TaskConfig) -> tuple[list[Document], list[Skipped]]:
+    docs: list[Document] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, str] = {}
+    for item in partition.items:
+        item_docs, item_skipped = read_item(item, config.fields)
+        skipped.extend(item_skipped)
+        for d in item_docs:
+            if d.doc_id in seen:  # equal ids would give equal chunk ids: keep the first
+                skipped.append(Skipped(d.doc_id, f"duplicate id (first in {seen[d.doc_id]})"))
+                continue
+            seen[d.doc_id] = d.source
+            docs.append(d)
+    return docs, skipped
+
+
+def _changed_only(docs: list[Document], uri: str) -> tuple[list[Document], int, list[str]]:
+    """Documents to (re-)embed, how many are unchanged, and which have rows to replace."""
+    existing = sink.existing_hashes(uri, [d.doc_id for d in docs])
+    changed = [d for d in docs if existing.get(d.doc_id) != {d.content_hash}]
+    replaced = [d.doc_id for d in changed if d.doc_id in existing]
+    return changed, len(docs) - len(changed), replaced
+
+
+def _rows(docs: list[Document], chunks: Chunks, inputs: list[np.ndarray],
+          vectors: np.ndarray, config: TaskConfig) -> pa.Table:
+    model = config.model.name
+    d_idx = chunks.doc_index
+    doc_ids = [docs[i].doc_id for i in d_idx]
+    meta_json = [json.dumps(d.metadata, ensure_ascii=False, default=str) for d in docs]
+    texts = [docs[d].text[s:e] for d, s, e in zip(d_idx, chunks.char_start, chunks.char_end)]
+    n, dim = vectors.shape
+    now = datetime.now(timezone.utc)
+    schema = chunk_schema(model, dim)
+    columns = {
+        "id": [chunk_id(doc, int(c), model) for doc, c in zip(doc_ids, chunks.chunk_index)],
+        "doc_id": doc_ids,
+        "chunk_index": chunks.chunk_index,
+        "text": texts,
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+        "token_count": np.fromiter((len(x) for x in inputs), np.int32, n),
+        "char_start": chunks.char_start,
+        "char_end": chunks.char_end,
+        "content_hash": [docs[i].content_hash for i in d_idx],
+        "source": [docs[i].source for i in d_idx],
+        "metadata": [meta_json[i] for i in d_idx],
+        "job_id": pa.repeat(config.job_id, n) if n else [],
+        "model": pa.repeat(model, n) if n else [],
+        "created_at": pa.repeat(pa.scalar(now, pa.timestamp("us", tz="UTC")), n),
+    }
+    return pa.table({name: columns[name] for name in schema.names}, schema=schema)
