@@ -57,7 +57,12 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
     query_builder = lance_table.search(vector).distance_type("cosine").limit(k).select(_COLUMNS)
     if where:
         query_builder = query_builder.where(where, prefilter=True)
-    rows = query_builder.to_list()
+    try:
+        rows = query_builder.to_list()
+    except Exception as exc:  # lancedb reports a bad filter as a generic error
+        if not where:
+            raise
+        raise TableError(f"invalid filter {where!r}: {str(exc).splitlines()[0]}") from None
     return [
         Hit(r["doc_id"], r["chunk_index"], 1.0 - float(r["_distance"]), r["text"], r["source"],
             json.loads(r["metadata"] or "{}"), r["char_start"], r["char_end"], r["id"])

