@@ -46,6 +46,9 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--scheduler", help="address of an existing Dask scheduler")
     where.add_argument("--cluster", help="cluster spec YAML (see cluster_specs/)")
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the local workers' warnings and errors (hidden by default: the "
+                        "summary reports what failed)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -19,15 +20,14 @@ def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
     if args.scheduler:
         return ClusterSpec(kind="address", address=args.scheduler)
     spec = ClusterSpec.from_yaml(args.cluster) if args.cluster else ClusterSpec()
-    if args.workers is not None:
-        if args.workers < 1:
-            raise EmbedscaleError(f"--workers {args.workers}: need at least 1")
-        spec = ClusterSpec(**{**_as_dict(spec), "n_workers": args.workers})
-    return spec
-
-
-def _as_dict(spec: ClusterSpec) -> dict:
-    return {f: getattr(spec, f) for f in spec.__dataclass_fields__}
+    if args.workers is not None and args.workers < 1:
+        raise EmbedscaleError(f"--workers {args.workers}: need at least 1")
+    return dataclasses.replace(
+        spec,
+        n_workers=args.workers if args.workers is not None else spec.n_workers,
+        # Worker log lines would tear through the progress bar; the summary reports failures.
+        log_level="warning" if args.verbose else (spec.log_level if args.cluster else "critical"),
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:

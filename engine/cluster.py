@@ -27,6 +27,7 @@ class ClusterSpec:
     dashboard_address: str = ":8787"
     address: str | None = None  # kind=address
     cuda_visible_devices: str | None = None  # kind=local-cuda
+    log_level: str = "error"  # local workers' log level (their output shares our terminal)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "ClusterSpec":
@@ -95,9 +96,17 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
             processes=True,
             memory_limit=spec.memory_limit,
             dashboard_address=spec.dashboard_address,
-            silence_logs=logging.ERROR,
+            silence_logs=_log_level(spec),
         )
     return Cluster(Client(cluster), cluster)
+
+
+def _log_level(spec: ClusterSpec) -> int:
+    level = logging.getLevelName(spec.log_level.upper())
+    if not isinstance(level, int):
+        raise EmbedscaleError(f"unknown log_level {spec.log_level!r}: use debug, info, warning, "
+                              "error or critical")
+    return level
 
 
 def _local_cuda_cluster(spec: ClusterSpec) -> Any:
@@ -112,5 +121,5 @@ def _local_cuda_cluster(spec: ClusterSpec) -> Any:
         threads_per_worker=spec.threads_per_worker,
         memory_limit=spec.memory_limit,
         dashboard_address=spec.dashboard_address,
-        silence_logs=logging.ERROR,
+        silence_logs=_log_level(spec),
     )

@@ -1,0 +1,89 @@
+"""The real `embedscale` command, end to end, in subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EMBEDSCALE = [sys.executable, "-m", "api.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def embedscale(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*EMBEDSCALE, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+def test_run_then_search(small_corpus, data_dir):
+    (small_corpus / "bad.jsonl").write_text("{broken\n")
+    done = embedscale("run", str(small_corpus), "--table", "docs", "--data-dir", str(data_dir),
+                      "--workers", "2", "--chunk-tokens", "128", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["documents"] == 12 and summary["chunks"] > 12
+    assert summary["skipped"] == [{"source": "bad.jsonl#0",
+                                   "reason": "malformed JSON line: Expecting property name "
+                                             "enclosed in double quotes"}]
+    assert summary["table_uri"].startswith(str(data_dir))
+    assert summary["chunks_per_s"] > 0 and summary["dashboard_link"].startswith("http")
+
+    found = embedscale("search", "docs", "heap queue algorithm, priority queue", "-k", "3",
+                       "--data-dir", str(data_dir), "--json")
+    assert found.returncode == 0, found.stderr
+    hits = json.loads(found.stdout)
+    assert len(hits) == 3 and hits[0]["doc_id"] == "heapq.txt"
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+    # Text output: the progress bar goes to stderr, the summary to stdout.
+    again = embedscale("run", str(small_corpus), "--table", "docs", "--data-dir", str(data_dir),
+                       "--workers", "1", "--chunk-tokens", "128", "--mode", "upsert")
+    assert again.returncode == 0, again.stderr
+    assert "documents read: 0 (unchanged, not re-embedded: 12)" in again.stdout
+    assert "1 x malformed JSON line" in again.stdout and "chunks/s:" in again.stdout
+    assert "Dask dashboard: http" in again.stderr and "partitions" in again.stderr
+
+    text = embedscale("search", "docs", "heap", "-k", "1", "--data-dir", str(data_dir))
+    assert text.returncode == 0 and text.stdout.startswith("1. heapq.txt")
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> None:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout
+    errors = [line for line in done.stderr.splitlines() if line.startswith("embedscale: error")]
+    assert len(errors) == 1 and expected in errors[0], done.stderr
+
+
+def test_missing_source(tmp_path):
+    done = embedscale("run", str(tmp_path / "nope"), "--table", "t",
+                      "--data-dir", str(tmp_path))
+    assert_one_line_error(done, "source not found")
+
+
+def test_empty_source(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = embedscale("run", str(tmp_path / "empty"), "--table", "t",
+                      "--data-dir", str(tmp_path))
+    assert_one_line_error(done, "source is empty")
+
+
+def test_bad_table_name(small_corpus, tmp_path):
+    done = embedscale("run", str(small_corpus), "--table", "../x", "--data-dir", str(tmp_path))
+    assert_one_line_error(done, "invalid table name '../x'")
+
+
+def test_unknown_model(small_corpus, tmp_path):
+    done = embedscale("run", str(small_corpus), "--table", "t", "--data-dir", str(tmp_path),
+                      "--workers", "1", "--model", "no-such-model-anywhere")
+    assert_one_line_error(done, "cannot load model 'no-such-model-anywhere'")
+
+
+def test_search_of_a_missing_table(tmp_path):
+    done = embedscale("search", "nothing", "query", "--data-dir", str(tmp_path))
+    assert_one_line_error(done, "no table 'nothing'")
