@@ -7,12 +7,24 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import dask
 import yaml
 from distributed import Client
 
 from engine.errors import EmbedscaleError
 
 ClusterKind = Literal["local", "local-cuda", "address"]
+
+# Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536 to return memory to the OS sooner.
+# Setting it switches off glibc's dynamic mmap threshold, so every batch's activation buffers
+# are mmap'ed and unmapped afresh: the same embedding ran 13% slower in such a worker (6.3 s vs
+# 5.5 s for 96 inputs of 256 tokens on one thread). Workers we start go without it. Their
+# statistical profiler samples every 100 ms instead of 10 ms: the dashboard's profile stays
+# useful and the sampling no longer costs the model 2-3% of its time.
+WORKER_DASK_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.interval": "100ms",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +97,22 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
         except OSError as exc:
             raise EmbedscaleError(f"cannot reach the Dask scheduler at {spec.address}: {exc}") \
                 from None
-    if spec.kind == "local-cuda":
-        cluster = _local_cuda_cluster(spec)
-    else:
-        from distributed import LocalCluster
-
-        cluster = LocalCluster(
-            n_workers=spec.n_workers or os.cpu_count() or 1,
-            threads_per_worker=spec.threads_per_worker,
-            processes=True,
-            memory_limit=spec.memory_limit,
-            dashboard_address=spec.dashboard_address,
-            silence_logs=_log_level(spec),
-        )
+    with dask.config.set(WORKER_DASK_CONFIG):
+        cluster = _local_cuda_cluster(spec) if spec.kind == "local-cuda" else _local_cluster(spec)
     return Cluster(Client(cluster), cluster)
+
+
+def _local_cluster(spec: ClusterSpec) -> Any:
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=spec.n_workers or os.cpu_count() or 1,
+        threads_per_worker=spec.threads_per_worker,
+        processes=True,
+        memory_limit=spec.memory_limit,
+        dashboard_address=spec.dashboard_address,
+        silence_logs=_log_level(spec),
+    )
 
 
 def _log_level(spec: ClusterSpec) -> int:

@@ -153,7 +153,8 @@ def run_embedding(
                         RecordFields(request.text_field, request.id_field), request.token_budget)
     totals = _Totals(len(plan.partitions), started, list(plan.skipped))
     failed: dict[int, str] = {}
-    pending = iter(plan.partitions)
+    # Largest first (LPT): a big partition started last would run alone while workers idle.
+    pending = iter(sorted(plan.partitions, key=lambda p: -p.size_bytes))
 
     def submit_next() -> Any | None:
         part = next(pending, None)

@@ -20,9 +20,9 @@ from engine.errors import SourceError
 from engine.partitions import FileSlice, InlineText, Partition
 from engine.readers import EXTENSIONS
 
-MIN_PARTITION_BYTES = 64 * 1024
+MIN_PARTITION_BYTES = 16 * 1024  # ~16 chunks of 256 tokens: a commit per ~second of work
 MAX_PARTITION_BYTES = 16 * 1024 * 1024
-PARTITIONS_PER_WORKER = 4  # enough to keep every worker busy and balance uneven partitions
+PARTITIONS_PER_WORKER = 8  # small enough that uneven partitions still even out
 INLINE_DOCS_PER_PARTITION = 256
 
 

