@@ -180,9 +180,7 @@ def run_embedding(
                 if nxt is not None:
                     completions.add(nxt)
             if done:
-                table.commit(request.job_id, [r.partition for r in done],
-                             [f for r in done for f in r.fragments],
-                             [d for r in done for d in r.replaced_doc_ids])
+                table.commit(request.job_id, done)
                 totals.add(done)
             totals.partitions_done += len(batch)
             if on_progress:

@@ -10,9 +10,11 @@ can tell which partitions are already in the table.
 """
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lance
 import pyarrow as pa
@@ -20,6 +22,9 @@ import pyarrow as pa
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
 from engine.schema import chunk_schema, table_model
+
+if TYPE_CHECKING:
+    from engine.tasks import PartitionResult
 
 MODES = ("append", "overwrite", "upsert")
 JOB_PROPERTY = "embedscale.job"
@@ -81,24 +86,29 @@ class ChunkTable:
                 f"{model.dimension}: use that model, another table, or --mode overwrite"
             )
 
-    def commit(self, job_id: str, partitions: Sequence[int], fragments: list,
-               replaced_doc_ids: Iterable[str] = ()) -> int:
+    def commit(self, job_id: str, results: Sequence["PartitionResult"]) -> int:
         """Make the given partitions' fragments visible in one atomic append; returns the new
-        version. For upserts the old rows of `replaced_doc_ids` are deleted first, so a crash in
-        between leaves those documents absent (and re-embedded on resume), never doubled."""
-        self._delete_docs(list(replaced_doc_ids))
+        version. The commit records each partition's counts, so a restarted driver can tell
+        what is in the table. For upserts the old rows of replaced documents are deleted
+        first: a crash in between leaves those documents absent (and re-embedded on resume),
+        never doubled."""
+        self._delete_docs([d for r in results for d in r.replaced_doc_ids])
         ds = lance.dataset(self.uri)
+        fragments = [f for r in results for f in r.fragments]
         if not fragments:
             return ds.version
+        counts = {str(r.partition): partition_counts(r) for r in results}
         tx = lance.Transaction(
             read_version=ds.version,
             operation=lance.LanceOperation.Append(fragments),
-            transaction_properties={
-                JOB_PROPERTY: job_id,
-                PARTITIONS_PROPERTY: ",".join(str(p) for p in partitions),
-            },
+            transaction_properties={JOB_PROPERTY: job_id, PARTITIONS_PROPERTY: json.dumps(counts)},
         )
         return lance.LanceDataset.commit(self.uri, tx).version
+
+    def delete_job_rows(self, job_id: str) -> None:
+        """Remove every row a job wrote (cancellation)."""
+        if self.exists():
+            lance.dataset(self.uri).delete(f"job_id = {sql_string(job_id)}")
 
     def _delete_docs(self, doc_ids: list[str]) -> None:
         if not doc_ids:
@@ -108,14 +118,24 @@ class ChunkTable:
             chunk = doc_ids[i : i + _DELETE_BATCH]
             ds.delete(f"doc_id IN ({', '.join(sql_string(d) for d in chunk)})")
 
-    def committed_partitions(self, job_id: str, recent: int = 10_000) -> set[int]:
-        """Partitions of `job_id` already committed, read from the table's own transactions."""
-        done: set[int] = set()
+    def committed_partitions(self, job_id: str, recent: int = 10_000) -> dict[int, dict[str, int]]:
+        """Partitions of `job_id` already committed, with their counts, read from the table's
+        own recent transactions."""
+        done: dict[int, dict[str, int]] = {}
+        if not self.exists():
+            return done
         for tx in lance.dataset(self.uri).get_transactions(recent):
             props = (tx.transaction_properties or {}) if tx else {}
             if props.get(JOB_PROPERTY) == job_id and props.get(PARTITIONS_PROPERTY):
-                done.update(int(p) for p in props[PARTITIONS_PROPERTY].split(","))
+                for partition, counts in json.loads(props[PARTITIONS_PROPERTY]).items():
+                    done[int(partition)] = counts
         return done
+
+
+def partition_counts(result: "PartitionResult") -> dict[str, int]:
+    """The figures of a partition that progress and the usage ledger are made of."""
+    return {"documents": result.documents, "unchanged": result.unchanged,
+            "chunks": result.chunks, "tokens": result.tokens, "skipped": len(result.skipped)}
 
 
 # --- worker side -------------------------------------------------------------------------------

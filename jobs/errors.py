@@ -1,0 +1,48 @@
+"""Domain errors of the control plane; the API maps them to status codes, the CLI to one line."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from engine.errors import EmbedscaleError
+
+
+class ValidationError(EmbedscaleError, ValueError):
+    """A field of a request is wrong; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class NotFoundError(EmbedscaleError, LookupError):
+    """No such job, tenant or table for this tenant (another tenant's things are not found)."""
+
+
+class ConflictError(EmbedscaleError, RuntimeError):
+    """The request does not fit the thing's state (cancel a finished job, create a duplicate)."""
+
+
+class QuotaExceededError(EmbedscaleError, RuntimeError):
+    """A job needs more chunks than the tenant has left today."""
+
+    def __init__(self, tenant: str, needed: int, remaining: int, limit: int,
+                 resets_at: datetime) -> None:
+        self.tenant, self.needed, self.remaining, self.limit = tenant, needed, remaining, limit
+        self.resets_at = resets_at
+        super().__init__(
+            f"tenant '{tenant}' has {remaining} of {limit} chunks left today; this job needs "
+            f"about {needed}; the quota resets at {resets_at.isoformat()}"
+        )
+
+    def figures(self) -> dict[str, Any]:
+        return {"needed": self.needed, "remaining": self.remaining, "limit": self.limit,
+                "resets_at": self.resets_at.isoformat()}
+
+
+class StoreLockedError(EmbedscaleError, RuntimeError):
+    """Another process owns the data directory's DuckDB file."""
+
+
+class StoreVersionError(EmbedscaleError, RuntimeError):
+    """The DuckDB file was written by a newer embedscale."""

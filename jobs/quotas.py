@@ -1,0 +1,58 @@
+"""Quota guards: on admission (estimated chunks vs what is left today) and on each partition
+(actual chunks vs what is left, before it is committed and charged)."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, time, timedelta, timezone
+
+from engine.partitions import FileSlice, Partition
+from jobs.errors import QuotaExceededError
+from jobs.tiers import Tier
+
+# Estimating chunks before reading anything: English wordpiece text runs about 4 characters a
+# token; a chunk advances by its text tokens less the overlap.
+CHARS_PER_TOKEN = 4.0
+DEFAULT_CHUNK_TOKENS = 256
+DEFAULT_OVERLAP_TOKENS = 32
+SPECIAL_TOKENS = 2
+
+
+def estimate_chunks(partitions: list[Partition], chunk_tokens: int | None,
+                    overlap_tokens: int | None) -> int:
+    """About how many chunks a job's partitions make: at least one per file or text."""
+    size = chunk_tokens or DEFAULT_CHUNK_TOKENS
+    overlap = DEFAULT_OVERLAP_TOKENS if overlap_tokens is None else overlap_tokens
+    step = max(1, size - SPECIAL_TOKENS - min(overlap, size // 2))
+    per_chunk = CHARS_PER_TOKEN * step
+    total = 0
+    for part in partitions:
+        for item in part.items:
+            length = item.size_bytes if isinstance(item, FileSlice) else len(item.text)
+            total += max(1, math.ceil(length / per_chunk))
+    return total
+
+
+def resets_at(now: datetime | None = None) -> datetime:
+    """When today's (UTC) quota starts afresh."""
+    now = now or datetime.now(timezone.utc)
+    return datetime.combine(now.date() + timedelta(days=1), time(0), tzinfo=timezone.utc)
+
+
+def remaining_today(tier: Tier, used_today: int) -> int | None:
+    """Chunks the tenant may still embed today; None when unlimited."""
+    if tier.daily_chunks is None:
+        return None
+    return max(0, tier.daily_chunks - used_today)
+
+
+def check_admission(tenant: str, tier: Tier, used_today: int, needed: int) -> None:
+    """Refuse a job whose estimate does not fit what is left today, with the figures."""
+    remaining = remaining_today(tier, used_today)
+    if remaining is not None and needed > remaining:
+        raise QuotaExceededError(tenant, needed, remaining, tier.daily_chunks, resets_at())
+
+
+def partition_fits(tier: Tier, used_today: int, chunks: int) -> bool:
+    """Whether a finished partition's chunks may be committed and charged."""
+    remaining = remaining_today(tier, used_today)
+    return remaining is None or chunks <= remaining

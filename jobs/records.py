@@ -1,0 +1,106 @@
+"""Rows of the control plane as typed records, and partitions to and from JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from engine.partitions import FileSlice, InlineText, Partition
+from jobs.states import JobStatus
+
+
+@dataclass
+class JobRecord:
+    """A job as stored: spec, status with history, timestamps, progress, outcome."""
+
+    id: str
+    tenant: str
+    spec: dict[str, Any]
+    status: JobStatus
+    priority: str
+    table_name: str
+    history: list[tuple[str, str]]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    estimated_chunks: int = 0
+    partitions_total: int = 0
+    partitions_done: int = 0
+    documents_done: int = 0
+    documents_unchanged: int = 0
+    chunks_done: int = 0
+    tokens_done: int = 0
+    skipped_count: int = 0
+    error: str | None = None
+    error_reason: str | None = None
+    dashboard_link: str | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """Run time so far (or in all, once finished)."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or datetime.now(self.started_at.tzinfo)
+        return (end - self.started_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view, for the API, the CLI's --json and progress events."""
+        data = asdict(self)
+        data["status"] = str(self.status)
+        for key in ("created_at", "updated_at", "started_at", "finished_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        data["history"] = [list(h) for h in self.history]
+        data["table"] = data.pop("table_name")
+        seconds = self.seconds
+        data["seconds"] = round(seconds, 3) if seconds is not None else None
+        data["chunks_per_s"] = round(self.chunks_done / seconds, 2) if seconds else 0.0
+        data["progress"] = {
+            "partitions": [self.partitions_done, self.partitions_total],
+            "documents": self.documents_done, "chunks": self.chunks_done,
+            "tokens": self.tokens_done, "skipped": self.skipped_count,
+        }
+        spec = dict(self.spec)
+        if spec.get("texts") is not None:  # inline texts can be large: show how many
+            spec["texts"] = len(spec["texts"])
+            spec.pop("metadata", None)
+            spec.pop("ids", None)
+        data["spec"] = spec
+        return data
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """A tenant, its tier and its own overrides of the tier's limits."""
+
+    name: str
+    tier: str
+    daily_chunks: int | None
+    max_concurrent_jobs: int | None
+    created_at: datetime
+
+
+@dataclass
+class StoredPartition:
+    """A partition of a job as stored: its references, status and attempts."""
+
+    partition: Partition
+    status: str = "pending"
+    attempts: int = 0
+    chunks: int = 0
+    error: str | None = None
+
+
+def partition_to_json(p: Partition) -> str:
+    items = [{"kind": "file", **asdict(i)} if isinstance(i, FileSlice)
+             else {"kind": "inline", **asdict(i)} for i in p.items]
+    return json.dumps(items)
+
+
+def partition_from_json(index: int, text: str) -> Partition:
+    items = []
+    for raw in json.loads(text):
+        kind = raw.pop("kind")
+        items.append(FileSlice(**raw) if kind == "file" else InlineText(**raw))
+    return Partition(index, tuple(items))

@@ -1,0 +1,354 @@
+"""The runner: feeds the cluster from every running job, commits what completes, retries what
+fails, cancels on request, and resumes after a restart.
+
+One thread owns the loop; the API's threads talk to it through `wake()` and `request_cancel()`.
+Partitions wait here, not in the Dask scheduler: at most `per_job_in_flight` of a job and
+`slots_per_thread` per worker thread are submitted at once, chosen by `jobs.scheduling`.
+Completed partitions are committed to LanceDB (the engine's two-phase write) and then recorded
+in DuckDB with their usage charge; after a crash the table's own commits say which partitions
+are in, so nothing is redone, lost or charged twice.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from distributed import Future
+
+from engine.chunking import ChunkSettings
+from engine.cluster import Cluster
+from engine.models.registry import resolve_model
+from engine.partitions import Partition
+from engine.readers import RecordFields
+from engine.run import warm_up
+from engine.sink import ChunkTable, partition_counts
+from engine.tasks import PartitionResult, TaskConfig, embed_partition
+from jobs.events import EventBus
+from jobs.quotas import partition_fits
+from jobs.records import JobRecord
+from jobs.scheduling import PRIORITY_LEVELS, JobView, choose, dask_priority
+from jobs.spec import JobSpec
+from jobs.states import IllegalTransitionError, JobStatus
+from jobs.store import Store
+from jobs.tiers import Tier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How hard the runner pushes and how it retries."""
+
+    max_attempts: int = 3  # per partition, before the job fails
+    backoff_seconds: float = 1.0  # first retry delay; doubles each attempt
+    backoff_max_seconds: float = 60.0
+    per_job_in_flight: int = 4  # partitions of one job submitted at once
+    slots_per_thread: int = 2  # partitions in flight per worker thread, all jobs together
+    token_budget: int | None = None
+    prepare_threads: int = 2  # jobs warming their model / checking their table at once
+
+
+@dataclass
+class _Job:
+    """A running job, as the runner holds it in memory."""
+
+    record: JobRecord
+    tier: Tier
+    table: ChunkTable
+    config: TaskConfig
+    partitions: dict[int, Partition]
+    pending: deque[int]
+    submitted_at: float
+    in_flight: dict[int, Future] = field(default_factory=dict)
+    retry_at: dict[int, float] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+
+
+class Runner:
+    """Runs the jobs of a Store on a Cluster. `start()` resumes unfinished jobs."""
+
+    def __init__(self, store: Store, cluster: Cluster, bus: EventBus,
+                 tier_of: Callable[[str], Tier], data_dir_of: Callable[[str], Path],
+                 config: RunnerConfig | None = None) -> None:
+        self.store, self.cluster, self.bus = store, cluster, bus
+        self.tier_of, self.data_dir_of = tier_of, data_dir_of
+        self.config = config or RunnerConfig()
+        self._jobs: dict[str, _Job] = {}
+        self._keys: dict[str, tuple[str, int]] = {}
+        self._completed: queue.Queue[Future] = queue.Queue()
+        self._prepared: queue.Queue[tuple[str, _Job | BaseException]] = queue.Queue()
+        self._preparing: set[str] = set()
+        self._cancels: set[str] = set()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._draining = False
+        self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
+        self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
+        self.error: BaseException | None = None
+
+    # --- control, from any thread ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Pick up where a previous process left off, then start the loop."""
+        for job in self.store.unfinished_jobs():
+            if job.status == JobStatus.RUNNING:
+                self._start_preparing(job, resumed=True)
+            elif job.status == JobStatus.CANCELLING:
+                self._cancels.add(job.id)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look at the store again (a job was submitted)."""
+        self._wakeup.set()
+
+    def request_cancel(self, job_id: str) -> None:
+        """Stop a job whose status the caller has set to cancelling."""
+        with self._lock:
+            self._cancels.add(job_id)
+        self._wakeup.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful shutdown: feed nothing new, let in-flight partitions finish and be
+        committed for up to `timeout` seconds, then cancel the rest (they stay pending and
+        run again after a restart)."""
+        self._draining = True
+        self._wakeup.set()
+        deadline = time.monotonic() + timeout
+        while self._in_flight() and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.05)
+        self._stopping.set()
+        self._wakeup.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
+        for job in list(self._jobs.values()):
+            for future in job.in_flight.values():
+                future.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _in_flight(self) -> int:
+        return sum(len(j.in_flight) for j in list(self._jobs.values()))
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._handle_cancels()
+                if not self._draining:
+                    self._admit_queued()
+                self._collect_prepared()
+                self._retry_due()
+                if not self._draining:
+                    self._feed()
+                self._drain_completions(timeout=0.2)
+        except BaseException as exc:  # a bug here must be visible, not a silent hang
+            log.exception("runner loop crashed")
+            self.error = exc
+            raise
+
+    def _admit_queued(self) -> None:
+        queued = [j for j in self.store.unfinished_jobs() if j.status == JobStatus.QUEUED]
+        queued.sort(key=lambda j: (-PRIORITY_LEVELS[j.priority], j.created_at))
+        for job in queued:
+            limit = self.tier_of(job.tenant).max_concurrent_jobs
+            if limit is not None and self.store.active_job_count(job.tenant) >= limit:
+                continue  # waits in `queued`: the limit delays, it does not fail
+            try:
+                record = self.store.set_status(job.id, JobStatus.RUNNING,
+                                               dashboard_link=self.cluster.dashboard_link)
+            except IllegalTransitionError:
+                continue  # cancelled between the query and now
+            self._publish(record)
+            self._start_preparing(record, resumed=False)
+
+    def _start_preparing(self, record: JobRecord, resumed: bool) -> None:
+        self._preparing.add(record.id)
+        future = self._pool.submit(self._prepare, record, resumed)
+        future.add_done_callback(lambda f: self._prepared.put(
+            (record.id, f.exception() or f.result())))
+        self._wakeup.set()
+
+    def _prepare(self, record: JobRecord, resumed: bool) -> _Job:
+        """Warm the model on the workers, check or create the table, and (on resume) take the
+        partitions the table already holds as done."""
+        spec = JobSpec.model_validate(record.spec)
+        model = resolve_model(spec.model)
+        info = warm_up(self.cluster.client, model)
+        chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
+        table = ChunkTable(self.data_dir_of(record.tenant), spec.table)
+        # On resume the table already holds this job's work: overwrite must not empty it again.
+        table.prepare(info, "append" if resumed and table.exists() else spec.mode)
+        if resumed:
+            self._reconcile(record, table)
+        stored = {p.partition.index: p for p in self.store.partitions(record.id)}
+        config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
+                            RecordFields(spec.text_field, spec.id_field), self.config.token_budget)
+        # Largest first (LPT): a big partition started last would run alone at the end.
+        pending = deque(sorted((i for i, p in stored.items() if p.status != "done"),
+                               key=lambda i: -stored[i].partition.size_bytes))
+        return _Job(self.store.get_job(record.id), self.tier_of(record.tenant), table, config,
+                    {i: p.partition for i, p in stored.items()}, pending,
+                    record.created_at.timestamp())
+
+    def _reconcile(self, record: JobRecord, table: ChunkTable) -> None:
+        done = {p.partition.index for p in self.store.partitions(record.id) if p.status == "done"}
+        for partition, counts in table.committed_partitions(record.id).items():
+            if partition not in done:  # committed, then the process died before recording it
+                self.store.record_partition_done(record.id, record.tenant, partition, counts)
+
+    def _collect_prepared(self) -> None:
+        while True:
+            try:
+                job_id, outcome = self._prepared.get_nowait()
+            except queue.Empty:
+                return
+            self._preparing.discard(job_id)
+            if isinstance(outcome, BaseException):
+                self._finish(job_id, JobStatus.FAILED, error=_error_line(outcome),
+                             error_reason="start_failed")
+                continue
+            self._jobs[job_id] = outcome
+            self._complete_if_done(outcome)
+
+    def _feed(self) -> None:
+        slots = self.cluster.worker_threads() * self.config.slots_per_thread
+        free = slots - self._in_flight()
+        if free <= 0:
+            return
+        now = time.time()
+        views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
+                                      j.tier.weight, j.submitted_at, len(j.pending),
+                                      len(j.in_flight)) for j in self._jobs.values()}
+        for job_id in choose(list(views.values()), free, now, self.config.per_job_in_flight):
+            job = self._jobs[job_id]
+            index = job.pending.popleft()
+            attempt = job.attempts.get(index, 0)
+            future = self.cluster.client.submit(
+                embed_partition, job.partitions[index], job.config, pure=False,
+                key=f"embed-partition-{job_id}-{index}-{attempt}",
+                priority=dask_priority(views[job_id], now))
+            job.in_flight[index] = future
+            self._keys[future.key] = (job_id, index)
+            future.add_done_callback(self._completed.put)
+
+    def _retry_due(self) -> None:
+        now = time.monotonic()
+        for job in self._jobs.values():
+            for index, due in list(job.retry_at.items()):
+                if due <= now:
+                    del job.retry_at[index]
+                    job.pending.appendleft(index)
+
+    def _drain_completions(self, timeout: float) -> None:
+        try:
+            future = self._completed.get(timeout=timeout)
+        except queue.Empty:
+            self._wakeup.wait(timeout)
+            self._wakeup.clear()
+            return
+        while True:
+            self._on_completed(future)
+            try:
+                future = self._completed.get_nowait()
+            except queue.Empty:
+                return
+
+    def _on_completed(self, future: Future) -> None:
+        job_id, index = self._keys.pop(future.key, (None, None))
+        job = self._jobs.get(job_id)
+        if job is None or job.in_flight.get(index) is not future:
+            future.release()
+            return  # the job was cancelled or failed meanwhile: its work is dropped
+        del job.in_flight[index]
+        try:
+            if future.status == "finished":
+                self._on_result(job, future.result())
+            elif future.status != "cancelled":
+                self._on_error(job, index, future.exception())
+        finally:
+            future.release()
+
+    def _on_error(self, job: _Job, index: int, exc: BaseException | None) -> None:
+        attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
+        final = attempts >= self.config.max_attempts
+        error = _error_line(exc)
+        self.store.record_attempt_failed(job.record.id, index, attempts, error, final)
+        if final:
+            self._finish(job.record.id, JobStatus.FAILED, error_reason="partition_failed",
+                         error=f"partition {index} failed after {attempts} attempts: {error}")
+            return
+        delay = min(self.config.backoff_max_seconds,
+                    self.config.backoff_seconds * 2 ** (attempts - 1))
+        log.warning("job %s partition %d failed (%s); retry %d in %.1fs", job.record.id, index,
+                    error, attempts, delay)
+        job.retry_at[index] = time.monotonic() + delay
+
+    def _on_result(self, job: _Job, result: PartitionResult) -> None:
+        used, _ = self.store.usage(job.record.tenant)
+        if not partition_fits(job.tier, used, result.chunks):
+            self._finish(job.record.id, JobStatus.FAILED, error_reason="quota_exhausted",
+                         error=f"daily chunk quota exhausted: partition {result.partition} "
+                               f"needs {result.chunks} chunks, {job.tier.daily_chunks - used} "
+                               f"of {job.tier.daily_chunks} left today")
+            return
+        job.table.commit(job.record.id, [result])
+        job.record = self.store.record_partition_done(
+            job.record.id, job.record.tenant, result.partition, partition_counts(result),
+            result.skipped)
+        self._publish(job.record, "progress")
+        self._complete_if_done(job)
+
+    def _complete_if_done(self, job: _Job) -> None:
+        if not job.pending and not job.in_flight and not job.retry_at:
+            self._finish(job.record.id, JobStatus.SUCCEEDED)
+
+    def _handle_cancels(self) -> None:
+        with self._lock:
+            cancels, self._cancels = self._cancels, set()
+        for job_id in cancels:
+            if job_id in self._preparing:
+                with self._lock:
+                    self._cancels.add(job_id)  # cancel once it is prepared
+                continue
+            job = self._jobs.pop(job_id, None)
+            if job is not None:
+                for future in job.in_flight.values():
+                    future.cancel()
+            record = self.store.get_job(job_id)
+            if record.status == JobStatus.RUNNING:
+                record = self.store.set_status(job_id, JobStatus.CANCELLING)
+                self._publish(record)
+            remove_job_rows(self.data_dir_of(record.tenant), record)
+            self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
+
+    def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            for future in job.in_flight.values():
+                future.cancel()
+        if self.store.get_job(job_id).status == JobStatus.CANCELLING:
+            return  # a cancel came first and wins: _handle_cancels completes it
+        self._publish(self.store.set_status(job_id, status, **fields))
+
+    def _publish(self, record: JobRecord, kind: str = "status") -> None:
+        self.bus.publish(record.id, {"type": kind, "job": record.to_dict()})
+
+
+def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
+    """Delete what a cancelled job wrote to its table."""
+    ChunkTable(data_dir, record.table_name).delete_job_rows(record.id)
+
+
+def _error_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,313 @@
+"""The DuckDB store: the only code that opens DuckDB. One file, owned by one process.
+
+Every method takes the store's lock: the API's threads and the runner's thread share one
+connection, and each operation (a partition's progress, its usage charge and its skipped
+documents) is one transaction.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from engine.documents import Skipped
+from engine.partitions import Partition
+from jobs.errors import ConflictError, NotFoundError, StoreLockedError, StoreVersionError
+from jobs.migrations import LATEST_VERSION, MIGRATIONS
+from jobs.records import (JobRecord, StoredPartition, TenantRecord, partition_from_json,
+                          partition_to_json)
+from jobs.states import UNFINISHED, JobStatus, check_transition
+
+MAX_SKIPPED_STORED = 1000  # per job; the count is kept in full
+_JOB_COLUMNS = [
+    "id", "tenant", "spec", "status", "priority", "table_name", "history", "created_at",
+    "updated_at", "started_at", "finished_at", "estimated_chunks", "partitions_total",
+    "partitions_done", "documents_done", "documents_unchanged", "chunks_done", "tokens_done",
+    "skipped_count", "error", "error_reason", "dashboard_link",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Store:
+    """Tenants, API keys, jobs, partitions, usage and schedules in one DuckDB file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreLockedError(
+                    f"{self.path} is in use by another embedscale process; stop it or use its "
+                    "API (one process owns a data directory)") from None
+            raise
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self._tx() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = row[0] or 0
+            if version > LATEST_VERSION:
+                raise StoreVersionError(
+                    f"{self.path} has schema version {version}, newer than this embedscale's "
+                    f"{LATEST_VERSION}: upgrade embedscale to open it")
+            for number in range(version + 1, LATEST_VERSION + 1):
+                con.execute(MIGRATIONS[number - 1])
+                con.execute("INSERT INTO schema_version VALUES (?)", [number])
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+    # --- tenants and keys -----------------------------------------------------------------
+
+    def create_tenant(self, name: str, tier: str) -> TenantRecord:
+        with self._tx() as con:
+            if con.execute("SELECT 1 FROM tenants WHERE name = ?", [name]).fetchone():
+                raise ConflictError(f"tenant '{name}' already exists")
+            con.execute("INSERT INTO tenants VALUES (?, ?, NULL, NULL, ?)", [name, tier, utcnow()])
+        return self.get_tenant(name)
+
+    def get_tenant(self, name: str) -> TenantRecord:
+        with self._lock:
+            row = self._con.execute("SELECT * FROM tenants WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise NotFoundError(f"no tenant '{name}'")
+        return TenantRecord(*row)
+
+    def list_tenants(self) -> list[TenantRecord]:
+        with self._lock:
+            rows = self._con.execute("SELECT * FROM tenants ORDER BY name").fetchall()
+        return [TenantRecord(*r) for r in rows]
+
+    def update_tenant(self, name: str, **values: Any) -> TenantRecord:
+        """Set `tier`, `daily_chunks` or `max_concurrent_jobs` of a tenant."""
+        self.get_tenant(name)
+        with self._tx() as con:
+            for column, value in values.items():
+                assert column in ("tier", "daily_chunks", "max_concurrent_jobs"), column
+                con.execute(f"UPDATE tenants SET {column} = ? WHERE name = ?", [value, name])
+        return self.get_tenant(name)
+
+    def add_api_key(self, tenant: str, key_hash: str, prefix: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, NULL)",
+                        [key_hash, tenant, prefix, utcnow()])
+
+    def revoke_api_keys(self, tenant: str) -> int:
+        with self._tx() as con:
+            revoked = con.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE tenant = ? AND revoked_at IS NULL "
+                "RETURNING key_hash", [utcnow(), tenant]).fetchall()
+        return len(revoked)
+
+    def tenant_for_key_hash(self, key_hash: str) -> str | None:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                [key_hash]).fetchone()
+        return row[0] if row else None
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def insert_job(self, job: JobRecord, partitions: Sequence[Partition]) -> None:
+        """A new job and its planned partitions, in one transaction."""
+        now = utcnow()
+        with self._tx() as con:
+            con.execute(f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES "
+                        f"({', '.join('?' for _ in _JOB_COLUMNS)})", _job_values(job))
+            if partitions:
+                con.executemany(
+                    "INSERT INTO job_partitions (job_id, partition, items, size_bytes, status, "
+                    "updated_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+                    [[job.id, p.index, partition_to_json(p), p.size_bytes, now]
+                     for p in partitions])
+
+    def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """A job by id; with `tenant`, only that tenant's (others' jobs are not found)."""
+        with self._lock:
+            row = self._con.execute(
+                f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?"
+                + (" AND tenant = ?" if tenant is not None else ""),
+                [job_id] + ([tenant] if tenant is not None else [])).fetchone()
+        if row is None:
+            raise NotFoundError(f"no job '{job_id}'")
+        return _job_from_row(row)
+
+    def list_jobs(self, tenant: str | None = None, status: str | None = None,
+                  table: str | None = None, limit: int = 50,
+                  before: tuple[datetime, str] | None = None) -> list[JobRecord]:
+        """Jobs newest first; `before` is the (created_at, id) of the last job of a page."""
+        where, args = ["1=1"], []
+        for column, value in (("tenant", tenant), ("status", status), ("table_name", table)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before is not None:
+            where.append("(created_at, id) < (?, ?)")
+            args.extend(before)
+        with self._lock:
+            rows = self._con.execute(
+                f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?", args + [limit]).fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    def unfinished_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._con.execute(
+                f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE status IN "
+                f"({', '.join('?' for _ in UNFINISHED)}) ORDER BY created_at",
+                [str(s) for s in UNFINISHED]).fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    def active_job_count(self, tenant: str) -> int:
+        """Jobs of `tenant` holding a concurrency slot (running or cancelling)."""
+        with self._lock:
+            return self._con.execute(
+                "SELECT count(*) FROM jobs WHERE tenant = ? AND status IN ('running', "
+                "'cancelling')", [tenant]).fetchone()[0]
+
+    def set_status(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord:
+        """Move a job to `new` (checked against the transition table) and set other fields."""
+        with self._tx() as con:
+            job = self.get_job(job_id)
+            check_transition(job_id, job.status, new, job.history)
+            now = utcnow()
+            history = job.history + [(str(new), now.isoformat())]
+            fields.update(status=str(new), history=json.dumps(history), updated_at=now)
+            if new == JobStatus.RUNNING and job.started_at is None:
+                fields["started_at"] = now
+            if new in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+                fields["finished_at"] = now
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            con.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*fields.values(), job_id])
+        return self.get_job(job_id)
+
+    # --- partitions, progress and usage ---------------------------------------------------
+
+    def partitions(self, job_id: str) -> list[StoredPartition]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT partition, items, status, attempts, chunks, error FROM job_partitions "
+                "WHERE job_id = ? ORDER BY partition", [job_id]).fetchall()
+        return [StoredPartition(partition_from_json(p, items), status, attempts, chunks, error)
+                for p, items, status, attempts, chunks, error in rows]
+
+    def record_attempt_failed(self, job_id: str, partition: int, attempts: int,
+                              error: str, final: bool) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE job_partitions SET attempts = ?, error = ?, status = ?, "
+                        "updated_at = ? WHERE job_id = ? AND partition = ?",
+                        [attempts, error, "failed" if final else "pending", utcnow(), job_id,
+                         partition])
+
+    def record_partition_done(self, job_id: str, tenant: str, partition: int,
+                              counts: dict[str, int], skipped: Sequence[Skipped] = (),
+                              day: date | None = None) -> JobRecord:
+        """Mark a committed partition done, add its counts to the job, charge its chunks to
+        the tenant's usage for `day` (UTC today): all or nothing. A partition already done is
+        left alone, so recording twice never charges twice."""
+        day = day or utcnow().date()
+        with self._tx() as con:
+            updated = con.execute(
+                "UPDATE job_partitions SET status = 'done', documents = ?, chunks = ?, "
+                "tokens = ?, error = NULL, updated_at = ? WHERE job_id = ? AND partition = ? "
+                "AND status != 'done' RETURNING partition",
+                [counts["documents"], counts["chunks"], counts["tokens"], utcnow(), job_id,
+                 partition]).fetchall()
+            if updated:
+                con.execute(
+                    "UPDATE jobs SET partitions_done = partitions_done + 1, "
+                    "documents_done = documents_done + ?, documents_unchanged = "
+                    "documents_unchanged + ?, chunks_done = chunks_done + ?, tokens_done = "
+                    "tokens_done + ?, skipped_count = skipped_count + ?, updated_at = ? "
+                    "WHERE id = ?",
+                    [counts["documents"], counts.get("unchanged", 0), counts["chunks"],
+                     counts["tokens"], counts.get("skipped", len(skipped)), utcnow(), job_id])
+                con.execute(
+                    "INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (tenant, day) DO UPDATE "
+                    "SET chunks = usage.chunks + excluded.chunks, "
+                    "tokens = usage.tokens + excluded.tokens",
+                    [tenant, day, counts["chunks"], counts["tokens"]])
+                stored = con.execute("SELECT count(*) FROM job_skipped WHERE job_id = ?",
+                                     [job_id]).fetchone()[0]
+                room = max(0, MAX_SKIPPED_STORED - stored)
+                if skipped[:room]:
+                    con.executemany("INSERT INTO job_skipped VALUES (?, ?, ?, ?)",
+                                    [[job_id, partition, s.source, s.reason]
+                                     for s in skipped[:room]])
+        return self.get_job(job_id)
+
+    def add_skipped(self, job_id: str, skipped: Sequence[Skipped]) -> None:
+        """Skipped documents found while planning (before any partition ran)."""
+        if not skipped:
+            return
+        with self._tx() as con:
+            con.executemany("INSERT INTO job_skipped VALUES (?, NULL, ?, ?)",
+                            [[job_id, s.source, s.reason] for s in skipped[:MAX_SKIPPED_STORED]])
+            con.execute("UPDATE jobs SET skipped_count = skipped_count + ? WHERE id = ?",
+                        [len(skipped), job_id])
+
+    def skipped(self, job_id: str) -> list[Skipped]:
+        with self._lock:
+            rows = self._con.execute("SELECT source, reason FROM job_skipped WHERE job_id = ? "
+                                     "ORDER BY partition NULLS FIRST, source", [job_id]).fetchall()
+        return [Skipped(*r) for r in rows]
+
+    def usage(self, tenant: str, day: date | None = None) -> tuple[int, int]:
+        """(chunks, tokens) charged to `tenant` on `day` (UTC today)."""
+        with self._lock:
+            row = self._con.execute("SELECT chunks, tokens FROM usage WHERE tenant = ? AND "
+                                    "day = ?", [tenant, day or utcnow().date()]).fetchone()
+        return (row[0], row[1]) if row else (0, 0)
+
+
+def _job_values(job: JobRecord) -> list[Any]:
+    values = []
+    for column in _JOB_COLUMNS:
+        value = getattr(job, column)
+        if column == "spec":
+            value = json.dumps(value)
+        elif column == "history":
+            value = json.dumps([list(h) for h in value])
+        elif column == "status":
+            value = str(value)
+        values.append(value)
+    return values
+
+
+def _job_from_row(row: Sequence[Any]) -> JobRecord:
+    data = dict(zip(_JOB_COLUMNS, row))
+    data["spec"] = json.loads(data["spec"])
+    data["history"] = [tuple(h) for h in json.loads(data["history"])]
+    data["status"] = JobStatus(data["status"])
+    return JobRecord(**data)

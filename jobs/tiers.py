@@ -1,0 +1,55 @@
+"""Tiers: daily chunk quotas, concurrent-job limits, fair-share weights, request rates."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from jobs.errors import ValidationError
+
+DEFAULT_TIERS_FILE = Path(__file__).with_name("tiers.yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    """The limits of one tier. None means unlimited."""
+
+    name: str
+    daily_chunks: int | None
+    max_concurrent_jobs: int | None
+    weight: float = 1.0
+    requests_per_minute: int | None = None
+
+
+def load_tiers(path: str | Path | None = None) -> dict[str, Tier]:
+    """Tiers from a YAML file (default: jobs/tiers.yaml); malformed entries are an error."""
+    path = Path(path) if path else DEFAULT_TIERS_FILE
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ValidationError("tiers", f"cannot read tiers file {path}: {exc.strerror}") from None
+    allowed = {f.name for f in fields(Tier)} - {"name"}
+    tiers: dict[str, Tier] = {}
+    for name, entry in (data.get("tiers") or {}).items():
+        unknown = set(entry or {}) - allowed
+        if unknown:
+            raise ValidationError("tiers", f"tier '{name}' in {path}: unknown keys {sorted(unknown)}")
+        tier = Tier(name=name, **(entry or {}))
+        if tier.weight <= 0:
+            raise ValidationError("tiers", f"tier '{name}': weight must be positive")
+        tiers[name] = tier
+    if not tiers:
+        raise ValidationError("tiers", f"{path} defines no tiers")
+    return tiers
+
+
+def with_overrides(tier: Tier, daily_chunks: int | None, max_concurrent_jobs: int | None) -> Tier:
+    """A tenant's effective tier: its own overrides where set."""
+    return Tier(
+        tier.name,
+        tier.daily_chunks if daily_chunks is None else daily_chunks,
+        tier.max_concurrent_jobs if max_concurrent_jobs is None else max_concurrent_jobs,
+        tier.weight,
+        tier.requests_per_minute,
+    )
