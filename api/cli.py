@@ -1,9 +1,11 @@
-"""The `embedscale` command: run a job on a folder of documents, search the result."""
+"""The `embedscale` command: run jobs, watch and cancel them, manage tenants, search tables."""
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+
+from pydantic import ValidationError as PydanticValidationError
 
 from engine.errors import EmbedscaleError
 
@@ -21,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="registered name, sentence-transformers hub id or local folder")
     run.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
     run.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
-    run.add_argument("--mode", choices=["append", "overwrite", "upsert"], default="append")
+    run.add_argument("--mode", default="append", help="append (default), overwrite or upsert")
+    run.add_argument("--priority", default="normal", help="low, normal (default), high, critical")
+    run.add_argument("--tenant", default="local", help="run as this tenant (default: local, "
+                                                       "unlimited); its quotas apply")
     run.add_argument("--text-field", default="text", help="text field of json/jsonl/csv/parquet")
     run.add_argument("--id-field", default="id", help="id field of json/jsonl/csv/parquet")
     _cluster_args(run)
@@ -32,7 +37,39 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
     search.add_argument("--where", help="SQL filter on the table's columns, e.g. \"source = 'a.md'\"")
+    search.add_argument("--tenant", default="local", help="whose table (default: local)")
     _common_args(search)
+
+    jobs = sub.add_parser("jobs", help="list, show, cancel or resume jobs").add_subparsers(
+        dest="jobs_command", required=True)
+    listing = jobs.add_parser("list", help="jobs, newest first")
+    listing.add_argument("--tenant", help="only this tenant's")
+    listing.add_argument("--status", help="only jobs in this status")
+    listing.add_argument("--limit", type=int, default=20)
+    _common_args(listing)
+    for name, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job")):
+        p = jobs.add_parser(name, help=text)
+        p.add_argument("job_id")
+        _common_args(p)
+    resume = jobs.add_parser("resume", help="finish the unfinished jobs of a data dir (after "
+                                            "a crash)")
+    _cluster_args(resume)
+    _common_args(resume)
+
+    tenants = sub.add_parser("tenants", help="create and manage tenants").add_subparsers(
+        dest="tenants_command", required=True)
+    create = tenants.add_parser("create", help="a new tenant; prints its API key once")
+    create.add_argument("name")
+    create.add_argument("--tier", required=True, help="free, premium, enterprise, ...")
+    _common_args(create)
+    _common_args(tenants.add_parser("list", help="tenants with their tiers and usage today"))
+    set_tier = tenants.add_parser("set-tier", help="move a tenant to another tier")
+    set_tier.add_argument("name")
+    set_tier.add_argument("tier")
+    _common_args(set_tier)
+    rotate = tenants.add_parser("rotate-key", help="revoke a tenant's keys; print a new one")
+    rotate.add_argument("name")
+    _common_args(rotate)
     return parser
 
 
@@ -51,6 +88,16 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                         "summary reports what failed)")
 
 
+def describe_validation_error(exc: PydanticValidationError) -> str:
+    """One line naming each bad field: `--chunk-tokens: Input should be greater than 0`."""
+    parts = []
+    for error in exc.errors():
+        where = "--" + "-".join(str(p) for p in error["loc"]).replace("_", "-")
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if error["loc"] else message)
+    return "; ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `embedscale` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -59,11 +106,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from api.cli_run import run_command
 
             return run_command(args)
-        from api.cli_search import search_command
+        if args.command == "search":
+            from api.cli_search import search_command
 
-        return search_command(args)
+            return search_command(args)
+        if args.command == "jobs" and args.jobs_command == "resume":
+            from api.cli_run import resume_command
+
+            return resume_command(args)
+        from api.cli_admin import admin_command
+
+        return admin_command(args)
     except EmbedscaleError as exc:
         print(f"embedscale: error: {exc}", file=sys.stderr)
+        return 1
+    except PydanticValidationError as exc:
+        print(f"embedscale: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("embedscale: interrupted", file=sys.stderr)

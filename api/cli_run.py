@@ -1,4 +1,5 @@
-"""`embedscale run`: one job on a local or existing Dask cluster, with a progress bar."""
+"""`embedscale run` and `embedscale jobs resume`: jobs through the control plane, on a local or
+existing Dask cluster, with a progress bar and a summary."""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +7,22 @@ import dataclasses
 import json
 import sys
 from collections import Counter
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.cluster import ClusterSpec, start_cluster
 from engine.errors import EmbedscaleError
-from engine.run import EmbedRequest, RunSummary, run_embedding
+from engine.sink import ChunkTable
+from jobs.records import JobRecord
+from jobs.service import JobService
+from jobs.spec import JobSpec
+from jobs.states import TERMINAL, JobStatus
 
 
 def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
-    """The cluster the run's flags ask for: --scheduler, --cluster SPEC, or a LocalCluster."""
+    """The cluster the flags ask for: --scheduler, --cluster SPEC, or a LocalCluster."""
     if args.scheduler:
         return ClusterSpec(kind="address", address=args.scheduler)
     spec = ClusterSpec.from_yaml(args.cluster) if args.cluster else ClusterSpec()
@@ -31,57 +37,115 @@ def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    request = EmbedRequest(
+    spec = JobSpec(
         table=args.table, source=args.source, model=args.model, chunk_tokens=args.chunk_tokens,
-        overlap_tokens=args.overlap_tokens, mode=args.mode, data_dir=args.data_dir,
+        overlap_tokens=args.overlap_tokens, mode=args.mode, priority=args.priority,
         text_field=args.text_field, id_field=args.id_field,
     )
-    spec = cluster_spec(args)
-    # Plan before starting a cluster: a missing or empty source fails in milliseconds.
-    plan = request.plan(parallelism=spec.n_workers or 2)
-    err = Console(stderr=True)
-    with start_cluster(spec) as cluster:
-        if not args.json:
-            err.print(f"Dask dashboard: {cluster.dashboard_link}")
-        with _progress_bar(err, disable=args.json) as bar:
-            task = bar.add_task("embedding", total=len(plan.partitions), documents=0, chunks=0,
-                                rate=0.0)
+    cluster_config = cluster_spec(args)
+    with JobService(args.data_dir, parallelism=cluster_config.n_workers) as service:
+        # Submitted before the cluster starts: a bad source or quota fails in milliseconds.
+        job = service.submit(args.tenant, spec)
+        try:
+            cluster = start_cluster(cluster_config)
+        except BaseException:
+            service.cancel(job.id)
+            raise
+        with cluster:
+            service.attach(cluster)
+            err = Console(stderr=True)
+            if not args.json:
+                err.print(f"Dask dashboard: {cluster.dashboard_link}")
+            service.start()
+            try:
+                final = _watch(service, [job], err, quiet=args.json)[0]
+            finally:
+                service.stop()
+        return _report(service, final, args.json)
 
-            def show(p) -> None:
-                bar.update(task, completed=p.partitions_done, documents=p.documents,
-                           chunks=p.chunks, rate=p.chunks_per_s)
 
-            summary = run_embedding(request, cluster, on_progress=show, plan=plan)
-    if args.json:
-        print(json.dumps(summary.to_dict()))
+def resume_command(args: argparse.Namespace) -> int:
+    """Finish every unfinished job of the data dir (what a crashed process left)."""
+    cluster_config = cluster_spec(args)
+    with JobService(args.data_dir, parallelism=cluster_config.n_workers) as service:
+        unfinished = service.store.unfinished_jobs()
+        if not unfinished:
+            print("no unfinished jobs")
+            return 0
+        with start_cluster(cluster_config) as cluster:
+            service.attach(cluster)
+            service.start()
+            try:
+                finals = _watch(service, unfinished, Console(stderr=True), quiet=args.json)
+            finally:
+                service.stop()
+        return max(_report(service, job, args.json) for job in finals)
+
+
+def _watch(service: JobService, jobs: list[JobRecord], console: Console,
+           quiet: bool) -> list[JobRecord]:
+    """Show a progress bar per job until every one of them ends; returns their final records."""
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("partitions · {task.fields[documents]} docs · {task.fields[chunks]} chunks · "
+                   "{task.fields[rate]:.1f} chunks/s"),
+        TimeElapsedColumn(), console=console, disable=quiet,
+    ) as bar:
+        tasks = {j.id: bar.add_task(j.table_name, total=j.partitions_total,
+                                    completed=j.partitions_done, documents=j.documents_done,
+                                    chunks=j.chunks_done, rate=0.0) for j in jobs}
+
+        def show(event: dict[str, Any]) -> None:
+            job = event["job"]
+            if job["id"] in tasks:
+                bar.update(tasks[job["id"]], completed=job["partitions_done"],
+                           documents=job["documents_done"], chunks=job["chunks_done"],
+                           rate=job["chunks_per_s"])
+
+        unsubscribe = service.bus.subscribe(None, show)
+        try:
+            return [service.wait(j.id) for j in jobs]
+        finally:
+            unsubscribe()
+
+
+def job_summary(service: JobService, job: JobRecord) -> dict[str, Any]:
+    """What a run reports: the job's figures, skipped documents with reasons, where it went."""
+    data = job.to_dict()
+    data.update(
+        documents=job.documents_done, unchanged=job.documents_unchanged, chunks=job.chunks_done,
+        tokens=job.tokens_done,
+        skipped=[dataclasses.asdict(s) for s in service.skipped(job.id)],
+        table_uri=ChunkTable(service.tenant_data_dir(job.tenant), job.table_name).uri,
+    )
+    return data
+
+
+def _report(service: JobService, job: JobRecord, as_json: bool) -> int:
+    summary = job_summary(service, job)
+    if as_json:
+        print(json.dumps(summary))
     else:
         _print_summary(summary)
-    if summary.failed:
-        first = min(summary.failed)
-        print(f"embedscale: error: {len(summary.failed)} partition(s) failed; partition "
-              f"{first}: {summary.failed[first]}", file=sys.stderr)
+    if job.status != JobStatus.SUCCEEDED:
+        assert job.status in TERMINAL
+        print(f"embedscale: error: job {job.id} {job.status}"
+              + (f" ({job.error_reason}): {job.error}" if job.error else ""), file=sys.stderr)
         return 1
     return 0
 
 
-def _progress_bar(console: Console, disable: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("partitions · {task.fields[documents]} docs · {task.fields[chunks]} chunks · "
-                   "{task.fields[rate]:.1f} chunks/s"),
-        TimeElapsedColumn(), console=console, disable=disable, transient=False,
-    )
-
-
-def _print_summary(s: RunSummary) -> None:
-    print(f"documents read: {s.documents}" + (f" (unchanged, not re-embedded: {s.unchanged})"
-                                              if s.unchanged else ""))
-    print(f"skipped:        {len(s.skipped)}")
-    for reason, n in Counter(x.reason for x in s.skipped).most_common():
-        examples = [x.source for x in s.skipped if x.reason == reason][:3]
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"job:            {s['id']} ({s['status']})")
+    print(f"documents read: {s['documents']}" + (
+        f" (unchanged, not re-embedded: {s['unchanged']})" if s["unchanged"] else ""))
+    print(f"skipped:        {s['skipped_count']}")
+    reasons = Counter(x["reason"] for x in s["skipped"])
+    for reason, n in reasons.most_common():
+        examples = [x["source"] for x in s["skipped"] if x["reason"] == reason][:3]
         print(f"  {n} x {reason}: {', '.join(examples)}{' ...' if n > 3 else ''}")
-    print(f"chunks:         {s.chunks}")
-    print(f"tokens:         {s.tokens}")
-    print(f"seconds:        {s.seconds:.1f}")
-    print(f"chunks/s:       {s.chunks_per_s:.1f}")
-    print(f"table:          {s.table} ({s.table_uri})")
+    print(f"chunks:         {s['chunks']}")
+    print(f"tokens:         {s['tokens']}")
+    print(f"seconds:        {s['seconds'] or 0:.1f}")
+    print(f"chunks/s:       {s['chunks_per_s']:.1f}")
+    print(f"table:          {s['table']} ({s['table_uri']})")

@@ -6,10 +6,12 @@ import json
 from dataclasses import asdict
 
 from engine.search import search
+from jobs.service import tenant_data_dir
 
 
 def search_command(args: argparse.Namespace) -> int:
-    hits = search(args.data_dir, args.table, args.query, k=args.k, where=args.where)
+    hits = search(tenant_data_dir(args.data_dir, args.tenant), args.table, args.query,
+                  k=args.k, where=args.where)
     if args.json:
         print(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
         return 0

@@ -73,9 +73,10 @@ class Cluster:
         return self.client.dashboard_link
 
     def worker_threads(self) -> int:
-        """Total task slots (threads over all workers)."""
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        return sum(w.get("nthreads", 1) for w in workers) or 1
+        """Total task slots (threads over all workers); 0 while none is known (no worker yet,
+        or the scheduler is out of reach)."""
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        return sum(w.get("nthreads", 1) for w in workers)
 
     def close(self) -> None:
         self.client.close()

@@ -143,7 +143,7 @@ def run_embedding(
     their retries are listed in `summary.failed`; everything else is committed once."""
     started = time.perf_counter()
     client = cluster.client
-    plan = plan or request.plan(cluster.worker_threads())
+    plan = plan or request.plan(max(1, cluster.worker_threads()))
     spec = resolve_model(request.model)
     info = warm_up(client, spec)
     chunking = ChunkSettings.for_model(info, request.chunk_tokens, request.overlap_tokens)

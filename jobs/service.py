@@ -6,6 +6,7 @@ callers turn them into exit codes or HTTP statuses.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 import uuid
@@ -33,6 +34,13 @@ DB_FILE = "embedscale.duckdb"
 _TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
+def tenant_data_dir(data_dir: str | Path, tenant: str) -> Path:
+    """Where a tenant's tables live: the local tenant's in the data dir itself, others' each in
+    a folder of their own, so no table name can reach another tenant's tables."""
+    data_dir = Path(data_dir)
+    return data_dir if tenant == LOCAL_TENANT else data_dir / "tenants" / tenant
+
+
 @dataclass(frozen=True)
 class Usage:
     """A tenant's quota and what it used today."""
@@ -54,25 +62,42 @@ class JobService:
     def __init__(self, data_dir: str | Path, cluster: Cluster | None = None,
                  tiers_file: str | Path | None = None,
                  allowed_roots: list[str] | None = None,
-                 runner_config: RunnerConfig | None = None) -> None:
+                 runner_config: RunnerConfig | None = None,
+                 parallelism: int | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.parallelism = parallelism or os.cpu_count() or 1  # until a cluster is attached
+        self.runner_config = runner_config
         self.tiers = load_tiers(tiers_file)
         self.allowed_roots = allowed_roots
         self.store = Store(self.data_dir / DB_FILE)
         self.bus = EventBus()
-        self.cluster = cluster
+        self.cluster: Cluster | None = None
+        self.runner: Runner | None = None
         self._ensure_local_tenant()
-        self.runner = (Runner(self.store, cluster, self.bus, self.tier_of, self.tenant_data_dir,
-                              runner_config) if cluster is not None else None)
+        if cluster is not None:
+            self.attach(cluster)
+
+    def attach(self, cluster: Cluster) -> None:
+        """Run jobs on `cluster` (once `start()` is called)."""
+        self.cluster = cluster
+        self.runner = Runner(self.store, cluster, self.bus, self.tier_of, self.tenant_data_dir,
+                             self.runner_config)
 
     def start(self) -> None:
-        if self.runner is not None:
-            self.runner.start()
+        """Resume unfinished jobs and start running new ones (needs a cluster)."""
+        if self.runner is None:
+            raise RuntimeError("attach a cluster before starting the job service")
+        self.runner.start()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the runner gracefully (see Runner.stop), then close the store."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop running jobs gracefully (see Runner.stop); call before the cluster closes."""
         if self.runner is not None:
             self.runner.stop(timeout)
+            self.runner = None
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the runner, then close the store."""
+        self.stop(timeout)
         self.store.close()
 
     def __enter__(self) -> "JobService":
@@ -99,9 +124,7 @@ class JobService:
         return with_overrides(tier, record.daily_chunks, record.max_concurrent_jobs)
 
     def tenant_data_dir(self, tenant: str) -> Path:
-        """Where a tenant's tables live: the local tenant's in the data dir itself, others'
-        each in a folder of their own, so no table name can reach another tenant's."""
-        return self.data_dir if tenant == LOCAL_TENANT else self.data_dir / "tenants" / tenant
+        return tenant_data_dir(self.data_dir, tenant)
 
     def create_tenant(self, name: str, tier: str) -> tuple[TenantRecord, str]:
         """A new tenant and its first API key (returned once, stored hashed)."""
@@ -179,7 +202,8 @@ class JobService:
         return record
 
     def _plan(self, spec: JobSpec) -> SourcePlan:
-        parallelism = self.cluster.worker_threads() if self.cluster is not None else 2
+        parallelism = (self.cluster.worker_threads() if self.cluster is not None
+                       else self.parallelism)
         try:
             if spec.texts is not None:
                 return plan_texts(spec.texts, spec.ids, spec.metadata)
