@@ -292,12 +292,13 @@ class Runner:
         job.retry_at[index] = time.monotonic() + delay
 
     def _on_result(self, job: _Job, result: PartitionResult) -> None:
+        tier = job.tier = self.tier_of(job.record.tenant)  # limits may change mid-job
         used, _ = self.store.usage(job.record.tenant)
-        if not partition_fits(job.tier, used, result.chunks):
+        if not partition_fits(tier, used, result.chunks):
             self._finish(job.record.id, JobStatus.FAILED, error_reason="quota_exhausted",
                          error=f"daily chunk quota exhausted: partition {result.partition} "
-                               f"needs {result.chunks} chunks, {job.tier.daily_chunks - used} "
-                               f"of {job.tier.daily_chunks} left today")
+                               f"needs {result.chunks} chunks, {max(0, tier.daily_chunks - used)}"
+                               f" of {tier.daily_chunks} left today")
             return
         job.table.commit(job.record.id, [result])
         job.record = self.store.record_partition_done(

@@ -56,3 +56,30 @@ class KillWorkerOnce(_WrapFragmentWriter):
 
     def fault(self) -> None:
         os._exit(1)
+
+
+class FailAlways(WorkerPlugin):
+    """Every partition written to a table whose path contains `needle` fails."""
+
+    name = "fault-fail-always"
+
+    def __init__(self, needle: str) -> None:
+        self.needle = needle
+
+    def setup(self, worker) -> None:
+        from engine import sink
+
+        self._original = original = sink.write_fragments
+        needle = self.needle
+
+        def write_or_fail(uri, rows):
+            if needle in uri:
+                raise OSError(f"injected: disk full writing {uri}")
+            return original(uri, rows)
+
+        sink.write_fragments = write_or_fail
+
+    def teardown(self, worker) -> None:
+        from engine import sink
+
+        sink.write_fragments = self._original

@@ -1,0 +1,106 @@
+"""Bad input to the control plane is refused with a message naming the field."""
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError as PydanticValidationError
+
+from jobs.errors import QuotaExceededError, ValidationError
+from jobs.quotas import estimate_chunks, resets_at
+from jobs.service import JobService, tenant_data_dir
+from jobs.spec import JobSpec, check_source_allowed
+from engine.sources import plan_texts
+
+
+def field_error(spec: dict) -> tuple[str, str]:
+    with pytest.raises(PydanticValidationError) as err:
+        JobSpec.model_validate(spec)
+    first = err.value.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), first["msg"]
+
+
+@pytest.mark.parametrize("spec,field,message", [
+    ({"table": "t", "source": "x", "priority": "urgent"}, "priority", "'low', 'normal'"),
+    ({"table": "t", "source": "x", "mode": "merge"}, "mode", "'append', 'overwrite'"),
+    ({"table": "t", "source": "x", "chunk_tokens": -5}, "chunk_tokens", "greater than 0"),
+    ({"table": "t", "source": "x", "overlap_tokens": -1}, "overlap_tokens", "greater than or"),
+    ({"table": "../x", "source": "x"}, "table", "invalid table name"),
+    ({"table": "a/b", "source": "x"}, "table", "invalid table name"),
+    ({"table": "", "source": "x"}, "table", "invalid table name"),
+    ({"table": "t", "source": "x", "colour": "red"}, "colour", "Extra inputs"),
+])
+def test_bad_fields_are_named(spec, field, message):
+    loc, msg = field_error(spec)
+    assert loc == field and message in msg
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"table": "t", "source": "x", "chunk_tokens": 64, "overlap_tokens": 64}, "overlap_tokens=64"),
+    ({"table": "t"}, "exactly one of 'source'"),
+    ({"table": "t", "source": "x", "texts": ["a"]}, "exactly one of 'source'"),
+    ({"table": "t", "texts": []}, "'texts' is empty"),
+    ({"table": "t", "texts": ["a", "b"], "ids": ["1"]}, "'ids' has 1 entries"),
+    ({"table": "t", "texts": ["a", "b"], "ids": ["1", "1"]}, "not unique"),
+])
+def test_inconsistent_specs_are_refused(spec, message):
+    assert message in field_error(spec)[1]
+
+
+def test_sources_outside_the_allowed_roots_are_refused(tmp_path):
+    root = tmp_path / "allowed"
+    (root / "docs").mkdir(parents=True)
+    assert check_source_allowed(str(root / "docs"), [str(root)]) == str(root / "docs")
+    assert check_source_allowed(str(root / "docs" / "*.txt"), [str(root)])
+    for bad in [str(tmp_path), str(root / ".." / "elsewhere"), "/etc/passwd"]:
+        with pytest.raises(ValidationError) as err:
+            check_source_allowed(bad, [str(root)])
+        assert err.value.field == "source"
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(ValidationError):
+        check_source_allowed(str(root / "link"), [str(root)])
+    with pytest.raises(ValidationError, match="accepts no source paths"):
+        check_source_allowed(str(root), [])
+    assert check_source_allowed("/anything", None) == "/anything"
+
+
+def test_unknown_tier_and_tenant_names(tmp_path):
+    service = JobService(tmp_path)
+    with pytest.raises(ValidationError, match="unknown tier 'gold'") as err:
+        service.create_tenant("acme", "gold")
+    assert err.value.field == "tier"
+    for name in ["../x", "", "Upper", "a/b"]:
+        with pytest.raises(ValidationError) as err:
+            service.create_tenant(name, "free")
+        assert err.value.field == "name"
+
+
+def test_tenants_tables_live_apart(tmp_path):
+    assert tenant_data_dir(tmp_path, "local") == tmp_path
+    assert tenant_data_dir(tmp_path, "a") != tenant_data_dir(tmp_path, "b")
+    assert tenant_data_dir(tmp_path, "a").is_relative_to(tmp_path / "tenants")
+
+
+def test_admission_refuses_with_the_figures(tmp_path):
+    service = JobService(tmp_path)
+    service.create_tenant("acme", "free")
+    texts = ["word " * 400] * 30  # ~2000 characters each: ~3 chunks of 256 tokens
+    with pytest.raises(QuotaExceededError) as err:
+        service.submit("acme", {"table": "t", "texts": texts, "chunk_tokens": 16})
+    figures = err.value.figures()
+    assert figures["remaining"] == 1000 and figures["limit"] == 1000
+    assert figures["needed"] > 1000 and figures["resets_at"] == resets_at().isoformat()
+    job = service.submit("acme", {"table": "t", "texts": texts})
+    assert job.status == "queued" and 30 <= job.estimated_chunks <= 200
+    assert service.usage("acme").remaining_chunks == 1000  # estimates are not charged
+
+
+def test_estimates_count_at_least_a_chunk_per_document():
+    assert estimate_chunks(plan_texts(["a", "b", "c"]).partitions, None, None) == 3
+    long_text = ["x" * 10_000]
+    assert estimate_chunks(plan_texts(long_text).partitions, 130, 0) == 20  # 4 chars x 128
+
+
+def test_missing_source_is_a_source_field_error(tmp_path):
+    service = JobService(tmp_path)
+    with pytest.raises(ValidationError, match="source not found") as err:
+        service.submit("local", {"table": "t", "source": str(tmp_path / "nope")})
+    assert err.value.field == "source"

@@ -1,0 +1,108 @@
+"""Kill -9 the process that owns a job mid-run; starting again finishes it exactly once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lance
+import pytest
+
+from engine.run import EmbedRequest, run_embedding
+from jobs.store import Store
+from tests.corpora import jsonl_corpus
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "api.cli", *args]
+
+
+def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
+    corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=200)
+    data = tmp_path / "data"
+    uri = data / "lancedb" / "docs.lance"
+    # The driver and its worker processes share a new process group: kill them all at once,
+    # as a machine losing power would.
+    proc = subprocess.Popen(cli("run", str(corpus), "--table", "docs", "--data-dir", str(data),
+                                "--workers", "2", "--chunk-tokens", "32", "--json"),
+                            env=ENV, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not (uri.exists() and lance.dataset(str(uri)).version >= 4):  # created + 3 commits
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no commits"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rows_at_kill = lance.dataset(str(uri)).count_rows()
+
+    resumed = subprocess.run(cli("jobs", "resume", "--data-dir", str(data), "--workers", "2",
+                                 "--json"), env=ENV, cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "succeeded"
+
+    ids = lance.dataset(str(uri)).to_table(columns=["id"]).column("id").to_pylist()
+    reference = run_embedding(EmbedRequest(table="reference", source=str(corpus),
+                                           chunk_tokens=32, data_dir=str(tmp_path / "ref")),
+                              cluster)
+    ref_ids = lance.dataset(reference.table_uri).to_table(columns=["id"]).column("id")
+    assert sorted(ids) == sorted(ref_ids.to_pylist())  # nothing lost, nothing doubled
+    assert 0 < rows_at_kill < len(ids)
+
+    store = Store(data / "embedscale.duckdb")
+    job = store.get_job(summary["id"])
+    assert job.partitions_done == job.partitions_total
+    assert job.chunks_done == len(ids) == store.usage("local")[0]  # the ledger matches the rows
+    assert [s for s, _ in job.history] == ["queued", "running", "succeeded"]
+
+
+class SimulatedCrash(BaseException):
+    """Ends the runner's thread the way a dying process ends everything."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster, tmp_path):
+    from jobs.service import JobService
+
+    data = tmp_path / "data"
+    first = JobService(data, cluster)
+    record_partition_done = first.store.record_partition_done
+    calls = []
+
+    def crash_after_the_first_commit(*args, **kwargs):
+        if not calls:
+            calls.append(args)
+            raise SimulatedCrash("after the commit, before the record")
+        return record_partition_done(*args, **kwargs)
+
+    first.store.record_partition_done = crash_after_the_first_commit
+    first.start()
+    job = first.submit("local", {"table": "t", "chunk_tokens": 32,
+                                 "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64))})
+    deadline = time.monotonic() + 120
+    while first.runner.error is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lost_partition = calls[0][2]
+    first.close(timeout=0)
+
+    second = JobService(data, cluster)
+    second.start()
+    final = second.wait(job.id, timeout=120)
+    partitions = {p.partition.index: p for p in second.store.partitions(job.id)}
+    assert partitions[lost_partition].attempts == 0  # taken from the table, not run again
+    uri = data / "lancedb" / "t.lance"
+    ids = lance.dataset(str(uri)).to_table(columns=["id"]).column("id").to_pylist()
+    assert final.status == "succeeded" and len(ids) == len(set(ids)) == final.chunks_done
+    assert second.store.usage("local")[0] == len(ids)
+    second.close()

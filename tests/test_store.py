@@ -1,0 +1,111 @@
+"""The DuckDB store: migrations, tenants and hashed keys, the ledger, pagination."""
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from engine.sources import plan_texts
+from jobs.errors import ConflictError, NotFoundError, StoreLockedError, StoreVersionError
+from jobs.migrations import LATEST_VERSION, MIGRATIONS
+from jobs.records import JobRecord
+from jobs.service import JobService
+from jobs.states import IllegalTransitionError, JobStatus
+from jobs.store import Store, utcnow
+
+
+def new_job(job_id: str, tenant: str = "acme") -> JobRecord:
+    now = utcnow()
+    return JobRecord(job_id, tenant, {"table": "t"}, JobStatus.QUEUED, "normal", "t",
+                     [("queued", now.isoformat())], now, now)
+
+
+def test_an_older_file_is_migrated_forward(tmp_path):
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    con.execute(MIGRATIONS[0])
+    con.execute("INSERT INTO schema_version VALUES (1)")
+    con.execute("INSERT INTO tenants VALUES ('old', 'free', NULL, NULL, now())")
+    con.close()
+    store = Store(path)
+    assert store.schema_version() == LATEST_VERSION > 1
+    assert store.get_tenant("old").tier == "free"
+    assert store.skipped("nothing") == []  # a table of migration 2 exists
+
+
+def test_a_newer_file_is_refused(tmp_path):
+    path = tmp_path / "new.duckdb"
+    Store(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO schema_version VALUES (?)", [LATEST_VERSION + 1])
+    con.close()
+    with pytest.raises(StoreVersionError, match="newer than this embedscale"):
+        Store(path)
+
+
+def test_a_file_owned_by_another_process_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "x.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; "
+                               f"c = duckdb.connect({str(path)!r}); print('ok', flush=True); "
+                               f"time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(StoreLockedError, match="in use by another embedscale process"):
+            Store(path)
+    finally:
+        holder.kill()
+
+
+def test_api_keys_are_stored_hashed_and_rotate(tmp_path):
+    service = JobService(tmp_path)
+    _, key = service.create_tenant("acme", "free")
+    assert service.tenant_for_key(key) == "acme"
+    assert service.tenant_for_key(key + "x") is None
+    service.store.close()
+    assert key.encode() not in (tmp_path / "embedscale.duckdb").read_bytes()
+    service = JobService(tmp_path)
+    new_key = service.rotate_key("acme")
+    assert service.tenant_for_key(key) is None and service.tenant_for_key(new_key) == "acme"
+    with pytest.raises(ConflictError):
+        service.create_tenant("acme", "premium")
+
+
+def test_recording_a_partition_twice_charges_once(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    store.create_tenant("acme", "free")
+    store.insert_job(new_job("j"), plan_texts(["a", "b"], docs_per_partition=1).partitions)
+    store.set_status("j", JobStatus.RUNNING)
+    counts = {"documents": 1, "chunks": 3, "tokens": 30}
+    store.record_partition_done("j", "acme", 0, counts)
+    job = store.record_partition_done("j", "acme", 0, counts)
+    assert (job.partitions_done, job.chunks_done) == (1, 3)
+    assert store.usage("acme") == (3, 30)
+
+
+def test_transitions_are_checked_and_history_kept(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    store.insert_job(new_job("j"), [])
+    store.set_status("j", JobStatus.RUNNING)
+    job = store.set_status("j", JobStatus.SUCCEEDED)
+    assert [s for s, _ in job.history] == ["queued", "running", "succeeded"]
+    assert job.started_at and job.finished_at
+    with pytest.raises(IllegalTransitionError, match="queued -> running -> succeeded"):
+        store.set_status("j", JobStatus.RUNNING)
+
+
+def test_jobs_are_listed_newest_first_by_page_and_tenant(tmp_path):
+    service = JobService(tmp_path)
+    for i in range(5):
+        service.store.insert_job(new_job(f"j{i}", "acme" if i % 2 else "other"), [])
+    page, cursor = service.list(limit=2)
+    assert [j.id for j in page] == ["j4", "j3"] and cursor == "j3"
+    page, cursor = service.list(limit=2, cursor=cursor)
+    assert [j.id for j in page] == ["j2", "j1"]
+    page, cursor = service.list(limit=2, cursor=cursor)
+    assert [j.id for j in page] == ["j0"] and cursor is None
+    assert [j.id for j in service.list(tenant="acme")[0]] == ["j3", "j1"]
+    with pytest.raises(NotFoundError):
+        service.get("j0", tenant="acme")
