@@ -26,6 +26,7 @@ from engine.sink import ChunkTable, validate_table_name
 from engine.sources import SourcePlan, plan_source, plan_texts
 from engine.tasks import PartitionResult, TaskConfig, embed_partition
 
+WARM_UP_PRIORITY = 1_000_000
 IN_FLIGHT_PER_THREAD = 2  # one running, one queued per worker thread: no idle gaps, bounded memory
 
 
@@ -125,8 +126,10 @@ def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
     """Load the model on every worker at once (a task each) and return what it is; later
     workers (restarts, scale-ups) load it at start through a worker plugin."""
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    # Top priority: on a busy cluster these must not wait behind other jobs' partitions.
     futures = [client.submit(describe_model, spec, workers=[w], allow_other_workers=False,
-                             pure=False, key=f"warm-model-{uuid.uuid4().hex[:8]}-{w}")
+                             pure=False, key=f"warm-model-{uuid.uuid4().hex[:8]}-{w}",
+                             priority=WARM_UP_PRIORITY)
                for w in workers] or [client.submit(describe_model, spec, pure=False)]
     infos = client.gather(futures)
     client.register_plugin(ModelPreloadPlugin([spec]), name=f"embedscale-model-{spec.name}")

@@ -24,7 +24,8 @@ from distributed import Future
 
 from engine.chunking import ChunkSettings
 from engine.cluster import Cluster
-from engine.models.registry import resolve_model
+from engine.models.backend import ModelInfo
+from engine.models.registry import ModelSpec, resolve_model
 from engine.partitions import Partition
 from engine.readers import RecordFields
 from engine.run import warm_up
@@ -90,6 +91,9 @@ class Runner:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._draining = False
+        # Models already loaded on the workers (new workers load them through the preload
+        # plugin): a job on a warm model starts without a round of warm-up tasks.
+        self._warm: dict[ModelSpec, ModelInfo] = {}
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.error: BaseException | None = None
@@ -181,7 +185,9 @@ class Runner:
         partitions the table already holds as done."""
         spec = JobSpec.model_validate(record.spec)
         model = resolve_model(spec.model)
-        info = warm_up(self.cluster.client, model)
+        info = self._warm.get(model)
+        if info is None:
+            info = self._warm[model] = warm_up(self.cluster.client, model)
         chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
         table = ChunkTable(self.data_dir_of(record.tenant), spec.table)
         # On resume the table already holds this job's work: overwrite must not empty it again.
