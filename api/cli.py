@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--tenant", default="local", help="whose table (default: local)")
     _common_args(search)
 
+    serve = sub.add_parser("serve", help="run the job service over HTTP (FastAPI + uvicorn)")
+    serve.add_argument("--host", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default 8000")
+    serve.add_argument("--data-dir", help=f"default {DEFAULT_DATA_DIR}")
+    serve.add_argument("--allow-root", action="append", metavar="DIR",
+                       help="a folder whose files jobs may read (repeatable; none by default)")
+    serve.add_argument("--tiers", help="tiers YAML (default: jobs/tiers.yaml)")
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    where.add_argument("--cluster", help="cluster spec YAML (see cluster_specs/)")
+    serve.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+
     jobs = sub.add_parser("jobs", help="list, show, cancel or resume jobs").add_subparsers(
         dest="jobs_command", required=True)
     listing = jobs.add_parser("list", help="jobs, newest first")
@@ -110,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from api.cli_search import search_command
 
             return search_command(args)
+        if args.command == "serve":
+            from api.cli_serve import serve_command
+
+            return serve_command(args)
         if args.command == "jobs" and args.jobs_command == "resume":
             from api.cli_run import resume_command
 

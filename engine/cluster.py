@@ -75,7 +75,10 @@ class Cluster:
     def worker_threads(self) -> int:
         """Total task slots (threads over all workers); 0 while none is known (no worker yet,
         or the scheduler is out of reach)."""
-        workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        except Exception:  # lost the scheduler: nothing can be fed until it is back
+            return 0
         return sum(w.get("nthreads", 1) for w in workers)
 
     def close(self) -> None:

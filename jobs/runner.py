@@ -310,7 +310,7 @@ class Runner:
         job.record = self.store.record_partition_done(
             job.record.id, job.record.tenant, result.partition, partition_counts(result),
             result.skipped)
-        self._publish(job.record, "progress")
+        self._publish(job.record, "progress", partition_seconds=result.seconds)
         self._complete_if_done(job)
 
     def _complete_if_done(self, job: _Job) -> None:
@@ -345,8 +345,8 @@ class Runner:
             return  # a cancel came first and wins: _handle_cancels completes it
         self._publish(self.store.set_status(job_id, status, **fields))
 
-    def _publish(self, record: JobRecord, kind: str = "status") -> None:
-        self.bus.publish(record.id, {"type": kind, "job": record.to_dict()})
+    def _publish(self, record: JobRecord, kind: str = "status", **extra: Any) -> None:
+        self.bus.publish(record.id, {"type": kind, "job": record.to_dict(), **extra})
 
 
 def remove_job_rows(data_dir: Path, record: JobRecord) -> None:

@@ -283,6 +283,31 @@ class Store:
                                      "ORDER BY partition NULLS FIRST, source", [job_id]).fetchall()
         return [Skipped(*r) for r in rows]
 
+    def ping(self) -> None:
+        """Raise if the database cannot answer."""
+        with self._lock:
+            self._con.execute("SELECT 1").fetchone()
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs by status."""
+        with self._lock:
+            return dict(self._con.execute("SELECT status, count(*) FROM jobs GROUP BY status")
+                        .fetchall())
+
+    def embedded_totals(self) -> list[tuple[str, str, int, int]]:
+        """(tenant, model, chunks, tokens) embedded by every job ever, for counters."""
+        with self._lock:
+            return self._con.execute(
+                "SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
+                "sum(tokens_done) FROM jobs GROUP BY ALL").fetchall()
+
+    def pending_partitions(self) -> int:
+        """Partitions of queued and running jobs not yet done: the work waiting."""
+        with self._lock:
+            return self._con.execute(
+                "SELECT count(*) FROM job_partitions p JOIN jobs j ON p.job_id = j.id "
+                "WHERE j.status IN ('queued', 'running') AND p.status != 'done'").fetchone()[0]
+
     def usage(self, tenant: str, day: date | None = None) -> tuple[int, int]:
         """(chunks, tokens) charged to `tenant` on `day` (UTC today)."""
         with self._lock:

@@ -1,0 +1,68 @@
+"""The FastAPI app: starts (or connects to) the Dask cluster, owns the DuckDB file through the
+job service, and serves the routes. Shutdown is graceful: the runner stops feeding, lets
+in-flight partitions finish and commit, and records everything before the cluster closes."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api.errors import install_error_handlers
+from api.metrics import Metrics
+from api.ratelimit import RateLimiter
+from api.routes import health, jobs, tables, tenants
+from api.settings import Settings
+from engine.cluster import Cluster, ClusterSpec, start_cluster
+from jobs.service import JobService
+
+log = logging.getLogger("embedscale.api")
+
+
+def cluster_spec(settings: Settings) -> ClusterSpec:
+    if settings.scheduler:
+        return ClusterSpec(kind="address", address=settings.scheduler)
+    spec = ClusterSpec.from_yaml(settings.cluster) if settings.cluster else ClusterSpec()
+    if settings.workers is not None:
+        spec = dataclasses.replace(spec, n_workers=settings.workers)
+    return spec
+
+
+def create_app(settings: Settings | None = None, cluster: Cluster | None = None) -> FastAPI:
+    """The app for `settings`; with `cluster`, that cluster is used (and not closed)."""
+    settings = settings or Settings()
+    admin_key = settings.resolved_admin_key()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_cluster = cluster is None
+        running = cluster or await run_in_threadpool(start_cluster, cluster_spec(settings))
+        service = JobService(settings.data_dir, running, settings.tiers_file,
+                             allowed_roots=[str(r) for r in settings.allow_roots])
+        service.start()
+        app.state.service, app.state.cluster = service, running
+        app.state.metrics = Metrics(service, running)
+        log.info("embedscale ready; Dask dashboard at %s", running.dashboard_link)
+        try:
+            yield
+        finally:
+            app.state.metrics.close()
+            await run_in_threadpool(service.close, settings.shutdown_timeout)
+            if own_cluster:
+                await run_in_threadpool(running.close)
+
+    app = FastAPI(title="embedscale", version="0.1.0", lifespan=lifespan,
+                  description="Batch embedding jobs into LanceDB, on Dask.")
+    app.state.settings, app.state.admin_key = settings, admin_key
+    app.state.limiter = RateLimiter()
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(tables.router)
+    app.include_router(tenants.usage_router)
+    if admin_key:  # no admin routes at all without an admin key
+        app.include_router(tenants.admin_router)
+    return app

@@ -1,0 +1,69 @@
+"""/healthz, /readyz, /metrics and /v1/cluster."""
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import CurrentTenant
+from api.schemas import ClusterOut, ErrorOut
+
+router = APIRouter(tags=["health"])
+READY_TIMEOUT_S = 3.0
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "not ready; `checks` says why"}})
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when DuckDB answers, the scheduler is reachable and at least one worker is up."""
+    service, cluster = request.app.state.service, request.app.state.cluster
+    checks: dict[str, str] = {}
+    try:
+        await run_in_threadpool(service.store.ping)
+        checks["duckdb"] = "ok"
+    except Exception as exc:
+        checks["duckdb"] = f"error: {exc}"
+    try:
+        info = await asyncio.wait_for(
+            run_in_threadpool(cluster.client.scheduler_info, n_workers=-1), READY_TIMEOUT_S)
+        workers = len(info.get("workers", {}))
+        checks["scheduler"] = "ok"
+        checks["workers"] = "ok" if workers else "error: no workers"
+    except Exception as exc:
+        checks["scheduler"] = f"error: unreachable ({type(exc).__name__})"
+        checks["workers"] = "unknown"
+    if service.runner is not None and service.runner.error is not None:
+        checks["runner"] = f"error: {service.runner.error}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready,
+                                                                    "checks": checks})
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/cluster", response_model=ClusterOut, responses={401: {"model": ErrorOut}})
+async def cluster_info(request: Request, tenant: CurrentTenant) -> ClusterOut:
+    """Where the work runs, and the Dask dashboard's link."""
+    cluster = request.app.state.cluster
+    try:
+        info = await asyncio.wait_for(
+            run_in_threadpool(cluster.client.scheduler_info, n_workers=-1), READY_TIMEOUT_S)
+    except Exception:
+        info = {}
+    workers = info.get("workers", {})
+    return ClusterOut(scheduler=cluster.client.scheduler.address if cluster.client.scheduler
+                      else None, dashboard_link=cluster.dashboard_link, workers=len(workers),
+                      threads=sum(w.get("nthreads", 1) for w in workers.values()))

@@ -1,0 +1,140 @@
+"""Response schemas of the HTTP API (requests are jobs.spec.JobSpec and the models below)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Progress(BaseModel):
+    partitions: list[int] = Field(description="[done, total]")
+    documents: int
+    chunks: int
+    tokens: int
+    skipped: int
+
+
+class SkippedOut(BaseModel):
+    source: str
+    reason: str
+
+
+class JobOut(BaseModel):
+    """A job: what was asked, where it is, what it did."""
+
+    id: str
+    tenant: str
+    status: str
+    priority: str
+    table: str
+    spec: dict[str, Any]
+    history: list[list[str]]
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    estimated_chunks: int
+    partitions_total: int
+    partitions_done: int
+    documents_done: int
+    documents_unchanged: int
+    chunks_done: int
+    tokens_done: int
+    skipped_count: int
+    progress: Progress
+    seconds: float | None
+    chunks_per_s: float
+    error: str | None
+    error_reason: str | None
+    dashboard_link: str | None
+    skipped: list[SkippedOut] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class TableOut(BaseModel):
+    name: str
+    rows: int
+    model: str | None
+    dimension: int | None
+
+
+class TableList(BaseModel):
+    tables: list[TableOut]
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=10_000)
+    k: int = Field(10, ge=1, le=1000)
+    filter: str | None = Field(None, max_length=2000,
+                               description="SQL on the table's columns, e.g. source = 'a.md'")
+
+
+class SearchHit(BaseModel):
+    id: str
+    doc_id: str
+    chunk_index: int
+    score: float
+    text: str
+    source: str
+    metadata: dict[str, Any]
+    char_start: int
+    char_end: int
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+
+
+class UsageOut(BaseModel):
+    tenant: str
+    tier: str
+    daily_chunks: int | None
+    used_chunks: int
+    used_tokens: int
+    remaining_chunks: int | None
+    resets_at: str
+    max_concurrent_jobs: int | None
+    active_jobs: int
+
+
+class TenantCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    tier: str = Field(min_length=1, max_length=64)
+
+
+class TenantUpdate(BaseModel):
+    tier: str | None = Field(None, min_length=1, max_length=64)
+    daily_chunks: int | None = Field(None, ge=0, description="override of the tier's quota")
+    max_concurrent_jobs: int | None = Field(None, ge=0)
+
+
+class TenantOut(BaseModel):
+    name: str
+    tier: str
+    daily_chunks: int | None
+    max_concurrent_jobs: int | None
+    created_at: str
+
+
+class TenantCreated(TenantOut):
+    api_key: str = Field(description="shown once: only its hash is stored")
+
+
+class TenantKey(BaseModel):
+    name: str
+    api_key: str = Field(description="shown once; the tenant's older keys are revoked")
+
+
+class ClusterOut(BaseModel):
+    scheduler: str | None
+    dashboard_link: str | None
+    workers: int
+    threads: int
+
+
+class ErrorOut(BaseModel):
+    detail: Any

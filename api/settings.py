@@ -1,0 +1,34 @@
+"""The service's settings: one object, from `embedscale serve` flags and EMBEDSCALE_* variables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the service keeps its data, which cluster it runs on, who may do what."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBEDSCALE_")
+
+    data_dir: Path = Path("./embedscale-data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    scheduler: str | None = None  # an existing Dask scheduler's address
+    cluster: str | None = None  # or a cluster spec YAML
+    workers: int | None = None  # local workers (default: one per core)
+    allow_roots: list[str] = Field(default_factory=list)  # server-side source folders allowed
+    tiers_file: str | None = None
+    admin_key: str | None = None  # EMBEDSCALE_ADMIN_KEY
+    admin_key_file: str | None = None  # EMBEDSCALE_ADMIN_KEY_FILE: a file holding the key
+    shutdown_timeout: float = 30.0  # seconds in-flight partitions get to finish on shutdown
+
+    def resolved_admin_key(self) -> str | None:
+        """The admin key from the variable or the file; None means no admin routes at all."""
+        if self.admin_key:
+            return self.admin_key
+        if self.admin_key_file:
+            key = Path(self.admin_key_file).read_text().strip()
+            return key or None
+        return None
