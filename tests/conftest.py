@@ -61,3 +61,13 @@ def small_corpus(tmp_path: Path) -> Path:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One `embedscale serve` for the API tests (its own cluster of two workers)."""
+    from tests.api_server import Server
+
+    srv = Server(tmp_path_factory.mktemp("server"), "--workers", "2")
+    yield srv
+    srv.stop()
