@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jobs.service import TENANT_NAME_PATTERN
+
 
 class Progress(BaseModel):
     partitions: list[int] = Field(description="[done, total]")
@@ -102,7 +104,7 @@ class UsageOut(BaseModel):
 
 
 class TenantCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)
     tier: str = Field(min_length=1, max_length=64)
 
 

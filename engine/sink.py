@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 MODES = ("append", "overwrite", "upsert")
 JOB_PROPERTY = "embedscale.job"
 PARTITIONS_PROPERTY = "embedscale.partitions"
-_TABLE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+TABLE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+_TABLE_NAME = re.compile(TABLE_NAME_PATTERN)
 _DELETE_BATCH = 1000  # doc ids per delete predicate
 
 

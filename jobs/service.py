@@ -31,7 +31,8 @@ from jobs.tiers import Tier, load_tiers, with_overrides
 LOCAL_TENANT = "local"  # the CLI's built-in tenant; its tables live right in the data dir
 LOCAL_TIER = "unlimited"
 DB_FILE = "embedscale.duckdb"
-_TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TENANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
 
 
 def tenant_data_dir(data_dir: str | Path, tenant: str) -> Path:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from engine.errors import TableError
 from engine.models.registry import DEFAULT_MODEL
-from engine.sink import validate_table_name
+from engine.sink import TABLE_NAME_PATTERN, validate_table_name
 from jobs.errors import ValidationError
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -22,7 +22,10 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    table: str = Field(description="the tenant's LanceDB table to write")
+    # The pattern is published for clients; the validator below enforces it with a message
+    # that says what a name may hold.
+    table: str = Field(description="the tenant's LanceDB table to write",
+                       json_schema_extra={"pattern": TABLE_NAME_PATTERN, "maxLength": 128})
     source: str | None = Field(None, description="directory, file or glob on the server")
     texts: list[str] | None = Field(None, max_length=MAX_INLINE_TEXTS,
                                     description="inline documents, for small jobs")

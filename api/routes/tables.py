@@ -14,13 +14,12 @@ from api.schemas import ErrorOut, SearchHit, SearchRequest, SearchResponse, Tabl
 from engine.errors import TableError
 from engine.schema import table_model
 from engine.search import search
-from engine.sink import ChunkTable, lancedb_dir
+from engine.sink import TABLE_NAME_PATTERN, ChunkTable, lancedb_dir
 from jobs.errors import ConflictError, NotFoundError, ValidationError
 from jobs.service import JobService
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"])
-TableName = Annotated[str, Path(min_length=1, max_length=128,
-                                pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+TableName = Annotated[str, Path(min_length=1, max_length=128, pattern=TABLE_NAME_PATTERN)]
 _ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 
 
