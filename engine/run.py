@@ -183,7 +183,7 @@ def run_embedding(
                 if nxt is not None:
                     completions.add(nxt)
             if done:
-                table.commit(request.job_id, done)
+                table.commit({request.job_id: done})
                 totals.add(done)
             totals.partitions_done += len(batch)
             if on_progress:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from engine.tasks import PartitionResult
 
 MODES = ("append", "overwrite", "upsert")
-JOB_PROPERTY = "embedscale.job"
-PARTITIONS_PROPERTY = "embedscale.partitions"
+COMMITS_PROPERTY = "embedscale.commits"  # {job_id: {partition: counts}} of one commit
 TABLE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 _TABLE_NAME = re.compile(TABLE_NAME_PATTERN)
 _DELETE_BATCH = 1000  # doc ids per delete predicate
@@ -87,22 +86,24 @@ class ChunkTable:
                 f"{model.dimension}: use that model, another table, or --mode overwrite"
             )
 
-    def commit(self, job_id: str, results: Sequence["PartitionResult"]) -> int:
-        """Make the given partitions' fragments visible in one atomic append; returns the new
-        version. The commit records each partition's counts, so a restarted driver can tell
-        what is in the table. For upserts the old rows of replaced documents are deleted
-        first: a crash in between leaves those documents absent (and re-embedded on resume),
-        never doubled."""
+    def commit(self, results_by_job: Mapping[str, Sequence["PartitionResult"]]) -> int:
+        """Make the fragments of the given partitions (of one or more jobs) visible in one
+        atomic append; returns the new version. The commit records each partition's counts
+        under its job, so a restarted driver can tell what is in the table. For upserts the
+        old rows of replaced documents are deleted first: a crash in between leaves those
+        documents absent (and re-embedded on resume), never doubled."""
+        results = [r for rs in results_by_job.values() for r in rs]
         self._delete_docs([d for r in results for d in r.replaced_doc_ids])
         ds = lance.dataset(self.uri)
         fragments = [f for r in results for f in r.fragments]
         if not fragments:
             return ds.version
-        counts = {str(r.partition): partition_counts(r) for r in results}
+        counts = {job_id: {str(r.partition): partition_counts(r) for r in rs}
+                  for job_id, rs in results_by_job.items()}
         tx = lance.Transaction(
             read_version=ds.version,
             operation=lance.LanceOperation.Append(fragments),
-            transaction_properties={JOB_PROPERTY: job_id, PARTITIONS_PROPERTY: json.dumps(counts)},
+            transaction_properties={COMMITS_PROPERTY: json.dumps(counts)},
         )
         return lance.LanceDataset.commit(self.uri, tx).version
 
@@ -127,8 +128,9 @@ class ChunkTable:
             return done
         for tx in lance.dataset(self.uri).get_transactions(recent):
             props = (tx.transaction_properties or {}) if tx else {}
-            if props.get(JOB_PROPERTY) == job_id and props.get(PARTITIONS_PROPERTY):
-                for partition, counts in json.loads(props[PARTITIONS_PROPERTY]).items():
+            if COMMITS_PROPERTY in props:
+                for partition, counts in json.loads(props[COMMITS_PROPERTY]).get(
+                        job_id, {}).items():
                     done[int(partition)] = counts
         return done
 

@@ -37,10 +37,11 @@ from jobs.records import JobRecord
 from jobs.scheduling import PRIORITY_LEVELS, JobView, choose, dask_priority
 from jobs.spec import JobSpec
 from jobs.states import IllegalTransitionError, JobStatus
-from jobs.store import Store
+from jobs.store import PartitionDone, Store
 from jobs.tiers import Tier
 
 log = logging.getLogger(__name__)
+MAX_BATCH = 256  # completions handled together
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,11 @@ class Runner:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._draining = False
+        self._admission_due = True  # set when a job arrives or one ends (a slot frees)
         # Models already loaded on the workers (new workers load them through the preload
         # plugin): a job on a warm model starts without a round of warm-up tasks.
         self._warm: dict[ModelSpec, ModelInfo] = {}
+        self._checked_tables: set[tuple[str, str, int]] = set()
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.error: BaseException | None = None
@@ -111,6 +114,7 @@ class Runner:
 
     def wake(self) -> None:
         """Look at the store again (a job was submitted)."""
+        self._admission_due = True
         self._wakeup.set()
 
     def request_cancel(self, job_id: str) -> None:
@@ -118,6 +122,10 @@ class Runner:
         with self._lock:
             self._cancels.add(job_id)
         self._wakeup.set()
+
+    def forget_table(self, uri: str) -> None:
+        """A table was dropped: the next job on that name prepares it afresh."""
+        self._checked_tables = {c for c in self._checked_tables if c[0] != uri}
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: feed nothing new, let in-flight partitions finish and be
@@ -146,7 +154,8 @@ class Runner:
         try:
             while not self._stopping.is_set():
                 self._handle_cancels()
-                if not self._draining:
+                if self._admission_due and not self._draining:
+                    self._admission_due = False
                     self._admit_queued()
                 self._collect_prepared()
                 self._retry_due()
@@ -161,15 +170,17 @@ class Runner:
     def _admit_queued(self) -> None:
         queued = [j for j in self.store.unfinished_jobs() if j.status == JobStatus.QUEUED]
         queued.sort(key=lambda j: (-PRIORITY_LEVELS[j.priority], j.created_at))
+        active = self.store.active_job_counts() if queued else {}
         for job in queued:
             limit = self.tier_of(job.tenant).max_concurrent_jobs
-            if limit is not None and self.store.active_job_count(job.tenant) >= limit:
+            if limit is not None and active.get(job.tenant, 0) >= limit:
                 continue  # waits in `queued`: the limit delays, it does not fail
             try:
                 record = self.store.set_status(job.id, JobStatus.RUNNING,
                                                dashboard_link=self.cluster.dashboard_link)
             except IllegalTransitionError:
                 continue  # cancelled between the query and now
+            active[job.tenant] = active.get(job.tenant, 0) + 1
             self._publish(record)
             self._start_preparing(record, resumed=False)
 
@@ -190,8 +201,14 @@ class Runner:
             info = self._warm[model] = warm_up(self.cluster.client, model)
         chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
         table = ChunkTable(self.data_dir_of(record.tenant), spec.table)
+        mode = "append" if resumed and table.exists() else spec.mode
         # On resume the table already holds this job's work: overwrite must not empty it again.
-        table.prepare(info, "append" if resumed and table.exists() else spec.mode)
+        # A table already checked for this model needs no second look (small jobs' fast path)
+        # while it exists; overwrite and a re-created table are prepared afresh.
+        checked = (table.uri, info.name, info.dimension)
+        if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
+            table.prepare(info, mode)
+            self._checked_tables.add(checked)
         if resumed:
             self._reconcile(record, table)
         stored = {p.partition.index: p for p in self.store.partitions(record.id)}
@@ -254,33 +271,34 @@ class Runner:
                     job.pending.appendleft(index)
 
     def _drain_completions(self, timeout: float) -> None:
+        """Handle every completion that is ready, as one batch: small jobs that finish
+        together share one Lance commit per table and one DuckDB transaction."""
         try:
-            future = self._completed.get(timeout=timeout)
+            futures = [self._completed.get(timeout=timeout)]
         except queue.Empty:
             self._wakeup.wait(timeout)
             self._wakeup.clear()
             return
-        while True:
-            self._on_completed(future)
+        while len(futures) < MAX_BATCH:
             try:
-                future = self._completed.get_nowait()
+                futures.append(self._completed.get_nowait())
             except queue.Empty:
-                return
-
-    def _on_completed(self, future: Future) -> None:
-        job_id, index = self._keys.pop(future.key, (None, None))
-        job = self._jobs.get(job_id)
-        if job is None or job.in_flight.get(index) is not future:
-            future.release()
-            return  # the job was cancelled or failed meanwhile: its work is dropped
-        del job.in_flight[index]
-        try:
+                break
+        results: list[tuple[_Job, PartitionResult]] = []
+        for future in futures:
+            job_id, index = self._keys.pop(future.key, (None, None))
+            job = self._jobs.get(job_id)
+            if job is None or job.in_flight.get(index) is not future:
+                future.release()
+                continue  # the job was cancelled or failed meanwhile: its work is dropped
+            del job.in_flight[index]
             if future.status == "finished":
-                self._on_result(job, future.result())
+                results.append((job, future.result()))
             elif future.status != "cancelled":
                 self._on_error(job, index, future.exception())
-        finally:
             future.release()
+        if results:
+            self._commit(results)
 
     def _on_error(self, job: _Job, index: int, exc: BaseException | None) -> None:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
@@ -297,21 +315,70 @@ class Runner:
                     error, attempts, delay)
         job.retry_at[index] = time.monotonic() + delay
 
-    def _on_result(self, job: _Job, result: PartitionResult) -> None:
-        tier = job.tier = self.tier_of(job.record.tenant)  # limits may change mid-job
-        used, _ = self.store.usage(job.record.tenant)
-        if not partition_fits(tier, used, result.chunks):
-            self._finish(job.record.id, JobStatus.FAILED, error_reason="quota_exhausted",
-                         error=f"daily chunk quota exhausted: partition {result.partition} "
-                               f"needs {result.chunks} chunks, {max(0, tier.daily_chunks - used)}"
-                               f" of {tier.daily_chunks} left today")
-            return
-        job.table.commit(job.record.id, [result])
-        job.record = self.store.record_partition_done(
-            job.record.id, job.record.tenant, result.partition, partition_counts(result),
-            result.skipped)
-        self._publish(job.record, "progress", partition_seconds=result.seconds)
-        self._complete_if_done(job)
+    def _commit(self, results: list[tuple[_Job, PartitionResult]]) -> None:
+        """Quota-check, commit to LanceDB, then record in DuckDB a batch of finished
+        partitions. A partition that would overdraw its tenant's quota fails its job
+        (quota_exhausted) uncommitted; what was committed before stays, and the job ends only
+        after the batch's accepted partitions are recorded, so its final state counts them."""
+        accepted, exhausted = self._within_quota(results)
+        by_table: dict[str, tuple[ChunkTable, dict[str, list[PartitionResult]]]] = {}
+        for job, result in accepted:
+            _, per_job = by_table.setdefault(job.table.uri, (job.table, {}))
+            per_job.setdefault(job.record.id, []).append(result)
+        committed: list[tuple[_Job, PartitionResult]] = []
+        for table, per_job in by_table.values():
+            try:
+                table.commit(per_job)
+            except Exception as exc:  # the table vanished or its disk failed
+                for job_id in per_job:
+                    self._finish(job_id, JobStatus.FAILED, error_reason="commit_failed",
+                                 error=f"commit to table '{table.name}' failed: "
+                                       f"{_error_line(exc)}")
+                continue
+            committed += [(j, r) for j, r in accepted if j.record.id in per_job]
+        if committed:
+            self._record(committed)
+        for job_id, error in exhausted.items():
+            self._finish(job_id, JobStatus.FAILED, error_reason="quota_exhausted", error=error)
+
+    def _record(self, committed: list[tuple[_Job, PartitionResult]]) -> None:
+        jobs = {job.record.id: job for job, _ in committed}
+        complete = [job_id for job_id, job in jobs.items()
+                    if not job.pending and not job.in_flight and not job.retry_at]
+        records = self.store.record_partitions_done(
+            [PartitionDone(job.record.id, job.record.tenant, result.partition,
+                           partition_counts(result), tuple(result.skipped))
+             for job, result in committed], succeeded=complete)
+        for job, result in committed:
+            job.record = records[job.record.id]
+            self._publish(job.record, "progress", partition_seconds=result.seconds)
+        for job_id in complete:
+            self._jobs.pop(job_id, None)
+            self._admission_due = True
+            self._publish(records[job_id])
+
+    def _within_quota(self, results: list[tuple[_Job, PartitionResult]]
+                      ) -> tuple[list[tuple[_Job, PartitionResult]], dict[str, str]]:
+        """The results that fit their tenants' quotas, and the jobs (with the error) whose
+        next partition does not: nothing more of those is committed."""
+        used: dict[str, int] = {}
+        accepted, exhausted = [], {}
+        for job, result in results:
+            if job.record.id in exhausted:
+                continue
+            tenant = job.record.tenant
+            tier = job.tier = self.tier_of(tenant)  # limits may change mid-job
+            if tenant not in used:
+                used[tenant] = self.store.usage(tenant)[0]
+            if not partition_fits(tier, used[tenant], result.chunks):
+                left = max(0, tier.daily_chunks - used[tenant])
+                exhausted[job.record.id] = (
+                    f"daily chunk quota exhausted: partition {result.partition} needs "
+                    f"{result.chunks} chunks, {left} of {tier.daily_chunks} left today")
+                continue
+            used[tenant] += result.chunks
+            accepted.append((job, result))
+        return accepted, exhausted
 
     def _complete_if_done(self, job: _Job) -> None:
         if not job.pending and not job.in_flight and not job.retry_at:
@@ -335,8 +402,10 @@ class Runner:
                 self._publish(record)
             remove_job_rows(self.data_dir_of(record.tenant), record)
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
+            self._admission_due = True
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        self._admission_due = True
         job = self._jobs.pop(job_id, None)
         if job is not None:
             for future in job.in_flight.values():

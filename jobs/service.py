@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from engine.cluster import Cluster
 from engine.errors import EmbedscaleError
+from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
 from jobs.errors import ConflictError, NotFoundError, ValidationError
 from jobs.events import EventBus
@@ -72,6 +74,8 @@ class JobService:
         self.allowed_roots = allowed_roots
         self.store = Store(self.data_dir / DB_FILE)
         self.bus = EventBus()
+        self._tier_cache: dict[str, Tier] = {}
+        self._key_cache: dict[str, str] = {}  # key hash -> tenant
         self.cluster: Cluster | None = None
         self.runner: Runner | None = None
         self._ensure_local_tenant()
@@ -116,7 +120,14 @@ class JobService:
             self.store.create_tenant(LOCAL_TENANT, LOCAL_TIER)
 
     def tier_of(self, tenant: str) -> Tier:
-        """The tenant's effective limits: its tier with its own overrides."""
+        """The tenant's effective limits: its tier with its own overrides. Cached: this is
+        asked for every request and every partition, and only this class changes tenants."""
+        tier = self._tier_cache.get(tenant)
+        if tier is None:
+            tier = self._tier_cache[tenant] = self._load_tier(tenant)
+        return tier
+
+    def _load_tier(self, tenant: str) -> Tier:
         record = self.store.get_tenant(tenant)
         tier = self.tiers.get(record.tier)
         if tier is None:
@@ -138,6 +149,7 @@ class JobService:
 
     def set_tier(self, name: str, tier: str) -> TenantRecord:
         self._check_tier(tier)
+        self._tier_cache.pop(name, None)
         return self.store.update_tenant(name, tier=tier)
 
     def set_limits(self, name: str, daily_chunks: int | None = None,
@@ -147,6 +159,7 @@ class JobService:
                              ("max_concurrent_jobs", max_concurrent_jobs)):
             if value is not None and value < 0:
                 raise ValidationError(field, f"{field}={value} must not be negative")
+        self._tier_cache.pop(name, None)
         return self.store.update_tenant(name, daily_chunks=daily_chunks,
                                         max_concurrent_jobs=max_concurrent_jobs)
 
@@ -154,10 +167,21 @@ class JobService:
         """Revoke the tenant's keys and issue a new one (returned once)."""
         self.store.get_tenant(name)
         self.store.revoke_api_keys(name)
+        for digest, tenant in list(self._key_cache.items()):
+            if tenant == name:
+                del self._key_cache[digest]
         return self._issue_key(name)
 
     def tenant_for_key(self, key: str) -> str | None:
-        return self.store.tenant_for_key_hash(hash_key(key))
+        """The tenant of an API key (None if unknown or revoked). Cached per key hash:
+        every request asks, and only rotate_key revokes."""
+        digest = hash_key(key)
+        tenant = self._key_cache.get(digest)
+        if tenant is None:
+            tenant = self.store.tenant_for_key_hash(digest)
+            if tenant is not None:
+                self._key_cache[digest] = tenant
+        return tenant
 
     def _issue_key(self, tenant: str) -> str:
         key = new_api_key()
@@ -195,8 +219,9 @@ class JobService:
             estimated_chunks=estimate, partitions_total=len(plan.partitions),
         )
         self.store.insert_job(record, plan.partitions)
-        self.store.add_skipped(record.id, plan.skipped)
-        record = self.store.get_job(record.id)
+        if plan.skipped:
+            self.store.add_skipped(record.id, plan.skipped)
+            record = self.store.get_job(record.id)
         self.bus.publish(record.id, {"type": "status", "job": record.to_dict()})
         if self.runner is not None:
             self.runner.wake()
@@ -261,6 +286,21 @@ class JobService:
         # No runner in this process (CLI, after a crash): finish the cancellation here.
         remove_job_rows(self.tenant_data_dir(record.tenant), record)
         return self.store.set_status(job_id, JobStatus.CANCELLED)
+
+    def drop_table(self, tenant: str, name: str) -> None:
+        """Delete a tenant's table with all its rows; ConflictError while a job of the tenant
+        still writes to it."""
+        table = ChunkTable(self.tenant_data_dir(tenant), name)
+        if not table.exists():
+            raise NotFoundError(f"no table '{name}'")
+        busy = [j.id for j in self.store.unfinished_jobs()
+                if j.tenant == tenant and j.table_name == name]
+        if busy:
+            raise ConflictError(f"table '{name}' is being written by job(s) {', '.join(busy)}; "
+                                "cancel them first")
+        shutil.rmtree(table.uri)
+        if self.runner is not None:
+            self.runner.forget_table(table.uri)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job ends; returns its final record (TimeoutError after `timeout`)."""

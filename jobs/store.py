@@ -6,10 +6,12 @@ documents) is one transaction.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -155,10 +157,15 @@ class Store:
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """A job by id; with `tenant`, only that tenant's (others' jobs are not found)."""
         with self._lock:
-            row = self._con.execute(
-                f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?"
-                + (" AND tenant = ?" if tenant is not None else ""),
-                [job_id] + ([tenant] if tenant is not None else [])).fetchone()
+            return self._get_job(self._con, job_id, tenant)
+
+    @staticmethod
+    def _get_job(con: duckdb.DuckDBPyConnection, job_id: str,
+                 tenant: str | None = None) -> JobRecord:
+        row = con.execute(
+            f"SELECT {', '.join(_JOB_COLUMNS)} FROM jobs WHERE id = ?"
+            + (" AND tenant = ?" if tenant is not None else ""),
+            [job_id] + ([tenant] if tenant is not None else [])).fetchone()
         if row is None:
             raise NotFoundError(f"no job '{job_id}'")
         return _job_from_row(row)
@@ -196,21 +203,34 @@ class Store:
                 "SELECT count(*) FROM jobs WHERE tenant = ? AND status IN ('running', "
                 "'cancelling')", [tenant]).fetchone()[0]
 
+    def active_job_counts(self) -> dict[str, int]:
+        """Jobs holding a concurrency slot, by tenant."""
+        with self._lock:
+            return dict(self._con.execute(
+                "SELECT tenant, count(*) FROM jobs WHERE status IN ('running', 'cancelling') "
+                "GROUP BY tenant").fetchall())
+
     def set_status(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord:
         """Move a job to `new` (checked against the transition table) and set other fields."""
         with self._tx() as con:
-            job = self.get_job(job_id)
-            check_transition(job_id, job.status, new, job.history)
-            now = utcnow()
-            history = job.history + [(str(new), now.isoformat())]
-            fields.update(status=str(new), history=json.dumps(history), updated_at=now)
-            if new == JobStatus.RUNNING and job.started_at is None:
-                fields["started_at"] = now
-            if new in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
-                fields["finished_at"] = now
-            sets = ", ".join(f"{k} = ?" for k in fields)
-            con.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*fields.values(), job_id])
-        return self.get_job(job_id)
+            return self._transition(con, self._get_job(con, job_id), new, **fields)
+
+    @staticmethod
+    def _transition(con: duckdb.DuckDBPyConnection, job: JobRecord, new: JobStatus,
+                    **fields: Any) -> JobRecord:
+        check_transition(job.id, job.status, new, job.history)
+        now = utcnow()
+        changes: dict[str, Any] = dict(fields, status=JobStatus(new), updated_at=now,
+                                       history=job.history + [(str(new), now.isoformat())])
+        if new == JobStatus.RUNNING and job.started_at is None:
+            changes["started_at"] = now
+        if new in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
+            changes["finished_at"] = now
+        stored = {k: (json.dumps(v) if k == "history" else str(v) if k == "status" else v)
+                  for k, v in changes.items()}
+        con.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in stored)} WHERE id = ?",
+                    [*stored.values(), job.id])
+        return dataclasses.replace(job, **changes)
 
     # --- partitions, progress and usage ---------------------------------------------------
 
@@ -233,47 +253,68 @@ class Store:
     def record_partition_done(self, job_id: str, tenant: str, partition: int,
                               counts: dict[str, int], skipped: Sequence[Skipped] = (),
                               day: date | None = None) -> JobRecord:
-        """Mark a committed partition done, add its counts to the job, charge its chunks to
-        the tenant's usage for `day` (UTC today): all or nothing. A partition already done is
-        left alone, so recording twice never charges twice."""
+        """Record one committed partition (see record_partitions_done)."""
+        done = PartitionDone(job_id, tenant, partition, counts, tuple(skipped))
+        return self.record_partitions_done([done], day=day)[job_id]
+
+    def record_partitions_done(self, done: Sequence["PartitionDone"],
+                               succeeded: Collection[str] = (),
+                               day: date | None = None) -> dict[str, JobRecord]:
+        """Mark committed partitions done, add their counts to their jobs, charge their chunks
+        to their tenants' usage for `day` (UTC today), and move the jobs in `succeeded` (all
+        their partitions done) to succeeded: all in one transaction. A partition already done
+        is left alone, so recording twice never charges twice. Returns the jobs' records."""
         day = day or utcnow().date()
+        now = utcnow()
         with self._tx() as con:
-            updated = con.execute(
-                "UPDATE job_partitions SET status = 'done', documents = ?, chunks = ?, "
-                "tokens = ?, error = NULL, updated_at = ? WHERE job_id = ? AND partition = ? "
-                "AND status != 'done' RETURNING partition",
-                [counts["documents"], counts["chunks"], counts["tokens"], utcnow(), job_id,
-                 partition]).fetchall()
-            if updated:
+            for d in done:
+                updated = con.execute(
+                    "UPDATE job_partitions SET status = 'done', documents = ?, chunks = ?, "
+                    "tokens = ?, error = NULL, updated_at = ? WHERE job_id = ? AND "
+                    "partition = ? AND status != 'done' RETURNING partition",
+                    [d.counts["documents"], d.counts["chunks"], d.counts["tokens"], now,
+                     d.job_id, d.partition]).fetchall()
+                if not updated:
+                    continue
                 con.execute(
                     "UPDATE jobs SET partitions_done = partitions_done + 1, "
                     "documents_done = documents_done + ?, documents_unchanged = "
                     "documents_unchanged + ?, chunks_done = chunks_done + ?, tokens_done = "
                     "tokens_done + ?, skipped_count = skipped_count + ?, updated_at = ? "
                     "WHERE id = ?",
-                    [counts["documents"], counts.get("unchanged", 0), counts["chunks"],
-                     counts["tokens"], counts.get("skipped", len(skipped)), utcnow(), job_id])
+                    [d.counts["documents"], d.counts.get("unchanged", 0), d.counts["chunks"],
+                     d.counts["tokens"], d.counts.get("skipped", len(d.skipped)), now, d.job_id])
                 con.execute(
                     "INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (tenant, day) DO UPDATE "
                     "SET chunks = usage.chunks + excluded.chunks, "
                     "tokens = usage.tokens + excluded.tokens",
-                    [tenant, day, counts["chunks"], counts["tokens"]])
-                stored = con.execute("SELECT count(*) FROM job_skipped WHERE job_id = ?",
-                                     [job_id]).fetchone()[0]
-                room = max(0, MAX_SKIPPED_STORED - stored)
-                if skipped[:room]:
-                    con.executemany("INSERT INTO job_skipped VALUES (?, ?, ?, ?)",
-                                    [[job_id, partition, s.source, s.reason]
-                                     for s in skipped[:room]])
-        return self.get_job(job_id)
+                    [d.tenant, day, d.counts["chunks"], d.counts["tokens"]])
+                if d.skipped:
+                    self._insert_skipped(con, d.job_id, d.partition, d.skipped)
+            records = {job_id: self._get_job(con, job_id) for job_id in
+                       {d.job_id for d in done} | set(succeeded)}
+            for job_id in succeeded:
+                if records[job_id].status == JobStatus.RUNNING:  # a cancel may have come first
+                    records[job_id] = self._transition(con, records[job_id],
+                                                       JobStatus.SUCCEEDED)
+        return records
+
+    @staticmethod
+    def _insert_skipped(con: duckdb.DuckDBPyConnection, job_id: str, partition: int | None,
+                        skipped: Sequence[Skipped]) -> None:
+        stored = con.execute("SELECT count(*) FROM job_skipped WHERE job_id = ?",
+                             [job_id]).fetchone()[0]
+        room = max(0, MAX_SKIPPED_STORED - stored)
+        if skipped[:room]:
+            con.executemany("INSERT INTO job_skipped VALUES (?, ?, ?, ?)",
+                            [[job_id, partition, s.source, s.reason] for s in skipped[:room]])
 
     def add_skipped(self, job_id: str, skipped: Sequence[Skipped]) -> None:
         """Skipped documents found while planning (before any partition ran)."""
         if not skipped:
             return
         with self._tx() as con:
-            con.executemany("INSERT INTO job_skipped VALUES (?, NULL, ?, ?)",
-                            [[job_id, s.source, s.reason] for s in skipped[:MAX_SKIPPED_STORED]])
+            self._insert_skipped(con, job_id, None, skipped)
             con.execute("UPDATE jobs SET skipped_count = skipped_count + ? WHERE id = ?",
                         [len(skipped), job_id])
 
@@ -314,6 +355,17 @@ class Store:
             row = self._con.execute("SELECT chunks, tokens FROM usage WHERE tenant = ? AND "
                                     "day = ?", [tenant, day or utcnow().date()]).fetchone()
         return (row[0], row[1]) if row else (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionDone:
+    """A committed partition to record: its job, tenant, counts and skipped documents."""
+
+    job_id: str
+    tenant: str
+    partition: int
+    counts: dict[str, int]
+    skipped: tuple[Skipped, ...] = ()
 
 
 def _job_values(job: JobRecord) -> list[Any]:

@@ -243,3 +243,13 @@ def test_no_admin_routes_without_an_admin_key(tmp_path):
     with_file = create_app(Settings(data_dir=tmp_path, admin_key_file=str(key_file)))
     assert with_file.state.admin_key == "from-a-file"
     assert any(p.startswith("/v1/tenants") for p in with_file.openapi()["paths"])
+
+
+def test_a_dropped_table_is_made_again_by_the_next_job(server):
+    client = server.tenant("dropper")
+    for text in ("first life", "second life"):
+        job = client.post("/v1/jobs", json={"table": "phoenix", "texts": [text]}).json()
+        assert wait_job(client, job["id"], finished)["status"] == "succeeded"
+        assert client.get("/v1/tables/phoenix").json()["rows"] == 1
+        assert client.delete("/v1/tables/phoenix").status_code == 204
+        assert client.get("/v1/tables/phoenix").status_code == 404

@@ -76,16 +76,16 @@ def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster,
 
     data = tmp_path / "data"
     first = JobService(data, cluster)
-    record_partition_done = first.store.record_partition_done
+    record_partitions_done = first.store.record_partitions_done
     calls = []
 
-    def crash_after_the_first_commit(*args, **kwargs):
+    def crash_after_the_first_commit(done, *args, **kwargs):
         if not calls:
-            calls.append(args)
+            calls.append(done)
             raise SimulatedCrash("after the commit, before the record")
-        return record_partition_done(*args, **kwargs)
+        return record_partitions_done(done, *args, **kwargs)
 
-    first.store.record_partition_done = crash_after_the_first_commit
+    first.store.record_partitions_done = crash_after_the_first_commit
     first.start()
     job = first.submit("local", {"table": "t", "chunk_tokens": 32,
                                  "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64))})
@@ -93,14 +93,15 @@ def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster,
     while first.runner.error is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    lost_partition = calls[0][2]
+    lost_partitions = {d.partition for d in calls[0]}
     first.close(timeout=0)
 
     second = JobService(data, cluster)
     second.start()
     final = second.wait(job.id, timeout=120)
     partitions = {p.partition.index: p for p in second.store.partitions(job.id)}
-    assert partitions[lost_partition].attempts == 0  # taken from the table, not run again
+    for lost in lost_partitions:  # taken from the table, not run again
+        assert partitions[lost].status == "done" and partitions[lost].attempts == 0
     uri = data / "lancedb" / "t.lance"
     ids = lance.dataset(str(uri)).to_table(columns=["id"]).column("id").to_pylist()
     assert final.status == "succeeded" and len(ids) == len(set(ids)) == final.chunks_done

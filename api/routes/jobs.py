@@ -71,17 +71,16 @@ async def job_events(websocket: WebSocket, job_id: str, token: str | None = None
     service = websocket.app.state.service
     header = websocket.headers.get("authorization", "")
     key = header[7:] if header.lower().startswith("bearer ") else token
-    try:
-        tenant = await run_in_threadpool(tenant_for, service, key)
-        await run_in_threadpool(service.get, job_id, tenant)
-    except Exception as exc:  # 401 or 404: refuse the handshake
-        await websocket.close(code=1008, reason=str(getattr(exc, "detail", exc))[:120])
-        return
-    await websocket.accept()
+    # Subscribed first, then read: no event between the two is lost.
     subscription = AsyncSubscription(service.bus, job_id)
     try:
-        # Subscribed first, then read: no event between the two is lost.
-        current = (await run_in_threadpool(service.get, job_id, tenant)).to_dict()
+        try:
+            tenant = await run_in_threadpool(tenant_for, service, key)
+            current = (await run_in_threadpool(service.get, job_id, tenant)).to_dict()
+        except Exception as exc:  # 401 or 404: refuse the handshake
+            await websocket.close(code=1008, reason=str(getattr(exc, "detail", exc))[:120])
+            return
+        await websocket.accept()
         await websocket.send_json({"type": "status", "job": current})
         status = current["status"]
         while status not in _TERMINAL:

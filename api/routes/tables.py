@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from typing import Annotated
 
 import lance
@@ -15,7 +14,7 @@ from engine.errors import TableError
 from engine.schema import table_model
 from engine.search import search
 from engine.sink import TABLE_NAME_PATTERN, ChunkTable, lancedb_dir
-from jobs.errors import ConflictError, NotFoundError, ValidationError
+from jobs.errors import NotFoundError, ValidationError
 from jobs.service import JobService
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"])
@@ -66,11 +65,5 @@ async def search_table(name: TableName, request: SearchRequest, service: Service
 @router.delete("/{name}", status_code=204, responses={**_ERRORS, 409: {"model": ErrorOut}})
 def delete_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) -> Response:
     """Drop a table with all its rows; 409 while a job of the tenant still writes to it."""
-    table = _table(service, tenant, name)
-    busy = [j.id for j in service.store.unfinished_jobs()
-            if j.tenant == tenant and j.table_name == name]
-    if busy:
-        raise ConflictError(f"table '{name}' is being written by job(s) {', '.join(busy)}; "
-                            "cancel them first")
-    shutil.rmtree(table.uri)
+    service.drop_table(tenant, name)
     return Response(status_code=204)
