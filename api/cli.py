@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("table")
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
-    search.add_argument("--where", help="SQL filter on the table's columns, e.g. \"source = 'a.md'\"")
+    search.add_argument("--where",
+                        help="SQL filter on the table's columns, e.g. \"source = 'a.md'\"")
     search.add_argument("--tenant", default="local", help="whose table (default: local)")
     _common_args(search)
 

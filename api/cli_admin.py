@@ -43,7 +43,8 @@ def _jobs(service: JobService, args: argparse.Namespace) -> int:
             _print_json(data)
         else:
             for key, value in data.items():
-                print(f"{key + ':':20} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+                shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+                print(f"{key + ':':20} {shown}")
         return 0
     job = service.cancel(args.job_id)
     _print_json(job.to_dict()) if args.json else print(f"job {job.id} {job.status}")

@@ -3,14 +3,19 @@ where their errors become 4xx answers that name the field."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from engine.errors import ChunkingError, EmbedscaleError, ModelError, SourceError, TableError
-from jobs.errors import (ConflictError, NotFoundError, QuotaExceededError, StoreLockedError,
-                         ValidationError)
+from jobs.errors import (
+    ConflictError,
+    NotFoundError,
+    QuotaExceededError,
+    StoreLockedError,
+    ValidationError,
+)
 from jobs.states import IllegalTransitionError
 
 
@@ -49,7 +54,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(QuotaExceededError)
     async def _quota(_: Request, exc: QuotaExceededError) -> JSONResponse:
-        wait = max(1, math.ceil((exc.resets_at - datetime.now(timezone.utc)).total_seconds()))
+        wait = max(1, math.ceil((exc.resets_at - datetime.now(UTC)).total_seconds()))
         return JSONResponse(status_code=429, headers={"Retry-After": str(wait)},
                             content={"detail": str(exc), "quota": exc.figures()})
 

@@ -34,7 +34,7 @@ class ChunkSettings:
     @classmethod
     def for_model(
         cls, model: ModelInfo, chunk_tokens: int | None = None, overlap_tokens: int | None = None
-    ) -> "ChunkSettings":
+    ) -> ChunkSettings:
         """Defaults (the model's maximum, 32 tokens of overlap) and validation against the model."""
         size = model.max_tokens if chunk_tokens is None else chunk_tokens
         if size > model.max_tokens:
@@ -48,7 +48,8 @@ class ChunkSettings:
                 f"{model.special_tokens} special tokens; use at least {model.special_tokens + 1}"
             )
         content = size - model.special_tokens
-        overlap = min(DEFAULT_OVERLAP_TOKENS, content // 4) if overlap_tokens is None else overlap_tokens
+        overlap = (min(DEFAULT_OVERLAP_TOKENS, content // 4) if overlap_tokens is None
+                   else overlap_tokens)
         if overlap < 0 or overlap >= content:
             raise ChunkingError(
                 f"overlap_tokens={overlap} must be at least 0 and less than the chunk's "

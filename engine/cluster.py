@@ -42,7 +42,7 @@ class ClusterSpec:
     log_level: str = "error"  # local workers' log level (their output shares our terminal)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "ClusterSpec":
+    def from_yaml(cls, path: str | os.PathLike) -> ClusterSpec:
         """Read a spec file; unknown keys are an error, so typos do not pass silently."""
         try:
             data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
@@ -86,7 +86,7 @@ class Cluster:
         if self._cluster is not None:
             self._cluster.close()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,7 +5,9 @@ import re
 from html.parser import HTMLParser
 
 # Elements whose content is never shown as text.
-_INVISIBLE = frozenset({"script", "style", "head", "template", "noscript", "svg", "iframe", "object"})
+_INVISIBLE = frozenset({
+    "script", "style", "head", "template", "noscript", "svg", "iframe", "object",
+})
 # Elements that start a new line of text when rendered.
 _BLOCKS = frozenset({
     "p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer",

@@ -86,7 +86,7 @@ class ChunkTable:
                 f"{model.dimension}: use that model, another table, or --mode overwrite"
             )
 
-    def commit(self, results_by_job: Mapping[str, Sequence["PartitionResult"]]) -> int:
+    def commit(self, results_by_job: Mapping[str, Sequence[PartitionResult]]) -> int:
         """Make the fragments of the given partitions (of one or more jobs) visible in one
         atomic append; returns the new version. The commit records each partition's counts
         under its job, so a restarted driver can tell what is in the table. For upserts the
@@ -135,7 +135,7 @@ class ChunkTable:
         return done
 
 
-def partition_counts(result: "PartitionResult") -> dict[str, int]:
+def partition_counts(result: PartitionResult) -> dict[str, int]:
     """The figures of a partition that progress and the usage ledger are made of."""
     return {"documents": result.documents, "unchanged": result.unchanged,
             "chunks": result.chunks, "tokens": result.tokens, "skipped": len(result.skipped)}

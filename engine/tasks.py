@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
 from engine import sink
 from engine.batching import embed_inputs
-from engine.chunking import ChunkSettings, Chunks, chunk_texts
+from engine.chunking import Chunks, ChunkSettings, chunk_texts
 from engine.documents import Document, Skipped, chunk_id
 from engine.models.cache import get_model
 from engine.models.registry import ModelSpec
@@ -34,7 +34,7 @@ class TaskConfig:
     chunking: ChunkSettings
     table_uri: str
     mode: str = "append"
-    fields: RecordFields = RecordFields()
+    fields: RecordFields = field(default_factory=RecordFields)
     token_budget: int | None = None
 
 
@@ -108,7 +108,7 @@ def _rows(docs: list[Document], chunks: Chunks, inputs: list[np.ndarray],
     meta_json = [json.dumps(d.metadata, ensure_ascii=False, default=str) for d in docs]
     texts = [docs[d].text[s:e] for d, s, e in zip(d_idx, chunks.char_start, chunks.char_end)]
     n, dim = vectors.shape
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     schema = chunk_schema(model, dim)
     columns = {
         "id": [chunk_id(doc, int(c), model) for doc, c in zip(doc_ids, chunks.chunk_index)],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 
 from engine.partitions import FileSlice, Partition
 from jobs.errors import QuotaExceededError
@@ -34,8 +34,8 @@ def estimate_chunks(partitions: list[Partition], chunk_tokens: int | None,
 
 def resets_at(now: datetime | None = None) -> datetime:
     """When today's (UTC) quota starts afresh."""
-    now = now or datetime.now(timezone.utc)
-    return datetime.combine(now.date() + timedelta(days=1), time(0), tzinfo=timezone.utc)
+    now = now or datetime.now(UTC)
+    return datetime.combine(now.date() + timedelta(days=1), time(0), tzinfo=UTC)
 
 
 def remaining_today(tier: Tier, used_today: int) -> int | None:

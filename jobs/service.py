@@ -105,7 +105,7 @@ class JobService:
         self.stop(timeout)
         self.store.close()
 
-    def __enter__(self) -> "JobService":
+    def __enter__(self) -> JobService:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -50,7 +50,7 @@ class JobSpec(BaseModel):
             raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "JobSpec":
+    def _consistent(self) -> JobSpec:
         if (self.source is None) == (self.texts is None):
             raise ValueError("give exactly one of 'source' (a server-side path) or 'texts'")
         if self.texts is not None:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,13 @@ from engine.documents import Skipped
 from engine.partitions import Partition
 from jobs.errors import ConflictError, NotFoundError, StoreLockedError, StoreVersionError
 from jobs.migrations import LATEST_VERSION, MIGRATIONS
-from jobs.records import (JobRecord, StoredPartition, TenantRecord, partition_from_json,
-                          partition_to_json)
+from jobs.records import (
+    JobRecord,
+    StoredPartition,
+    TenantRecord,
+    partition_from_json,
+    partition_to_json,
+)
 from jobs.states import UNFINISHED, JobStatus, check_transition
 
 MAX_SKIPPED_STORED = 1000  # per job; the count is kept in full
@@ -36,7 +41,7 @@ _JOB_COLUMNS = [
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Store:
@@ -257,7 +262,7 @@ class Store:
         done = PartitionDone(job_id, tenant, partition, counts, tuple(skipped))
         return self.record_partitions_done([done], day=day)[job_id]
 
-    def record_partitions_done(self, done: Sequence["PartitionDone"],
+    def record_partitions_done(self, done: Sequence[PartitionDone],
                                succeeded: Collection[str] = (),
                                day: date | None = None) -> dict[str, JobRecord]:
         """Mark committed partitions done, add their counts to their jobs, charge their chunks

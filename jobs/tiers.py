@@ -34,7 +34,8 @@ def load_tiers(path: str | Path | None = None) -> dict[str, Tier]:
     for name, entry in (data.get("tiers") or {}).items():
         unknown = set(entry or {}) - allowed
         if unknown:
-            raise ValidationError("tiers", f"tier '{name}' in {path}: unknown keys {sorted(unknown)}")
+            raise ValidationError("tiers",
+                                  f"tier '{name}' in {path}: unknown keys {sorted(unknown)}")
         tier = Tier(name=name, **(entry or {}))
         if tier.weight <= 0:
             raise ValidationError("tiers", f"tier '{name}': weight must be positive")

@@ -149,9 +149,8 @@ def test_every_v1_route_needs_a_key(server):
             assert response.status_code == 401, (method, path, response.text)
     tenant = server.tenant("nosy")
     assert tenant.get("/v1/tenants").status_code == 401  # a tenant key is no admin key
-    with pytest.raises(InvalidStatus):
-        with connect(ws_url(server, "x")):
-            pass
+    with pytest.raises(InvalidStatus), connect(ws_url(server, "x")):
+        pass
     assert anonymous.get("/healthz").status_code == 200
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
+from engine.sources import plan_texts
 from jobs.errors import QuotaExceededError, ValidationError
 from jobs.quotas import estimate_chunks, resets_at
 from jobs.service import JobService, tenant_data_dir
 from jobs.spec import JobSpec, check_source_allowed
-from engine.sources import plan_texts
 
 
 def field_error(spec: dict) -> tuple[str, str]:

@@ -105,8 +105,9 @@ def test_json_object_and_list(tmp_path):
 def test_csv_rows_and_missing_column(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text('id,text,kind\n1,"multi\nline, quoted",a\n,second,b\n')
-    docs, skipped = read_item(slice_of(p, "csv"), FIELDS)
-    assert [(d.doc_id, d.text) for d in docs] == [("1", "multi\nline, quoted"), ("t.csv#1", "second")]
+    docs, _ = read_item(slice_of(p, "csv"), FIELDS)
+    assert [(d.doc_id, d.text) for d in docs] == [("1", "multi\nline, quoted"),
+                                                  ("t.csv#1", "second")]
     assert docs[1].metadata["kind"] == "b"
     q = tmp_path / "q.csv"
     q.write_text("a,b\n1,2\n")
@@ -130,6 +131,6 @@ def test_not_a_parquet_file_is_skipped(tmp_path):
 
 
 def test_inline_text():
-    docs, skipped = read_item(InlineText("q1", "hello", '{"k": 1}'), FIELDS)
+    docs, _ = read_item(InlineText("q1", "hello", '{"k": 1}'), FIELDS)
     assert docs[0].metadata == {"k": 1} and docs[0].source == "inline"
     assert read_item(InlineText("q2", " "), FIELDS)[1][0].reason == "empty document"

@@ -1,8 +1,15 @@
 """The job state machine, as pure data."""
 import pytest
 
-from jobs.states import (ACTIVE, CANCELABLE, TERMINAL, TRANSITIONS, IllegalTransitionError,
-                         JobStatus, check_transition)
+from jobs.states import (
+    ACTIVE,
+    CANCELABLE,
+    TERMINAL,
+    TRANSITIONS,
+    IllegalTransitionError,
+    JobStatus,
+    check_transition,
+)
 
 
 def test_every_status_is_reachable_and_terminal_ones_lead_nowhere():
@@ -12,7 +19,7 @@ def test_every_status_is_reachable_and_terminal_ones_lead_nowhere():
 
 
 def test_groups():
-    assert CANCELABLE == {JobStatus.QUEUED, JobStatus.RUNNING}
+    assert {JobStatus.QUEUED, JobStatus.RUNNING} == CANCELABLE
     assert ACTIVE.isdisjoint(TERMINAL)
 
 

@@ -7,8 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from api.deps import CurrentTenant, ServiceDep, require_admin
-from api.schemas import (ErrorOut, TenantCreate, TenantCreated, TenantKey, TenantOut,
-                         TenantUpdate, UsageOut)
+from api.schemas import (
+    ErrorOut,
+    TenantCreate,
+    TenantCreated,
+    TenantKey,
+    TenantOut,
+    TenantUpdate,
+    UsageOut,
+)
 from jobs.records import TenantRecord
 
 usage_router = APIRouter(tags=["usage"])

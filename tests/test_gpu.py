@@ -1,0 +1,79 @@
+"""GPU paths. This machine has none: the NVML metrics are checked against a stand-in module,
+and the real-path tests (marked gpu) run only where CUDA and pynvml exist."""
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from api.metrics import gpu_metrics
+
+
+def fake_pynvml(devices: list[tuple[int, int, int]]) -> types.ModuleType:
+    """Stands in for NVML: (utilisation %, used bytes, total bytes) per device."""
+    nvml = types.ModuleType("pynvml")
+    nvml.nvmlInit = lambda: None
+    nvml.nvmlShutdown = lambda: None
+    nvml.nvmlDeviceGetCount = lambda: len(devices)
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: i
+    nvml.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=devices[h][0])
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=devices[h][1],
+                                                                   total=devices[h][2])
+    return nvml
+
+
+def test_gpu_metrics_report_every_device(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([(37, 1 << 30, 80 << 30),
+                                                            (90, 2 << 30, 80 << 30)]))
+    families = {f.name: {s.labels["gpu"]: s.value for s in f.samples} for f in gpu_metrics()}
+    assert families["embedscale_gpu_utilization_percent"] == {"0": 37, "1": 90}
+    assert families["embedscale_gpu_memory_used_bytes"] == {"0": 1 << 30, "1": 2 << 30}
+    assert families["embedscale_gpu_memory_total_bytes"]["1"] == 80 << 30
+
+
+def test_no_gpu_metrics_without_nvml(monkeypatch):
+    broken = types.ModuleType("pynvml")
+
+    def no_driver():
+        raise OSError("NVML Shared Library Not Found")
+
+    broken.nvmlInit = no_driver
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    assert list(gpu_metrics()) == []
+
+
+@pytest.mark.gpu
+def test_real_gpu_embeds_like_the_cpu_and_reports_nvml():
+    pytest.importorskip("pynvml")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from engine.models.backend import load_model
+    from engine.models.registry import resolve_model
+
+    spec = resolve_model("all-MiniLM-L6-v2")
+    gpu, cpu = load_model(spec, "cuda"), load_model(spec, "cpu")
+    inputs = [gpu.wrap(np.asarray(gpu.tokenizer.encode(t, add_special_tokens=False).ids))
+              for t in ["a GPU worker runs the model on its GPU", "short"]]
+    np.testing.assert_allclose(gpu.embed_token_ids(inputs), cpu.embed_token_ids(inputs),
+                               atol=1e-4)
+    names = {f.name for f in gpu_metrics()}
+    assert "embedscale_gpu_utilization_percent" in names
+
+
+@pytest.mark.gpu
+def test_local_cuda_cluster_runs_a_job(tmp_path):
+    pytest.importorskip("dask_cuda")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from engine.cluster import ClusterSpec, start_cluster
+    from engine.run import EmbedRequest, run_embedding
+
+    with start_cluster(ClusterSpec(kind="local-cuda", dashboard_address=":0")) as cluster:
+        summary = run_embedding(EmbedRequest(table="t", texts=["one", "two"],
+                                             data_dir=str(tmp_path)), cluster)
+        devices = cluster.client.run(lambda: __import__("torch").cuda.is_available())
+    assert summary.ok and summary.chunks == 2 and all(devices.values())
