@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from engine.search import Hit
 from jobs.service import TENANT_NAME_PATTERN
 
 
@@ -75,32 +76,8 @@ class SearchRequest(BaseModel):
                                description="SQL on the table's columns, e.g. source = 'a.md'")
 
 
-class SearchHit(BaseModel):
-    id: str
-    doc_id: str
-    chunk_index: int
-    score: float
-    text: str
-    source: str
-    metadata: dict[str, Any]
-    char_start: int
-    char_end: int
-
-
 class SearchResponse(BaseModel):
-    hits: list[SearchHit]
-
-
-class UsageOut(BaseModel):
-    tenant: str
-    tier: str
-    daily_chunks: int | None
-    used_chunks: int
-    used_tokens: int
-    remaining_chunks: int | None
-    resets_at: str
-    max_concurrent_jobs: int | None
-    active_jobs: int
+    hits: list[Hit]  # the engine's own record of a hit: doc_id, score, text, metadata, ...
 
 
 class TenantCreate(BaseModel):

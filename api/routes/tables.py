@@ -1,7 +1,6 @@
 """/v1/tables: the tenant's tables, their size and model, search, and deletion."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 import lance
@@ -9,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentTenant, ServiceDep, rate_limit
-from api.schemas import ErrorOut, SearchHit, SearchRequest, SearchResponse, TableList, TableOut
+from api.schemas import ErrorOut, SearchRequest, SearchResponse, TableList, TableOut
 from engine.errors import TableError
 from engine.schema import table_model
 from engine.search import search
@@ -59,7 +58,7 @@ async def search_table(name: TableName, request: SearchRequest, service: Service
                                        request.query, request.k, request.filter)
     except TableError as exc:
         raise ValidationError("filter", str(exc)) from None
-    return SearchResponse(hits=[SearchHit(**dataclasses.asdict(h)) for h in hits])
+    return SearchResponse(hits=hits)
 
 
 @router.delete("/{name}", status_code=204, responses={**_ERRORS, 409: {"model": ErrorOut}})

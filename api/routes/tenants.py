@@ -1,7 +1,6 @@
 """/v1/tenants and /v1/usage: tenants and keys (admin key only), and a tenant's own usage."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
@@ -14,9 +13,9 @@ from api.schemas import (
     TenantKey,
     TenantOut,
     TenantUpdate,
-    UsageOut,
 )
 from jobs.records import TenantRecord
+from jobs.service import Usage
 
 usage_router = APIRouter(tags=["usage"])
 admin_router = APIRouter(prefix="/v1/tenants", tags=["admin"],
@@ -30,10 +29,10 @@ def tenant_out(t: TenantRecord) -> TenantOut:
                      max_concurrent_jobs=t.max_concurrent_jobs, created_at=t.created_at.isoformat())
 
 
-@usage_router.get("/v1/usage", response_model=UsageOut, responses={401: {"model": ErrorOut}})
-def usage(service: ServiceDep, tenant: CurrentTenant) -> UsageOut:
+@usage_router.get("/v1/usage", response_model=Usage, responses={401: {"model": ErrorOut}})
+def usage(service: ServiceDep, tenant: CurrentTenant) -> Usage:
     """The tenant's quota: used and remaining today, and its concurrent jobs."""
-    return UsageOut(**dataclasses.asdict(service.usage(tenant)))
+    return service.usage(tenant)
 
 
 @admin_router.post("", status_code=201, response_model=TenantCreated,
