@@ -14,29 +14,22 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distributed import Future
 
-from engine.chunking import ChunkSettings
 from engine.cluster import Cluster
-from engine.models.backend import ModelInfo
-from engine.models.registry import ModelSpec, resolve_model
-from engine.partitions import Partition
-from engine.readers import RecordFields
-from engine.run import warm_up
 from engine.sink import ChunkTable, partition_counts
-from engine.tasks import PartitionResult, TaskConfig, embed_partition
+from engine.tasks import PartitionResult, embed_partition
 from jobs.events import EventBus
+from jobs.preparation import JobPreparer, RunningJob
 from jobs.quotas import partition_fits
 from jobs.records import JobRecord
 from jobs.scheduling import PRIORITY_LEVELS, JobView, choose, dask_priority
-from jobs.spec import JobSpec
 from jobs.states import IllegalTransitionError, JobStatus
 from jobs.store import PartitionDone, Store
 from jobs.tiers import Tier
@@ -58,22 +51,6 @@ class RunnerConfig:
     prepare_threads: int = 2  # jobs warming their model / checking their table at once
 
 
-@dataclass
-class _Job:
-    """A running job, as the runner holds it in memory."""
-
-    record: JobRecord
-    tier: Tier
-    table: ChunkTable
-    config: TaskConfig
-    partitions: dict[int, Partition]
-    pending: deque[int]
-    submitted_at: float
-    in_flight: dict[int, Future] = field(default_factory=dict)
-    retry_at: dict[int, float] = field(default_factory=dict)
-    attempts: dict[int, int] = field(default_factory=dict)
-
-
 class Runner:
     """Runs the jobs of a Store on a Cluster. `start()` resumes unfinished jobs."""
 
@@ -83,10 +60,10 @@ class Runner:
         self.store, self.cluster, self.bus = store, cluster, bus
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.config = config or RunnerConfig()
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, RunningJob] = {}
         self._keys: dict[str, tuple[str, int]] = {}
         self._completed: queue.Queue[Future] = queue.Queue()
-        self._prepared: queue.Queue[tuple[str, _Job | BaseException]] = queue.Queue()
+        self._prepared: queue.Queue[tuple[str, RunningJob | BaseException]] = queue.Queue()
         self._preparing: set[str] = set()
         self._cancels: set[str] = set()
         self._lock = threading.Lock()
@@ -94,10 +71,8 @@ class Runner:
         self._stopping = threading.Event()
         self._draining = False
         self._admission_due = True  # set when a job arrives or one ends (a slot frees)
-        # Models already loaded on the workers (new workers load them through the preload
-        # plugin): a job on a warm model starts without a round of warm-up tasks.
-        self._warm: dict[ModelSpec, ModelInfo] = {}
-        self._checked_tables: set[tuple[str, str, int]] = set()
+        self._preparer = JobPreparer(store, cluster, tier_of, data_dir_of,
+                                     self.config.token_budget)
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.error: BaseException | None = None
@@ -126,7 +101,7 @@ class Runner:
 
     def forget_table(self, uri: str) -> None:
         """A table was dropped: the next job on that name prepares it afresh."""
-        self._checked_tables = {c for c in self._checked_tables if c[0] != uri}
+        self._preparer.forget_table(uri)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: feed nothing new, let in-flight partitions finish and be
@@ -187,46 +162,10 @@ class Runner:
 
     def _start_preparing(self, record: JobRecord, resumed: bool) -> None:
         self._preparing.add(record.id)
-        future = self._pool.submit(self._prepare, record, resumed)
+        future = self._pool.submit(self._preparer.prepare, record, resumed)
         future.add_done_callback(lambda f: self._prepared.put(
             (record.id, f.exception() or f.result())))
         self._wakeup.set()
-
-    def _prepare(self, record: JobRecord, resumed: bool) -> _Job:
-        """Warm the model on the workers, check or create the table, and (on resume) take the
-        partitions the table already holds as done."""
-        spec = JobSpec.model_validate(record.spec)
-        model = resolve_model(spec.model)
-        info = self._warm.get(model)
-        if info is None:
-            info = self._warm[model] = warm_up(self.cluster.client, model)
-        chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
-        table = ChunkTable(self.data_dir_of(record.tenant), spec.table)
-        mode = "append" if resumed and table.exists() else spec.mode
-        # On resume the table already holds this job's work: overwrite must not empty it again.
-        # A table already checked for this model needs no second look (small jobs' fast path)
-        # while it exists; overwrite and a re-created table are prepared afresh.
-        checked = (table.uri, info.name, info.dimension)
-        if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
-            table.prepare(info, mode)
-            self._checked_tables.add(checked)
-        if resumed:
-            self._reconcile(record, table)
-        stored = {p.partition.index: p for p in self.store.partitions(record.id)}
-        config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
-                            RecordFields(spec.text_field, spec.id_field), self.config.token_budget)
-        # Largest first (LPT): a big partition started last would run alone at the end.
-        pending = deque(sorted((i for i, p in stored.items() if p.status != "done"),
-                               key=lambda i: -stored[i].partition.size_bytes))
-        return _Job(self.store.get_job(record.id), self.tier_of(record.tenant), table, config,
-                    {i: p.partition for i, p in stored.items()}, pending,
-                    record.created_at.timestamp())
-
-    def _reconcile(self, record: JobRecord, table: ChunkTable) -> None:
-        done = {p.partition.index for p in self.store.partitions(record.id) if p.status == "done"}
-        for partition, counts in table.committed_partitions(record.id).items():
-            if partition not in done:  # committed, then the process died before recording it
-                self.store.record_partition_done(record.id, record.tenant, partition, counts)
 
     def _collect_prepared(self) -> None:
         while True:
@@ -285,7 +224,7 @@ class Runner:
                 futures.append(self._completed.get_nowait())
             except queue.Empty:
                 break
-        results: list[tuple[_Job, PartitionResult]] = []
+        results: list[tuple[RunningJob, PartitionResult]] = []
         for future in futures:
             job_id, index = self._keys.pop(future.key, (None, None))
             job = self._jobs.get(job_id)
@@ -301,7 +240,7 @@ class Runner:
         if results:
             self._commit(results)
 
-    def _on_error(self, job: _Job, index: int, exc: BaseException | None) -> None:
+    def _on_error(self, job: RunningJob, index: int, exc: BaseException | None) -> None:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
         final = attempts >= self.config.max_attempts
         error = _error_line(exc)
@@ -316,7 +255,7 @@ class Runner:
                     error, attempts, delay)
         job.retry_at[index] = time.monotonic() + delay
 
-    def _commit(self, results: list[tuple[_Job, PartitionResult]]) -> None:
+    def _commit(self, results: list[tuple[RunningJob, PartitionResult]]) -> None:
         """Quota-check, commit to LanceDB, then record in DuckDB a batch of finished
         partitions. A partition that would overdraw its tenant's quota fails its job
         (quota_exhausted) uncommitted; what was committed before stays, and the job ends only
@@ -326,7 +265,7 @@ class Runner:
         for job, result in accepted:
             _, per_job = by_table.setdefault(job.table.uri, (job.table, {}))
             per_job.setdefault(job.record.id, []).append(result)
-        committed: list[tuple[_Job, PartitionResult]] = []
+        committed: list[tuple[RunningJob, PartitionResult]] = []
         for table, per_job in by_table.values():
             try:
                 table.commit(per_job)
@@ -342,7 +281,7 @@ class Runner:
         for job_id, error in exhausted.items():
             self._finish(job_id, JobStatus.FAILED, error_reason="quota_exhausted", error=error)
 
-    def _record(self, committed: list[tuple[_Job, PartitionResult]]) -> None:
+    def _record(self, committed: list[tuple[RunningJob, PartitionResult]]) -> None:
         jobs = {job.record.id: job for job, _ in committed}
         complete = [job_id for job_id, job in jobs.items()
                     if not job.pending and not job.in_flight and not job.retry_at]
@@ -358,8 +297,8 @@ class Runner:
             self._admission_due = True
             self._publish(records[job_id])
 
-    def _within_quota(self, results: list[tuple[_Job, PartitionResult]]
-                      ) -> tuple[list[tuple[_Job, PartitionResult]], dict[str, str]]:
+    def _within_quota(self, results: list[tuple[RunningJob, PartitionResult]]
+                      ) -> tuple[list[tuple[RunningJob, PartitionResult]], dict[str, str]]:
         """The results that fit their tenants' quotas, and the jobs (with the error) whose
         next partition does not: nothing more of those is committed."""
         used: dict[str, int] = {}
@@ -381,7 +320,7 @@ class Runner:
             accepted.append((job, result))
         return accepted, exhausted
 
-    def _complete_if_done(self, job: _Job) -> None:
+    def _complete_if_done(self, job: RunningJob) -> None:
         if not job.pending and not job.in_flight and not job.retry_at:
             self._finish(job.record.id, JobStatus.SUCCEEDED)
 

@@ -1,0 +1,98 @@
+"""Getting a job ready to run: warm its model on the workers, create or check its table, and,
+for a job resumed after a crash, take the partitions its table already holds as done.
+
+Keeps what is already known (warm models, tables checked for a model) so that small jobs on a
+warm model and an existing table start without any round trip.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distributed import Future
+
+from engine.chunking import ChunkSettings
+from engine.cluster import Cluster
+from engine.models.backend import ModelInfo
+from engine.models.registry import ModelSpec, resolve_model
+from engine.partitions import Partition
+from engine.readers import RecordFields
+from engine.run import warm_up
+from engine.sink import ChunkTable
+from engine.tasks import TaskConfig
+from jobs.records import JobRecord
+from jobs.spec import JobSpec
+from jobs.store import Store
+from jobs.tiers import Tier
+
+
+@dataclass
+class RunningJob:
+    """A job the runner is feeding, as held in memory."""
+
+    record: JobRecord
+    tier: Tier
+    table: ChunkTable
+    config: TaskConfig
+    partitions: dict[int, Partition]
+    pending: deque[int]  # partition numbers not yet submitted, largest first
+    submitted_at: float
+    in_flight: dict[int, Future] = field(default_factory=dict)
+    retry_at: dict[int, float] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+
+
+class JobPreparer:
+    """Prepares jobs for the runner; safe to call from several threads."""
+
+    def __init__(self, store: Store, cluster: Cluster, tier_of: Callable[[str], Tier],
+                 data_dir_of: Callable[[str], Path], token_budget: int | None = None) -> None:
+        self.store, self.cluster = store, cluster
+        self.tier_of, self.data_dir_of = tier_of, data_dir_of
+        self.token_budget = token_budget
+        # Models already loaded on the workers (new workers load them through the preload
+        # plugin): a job on a warm model starts without a round of warm-up tasks.
+        self._warm: dict[ModelSpec, ModelInfo] = {}
+        self._checked_tables: set[tuple[str, str, int]] = set()
+
+    def forget_table(self, uri: str) -> None:
+        """A table was dropped: the next job on that name prepares it afresh."""
+        self._checked_tables = {c for c in self._checked_tables if c[0] != uri}
+
+    def prepare(self, record: JobRecord, resumed: bool) -> RunningJob:
+        """A running job for `record`, with its pending partitions, largest first."""
+        spec = JobSpec.model_validate(record.spec)
+        model = resolve_model(spec.model)
+        info = self._warm.get(model)
+        if info is None:
+            info = self._warm[model] = warm_up(self.cluster.client, model)
+        chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
+        table = ChunkTable(self.data_dir_of(record.tenant), spec.table)
+        # On resume the table already holds this job's work: overwrite must not empty it again.
+        mode = "append" if resumed and table.exists() else spec.mode
+        # A table already checked for this model needs no second look while it exists;
+        # overwrite and a re-created table are prepared afresh.
+        checked = (table.uri, info.name, info.dimension)
+        if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
+            table.prepare(info, mode)
+            self._checked_tables.add(checked)
+        if resumed:
+            self._reconcile(record, table)
+        stored = {p.partition.index: p for p in self.store.partitions(record.id)}
+        config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
+                            RecordFields(spec.text_field, spec.id_field), self.token_budget)
+        # Largest first (LPT): a big partition started last would run alone at the end.
+        pending = deque(sorted((i for i, p in stored.items() if p.status != "done"),
+                               key=lambda i: -stored[i].partition.size_bytes))
+        return RunningJob(self.store.get_job(record.id), self.tier_of(record.tenant), table,
+                          config, {i: p.partition for i, p in stored.items()}, pending,
+                          record.created_at.timestamp())
+
+    def _reconcile(self, record: JobRecord, table: ChunkTable) -> None:
+        """Partitions committed to the table whose record died with the old process."""
+        done = {p.partition.index for p in self.store.partitions(record.id) if p.status == "done"}
+        for partition, counts in table.committed_partitions(record.id).items():
+            if partition not in done:
+                self.store.record_partition_done(record.id, record.tenant, partition, counts)
