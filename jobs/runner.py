@@ -126,22 +126,39 @@ class Runner:
 
     # --- the loop -------------------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        """Whether the loop is running (it ends only on stop() or a fatal error)."""
+        return self._thread.is_alive()
+
     def _loop(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                self._handle_cancels()
-                if self._admission_due and not self._draining:
-                    self._admission_due = False
-                    self._admit_queued()
-                self._collect_prepared()
-                self._retry_due()
-                if not self._draining:
-                    self._feed()
-                self._drain_completions(timeout=0.2)
-        except BaseException as exc:  # a bug here must be visible, not a silent hang
-            log.exception("runner loop crashed")
-            self.error = exc
-            raise
+        while not self._stopping.is_set():
+            try:
+                self._step()
+                self.error = None
+            except Exception as exc:  # e.g. a transient I/O error: report it, back off, go on
+                log.exception("runner step failed; retrying in 1 s")
+                self.error = exc
+                self._stopping.wait(1.0)
+            except BaseException as exc:  # the process is going down: say so, then go
+                log.exception("runner loop stopped")
+                self.error = exc
+                raise
+
+    def _step(self) -> None:
+        self._handle_cancels()
+        if self._admission_due and not self._draining:
+            self._admission_due = False
+            try:
+                self._admit_queued()
+            except BaseException:
+                self._admission_due = True  # try again next step
+                raise
+        self._collect_prepared()
+        self._retry_due()
+        if not self._draining:
+            self._feed()
+        self._drain_completions(timeout=0.2)
 
     def _admit_queued(self) -> None:
         queued = [j for j in self.store.unfinished_jobs() if j.status == JobStatus.QUEUED]

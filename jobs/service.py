@@ -309,7 +309,7 @@ class JobService:
                                          {s.value for s in TERMINAL} and done.set())
         try:
             while self.store.get_job(job_id).status not in TERMINAL:
-                if self.runner is not None and self.runner.error is not None:
+                if self.runner is not None and not self.runner.alive:
                     raise RuntimeError(f"the runner stopped: {self.runner.error}")
                 if not done.wait(timeout=0.5 if timeout is None else min(0.5, timeout)):
                     if timeout is not None:

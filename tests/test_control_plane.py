@@ -160,3 +160,19 @@ def test_cancel_mid_job_removes_its_rows(service, tmp_path):
     assert [s for s, _ in final.history] == ["queued", "running", "cancelling", "cancelled"]
     rows = table_rows(service, "local", "shared")
     assert {r["job_id"] for r in rows} == {keep.id}
+
+
+def test_a_failing_step_is_reported_and_the_runner_goes_on(service):
+    unfinished_jobs = service.store.unfinished_jobs
+    failures = []
+
+    def hiccup_once():
+        if not failures:
+            failures.append("once")
+            raise OSError("injected: disk hiccup")
+        return unfinished_jobs()
+
+    service.store.unfinished_jobs = hiccup_once
+    job = service.submit("local", {"table": "t", "texts": ["still runs"], **SMALL})
+    assert service.wait(job.id, timeout=60).status == "succeeded"
+    assert failures == ["once"] and service.runner.alive and service.runner.error is None

@@ -90,7 +90,7 @@ def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster,
     job = first.submit("local", {"table": "t", "chunk_tokens": 32,
                                  "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64))})
     deadline = time.monotonic() + 120
-    while first.runner.error is None:
+    while first.runner.alive:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     lost_partitions = {d.partition for d in calls[0]}

@@ -40,8 +40,9 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:
         checks["scheduler"] = f"error: unreachable ({type(exc).__name__})"
         checks["workers"] = "unknown"
-    if service.runner is not None and service.runner.error is not None:
-        checks["runner"] = f"error: {service.runner.error}"
+    runner = service.runner
+    if runner is not None and (runner.error is not None or not runner.alive):
+        checks["runner"] = f"error: {runner.error or 'stopped'}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready,
                                                                     "checks": checks})
