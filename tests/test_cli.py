@@ -87,3 +87,40 @@ def test_unknown_model(small_corpus, tmp_path):
 def test_search_of_a_missing_table(tmp_path):
     done = embedscale("search", "nothing", "query", "--data-dir", str(tmp_path))
     assert_one_line_error(done, "no table 'nothing'")
+
+
+def test_tenant_and_job_commands(tmp_path):
+    from jobs.service import JobService
+
+    data = str(tmp_path / "data")
+    created = embedscale("tenants", "create", "acme", "--tier", "free", "--data-dir", data,
+                         "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["api_key"]
+    assert key.startswith("es_")
+    assert_one_line_error(embedscale("tenants", "create", "acme", "--tier", "free",
+                                     "--data-dir", data), "already exists")
+    assert_one_line_error(embedscale("tenants", "create", "beta", "--tier", "gold",
+                                     "--data-dir", data), "unknown tier 'gold'")
+    assert embedscale("tenants", "set-tier", "acme", "premium", "--data-dir", data
+                      ).returncode == 0
+    tenants = json.loads(embedscale("tenants", "list", "--data-dir", data, "--json").stdout)
+    acme = next(t for t in tenants if t["name"] == "acme")
+    assert (acme["tier"], acme["used_chunks"], acme["remaining_chunks"]) == ("premium", 0, 10000)
+    rotated = json.loads(embedscale("tenants", "rotate-key", "acme", "--data-dir", data,
+                                    "--json").stdout)["api_key"]
+    assert rotated != key
+
+    with JobService(data) as service:  # a queued job, as a crashed server would leave it
+        job = service.submit("acme", {"table": "t", "texts": ["queued text"]})
+    listed = json.loads(embedscale("jobs", "list", "--data-dir", data, "--json").stdout)
+    assert [j["id"] for j in listed] == [job.id] and listed[0]["status"] == "queued"
+    shown = json.loads(embedscale("jobs", "show", job.id, "--data-dir", data, "--json").stdout)
+    assert shown["tenant"] == "acme" and shown["skipped"] == []
+    cancelled = embedscale("jobs", "cancel", job.id, "--data-dir", data)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    assert_one_line_error(embedscale("jobs", "cancel", job.id, "--data-dir", data),
+                          "already cancelled")
+    assert_one_line_error(embedscale("jobs", "show", "nope", "--data-dir", data),
+                          "no job 'nope'")
+    assert "no unfinished jobs" in embedscale("jobs", "resume", "--data-dir", data).stdout

@@ -107,3 +107,35 @@ def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster,
     assert final.status == "succeeded" and len(ids) == len(set(ids)) == final.chunks_done
     assert second.store.usage("local")[0] == len(ids)
     second.close()
+
+
+def test_graceful_stop_records_in_flight_work_and_resumes_later(cluster, tmp_path):
+    from jobs.service import JobService
+
+    data = tmp_path / "data"
+    first = JobService(data, cluster)
+    first.start()
+    job = first.submit("local", {"table": "t", "chunk_tokens": 32,
+                                 "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=200))})
+    deadline = time.monotonic() + 120
+    while first.get(job.id).partitions_done < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    in_flight = first.runner._in_flight()
+    first.stop(timeout=60)  # no new partitions; in-flight ones finish and are recorded
+    stopped = first.get(job.id)
+    assert stopped.status == "running" and in_flight > 0
+    assert stopped.partitions_done < stopped.partitions_total
+    from engine.sink import ChunkTable
+
+    table = ChunkTable(data, "t")
+    recorded = {p.partition.index for p in first.store.partitions(job.id) if p.status == "done"}
+    assert set(table.committed_partitions(job.id)) == recorded  # nothing committed unrecorded
+    first.close()
+
+    second = JobService(data, cluster)
+    second.start()
+    final = second.wait(job.id, timeout=120)
+    ids = lance.dataset(table.uri).to_table(columns=["id"]).column("id").to_pylist()
+    assert final.status == "succeeded" and len(ids) == len(set(ids)) == final.chunks_done
+    second.close()
