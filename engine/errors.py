@@ -24,7 +24,3 @@ class ChunkingError(EmbedscaleError, ValueError):
 
 class TableError(EmbedscaleError, ValueError):
     """A table that cannot take this job: other model or dimension, bad name."""
-
-
-class PartitionFailedError(EmbedscaleError, RuntimeError):
-    """A partition that still failed after its retries."""

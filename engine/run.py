@@ -17,7 +17,6 @@ from distributed import Client, as_completed
 from engine.chunking import ChunkSettings
 from engine.cluster import Cluster
 from engine.documents import Skipped
-from engine.errors import PartitionFailedError
 from engine.models.backend import ModelInfo
 from engine.models.cache import ModelPreloadPlugin, describe_model
 from engine.models.registry import DEFAULT_MODEL, ModelSpec, resolve_model
@@ -230,13 +229,3 @@ class _Totals:
         return Progress(self.partitions_done, self.partitions_total, self.documents,
                         self.unchanged, self.chunks, self.tokens, len(self.skipped),
                         time.perf_counter() - self.started)
-
-
-def raise_for_failures(summary: RunSummary) -> None:
-    """Raise PartitionFailedError if any partition failed after its retries."""
-    if summary.failed:
-        first = min(summary.failed)
-        raise PartitionFailedError(
-            f"{len(summary.failed)} of {summary.partitions} partitions failed after retries; "
-            f"partition {first}: {summary.failed[first]}"
-        )

@@ -37,11 +37,6 @@ def describe_model(spec: ModelSpec) -> ModelInfo:
     return get_model(spec).info
 
 
-def loaded_models() -> list[str]:
-    """Names of the models loaded in this process."""
-    return sorted({name for name, _, _ in _models})
-
-
 class ModelPreloadPlugin(WorkerPlugin):
     """Loads the given models on every worker when it starts (and on workers that join later)."""
 

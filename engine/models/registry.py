@@ -40,11 +40,6 @@ _REGISTERED = {
 }
 
 
-def registered_models() -> list[str]:
-    """The canonical names that need no download or path."""
-    return [DEFAULT_MODEL]
-
-
 def resolve_model(name: str) -> ModelSpec:
     """Resolve a model name, local folder or hub id to a ModelSpec; raises ModelError if empty
     or if a path-like name does not exist."""
