@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,14 +294,17 @@ class Runner:
                 continue
             committed += [(j, r) for j, r in accepted if j.record.id in per_job]
         if committed:
-            self._record(committed)
+            self._record(committed, ending=exhausted.keys())
         for job_id, error in exhausted.items():
             self._finish(job_id, JobStatus.FAILED, error_reason="quota_exhausted", error=error)
 
-    def _record(self, committed: list[tuple[RunningJob, PartitionResult]]) -> None:
+    def _record(self, committed: list[tuple[RunningJob, PartitionResult]],
+                ending: Collection[str] = ()) -> None:
+        """Record committed partitions; jobs with nothing left succeed, unless they are
+        `ending` otherwise (a partition of theirs was refused in this very batch)."""
         jobs = {job.record.id: job for job, _ in committed}
-        complete = [job_id for job_id, job in jobs.items()
-                    if not job.pending and not job.in_flight and not job.retry_at]
+        complete = [job_id for job_id, job in jobs.items() if job_id not in ending
+                    and not job.pending and not job.in_flight and not job.retry_at]
         records = self.store.record_partitions_done(
             [PartitionDone(job.record.id, job.record.tenant, result.partition,
                            partition_counts(result), tuple(result.skipped))

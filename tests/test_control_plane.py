@@ -176,3 +176,30 @@ def test_a_failing_step_is_reported_and_the_runner_goes_on(service):
     job = service.submit("local", {"table": "t", "texts": ["still runs"], **SMALL})
     assert service.wait(job.id, timeout=60).status == "succeeded"
     assert failures == ["once"] and service.runner.alive and service.runner.error is None
+
+
+def test_a_job_whose_last_partition_is_refused_in_the_same_batch_fails(cluster, tmp_path):
+    """Both remaining partitions finish together; the quota takes the first only. The job must
+    end failed (quota_exhausted) with the first recorded, not succeeded."""
+    from engine.tasks import embed_partition
+
+    service = JobService(tmp_path / "data", cluster)  # the runner's loop is not started:
+    runner = service.runner                           # the batch is handed to it directly
+    service.create_tenant("acme", "premium")
+    job = service.submit("acme", {"table": "t", **SMALL,
+                                  "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=40))})
+    assert job.partitions_total >= 2
+    record = service.store.set_status(job.id, JobStatus.RUNNING)
+    running = runner._preparer.prepare(record, resumed=False)
+    results = [embed_partition(running.partitions[i], running.config) for i in running.pending]
+    running.pending.clear()  # all submitted, all finished: nothing is left but this batch
+    runner._jobs[job.id] = running
+    service.set_limits("acme", daily_chunks=results[0].chunks)
+    runner._commit([(running, r) for r in results])
+
+    final = service.get(job.id)
+    assert (final.status, final.error_reason) == ("failed", "quota_exhausted")
+    assert final.partitions_done == 1 and final.chunks_done == results[0].chunks
+    assert service.store.usage("acme")[0] == results[0].chunks
+    assert final.finished_at is not None
+    service.close()
