@@ -38,7 +38,7 @@ def _jobs(service: JobService, args: argparse.Namespace) -> int:
     if args.jobs_command == "show":
         job = service.get(args.job_id)
         data = job.to_dict()
-        data["skipped"] = [dataclasses.asdict(s) for s in service.skipped(job.id)]
+        data["skipped"] = [dataclasses.asdict(s) for s in service.skipped(job)]
         if args.json:
             _print_json(data)
         else:

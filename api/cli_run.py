@@ -115,7 +115,7 @@ def job_summary(service: JobService, job: JobRecord) -> dict[str, Any]:
     data.update(
         documents=job.documents_done, unchanged=job.documents_unchanged, chunks=job.chunks_done,
         tokens=job.tokens_done,
-        skipped=[dataclasses.asdict(s) for s in service.skipped(job.id)],
+        skipped=[dataclasses.asdict(s) for s in service.skipped(job)],
         table_uri=ChunkTable(service.tenant_data_dir(job.tenant), job.table_name).uri,
     )
     return data

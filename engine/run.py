@@ -17,6 +17,7 @@ from distributed import Client, as_completed
 from engine.chunking import ChunkSettings
 from engine.cluster import Cluster
 from engine.documents import Skipped
+from engine.errors import SourceError
 from engine.models.backend import ModelInfo
 from engine.models.cache import ModelPreloadPlugin, describe_model
 from engine.models.registry import DEFAULT_MODEL, ModelSpec, resolve_model
@@ -54,14 +55,10 @@ class EmbedRequest:
         """The partitions of this job's source; raises SourceError for a bad source."""
         validate_table_name(self.table)
         if self.source is not None and self.texts is not None:
-            from engine.errors import SourceError
-
             raise SourceError("give either a source path or texts, not both")
         if self.texts is not None:
             return plan_texts(self.texts, self.ids, self.metadata)
         if self.source is None:
-            from engine.errors import SourceError
-
             raise SourceError("no source: give a directory, file or glob, or texts")
         return plan_source(self.source, parallelism=parallelism,
                            partition_bytes=self.partition_bytes)

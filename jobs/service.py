@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cluster import Cluster
+from engine.documents import Skipped
 from engine.errors import EmbedscaleError
 from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
@@ -198,7 +199,7 @@ class JobService:
         chunks, tokens = self.store.usage(tenant)
         return Usage(tenant, tier.name, tier.daily_chunks, chunks, tokens,
                      remaining_today(tier, chunks), resets_at().isoformat(),
-                     tier.max_concurrent_jobs, self.store.active_job_count(tenant))
+                     tier.max_concurrent_jobs, self.store.active_job_counts().get(tenant, 0))
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -260,9 +261,10 @@ class JobService:
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more and jobs else None)
 
-    def skipped(self, job_id: str, tenant: str | None = None):
-        self.store.get_job(job_id, tenant)
-        return self.store.skipped(job_id)
+    def skipped(self, job: JobRecord) -> list[Skipped]:
+        """The documents a job skipped, with reasons (the job's record was already looked up,
+        for its tenant, by the caller)."""
+        return self.store.skipped(job.id)
 
     def cancel(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """Cancel a queued or running job; its rows are removed from its table. A finished job

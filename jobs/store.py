@@ -29,7 +29,7 @@ from jobs.records import (
     partition_from_json,
     partition_to_json,
 )
-from jobs.states import UNFINISHED, JobStatus, check_transition
+from jobs.states import ACTIVE, UNFINISHED, JobStatus, check_transition
 
 MAX_SKIPPED_STORED = 1000  # per job; the count is kept in full
 _JOB_COLUMNS = [
@@ -201,19 +201,13 @@ class Store:
                 [str(s) for s in UNFINISHED]).fetchall()
         return [_job_from_row(r) for r in rows]
 
-    def active_job_count(self, tenant: str) -> int:
-        """Jobs of `tenant` holding a concurrency slot (running or cancelling)."""
-        with self._lock:
-            return self._con.execute(
-                "SELECT count(*) FROM jobs WHERE tenant = ? AND status IN ('running', "
-                "'cancelling')", [tenant]).fetchone()[0]
-
     def active_job_counts(self) -> dict[str, int]:
-        """Jobs holding a concurrency slot, by tenant."""
+        """Jobs holding a concurrency slot (the ACTIVE statuses), by tenant."""
         with self._lock:
             return dict(self._con.execute(
-                "SELECT tenant, count(*) FROM jobs WHERE status IN ('running', 'cancelling') "
-                "GROUP BY tenant").fetchall())
+                f"SELECT tenant, count(*) FROM jobs WHERE status IN "
+                f"({', '.join('?' for _ in ACTIVE)}) GROUP BY tenant",
+                [str(s) for s in ACTIVE]).fetchall())
 
     def set_status(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord:
         """Move a job to `new` (checked against the transition table) and set other fields."""

@@ -49,7 +49,7 @@ def test_a_tenant_at_its_concurrency_limit_waits_in_queued(service):
 
     def watch(_event):
         with lock:
-            peak.append(service.store.active_job_count("acme"))
+            peak.append(service.store.active_job_counts().get("acme", 0))
 
     service.bus.subscribe(None, watch)
     texts = [f"document {i} about queues, heaps and deques" for i in range(40)]

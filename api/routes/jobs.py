@@ -54,7 +54,7 @@ def list_jobs(service: ServiceDep, tenant: CurrentTenant,
 def get_job(job_id: str, service: ServiceDep, tenant: CurrentTenant) -> JobOut:
     """A job's status and progress, with its skipped documents and their reasons."""
     record = service.get(job_id, tenant)
-    return job_out(record, service.skipped(job_id, tenant))
+    return job_out(record, service.skipped(record))
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobOut,
