@@ -16,7 +16,7 @@ from api.metrics import Metrics
 from api.ratelimit import RateLimiter
 from api.routes import health, jobs, tables, tenants
 from api.settings import Settings
-from engine.cluster import Cluster, ClusterSpec, start_cluster
+from engine.cluster import Cluster, ClusterSpec, dashboard_bind, start_cluster
 from jobs.service import JobService
 
 log = logging.getLogger("embedscale.api")
@@ -28,29 +28,46 @@ def cluster_spec(settings: Settings) -> ClusterSpec:
     spec = ClusterSpec.from_yaml(settings.cluster) if settings.cluster else ClusterSpec()
     if settings.workers is not None:
         spec = dataclasses.replace(spec, n_workers=settings.workers)
-    return spec
+    # The dashboard listens where the API does (it has no authentication of its own).
+    address = spec.dashboard_address if settings.dashboard_address is None \
+        else settings.dashboard_address
+    return dataclasses.replace(spec, dashboard_address=dashboard_bind(address, settings.host))
 
 
-def create_app(settings: Settings | None = None, cluster: Cluster | None = None) -> FastAPI:
-    """The app for `settings`; with `cluster`, that cluster is used (and not closed)."""
+def open_service(settings: Settings) -> JobService:
+    """The job service of the settings' data dir, without a cluster yet: a locked or damaged
+    DuckDB file fails here, before a cluster is started for nothing."""
+    return JobService(settings.data_dir, None, settings.tiers_file,
+                      allowed_roots=[str(r) for r in settings.allow_roots])
+
+
+def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
+               service: JobService | None = None) -> FastAPI:
+    """The app for `settings`; with `cluster`, that cluster is used (and not closed); with
+    `service` (from open_service), that job service is run and closed on shutdown."""
     settings = settings or Settings()
     admin_key = settings.resolved_admin_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The store first: a locked or damaged one fails before a cluster starts.
+        jobs_service = service if service is not None else open_service(settings)
         own_cluster = cluster is None
-        running = cluster or await run_in_threadpool(start_cluster, cluster_spec(settings))
-        service = JobService(settings.data_dir, running, settings.tiers_file,
-                             allowed_roots=[str(r) for r in settings.allow_roots])
-        service.start()
-        app.state.service, app.state.cluster = service, running
-        app.state.metrics = Metrics(service, running)
+        try:
+            running = cluster or await run_in_threadpool(start_cluster, cluster_spec(settings))
+        except BaseException:
+            jobs_service.close()
+            raise
+        jobs_service.attach(running)
+        jobs_service.start()
+        app.state.service, app.state.cluster = jobs_service, running
+        app.state.metrics = Metrics(jobs_service, running)
         log.info("embedscale ready; Dask dashboard at %s", running.dashboard_link)
         try:
             yield
         finally:
             app.state.metrics.close()
-            await run_in_threadpool(service.close, settings.shutdown_timeout)
+            await run_in_threadpool(jobs_service.close, settings.shutdown_timeout)
             if own_cluster:
                 await run_in_threadpool(running.close)
 

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", help="address of an existing Dask scheduler")
     where.add_argument("--cluster", help="cluster spec YAML (see cluster_specs/)")
     serve.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    serve.add_argument("--dashboard-address", metavar="HOST:PORT",
+                       help="where the Dask dashboard listens (default: --host, port 8787; "
+                            "'none': no dashboard)")
+    serve.add_argument("--expose-dashboard", action="store_true", default=None,
+                       help="give tenants the dashboard's link and the scheduler's address in "
+                            "GET /v1/cluster (the dashboard has no authentication)")
 
     jobs = sub.add_parser("jobs", help="list, show, cancel or resume jobs").add_subparsers(
         dest="jobs_command", required=True)

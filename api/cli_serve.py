@@ -9,18 +9,29 @@ from api.settings import Settings
 
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
-    from api.app import create_app
+    from api.app import create_app, open_service
+    from api.log_redaction import install_on_root, log_config
 
     overrides = {k: v for k, v in {
         "host": args.host, "port": args.port, "data_dir": args.data_dir,
         "scheduler": args.scheduler, "cluster": args.cluster, "workers": args.workers,
         "allow_roots": args.allow_root, "tiers_file": args.tiers,
+        "dashboard_address": args.dashboard_address, "expose_dashboard": args.expose_dashboard,
     }.items() if v is not None}
     settings = Settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
-    # uvicorn turns SIGTERM and Ctrl-C into the app's lifespan shutdown: graceful.
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="info", timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5)
+    install_on_root()  # API keys in query strings and headers never reach a log line
+    # Opened here, not in the app's lifespan: a locked or damaged data dir ends `serve` with
+    # one line (uvicorn would log a traceback), and before a cluster is started for nothing.
+    service = open_service(settings)
+    try:
+        # uvicorn turns SIGTERM and Ctrl-C into the app's lifespan shutdown: graceful.
+        uvicorn.run(create_app(settings, service=service), host=settings.host,
+                    port=settings.port, log_level="info", log_config=log_config(LOGGING_CONFIG),
+                    timeout_graceful_shutdown=int(settings.shutdown_timeout) + 5)
+    finally:
+        service.close()  # closed by the lifespan already, unless uvicorn never started it
     return 0

@@ -109,8 +109,8 @@ class TenantKey(BaseModel):
 
 
 class ClusterOut(BaseModel):
-    scheduler: str | None
-    dashboard_link: str | None
+    scheduler: str | None = Field(description="null unless the operator exposes the dashboard")
+    dashboard_link: str | None = Field(description="null unless the operator exposes it")
     workers: int
     threads: int
 

@@ -18,6 +18,12 @@ class Settings(BaseSettings):
     scheduler: str | None = None  # an existing Dask scheduler's address
     cluster: str | None = None  # or a cluster spec YAML
     workers: int | None = None  # local workers (default: one per core)
+    # The Dask dashboard of a cluster we start: None = the API's host, port 8787 (a spec's bare
+    # ':port' also binds to the API's host, not to every interface); 'none' = no dashboard.
+    dashboard_address: str | None = None
+    # The dashboard has no authentication: tenants get its link and the scheduler's address
+    # from /v1/cluster only when the operator says so.
+    expose_dashboard: bool = False
     allow_roots: list[str] = Field(default_factory=list)  # server-side source folders allowed
     tiers_file: str | None = None
     admin_key: str | None = None  # EMBEDSCALE_ADMIN_KEY

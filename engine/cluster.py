@@ -36,7 +36,8 @@ class ClusterSpec:
     n_workers: int | None = None  # local: None = one per core
     threads_per_worker: int = 1
     memory_limit: str | int = "auto"
-    dashboard_address: str = ":8787"
+    # A bare ':port' listens on loopback (see dashboard_bind); None or 'none': no dashboard.
+    dashboard_address: str | None = ":8787"
     address: str | None = None  # kind=address
     cuda_visible_devices: str | None = None  # kind=local-cuda
     log_level: str = "error"  # local workers' log level (their output shares our terminal)
@@ -61,16 +62,32 @@ class ClusterSpec:
         return spec
 
 
+def dashboard_bind(address: str | None, host: str = "127.0.0.1") -> str | None:
+    """Where a dashboard we start listens. distributed binds a bare ':8787' to every interface
+    (0.0.0.0), and the dashboard has no authentication: a bare port goes on `host` instead.
+    None, '' or 'none' means no dashboard."""
+    if address is None or address.strip().lower() in ("", "none"):
+        return None
+    if not address.startswith(":"):
+        return address  # the operator named the interface
+    if ":" in host:  # distributed splits 'host:port' on ':', so no IPv6 literal fits
+        host = "0.0.0.0" if host == "::" else "127.0.0.1"
+    return f"{host}{address}"
+
+
 class Cluster:
     """A connected client, and the cluster it started if any (closed with it)."""
 
-    def __init__(self, client: Client, cluster: Any | None) -> None:
+    def __init__(self, client: Client, cluster: Any | None, dashboard: bool = True) -> None:
         self.client = client
         self._cluster = cluster
+        self._dashboard = dashboard
 
     @property
     def dashboard_link(self) -> str | None:
-        return self.client.dashboard_link
+        """None without a dashboard (the scheduler's HTTP server, which the client would still
+        link to, then serves no dashboard)."""
+        return self.client.dashboard_link if self._dashboard else None
 
     def worker_threads(self) -> int:
         """Total task slots (threads over all workers); 0 while none is known (no worker yet,
@@ -103,7 +120,7 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
                 from None
     with dask.config.set(WORKER_DASK_CONFIG):
         cluster = _local_cuda_cluster(spec) if spec.kind == "local-cuda" else _local_cluster(spec)
-    return Cluster(Client(cluster), cluster)
+    return Cluster(Client(cluster), cluster, dashboard_bind(spec.dashboard_address) is not None)
 
 
 def _local_cluster(spec: ClusterSpec) -> Any:
@@ -114,7 +131,7 @@ def _local_cluster(spec: ClusterSpec) -> Any:
         threads_per_worker=spec.threads_per_worker,
         processes=True,
         memory_limit=spec.memory_limit,
-        dashboard_address=spec.dashboard_address,
+        dashboard_address=dashboard_bind(spec.dashboard_address),
         silence_logs=_log_level(spec),
     )
 
@@ -138,6 +155,6 @@ def _local_cuda_cluster(spec: ClusterSpec) -> Any:
         CUDA_VISIBLE_DEVICES=spec.cuda_visible_devices,
         threads_per_worker=spec.threads_per_worker,
         memory_limit=spec.memory_limit,
-        dashboard_address=spec.dashboard_address,
+        dashboard_address=dashboard_bind(spec.dashboard_address),
         silence_logs=_log_level(spec),
     )

@@ -46,3 +46,7 @@ class StoreLockedError(EmbedscaleError, RuntimeError):
 
 class StoreVersionError(EmbedscaleError, RuntimeError):
     """The DuckDB file was written by a newer embedscale."""
+
+
+class StoreDamagedError(EmbedscaleError, RuntimeError):
+    """The DuckDB file cannot be read: truncated, emptied or overwritten."""

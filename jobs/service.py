@@ -40,7 +40,11 @@ _TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
 
 def tenant_data_dir(data_dir: str | Path, tenant: str) -> Path:
     """Where a tenant's tables live: the local tenant's in the data dir itself, others' each in
-    a folder of their own, so no table name can reach another tenant's tables."""
+    a folder of their own, so no table name can reach another tenant's tables. A name outside
+    the tenant-name rule ('../x', 'a/b') is refused here, where it would become a path."""
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_NAME_PATTERN, tenant):
+        raise ValidationError("tenant", f"invalid tenant name {tenant!r}: use 1-64 lowercase "
+                                        "letters, digits, '-' or '_'")
     data_dir = Path(data_dir)
     return data_dir if tenant == LOCAL_TENANT else data_dir / "tenants" / tenant
 

@@ -20,7 +20,13 @@ import duckdb
 
 from engine.documents import Skipped
 from engine.partitions import Partition
-from jobs.errors import ConflictError, NotFoundError, StoreLockedError, StoreVersionError
+from jobs.errors import (
+    ConflictError,
+    NotFoundError,
+    StoreDamagedError,
+    StoreLockedError,
+    StoreVersionError,
+)
 from jobs.migrations import LATEST_VERSION, MIGRATIONS
 from jobs.records import (
     JobRecord,
@@ -53,13 +59,42 @@ class Store:
         try:
             self._con = duckdb.connect(str(self.path))
         except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
+            if "could not set lock" in str(exc).lower():
                 raise StoreLockedError(
                     f"{self.path} is in use by another embedscale process; stop it or use its "
                     "API (one process owns a data directory)") from None
-            raise
+            raise self._damaged(exc) from None
+        except duckdb.Error as exc:  # e.g. "Corrupt database file: computed checksum ..."
+            raise self._damaged(exc) from None
         self._lock = threading.RLock()
+        try:
+            self._check_readable()
+        except BaseException as exc:
+            self._con.close()
+            if isinstance(exc, duckdb.Error):
+                raise self._damaged(exc) from None
+            raise
         self._migrate()
+
+    def _check_readable(self) -> None:
+        """Read every stored row once. A truncated file opens and even answers `max(version)`
+        from its statistics; the missing blocks only fail the first query that reads them."""
+        con = self._con
+        _, _, block_size, total_blocks = con.execute("PRAGMA database_size").fetchone()[:4]
+        size = self.path.stat().st_size
+        if size < block_size * total_blocks:  # cut short, maybe inside free blocks
+            raise self._damaged(f"{size} bytes for {total_blocks} blocks of {block_size}")
+        tables = con.execute("SELECT table_name FROM duckdb_tables() "
+                             "WHERE database_name = current_database()").fetchall()
+        for (table,) in tables:
+            con.execute(f'SELECT count(hash(t)) FROM "{table}" AS t').fetchone()
+
+    def _damaged(self, cause: object) -> StoreDamagedError:
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        return StoreDamagedError(
+            f"{self.path} is damaged and cannot be opened ({reason}): restore it from a "
+            f"backup, or move it aside (mv {self.path} {self.path}.damaged) to start with an "
+            "empty control plane (tenants, keys and job history are then lost)")
 
     def close(self) -> None:
         with self._lock:

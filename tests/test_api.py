@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
@@ -206,10 +207,13 @@ def test_metrics_parse_and_count_what_was_done(server):
     assert ("embedscale_queue_depth", ()) in samples
 
 
-def test_cluster_info_links_the_dashboard(server):
+def test_cluster_info_keeps_the_dashboard_for_the_operator(server):
     info = server.tenant("operator").get("/v1/cluster").json()
-    assert info["workers"] == 2 and info["dashboard_link"].startswith("http")
-    assert httpx.get(info["dashboard_link"], timeout=10).status_code == 200
+    assert info["workers"] == 2 and info["threads"] == 2
+    assert info["dashboard_link"] is None and info["scheduler"] is None  # not exposed
+    log = (server.data_dir.parent / "server.log").read_text()
+    link = re.search(r"Dask dashboard at (http://127\.0\.0\.1:\d+/status)", log).group(1)
+    assert httpx.get(link, timeout=10).status_code == 200
 
 
 def test_admin_can_rotate_keys_and_change_tiers(server):

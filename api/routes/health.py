@@ -57,7 +57,8 @@ def metrics(request: Request) -> Response:
 
 @router.get("/v1/cluster", response_model=ClusterOut, responses={401: {"model": ErrorOut}})
 async def cluster_info(request: Request, tenant: CurrentTenant) -> ClusterOut:
-    """Where the work runs, and the Dask dashboard's link."""
+    """Workers and threads the jobs run on. The scheduler's address and the Dask dashboard's
+    link (no authentication of its own) only where the operator exposes them."""
     cluster = request.app.state.cluster
     try:
         info = await asyncio.wait_for(
@@ -65,6 +66,10 @@ async def cluster_info(request: Request, tenant: CurrentTenant) -> ClusterOut:
     except Exception:
         info = {}
     workers = info.get("workers", {})
-    return ClusterOut(scheduler=cluster.client.scheduler.address if cluster.client.scheduler
-                      else None, dashboard_link=cluster.dashboard_link, workers=len(workers),
-                      threads=sum(w.get("nthreads", 1) for w in workers.values()))
+    out = ClusterOut(scheduler=None, dashboard_link=None, workers=len(workers),
+                     threads=sum(w.get("nthreads", 1) for w in workers.values()))
+    if request.app.state.settings.expose_dashboard:
+        scheduler = cluster.client.scheduler
+        out.scheduler = scheduler.address if scheduler else None
+        out.dashboard_link = cluster.dashboard_link
+    return out

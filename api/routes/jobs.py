@@ -22,6 +22,9 @@ _ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 
 def job_out(record: JobRecord, skipped=None) -> JobOut:
     out = JobOut.model_validate(record.to_dict())
+    # The dashboard is the operator's (no authentication): a tenant gets its link only from
+    # GET /v1/cluster, and only where the operator exposes it.
+    out.dashboard_link = None
     if skipped is not None:
         out.skipped = [{"source": s.source, "reason": s.reason} for s in skipped]
     return out
