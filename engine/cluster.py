@@ -23,6 +23,9 @@ ClusterKind = Literal["local", "local-cuda", "address"]
 # useful and the sampling no longer costs the model 2-3% of its time.
 WORKER_DASK_CONFIG = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    # A task that killed two workers is poison (a tenant's file that exhausts memory): Dask's
+    # default, 3 re-runs, would take down four, every tenant's work on them with it.
+    "distributed.scheduler.allowed-failures": 1,
     "distributed.worker.profile.interval": "100ms",
 }
 
@@ -82,6 +85,12 @@ class Cluster:
         self.client = client
         self._cluster = cluster
         self._dashboard = dashboard
+
+    @property
+    def manager(self) -> Any | None:
+        """The cluster object we started (LocalCluster, LocalCUDACluster), None for a cluster
+        reached by its address."""
+        return self._cluster
 
     @property
     def dashboard_link(self) -> str | None:

@@ -10,9 +10,10 @@ import io
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from engine.documents import Document, Skipped
+from engine.file_access import UNRESTRICTED, FileAccess, FileRefused, too_large
 from engine.html_text import visible_text
 from engine.partitions import FileSlice, InlineText
 
@@ -39,14 +40,20 @@ class RecordFields:
 
 
 ReadResult = tuple[list[Document], list[Skipped]]
+_WHOLE_FILE_FORMATS = frozenset({"json", "csv"})  # parsed whole: bounded by max_file_bytes
 
 
-def read_item(item: FileSlice | InlineText, fields: RecordFields) -> ReadResult:
-    """Read one partition item into documents, and the reasons for what was skipped."""
+def read_item(item: FileSlice | InlineText, fields: RecordFields,
+              access: FileAccess = UNRESTRICTED) -> ReadResult:
+    """Read one partition item into documents, and the reasons for what was skipped. Files are
+    opened through `access`: a refused file (not regular, outside the roots, too large) is
+    skipped with its reason."""
     if isinstance(item, InlineText):
         return _read_inline(item)
     try:
-        return _READERS[item.fmt](item, fields)
+        return _READERS[item.fmt](item, fields, access)
+    except FileRefused as exc:
+        return [], [Skipped(item.relpath, exc.reason)]
     except OSError as exc:  # vanished or unreadable since planning: skip it, the job goes on
         return [], [Skipped(item.relpath, f"unreadable: {exc.strerror or exc}")]
 
@@ -58,9 +65,9 @@ def _read_inline(item: InlineText) -> ReadResult:
     return [Document(item.doc_id, item.text, source="inline", metadata=metadata)], []
 
 
-def _decode_text_file(item: FileSlice) -> tuple[str | None, Skipped | None]:
-    with open(item.path, "rb") as f:
-        raw = f.read()
+def _decode_text_file(item: FileSlice, access: FileAccess) -> tuple[str | None, Skipped | None]:
+    limit = access.max_file_bytes if item.fmt in _WHOLE_FILE_FORMATS else None
+    raw = access.read_whole(item.path, limit)
     if b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
         return None, Skipped(item.relpath, "binary file")
     try:
@@ -69,8 +76,8 @@ def _decode_text_file(item: FileSlice) -> tuple[str | None, Skipped | None]:
         return None, Skipped(item.relpath, f"invalid UTF-8 at byte {exc.start}")
 
 
-def _read_whole_text(item: FileSlice, fields: RecordFields) -> ReadResult:
-    text, skipped = _decode_text_file(item)
+def _read_whole_text(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
+    text, skipped = _decode_text_file(item, access)
     if skipped:
         return [], [skipped]
     if item.fmt == "html":
@@ -109,8 +116,8 @@ def _collect(results: Iterable[ReadResult]) -> ReadResult:
     return docs, skipped
 
 
-def _read_json(item: FileSlice, fields: RecordFields) -> ReadResult:
-    text, skipped = _decode_text_file(item)
+def _read_json(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
+    text, skipped = _decode_text_file(item, access)
     if skipped:
         return [], [skipped]
     try:
@@ -129,21 +136,37 @@ def _read_json(item: FileSlice, fields: RecordFields) -> ReadResult:
     return [], [Skipped(item.relpath, "top-level JSON is neither an object nor a list of objects")]
 
 
-def _read_jsonl(item: FileSlice, fields: RecordFields) -> ReadResult:
+def _read_jsonl(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
+    limit = access.max_document_bytes
+
     def records() -> Iterable[ReadResult]:
-        with open(item.path, "rb") as f:
+        with access.open(item.path) as f:
             f.seek(item.start or 0)
             stop = item.stop if item.stop is not None else float("inf")
             row, pos = item.first_row, item.start or 0
             while pos < stop:
-                line = f.readline()
+                line = f.readline(limit + 1)
                 if not line:
                     break
                 pos += len(line)
-                yield _jsonl_line(line, item, row, fields)
+                if len(line) > limit and not line.endswith(b"\n"):
+                    pos += _skip_rest_of_line(f)  # never hold more than a line's limit
+                    yield [], [Skipped(f"{item.relpath}#{row}", too_large(None, limit))]
+                else:
+                    yield _jsonl_line(line, item, row, fields)
                 row += 1
 
     return _collect(records())
+
+
+def _skip_rest_of_line(f: BinaryIO, block: int = 1 << 20) -> int:
+    """Read past the end of an over-long line, a block at a time; returns the bytes passed."""
+    passed = 0
+    while True:
+        part = f.readline(block)
+        passed += len(part)
+        if not part or part.endswith(b"\n"):
+            return passed
 
 
 def _jsonl_line(line: bytes, item: FileSlice, row: int, fields: RecordFields) -> ReadResult:
@@ -159,8 +182,8 @@ def _jsonl_line(line: bytes, item: FileSlice, row: int, fields: RecordFields) ->
     return _record_document(record, item, row, fields)
 
 
-def _read_csv(item: FileSlice, fields: RecordFields) -> ReadResult:
-    text, skipped = _decode_text_file(item)
+def _read_csv(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
+    text, skipped = _decode_text_file(item, access)
     if skipped:
         return [], [skipped]
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -169,11 +192,16 @@ def _read_csv(item: FileSlice, fields: RecordFields) -> ReadResult:
     return _collect(_record_document(r, item, i, fields) for i, r in enumerate(reader))
 
 
-def _read_parquet(item: FileSlice, fields: RecordFields) -> ReadResult:
+def _read_parquet(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
+    with access.open(item.path) as f:
+        return _read_parquet_file(f, item, fields)
+
+
+def _read_parquet_file(f: BinaryIO, item: FileSlice, fields: RecordFields) -> ReadResult:
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(item.path)
+        pf = pq.ParquetFile(f)
     except Exception as exc:  # pyarrow raises ArrowInvalid for a file that is not parquet
         return [], [Skipped(item.relpath, f"not a readable parquet file: {exc}")]
     if fields.text_field not in pf.schema_arrow.names:
@@ -195,7 +223,7 @@ def _read_parquet(item: FileSlice, fields: RecordFields) -> ReadResult:
     return _collect(_record_document(r, item, start + i, fields) for i, r in enumerate(rows))
 
 
-_READERS: dict[str, Callable[[FileSlice, RecordFields], ReadResult]] = {
+_READERS: dict[str, Callable[[FileSlice, RecordFields, FileAccess], ReadResult]] = {
     "text": _read_whole_text,
     "markdown": _read_whole_text,
     "html": _read_whole_text,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,8 @@ _DELETE_BATCH = 1000  # doc ids per delete predicate
 
 def validate_table_name(name: str) -> str:
     """Refuse names that could escape the data directory or that LanceDB cannot hold."""
-    if not isinstance(name, str) or not _TABLE_NAME.match(name) or ".." in name:
+    # fullmatch: with match, '$' also matches before a final newline ('t\n' passed).
+    if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name) or ".." in name:
         raise TableError(
             f"invalid table name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter, digit or '_', without '..' or '/'"
@@ -70,9 +72,7 @@ class ChunkTable:
         if mode not in MODES:
             raise TableError(f"unknown write mode {mode!r}: use one of {', '.join(MODES)}")
         schema = chunk_schema(model.name, model.dimension)
-        if not self.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            lance.write_dataset(schema.empty_table(), self.uri, schema=schema, mode="create")
+        if not self.exists() and self._create(schema):
             return
         if mode == "overwrite":
             lance.LanceDataset.commit(self.uri, lance.LanceOperation.Overwrite(schema, []),
@@ -86,12 +86,27 @@ class ChunkTable:
                 f"{model.dimension}: use that model, another table, or --mode overwrite"
             )
 
+    def _create(self, schema: pa.Schema) -> bool:
+        """Create the table, empty; False if another job created it first (two jobs starting
+        together on a new table: the loser opens the winner's table and checks it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            lance.write_dataset(schema.empty_table(), self.uri, schema=schema, mode="create")
+        except OSError as exc:
+            if "already exists" not in str(exc) or not self.exists():
+                raise
+            return False
+        return True
+
     def commit(self, results_by_job: Mapping[str, Sequence[PartitionResult]]) -> int:
         """Make the fragments of the given partitions (of one or more jobs) visible in one
         atomic append; returns the new version. The commit records each partition's counts
         under its job, so a restarted driver can tell what is in the table. For upserts the
         old rows of replaced documents are deleted first: a crash in between leaves those
         documents absent (and re-embedded on resume), never doubled."""
+        if not self.exists():
+            raise TableError(f"table '{self.name}' no longer exists: it was deleted while a "
+                             "job was writing to it")
         results = [r for rs in results_by_job.values() for r in rs]
         self._delete_docs([d for r in results for d in r.replaced_doc_ids])
         ds = lance.dataset(self.uri)
@@ -106,6 +121,12 @@ class ChunkTable:
             transaction_properties={COMMITS_PROPERTY: json.dumps(counts)},
         )
         return lance.LanceDataset.commit(self.uri, tx).version
+
+    def remove_orphan_files(self) -> None:
+        """Remove what workers wrote into the folder of a table that was deleted meanwhile
+        (data files of fragments no commit will ever reference)."""
+        if not self.exists():
+            shutil.rmtree(self.uri, ignore_errors=True)
 
     def delete_job_rows(self, job_id: str) -> None:
         """Remove every row a job wrote (cancellation)."""

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.documents import Skipped
+from engine.documents import Skipped, content_hash
 from engine.errors import SourceError
+from engine.file_access import UNRESTRICTED, FileAccess, FileRefused, is_inside
 from engine.partitions import FileSlice, InlineText, Partition
 from engine.readers import EXTENSIONS
 
@@ -38,15 +39,18 @@ class SourcePlan:
 
 
 def plan_source(
-    source: str | os.PathLike, *, parallelism: int = 1, partition_bytes: int | None = None
+    source: str | os.PathLike, *, parallelism: int = 1, partition_bytes: int | None = None,
+    access: FileAccess = UNRESTRICTED,
 ) -> SourcePlan:
     """Plan a directory, file or glob into partitions of about `partition_bytes` each.
 
     `partition_bytes` defaults to a size that gives each of `parallelism` workers several
-    partitions. Raises SourceError when the source does not exist or has nothing to embed.
+    partitions. Files that `access` refuses (FIFOs, devices, links out of the allowed roots)
+    are skipped with the reason; the workers check each file again when they open it. Raises
+    SourceError when the source does not exist or has nothing to embed.
     """
-    root, paths = _list_files(str(source))
     skipped: list[Skipped] = []
+    root, paths = _list_files(str(source), access, skipped)
     candidates: list[tuple[str, str, str, int]] = []
     for path in paths:
         rel = os.path.relpath(path, root)
@@ -54,12 +58,11 @@ def plan_source(
         if fmt is None:
             skipped.append(Skipped(rel, f"unsupported file type '{Path(path).suffix or path}'"))
             continue
-        try:
-            size = os.stat(path).st_size
-        except OSError as exc:
-            skipped.append(Skipped(rel, f"unreadable: {exc.strerror}"))
+        refusal = access.refusal(path)
+        if refusal is not None:
+            skipped.append(Skipped(rel, refusal))
             continue
-        candidates.append((path, rel, fmt, size))
+        candidates.append((path, rel, fmt, os.stat(path).st_size))
     if not candidates:
         kinds = ", ".join(sorted(EXTENSIONS))
         raise SourceError(
@@ -68,7 +71,8 @@ def plan_source(
         )
     total = sum(c[3] for c in candidates)
     target = partition_bytes or _default_partition_bytes(total, parallelism)
-    slices = [s for c in candidates for s in _slices(*c, target=target, skipped=skipped)]
+    slices = [s for c in candidates
+              for s in _slices(*c, target=target, skipped=skipped, access=access)]
     return SourcePlan(_pack(slices, target), skipped, root, len(candidates), total)
 
 
@@ -79,25 +83,41 @@ def plan_texts(
     *,
     docs_per_partition: int = INLINE_DOCS_PER_PARTITION,
 ) -> SourcePlan:
-    """Plan inline texts; ids default to their position (`"0"`, `"1"`, ...)."""
+    """Plan inline texts. Without `ids`, each text's id is derived from its content
+    (`inline_doc_id`): ids are unique within a table whatever the job, and the same text sent
+    again is the same document (unchanged, or replaced by upsert), never a duplicate. A text
+    repeated within the job is embedded once; the repeats are reported as skipped."""
     if ids is not None and len(ids) != len(texts):
         raise SourceError(f"ids has {len(ids)} entries but texts has {len(texts)}")
     if metadata is not None and len(metadata) != len(texts):
         raise SourceError(f"metadata has {len(metadata)} entries but texts has {len(texts)}")
     if not texts:
         raise SourceError("texts is empty: nothing to embed")
-    ids = [str(i) for i in (ids if ids is not None else range(len(texts)))]
-    if len(set(ids)) != len(ids):
-        raise SourceError("ids are not unique: each text needs its own id")
-    items = [
-        InlineText(doc_id, text, json.dumps(metadata[i] if metadata and metadata[i] else {}))
-        for i, (doc_id, text) in enumerate(zip(ids, texts))
-    ]
+    if ids is not None:
+        doc_ids = [str(i) for i in ids]
+        if len(set(doc_ids)) != len(doc_ids):
+            raise SourceError("ids are not unique: each text needs its own id")
+    else:
+        doc_ids = [inline_doc_id(t) for t in texts]
+    items, skipped, first = [], [], {}
+    for i, (doc_id, text) in enumerate(zip(doc_ids, texts)):
+        if doc_id in first:
+            skipped.append(Skipped(doc_id, f"same text as texts[{first[doc_id]}]"))
+            continue
+        first[doc_id] = i
+        meta = metadata[i] if metadata and metadata[i] else {}
+        items.append(InlineText(doc_id, text, json.dumps(meta)))
     parts = [
         Partition(n, tuple(items[i : i + docs_per_partition]))
         for n, i in enumerate(range(0, len(items), docs_per_partition))
     ]
-    return SourcePlan(parts, [], "inline", 0, sum(len(t) for t in texts))
+    return SourcePlan(parts, skipped, "inline", 0, sum(len(t) for t in texts))
+
+
+def inline_doc_id(text: str) -> str:
+    """The id of an inline text sent without one: `text-` and 32 hex digits of the SHA-256 of
+    its UTF-8 bytes (the same digest as its content hash)."""
+    return "text-" + content_hash(text)[:32]
 
 
 def _default_partition_bytes(total: int, parallelism: int) -> int:
@@ -105,22 +125,24 @@ def _default_partition_bytes(total: int, parallelism: int) -> int:
     return max(MIN_PARTITION_BYTES, min(MAX_PARTITION_BYTES, per_partition))
 
 
-def _list_files(source: str) -> tuple[str, list[str]]:
-    """The root that relative paths start from, and the files of the source, sorted."""
+def _list_files(source: str, access: FileAccess,
+                skipped: list[Skipped]) -> tuple[str, list[str]]:
+    """The root that relative paths start from, and the files of the source, sorted. What is
+    not a folder (a file, a FIFO, a device) is listed: the planner decides what to read."""
     if glob.has_magic(source):
         root = _glob_root(source)
-        files = [p for p in glob.glob(source, recursive=True) if os.path.isfile(p)]
+        files = [p for p in _glob(root, source) if not os.path.isdir(p)]
         if not files:
             raise SourceError(f"source glob matches no files: {source}")
-        return root, sorted(os.path.abspath(p) for p in files)
+        return root, sorted(files)
     path = os.path.abspath(source)
-    if os.path.isfile(path):
-        return os.path.dirname(path), [path]
     if os.path.isdir(path):
-        files = sorted(_walk(path))
-        if not files:
+        files = sorted(_walk(path, access, skipped))
+        if not files and not skipped:
             raise SourceError(f"source is empty: no files under {source}")
         return path, files
+    if os.path.lexists(path):
+        return os.path.dirname(path), [path]
     raise SourceError(f"source not found: {source} (give a directory, a file or a glob)")
 
 
@@ -130,6 +152,16 @@ def _glob_root(pattern: str) -> str:
     return os.path.abspath(os.path.join(*plain)) if plain else os.getcwd()
 
 
+def _glob(root: str, pattern: str) -> Iterator[str]:
+    """Matches of `pattern` below `root`, without hidden names. pathlib's `**` does not follow
+    links to folders (glob.glob's does: two links to '.' make its walk exponential)."""
+    parts = Path(pattern).parts
+    rest = parts[len(list(_until_magic(parts))):]
+    for match in Path(root).glob(str(Path(*rest))):
+        if not any(part.startswith(".") for part in match.relative_to(root).parts):
+            yield os.path.abspath(match)
+
+
 def _until_magic(parts: Sequence[str]) -> Iterator[str]:
     for p in parts:
         if glob.has_magic(p):
@@ -137,34 +169,56 @@ def _until_magic(parts: Sequence[str]) -> Iterator[str]:
         yield p
 
 
-def _walk(root: str) -> Iterator[str]:
-    # Hidden files and folders (.git, .DS_Store) are not part of a corpus.
+def _walk(root: str, access: FileAccess, skipped: list[Skipped]) -> Iterator[str]:
+    # Hidden files and folders (.git, .DS_Store) are not part of a corpus. Links to folders are
+    # not followed (os.walk's default: no cycles, no escapes); they are reported as skipped.
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        kept = []
+        for d in dirnames:
+            if d.startswith("."):
+                continue
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):
+                where = os.path.realpath(full)
+                reason = ("a link to a path outside the allowed roots"
+                          if access.roots is not None and not is_inside(where, access.roots)
+                          else "a link to a folder: not followed")
+                skipped.append(Skipped(os.path.relpath(full, root), reason))
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for name in filenames:
             if not name.startswith("."):
                 yield os.path.join(dirpath, name)
 
 
 def _slices(
-    path: str, rel: str, fmt: str, size: int, *, target: int, skipped: list[Skipped]
+    path: str, rel: str, fmt: str, size: int, *, target: int, skipped: list[Skipped],
+    access: FileAccess,
 ) -> list[FileSlice]:
-    if size > target and fmt == "jsonl":
-        return list(_jsonl_slices(path, rel, size, target))
-    if size > target and fmt == "parquet":
-        try:
-            return list(_parquet_slices(path, rel, size, target))
-        except Exception as exc:  # not a parquet file: let the worker report it as skipped
-            skipped.append(Skipped(rel, f"not a readable parquet file: {exc}"))
-            return []
+    try:
+        if size > target and fmt == "jsonl":
+            return list(_jsonl_slices(path, rel, size, target, access))
+        if size > target and fmt == "parquet":
+            try:
+                return list(_parquet_slices(path, rel, size, target, access))
+            except FileRefused:
+                raise
+            except Exception as exc:  # not a parquet file
+                skipped.append(Skipped(rel, f"not a readable parquet file: {exc}"))
+                return []
+    except FileRefused as exc:  # swapped for a FIFO or a link since it was listed
+        skipped.append(Skipped(rel, exc.reason))
+        return []
     return [FileSlice(path, rel, fmt, size)]
 
 
-def _jsonl_slices(path: str, rel: str, size: int, target: int) -> Iterator[FileSlice]:
+def _jsonl_slices(path: str, rel: str, size: int, target: int,
+                  access: FileAccess) -> Iterator[FileSlice]:
     """Cut at line ends into ranges of about `target` bytes, counting rows for doc ids."""
     start = pos = 0
     first_row = row = 0
-    with open(path, "rb") as f:
+    with access.open(path) as f:
         for line in f:
             pos += len(line)
             row += 1
@@ -175,10 +229,12 @@ def _jsonl_slices(path: str, rel: str, size: int, target: int) -> Iterator[FileS
         yield FileSlice(path, rel, "jsonl", pos - start, start, pos, first_row)
 
 
-def _parquet_slices(path: str, rel: str, size: int, target: int) -> Iterator[FileSlice]:
+def _parquet_slices(path: str, rel: str, size: int, target: int,
+                    access: FileAccess) -> Iterator[FileSlice]:
     import pyarrow.parquet as pq
 
-    rows = pq.ParquetFile(path).metadata.num_rows
+    with access.open(path) as f:
+        rows = pq.ParquetFile(f).metadata.num_rows
     if rows == 0:
         return
     rows_per_slice = max(1, rows * target // max(size, 1))

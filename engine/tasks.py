@@ -18,6 +18,7 @@ from engine import sink
 from engine.batching import embed_inputs
 from engine.chunking import Chunks, ChunkSettings, chunk_texts
 from engine.documents import Document, Skipped, chunk_id
+from engine.file_access import FileAccess
 from engine.models.cache import get_model
 from engine.models.registry import ModelSpec
 from engine.partitions import Partition
@@ -36,6 +37,7 @@ class TaskConfig:
     mode: str = "append"
     fields: RecordFields = field(default_factory=RecordFields)
     token_budget: int | None = None
+    access: FileAccess = field(default_factory=FileAccess)  # checked again at every open
 
 
 @dataclass(slots=True)
@@ -45,9 +47,10 @@ class PartitionResult:
     partition: int
     fragments: list = field(default_factory=list)
     documents: int = 0  # documents read and embedded
-    unchanged: int = 0  # upsert: documents whose content hash is already in the table
+    unchanged: int = 0  # documents already in the table with the same content hash
     chunks: int = 0
     tokens: int = 0
+    doc_ids: list[str] = field(default_factory=list)  # documents whose rows it wrote
     replaced_doc_ids: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
@@ -59,8 +62,7 @@ def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult
     model = get_model(config.model)
     docs, skipped = _read(partition, config)
     result = PartitionResult(partition.index, skipped=skipped)
-    if config.mode == "upsert":
-        docs, result.unchanged, result.replaced_doc_ids = _changed_only(docs, config.table_uri)
+    docs, result.unchanged, result.replaced_doc_ids = _changed_only(docs, config, skipped)
     chunks = chunk_texts([d.text for d in docs], model.tokenizer, config.chunking)
     no_tokens = set(range(len(docs))) - set(chunks.doc_index.tolist())
     skipped.extend(Skipped(docs[i].doc_id, "no tokens in text") for i in sorted(no_tokens))
@@ -69,6 +71,7 @@ def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult
     if len(chunks):
         rows = _rows(docs, chunks, inputs, vectors, config)
         result.fragments = sink.write_fragments(config.table_uri, rows)
+    result.doc_ids = [d.doc_id for i, d in enumerate(docs) if i not in no_tokens]
     result.documents = len(docs) - len(no_tokens)
     result.chunks = len(chunks)
     result.tokens = int(sum(len(x) for x in inputs))
@@ -81,7 +84,7 @@ def _read(partition: Partition, config: TaskConfig) -> tuple[list[Document], lis
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
     for item in partition.items:
-        item_docs, item_skipped = read_item(item, config.fields)
+        item_docs, item_skipped = read_item(item, config.fields, config.access)
         skipped.extend(item_skipped)
         for d in item_docs:
             if d.doc_id in seen:  # equal ids would give equal chunk ids: keep the first
@@ -92,12 +95,23 @@ def _read(partition: Partition, config: TaskConfig) -> tuple[list[Document], lis
     return docs, skipped
 
 
-def _changed_only(docs: list[Document], uri: str) -> tuple[list[Document], int, list[str]]:
-    """Documents to (re-)embed, how many are unchanged, and which have rows to replace."""
-    existing = sink.existing_hashes(uri, [d.doc_id for d in docs])
+def _changed_only(docs: list[Document], config: TaskConfig,
+                  skipped: list[Skipped]) -> tuple[list[Document], int, list[str]]:
+    """Documents to embed, how many are already in the table unchanged, and (upsert) which
+    have rows to replace. Row ids are unique within a table in every mode: a document whose id
+    is in the table with the same content is not embedded again; with other content, upsert
+    replaces it and the other modes skip it with the reason. (The runner checks again at
+    commit time, against what other jobs committed meanwhile.)"""
+    existing = sink.existing_hashes(config.table_uri, [d.doc_id for d in docs])
     changed = [d for d in docs if existing.get(d.doc_id) != {d.content_hash}]
-    replaced = [d.doc_id for d in changed if d.doc_id in existing]
-    return changed, len(docs) - len(changed), replaced
+    if config.mode == "upsert":
+        return changed, len(docs) - len(changed), [d.doc_id for d in changed
+                                                   if d.doc_id in existing]
+    new = [d for d in changed if d.doc_id not in existing]
+    skipped.extend(Skipped(d.doc_id, "id already in the table with other content; use mode "
+                                     "upsert to replace it")
+                   for d in changed if d.doc_id in existing)
+    return new, len(docs) - len(changed), []
 
 
 def _rows(docs: list[Document], chunks: Chunks, inputs: list[np.ndarray],

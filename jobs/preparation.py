@@ -6,6 +6,7 @@ warm model and an existing table start without any round trip.
 """
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from distributed import Future
 
 from engine.chunking import ChunkSettings
 from engine.cluster import Cluster
+from engine.file_access import FileAccess
 from engine.models.backend import ModelInfo
 from engine.models.registry import ModelSpec, resolve_model
 from engine.partitions import Partition
@@ -48,14 +50,22 @@ class JobPreparer:
     """Prepares jobs for the runner; safe to call from several threads."""
 
     def __init__(self, store: Store, cluster: Cluster, tier_of: Callable[[str], Tier],
-                 data_dir_of: Callable[[str], Path], token_budget: int | None = None) -> None:
+                 data_dir_of: Callable[[str], Path], token_budget: int | None = None,
+                 access: FileAccess | None = None) -> None:
         self.store, self.cluster = store, cluster
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.token_budget = token_budget
+        self.access = access or FileAccess()
         # Models already loaded on the workers (new workers load them through the preload
         # plugin): a job on a warm model starts without a round of warm-up tasks.
         self._warm: dict[ModelSpec, ModelInfo] = {}
         self._checked_tables: set[tuple[str, str, int]] = set()
+        self._lock = threading.Lock()
+        self._table_locks: dict[str, threading.Lock] = {}
+
+    def _table_lock(self, uri: str) -> threading.Lock:
+        with self._lock:
+            return self._table_locks.setdefault(uri, threading.Lock())
 
     def forget_table(self, uri: str) -> None:
         """A table was dropped: the next job on that name prepares it afresh."""
@@ -75,14 +85,16 @@ class JobPreparer:
         # A table already checked for this model needs no second look while it exists;
         # overwrite and a re-created table are prepared afresh.
         checked = (table.uri, info.name, info.dimension)
-        if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
-            table.prepare(info, mode)
-            self._checked_tables.add(checked)
+        with self._table_lock(table.uri):  # one job at a time creates or checks a table
+            if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
+                table.prepare(info, mode)
+                self._checked_tables.add(checked)
         if resumed:
             self._reconcile(record, table)
         stored = {p.partition.index: p for p in self.store.partitions(record.id)}
         config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
-                            RecordFields(spec.text_field, spec.id_field), self.token_budget)
+                            RecordFields(spec.text_field, spec.id_field), self.token_budget,
+                            self.access)
         # Largest first (LPT): a big partition started last would run alone at the end.
         pending = deque(sorted((i for i, p in stored.items() if p.status != "done"),
                                key=lambda i: -stored[i].partition.size_bytes))

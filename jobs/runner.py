@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from distributed import Future
+from distributed.scheduler import KilledWorker
 
 from engine.cluster import Cluster
-from engine.sink import ChunkTable, partition_counts
+from engine.file_access import FileAccess
+from engine.sink import ChunkTable, existing_hashes, partition_counts
 from engine.tasks import PartitionResult, embed_partition
+from engine.worker_recovery import WorkerRecovery
+from jobs.conflicts import clashing
 from jobs.events import EventBus
 from jobs.preparation import JobPreparer, RunningJob
 from jobs.quotas import partition_fits
@@ -36,6 +40,7 @@ from jobs.tiers import Tier
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # completions handled together
+RECOVERY_CHECK_S = 5.0  # how often lost workers of a cluster we started are looked for
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class Runner:
 
     def __init__(self, store: Store, cluster: Cluster, bus: EventBus,
                  tier_of: Callable[[str], Tier], data_dir_of: Callable[[str], Path],
-                 config: RunnerConfig | None = None) -> None:
+                 config: RunnerConfig | None = None, access: FileAccess | None = None) -> None:
         self.store, self.cluster, self.bus = store, cluster, bus
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.config = config or RunnerConfig()
@@ -72,10 +77,12 @@ class Runner:
         self._draining = False
         self._admission_due = True  # set when a job arrives or one ends (a slot frees)
         self._preparer = JobPreparer(store, cluster, tier_of, data_dir_of,
-                                     self.config.token_budget)
+                                     self.config.token_budget, access or FileAccess())
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.error: BaseException | None = None
+        self.recovery = WorkerRecovery(cluster)
+        self._next_recovery_check = 0.0
 
     # --- control, from any thread ---------------------------------------------------------
 
@@ -146,6 +153,9 @@ class Runner:
                 raise
 
     def _step(self) -> None:
+        if time.monotonic() >= self._next_recovery_check:
+            self._next_recovery_check = time.monotonic() + RECOVERY_CHECK_S
+            self.recovery.check()
         self._handle_cancels()
         if self._admission_due and not self._draining:
             self._admission_due = False
@@ -259,7 +269,9 @@ class Runner:
 
     def _on_error(self, job: RunningJob, index: int, exc: BaseException | None) -> None:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
-        final = attempts >= self.config.max_attempts
+        # A KilledWorker already took down a worker on each of Dask's own re-runs: running it
+        # again would only kill more workers, every tenant's work with them.
+        final = attempts >= self.config.max_attempts or isinstance(exc, KilledWorker)
         error = _error_line(exc)
         self.store.record_attempt_failed(job.record.id, index, attempts, error, final)
         if final:
@@ -277,6 +289,7 @@ class Runner:
         partitions. A partition that would overdraw its tenant's quota fails its job
         (quota_exhausted) uncommitted; what was committed before stays, and the job ends only
         after the batch's accepted partitions are recorded, so its final state counts them."""
+        results = self._without_clashes(results)
         accepted, exhausted = self._within_quota(results)
         by_table: dict[str, tuple[ChunkTable, dict[str, list[PartitionResult]]]] = {}
         for job, result in accepted:
@@ -287,6 +300,7 @@ class Runner:
             try:
                 table.commit(per_job)
             except Exception as exc:  # the table vanished or its disk failed
+                table.remove_orphan_files()
                 for job_id in per_job:
                     self._finish(job_id, JobStatus.FAILED, error_reason="commit_failed",
                                  error=f"commit to table '{table.name}' failed: "
@@ -316,6 +330,30 @@ class Runner:
             self._jobs.pop(job_id, None)
             self._admission_due = True
             self._publish(records[job_id])
+
+    def _without_clashes(self, results: list[tuple[RunningJob, PartitionResult]]
+                         ) -> list[tuple[RunningJob, PartitionResult]]:
+        """The results whose documents can be committed without repeating a row id; the others
+        (a document committed by another job since the worker looked) run again."""
+        by_table: dict[str, list[tuple[RunningJob, PartitionResult]]] = {}
+        for job, result in results:
+            by_table.setdefault(job.table.uri, []).append((job, result))
+        keep: list[tuple[RunningJob, PartitionResult]] = []
+        for uri, group in by_table.items():
+            ids = sorted({d for _, r in group for d in r.doc_ids})
+            try:
+                in_table = set(existing_hashes(uri, ids)) if ids else set()
+            except Exception:  # no table: the commit reports it
+                in_table = set()
+            rerun = set(clashing([r for _, r in group], in_table))
+            for position, (job, result) in enumerate(group):
+                if position not in rerun:
+                    keep.append((job, result))
+                    continue
+                log.info("job %s partition %d wrote documents committed meanwhile by other "
+                         "work; running it again", job.record.id, result.partition)
+                job.pending.appendleft(result.partition)
+        return keep
 
     def _within_quota(self, results: list[tuple[RunningJob, PartitionResult]]
                       ) -> tuple[list[tuple[RunningJob, PartitionResult]], dict[str, str]]:
@@ -386,5 +424,8 @@ def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
 def _error_line(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
+    if isinstance(exc, KilledWorker):
+        return ("KilledWorker: each worker that ran this partition died (out of memory, or "
+                "crashed); it is not tried again")
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

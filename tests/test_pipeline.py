@@ -82,10 +82,17 @@ def test_ids_are_unique_and_stable_across_runs(embedded, cluster, small_corpus, 
     assert again.chunks == len(ids)
 
 
-def test_overwrite_replaces_and_append_adds(cluster, small_corpus, data_dir):
+def test_overwrite_replaces_and_append_adds_without_repeating_ids(cluster, small_corpus,
+                                                                  data_dir):
     one = run(cluster, source=str(small_corpus / "heapq.txt"), table="t", data_dir=str(data_dir))
-    run(cluster, source=str(small_corpus / "heapq.txt"), table="t", data_dir=str(data_dir))
-    assert read_rows(data_dir, "t").num_rows == 2 * one.chunks
+    # The same document appended again is already there: unchanged, no second copy of its rows.
+    again = run(cluster, source=str(small_corpus / "heapq.txt"), table="t",
+                data_dir=str(data_dir))
+    assert (again.chunks, again.unchanged) == (0, 1)
+    assert read_rows(data_dir, "t").num_rows == one.chunks
+    two = run(cluster, source=str(small_corpus / "json.txt"), table="t", data_dir=str(data_dir))
+    ids = read_rows(data_dir, "t", ["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == one.chunks + two.chunks
     run(cluster, source=str(small_corpus / "heapq.txt"), table="t", data_dir=str(data_dir),
         mode="overwrite")
     assert read_rows(data_dir, "t").num_rows == one.chunks

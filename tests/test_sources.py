@@ -95,3 +95,18 @@ def test_plan_texts_validates_ids():
         plan_texts(["a", "b"], ids=["x"])
     with pytest.raises(SourceError, match="empty"):
         plan_texts([])
+
+
+def test_inline_texts_without_ids_get_ids_from_their_content():
+    import hashlib
+
+    first = plan_texts(["alpha", "beta", "alpha"])
+    again = plan_texts(["beta"])  # another job, sent later
+    [items] = [p.items for p in first.partitions]
+    expected = {t: "text-" + hashlib.sha256(t.encode()).hexdigest()[:32] for t in ("alpha", "beta")}
+    assert [(i.doc_id, i.text) for i in items] == [(expected["alpha"], "alpha"),
+                                                  (expected["beta"], "beta")]
+    assert [(s.source, s.reason) for s in first.skipped] == [
+        (expected["alpha"], "same text as texts[0]")]
+    assert again.partitions[0].items[0].doc_id == expected["beta"]
+    assert plan_texts(["x", "y"], ids=["0", "1"]).partitions[0].items[1].doc_id == "1"
