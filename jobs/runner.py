@@ -179,8 +179,9 @@ class Runner:
             if limit is not None and active.get(job.tenant, 0) >= limit:
                 continue  # waits in `queued`: the limit delays, it does not fail
             try:
-                record = self.store.set_status(job.id, JobStatus.RUNNING,
-                                               dashboard_link=self.cluster.dashboard_link)
+                # No dashboard link in the record: tenants read it (REST, WebSocket), and the
+                # dashboard is the operator's (/v1/cluster when exposed).
+                record = self.store.set_status(job.id, JobStatus.RUNNING)
             except IllegalTransitionError:
                 continue  # cancelled between the query and now
             active[job.tenant] = active.get(job.tenant, 0) + 1

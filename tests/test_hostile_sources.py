@@ -129,3 +129,46 @@ def test_proc_files_without_a_size_are_still_bounded(tmp_path):
     item = FileSlice("/proc/self/maps", "maps", "text", 0)
     _, skipped = read_item(item, RecordFields(), FileAccess(max_document_bytes=16))
     assert "over the limit of 16 bytes" in skipped[0].reason
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_tenant_cannot_read_outside_the_roots_or_stall_the_service(server, tmp_path):
+    """Over the real API: a folder of links out of the root, a FIFO and /dev/zero; the job
+    ends, every trap is reported, and no search ever returns the outside file's text."""
+    from tests.test_api import finished, wait_job
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(f"{SECRET} root:x:0:0")
+    folder = server.root / "hostile"
+    folder.mkdir()
+    (folder / "good.txt").write_text("an ordinary document about heaps and queues")
+    (folder / "leak.txt").symlink_to(outside / "secret.txt")
+    (folder / "passwd.txt").symlink_to("/etc/passwd")
+    (folder / "dirlink").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(folder / "pipe.txt")
+    (folder / "zero.txt").symlink_to("/dev/zero")
+    client = server.tenant("prowler")
+    reasons = {}
+    for n, source in enumerate([str(folder), str(folder / "**" / "*.txt"),
+                                str(folder / "dirlink*" / "*.txt")]):
+        created = client.post("/v1/jobs", json={"table": f"h{n}", "source": source})
+        if created.status_code == 422:  # nothing left to read once the traps are skipped
+            assert n == 2 and "no supported files" in created.text, created.text
+            continue
+        assert created.status_code == 201, created.text
+        job = wait_job(client, created.json()["id"], finished, timeout=120)
+        assert job["status"] == "succeeded" and job["documents_done"] == 1, job
+        reasons.update({s["source"].split("/")[-1]: s["reason"] for s in job["skipped"]})
+        hits = client.post(f"/v1/tables/h{n}/search", json={"query": "root:x:0:0", "k": 10})
+        assert hits.status_code == 200
+        assert all(SECRET not in h["text"] and "root:" not in h["text"]
+                   for h in hits.json()["hits"])
+    assert reasons == {"leak.txt": OUTSIDE, "passwd.txt": OUTSIDE, "dirlink": OUTSIDE,
+                       "pipe.txt": "a FIFO, not a regular file",
+                       "zero.txt": "a character device, not a regular file"}
+    # Another tenant's small job still goes through at once.
+    other = server.tenant("bystander")
+    created = other.post("/v1/jobs", json={"table": "t", "texts": ["still fine"]}).json()
+    assert wait_job(other, created["id"], finished, timeout=60)["status"] == "succeeded"

@@ -1,0 +1,121 @@
+"""Many tenants' jobs at once on one cluster: unique row ids, table creation races, a poison
+partition that kills its workers, and workers that do not come back by themselves."""
+from __future__ import annotations
+
+import os
+import time
+
+import cloudpickle
+import lance
+import pytest
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from engine.cluster import ClusterSpec, start_cluster
+from engine.sink import ChunkTable
+from engine.worker_recovery import WorkerRecovery
+from jobs.runner import RunnerConfig
+from jobs.service import JobService
+from tests import faults
+
+pytestmark = pytest.mark.slow
+cloudpickle.register_pickle_by_value(faults)
+TEXTS = ["the heap invariant keeps the smallest item first",
+         "a deque appends and pops at both ends in constant time",
+         "a priority queue orders work by urgency"]
+
+
+@pytest.fixture
+def service(cluster, tmp_path):
+    svc = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(backoff_seconds=0.05))
+    svc.start()
+    yield svc
+    svc.close()
+
+
+def rows(service, tenant, table):
+    t = ChunkTable(service.tenant_data_dir(tenant), table)
+    return lance.dataset(t.uri).to_table(columns=["id", "doc_id", "job_id"]).to_pylist()
+
+
+def test_concurrent_inline_jobs_on_one_new_table_keep_row_ids_unique(service):
+    """Eight jobs started together on a table that does not exist yet: all succeed (no
+    creation race), and each distinct text is in the table once, whoever sent it."""
+    service.create_tenant("acme", "enterprise")
+    batches = [TEXTS[:2], TEXTS[1:], TEXTS, [TEXTS[0]]] * 2
+    jobs = [service.submit("acme", {"table": "shared", "texts": texts}) for texts in batches]
+    finals = [service.wait(j.id, timeout=180) for j in jobs]
+    assert [f.status for f in finals] == ["succeeded"] * 8, [f.error for f in finals]
+    found = rows(service, "acme", "shared")
+    assert len(found) == len({r["id"] for r in found}) == len(TEXTS)  # one chunk per text
+    assert len({r["doc_id"] for r in found}) == len(TEXTS)
+    # Every text was embedded once in all; the other jobs found it there, unchanged.
+    assert sum(f.chunks_done for f in finals) == len(TEXTS)
+    assert sum(f.documents_done + f.documents_unchanged for f in finals) == sum(map(len, batches))
+
+
+def test_upsert_of_a_text_without_id_replaces_only_that_text(service):
+    first = service.submit("local", {"table": "u", "texts": TEXTS})
+    assert service.wait(first.id, timeout=120).status == "succeeded"
+    again = service.wait(service.submit("local", {"table": "u", "texts": ["new text"],
+                                                  "mode": "upsert"}).id, timeout=120)
+    assert again.status == "succeeded"
+    assert sorted(r["job_id"] for r in rows(service, "local", "u")) == sorted(
+        [first.id] * 3 + [again.id])
+
+
+class KillOnTable(WorkerPlugin):
+    """Every partition written to a table whose path holds `needle` kills its worker, as a
+    tenant's file that exhausts a worker's memory would."""
+
+    name = "fault-kill-on-table"
+
+    def __init__(self, needle: str) -> None:
+        self.needle = needle
+
+    def setup(self, worker) -> None:
+        from engine import sink
+
+        self._original = original = sink.write_fragments
+        needle = self.needle
+
+        def write_or_die(uri, rows):
+            if needle in uri:
+                os._exit(1)
+            return original(uri, rows)
+
+        sink.write_fragments = write_or_die
+
+    def teardown(self, worker) -> None:
+        from engine import sink
+
+        sink.write_fragments = self._original
+
+
+def test_a_partition_that_kills_its_workers_fails_its_job_and_spares_the_others(tmp_path):
+    spec = ClusterSpec(n_workers=2, threads_per_worker=1, dashboard_address=None)
+    with start_cluster(spec) as cluster:
+        cluster.client.register_plugin(KillOnTable("poison"), name="kill-on-table")
+        with JobService(tmp_path / "data", cluster) as service:
+            service.start()
+            bad = service.submit("local", {"table": "poison", "texts": TEXTS})
+            good = service.submit("local", {"table": "fine", "texts": TEXTS})
+            bad_final = service.wait(bad.id, timeout=240)
+            assert bad_final.status == "failed" and "KilledWorker" in bad_final.error
+            assert "not tried again" in bad_final.error
+            assert service.wait(good.id, timeout=240).status == "succeeded"
+            cluster.client.wait_for_workers(2, timeout=120)  # the nannies restarted them
+
+
+def test_workers_whose_nannies_gave_up_are_started_afresh(tmp_path):
+    with start_cluster(ClusterSpec(n_workers=1, dashboard_address=None)) as cluster:
+        nanny = cluster.manager.workers[0]
+        cluster.manager.sync(nanny.close)  # what a nanny whose restart failed is left as
+        deadline = time.monotonic() + 30
+        while cluster.worker_threads() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cluster.worker_threads() == 0
+        recovery = WorkerRecovery(cluster, grace_s=5)
+        assert recovery.check(now=100.0) == []  # missing, but a restart may be under way
+        assert recovery.check(now=106.0) == [0]
+        cluster.client.wait_for_workers(1, timeout=60)
+        assert cluster.client.submit(sum, [1, 2]).result() == 3
