@@ -27,6 +27,7 @@ from jobs.errors import (
     StoreLockedError,
     StoreVersionError,
 )
+from jobs.job_cache import JobCache
 from jobs.migrations import LATEST_VERSION, MIGRATIONS
 from jobs.records import (
     JobRecord,
@@ -67,6 +68,7 @@ class Store:
         except duckdb.Error as exc:  # e.g. "Corrupt database file: computed checksum ..."
             raise self._damaged(exc) from None
         self._lock = threading.RLock()
+        self._cache = JobCache()
         try:
             self._check_readable()
         except BaseException as exc:
@@ -184,7 +186,7 @@ class Store:
     def insert_job(self, job: JobRecord, partitions: Sequence[Partition]) -> None:
         """A new job and its planned partitions, in one transaction."""
         now = utcnow()
-        with self._tx() as con:
+        with self._lock, self._tx() as con:
             con.execute(f"INSERT INTO jobs ({', '.join(_JOB_COLUMNS)}) VALUES "
                         f"({', '.join('?' for _ in _JOB_COLUMNS)})", _job_values(job))
             if partitions:
@@ -193,11 +195,19 @@ class Store:
                     "updated_at) VALUES (?, ?, ?, ?, 'pending', ?)",
                     [[job.id, p.index, partition_to_json(p), p.size_bytes, now]
                      for p in partitions])
+            self._cache.put(job)
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
-        """A job by id; with `tenant`, only that tenant's (others' jobs are not found)."""
-        with self._lock:
-            return self._get_job(self._con, job_id, tenant)
+        """A job by id; with `tenant`, only that tenant's (others' jobs are not found).
+        Recently written jobs come from memory (JobCache), without a DuckDB round trip."""
+        record = self._cache.get(job_id)
+        if record is None:
+            with self._lock:
+                record = self._get_job(self._con, job_id)
+                self._cache.put(record)  # under the lock: no write can come in between
+        if tenant is not None and record.tenant != tenant:
+            raise NotFoundError(f"no job '{job_id}'")
+        return record
 
     @staticmethod
     def _get_job(con: duckdb.DuckDBPyConnection, job_id: str,
@@ -246,8 +256,11 @@ class Store:
 
     def set_status(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord:
         """Move a job to `new` (checked against the transition table) and set other fields."""
-        with self._tx() as con:
-            return self._transition(con, self._get_job(con, job_id), new, **fields)
+        with self._lock:
+            with self._tx() as con:
+                record = self._transition(con, self._get_job(con, job_id), new, **fields)
+            self._cache.put(record)  # after the commit, before the lock goes
+            return record
 
     @staticmethod
     def _transition(con: duckdb.DuckDBPyConnection, job: JobRecord, new: JobStatus,
@@ -300,6 +313,14 @@ class Store:
         is left alone, so recording twice never charges twice. Returns the jobs' records."""
         day = day or utcnow().date()
         now = utcnow()
+        with self._lock:
+            records = self._record_partitions_done(done, succeeded, day, now)
+            for record in records.values():
+                self._cache.put(record)
+            return records
+
+    def _record_partitions_done(self, done: Sequence[PartitionDone], succeeded: Collection[str],
+                                day: date, now: datetime) -> dict[str, JobRecord]:
         with self._tx() as con:
             for d in done:
                 updated = con.execute(
@@ -347,10 +368,12 @@ class Store:
         """Skipped documents found while planning (before any partition ran)."""
         if not skipped:
             return
-        with self._tx() as con:
-            self._insert_skipped(con, job_id, None, skipped)
-            con.execute("UPDATE jobs SET skipped_count = skipped_count + ? WHERE id = ?",
-                        [len(skipped), job_id])
+        with self._lock:
+            with self._tx() as con:
+                self._insert_skipped(con, job_id, None, skipped)
+                con.execute("UPDATE jobs SET skipped_count = skipped_count + ? WHERE id = ?",
+                            [len(skipped), job_id])
+            self._cache.drop(job_id)
 
     def skipped(self, job_id: str) -> list[Skipped]:
         with self._lock:

@@ -109,3 +109,34 @@ def test_jobs_are_listed_newest_first_by_page_and_tenant(tmp_path):
     assert [j.id for j in service.list(tenant="acme")[0]] == ["j3", "j1"]
     with pytest.raises(NotFoundError):
         service.get("j0", tenant="acme")
+
+
+class _NoDuckDB:
+    """Stands in for the connection: any query fails the test."""
+
+    def execute(self, *args, **kwargs):
+        raise AssertionError("a DuckDB round trip where the record is in memory")
+
+
+def test_job_reads_come_from_memory_and_follow_every_write(tmp_path):
+    from jobs.store import PartitionDone
+
+    store = Store(tmp_path / "s.duckdb")
+    plan = plan_texts(["a", "b"], docs_per_partition=1)
+    store.insert_job(new_job("j1"), plan.partitions)
+    store.set_status("j1", JobStatus.RUNNING)
+    store.record_partitions_done([PartitionDone("j1", "acme", 0, {
+        "documents": 1, "chunks": 3, "tokens": 9, "skipped": 0}, ())])
+    connection, store._con = store._con, _NoDuckDB()
+    try:
+        job = store.get_job("j1", "acme")
+        assert (job.status, job.partitions_done, job.chunks_done) == ("running", 1, 3)
+        with pytest.raises(NotFoundError):
+            store.get_job("j1", "another-tenant")  # others' jobs stay invisible
+    finally:
+        store._con = connection
+    store.record_partitions_done([PartitionDone("j1", "acme", 1, {
+        "documents": 1, "chunks": 2, "tokens": 5, "skipped": 0}, ())], succeeded=["j1"])
+    # The record in memory is the file's, field for field.
+    assert store.get_job("j1") == Store._get_job(store._con, "j1")
+    assert store.get_job("j1").status == "succeeded"
