@@ -38,7 +38,8 @@ def open_service(settings: Settings) -> JobService:
     """The job service of the settings' data dir, without a cluster yet: a locked or damaged
     DuckDB file fails here, before a cluster is started for nothing."""
     return JobService(settings.data_dir, None, settings.tiers_file,
-                      allowed_roots=[str(r) for r in settings.allow_roots])
+                      allowed_roots=[str(r) for r in settings.allow_roots],
+                      allowed_models=list(settings.allowed_models))
 
 
 def create_app(settings: Settings | None = None, cluster: Cluster | None = None,

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--scheduler", help="address of an existing Dask scheduler")
     where.add_argument("--cluster", help="cluster spec YAML (see cluster_specs/)")
     serve.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    serve.add_argument("--allow-model", action="append", metavar="NAME",
+                       help="a model tenants may use besides the default all-MiniLM-L6-v2: "
+                            "registered name, hub id or local folder (repeatable)")
     serve.add_argument("--dashboard-address", metavar="HOST:PORT",
                        help="where the Dask dashboard listens (default: --host, port 8787; "
                             "'none': no dashboard)")

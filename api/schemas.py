@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 
 from engine.search import Hit
 from jobs.service import TENANT_NAME_PATTERN
+from jobs.textcheck import NameStr, Utf8Str
 
 
 class Progress(BaseModel):
@@ -70,10 +71,12 @@ class TableList(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=10_000)
-    k: int = Field(10, ge=1, le=1000)
-    filter: str | None = Field(None, max_length=2000,
-                               description="SQL on the table's columns, e.g. source = 'a.md'")
+    # UTF-8 text only (a lone surrogate is a 422 here, not a 500 in the tokenizer); k strict.
+    query: Utf8Str = Field(min_length=1, max_length=10_000)
+    k: int = Field(10, ge=1, le=1000, strict=True)
+    filter: NameStr | None = Field(
+        None, max_length=2000,
+        description="one SQL condition on the table's columns, e.g. source = 'a.md'")
 
 
 class SearchResponse(BaseModel):
@@ -82,13 +85,14 @@ class SearchResponse(BaseModel):
 
 class TenantCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)
-    tier: str = Field(min_length=1, max_length=64)
+    tier: NameStr = Field(min_length=1, max_length=64)
 
 
 class TenantUpdate(BaseModel):
-    tier: str | None = Field(None, min_length=1, max_length=64)
-    daily_chunks: int | None = Field(None, ge=0, description="override of the tier's quota")
-    max_concurrent_jobs: int | None = Field(None, ge=0)
+    tier: NameStr | None = Field(None, min_length=1, max_length=64)
+    daily_chunks: int | None = Field(None, ge=0, strict=True,
+                                     description="override of the tier's quota")
+    max_concurrent_jobs: int | None = Field(None, ge=0, strict=True)
 
 
 class TenantOut(BaseModel):

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # from /v1/cluster only when the operator says so.
     expose_dashboard: bool = False
     allow_roots: list[str] = Field(default_factory=list)  # server-side source folders allowed
+    # Models tenants may name besides the default one (always allowed, under any alias):
+    # registered names, hub ids or local folders; EMBEDSCALE_ALLOWED_MODELS='["a", "b"]'.
+    allowed_models: list[str] = Field(default_factory=list)
     tiers_file: str | None = None
     admin_key: str | None = None  # EMBEDSCALE_ADMIN_KEY
     admin_key_file: str | None = None  # EMBEDSCALE_ADMIN_KEY_FILE: a file holding the key

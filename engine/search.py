@@ -9,6 +9,7 @@ from typing import Any
 import lancedb
 
 from engine.errors import TableError
+from engine.filters import lance_filter
 from engine.models.cache import get_model
 from engine.models.registry import resolve_model
 from engine.schema import table_model
@@ -48,6 +49,8 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
     """The `k` chunks nearest to `query`, best first, optionally filtered by a SQL `where`."""
     if k < 1:
         raise TableError(f"k={k}: ask for at least one result")
+    # Checked whole before anything is loaded: Lance alone would drop what follows a condition.
+    lance_where = lance_filter(where) if where else None
     table = open_table(data_dir, name)
     lance_table = lancedb.connect(str(table.root)).open_table(name)
     model_name, _ = table_model(lance_table.schema)
@@ -55,8 +58,8 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
         raise TableError(f"table '{name}' has no embedscale model metadata")
     vector = get_model(resolve_model(model_name)).embed_texts([query])[0]
     query_builder = lance_table.search(vector).distance_type("cosine").limit(k).select(_COLUMNS)
-    if where:
-        query_builder = query_builder.where(where, prefilter=True)
+    if lance_where:
+        query_builder = query_builder.where(lance_where, prefilter=True)
     try:
         rows = query_builder.to_list()
     except Exception as exc:  # lancedb reports a bad filter as a generic error

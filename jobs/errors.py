@@ -8,10 +8,11 @@ from engine.errors import EmbedscaleError
 
 
 class ValidationError(EmbedscaleError, ValueError):
-    """A field of a request is wrong; `field` names it."""
+    """A field of a request is wrong; `field` names it, `location` says where the request
+    carries it (the body, or the query string of a GET)."""
 
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
+    def __init__(self, field: str, message: str, location: str = "body") -> None:
+        self.field, self.location = field, location
         super().__init__(message)
 
 

@@ -26,7 +26,7 @@ from jobs.keys import hash_key, key_prefix, new_api_key
 from jobs.quotas import check_admission, estimate_chunks, remaining_today, resets_at
 from jobs.records import JobRecord, TenantRecord
 from jobs.runner import Runner, RunnerConfig, remove_job_rows
-from jobs.spec import JobSpec, check_source_allowed
+from jobs.spec import JobSpec, check_model, check_source_allowed
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
 from jobs.tiers import Tier, load_tiers, with_overrides
@@ -71,8 +71,10 @@ class JobService:
                  tiers_file: str | Path | None = None,
                  allowed_roots: list[str] | None = None,
                  runner_config: RunnerConfig | None = None,
-                 parallelism: int | None = None) -> None:
+                 parallelism: int | None = None,
+                 allowed_models: list[str] | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.allowed_models = allowed_models  # None: any model (the CLI); see check_model
         self.parallelism = parallelism or os.cpu_count() or 1  # until a cluster is attached
         self.runner_config = runner_config
         self.tiers = load_tiers(tiers_file)
@@ -145,7 +147,7 @@ class JobService:
 
     def create_tenant(self, name: str, tier: str) -> tuple[TenantRecord, str]:
         """A new tenant and its first API key (returned once, stored hashed)."""
-        if not isinstance(name, str) or not _TENANT_NAME.match(name):
+        if not isinstance(name, str) or not _TENANT_NAME.fullmatch(name):
             raise ValidationError("name", f"invalid tenant name {name!r}: use 1-64 lowercase "
                                           "letters, digits, '-' or '_'")
         self._check_tier(tier)
@@ -212,6 +214,7 @@ class JobService:
         the allowed roots, or more chunks than the tenant has left today."""
         if not isinstance(spec, JobSpec):
             spec = JobSpec.model_validate(spec)
+        check_model(spec, self.allowed_models)
         tier = self.tier_of(tenant)
         plan = self._plan(spec)
         estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens)

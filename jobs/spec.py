@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.errors import TableError
-from engine.models.registry import DEFAULT_MODEL
+from engine.chunking import ChunkSettings
+from engine.errors import ChunkingError, ModelError, TableError
+from engine.models.limits import model_limits
+from engine.models.registry import DEFAULT_MODEL, registered_name, resolve_model
 from engine.sink import TABLE_NAME_PATTERN, validate_table_name
 from jobs.errors import ValidationError
+from jobs.textcheck import NameStr, Utf8Json, Utf8Str
 
 Priority = Literal["low", "normal", "high", "critical"]
 Mode = Literal["append", "overwrite", "upsert"]
@@ -24,22 +27,27 @@ class JobSpec(BaseModel):
 
     # The pattern is published for clients; the validator below enforces it with a message
     # that says what a name may hold.
-    table: str = Field(description="the tenant's LanceDB table to write",
-                       json_schema_extra={"pattern": TABLE_NAME_PATTERN, "maxLength": 128})
-    source: str | None = Field(None, description="directory, file or glob on the server")
-    texts: list[str] | None = Field(None, max_length=MAX_INLINE_TEXTS,
-                                    description="inline documents, for small jobs")
-    ids: list[str] | None = Field(None, description="ids of the inline texts")
-    metadata: list[dict[str, Any] | None] | None = Field(
+    # Every string is UTF-8 text (jobs.textcheck); names and paths hold no NUL either. Numbers
+    # are strict: `true` or "10" is no chunk size.
+    table: NameStr = Field(description="the tenant's LanceDB table to write",
+                           json_schema_extra={"pattern": TABLE_NAME_PATTERN, "maxLength": 128})
+    source: NameStr | None = Field(None, max_length=4096,
+                                   description="directory, file or glob on the server")
+    texts: list[Utf8Str] | None = Field(None, max_length=MAX_INLINE_TEXTS,
+                                        description="inline documents, for small jobs")
+    ids: list[Utf8Str] | None = Field(None, description="ids of the inline texts")
+    metadata: list[Annotated[dict[str, Any], Utf8Json] | None] | None = Field(
         None, description="metadata of each inline text")
-    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=512)
-    chunk_tokens: int | None = Field(None, gt=0, le=1_000_000)
-    overlap_tokens: int | None = Field(None, ge=0, le=1_000_000)
+    model: NameStr = Field(DEFAULT_MODEL, min_length=1, max_length=512,
+                           description="the default model, or one the service allows")
+    chunk_tokens: int | None = Field(None, gt=0, le=1_000_000, strict=True)
+    overlap_tokens: int | None = Field(None, ge=0, le=1_000_000, strict=True)
     mode: Mode = "append"
     priority: Priority = "normal"
-    text_field: str = Field("text", min_length=1, max_length=256)
-    id_field: str = Field("id", min_length=1, max_length=256)
-    labels: dict[str, str] = Field(default_factory=dict, description="free-form job metadata")
+    text_field: NameStr = Field("text", min_length=1, max_length=256)
+    id_field: NameStr = Field("id", min_length=1, max_length=256)
+    labels: dict[Utf8Str, Utf8Str] = Field(default_factory=dict,
+                                           description="free-form job metadata")
 
     @field_validator("table")
     @classmethod
@@ -94,3 +102,41 @@ def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
                 break
             return source
     raise ValidationError("source", f"source {source!r} is outside the allowed roots")
+
+
+# One text for every refused model, whatever the name: a tenant learns nothing of the server's
+# folders from it (a name is never looked up on disk before it is found allowed).
+MODEL_NOT_ALLOWED = ("model not offered by this service: use one of {names} (the operator "
+                     "offers others with `embedscale serve --allow-model NAME`)")
+
+
+def check_model_allowed(name: str, allowed: list[str] | None) -> str:
+    """`name` if the service may load it: anything when `allowed` is None (the CLI's trusted
+    user); else the default model (under any alias) or a name on the operator's list (a
+    registered alias matches its model). Raises ValidationError("model") with one fixed text."""
+    if allowed is None:
+        return name
+    offered = {DEFAULT_MODEL} | {registered_name(a) or a for a in allowed}
+    if (registered_name(name) or name) in offered:
+        return name
+    raise ValidationError("model", MODEL_NOT_ALLOWED.format(names=", ".join(sorted(offered))))
+
+
+def check_model(spec: JobSpec, allowed: list[str] | None) -> None:
+    """The spec's model allowed (check_model_allowed) and its chunk sizes within the model's
+    bounds, when the model's files tell them without loading it (engine.models.limits); the
+    rule is ChunkSettings.for_model's, which the job applies again when it starts."""
+    check_model_allowed(spec.model, allowed)
+    try:
+        info = model_limits(resolve_model(spec.model))
+    except ModelError as exc:  # only where any name is allowed: the CLI's local folders
+        raise ValidationError("model", str(exc)) from None
+    if info is None:
+        return
+    # The size alone first (with the default overlap, always valid), so a failure with the
+    # given overlap is the overlap's.
+    for field, overlap in (("chunk_tokens", None), ("overlap_tokens", spec.overlap_tokens)):
+        try:
+            ChunkSettings.for_model(info, spec.chunk_tokens, overlap)
+        except ChunkingError as exc:
+            raise ValidationError(field, str(exc)) from None

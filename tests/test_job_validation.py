@@ -82,7 +82,9 @@ def test_tenants_tables_live_apart(tmp_path):
 def test_admission_refuses_with_the_figures(tmp_path):
     service = JobService(tmp_path)
     service.create_tenant("acme", "free")
-    texts = ["word " * 400] * 30  # ~2000 characters each: ~3 chunks of 256 tokens
+    # ~2000 characters each: ~3 chunks of 256 tokens. Distinct: identical inline texts are one
+    # document (content-derived ids).
+    texts = [f"text {i} " + "word " * 400 for i in range(30)]
     with pytest.raises(QuotaExceededError) as err:
         service.submit("acme", {"table": "t", "texts": texts, "chunk_tokens": 16})
     figures = err.value.figures()

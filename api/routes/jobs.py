@@ -49,7 +49,7 @@ def list_jobs(service: ServiceDep, tenant: CurrentTenant,
         jobs, next_cursor = service.list(tenant, status, table, limit, cursor)
     except NotFoundError:
         raise ValidationError("cursor", f"unknown cursor {cursor!r}: use a next_cursor the "
-                                        "API returned") from None
+                                        "API returned", location="query") from None
     return JobList(jobs=[job_out(j) for j in jobs], next_cursor=next_cursor)
 
 

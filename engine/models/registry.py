@@ -40,6 +40,13 @@ _REGISTERED = {
 }
 
 
+def registered_name(name: str) -> str | None:
+    """The canonical name of a registered model or alias; None for anything else (folders,
+    hub ids). Looks at no file the name could point to."""
+    factory = _REGISTERED.get(name.strip().lower())
+    return factory().name if factory is not None else None
+
+
 def resolve_model(name: str) -> ModelSpec:
     """Resolve a model name, local folder or hub id to a ModelSpec; raises ModelError if empty
     or if a path-like name does not exist."""
