@@ -104,9 +104,7 @@ class ChunkTable:
         under its job, so a restarted driver can tell what is in the table. For upserts the
         old rows of replaced documents are deleted first: a crash in between leaves those
         documents absent (and re-embedded on resume), never doubled."""
-        if not self.exists():
-            raise TableError(f"table '{self.name}' no longer exists: it was deleted while a "
-                             "job was writing to it")
+        require_table(self.uri)
         results = [r for rs in results_by_job.values() for r in rs]
         self._delete_docs([d for r in results for d in r.replaced_doc_ids])
         ds = lance.dataset(self.uri)
@@ -165,10 +163,20 @@ def partition_counts(result: PartitionResult) -> dict[str, int]:
 # --- worker side -------------------------------------------------------------------------------
 
 def write_fragments(uri: str, rows: pa.Table) -> list:
-    """Write rows as invisible fragments of the table at `uri`; returns their metadata."""
+    """Write rows as invisible fragments of the table at `uri`; returns their metadata. A
+    table deleted meanwhile is not brought back as a folder of orphaned data files."""
     from lance.fragment import write_fragments as lance_write_fragments
 
+    require_table(uri)
+
     return lance_write_fragments(rows, uri, schema=rows.schema)
+
+
+def require_table(uri: str) -> None:
+    """Raise TableError if the table at `uri` is gone (deleted while a job writes to it)."""
+    if not (Path(uri) / "_versions").is_dir():
+        raise TableError(f"table {Path(uri).stem!r} no longer exists: it was deleted while a "
+                         "job was writing to it")
 
 
 def existing_hashes(uri: str, doc_ids: Sequence[str]) -> dict[str, set[str]]:
@@ -176,6 +184,7 @@ def existing_hashes(uri: str, doc_ids: Sequence[str]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     if not doc_ids:
         return found
+    require_table(uri)
     ds = lance.dataset(uri)
     for i in range(0, len(doc_ids), _DELETE_BATCH):
         chunk = doc_ids[i : i + _DELETE_BATCH]

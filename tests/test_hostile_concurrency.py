@@ -3,6 +3,7 @@ partition that kills its workers, and workers that do not come back by themselve
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import cloudpickle
@@ -16,6 +17,7 @@ from engine.worker_recovery import WorkerRecovery
 from jobs.runner import RunnerConfig
 from jobs.service import JobService
 from tests import faults
+from tests.corpora import jsonl_corpus
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(faults)
@@ -119,3 +121,28 @@ def test_workers_whose_nannies_gave_up_are_started_afresh(tmp_path):
         assert recovery.check(now=106.0) == [0]
         cluster.client.wait_for_workers(1, timeout=60)
         assert cluster.client.submit(sum, [1, 2]).result() == 3
+
+
+def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(service, tmp_path):
+    """The folder vanishes under a running job (an operator's rm -rf): the job fails saying
+    so, nothing is charged for rows that are not there, and no data folder is left behind."""
+    service.create_tenant("acme", "enterprise")
+    corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=240)
+    table = ChunkTable(service.tenant_data_dir("acme"), "doomed")
+    deleted = []
+
+    def delete_after_first_commit(event):
+        if event["job"]["partitions_done"] >= 1 and not deleted:
+            deleted.append(True)
+            shutil.rmtree(table.uri)
+
+    job = service.submit("acme", {"table": "doomed", "source": str(corpus),
+                                  "chunk_tokens": 32})
+    service.bus.subscribe(job.id, delete_after_first_commit)
+    final = service.wait(job.id, timeout=180)
+    assert final.status == "failed" and "deleted while a job was writing" in final.error
+    assert final.partitions_done < final.partitions_total
+    used_chunks, _ = service.store.usage("acme")
+    assert used_chunks == final.chunks_done  # charged for what was recorded before, only
+    time.sleep(1.0)  # tasks still running when the job failed have finished by now
+    assert not os.path.exists(table.uri)
