@@ -39,6 +39,7 @@ def open_service(settings: Settings) -> JobService:
     DuckDB file fails here, before a cluster is started for nothing."""
     return JobService(settings.data_dir, None, settings.tiers_file,
                       allowed_roots=[str(r) for r in settings.allow_roots],
+                      max_document_bytes=settings.max_document_bytes,
                       allowed_models=list(settings.allowed_models))
 
 

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help=f"default {DEFAULT_DATA_DIR}")
     serve.add_argument("--allow-root", action="append", metavar="DIR",
                        help="a folder whose files jobs may read (repeatable; none by default)")
+    serve.add_argument("--max-document-bytes", type=int, metavar="N",
+                       help="skip (and report) documents larger than this (default 32 MiB)")
     serve.add_argument("--tiers", help="tiers YAML (default: jobs/tiers.yaml)")
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of an existing Dask scheduler")

@@ -52,6 +52,7 @@ def run_command(args: argparse.Namespace) -> int:
             service.cancel(job.id)
             raise
         with cluster:
+            link = cluster.dashboard_link
             service.attach(cluster)
             err = Console(stderr=True)
             if not args.json:
@@ -61,7 +62,7 @@ def run_command(args: argparse.Namespace) -> int:
                 final = _watch(service, [job], err, quiet=args.json)[0]
             finally:
                 service.stop()
-        return _report(service, final, args.json)
+        return _report(service, final, args.json, link)
 
 
 def resume_command(args: argparse.Namespace) -> int:
@@ -73,13 +74,14 @@ def resume_command(args: argparse.Namespace) -> int:
             print("no unfinished jobs")
             return 0
         with start_cluster(cluster_config) as cluster:
+            link = cluster.dashboard_link
             service.attach(cluster)
             service.start()
             try:
                 finals = _watch(service, unfinished, Console(stderr=True), quiet=args.json)
             finally:
                 service.stop()
-        return max(_report(service, job, args.json) for job in finals)
+        return max(_report(service, job, args.json, link) for job in finals)
 
 
 def _watch(service: JobService, jobs: list[JobRecord], console: Console,
@@ -121,8 +123,11 @@ def job_summary(service: JobService, job: JobRecord) -> dict[str, Any]:
     return data
 
 
-def _report(service: JobService, job: JobRecord, as_json: bool) -> int:
+def _report(service: JobService, job: JobRecord, as_json: bool,
+            dashboard_link: str | None = None) -> int:
     summary = job_summary(service, job)
+    # The CLI's user runs the cluster: its dashboard is theirs (job records never carry it).
+    summary["dashboard_link"] = dashboard_link
     if as_json:
         print(json.dumps(summary))
     else:

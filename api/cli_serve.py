@@ -18,6 +18,7 @@ def serve_command(args: argparse.Namespace) -> int:
         "host": args.host, "port": args.port, "data_dir": args.data_dir,
         "scheduler": args.scheduler, "cluster": args.cluster, "workers": args.workers,
         "allow_roots": args.allow_root, "tiers_file": args.tiers,
+        "max_document_bytes": args.max_document_bytes,
         "allowed_models": args.allow_model,
         "dashboard_address": args.dashboard_address, "expose_dashboard": args.expose_dashboard,
     }.items() if v is not None}

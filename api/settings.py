@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES
+
 
 class Settings(BaseSettings):
     """Where the service keeps its data, which cluster it runs on, who may do what."""
@@ -25,6 +27,9 @@ class Settings(BaseSettings):
     # from /v1/cluster only when the operator says so.
     expose_dashboard: bool = False
     allow_roots: list[str] = Field(default_factory=list)  # server-side source folders allowed
+    # Largest document a job may read (a file read whole, a JSON line): larger ones are skipped
+    # with their size, so no tenant's file can exhaust a worker's memory.
+    max_document_bytes: int = Field(DEFAULT_MAX_DOCUMENT_BYTES, gt=0)
     # Models tenants may name besides the default one (always allowed, under any alias):
     # registered names, hub ids or local folders; EMBEDSCALE_ALLOWED_MODELS='["a", "b"]'.
     allowed_models: list[str] = Field(default_factory=list)

@@ -51,11 +51,15 @@ class JobPreparer:
 
     def __init__(self, store: Store, cluster: Cluster, tier_of: Callable[[str], Tier],
                  data_dir_of: Callable[[str], Path], token_budget: int | None = None,
-                 access: FileAccess | None = None) -> None:
+                 access: FileAccess | None = None,
+                 check_spec: Callable[[JobSpec], None] | None = None) -> None:
         self.store, self.cluster = store, cluster
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.token_budget = token_budget
         self.access = access or FileAccess()
+        # The service's checks of what a tenant may name (the model allow-list), made again
+        # when the job starts: an operator may have narrowed them since it was submitted.
+        self.check_spec = check_spec
         # Models already loaded on the workers (new workers load them through the preload
         # plugin): a job on a warm model starts without a round of warm-up tasks.
         self._warm: dict[ModelSpec, ModelInfo] = {}
@@ -74,6 +78,8 @@ class JobPreparer:
     def prepare(self, record: JobRecord, resumed: bool) -> RunningJob:
         """A running job for `record`, with its pending partitions, largest first."""
         spec = JobSpec.model_validate(record.spec)
+        if self.check_spec is not None:
+            self.check_spec(spec)
         model = resolve_model(spec.model)
         info = self._warm.get(model)
         if info is None:

@@ -34,6 +34,7 @@ from jobs.preparation import JobPreparer, RunningJob
 from jobs.quotas import partition_fits
 from jobs.records import JobRecord
 from jobs.scheduling import PRIORITY_LEVELS, JobView, choose, dask_priority
+from jobs.spec import JobSpec
 from jobs.states import IllegalTransitionError, JobStatus
 from jobs.store import PartitionDone, Store
 from jobs.tiers import Tier
@@ -61,7 +62,8 @@ class Runner:
 
     def __init__(self, store: Store, cluster: Cluster, bus: EventBus,
                  tier_of: Callable[[str], Tier], data_dir_of: Callable[[str], Path],
-                 config: RunnerConfig | None = None, access: FileAccess | None = None) -> None:
+                 config: RunnerConfig | None = None, access: FileAccess | None = None,
+                 check_spec: Callable[[JobSpec], None] | None = None) -> None:
         self.store, self.cluster, self.bus = store, cluster, bus
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.config = config or RunnerConfig()
@@ -77,7 +79,8 @@ class Runner:
         self._draining = False
         self._admission_due = True  # set when a job arrives or one ends (a slot frees)
         self._preparer = JobPreparer(store, cluster, tier_of, data_dir_of,
-                                     self.config.token_budget, access or FileAccess())
+                                     self.config.token_budget, access or FileAccess(),
+                                     check_spec)
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.error: BaseException | None = None

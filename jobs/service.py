@@ -18,6 +18,7 @@ from typing import Any
 from engine.cluster import Cluster
 from engine.documents import Skipped
 from engine.errors import EmbedscaleError
+from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES, FileAccess, real_roots
 from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
 from jobs.errors import ConflictError, NotFoundError, ValidationError
@@ -72,6 +73,7 @@ class JobService:
                  allowed_roots: list[str] | None = None,
                  runner_config: RunnerConfig | None = None,
                  parallelism: int | None = None,
+                 max_document_bytes: int | None = None,
                  allowed_models: list[str] | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.allowed_models = allowed_models  # None: any model (the CLI); see check_model
@@ -79,6 +81,11 @@ class JobService:
         self.runner_config = runner_config
         self.tiers = load_tiers(tiers_file)
         self.allowed_roots = allowed_roots
+        # What workers may open: regular files inside the allowed roots (all links resolved),
+        # read up to a limit per document; checked again at every open, on the workers too.
+        self.file_access = FileAccess(
+            real_roots(allowed_roots) if allowed_roots is not None else None,
+            max_document_bytes or DEFAULT_MAX_DOCUMENT_BYTES)
         self.store = Store(self.data_dir / DB_FILE)
         self.bus = EventBus()
         self._tier_cache: dict[str, Tier] = {}
@@ -93,7 +100,8 @@ class JobService:
         """Run jobs on `cluster` (once `start()` is called)."""
         self.cluster = cluster
         self.runner = Runner(self.store, cluster, self.bus, self.tier_of, self.tenant_data_dir,
-                             self.runner_config)
+                             self.runner_config, self.file_access,
+                             lambda spec: check_model(spec, self.allowed_models))
 
     def start(self) -> None:
         """Resume unfinished jobs and start running new ones (needs a cluster)."""
@@ -242,7 +250,7 @@ class JobService:
             if spec.texts is not None:
                 return plan_texts(spec.texts, spec.ids, spec.metadata)
             source = check_source_allowed(spec.source, self.allowed_roots)
-            return plan_source(source, parallelism=parallelism)
+            return plan_source(source, parallelism=parallelism, access=self.file_access)
         except EmbedscaleError as exc:
             if isinstance(exc, ValidationError):
                 raise
@@ -270,8 +278,8 @@ class JobService:
 
     def skipped(self, job: JobRecord) -> list[Skipped]:
         """The documents a job skipped, with reasons (the job's record was already looked up,
-        for its tenant, by the caller)."""
-        return self.store.skipped(job.id)
+        for its tenant, by the caller). Most jobs skip nothing: no DuckDB round trip then."""
+        return self.store.skipped(job.id) if job.skipped_count else []
 
     def cancel(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """Cancel a queued or running job; its rows are removed from its table. A finished job

@@ -29,9 +29,15 @@ def test_submit_wait_search(client):
 
 
 def test_wait_raises_on_failure_and_cancel(client, server):
-    failing = client.submit("t", texts=["x"], chunk_tokens=4096)  # over the model's limit
-    with pytest.raises(JobFailedError, match="chunk_tokens=4096 exceeds"):
-        failing.wait(timeout=60)
+    # Digits are a token per two characters, half what admission estimates: the job is
+    # admitted under a 20-chunk quota and fails at its first commit, whatever the timing.
+    key = server.tenant("tight").headers["authorization"].split()[1]
+    with server.admin() as admin:
+        assert admin.patch("/v1/tenants/tight", json={"daily_chunks": 20}).status_code == 200
+    with Client(server.url, key) as tight:
+        failing = tight.submit("t", texts=["7 " * 500], chunk_tokens=32)
+        with pytest.raises(JobFailedError, match="quota exhausted"):
+            failing.wait(timeout=60)
     big = client.submit("big", source=str(jsonl_corpus(server.root / "client.jsonl", 300)),
                         chunk_tokens=32)
     big.cancel()

