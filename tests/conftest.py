@@ -59,6 +59,18 @@ def small_corpus(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def service(cluster, tmp_path):
+    """The control plane in-process on the shared cluster, retrying fast."""
+    from jobs.runner import RunnerConfig
+    from jobs.service import JobService
+
+    svc = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(backoff_seconds=0.05))
+    svc.start()
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 

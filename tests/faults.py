@@ -59,20 +59,24 @@ class KillWorkerOnce(_WrapFragmentWriter):
 
 
 class FailAlways(WorkerPlugin):
-    """Every partition written to a table whose path contains `needle` fails."""
+    """Every partition written to a table whose path contains `needle` fails; with `kill`,
+    it kills its worker instead, as a tenant's file that exhausts a worker's memory would."""
 
     name = "fault-fail-always"
 
-    def __init__(self, needle: str) -> None:
+    def __init__(self, needle: str, kill: bool = False) -> None:
         self.needle = needle
+        self.kill = kill
 
     def setup(self, worker) -> None:
         from engine import sink
 
         self._original = original = sink.write_fragments
-        needle = self.needle
+        needle, kill = self.needle, self.kill
 
         def write_or_fail(uri, rows):
+            if needle in uri and kill:
+                os._exit(1)
             if needle in uri:
                 raise OSError(f"injected: disk full writing {uri}")
             return original(uri, rows)

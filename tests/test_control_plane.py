@@ -10,7 +10,6 @@ import lance
 import pytest
 
 from engine.sink import ChunkTable
-from jobs.runner import RunnerConfig
 from jobs.service import JobService
 from jobs.states import JobStatus
 from tests import faults
@@ -20,14 +19,6 @@ pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(faults)
 
 SMALL = {"chunk_tokens": 32}
-
-
-@pytest.fixture
-def service(cluster, tmp_path):
-    svc = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(backoff_seconds=0.05))
-    svc.start()
-    yield svc
-    svc.close()
 
 
 def table_rows(service, tenant, table, columns=("id", "job_id")):

@@ -9,12 +9,10 @@ import time
 import cloudpickle
 import lance
 import pytest
-from distributed.diagnostics.plugin import WorkerPlugin
 
 from engine.cluster import ClusterSpec, start_cluster
 from engine.sink import ChunkTable
 from engine.worker_recovery import WorkerRecovery
-from jobs.runner import RunnerConfig
 from jobs.service import JobService
 from tests import faults
 from tests.corpora import jsonl_corpus
@@ -24,14 +22,6 @@ cloudpickle.register_pickle_by_value(faults)
 TEXTS = ["the heap invariant keeps the smallest item first",
          "a deque appends and pops at both ends in constant time",
          "a priority queue orders work by urgency"]
-
-
-@pytest.fixture
-def service(cluster, tmp_path):
-    svc = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(backoff_seconds=0.05))
-    svc.start()
-    yield svc
-    svc.close()
 
 
 def rows(service, tenant, table):
@@ -65,38 +55,10 @@ def test_upsert_of_a_text_without_id_replaces_only_that_text(service):
         [first.id] * 3 + [again.id])
 
 
-class KillOnTable(WorkerPlugin):
-    """Every partition written to a table whose path holds `needle` kills its worker, as a
-    tenant's file that exhausts a worker's memory would."""
-
-    name = "fault-kill-on-table"
-
-    def __init__(self, needle: str) -> None:
-        self.needle = needle
-
-    def setup(self, worker) -> None:
-        from engine import sink
-
-        self._original = original = sink.write_fragments
-        needle = self.needle
-
-        def write_or_die(uri, rows):
-            if needle in uri:
-                os._exit(1)
-            return original(uri, rows)
-
-        sink.write_fragments = write_or_die
-
-    def teardown(self, worker) -> None:
-        from engine import sink
-
-        sink.write_fragments = self._original
-
-
 def test_a_partition_that_kills_its_workers_fails_its_job_and_spares_the_others(tmp_path):
     spec = ClusterSpec(n_workers=2, threads_per_worker=1, dashboard_address=None)
     with start_cluster(spec) as cluster:
-        cluster.client.register_plugin(KillOnTable("poison"), name="kill-on-table")
+        cluster.client.register_plugin(faults.FailAlways("poison", kill=True))
         with JobService(tmp_path / "data", cluster) as service:
             service.start()
             bad = service.submit("local", {"table": "poison", "texts": TEXTS})
