@@ -3,7 +3,6 @@ job service, and serves the routes. Shutdown is graceful: the runner stops feedi
 in-flight partitions finish and commit, and records everything before the cluster closes."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,31 +15,11 @@ from api.metrics import Metrics
 from api.ratelimit import RateLimiter
 from api.routes import health, jobs, tables, tenants
 from api.settings import Settings
-from engine.cluster import Cluster, ClusterSpec, dashboard_bind, start_cluster
+from api.startup import cluster_spec, open_service
+from engine.cluster import Cluster, start_cluster
 from jobs.service import JobService
 
 log = logging.getLogger("embedscale.api")
-
-
-def cluster_spec(settings: Settings) -> ClusterSpec:
-    if settings.scheduler:
-        return ClusterSpec(kind="address", address=settings.scheduler)
-    spec = ClusterSpec.from_yaml(settings.cluster) if settings.cluster else ClusterSpec()
-    if settings.workers is not None:
-        spec = dataclasses.replace(spec, n_workers=settings.workers)
-    # The dashboard listens where the API does (it has no authentication of its own).
-    address = spec.dashboard_address if settings.dashboard_address is None \
-        else settings.dashboard_address
-    return dataclasses.replace(spec, dashboard_address=dashboard_bind(address, settings.host))
-
-
-def open_service(settings: Settings) -> JobService:
-    """The job service of the settings' data dir, without a cluster yet: a locked or damaged
-    DuckDB file fails here, before a cluster is started for nothing."""
-    return JobService(settings.data_dir, None, settings.tiers_file,
-                      allowed_roots=[str(r) for r in settings.allow_roots],
-                      max_document_bytes=settings.max_document_bytes,
-                      allowed_models=list(settings.allowed_models))
 
 
 def create_app(settings: Settings | None = None, cluster: Cluster | None = None,

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError as PydanticValidationError
 
+from api.settings import DEFAULT_DATA_DIR
 from engine.errors import EmbedscaleError
+from jobs.states import JobStatus
 
-DEFAULT_DATA_DIR = "./embedscale-data"
+DATA_DIR_HELP = f"default: $EMBEDSCALE_DATA_DIR, else {DEFAULT_DATA_DIR}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,16 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the job service over HTTP (FastAPI + uvicorn)")
     serve.add_argument("--host", help="default 127.0.0.1")
     serve.add_argument("--port", type=int, help="default 8000")
-    serve.add_argument("--data-dir", help=f"default {DEFAULT_DATA_DIR}")
+    serve.add_argument("--data-dir", help=DATA_DIR_HELP)
     serve.add_argument("--allow-root", action="append", metavar="DIR",
                        help="a folder whose files jobs may read (repeatable; none by default)")
     serve.add_argument("--max-document-bytes", type=int, metavar="N",
                        help="skip (and report) documents larger than this (default 32 MiB)")
     serve.add_argument("--tiers", help="tiers YAML (default: jobs/tiers.yaml)")
-    where = serve.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", help="address of an existing Dask scheduler")
-    where.add_argument("--cluster", help="cluster spec YAML (see cluster_specs/)")
-    serve.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    _cluster_args(serve, with_verbose=False)
     serve.add_argument("--allow-model", action="append", metavar="NAME",
                        help="a model tenants may use besides the default all-MiniLM-L6-v2: "
                             "registered name, hub id or local folder (repeatable)")
@@ -68,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="jobs_command", required=True)
     listing = jobs.add_parser("list", help="jobs, newest first")
     listing.add_argument("--tenant", help="only this tenant's")
-    listing.add_argument("--status", help="only jobs in this status")
+    listing.add_argument("--status", choices=[s.value for s in JobStatus],
+                         help="only jobs in this status")
     listing.add_argument("--limit", type=int, default=20)
     _common_args(listing)
     for name, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job")):
@@ -98,15 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help=f"default {DEFAULT_DATA_DIR}")
+    # No default here: Settings.from_args takes $EMBEDSCALE_DATA_DIR, then the default.
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _cluster_args(p: argparse.ArgumentParser) -> None:
+def _cluster_args(p: argparse.ArgumentParser, with_verbose: bool = True) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", help="address of an existing Dask scheduler")
     where.add_argument("--cluster", help="cluster spec YAML (see cluster_specs/)")
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    if not with_verbose:  # serve logs to its own log
+        return
     p.add_argument("--verbose", action="store_true",
                    help="show the local workers' warnings and errors (hidden by default: the "
                         "summary reports what failed)")

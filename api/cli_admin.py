@@ -10,12 +10,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from api.settings import Settings
+from api.startup import open_service
 from jobs.records import TenantRecord
 from jobs.service import JobService
 
 
 def admin_command(args: argparse.Namespace) -> int:
-    with JobService(args.data_dir) as service:
+    """`embedscale jobs list|show|cancel` and `embedscale tenants ...`; the exit status."""
+    with open_service(Settings.from_args(args), local_user=True) as service:
         if args.command == "jobs":
             return _jobs(service, args)
         return _tenants(service, args)
@@ -70,7 +73,7 @@ def _tenants(service: JobService, args: argparse.Namespace) -> int:
         tenant = service.set_tier(args.name, args.tier)
         _print_json(_tenant(tenant)) if args.json else print(f"tenant {tenant.name}: {tenant.tier}")
         return 0
-    rows = [{**_tenant(t), **_usage(service, t.name)} for t in service.store.list_tenants()]
+    rows = [{**_tenant(t), **_usage(service, t.name)} for t in service.list_tenants()]
     if args.json:
         _print_json(rows)
         return 0

@@ -12,28 +12,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from api.settings import Settings
+from api.startup import cluster_spec, open_service
 from engine.cluster import ClusterSpec, start_cluster
-from engine.errors import EmbedscaleError
-from engine.sink import ChunkTable
 from jobs.records import JobRecord
 from jobs.service import JobService
 from jobs.spec import JobSpec
 from jobs.states import TERMINAL, JobStatus
 
 
-def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
-    """The cluster the flags ask for: --scheduler, --cluster SPEC, or a LocalCluster."""
-    if args.scheduler:
-        return ClusterSpec(kind="address", address=args.scheduler)
-    spec = ClusterSpec.from_yaml(args.cluster) if args.cluster else ClusterSpec()
-    if args.workers is not None and args.workers < 1:
-        raise EmbedscaleError(f"--workers {args.workers}: need at least 1")
-    return dataclasses.replace(
-        spec,
-        n_workers=args.workers if args.workers is not None else spec.n_workers,
-        # Worker log lines would tear through the progress bar; the summary reports failures.
-        log_level="warning" if args.verbose else (spec.log_level if args.cluster else "critical"),
-    )
+def _cluster_spec(args: argparse.Namespace, settings: Settings) -> ClusterSpec:
+    # Worker log lines would tear through the progress bar; the summary reports failures.
+    quiet = None if settings.cluster else "critical"  # a spec file's own level stands
+    return cluster_spec(settings, "warning" if args.verbose else quiet)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -42,8 +33,9 @@ def run_command(args: argparse.Namespace) -> int:
         overlap_tokens=args.overlap_tokens, mode=args.mode, priority=args.priority,
         text_field=args.text_field, id_field=args.id_field,
     )
-    cluster_config = cluster_spec(args)
-    with JobService(args.data_dir, parallelism=cluster_config.n_workers) as service:
+    settings = Settings.from_args(args)
+    cluster_config = _cluster_spec(args, settings)
+    with open_service(settings, local_user=True, parallelism=cluster_config.n_workers) as service:
         # Submitted before the cluster starts: a bad source or quota fails in milliseconds.
         job = service.submit(args.tenant, spec)
         try:
@@ -67,9 +59,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def resume_command(args: argparse.Namespace) -> int:
     """Finish every unfinished job of the data dir (what a crashed process left)."""
-    cluster_config = cluster_spec(args)
-    with JobService(args.data_dir, parallelism=cluster_config.n_workers) as service:
-        unfinished = service.store.unfinished_jobs()
+    settings = Settings.from_args(args)
+    cluster_config = _cluster_spec(args, settings)
+    with open_service(settings, local_user=True, parallelism=cluster_config.n_workers) as service:
+        unfinished = service.unfinished_jobs()
         if not unfinished:
             print("no unfinished jobs")
             return 0
@@ -118,7 +111,7 @@ def job_summary(service: JobService, job: JobRecord) -> dict[str, Any]:
         documents=job.documents_done, unchanged=job.documents_unchanged, chunks=job.chunks_done,
         tokens=job.tokens_done,
         skipped=[dataclasses.asdict(s) for s in service.skipped(job)],
-        table_uri=ChunkTable(service.tenant_data_dir(job.tenant), job.table_name).uri,
+        table_uri=service.table_uri(job.tenant, job.table_name),
     )
     return data
 

@@ -5,13 +5,17 @@ import argparse
 import json
 from dataclasses import asdict
 
+from api.settings import Settings
 from engine.search import search
-from jobs.service import tenant_data_dir
+from jobs.tenants import tenant_data_dir
 
 
 def search_command(args: argparse.Namespace) -> int:
-    hits = search(tenant_data_dir(args.data_dir, args.tenant), args.table, args.query,
-                  k=args.k, where=args.where)
+    """Print the hits of `embedscale search`; the exit status."""
+    # Straight to the table, not through the job service: its DuckDB file may be owned by a
+    # running `serve`, and a search needs none of it.
+    data_dir = tenant_data_dir(Settings.from_args(args).data_dir, args.tenant)
+    hits = search(data_dir, args.table, args.query, k=args.k, where=args.where)
     if args.json:
         print(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
         return 0

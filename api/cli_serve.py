@@ -14,15 +14,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from api.app import create_app, open_service
     from api.log_redaction import install_on_root, log_config
 
-    overrides = {k: v for k, v in {
-        "host": args.host, "port": args.port, "data_dir": args.data_dir,
-        "scheduler": args.scheduler, "cluster": args.cluster, "workers": args.workers,
-        "allow_roots": args.allow_root, "tiers_file": args.tiers,
-        "max_document_bytes": args.max_document_bytes,
-        "allowed_models": args.allow_model,
-        "dashboard_address": args.dashboard_address, "expose_dashboard": args.expose_dashboard,
-    }.items() if v is not None}
-    settings = Settings(**overrides)
+    settings = Settings.from_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
     install_on_root()  # API keys in query strings and headers never reach a log line

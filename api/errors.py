@@ -11,15 +11,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from engine.errors import ChunkingError, EmbedscaleError, ModelError, SourceError, TableError
+from engine.errors import (
+    ChunkingError,
+    EmbedscaleError,
+    ModelError,
+    SourceError,
+    TableError,
+    TableNotFoundError,
+)
 from jobs.errors import (
     ConflictError,
+    InvalidFieldError,
     NotFoundError,
     QuotaExceededError,
     StoreLockedError,
-    ValidationError,
 )
-from jobs.states import IllegalTransitionError
 
 
 class RateLimitedError(EmbedscaleError):
@@ -110,20 +116,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _request(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content=validation_content(list(exc.errors())))
 
-    @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+    @app.exception_handler(InvalidFieldError)
+    async def _validation(_: Request, exc: InvalidFieldError) -> JSONResponse:
         return _field_error(exc.field, str(exc), exc.location)
 
     @app.exception_handler(NotFoundError)
-    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+    @app.exception_handler(TableNotFoundError)  # a TableError, yet 404: the closest class wins
+    async def _not_found(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": _text(exc)})
 
-    @app.exception_handler(ConflictError)
+    @app.exception_handler(ConflictError)  # an illegal status transition is one too
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
-        return JSONResponse(status_code=409, content={"detail": _text(exc)})
-
-    @app.exception_handler(IllegalTransitionError)
-    async def _transition(_: Request, exc: IllegalTransitionError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": _text(exc)})
 
     @app.exception_handler(QuotaExceededError)

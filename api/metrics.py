@@ -16,28 +16,27 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class ServiceCollector:
-    """Reads the figures from the store and the cluster at scrape time."""
+    """Reads the figures from the job service and the cluster at scrape time."""
 
     def __init__(self, service: JobService, cluster: Cluster) -> None:
         self.service, self.cluster = service, cluster
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("embedscale_jobs", "Jobs by status", labels=["status"])
-        counts = self.service.store.job_counts()
-        for status in ("queued", "running", "cancelling", "succeeded", "failed", "cancelled"):
-            jobs.add_metric([status], counts.get(status, 0))
+        for status, count in self.service.job_counts().items():
+            jobs.add_metric([status.value], count)
         yield jobs
         chunks = CounterMetricFamily("embedscale_chunks_embedded", "Chunks embedded",
                                      labels=["tenant", "model"])
         tokens = CounterMetricFamily("embedscale_tokens_embedded", "Tokens embedded",
                                      labels=["tenant", "model"])
-        for tenant, model, n_chunks, n_tokens in self.service.store.embedded_totals():
+        for tenant, model, n_chunks, n_tokens in self.service.embedded_totals():
             chunks.add_metric([tenant, model or ""], n_chunks or 0)
             tokens.add_metric([tenant, model or ""], n_tokens or 0)
         yield chunks
         yield tokens
         yield GaugeMetricFamily("embedscale_queue_depth", "Partitions of queued and running "
-                                "jobs not yet done", value=self.service.store.pending_partitions())
+                                "jobs not yet done", value=self.service.pending_partitions())
         try:
             info = self.cluster.client.scheduler_info(n_workers=-1).get("workers", {})
         except Exception:  # scheduler gone: report no workers rather than fail the scrape

@@ -6,7 +6,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from engine.search import Hit
-from jobs.service import TENANT_NAME_PATTERN
+from jobs.tenants import TENANT_NAME_PATTERN
 from jobs.textcheck import NameStr, Utf8Str
 
 

@@ -1,6 +1,8 @@
-"""The service's settings: one object, from `embedscale serve` flags and EMBEDSCALE_* variables."""
+"""embedscale's settings: one object, from command-line flags over EMBEDSCALE_* variables over
+the defaults, for every command (`run`, `jobs`, `tenants`, `search` and `serve`)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from pydantic import Field
@@ -8,18 +10,31 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES
 
+DEFAULT_DATA_DIR = Path("./embedscale-data")
+# Flags of the `embedscale` commands (argparse dests) -> the setting each one sets. A flag not
+# given leaves the variable's value, or the default.
+FLAG_SETTINGS = {
+    "data_dir": "data_dir", "host": "host", "port": "port", "scheduler": "scheduler",
+    "cluster": "cluster", "workers": "workers", "allow_root": "allow_roots",
+    "tiers": "tiers_file", "max_document_bytes": "max_document_bytes",
+    "allow_model": "allowed_models", "dashboard_address": "dashboard_address",
+    "expose_dashboard": "expose_dashboard",
+}
+
 
 class Settings(BaseSettings):
-    """Where the service keeps its data, which cluster it runs on, who may do what."""
+    """Where embedscale keeps its data, which cluster it runs on, who may do what. The
+    allow-lists (allow_roots, allowed_models) and the admin key guard `serve` from its
+    tenants; the other commands run as the machine's own user and ignore them."""
 
     model_config = SettingsConfigDict(env_prefix="EMBEDSCALE_")
 
-    data_dir: Path = Path("./embedscale-data")
+    data_dir: Path = DEFAULT_DATA_DIR  # EMBEDSCALE_DATA_DIR
     host: str = "127.0.0.1"
     port: int = 8000
     scheduler: str | None = None  # an existing Dask scheduler's address
     cluster: str | None = None  # or a cluster spec YAML
-    workers: int | None = None  # local workers (default: one per core)
+    workers: int | None = Field(None, ge=1)  # local workers (default: one per core)
     # The Dask dashboard of a cluster we start: None = the API's host, port 8787 (a spec's bare
     # ':port' also binds to the API's host, not to every interface); 'none' = no dashboard.
     dashboard_address: str | None = None
@@ -37,6 +52,13 @@ class Settings(BaseSettings):
     admin_key: str | None = None  # EMBEDSCALE_ADMIN_KEY
     admin_key_file: str | None = None  # EMBEDSCALE_ADMIN_KEY_FILE: a file holding the key
     shutdown_timeout: float = 30.0  # seconds in-flight partitions get to finish on shutdown
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        """The settings of a command: its flags (those it has and was given) over the
+        EMBEDSCALE_* variables over the defaults."""
+        return cls(**{setting: getattr(args, flag) for flag, setting in FLAG_SETTINGS.items()
+                      if getattr(args, flag, None) is not None})
 
     def resolved_admin_key(self) -> str | None:
         """The admin key from the variable or the file; None means no admin routes at all."""

@@ -18,6 +18,20 @@ from engine.models.backend import ModelInfo
 DEFAULT_OVERLAP_TOKENS = 32
 
 
+def chunk_geometry(max_tokens: int, special_tokens: int, chunk_tokens: int | None = None,
+                   overlap_tokens: int | None = None) -> tuple[int, int, int]:
+    """(size, overlap, step) in tokens for a model's limits and the requested values: size is
+    the model input (special tokens included, the model's maximum by default), overlap the
+    tokens neighbours share (32 by default, at most a quarter of the text), step how far each
+    chunk advances in its document. Not validated (ChunkSettings.for_model does that): the
+    quota estimate applies the same rule to values a job checks only when it starts."""
+    size = max_tokens if chunk_tokens is None else chunk_tokens
+    content = size - special_tokens
+    overlap = (min(DEFAULT_OVERLAP_TOKENS, content // 4) if overlap_tokens is None
+               else overlap_tokens)
+    return size, overlap, content - overlap
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkSettings:
     """Chunk size and overlap, in tokens. `chunk_tokens` counts the model's special tokens, so
@@ -35,8 +49,9 @@ class ChunkSettings:
     def for_model(
         cls, model: ModelInfo, chunk_tokens: int | None = None, overlap_tokens: int | None = None
     ) -> ChunkSettings:
-        """Defaults (the model's maximum, 32 tokens of overlap) and validation against the model."""
-        size = model.max_tokens if chunk_tokens is None else chunk_tokens
+        """Defaults (chunk_geometry's) and validation against the model."""
+        size, overlap, _ = chunk_geometry(model.max_tokens, model.special_tokens,
+                                          chunk_tokens, overlap_tokens)
         if size > model.max_tokens:
             raise ChunkingError(
                 f"chunk_tokens={size} exceeds what model '{model.name}' accepts "
@@ -48,8 +63,6 @@ class ChunkSettings:
                 f"{model.special_tokens} special tokens; use at least {model.special_tokens + 1}"
             )
         content = size - model.special_tokens
-        overlap = (min(DEFAULT_OVERLAP_TOKENS, content // 4) if overlap_tokens is None
-                   else overlap_tokens)
         if overlap < 0 or overlap >= content:
             raise ChunkingError(
                 f"overlap_tokens={overlap} must be at least 0 and less than the chunk's "

@@ -24,3 +24,7 @@ class ChunkingError(EmbedscaleError, ValueError):
 
 class TableError(EmbedscaleError, ValueError):
     """A table that cannot take this job: other model or dimension, bad name."""
+
+
+class TableNotFoundError(TableError, LookupError):
+    """No table of that name in the data dir (the API answers 404)."""

@@ -13,7 +13,7 @@ from engine.filters import lance_filter
 from engine.models.cache import get_model
 from engine.models.registry import resolve_model
 from engine.schema import table_model
-from engine.sink import ChunkTable
+from engine.tables import existing_table
 
 _COLUMNS = ["id", "doc_id", "chunk_index", "text", "source", "metadata", "char_start", "char_end",
             "_distance"]
@@ -34,16 +34,6 @@ class Hit:
     id: str
 
 
-def open_table(data_dir: str | Path, name: str) -> ChunkTable:
-    """A table that must exist; raises TableError naming the tables that do."""
-    table = ChunkTable(data_dir, name)
-    if not table.exists():
-        root = table.root
-        names = sorted(p.stem for p in root.glob("*.lance")) if root.is_dir() else []
-        raise TableError(f"no table '{name}' in {root} (tables: {', '.join(names) or 'none'})")
-    return table
-
-
 def search(data_dir: str | Path, name: str, query: str, k: int = 5,
            where: str | None = None) -> list[Hit]:
     """The `k` chunks nearest to `query`, best first, optionally filtered by a SQL `where`."""
@@ -51,7 +41,7 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
         raise TableError(f"k={k}: ask for at least one result")
     # Checked whole before anything is loaded: Lance alone would drop what follows a condition.
     lance_where = lance_filter(where) if where else None
-    table = open_table(data_dir, name)
+    table = existing_table(data_dir, name)
     lance_table = lancedb.connect(str(table.root)).open_table(name)
     model_name, _ = table_model(lance_table.schema)
     if model_name is None:

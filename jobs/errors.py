@@ -7,7 +7,7 @@ from typing import Any
 from engine.errors import EmbedscaleError
 
 
-class ValidationError(EmbedscaleError, ValueError):
+class InvalidFieldError(EmbedscaleError, ValueError):
     """A field of a request is wrong; `field` names it, `location` says where the request
     carries it (the body, or the query string of a GET)."""
 

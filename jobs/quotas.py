@@ -5,25 +5,29 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, time, timedelta
 
+from engine.chunking import chunk_geometry
+from engine.models.backend import ModelInfo
 from engine.partitions import FileSlice, Partition
 from jobs.errors import QuotaExceededError
 from jobs.tiers import Tier
 
 # Estimating chunks before reading anything: English wordpiece text runs about 4 characters a
-# token; a chunk advances by its text tokens less the overlap.
+# token; a chunk advances by chunking's own step (engine.chunking.chunk_geometry).
 CHARS_PER_TOKEN = 4.0
-DEFAULT_CHUNK_TOKENS = 256
-DEFAULT_OVERLAP_TOKENS = 32
-SPECIAL_TOKENS = 2
+# A model whose limits are known only once a worker loads it (a hub id): assume a BERT-like
+# input of 256 tokens wrapped in [CLS] ... [SEP], as the default model's.
+UNKNOWN_MODEL_MAX_TOKENS = 256
+UNKNOWN_MODEL_SPECIAL_TOKENS = 2
 
 
 def estimate_chunks(partitions: list[Partition], chunk_tokens: int | None,
-                    overlap_tokens: int | None) -> int:
-    """About how many chunks a job's partitions make: at least one per file or text."""
-    size = chunk_tokens or DEFAULT_CHUNK_TOKENS
-    overlap = DEFAULT_OVERLAP_TOKENS if overlap_tokens is None else overlap_tokens
-    step = max(1, size - SPECIAL_TOKENS - min(overlap, size // 2))
-    per_chunk = CHARS_PER_TOKEN * step
+                    overlap_tokens: int | None, model: ModelInfo | None = None) -> int:
+    """About how many chunks a job's partitions make: at least one per file or text. `model`:
+    the model's limits where known without loading it (engine.models.limits)."""
+    max_tokens, special = ((model.max_tokens, model.special_tokens) if model is not None
+                           else (UNKNOWN_MODEL_MAX_TOKENS, UNKNOWN_MODEL_SPECIAL_TOKENS))
+    _, _, step = chunk_geometry(max_tokens, special, chunk_tokens, overlap_tokens)
+    per_chunk = CHARS_PER_TOKEN * max(1, step)  # a job's values are checked when it starts
     total = 0
     for part in partitions:
         for item in part.items:

@@ -7,62 +7,32 @@ callers turn them into exit codes or HTTP statuses.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import threading
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.cluster import Cluster
 from engine.documents import Skipped
-from engine.errors import EmbedscaleError
+from engine.errors import EmbedscaleError, TableError, TableNotFoundError
 from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES, FileAccess, real_roots
+from engine.search import Hit, search
 from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
-from jobs.errors import ConflictError, NotFoundError, ValidationError
+from engine.tables import TableInfo, describe_table, existing_table, list_tables
+from engine.tables import drop_table as remove_table
+from jobs.errors import ConflictError, InvalidFieldError
 from jobs.events import EventBus
-from jobs.keys import hash_key, key_prefix, new_api_key
-from jobs.quotas import check_admission, estimate_chunks, remaining_today, resets_at
+from jobs.quotas import check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
 from jobs.runner import Runner, RunnerConfig, remove_job_rows
 from jobs.spec import JobSpec, check_model, check_source_allowed
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
-from jobs.tiers import Tier, load_tiers, with_overrides
+from jobs.tenants import Tenants, Usage, tenant_data_dir
+from jobs.tiers import Tier, load_tiers
 
-LOCAL_TENANT = "local"  # the CLI's built-in tenant; its tables live right in the data dir
-LOCAL_TIER = "unlimited"
 DB_FILE = "embedscale.duckdb"
-TENANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-_TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
-
-
-def tenant_data_dir(data_dir: str | Path, tenant: str) -> Path:
-    """Where a tenant's tables live: the local tenant's in the data dir itself, others' each in
-    a folder of their own, so no table name can reach another tenant's tables. A name outside
-    the tenant-name rule ('../x', 'a/b') is refused here, where it would become a path."""
-    if not isinstance(tenant, str) or not re.fullmatch(TENANT_NAME_PATTERN, tenant):
-        raise ValidationError("tenant", f"invalid tenant name {tenant!r}: use 1-64 lowercase "
-                                        "letters, digits, '-' or '_'")
-    data_dir = Path(data_dir)
-    return data_dir if tenant == LOCAL_TENANT else data_dir / "tenants" / tenant
-
-
-@dataclass(frozen=True)
-class Usage:
-    """A tenant's quota and what it used today."""
-
-    tenant: str
-    tier: str
-    daily_chunks: int | None
-    used_chunks: int
-    used_tokens: int
-    remaining_chunks: int | None
-    resets_at: str
-    max_concurrent_jobs: int | None
-    active_jobs: int
 
 
 class JobService:
@@ -88,11 +58,10 @@ class JobService:
             max_document_bytes or DEFAULT_MAX_DOCUMENT_BYTES)
         self.store = Store(self.data_dir / DB_FILE)
         self.bus = EventBus()
-        self._tier_cache: dict[str, Tier] = {}
-        self._key_cache: dict[str, str] = {}  # key hash -> tenant
+        self.tenants = Tenants(self.store, self.tiers)
         self.cluster: Cluster | None = None
         self.runner: Runner | None = None
-        self._ensure_local_tenant()
+        self.tenants.ensure_local()
         if cluster is not None:
             self.attach(cluster)
 
@@ -126,94 +95,48 @@ class JobService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- tenants --------------------------------------------------------------------------
-
-    def _ensure_local_tenant(self) -> None:
-        try:
-            self.store.get_tenant(LOCAL_TENANT)
-        except NotFoundError:
-            self.store.create_tenant(LOCAL_TENANT, LOCAL_TIER)
+    # --- tenants (jobs.tenants.Tenants; these names are what callers use) -------------
 
     def tier_of(self, tenant: str) -> Tier:
-        """The tenant's effective limits: its tier with its own overrides. Cached: this is
-        asked for every request and every partition, and only this class changes tenants."""
-        tier = self._tier_cache.get(tenant)
-        if tier is None:
-            tier = self._tier_cache[tenant] = self._load_tier(tenant)
-        return tier
-
-    def _load_tier(self, tenant: str) -> Tier:
-        record = self.store.get_tenant(tenant)
-        tier = self.tiers.get(record.tier)
-        if tier is None:
-            raise ValidationError("tier", f"tenant '{tenant}' has tier '{record.tier}', which "
-                                          f"the tiers file does not define")
-        return with_overrides(tier, record.daily_chunks, record.max_concurrent_jobs)
+        """The tenant's effective limits (cached; see Tenants.tier_of)."""
+        return self.tenants.tier_of(tenant)
 
     def tenant_data_dir(self, tenant: str) -> Path:
+        """Where the tenant's tables live (see jobs.tenants.tenant_data_dir)."""
         return tenant_data_dir(self.data_dir, tenant)
+
+    def get_tenant(self, name: str) -> TenantRecord:
+        """A tenant's record (NotFoundError if there is none)."""
+        return self.tenants.get(name)
+
+    def list_tenants(self) -> list[TenantRecord]:
+        """Every tenant, by name."""
+        return self.tenants.list()
 
     def create_tenant(self, name: str, tier: str) -> tuple[TenantRecord, str]:
         """A new tenant and its first API key (returned once, stored hashed)."""
-        if not isinstance(name, str) or not _TENANT_NAME.fullmatch(name):
-            raise ValidationError("name", f"invalid tenant name {name!r}: use 1-64 lowercase "
-                                          "letters, digits, '-' or '_'")
-        self._check_tier(tier)
-        record = self.store.create_tenant(name, tier)
-        return record, self._issue_key(name)
+        return self.tenants.create(name, tier)
 
     def set_tier(self, name: str, tier: str) -> TenantRecord:
-        self._check_tier(tier)
-        self._tier_cache.pop(name, None)
-        return self.store.update_tenant(name, tier=tier)
+        """Move a tenant to another tier."""
+        return self.tenants.set_tier(name, tier)
 
     def set_limits(self, name: str, daily_chunks: int | None = None,
                    max_concurrent_jobs: int | None = None) -> TenantRecord:
         """Per-tenant overrides of the tier's limits (None: the tier's)."""
-        for field, value in (("daily_chunks", daily_chunks),
-                             ("max_concurrent_jobs", max_concurrent_jobs)):
-            if value is not None and value < 0:
-                raise ValidationError(field, f"{field}={value} must not be negative")
-        self._tier_cache.pop(name, None)
-        return self.store.update_tenant(name, daily_chunks=daily_chunks,
-                                        max_concurrent_jobs=max_concurrent_jobs)
+        return self.tenants.set_limits(name, daily_chunks, max_concurrent_jobs)
 
     def rotate_key(self, name: str) -> str:
         """Revoke the tenant's keys and issue a new one (returned once)."""
-        self.store.get_tenant(name)
-        self.store.revoke_api_keys(name)
-        for digest, tenant in list(self._key_cache.items()):
-            if tenant == name:
-                del self._key_cache[digest]
-        return self._issue_key(name)
+        return self.tenants.rotate_key(name)
 
     def tenant_for_key(self, key: str) -> str | None:
-        """The tenant of an API key (None if unknown or revoked). Cached per key hash:
-        every request asks, and only rotate_key revokes."""
-        digest = hash_key(key)
-        tenant = self._key_cache.get(digest)
-        if tenant is None:
-            tenant = self.store.tenant_for_key_hash(digest)
-            if tenant is not None:
-                self._key_cache[digest] = tenant
-        return tenant
-
-    def _issue_key(self, tenant: str) -> str:
-        key = new_api_key()
-        self.store.add_api_key(tenant, hash_key(key), key_prefix(key))
-        return key
-
-    def _check_tier(self, tier: str) -> None:
-        if tier not in self.tiers:
-            raise ValidationError("tier", f"unknown tier {tier!r}: use one of "
-                                          f"{', '.join(sorted(self.tiers))}")
+        """The tenant of an API key (None if unknown or revoked)."""
+        return self.tenants.tenant_for_key(key)
 
     def usage(self, tenant: str) -> Usage:
-        tier = self.tier_of(tenant)
-        chunks, tokens = self.store.usage(tenant)
-        return Usage(tenant, tier.name, tier.daily_chunks, chunks, tokens,
-                     remaining_today(tier, chunks), resets_at().isoformat(),
-                     tier.max_concurrent_jobs, self.store.active_job_counts().get(tenant, 0))
+        """The tenant's quota and what it used today."""
+        return self.tenants.usage(tenant)
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -222,10 +145,11 @@ class JobService:
         the allowed roots, or more chunks than the tenant has left today."""
         if not isinstance(spec, JobSpec):
             spec = JobSpec.model_validate(spec)
-        check_model(spec, self.allowed_models)
+        limits = check_model(spec, self.allowed_models)
         tier = self.tier_of(tenant)
         plan = self._plan(spec)
-        estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens)
+        estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens,
+                                   limits)
         check_admission(tenant, tier, self.store.usage(tenant)[0], estimate)
         now = utcnow()
         record = JobRecord(
@@ -252,10 +176,10 @@ class JobService:
             source = check_source_allowed(spec.source, self.allowed_roots)
             return plan_source(source, parallelism=parallelism, access=self.file_access)
         except EmbedscaleError as exc:
-            if isinstance(exc, ValidationError):
+            if isinstance(exc, InvalidFieldError):
                 raise
-            raise ValidationError("source" if spec.source is not None else "texts",
-                                  str(exc)) from None
+            raise InvalidFieldError("source" if spec.source is not None else "texts",
+                                    str(exc)) from None
 
     def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
         return self.store.get_job(job_id, tenant)
@@ -265,8 +189,8 @@ class JobService:
              ) -> tuple[list[JobRecord], str | None]:
         """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
         if status is not None and status not in {s.value for s in JobStatus}:
-            raise ValidationError("status", f"unknown status {status!r}: use one of "
-                                            f"{', '.join(s.value for s in JobStatus)}")
+            raise InvalidFieldError("status", f"unknown status {status!r}: use one of "
+                                              f"{', '.join(s.value for s in JobStatus)}")
         before = None
         if cursor:
             last = self.store.get_job(cursor, tenant)
@@ -307,17 +231,63 @@ class JobService:
     def drop_table(self, tenant: str, name: str) -> None:
         """Delete a tenant's table with all its rows; ConflictError while a job of the tenant
         still writes to it."""
-        table = ChunkTable(self.tenant_data_dir(tenant), name)
-        if not table.exists():
-            raise NotFoundError(f"no table '{name}'")
+        table = existing_table(self.tenant_data_dir(tenant), name)
         busy = [j.id for j in self.store.unfinished_jobs()
                 if j.tenant == tenant and j.table_name == name]
         if busy:
             raise ConflictError(f"table '{name}' is being written by job(s) {', '.join(busy)}; "
                                 "cancel them first")
-        shutil.rmtree(table.uri)
+        remove_table(table)
         if self.runner is not None:
             self.runner.forget_table(table.uri)
+
+    def tables(self, tenant: str) -> list[TableInfo]:
+        """The tenant's tables with their rows, model and dimension, by name."""
+        return list_tables(self.tenant_data_dir(tenant))
+
+    def table(self, tenant: str, name: str) -> TableInfo:
+        """One of the tenant's tables (TableNotFoundError if it has none of that name)."""
+        return describe_table(self.tenant_data_dir(tenant), name)
+
+    def table_uri(self, tenant: str, name: str) -> str:
+        """Where a tenant's table is (or would be) stored."""
+        return ChunkTable(self.tenant_data_dir(tenant), name).uri
+
+    def search(self, tenant: str, name: str, query: str, k: int = 5,
+               where: str | None = None) -> list[Hit]:
+        """The `k` chunks of the tenant's table nearest to `query`, with the table's own model;
+        a filter the engine refuses is an InvalidFieldError of `filter`."""
+        data_dir = self.tenant_data_dir(tenant)
+        existing_table(data_dir, name)  # not found: not the filter's fault
+        try:
+            return search(data_dir, name, query, k, where)
+        except TableNotFoundError:
+            raise
+        except TableError as exc:
+            raise InvalidFieldError("filter", str(exc)) from None
+
+    # --- figures for health checks and metrics ---------------------------------------------
+
+    def ping(self) -> None:
+        """Raise if the control plane's database cannot answer."""
+        self.store.ping()
+
+    def job_counts(self) -> dict[JobStatus, int]:
+        """Jobs by status, every status present (0 where none)."""
+        counts = self.store.job_counts()
+        return {status: counts.get(status.value, 0) for status in JobStatus}
+
+    def embedded_totals(self) -> list[tuple[str, str, int, int]]:
+        """(tenant, model, chunks, tokens) embedded by every job ever, for counters."""
+        return self.store.embedded_totals()
+
+    def pending_partitions(self) -> int:
+        """Partitions of queued and running jobs not yet done: the work waiting."""
+        return self.store.pending_partitions()
+
+    def unfinished_jobs(self) -> list[JobRecord]:
+        """Jobs not yet ended (queued, running, cancelling), oldest first."""
+        return self.store.unfinished_jobs()
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job ends; returns its final record (TimeoutError after `timeout`)."""

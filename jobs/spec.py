@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from engine.chunking import ChunkSettings
 from engine.errors import ChunkingError, ModelError, TableError
+from engine.models.backend import ModelInfo
 from engine.models.limits import model_limits
 from engine.models.registry import DEFAULT_MODEL, registered_name, resolve_model
 from engine.sink import TABLE_NAME_PATTERN, validate_table_name
-from jobs.errors import ValidationError
+from jobs.errors import InvalidFieldError
 from jobs.textcheck import NameStr, Utf8Json, Utf8Str
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -82,12 +83,12 @@ class JobSpec(BaseModel):
 
 def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
     """`source` resolved, if it lies under one of `allowed_roots` (None: any path, as for the
-    CLI; an empty list: none at all). Raises ValidationError naming the field."""
+    CLI; an empty list: none at all). Raises InvalidFieldError naming the field."""
     if allowed_roots is None:
         return source
     if not allowed_roots:
-        raise ValidationError("source", "this service accepts no source paths (started "
-                                        "without --allow-root); send 'texts' instead")
+        raise InvalidFieldError("source", "this service accepts no source paths (started "
+                                          "without --allow-root); send 'texts' instead")
     # Resolve links and '..' on the part before any glob character.
     plain = []
     for part in Path(source).parts:
@@ -101,7 +102,7 @@ def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
             if ".." in Path(source).parts:
                 break
             return source
-    raise ValidationError("source", f"source {source!r} is outside the allowed roots")
+    raise InvalidFieldError("source", f"source {source!r} is outside the allowed roots")
 
 
 # One text for every refused model, whatever the name: a tenant learns nothing of the server's
@@ -113,30 +114,32 @@ MODEL_NOT_ALLOWED = ("model not offered by this service: use one of {names} (the
 def check_model_allowed(name: str, allowed: list[str] | None) -> str:
     """`name` if the service may load it: anything when `allowed` is None (the CLI's trusted
     user); else the default model (under any alias) or a name on the operator's list (a
-    registered alias matches its model). Raises ValidationError("model") with one fixed text."""
+    registered alias matches its model). Raises InvalidFieldError("model") with one fixed text."""
     if allowed is None:
         return name
     offered = {DEFAULT_MODEL} | {registered_name(a) or a for a in allowed}
     if (registered_name(name) or name) in offered:
         return name
-    raise ValidationError("model", MODEL_NOT_ALLOWED.format(names=", ".join(sorted(offered))))
+    raise InvalidFieldError("model", MODEL_NOT_ALLOWED.format(names=", ".join(sorted(offered))))
 
 
-def check_model(spec: JobSpec, allowed: list[str] | None) -> None:
+def check_model(spec: JobSpec, allowed: list[str] | None) -> ModelInfo | None:
     """The spec's model allowed (check_model_allowed) and its chunk sizes within the model's
     bounds, when the model's files tell them without loading it (engine.models.limits); the
-    rule is ChunkSettings.for_model's, which the job applies again when it starts."""
+    rule is ChunkSettings.for_model's, which the job applies again when it starts. Returns
+    those limits (None where only loading the model tells them), for the quota estimate."""
     check_model_allowed(spec.model, allowed)
     try:
         info = model_limits(resolve_model(spec.model))
     except ModelError as exc:  # only where any name is allowed: the CLI's local folders
-        raise ValidationError("model", str(exc)) from None
+        raise InvalidFieldError("model", str(exc)) from None
     if info is None:
-        return
+        return None
     # The size alone first (with the default overlap, always valid), so a failure with the
     # given overlap is the overlap's.
     for field, overlap in (("chunk_tokens", None), ("overlap_tokens", spec.overlap_tokens)):
         try:
             ChunkSettings.for_model(info, spec.chunk_tokens, overlap)
         except ChunkingError as exc:
-            raise ValidationError(field, str(exc)) from None
+            raise InvalidFieldError(field, str(exc)) from None
+    return info

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 
+from jobs.errors import ConflictError
+
 
 class JobStatus(StrEnum):
     """Where a job is in its life."""
@@ -37,8 +39,9 @@ TRANSITIONS: dict[tuple[JobStatus, JobStatus], str] = {
 }
 
 
-class IllegalTransitionError(RuntimeError):
-    """A status change the transition table does not allow."""
+class IllegalTransitionError(ConflictError):
+    """A status change the transition table does not allow (a conflict with the job's state:
+    the CLI prints it as one line, the API answers 409)."""
 
     def __init__(self, job_id: str, old: JobStatus, new: JobStatus,
                  history: Sequence[tuple[str, str]] = ()) -> None:

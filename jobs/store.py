@@ -22,6 +22,7 @@ from engine.documents import Skipped
 from engine.partitions import Partition
 from jobs.errors import (
     ConflictError,
+    InvalidFieldError,
     NotFoundError,
     StoreDamagedError,
     StoreLockedError,
@@ -45,6 +46,12 @@ _JOB_COLUMNS = [
     "partitions_done", "documents_done", "documents_unchanged", "chunks_done", "tokens_done",
     "skipped_count", "error", "error_reason", "dashboard_link",
 ]
+# Rows are read by column name (SELECT of these, in this order), never by position of `*`: a
+# migration that adds a column, or a file whose columns lie in another order, reads the same.
+_TENANT_COLUMNS = [f.name for f in dataclasses.fields(TenantRecord)]
+_TENANT_SETTABLE = ("tier", "daily_chunks", "max_concurrent_jobs")
+# Jobs whose pending partitions are work waiting (a cancelling job's never run).
+_WAITING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def utcnow() -> datetime:
@@ -82,10 +89,8 @@ class Store:
         """Read every stored row once. A truncated file opens and even answers `max(version)`
         from its statistics; the missing blocks only fail the first query that reads them."""
         con = self._con
-        _, _, block_size, total_blocks = con.execute("PRAGMA database_size").fetchone()[:4]
-        size = self.path.stat().st_size
-        if size < block_size * total_blocks:  # cut short, maybe inside free blocks
-            raise self._damaged(f"{size} bytes for {total_blocks} blocks of {block_size}")
+        # (The file's size against PRAGMA database_size is no test: a healthy file reopened
+        # after a clean close can be shorter than its block count says.)
         tables = con.execute("SELECT table_name FROM duckdb_tables() "
                              "WHERE database_name = current_database()").fetchall()
         for (table,) in tables:
@@ -126,7 +131,7 @@ class Store:
                     f"{LATEST_VERSION}: upgrade embedscale to open it")
             for number in range(version + 1, LATEST_VERSION + 1):
                 con.execute(MIGRATIONS[number - 1])
-                con.execute("INSERT INTO schema_version VALUES (?)", [number])
+                con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])
 
     def schema_version(self) -> int:
         with self._lock:
@@ -138,33 +143,45 @@ class Store:
         with self._tx() as con:
             if con.execute("SELECT 1 FROM tenants WHERE name = ?", [name]).fetchone():
                 raise ConflictError(f"tenant '{name}' already exists")
-            con.execute("INSERT INTO tenants VALUES (?, ?, NULL, NULL, ?)", [name, tier, utcnow()])
+            con.execute("INSERT INTO tenants (name, tier, created_at) VALUES (?, ?, ?)",
+                        [name, tier, utcnow()])
         return self.get_tenant(name)
 
     def get_tenant(self, name: str) -> TenantRecord:
         with self._lock:
-            row = self._con.execute("SELECT * FROM tenants WHERE name = ?", [name]).fetchone()
+            row = self._con.execute(f"SELECT {', '.join(_TENANT_COLUMNS)} FROM tenants "
+                                    "WHERE name = ?", [name]).fetchone()
         if row is None:
             raise NotFoundError(f"no tenant '{name}'")
-        return TenantRecord(*row)
+        return _tenant_from_row(row)
 
     def list_tenants(self) -> list[TenantRecord]:
         with self._lock:
-            rows = self._con.execute("SELECT * FROM tenants ORDER BY name").fetchall()
-        return [TenantRecord(*r) for r in rows]
+            rows = self._con.execute(f"SELECT {', '.join(_TENANT_COLUMNS)} FROM tenants "
+                                     "ORDER BY name").fetchall()
+        return [_tenant_from_row(r) for r in rows]
 
     def update_tenant(self, name: str, **values: Any) -> TenantRecord:
-        """Set `tier`, `daily_chunks` or `max_concurrent_jobs` of a tenant."""
-        self.get_tenant(name)
+        """Set `tier`, `daily_chunks` or `max_concurrent_jobs` of a tenant, in one statement
+        that also reads the row back (NotFoundError if there is no such tenant)."""
+        unknown = sorted(set(values) - set(_TENANT_SETTABLE))
+        if unknown:  # the column names go into the SQL text: only the known ones may
+            raise InvalidFieldError(unknown[0], f"cannot set tenant field {unknown[0]!r}: "
+                                                f"use {', '.join(_TENANT_SETTABLE)}")
+        if not values:
+            return self.get_tenant(name)
         with self._tx() as con:
-            for column, value in values.items():
-                assert column in ("tier", "daily_chunks", "max_concurrent_jobs"), column
-                con.execute(f"UPDATE tenants SET {column} = ? WHERE name = ?", [value, name])
-        return self.get_tenant(name)
+            row = con.execute(
+                f"UPDATE tenants SET {', '.join(f'{c} = ?' for c in values)} WHERE name = ? "
+                f"RETURNING {', '.join(_TENANT_COLUMNS)}", [*values.values(), name]).fetchone()
+        if row is None:
+            raise NotFoundError(f"no tenant '{name}'")
+        return _tenant_from_row(row)
 
     def add_api_key(self, tenant: str, key_hash: str, prefix: str) -> None:
         with self._tx() as con:
-            con.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, NULL)",
+            con.execute("INSERT INTO api_keys (key_hash, tenant, prefix, created_at) "
+                        "VALUES (?, ?, ?, ?)",
                         [key_hash, tenant, prefix, utcnow()])
 
     def revoke_api_keys(self, tenant: str) -> int:
@@ -340,7 +357,8 @@ class Store:
                     [d.counts["documents"], d.counts.get("unchanged", 0), d.counts["chunks"],
                      d.counts["tokens"], d.counts.get("skipped", len(d.skipped)), now, d.job_id])
                 con.execute(
-                    "INSERT INTO usage VALUES (?, ?, ?, ?) ON CONFLICT (tenant, day) DO UPDATE "
+                    "INSERT INTO usage (tenant, day, chunks, tokens) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (tenant, day) DO UPDATE "
                     "SET chunks = usage.chunks + excluded.chunks, "
                     "tokens = usage.tokens + excluded.tokens",
                     [d.tenant, day, d.counts["chunks"], d.counts["tokens"]])
@@ -361,7 +379,8 @@ class Store:
                              [job_id]).fetchone()[0]
         room = max(0, MAX_SKIPPED_STORED - stored)
         if skipped[:room]:
-            con.executemany("INSERT INTO job_skipped VALUES (?, ?, ?, ?)",
+            con.executemany("INSERT INTO job_skipped (job_id, partition, source, reason) "
+                            "VALUES (?, ?, ?, ?)",
                             [[job_id, partition, s.source, s.reason] for s in skipped[:room]])
 
     def add_skipped(self, job_id: str, skipped: Sequence[Skipped]) -> None:
@@ -404,7 +423,8 @@ class Store:
         with self._lock:
             return self._con.execute(
                 "SELECT count(*) FROM job_partitions p JOIN jobs j ON p.job_id = j.id "
-                "WHERE j.status IN ('queued', 'running') AND p.status != 'done'").fetchone()[0]
+                f"WHERE j.status IN ({', '.join('?' for _ in _WAITING)}) AND "
+                "p.status != 'done'", [str(s) for s in _WAITING]).fetchone()[0]
 
     def usage(self, tenant: str, day: date | None = None) -> tuple[int, int]:
         """(chunks, tokens) charged to `tenant` on `day` (UTC today)."""
@@ -437,6 +457,10 @@ def _job_values(job: JobRecord) -> list[Any]:
             value = str(value)
         values.append(value)
     return values
+
+
+def _tenant_from_row(row: Sequence[Any]) -> TenantRecord:
+    return TenantRecord(**dict(zip(_TENANT_COLUMNS, row)))
 
 
 def _job_from_row(row: Sequence[Any]) -> JobRecord:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from jobs.errors import ValidationError
+from jobs.errors import InvalidFieldError
 
 DEFAULT_TIERS_FILE = Path(__file__).with_name("tiers.yaml")
 
@@ -28,20 +28,20 @@ def load_tiers(path: str | Path | None = None) -> dict[str, Tier]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ValidationError("tiers", f"cannot read tiers file {path}: {exc.strerror}") from None
+        raise InvalidFieldError("tiers", f"cannot read tiers file {path}: {exc.strerror}") from None
     allowed = {f.name for f in fields(Tier)} - {"name"}
     tiers: dict[str, Tier] = {}
     for name, entry in (data.get("tiers") or {}).items():
         unknown = set(entry or {}) - allowed
         if unknown:
-            raise ValidationError("tiers",
-                                  f"tier '{name}' in {path}: unknown keys {sorted(unknown)}")
+            raise InvalidFieldError("tiers",
+                                    f"tier '{name}' in {path}: unknown keys {sorted(unknown)}")
         tier = Tier(name=name, **(entry or {}))
         if tier.weight <= 0:
-            raise ValidationError("tiers", f"tier '{name}': weight must be positive")
+            raise InvalidFieldError("tiers", f"tier '{name}': weight must be positive")
         tiers[name] = tier
     if not tiers:
-        raise ValidationError("tiers", f"{path} defines no tiers")
+        raise InvalidFieldError("tiers", f"{path} defines no tiers")
     return tiers
 
 

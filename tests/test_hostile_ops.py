@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.log_redaction import RedactSecrets, redact
-from jobs.errors import StoreDamagedError, ValidationError
+from jobs.errors import InvalidFieldError, StoreDamagedError
 from jobs.service import DB_FILE, JobService, tenant_data_dir
 from jobs.store import Store
 from tests.api_server import ADMIN_KEY, ROOT, free_port
@@ -204,7 +204,7 @@ def test_cli_commands_on_a_damaged_store_print_one_line(healthy_db):
 @pytest.mark.parametrize("name", ["../x", "../tenants/x", "a/b", "", ".", "Upper", "a\n",
                                   "/abs", "a" * 65])
 def test_tenant_data_dir_refuses_names_outside_the_rule(tmp_path, name):
-    with pytest.raises(ValidationError, match="invalid tenant name") as caught:
+    with pytest.raises(InvalidFieldError, match="invalid tenant name") as caught:
         tenant_data_dir(tmp_path, name)
     assert caught.value.field == "tenant"
 

@@ -22,7 +22,7 @@ from engine.filters import check_filter, lance_filter
 from engine.models.limits import model_limits
 from engine.models.registry import resolve_model
 from engine.sink import validate_table_name
-from jobs.errors import ValidationError
+from jobs.errors import InvalidFieldError
 from jobs.service import JobService
 from jobs.spec import JobSpec, check_model, check_model_allowed
 
@@ -97,7 +97,7 @@ def test_names_with_a_trailing_newline_are_refused(tmp_path):
         with pytest.raises(TableError, match="invalid table name"):
             validate_table_name(name)
         assert refused_loc({**BASE, "table": name}) == ("table",)
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InvalidFieldError) as err:
         JobService(tmp_path).create_tenant("acme\n", "free")
     assert err.value.field == "name"
 
@@ -113,12 +113,12 @@ def test_names_with_a_trailing_newline_are_refused(tmp_path):
 def test_chunk_sizes_out_of_the_models_bounds_are_refused_at_submission(
         tmp_path, change, field, message):
     spec = JobSpec.model_validate({**BASE, **change})
-    with pytest.raises(ValidationError, match=message) as err:
+    with pytest.raises(InvalidFieldError, match=message) as err:
         check_model(spec, None)
     assert err.value.field == field
     # Through the service: refused before anything is queued.
     service = JobService(tmp_path)
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(InvalidFieldError) as err:
         service.submit("local", {**BASE, **change})
     assert err.value.field == field
     assert service.list("local")[0] == []
@@ -147,7 +147,7 @@ def test_only_allowed_models_pass_with_one_fixed_message(tmp_path):
     messages = set()
     for name in ["../../etc", ".", "/", "/etc", str(tmp_path / "models" / "real"),
                  str(tmp_path / "models" / "missing"), "no-such-model", "org/other-model"]:
-        with pytest.raises(ValidationError) as err:
+        with pytest.raises(InvalidFieldError) as err:
             check_model_allowed(name, [])
         assert err.value.field == "model"
         messages.add(str(err.value))
@@ -155,19 +155,19 @@ def test_only_allowed_models_pass_with_one_fixed_message(tmp_path):
     assert "all-MiniLM-L6-v2" in messages.pop()
     allowed = ["org/other-model", "sentence-transformers/all-minilm-l6-v2"]
     assert check_model_allowed("org/other-model", allowed) == "org/other-model"
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidFieldError):
         check_model_allowed("org/other-model-2", allowed)
     assert check_model_allowed("../../etc", None) == "../../etc"  # the CLI: anything
 
 
 def test_the_service_refuses_models_off_its_list(tmp_path):
     service = JobService(tmp_path, allowed_models=[])
-    with pytest.raises(ValidationError, match="not offered by this service") as err:
+    with pytest.raises(InvalidFieldError, match="not offered by this service") as err:
         service.submit("local", {**BASE, "model": "../../etc"})
     assert err.value.field == "model"
     assert service.submit("local", dict(BASE)).status == "queued"
     # Without a list (the CLI), a missing local folder is named as such.
-    with pytest.raises(ValidationError, match="model folder not found") as err:
+    with pytest.raises(InvalidFieldError, match="model folder not found") as err:
         JobService(tmp_path / "cli").submit("local", {**BASE, "model": "./no-such-folder"})
     assert err.value.field == "model"
 

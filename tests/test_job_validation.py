@@ -1,12 +1,17 @@
 """Bad input to the control plane is refused with a message naming the field."""
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
+from engine.chunking import ChunkSettings
+from engine.models.limits import model_limits
+from engine.models.registry import DEFAULT_MODEL, resolve_model
 from engine.sources import plan_texts
-from jobs.errors import QuotaExceededError, ValidationError
-from jobs.quotas import estimate_chunks, resets_at
+from jobs.errors import InvalidFieldError, QuotaExceededError
+from jobs.quotas import CHARS_PER_TOKEN, estimate_chunks, resets_at
 from jobs.service import JobService, tenant_data_dir
 from jobs.spec import JobSpec, check_source_allowed
 
@@ -51,24 +56,24 @@ def test_sources_outside_the_allowed_roots_are_refused(tmp_path):
     assert check_source_allowed(str(root / "docs"), [str(root)]) == str(root / "docs")
     assert check_source_allowed(str(root / "docs" / "*.txt"), [str(root)])
     for bad in [str(tmp_path), str(root / ".." / "elsewhere"), "/etc/passwd"]:
-        with pytest.raises(ValidationError) as err:
+        with pytest.raises(InvalidFieldError) as err:
             check_source_allowed(bad, [str(root)])
         assert err.value.field == "source"
     (root / "link").symlink_to(tmp_path)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidFieldError):
         check_source_allowed(str(root / "link"), [str(root)])
-    with pytest.raises(ValidationError, match="accepts no source paths"):
+    with pytest.raises(InvalidFieldError, match="accepts no source paths"):
         check_source_allowed(str(root), [])
     assert check_source_allowed("/anything", None) == "/anything"
 
 
 def test_unknown_tier_and_tenant_names(tmp_path):
     service = JobService(tmp_path)
-    with pytest.raises(ValidationError, match="unknown tier 'gold'") as err:
+    with pytest.raises(InvalidFieldError, match="unknown tier 'gold'") as err:
         service.create_tenant("acme", "gold")
     assert err.value.field == "tier"
     for name in ["../x", "", "Upper", "a/b"]:
-        with pytest.raises(ValidationError) as err:
+        with pytest.raises(InvalidFieldError) as err:
             service.create_tenant(name, "free")
         assert err.value.field == "name"
 
@@ -103,6 +108,21 @@ def test_estimates_count_at_least_a_chunk_per_document():
 
 def test_missing_source_is_a_source_field_error(tmp_path):
     service = JobService(tmp_path)
-    with pytest.raises(ValidationError, match="source not found") as err:
+    with pytest.raises(InvalidFieldError, match="source not found") as err:
         service.submit("local", {"table": "t", "source": str(tmp_path / "nope")})
     assert err.value.field == "source"
+
+
+# The default model takes 256 tokens, 2 of them special: its chunks advance by the text tokens
+# less the overlap (32 by default, at most a quarter of the text tokens).
+@pytest.mark.parametrize("chunk_tokens,overlap,step", [
+    (None, None, 254 - 32), (64, None, 62 - 15), (128, 8, 126 - 8), (64, 0, 62)])
+def test_the_estimate_advances_by_chunkings_step(tmp_path, chunk_tokens, overlap, step):
+    info = model_limits(resolve_model(DEFAULT_MODEL))
+    settings = ChunkSettings.for_model(info, chunk_tokens, overlap)
+    assert settings.content_tokens - settings.overlap_tokens == step
+    text = "word " * 20_000
+    with JobService(tmp_path) as service:
+        job = service.submit("local", {"table": "t", "texts": [text],
+                                       "chunk_tokens": chunk_tokens, "overlap_tokens": overlap})
+    assert job.estimated_chunks == math.ceil(len(text) / (CHARS_PER_TOKEN * step))

@@ -4,11 +4,18 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from engine.documents import Skipped
 from engine.sources import plan_texts
-from jobs.errors import ConflictError, NotFoundError, StoreLockedError, StoreVersionError
+from jobs.errors import (
+    ConflictError,
+    InvalidFieldError,
+    NotFoundError,
+    StoreLockedError,
+    StoreVersionError,
+)
 from jobs.migrations import LATEST_VERSION, MIGRATIONS
 from jobs.records import JobRecord
-from jobs.service import JobService
+from jobs.service import DB_FILE, JobService
 from jobs.states import IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
 
@@ -140,3 +147,50 @@ def test_job_reads_come_from_memory_and_follow_every_write(tmp_path):
     # The record in memory is the file's, field for field.
     assert store.get_job("j1") == Store._get_job(store._con, "j1")
     assert store.get_job("j1").status == "succeeded"
+
+
+def test_tenant_rows_are_read_and_written_by_column_name(tmp_path):
+    path = tmp_path / DB_FILE
+    Store(path).close()
+    # The tables as a later migration could leave them: columns in another order, one more.
+    con = duckdb.connect(str(path))
+    for table, columns in (
+            ("tenants", "created_at, max_concurrent_jobs, daily_chunks, tier, name"),
+            ("api_keys", "revoked_at, created_at, prefix, tenant, key_hash"),
+            ("usage", "tokens, chunks, day, tenant"),
+            ("job_skipped", "reason, source, partition, job_id")):
+        con.execute(f"CREATE TABLE moved AS SELECT 'later' AS note, {columns} FROM {table}")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE moved RENAME TO {table}")
+    con.execute("CREATE UNIQUE INDEX usage_key ON usage (tenant, day)")  # ON CONFLICT's target
+    con.close()
+    with JobService(tmp_path) as service:
+        store = service.store
+        record, key = service.create_tenant("acme", "free")
+        assert (record.name, record.tier, record.daily_chunks) == ("acme", "free", None)
+        assert service.set_limits("acme", daily_chunks=9).daily_chunks == 9
+        assert [(t.name, t.tier) for t in store.list_tenants()] == [("acme", "free"),
+                                                                    ("local", "unlimited")]
+        assert service.tenant_for_key(key) == "acme"
+        store.insert_job(new_job("j1"), plan_texts(["a"]).partitions)
+        store.add_skipped("j1", [Skipped("x.bin", "binary")])
+        assert store.skipped("j1") == [Skipped("x.bin", "binary")]
+        store.set_status("j1", JobStatus.RUNNING)
+        store.record_partition_done("j1", "acme", 0, {"documents": 1, "chunks": 2, "tokens": 5})
+        assert store.usage("acme") == (2, 5)
+
+
+def test_update_tenant_takes_only_its_known_columns(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    store.create_tenant("acme", "free")
+    for bad in ({"created_at": None}, {"tier = 'x' --": "y"}, {"prefix": "es_"}):
+        with pytest.raises(InvalidFieldError, match="cannot set tenant field") as err:
+            store.update_tenant("acme", **bad)
+        assert err.value.field == next(iter(bad))
+    assert store.get_tenant("acme").tier == "free"
+    with pytest.raises(NotFoundError, match="no tenant 'nobody'"):
+        store.update_tenant("nobody", tier="premium")
+    updated = store.update_tenant("acme", tier="premium", max_concurrent_jobs=3)
+    assert (updated.tier, updated.daily_chunks, updated.max_concurrent_jobs) == ("premium",
+                                                                                None, 3)
+    assert store.get_tenant("acme") == updated

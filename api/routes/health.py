@@ -27,7 +27,7 @@ async def readyz(request: Request) -> JSONResponse:
     service, cluster = request.app.state.service, request.app.state.cluster
     checks: dict[str, str] = {}
     try:
-        await run_in_threadpool(service.store.ping)
+        await run_in_threadpool(service.ping)
         checks["duckdb"] = "ok"
     except Exception as exc:
         checks["duckdb"] = f"error: {exc}"

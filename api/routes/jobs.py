@@ -8,14 +8,16 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentTenant, ServiceDep, rate_limit, tenant_for
 from api.schemas import ErrorOut, JobList, JobOut
-from jobs.errors import NotFoundError, ValidationError
+from jobs.errors import InvalidFieldError, NotFoundError
 from jobs.events import AsyncSubscription
 from jobs.records import JobRecord
 from jobs.spec import JobSpec
-from jobs.states import TERMINAL
+from jobs.states import TERMINAL, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-StatusFilter = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+# The statuses as a Literal (not the enum itself): the OpenAPI query parameter stays a plain
+# list of strings, and the list is jobs.states' own.
+StatusFilter = Literal[tuple(s.value for s in JobStatus)]  # type: ignore[valid-type]
 _TERMINAL = {s.value for s in TERMINAL}
 _ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 
@@ -48,8 +50,8 @@ def list_jobs(service: ServiceDep, tenant: CurrentTenant,
     try:
         jobs, next_cursor = service.list(tenant, status, table, limit, cursor)
     except NotFoundError:
-        raise ValidationError("cursor", f"unknown cursor {cursor!r}: use a next_cursor the "
-                                        "API returned", location="query") from None
+        raise InvalidFieldError("cursor", f"unknown cursor {cursor!r}: use a next_cursor the "
+                                          "API returned", location="query") from None
     return JobList(jobs=[job_out(j) for j in jobs], next_cursor=next_cursor)
 
 

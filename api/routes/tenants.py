@@ -15,7 +15,7 @@ from api.schemas import (
     TenantUpdate,
 )
 from jobs.records import TenantRecord
-from jobs.service import Usage
+from jobs.tenants import Usage
 
 usage_router = APIRouter(tags=["usage"])
 admin_router = APIRouter(prefix="/v1/tenants", tags=["admin"],
@@ -45,13 +45,14 @@ def create_tenant(body: TenantCreate, service: ServiceDep) -> TenantCreated:
 
 @admin_router.get("", response_model=list[TenantOut])
 def list_tenants(service: ServiceDep) -> list[TenantOut]:
-    return [tenant_out(t) for t in service.store.list_tenants()]
+    """Every tenant with its tier and its own overrides."""
+    return [tenant_out(t) for t in service.list_tenants()]
 
 
 @admin_router.patch("/{name}", response_model=TenantOut, responses={404: {"model": ErrorOut}})
 def update_tenant(name: TenantName, body: TenantUpdate, service: ServiceDep) -> TenantOut:
     """Change a tenant's tier, or its own quota and concurrency overrides (null: the tier's)."""
-    record = service.store.get_tenant(name)
+    record = service.get_tenant(name)
     if body.tier is not None:
         record = service.set_tier(name, body.tier)
     overrides = body.model_fields_set & {"daily_chunks", "max_concurrent_jobs"}
