@@ -72,7 +72,7 @@ def embedscale_runs(corpus: Path, data_dir: Path, processes: int) -> dict[str, t
     """(seconds, chunks, tokens) through the engine's own driver loop, and through the job
     runner that `embedscale run` and the API use, on one warm cluster."""
     from engine.cluster import ClusterSpec, start_cluster
-    from engine.run import EmbedRequest, run_embedding
+    from jobs.local_run import EmbedRequest, run_embedding
     from jobs.service import JobService
 
     spec = ClusterSpec(n_workers=processes, threads_per_worker=1, dashboard_address=":0")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,7 @@ class Cluster:
         self.client = client
         self._cluster = cluster
         self._dashboard = dashboard
+        self._threads, self._threads_at = 0, float("-inf")
 
     @property
     def manager(self) -> Any | None:
@@ -98,14 +100,19 @@ class Cluster:
         link to, then serves no dashboard)."""
         return self.client.dashboard_link if self._dashboard else None
 
-    def worker_threads(self) -> int:
+    def worker_threads(self, max_age: float = 0.0) -> int:
         """Total task slots (threads over all workers); 0 while none is known (no worker yet,
-        or the scheduler is out of reach)."""
+        or the scheduler is out of reach). With `max_age`, a figure that recent is reused:
+        the runner asks on every feed, and `nthreads` is a round trip to the scheduler."""
+        now = time.monotonic()
+        if max_age and now - self._threads_at <= max_age:
+            return self._threads
         try:
-            workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+            threads = sum(self.client.nthreads().values())
         except Exception:  # lost the scheduler: nothing can be fed until it is back
-            return 0
-        return sum(w.get("nthreads", 1) for w in workers)
+            threads = 0
+        self._threads, self._threads_at = threads, now
+        return threads
 
     def close(self) -> None:
         self.client.close()

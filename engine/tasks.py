@@ -56,8 +56,68 @@ class PartitionResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionFailed:
+    """A partition of a batched task that failed on its own (the others went on)."""
+
+    partition: int
+    job_id: str
+    error: str
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A partition read, checked against its table and chunked, ready for the model."""
+
+    config: TaskConfig
+    result: PartitionResult
+    docs: list[Document]
+    chunks: Chunks
+    inputs: list[np.ndarray]
+    started: float
+
+
 def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult:
     """Run one partition end to end on this worker; bad documents are skipped, not fatal."""
+    prepared = _prepare(partition, config)
+    model = get_model(config.model)
+    return _write(prepared, embed_inputs(model, prepared.inputs, config.token_budget))
+
+
+def embed_partitions(batch: list[tuple[Partition, TaskConfig]]
+                     ) -> list[PartitionResult | PartitionFailed]:
+    """Several small partitions (of one or many jobs, one model) in one task: their inputs
+    share the model's forward passes, and each partition still gets its own fragments and
+    result, so the runner commits, charges and retries each on its own. A partition that
+    fails is reported as PartitionFailed; the others go on."""
+    outcomes: list[PartitionResult | PartitionFailed | _Prepared] = [
+        _isolated(partition, config, lambda p=partition, c=config: _prepare(p, c))
+        for partition, config in batch]
+    ready = [i for i, o in enumerate(outcomes) if isinstance(o, _Prepared)]
+    if ready:
+        config = outcomes[ready[0]].config
+        inputs = [x for i in ready for x in outcomes[i].inputs]
+        vectors = embed_inputs(get_model(config.model), inputs, config.token_budget)
+        start = 0
+        for i in ready:
+            prepared = outcomes[i]
+            share = vectors[start:start + len(prepared.inputs)]
+            start += len(prepared.inputs)
+            outcomes[i] = _isolated(batch[i][0], prepared.config,
+                                    lambda p=prepared, v=share: _write(p, v))
+    return outcomes  # type: ignore[return-value]
+
+
+def _isolated(partition: Partition, config: TaskConfig, step):
+    try:
+        return step()
+    except Exception as exc:  # this partition's own failure: report it, keep the others
+        text = str(exc).strip().splitlines()
+        return PartitionFailed(partition.index, config.job_id,
+                               f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": "))
+
+
+def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
     started = time.perf_counter()
     model = get_model(config.model)
     docs, skipped = _read(partition, config)
@@ -66,16 +126,20 @@ def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult
     chunks = chunk_texts([d.text for d in docs], model.tokenizer, config.chunking)
     no_tokens = set(range(len(docs))) - set(chunks.doc_index.tolist())
     skipped.extend(Skipped(docs[i].doc_id, "no tokens in text") for i in sorted(no_tokens))
-    inputs = [model.wrap(ids) for ids in chunks.content_ids]
-    vectors = embed_inputs(model, inputs, config.token_budget)
-    if len(chunks):
-        rows = _rows(docs, chunks, inputs, vectors, config)
-        result.fragments = sink.write_fragments(config.table_uri, rows)
     result.doc_ids = [d.doc_id for i, d in enumerate(docs) if i not in no_tokens]
     result.documents = len(docs) - len(no_tokens)
-    result.chunks = len(chunks)
-    result.tokens = int(sum(len(x) for x in inputs))
-    result.seconds = time.perf_counter() - started
+    inputs = [model.wrap(ids) for ids in chunks.content_ids]
+    return _Prepared(config, result, docs, chunks, inputs, started)
+
+
+def _write(prepared: _Prepared, vectors: np.ndarray) -> PartitionResult:
+    result, config = prepared.result, prepared.config
+    if len(prepared.chunks):
+        rows = _rows(prepared.docs, prepared.chunks, prepared.inputs, vectors, config)
+        result.fragments = sink.write_fragments(config.table_uri, rows)
+    result.chunks = len(prepared.chunks)
+    result.tokens = int(sum(len(x) for x in prepared.inputs))
+    result.seconds = time.perf_counter() - prepared.started
     return result
 
 

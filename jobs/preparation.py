@@ -19,9 +19,9 @@ from engine.cluster import Cluster
 from engine.file_access import FileAccess
 from engine.models.backend import ModelInfo
 from engine.models.registry import ModelSpec, resolve_model
+from engine.models.warmup import warm_up
 from engine.partitions import Partition
 from engine.readers import RecordFields
-from engine.run import warm_up
 from engine.sink import ChunkTable
 from engine.tasks import TaskConfig
 from jobs.records import JobRecord
@@ -44,6 +44,7 @@ class RunningJob:
     in_flight: dict[int, Future] = field(default_factory=dict)
     retry_at: dict[int, float] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
+    solo: set[int] = field(default_factory=set)  # partitions that must not share a task
 
 
 class JobPreparer:
@@ -65,15 +66,19 @@ class JobPreparer:
         self._warm: dict[ModelSpec, ModelInfo] = {}
         self._checked_tables: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
-        self._table_locks: dict[str, threading.Lock] = {}
+        self._locks: dict[tuple[str, object], threading.Lock] = {}
 
-    def _table_lock(self, uri: str) -> threading.Lock:
+    def _lock_for(self, what: tuple[str, object]) -> threading.Lock:
+        """The lock of one model or table: jobs preparing in parallel on the pool's threads
+        warm a model once and create or check a table once."""
         with self._lock:
-            return self._table_locks.setdefault(uri, threading.Lock())
+            return self._locks.setdefault(what, threading.Lock())
 
     def forget_table(self, uri: str) -> None:
         """A table was dropped: the next job on that name prepares it afresh."""
-        self._checked_tables = {c for c in self._checked_tables if c[0] != uri}
+        with self._lock_for(("table", uri)):
+            self._checked_tables.difference_update(
+                [c for c in list(self._checked_tables) if c[0] == uri])
 
     def prepare(self, record: JobRecord, resumed: bool) -> RunningJob:
         """A running job for `record`, with its pending partitions, largest first."""
@@ -81,9 +86,10 @@ class JobPreparer:
         if self.check_spec is not None:
             self.check_spec(spec)
         model = resolve_model(spec.model)
-        info = self._warm.get(model)
-        if info is None:
-            info = self._warm[model] = warm_up(self.cluster.client, model)
+        with self._lock_for(("model", model)):  # one warm-up per model, however many jobs
+            info = self._warm.get(model)
+            if info is None:
+                info = self._warm[model] = warm_up(self.cluster.client, model)
         chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
         table = ChunkTable(self.data_dir_of(record.tenant), spec.table)
         # On resume the table already holds this job's work: overwrite must not empty it again.
@@ -91,7 +97,7 @@ class JobPreparer:
         # A table already checked for this model needs no second look while it exists;
         # overwrite and a re-created table are prepared afresh.
         checked = (table.uri, info.name, info.dimension)
-        with self._table_lock(table.uri):  # one job at a time creates or checks a table
+        with self._lock_for(("table", table.uri)):  # one job at a time creates or checks it
             if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
                 table.prepare(info, mode)
                 self._checked_tables.add(checked)

@@ -1,12 +1,15 @@
-"""The runner: feeds the cluster from every running job, commits what completes, retries what
-fails, cancels on request, and resumes after a restart.
+"""The runner: the one driver loop of embedscale. It feeds the cluster from every running job,
+commits what completes, retries what fails, cancels on request, and resumes after a restart.
 
-One thread owns the loop; the API's threads talk to it through `wake()` and `request_cancel()`.
-Partitions wait here, not in the Dask scheduler: at most `per_job_in_flight` of a job and
-`slots_per_thread` per worker thread are submitted at once, chosen by `jobs.scheduling`.
-Completed partitions are committed to LanceDB (the engine's two-phase write) and then recorded
-in DuckDB with their usage charge; after a crash the table's own commits say which partitions
-are in, so nothing is redone, lost or charged twice.
+One thread owns all the state and reacts to one inbox of typed events (jobs/runner_events.py):
+a job submitted, a job prepared, a task done, a cancel, a drain or stop, and the timers of
+retries and worker checks as the inbox's wait. Every decision is a pure policy
+(jobs/policies.py, jobs/scheduling.py, jobs/conflicts.py); this module does the I/O.
+
+Partitions wait here, not in the Dask scheduler: at most `slots_per_thread` tasks per worker
+thread are in flight, chosen by `jobs.scheduling`. Small inline partitions of different jobs
+share one task, so their texts share the model's forward passes (engine.tasks.embed_partitions);
+each still commits, charges and retries on its own.
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Collection
+import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,23 +29,35 @@ from distributed.scheduler import KilledWorker
 
 from engine.cluster import Cluster
 from engine.file_access import FileAccess
-from engine.sink import ChunkTable, existing_hashes, partition_counts
-from engine.tasks import PartitionResult, embed_partition
+from engine.partitions import InlineText, Partition
+from engine.sink import ChunkTable
+from engine.tasks import PartitionFailed, embed_partition, embed_partitions
 from engine.worker_recovery import WorkerRecovery
-from jobs.conflicts import clashing
+from jobs.commits import Finished, commit_batch, error_line
 from jobs.events import EventBus
+from jobs.policies import RetryPolicy, admissions, is_done
 from jobs.preparation import JobPreparer, RunningJob
-from jobs.quotas import partition_fits
 from jobs.records import JobRecord
-from jobs.scheduling import PRIORITY_LEVELS, JobView, choose, dask_priority
+from jobs.runner_events import (
+    CancelRequested,
+    Drain,
+    Event,
+    JobPrepared,
+    Stop,
+    Submitted,
+    TaskDone,
+    WakeUp,
+)
+from jobs.scheduling import JobView, choose, dask_priority
 from jobs.spec import JobSpec
 from jobs.states import IllegalTransitionError, JobStatus
-from jobs.store import PartitionDone, Store
+from jobs.store import Store
 from jobs.tiers import Tier
 
 log = logging.getLogger(__name__)
-MAX_BATCH = 256  # completions handled together
+MAX_EVENTS = 512  # events handled before the batch's completions are committed together
 RECOVERY_CHECK_S = 5.0  # how often lost workers of a cluster we started are looked for
+THREADS_MAX_AGE_S = 2.0  # the cluster's thread count, asked of the scheduler at most this often
 
 
 @dataclass(frozen=True)
@@ -51,10 +67,18 @@ class RunnerConfig:
     max_attempts: int = 3  # per partition, before the job fails
     backoff_seconds: float = 1.0  # first retry delay; doubles each attempt
     backoff_max_seconds: float = 60.0
-    per_job_in_flight: int = 4  # partitions of one job submitted at once
-    slots_per_thread: int = 2  # partitions in flight per worker thread, all jobs together
+    slots_per_thread: int = 2  # tasks in flight per worker thread: one running, one queued
     token_budget: int | None = None
     prepare_threads: int = 2  # jobs warming their model / checking their table at once
+    # Inline partitions this small ride together in one task, up to `batch_partitions` of
+    # them (measured on bench_api_load: one task per few-sentence job left the model idle
+    # between Dask round trips).
+    small_partition_bytes: int = 16 * 1024
+    batch_partitions: int = 64
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.max_attempts, self.backoff_seconds, self.backoff_max_seconds)
 
 
 class Runner:
@@ -67,25 +91,23 @@ class Runner:
         self.store, self.cluster, self.bus = store, cluster, bus
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.config = config or RunnerConfig()
+        self._inbox: queue.Queue[Event] = queue.Queue()
         self._jobs: dict[str, RunningJob] = {}
-        self._keys: dict[str, tuple[str, int]] = {}
-        self._completed: queue.Queue[Future] = queue.Queue()
-        self._prepared: queue.Queue[tuple[str, RunningJob | BaseException]] = queue.Queue()
+        self._tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
         self._preparing: set[str] = set()
-        self._cancels: set[str] = set()
-        self._lock = threading.Lock()
-        self._wakeup = threading.Event()
-        self._stopping = threading.Event()
+        self._cancel_when_prepared: set[str] = set()
+        self._finished: list[Finished] = []  # completions of this batch, committed together
         self._draining = False
         self._admission_due = True  # set when a job arrives or one ends (a slot frees)
+        self._next_recovery_check = 0.0
+        self._stopping = threading.Event()
         self._preparer = JobPreparer(store, cluster, tier_of, data_dir_of,
                                      self.config.token_budget, access or FileAccess(),
                                      check_spec)
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
-        self.error: BaseException | None = None
         self.recovery = WorkerRecovery(cluster)
-        self._next_recovery_check = 0.0
+        self.error: BaseException | None = None
 
     # --- control, from any thread ---------------------------------------------------------
 
@@ -95,19 +117,16 @@ class Runner:
             if job.status == JobStatus.RUNNING:
                 self._start_preparing(job, resumed=True)
             elif job.status == JobStatus.CANCELLING:
-                self._cancels.add(job.id)
+                self._inbox.put(CancelRequested(job.id))
         self._thread.start()
 
     def wake(self) -> None:
-        """Look at the store again (a job was submitted)."""
-        self._admission_due = True
-        self._wakeup.set()
+        """A job was submitted: look at the queue."""
+        self._inbox.put(Submitted())
 
     def request_cancel(self, job_id: str) -> None:
         """Stop a job whose status the caller has set to cancelling."""
-        with self._lock:
-            self._cancels.add(job_id)
-        self._wakeup.set()
+        self._inbox.put(CancelRequested(job_id))
 
     def forget_table(self, uri: str) -> None:
         """A table was dropped: the next job on that name prepares it afresh."""
@@ -117,13 +136,12 @@ class Runner:
         """Graceful shutdown: feed nothing new, let in-flight partitions finish and be
         committed for up to `timeout` seconds, then cancel the rest (they stay pending and
         run again after a restart)."""
-        self._draining = True
-        self._wakeup.set()
+        self._inbox.put(Drain())
         deadline = time.monotonic() + timeout
-        while self._in_flight() and time.monotonic() < deadline and self._thread.is_alive():
+        while self._tasks and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.05)
         self._stopping.set()
-        self._wakeup.set()
+        self._inbox.put(Stop())
         if self._thread.is_alive():
             self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
         for job in list(self._jobs.values()):
@@ -132,19 +150,25 @@ class Runner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _in_flight(self) -> int:
-        return sum(len(j.in_flight) for j in list(self._jobs.values()))
-
-    # --- the loop -------------------------------------------------------------------------
+        """Tasks submitted and not yet handled."""
+        return len(self._tasks)
 
     @property
     def alive(self) -> bool:
         """Whether the loop is running (it ends only on stop() or a fatal error)."""
         return self._thread.is_alive()
 
+    # --- the loop -------------------------------------------------------------------------
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._step()
+                events = self._next_events()
+                if any(isinstance(e, Stop) for e in events):
+                    return
+                for event in events:
+                    self.handle(event)
+                self._act()
                 self.error = None
             except Exception as exc:  # e.g. a transient I/O error: report it, back off, go on
                 log.exception("runner step failed; retrying in 1 s")
@@ -155,266 +179,245 @@ class Runner:
                 self.error = exc
                 raise
 
-    def _step(self) -> None:
-        if time.monotonic() >= self._next_recovery_check:
-            self._next_recovery_check = time.monotonic() + RECOVERY_CHECK_S
+    def _next_events(self) -> list[Event]:
+        """The next event, waiting no longer than the next timer, and all queued behind it."""
+        try:
+            events = [self._inbox.get(timeout=self._until_next_timer())]
+        except queue.Empty:
+            events = [WakeUp()]
+        while len(events) < MAX_EVENTS:
+            try:
+                events.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        return events
+
+    def _until_next_timer(self) -> float:
+        timers = [self._next_recovery_check] + [due for job in self._jobs.values()
+                                                for due in job.retry_at.values()]
+        return max(0.0, min(timers) - time.monotonic())
+
+    def handle(self, event: Event) -> None:
+        """React to one event; completions are gathered and committed together by `_act`."""
+        if isinstance(event, Submitted):
+            self._admission_due = True
+        elif isinstance(event, CancelRequested):
+            self._cancel(event.job_id)
+        elif isinstance(event, JobPrepared):
+            self._on_prepared(event.job_id, event.outcome)
+        elif isinstance(event, TaskDone):
+            self._on_task_done(event.future)
+        elif isinstance(event, Drain):
+            self._draining = True
+
+    def _act(self) -> None:
+        """What the handled events call for: commit, check workers, admit, retry, feed."""
+        if self._finished:
+            finished, self._finished = self._finished, []
+            self._commit(finished)
+        now = time.monotonic()
+        if now >= self._next_recovery_check:
+            self._next_recovery_check = now + RECOVERY_CHECK_S
             self.recovery.check()
-        self._handle_cancels()
-        if self._admission_due and not self._draining:
+        if self._draining:
+            return
+        if self._admission_due:
             self._admission_due = False
             try:
                 self._admit_queued()
             except BaseException:
-                self._admission_due = True  # try again next step
+                self._admission_due = True  # try again after the back-off
                 raise
-        self._collect_prepared()
-        self._retry_due()
-        if not self._draining:
-            self._feed()
-        self._drain_completions(timeout=0.2)
+        for job in self._jobs.values():
+            for index, due in list(job.retry_at.items()):
+                if due <= now:
+                    del job.retry_at[index]
+                    job.pending.appendleft(index)
+        self._feed()
+
+    # --- admission and preparation --------------------------------------------------------
 
     def _admit_queued(self) -> None:
         queued = [j for j in self.store.unfinished_jobs() if j.status == JobStatus.QUEUED]
-        queued.sort(key=lambda j: (-PRIORITY_LEVELS[j.priority], j.created_at))
-        active = self.store.active_job_counts() if queued else {}
-        for job in queued:
-            limit = self.tier_of(job.tenant).max_concurrent_jobs
-            if limit is not None and active.get(job.tenant, 0) >= limit:
-                continue  # waits in `queued`: the limit delays, it does not fail
+        if not queued:
+            return
+        for job in admissions(queued, self.store.active_job_counts(),
+                              lambda t: self.tier_of(t).max_concurrent_jobs):
             try:
-                # No dashboard link in the record: tenants read it (REST, WebSocket), and the
-                # dashboard is the operator's (/v1/cluster when exposed).
                 record = self.store.set_status(job.id, JobStatus.RUNNING)
             except IllegalTransitionError:
                 continue  # cancelled between the query and now
-            active[job.tenant] = active.get(job.tenant, 0) + 1
             self._publish(record)
             self._start_preparing(record, resumed=False)
 
     def _start_preparing(self, record: JobRecord, resumed: bool) -> None:
         self._preparing.add(record.id)
         future = self._pool.submit(self._preparer.prepare, record, resumed)
-        future.add_done_callback(lambda f: self._prepared.put(
-            (record.id, f.exception() or f.result())))
-        self._wakeup.set()
+        future.add_done_callback(lambda f: self._inbox.put(
+            JobPrepared(record.id, f.exception() or f.result())))
 
-    def _collect_prepared(self) -> None:
-        while True:
-            try:
-                job_id, outcome = self._prepared.get_nowait()
-            except queue.Empty:
-                return
-            self._preparing.discard(job_id)
-            if isinstance(outcome, BaseException):
-                self._finish(job_id, JobStatus.FAILED, error=_error_line(outcome),
-                             error_reason="start_failed")
-                continue
-            self._jobs[job_id] = outcome
-            self._complete_if_done(outcome)
+    def _on_prepared(self, job_id: str, outcome: RunningJob | BaseException) -> None:
+        self._preparing.discard(job_id)
+        if isinstance(outcome, BaseException):
+            self._finish(job_id, JobStatus.FAILED, error=error_line(outcome),
+                         error_reason="start_failed")
+            return
+        self._jobs[job_id] = outcome
+        if job_id in self._cancel_when_prepared:
+            self._cancel_when_prepared.discard(job_id)
+            self._cancel(job_id)
+        elif is_done(outcome):  # resumed with every partition already in the table
+            self._finish(job_id, JobStatus.SUCCEEDED)
+
+    # --- feeding the cluster --------------------------------------------------------------
 
     def _feed(self) -> None:
-        slots = self.cluster.worker_threads() * self.config.slots_per_thread
-        free = slots - self._in_flight()
-        if free <= 0:
+        slots = self.cluster.worker_threads(THREADS_MAX_AGE_S) * self.config.slots_per_thread
+        free = slots - len(self._tasks)
+        if free <= 0 or not self._jobs:
             return
         now = time.time()
         views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
                                       j.tier.weight, j.submitted_at, len(j.pending),
                                       len(j.in_flight)) for j in self._jobs.values()}
-        for job_id in choose(list(views.values()), free, now, self.config.per_job_in_flight):
+        # The policy's fair order for more partitions than there are slots: small ones share
+        # a task. A job may fill the whole cluster when it runs alone.
+        order = choose(list(views.values()), free * self.config.batch_partitions, now, slots)
+        tasks: list[list[tuple[RunningJob, int]]] = []
+        batch: list[tuple[RunningJob, int]] = []
+        for job_id in order:
             job = self._jobs[job_id]
-            index = job.pending.popleft()
-            attempt = job.attempts.get(index, 0)
-            future = self.cluster.client.submit(
-                embed_partition, job.partitions[index], job.config, pure=False,
-                key=f"embed-partition-{job_id}-{index}-{attempt}",
-                priority=dask_priority(views[job_id], now))
-            job.in_flight[index] = future
-            self._keys[future.key] = (job_id, index)
-            future.add_done_callback(self._completed.put)
-
-    def _retry_due(self) -> None:
-        now = time.monotonic()
-        for job in self._jobs.values():
-            for index, due in list(job.retry_at.items()):
-                if due <= now:
-                    del job.retry_at[index]
-                    job.pending.appendleft(index)
-
-    def _drain_completions(self, timeout: float) -> None:
-        """Handle every completion that is ready, as one batch: small jobs that finish
-        together share one Lance commit per table and one DuckDB transaction."""
-        try:
-            futures = [self._completed.get(timeout=timeout)]
-        except queue.Empty:
-            self._wakeup.wait(timeout)
-            self._wakeup.clear()
-            return
-        while len(futures) < MAX_BATCH:
-            try:
-                futures.append(self._completed.get_nowait())
-            except queue.Empty:
+            index = job.pending[0]
+            small = self._batchable(job, index)
+            if small and batch and (len(batch) >= self.config.batch_partitions
+                                    or batch[0][0].config.model != job.config.model):
+                tasks.append(batch)
+                batch = []
+            opens_a_task = not small or not batch
+            if opens_a_task and len(tasks) + (1 if batch else 0) >= free:
                 break
-        results: list[tuple[RunningJob, PartitionResult]] = []
-        for future in futures:
-            job_id, index = self._keys.pop(future.key, (None, None))
-            job = self._jobs.get(job_id)
-            if job is None or job.in_flight.get(index) is not future:
-                future.release()
-                continue  # the job was cancelled or failed meanwhile: its work is dropped
-            del job.in_flight[index]
-            if future.status == "finished":
-                results.append((job, future.result()))
-            elif future.status != "cancelled":
-                self._on_error(job, index, future.exception())
-            future.release()
-        if results:
-            self._commit(results)
+            job.pending.popleft()
+            if small:
+                batch.append((job, index))
+            else:
+                tasks.append([(job, index)])
+        if batch:
+            tasks.append(batch)
+        for members in tasks:
+            self._submit(members, views, now)
 
-    def _on_error(self, job: RunningJob, index: int, exc: BaseException | None) -> None:
+    def _batchable(self, job: RunningJob, index: int) -> bool:
+        part: Partition = job.partitions[index]
+        return (index not in job.solo and not job.attempts.get(index)
+                and part.size_bytes <= self.config.small_partition_bytes
+                and all(isinstance(i, InlineText) for i in part.items))
+
+    def _submit(self, members: list[tuple[RunningJob, int]], views: dict[str, JobView],
+                now: float) -> None:
+        priority = max(dask_priority(views[job.record.id], now) for job, _ in members)
+        client = self.cluster.client
+        if len(members) == 1:
+            job, index = members[0]
+            key = f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}"
+            future = client.submit(embed_partition, job.partitions[index], job.config,
+                                   pure=False, key=key, priority=priority)
+        else:
+            key = f"embed-partitions-{uuid.uuid4().hex}"
+            future = client.submit(embed_partitions, [(job.partitions[i], job.config)
+                                                      for job, i in members],
+                                   pure=False, key=key, priority=priority)
+        self._tasks[future.key] = [(job.record.id, index) for job, index in members]
+        for job, index in members:
+            job.in_flight[index] = future
+        future.add_done_callback(lambda f: self._inbox.put(TaskDone(f)))
+
+    # --- completions ----------------------------------------------------------------------
+
+    def _on_task_done(self, future: Future) -> None:
+        members = self._tasks.pop(future.key, [])
+        live: list[tuple[int, RunningJob, int]] = []
+        for position, (job_id, index) in enumerate(members):
+            job = self._jobs.get(job_id)
+            if job is not None and job.in_flight.get(index) is future:
+                del job.in_flight[index]
+                live.append((position, job, index))
+        if future.status == "finished" and live:
+            outcome = future.result()
+            outcomes = outcome if isinstance(outcome, list) else [outcome]
+            for position, job, index in live:
+                result = outcomes[position]
+                if isinstance(result, PartitionFailed):
+                    self._on_error(job, index, None, result.error)
+                else:
+                    self._finished.append((job, result))
+        elif future.status not in ("finished", "cancelled"):
+            exc = future.exception()
+            for _, job, index in live:
+                if len(members) > 1:  # a shared task failed as a whole: each runs alone next
+                    job.solo.add(index)
+                    job.pending.appendleft(index)
+                else:
+                    self._on_error(job, index, exc)
+        future.release()
+
+    def _on_error(self, job: RunningJob, index: int, exc: BaseException | None,
+                  message: str | None = None) -> None:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
-        # A KilledWorker already took down a worker on each of Dask's own re-runs: running it
-        # again would only kill more workers, every tenant's work with them.
-        final = attempts >= self.config.max_attempts or isinstance(exc, KilledWorker)
-        error = _error_line(exc)
-        self.store.record_attempt_failed(job.record.id, index, attempts, error, final)
-        if final:
+        delay = self.config.retry.delay(attempts, isinstance(exc, KilledWorker))
+        error = message or _failure_line(exc)
+        self.store.record_attempt_failed(job.record.id, index, attempts, error, delay is None)
+        if delay is None:
             self._finish(job.record.id, JobStatus.FAILED, error_reason="partition_failed",
                          error=f"partition {index} failed after {attempts} attempts: {error}")
             return
-        delay = min(self.config.backoff_max_seconds,
-                    self.config.backoff_seconds * 2 ** (attempts - 1))
         log.warning("job %s partition %d failed (%s); retry %d in %.1fs", job.record.id, index,
                     error, attempts, delay)
         job.retry_at[index] = time.monotonic() + delay
 
-    def _commit(self, results: list[tuple[RunningJob, PartitionResult]]) -> None:
-        """Quota-check, commit to LanceDB, then record in DuckDB a batch of finished
-        partitions. A partition that would overdraw its tenant's quota fails its job
-        (quota_exhausted) uncommitted; what was committed before stays, and the job ends only
-        after the batch's accepted partitions are recorded, so its final state counts them."""
-        results = self._without_clashes(results)
-        accepted, exhausted = self._within_quota(results)
-        by_table: dict[str, tuple[ChunkTable, dict[str, list[PartitionResult]]]] = {}
-        for job, result in accepted:
-            _, per_job = by_table.setdefault(job.table.uri, (job.table, {}))
-            per_job.setdefault(job.record.id, []).append(result)
-        committed: list[tuple[RunningJob, PartitionResult]] = []
-        for table, per_job in by_table.values():
-            try:
-                table.commit(per_job)
-            except Exception as exc:  # the table vanished or its disk failed
-                table.remove_orphan_files()
-                for job_id in per_job:
-                    self._finish(job_id, JobStatus.FAILED, error_reason="commit_failed",
-                                 error=f"commit to table '{table.name}' failed: "
-                                       f"{_error_line(exc)}")
-                continue
-            committed += [(j, r) for j, r in accepted if j.record.id in per_job]
-        if committed:
-            self._record(committed, ending=exhausted.keys())
-        for job_id, error in exhausted.items():
-            self._finish(job_id, JobStatus.FAILED, error_reason="quota_exhausted", error=error)
-
-    def _record(self, committed: list[tuple[RunningJob, PartitionResult]],
-                ending: Collection[str] = ()) -> None:
-        """Record committed partitions; jobs with nothing left succeed, unless they are
-        `ending` otherwise (a partition of theirs was refused in this very batch)."""
-        jobs = {job.record.id: job for job, _ in committed}
-        complete = [job_id for job_id, job in jobs.items() if job_id not in ending
-                    and not job.pending and not job.in_flight and not job.retry_at]
-        records = self.store.record_partitions_done(
-            [PartitionDone(job.record.id, job.record.tenant, result.partition,
-                           partition_counts(result), tuple(result.skipped))
-             for job, result in committed], succeeded=complete)
-        for job, result in committed:
-            job.record = records[job.record.id]
+    def _commit(self, results: list[Finished]) -> None:
+        """Commit and record a batch of finished partitions (jobs.commits), then tell."""
+        outcome = commit_batch(self.store, self.tier_of, results)
+        for job, result in outcome.committed:
             self._publish(job.record, "progress", partition_seconds=result.seconds)
-        for job_id in complete:
+        for job_id in outcome.succeeded:
             self._jobs.pop(job_id, None)
             self._admission_due = True
-            self._publish(records[job_id])
+            self._publish(outcome.records[job_id])
+        for job_id, (reason, error) in outcome.failed.items():
+            self._finish(job_id, JobStatus.FAILED, error_reason=reason, error=error)
 
-    def _without_clashes(self, results: list[tuple[RunningJob, PartitionResult]]
-                         ) -> list[tuple[RunningJob, PartitionResult]]:
-        """The results whose documents can be committed without repeating a row id; the others
-        (a document committed by another job since the worker looked) run again."""
-        by_table: dict[str, list[tuple[RunningJob, PartitionResult]]] = {}
-        for job, result in results:
-            by_table.setdefault(job.table.uri, []).append((job, result))
-        keep: list[tuple[RunningJob, PartitionResult]] = []
-        for uri, group in by_table.items():
-            ids = sorted({d for _, r in group for d in r.doc_ids})
-            try:
-                in_table = set(existing_hashes(uri, ids)) if ids else set()
-            except Exception:  # no table: the commit reports it
-                in_table = set()
-            rerun = set(clashing([r for _, r in group], in_table))
-            for position, (job, result) in enumerate(group):
-                if position not in rerun:
-                    keep.append((job, result))
-                    continue
-                log.info("job %s partition %d wrote documents committed meanwhile by other "
-                         "work; running it again", job.record.id, result.partition)
-                job.pending.appendleft(result.partition)
-        return keep
+    # --- ending jobs ----------------------------------------------------------------------
 
-    def _within_quota(self, results: list[tuple[RunningJob, PartitionResult]]
-                      ) -> tuple[list[tuple[RunningJob, PartitionResult]], dict[str, str]]:
-        """The results that fit their tenants' quotas, and the jobs (with the error) whose
-        next partition does not: nothing more of those is committed."""
-        used: dict[str, int] = {}
-        accepted, exhausted = [], {}
-        for job, result in results:
-            if job.record.id in exhausted:
-                continue
-            tenant = job.record.tenant
-            tier = job.tier = self.tier_of(tenant)  # limits may change mid-job
-            if tenant not in used:
-                used[tenant] = self.store.usage(tenant)[0]
-            if not partition_fits(tier, used[tenant], result.chunks):
-                left = max(0, tier.daily_chunks - used[tenant])
-                exhausted[job.record.id] = (
-                    f"daily chunk quota exhausted: partition {result.partition} needs "
-                    f"{result.chunks} chunks, {left} of {tier.daily_chunks} left today")
-                continue
-            used[tenant] += result.chunks
-            accepted.append((job, result))
-        return accepted, exhausted
-
-    def _complete_if_done(self, job: RunningJob) -> None:
-        if not job.pending and not job.in_flight and not job.retry_at:
-            self._finish(job.record.id, JobStatus.SUCCEEDED)
-
-    def _handle_cancels(self) -> None:
-        with self._lock:
-            cancels, self._cancels = self._cancels, set()
-        for job_id in cancels:
-            if job_id in self._preparing:
-                with self._lock:
-                    self._cancels.add(job_id)  # cancel once it is prepared
-                continue
-            job = self._jobs.pop(job_id, None)
-            if job is not None:
-                for future in job.in_flight.values():
-                    future.cancel()
-            record = self.store.get_job(job_id)
-            if record.status == JobStatus.RUNNING:
-                record = self.store.set_status(job_id, JobStatus.CANCELLING)
-                self._publish(record)
+    def _cancel(self, job_id: str) -> None:
+        if job_id in self._preparing:
+            self._cancel_when_prepared.add(job_id)  # cancel once it is prepared
+            return
+        self._drop(job_id)
+        record = self.store.get_job(job_id)
+        if record.status == JobStatus.RUNNING:
+            record = self.store.set_status(job_id, JobStatus.CANCELLING)
+            self._publish(record)
+        if record.status == JobStatus.CANCELLING:
             remove_job_rows(self.data_dir_of(record.tenant), record)
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
-            self._admission_due = True
+        self._admission_due = True
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
+        """End a job, unless a cancel came first (one store call decides: the cancel wins)."""
         self._admission_due = True
+        self._drop(job_id)
+        record = self.store.finish(job_id, status, **fields)
+        if record is not None:
+            self._publish(record)
+
+    def _drop(self, job_id: str) -> None:
+        """Forget a job; cancel its tasks that serve no other job."""
         job = self._jobs.pop(job_id, None)
-        if job is not None:
-            for future in job.in_flight.values():
+        if job is None:
+            return
+        for future in job.in_flight.values():
+            if len(self._tasks.get(future.key, ())) <= 1:
                 future.cancel()
-        if self.store.get_job(job_id).status == JobStatus.CANCELLING:
-            return  # a cancel came first and wins: _handle_cancels completes it
-        self._publish(self.store.set_status(job_id, status, **fields))
 
     def _publish(self, record: JobRecord, kind: str = "status", **extra: Any) -> None:
         self.bus.publish(record.id, {"type": kind, "job": record.to_dict(), **extra})
@@ -425,11 +428,8 @@ def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
     ChunkTable(data_dir, record.table_name).delete_job_rows(record.id)
 
 
-def _error_line(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
+def _failure_line(exc: BaseException | None) -> str:
     if isinstance(exc, KilledWorker):
         return ("KilledWorker: each worker that ran this partition died (out of memory, or "
                 "crashed); it is not tried again")
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return error_line(exc)

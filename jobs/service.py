@@ -140,14 +140,15 @@ class JobService:
 
     # --- jobs -----------------------------------------------------------------------------
 
-    def submit(self, tenant: str, spec: JobSpec | dict[str, Any]) -> JobRecord:
+    def submit(self, tenant: str, spec: JobSpec | dict[str, Any],
+               partition_bytes: int | None = None) -> JobRecord:
         """Validate, plan and admit a job (queued), or refuse it: a bad field, a source outside
         the allowed roots, or more chunks than the tenant has left today."""
         if not isinstance(spec, JobSpec):
             spec = JobSpec.model_validate(spec)
         limits = check_model(spec, self.allowed_models)
         tier = self.tier_of(tenant)
-        plan = self._plan(spec)
+        plan = self._plan(spec, partition_bytes)
         estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens,
                                    limits)
         check_admission(tenant, tier, self.store.usage(tenant)[0], estimate)
@@ -167,14 +168,15 @@ class JobService:
             self.runner.wake()
         return record
 
-    def _plan(self, spec: JobSpec) -> SourcePlan:
-        parallelism = (self.cluster.worker_threads() if self.cluster is not None
+    def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
+        parallelism = (self.cluster.worker_threads(max_age=2.0) if self.cluster is not None
                        else self.parallelism)
         try:
             if spec.texts is not None:
                 return plan_texts(spec.texts, spec.ids, spec.metadata)
             source = check_source_allowed(spec.source, self.allowed_roots)
-            return plan_source(source, parallelism=parallelism, access=self.file_access)
+            return plan_source(source, parallelism=parallelism, access=self.file_access,
+                               partition_bytes=partition_bytes)
         except EmbedscaleError as exc:
             if isinstance(exc, InvalidFieldError):
                 raise

@@ -279,6 +279,18 @@ class Store:
             self._cache.put(record)  # after the commit, before the lock goes
             return record
 
+    def finish(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord | None:
+        """End a running job as `new`, in one transaction with the check that no cancel came
+        first: None (and nothing written) when the job is cancelling or already ended."""
+        with self._lock:
+            with self._tx() as con:
+                job = self._get_job(con, job_id)
+                if job.status != JobStatus.RUNNING:
+                    return None
+                record = self._transition(con, job, new, **fields)
+            self._cache.put(record)
+            return record
+
     @staticmethod
     def _transition(con: duckdb.DuckDBPyConnection, job: JobRecord, new: JobStatus,
                     **fields: Any) -> JobRecord:

@@ -6,8 +6,8 @@ from pathlib import Path
 import lance
 import pyarrow as pa
 
-from engine.run import EmbedRequest, RunSummary, run_embedding
 from engine.sink import ChunkTable
+from jobs.local_run import EmbedRequest, RunSummary, run_embedding
 
 
 def read_rows(data_dir: Path, table: str, columns: list[str] | None = None) -> pa.Table:

@@ -34,7 +34,7 @@ def test_exact_ids_after_a_fault(cluster, small_corpus, data_dir, tmp_path, refe
     finally:
         cluster.client.unregister_worker_plugin(plugin.name)
     assert marker.exists(), "the fault was never injected"
-    assert summary.ok, summary.failed
+    assert summary.ok, summary.error
     ids = read_rows(data_dir, "faulty").column("id").to_pylist()
     assert sorted(ids) == reference_ids  # every chunk once: none lost, none doubled
     assert summary.chunks == len(reference_ids)

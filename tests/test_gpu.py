@@ -70,7 +70,7 @@ def test_local_cuda_cluster_runs_a_job(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from engine.cluster import ClusterSpec, start_cluster
-    from engine.run import EmbedRequest, run_embedding
+    from jobs.local_run import EmbedRequest, run_embedding
 
     with start_cluster(ClusterSpec(kind="local-cuda", dashboard_address=":0")) as cluster:
         summary = run_embedding(EmbedRequest(table="t", texts=["one", "two"],

@@ -7,11 +7,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from engine.errors import ChunkingError, TableError
 from engine.models.backend import ModelInfo
 from engine.readers import RecordFields, read_item
 from engine.sink import ChunkTable
 from engine.sources import plan_source
+from jobs.errors import InvalidFieldError
+from jobs.local_run import JobFailedError
 from tests.helpers import read_rows, run
 
 pytestmark = pytest.mark.slow
@@ -100,13 +101,14 @@ def test_overwrite_replaces_and_append_adds_without_repeating_ids(cluster, small
 
 def test_a_table_of_another_model_or_dimension_is_refused(cluster, small_corpus, data_dir):
     ChunkTable(data_dir, "other").prepare(ModelInfo("some-other-model", 768, 512, 2), "append")
-    with pytest.raises(TableError, match="holds vectors of model 'some-other-model' \\(768"):
+    with pytest.raises(JobFailedError, match=r"start_failed.*holds vectors of model "
+                                             r"'some-other-model' \(768"):
         run(cluster, source=str(small_corpus), table="other", data_dir=str(data_dir))
     assert read_rows(data_dir, "other").num_rows == 0
 
 
 def test_chunk_size_above_the_model_limit_is_refused(cluster, small_corpus, data_dir):
-    with pytest.raises(ChunkingError, match="chunk_tokens=512 exceeds"):
+    with pytest.raises(InvalidFieldError, match="chunk_tokens=512 exceeds"):
         run(cluster, source=str(small_corpus), table="t", data_dir=str(data_dir),
             chunk_tokens=512)
 

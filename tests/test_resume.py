@@ -12,7 +12,7 @@ from pathlib import Path
 import lance
 import pytest
 
-from engine.run import EmbedRequest, run_embedding
+from jobs.local_run import EmbedRequest, run_embedding
 from jobs.store import Store
 from tests.corpora import jsonl_corpus
 

@@ -194,3 +194,17 @@ def test_update_tenant_takes_only_its_known_columns(tmp_path):
     assert (updated.tier, updated.daily_chunks, updated.max_concurrent_jobs) == ("premium",
                                                                                 None, 3)
     assert store.get_tenant("acme") == updated
+
+
+def test_finishing_a_job_that_a_cancel_reached_first_changes_nothing(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    store.insert_job(new_job("j1"), plan_texts(["a"]).partitions)
+    store.set_status("j1", JobStatus.RUNNING)
+    store.set_status("j1", JobStatus.CANCELLING)  # the API's thread, between two runner steps
+    assert store.finish("j1", JobStatus.SUCCEEDED) is None  # one call: no check-then-act
+    assert store.get_job("j1").status == "cancelling"
+    store.set_status("j1", JobStatus.CANCELLED)
+    assert store.finish("j1", JobStatus.FAILED, error="late") is None
+    running = store.insert_job(new_job("j2"), plan_texts(["b"]).partitions)
+    assert running is None and store.set_status("j2", JobStatus.RUNNING)
+    assert store.finish("j2", JobStatus.FAILED, error="boom").error == "boom"

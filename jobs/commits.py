@@ -1,0 +1,115 @@
+"""Committing a batch of finished partitions: row-id clashes, quotas, one Lance commit per
+table, one DuckDB transaction.
+
+Order matters for exactly-once: a partition is committed to its table (the rows become
+visible, the commit records its counts) and only then recorded in DuckDB with its usage charge.
+A crash in between is repaired at resume from the table's own commits (jobs/preparation.py).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from engine.sink import ChunkTable, existing_hashes, partition_counts
+from engine.tasks import PartitionResult
+from jobs.conflicts import clashing
+from jobs.policies import FinishedPartition, is_done, split_by_quota
+from jobs.preparation import RunningJob
+from jobs.records import JobRecord
+from jobs.store import PartitionDone, Store
+from jobs.tiers import Tier
+
+log = logging.getLogger(__name__)
+Finished = tuple[RunningJob, PartitionResult]
+
+
+@dataclass
+class CommitOutcome:
+    """What a batch did: records of the jobs that progressed (those that ended succeeded are
+    among them, recorded in the same transaction), and the jobs that must fail, with the
+    reason and the error line."""
+
+    records: dict[str, JobRecord] = field(default_factory=dict)
+    committed: list[Finished] = field(default_factory=list)
+    succeeded: list[str] = field(default_factory=list)
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def commit_batch(store: Store, tier_of, results: list[Finished]) -> CommitOutcome:
+    """Commit and record `results` (finished partitions of any jobs and tables). Partitions
+    that would repeat a row id committed meanwhile go back to their jobs' pending queues."""
+    outcome = CommitOutcome()
+    results = _without_clashes(results)
+    tiers: dict[str, Tier] = {}
+    for job, _ in results:  # limits may have changed mid-job
+        job.tier = tiers.setdefault(job.record.tenant, tier_of(job.record.tenant))
+    used = {t: store.usage(t)[0] for t, tier in tiers.items() if tier.daily_chunks is not None}
+    accepted_at, exhausted = split_by_quota(
+        [FinishedPartition(j.record.id, j.record.tenant, r.partition, r.chunks)
+         for j, r in results], used, lambda tenant: tiers[tenant].daily_chunks)
+    accepted = [results[i] for i in accepted_at]
+    outcome.failed.update({job_id: ("quota_exhausted", error)
+                           for job_id, error in exhausted.items()})
+    by_table: dict[str, tuple[ChunkTable, dict[str, list[PartitionResult]]]] = {}
+    for job, result in accepted:
+        _, per_job = by_table.setdefault(job.table.uri, (job.table, {}))
+        per_job.setdefault(job.record.id, []).append(result)
+    for table, per_job in by_table.values():
+        try:
+            table.commit(per_job)
+        except Exception as exc:  # the table vanished or its disk failed
+            table.remove_orphan_files()
+            outcome.failed.update({job_id: ("commit_failed", f"commit to table "
+                                            f"'{table.name}' failed: {error_line(exc)}")
+                                   for job_id in per_job})
+            continue
+        outcome.committed += [(j, r) for j, r in accepted if j.record.id in per_job]
+    if outcome.committed:
+        _record(store, outcome)
+    return outcome
+
+
+def _record(store: Store, outcome: CommitOutcome) -> None:
+    """Record committed partitions; jobs with nothing left succeed in the same transaction,
+    unless they fail otherwise (a partition of theirs was refused in this very batch)."""
+    jobs = {job.record.id: job for job, _ in outcome.committed}
+    outcome.succeeded = [job_id for job_id, job in jobs.items()
+                         if job_id not in outcome.failed and is_done(job)]
+    outcome.records = store.record_partitions_done(
+        [PartitionDone(job.record.id, job.record.tenant, result.partition,
+                       partition_counts(result), tuple(result.skipped))
+         for job, result in outcome.committed], succeeded=outcome.succeeded)
+    for job in jobs.values():
+        job.record = outcome.records[job.record.id]
+
+
+def _without_clashes(results: list[Finished]) -> list[Finished]:
+    """The results whose documents can be committed without repeating a row id; the others
+    (a document committed by other work since the worker looked) run again."""
+    by_table: dict[str, list[Finished]] = {}
+    for job, result in results:
+        by_table.setdefault(job.table.uri, []).append((job, result))
+    keep: list[Finished] = []
+    for uri, group in by_table.items():
+        ids = sorted({d for _, r in group for d in r.doc_ids})
+        try:
+            in_table = set(existing_hashes(uri, ids)) if ids else set()
+        except Exception:  # no table: the commit reports it
+            in_table = set()
+        rerun = set(clashing([r for _, r in group], in_table))
+        for position, (job, result) in enumerate(group):
+            if position not in rerun:
+                keep.append((job, result))
+                continue
+            log.info("job %s partition %d wrote documents committed meanwhile by other work; "
+                     "running it again", job.record.id, result.partition)
+            job.pending.appendleft(result.partition)
+    return keep
+
+
+def error_line(exc: BaseException | None) -> str:
+    """One line for a job record: the exception's type and the first line of its message."""
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -1,0 +1,161 @@
+"""One job from Python, without a service: `run_embedding(request, cluster)`.
+
+A thin wrapper over the control plane, not a second driver loop: it opens a JobService on the
+request's data dir (its DuckDB file beside the tables) in this process, submits the job as the
+local tenant, and waits for the runner, the same loop that serves the API and the CLI. So every
+guarantee (exactly once, retries, resume after a crash with `embedscale jobs resume`, row-id
+uniqueness) holds here because it is proven there.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engine.cluster import Cluster
+from engine.documents import Skipped
+from engine.errors import EmbedscaleError
+from engine.models.registry import DEFAULT_MODEL
+from engine.sink import ChunkTable
+from jobs.runner import RunnerConfig
+from jobs.service import JobService
+from jobs.tenants import LOCAL_TENANT
+from jobs.spec import JobSpec
+from jobs.states import JobStatus
+
+
+class JobFailedError(EmbedscaleError):
+    """The job ended failed; `summary` says what it did before, `summary.error` why."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        super().__init__(f"job {summary.job_id} failed ({summary.error_reason}): "
+                         f"{summary.error}")
+        self.summary = summary
+
+
+@dataclass
+class EmbedRequest:
+    """One job: what to embed, with which model and chunking, into which table."""
+
+    table: str
+    source: str | None = None  # a directory, file or glob; or give `texts`
+    texts: Sequence[str] | None = None
+    ids: Sequence[str] | None = None
+    metadata: Sequence[dict[str, Any] | None] | None = None
+    model: str = DEFAULT_MODEL
+    chunk_tokens: int | None = None  # default: the model's maximum input
+    overlap_tokens: int | None = None
+    mode: str = "append"  # append | overwrite | upsert
+    data_dir: str = "./embedscale-data"  # tables and the job-state file (embedscale.duckdb)
+    text_field: str = "text"
+    id_field: str = "id"
+    priority: str = "normal"
+    partition_bytes: int | None = None  # default: sized for the cluster
+    token_budget: int | None = None  # padded tokens per forward pass (default: per device)
+    max_attempts: int = 3  # per partition, with exponential backoff between them
+
+    def spec(self) -> JobSpec:
+        """The request as the control plane's job spec (validated: a bad field raises)."""
+        return JobSpec(
+            table=self.table, source=self.source,
+            texts=list(self.texts) if self.texts is not None else None,
+            ids=list(self.ids) if self.ids is not None else None,
+            metadata=list(self.metadata) if self.metadata is not None else None,
+            model=self.model, chunk_tokens=self.chunk_tokens,
+            overlap_tokens=self.overlap_tokens, mode=self.mode, priority=self.priority,
+            text_field=self.text_field, id_field=self.id_field)
+
+
+@dataclass
+class Progress:
+    """Counts so far, reported after each commit."""
+
+    partitions_done: int
+    partitions_total: int
+    documents: int
+    unchanged: int
+    chunks: int
+    tokens: int
+    skipped: int
+    elapsed: float
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class RunSummary:
+    """The result of a job: counts, skipped documents with reasons, where it went."""
+
+    job_id: str
+    status: str
+    table: str
+    table_uri: str
+    model: str
+    mode: str
+    documents: int
+    unchanged: int
+    chunks: int
+    tokens: int
+    seconds: float
+    partitions: int
+    skipped: list[Skipped]
+    error: str | None = None
+    error_reason: str | None = None
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == JobStatus.SUCCEEDED
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["skipped"] = [asdict(s) for s in self.skipped]
+        data["chunks_per_s"] = round(self.chunks_per_s, 2)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+def run_embedding(request: EmbedRequest, cluster: Cluster,
+                  on_progress: Callable[[Progress], None] | None = None) -> RunSummary:
+    """Run `request` on `cluster` through the control plane and return its summary. Raises
+    JobFailedError when the job fails (the summary is on the error), and the control plane's
+    own errors for a request it refuses (a bad field, a missing source)."""
+    started = time.perf_counter()
+    config = RunnerConfig(token_budget=request.token_budget, max_attempts=request.max_attempts)
+    with JobService(request.data_dir, cluster, runner_config=config) as service:
+        service.start()
+        record = service.submit(LOCAL_TENANT, request.spec(), request.partition_bytes)
+        unsubscribe = service.bus.subscribe(record.id, _reporter(on_progress, started))
+        try:
+            final = service.wait(record.id)
+        finally:
+            unsubscribe()
+        summary = RunSummary(
+            final.id, str(final.status), final.table_name,
+            ChunkTable(service.tenant_data_dir(LOCAL_TENANT), final.table_name).uri,
+            final.spec.get("model", request.model), request.mode, final.documents_done,
+            final.documents_unchanged, final.chunks_done, final.tokens_done,
+            time.perf_counter() - started, final.partitions_total, service.skipped(final),
+            final.error, final.error_reason)
+    if final.status == JobStatus.FAILED:
+        raise JobFailedError(summary)
+    return summary
+
+
+def _reporter(on_progress: Callable[[Progress], None] | None, started: float):
+    def report(event: dict[str, Any]) -> None:
+        if on_progress is None or event.get("type") != "progress":
+            return
+        job = event["job"]
+        on_progress(Progress(job["partitions_done"], job["partitions_total"],
+                             job["documents_done"], job["documents_unchanged"],
+                             job["chunks_done"], job["tokens_done"], job["skipped_count"],
+                             time.perf_counter() - started))
+
+    return report
