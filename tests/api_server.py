@@ -79,6 +79,14 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=60,
                             headers={"Authorization": f"Bearer {ADMIN_KEY}"})
 
+    def hold_in_queue(self, tenant: str, held: bool = True) -> None:
+        """Allow the tenant no running job (its jobs wait in `queued`, however fast the
+        cluster), or give it back its tier's limit. A limit is read when jobs are admitted,
+        which the tenant's next submission starts."""
+        with self.admin() as admin:
+            limit = {"max_concurrent_jobs": 0 if held else None}
+            assert admin.patch(f"/v1/tenants/{tenant}", json=limit).status_code == 200
+
     def tenant(self, name: str, tier: str = "premium") -> httpx.Client:
         """A new tenant, and a client that authenticates as it."""
         with self.admin() as admin:

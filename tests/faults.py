@@ -1,10 +1,12 @@
-"""Fault injection for the exactly-once tests: worker plugins that wrap the engine's fragment
-writer on every worker so that the first write in the whole cluster fails after its files are
-written (the worst moment: orphan fragments exist). A marker file makes it happen once across
-processes and worker restarts."""
+"""Fault injection: worker plugins that wrap the engine's fragment writer on every worker. The
+exactly-once faults make the first write in the whole cluster fail after its files are written
+(the worst moment: orphan fragments exist); a marker file makes it happen once across processes
+and worker restarts. HoldWrites holds a job's partitions until the test lets them go."""
 from __future__ import annotations
 
 import os
+import time
+import uuid
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -87,3 +89,94 @@ class FailAlways(WorkerPlugin):
         from engine import sink
 
         sink.write_fragments = self._original
+
+
+class HoldWrites(WorkerPlugin):
+    """Partitions written to a table whose path contains `needle` wait before writing until
+    the test lets them go: one per `let_one()`, all of them after `open()`. A held partition
+    claims a token file to go, so the test knows exactly how many went through (and, with
+    `part`, of which table), whatever the timing. A waiting task secedes from its worker's
+    thread pool: held partitions keep their slots in the runner but no worker thread, so other
+    jobs' partitions still run."""
+
+    name = "fault-hold-writes"
+
+    def __init__(self, needle: str, folder: str, timeout: float = 300.0) -> None:
+        self.needle = needle
+        self.folder = folder
+        self.timeout = timeout  # a test that never opens the gate fails instead of hanging
+        os.makedirs(folder, exist_ok=True)
+        self._tokens = 0
+
+    def let_one(self, part: str = "") -> None:
+        """Let one more held partition write: any, or one whose table path contains `part`."""
+        self._tokens += 1
+        _write(os.path.join(self.folder, f"token-{self._tokens}"), part)
+
+    def open(self) -> None:
+        """Let every partition write, now and later."""
+        _write(os.path.join(self.folder, "open"), "")
+
+    def held(self, part: str = "") -> int:
+        """How many partitions wait now (of tables whose path contains `part`)."""
+        return sum(part in uri for uri in self._files("held-").values())
+
+    def _files(self, prefix: str) -> dict[str, str]:
+        found = {}
+        for name in os.listdir(self.folder):
+            if name.startswith(prefix) and not name.endswith(".part"):
+                try:
+                    with open(os.path.join(self.folder, name)) as f:
+                        found[name] = f.read()
+                except FileNotFoundError:
+                    continue  # claimed or let go meanwhile
+        return found
+
+    def _wait_for_turn(self, uri: str) -> None:
+        from distributed import rejoin, secede
+
+        secede()
+        mark = os.path.join(self.folder, f"held-{uuid.uuid4().hex}")
+        _write(mark, uri)
+        try:
+            deadline = time.monotonic() + self.timeout
+            while not os.path.exists(os.path.join(self.folder, "open")):
+                for token, part in sorted(self._files("token-").items()):
+                    if part not in uri:
+                        continue
+                    try:
+                        os.remove(os.path.join(self.folder, token))  # one task claims it
+                        return
+                    except FileNotFoundError:
+                        continue
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"held writes to '{uri}' were never let go")
+                time.sleep(0.02)
+        finally:
+            os.remove(mark)
+            rejoin()
+
+    def setup(self, worker) -> None:
+        from engine import sink
+
+        self._original = original = sink.write_fragments
+        plugin = self
+
+        def write_when_let_go(uri, rows):
+            if plugin.needle in uri:
+                plugin._wait_for_turn(uri)
+            return original(uri, rows)
+
+        sink.write_fragments = write_when_let_go
+
+    def teardown(self, worker) -> None:
+        from engine import sink
+
+        sink.write_fragments = self._original
+
+
+def _write(path: str, text: str) -> None:
+    """Write a small file whole: written aside, then renamed, so no reader sees it half done."""
+    with open(path + ".part", "w") as f:
+        f.write(text)
+    os.replace(path + ".part", path)

@@ -6,17 +6,20 @@ import re
 import shutil
 import time
 
+import cloudpickle
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.api_server import ADMIN_KEY
+from tests import faults
+from tests.api_server import ADMIN_KEY, Server
 from tests.conftest import SAMPLE_CORPUS
 from tests.corpora import jsonl_corpus
 
 pytestmark = pytest.mark.slow
+cloudpickle.register_pickle_by_value(faults)
 
 
 def ws_url(server, job_id: str) -> str:
@@ -41,21 +44,26 @@ def test_create_watch_succeed_then_search(server):
     client = server.tenant("watcher")
     corpus = jsonl_corpus(server.root / "watch" / "rows.jsonl", rows=48)
     shutil.copy(SAMPLE_CORPUS / "notes" / "exactly-once.md", corpus.parent / "exactly-once.md")
+    server.hold_in_queue("watcher")
     created = client.post("/v1/jobs", json={"table": "notes", "source": str(corpus.parent),
                                             "chunk_tokens": 64})
     assert created.status_code == 201, created.text
     job = created.json()
     assert job["status"] == "queued" and job["id"]
+    assert job["partitions_total"] >= 3  # a progress event for each
 
     auth = {"Authorization": client.headers["authorization"]}
     with connect(ws_url(server, job["id"]), additional_headers=auth) as ws:
-        events = [json.loads(message) for message in ws]  # ends when the server closes
+        events = [json.loads(ws.recv())]  # the current state: still queued
+        server.hold_in_queue("watcher", held=False)  # the next submission admits it
+        nudge = client.post("/v1/jobs", json={"table": "nudge", "texts": ["next"]}).json()
+        events += [json.loads(message) for message in ws]  # ends when the server closes
     statuses = [e["job"]["status"] for e in events]
-    assert statuses[-1] == "succeeded"
-    if statuses[0] != "succeeded":  # connected before the end: progress was pushed
-        assert any(e["type"] == "progress" for e in events)
-        done = [e["job"]["partitions_done"] for e in events if e["type"] == "progress"]
-        assert done == sorted(done) and done[-1] == job["partitions_total"]
+    assert statuses[0] == "queued" and "running" in statuses and statuses[-1] == "succeeded"
+    done = [e["job"]["partitions_done"] for e in events if e["type"] == "progress"]
+    assert len(done) == job["partitions_total"]  # one event per partition committed
+    assert done == sorted(done) and done[-1] == job["partitions_total"]
+    assert wait_job(client, nudge["id"], finished)["status"] == "succeeded"
 
     # A client that connects late gets the current state first, then the socket closes.
     with connect(ws_url(server, job["id"]) + "?token=" +
@@ -77,18 +85,34 @@ def test_create_watch_succeed_then_search(server):
                      "dimension": 384}
 
 
-def test_cancel_mid_job(server):
-    client = server.tenant("canceller")
-    corpus = jsonl_corpus(server.root / "cancel" / "rows.jsonl", rows=300)
-    job = client.post("/v1/jobs", json={"table": "big", "source": str(corpus),
-                                        "chunk_tokens": 32}).json()
-    wait_job(client, job["id"], lambda j: j["partitions_done"] >= 1)
-    cancelled = client.delete(f"/v1/jobs/{job['id']}")
-    assert cancelled.status_code == 202 and cancelled.json()["status"] in ("cancelling",
-                                                                           "cancelled")
-    final = wait_job(client, job["id"], finished)
+@pytest.fixture(scope="module")
+def gated_server(cluster, tmp_path_factory):
+    """A server whose jobs run on the tests' own cluster, where a test can hold them mid-way
+    with a worker plugin (tests/faults.py)."""
+    srv = Server(tmp_path_factory.mktemp("gated"), "--scheduler", cluster.client.scheduler.address)
+    yield srv
+    srv.stop()
+
+
+def test_cancel_mid_job(gated_server, cluster, tmp_path):
+    client = gated_server.tenant("canceller")
+    corpus = jsonl_corpus(gated_server.root / "cancel" / "rows.jsonl", rows=120)
+    gate = faults.HoldWrites("/tenants/canceller/", str(tmp_path / "gate"))
+    cluster.client.register_plugin(gate)
+    try:
+        job = client.post("/v1/jobs", json={"table": "big", "source": str(corpus),
+                                            "chunk_tokens": 32}).json()
+        gate.let_one()  # one partition is committed, the others are held before writing
+        wait_job(client, job["id"], lambda j: j["partitions_done"] == 1)
+        assert client.get("/v1/tables/big").json()["rows"] > 0
+        cancelled = client.delete(f"/v1/jobs/{job['id']}")
+        assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelling"
+        final = wait_job(client, job["id"], finished)
+    finally:
+        gate.open()
+        cluster.client.unregister_worker_plugin(gate.name)
     assert final["status"] == "cancelled"
-    assert final["partitions_done"] < final["partitions_total"]
+    assert final["partitions_done"] == 1 < final["partitions_total"]
     assert client.get("/v1/tables/big").json()["rows"] == 0  # its rows were removed
     assert client.delete(f"/v1/jobs/{job['id']}").status_code == 409
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 
 from api.client import ApiError, Client, JobCancelledError, JobFailedError
-from tests.corpora import jsonl_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +37,14 @@ def test_wait_raises_on_failure_and_cancel(client, server):
         failing = tight.submit("t", texts=["7 " * 500], chunk_tokens=32)
         with pytest.raises(JobFailedError, match="quota exhausted"):
             failing.wait(timeout=60)
-    big = client.submit("big", source=str(jsonl_corpus(server.root / "client.jsonl", 300)),
-                        chunk_tokens=32)
-    big.cancel()
+    server.hold_in_queue("pyclient")  # the job cannot end before it is cancelled
+    try:
+        doomed = client.submit("doomed", texts=["cancelled before it starts"])
+        doomed.cancel()
+    finally:
+        server.hold_in_queue("pyclient", held=False)
     with pytest.raises(JobCancelledError):
-        big.wait(timeout=60)
+        doomed.wait(timeout=60)
 
 
 def test_errors_carry_status_and_detail(client):
@@ -58,8 +60,12 @@ def test_errors_carry_status_and_detail(client):
 
 
 def test_wait_times_out(client, server):
-    job = client.submit("slow", source=str(jsonl_corpus(server.root / "slow.jsonl", 300)),
-                        chunk_tokens=32)
-    with pytest.raises(TimeoutError):
-        job.wait(timeout=0.5)
-    job.cancel()
+    server.hold_in_queue("pyclient")  # the job cannot end within the wait
+    try:
+        job = client.submit("slow", texts=["still queued"])
+        with pytest.raises(TimeoutError):
+            job.wait(timeout=0.5)
+        assert job.status() == "queued"
+        job.cancel()
+    finally:
+        server.hold_in_queue("pyclient", held=False)

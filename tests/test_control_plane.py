@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 
 import cloudpickle
 import lance
@@ -26,10 +25,10 @@ def table_rows(service, tenant, table, columns=("id", "job_id")):
     return lance.dataset(t.uri).to_table(columns=list(columns)).to_pylist() if t.exists() else []
 
 
-def wait_for(predicate, timeout=120.0):
+def wait_for(predicate, timeout=120.0, seen=lambda: ""):
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out {seen()}"
         time.sleep(0.05)
 
 
@@ -44,7 +43,10 @@ def test_a_tenant_at_its_concurrency_limit_waits_in_queued(service):
 
     service.bus.subscribe(None, watch)
     texts = [f"document {i} about queues, heaps and deques" for i in range(40)]
+    service.set_limits("acme", max_concurrent_jobs=0)  # all four queued before any may start
     jobs = [service.submit("acme", {"table": f"t{i}", "texts": texts, **SMALL}) for i in range(4)]
+    service.set_limits("acme")  # the tier's limit again, read when jobs are next admitted
+    service.runner.wake()
     finals = [service.wait(j.id, timeout=120) for j in jobs]
     assert [f.status for f in finals] == ["succeeded"] * 4
     assert max(peak) == 2
@@ -57,8 +59,10 @@ def test_a_tenant_at_its_concurrency_limit_waits_in_queued(service):
 def test_quota_running_out_mid_job_fails_it_and_keeps_what_was_committed(service, tmp_path):
     service.create_tenant("acme", "premium")
     corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=120)
+    service.set_limits("acme", max_concurrent_jobs=0)  # nothing committed before the change
     job = service.submit("acme", {"table": "q", "source": str(corpus), **SMALL})
     service.set_limits("acme", daily_chunks=400)  # lowered after admission
+    service.runner.wake()
     final = service.wait(job.id, timeout=120)
     assert (final.status, final.error_reason) == ("failed", "quota_exhausted")
     assert "quota exhausted" in final.error
@@ -67,48 +71,83 @@ def test_quota_running_out_mid_job_fails_it_and_keeps_what_was_committed(service
     assert 0 < len(rows) == final.chunks_done == used_chunks <= 400
 
 
-def test_a_small_high_priority_job_overtakes_a_large_low_one(service, tmp_path):
-    big_progress = []  # (time, partitions done) of the big job
-    big = service.submit("local", {"table": "big", "priority": "low", **SMALL,
-                                   "source": str(jsonl_corpus(tmp_path / "big.jsonl", 240))})
-    service.bus.subscribe(big.id, lambda e: big_progress.append(
-        (datetime.fromisoformat(e["job"]["updated_at"]), e["job"]["partitions_done"])))
-    wait_for(lambda: service.get(big.id).partitions_done >= 1)
-    small = service.submit("local", {"table": "small", "priority": "high", **SMALL,
-                                     "texts": ["urgent one", "urgent two", "urgent three"]})
-    small_final = service.wait(small.id, timeout=120)
-    big_final = service.wait(big.id, timeout=300)
-    assert small_final.status == big_final.status == "succeeded"
-    assert small_final.finished_at < big_final.finished_at
-    # ...and it did not wait for the big job's queue: it ran while most of it was still to do.
-    done_when_small_ended = [e for e in big_progress if e[0] <= small_final.finished_at]
-    assert done_when_small_ended and done_when_small_ended[-1][1] < big_final.partitions_total / 2
+def held_writes(cluster, tmp_path, needle: str) -> faults.HoldWrites:
+    gate = faults.HoldWrites(needle, str(tmp_path / f"gate-{needle.strip('/')}"))
+    cluster.client.register_plugin(gate)
+    return gate
 
 
-def test_two_equal_tenants_share_the_cluster_evenly(service, tmp_path):
-    corpus = jsonl_corpus(tmp_path / "fair.jsonl", rows=200)
+def release(cluster, gate: faults.HoldWrites) -> None:
+    gate.open()  # held tasks write and end (a cancelled job's writes stay uncommitted)
+    cluster.client.unregister_worker_plugin(gate.name)
+
+
+def slots(service, cluster) -> int:
+    """Partitions the runner keeps in flight at most, all jobs together."""
+    return cluster.worker_threads() * service.runner.config.slots_per_thread
+
+
+def known_to_runner(service, job_id: str) -> bool:
+    """The job is prepared: the runner weighs it against the others for the next free slot."""
+    return job_id in service.runner._jobs
+
+
+def test_a_small_high_priority_job_overtakes_a_large_low_one(service, cluster, tmp_path):
+    gate = held_writes(cluster, tmp_path, "/big")  # the tables big and big_too
+    try:
+        big = service.submit("local", {"table": "big", "priority": "low", **SMALL,
+                                       "source": str(jsonl_corpus(tmp_path / "big.jsonl", 112))})
+        wait_for(lambda: gate.held() == slots(service, cluster))  # big holds every slot
+        # Two jobs wait for a slot, nothing of either in flight: an older low one, and a small
+        # high one. The next free slot goes to the high one, not to the queue's order.
+        later = service.submit("local", {"table": "big_too", "priority": "low", **SMALL,
+                                         "source": str(jsonl_corpus(tmp_path / "l.jsonl", 32))})
+        small = service.submit("local", {"table": "small", "priority": "high", **SMALL,
+                                         "texts": ["urgent one", "urgent two", "urgent three"]})
+        wait_for(lambda: known_to_runner(service, later.id) and known_to_runner(service, small.id))
+        gate.let_one()  # one partition of big ends: one slot frees
+        small_final = service.wait(small.id, timeout=120)
+        big_now, later_now = service.get(big.id), service.get(later.id)
+    finally:
+        release(cluster, gate)
+    assert small_final.status == "succeeded"
+    assert (big_now.status, big_now.partitions_done) == ("running", 1)
+    assert (later_now.status, later_now.partitions_done) == ("running", 0)
+    finals = [service.wait(j.id, timeout=300) for j in (big, later)]
+    assert [f.status for f in finals] == ["succeeded"] * 2
+    assert small_final.finished_at < min(f.finished_at for f in finals)
+
+
+def test_two_equal_tenants_share_the_cluster_evenly(service, cluster, tmp_path):
+    corpus = jsonl_corpus(tmp_path / "fair.jsonl", rows=112)
     for name in ("alpha", "beta"):
-        service.create_tenant(name, "enterprise")
-    done = {}
+        service.create_tenant(name, "premium")
+    assert slots(service, cluster) == 4  # two single-threaded workers, two slots each
+    gate = held_writes(cluster, tmp_path, "/big.lance")
+    held = {}
 
-    def watch(event):
-        job = event["job"]
-        done[job["tenant"]] = job["chunks_done"]
+    def held_are(alpha: int, beta: int) -> bool:
+        held.update(alpha=gate.held("/alpha/"), beta=gate.held("/beta/"))
+        return held == {"alpha": alpha, "beta": beta}
 
-    service.bus.subscribe(None, watch)
-    jobs = [service.submit(name, {"table": "big", "source": str(corpus), **SMALL})
-            for name in ("alpha", "beta")]
-    first = None
-    while first is None:
-        for j in jobs:
-            if service.get(j.id).status in ("succeeded", "failed"):
-                first = dict(done)
-                break
-        time.sleep(0.02)
-    for j in jobs:
-        assert service.wait(j.id, timeout=300).status == "succeeded"
-    low, high = sorted([first.get("alpha", 0), first.get("beta", 0)])
-    assert low >= 0.8 * high, f"shares when the first job ended: {first}"
+    try:
+        alpha = service.submit("alpha", {"table": "big", "source": str(corpus), **SMALL})
+        wait_for(lambda: held_are(4, 0), 60, lambda: f"held: {held}")  # alone, alpha took all
+        beta = service.submit("beta", {"table": "big", "source": str(corpus), **SMALL})
+        wait_for(lambda: known_to_runner(service, beta.id))
+        # Each slot that frees goes to the tenant with fewer partitions in flight; once even,
+        # a tenant gets back the slot it freed.
+        jobs = {"alpha": alpha, "beta": beta}
+        for tenant, then in [("alpha", (3, 1)), ("alpha", (2, 2)), ("alpha", (2, 2)),
+                             ("beta", (2, 2))]:
+            done = service.get(jobs[tenant].id).partitions_done
+            gate.let_one(f"/{tenant}/")
+            wait_for(lambda j=jobs[tenant], d=done: service.get(j.id).partitions_done == d + 1)
+            wait_for(lambda then=then: held_are(*then), 60, lambda: f"held: {held}")
+    finally:
+        release(cluster, gate)
+    finals = [service.wait(j.id, timeout=300) for j in (alpha, beta)]
+    assert [f.status for f in finals] == ["succeeded"] * 2
 
 
 def test_a_failing_partition_is_retried_then_succeeds(service, cluster, tmp_path):

@@ -85,7 +85,19 @@ def test_workers_whose_nannies_gave_up_are_started_afresh(tmp_path):
         assert cluster.client.submit(sum, [1, 2]).result() == 3
 
 
-def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(service, tmp_path):
+def after_running_tasks(cluster) -> None:
+    """Return once every worker has ended the tasks it was running, cancelled ones included: a
+    task pinned to each single-threaded worker, submitted after the runner's cancels, starts
+    only when its worker's thread is free."""
+    threads = cluster.client.nthreads()
+    assert set(threads.values()) == {1}
+    cluster.client.gather([cluster.client.submit(os.getpid, workers=[w], pure=False,
+                                                 allow_other_workers=False, priority=-10**9)
+                           for w in threads])
+
+
+def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(service, cluster,
+                                                                          tmp_path):
     """The folder vanishes under a running job (an operator's rm -rf): the job fails saying
     so, nothing is charged for rows that are not there, and no data folder is left behind."""
     service.create_tenant("acme", "enterprise")
@@ -106,7 +118,7 @@ def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(servic
     assert final.partitions_done < final.partitions_total
     used_chunks, _ = service.store.usage("acme")
     assert used_chunks == final.chunks_done  # charged for what was recorded before, only
-    time.sleep(1.0)  # tasks still running when the job failed have finished by now
+    after_running_tasks(cluster)  # those still running when the job failed did not write
     assert not os.path.exists(table.uri)
 
 

@@ -7,6 +7,8 @@ import pytest
 from engine.errors import ModelError
 from engine.models import get_model, resolve_model
 from engine.models.backend import load_model
+from engine.models.cache import load_count
+from tests.corpora import jsonl_corpus
 
 
 def test_default_model_resolves_to_the_packaged_folder():
@@ -47,3 +49,17 @@ def test_embedding_token_ids_equals_encode(model, st_model):
 def test_model_is_loaded_once_per_process():
     spec = resolve_model("all-MiniLM-L6-v2")
     assert get_model(spec) is get_model(spec)
+    assert load_count(spec) == 1
+
+
+@pytest.mark.slow
+def test_two_jobs_load_the_model_once_on_each_worker(service, cluster, tmp_path):
+    """Asked on the workers themselves: however many partitions of however many jobs ran
+    there, each worker process loaded the default model exactly once."""
+    jobs = [service.submit("local", {"table": f"t{i}", "chunk_tokens": 32, "source": str(
+        jsonl_corpus(tmp_path / f"c{i}.jsonl", rows=48))}) for i in range(2)]
+    finals = [service.wait(j.id, timeout=180) for j in jobs]
+    assert [f.status for f in finals] == ["succeeded"] * 2
+    assert all(f.partitions_total >= 2 for f in finals)
+    loads = cluster.client.run(load_count, resolve_model("all-MiniLM-L6-v2"))
+    assert len(loads) == 2 and set(loads.values()) == {1}, loads

@@ -15,11 +15,18 @@ from engine.models.registry import ModelSpec
 
 _lock = threading.Lock()
 _models: dict[tuple[str, str, str], EmbeddingModel] = {}
+# Loads done in this process, per model: the tests ask each worker that it loaded a model once
+# however many tasks and jobs used it.
+_loads: dict[tuple[str, str, str], int] = {}
+
+
+def _key(spec: ModelSpec, device: str | None) -> tuple[str, str, str]:
+    return (spec.name, spec.location, device or "")
 
 
 def get_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
     """The process's instance of `spec`, loading it on first use (thread-safe)."""
-    key = (spec.name, spec.location, device or "")
+    key = _key(spec, device)
     model = _models.get(key)
     if model is not None:
         return model
@@ -28,7 +35,13 @@ def get_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
         if model is None:
             model = load_model(spec, device)
             _models[key] = model
+            _loads[key] = _loads.get(key, 0) + 1
         return model
+
+
+def load_count(spec: ModelSpec, device: str | None = None) -> int:
+    """How many times this process has loaded `spec` (1 once it is in use, if cached well)."""
+    return _loads.get(_key(spec, device), 0)
 
 
 def describe_model(spec: ModelSpec) -> ModelInfo:
