@@ -178,15 +178,21 @@ def test_a_partition_that_keeps_failing_fails_the_job_after_its_attempts(service
     assert "failed after 3 attempts" in final.error and "disk full" in final.error
 
 
-def test_cancel_mid_job_removes_its_rows(service, tmp_path):
+def test_cancel_mid_job_removes_its_rows(service, cluster, tmp_path):
     keep = service.submit("local", {"table": "shared", "texts": ["kept row"], **SMALL})
     assert service.wait(keep.id, timeout=60).status == "succeeded"
-    job = service.submit("local", {"table": "shared", **SMALL,
-                                   "source": str(jsonl_corpus(tmp_path / "x.jsonl", 240))})
-    wait_for(lambda: service.get(job.id).partitions_done >= 2)
-    assert service.cancel(job.id).status in ("cancelling", "cancelled")
-    final = service.wait(job.id, timeout=60)
-    assert final.status == JobStatus.CANCELLED
+    gate = held_writes(cluster, tmp_path, "/shared.lance")
+    try:
+        job = service.submit("local", {"table": "shared", **SMALL,
+                                       "source": str(jsonl_corpus(tmp_path / "x.jsonl", 240))})
+        gate.let_one()
+        wait_for(lambda: service.get(job.id).partitions_done == 1)
+        assert {r["job_id"] for r in table_rows(service, "local", "shared")} == {keep.id, job.id}
+        assert service.cancel(job.id).status == "cancelling"  # the rest is held: mid-job
+        final = service.wait(job.id, timeout=60)
+    finally:
+        release(cluster, gate)
+    assert final.status == JobStatus.CANCELLED and final.partitions_done == 1
     assert [s for s, _ in final.history] == ["queued", "running", "cancelling", "cancelled"]
     rows = table_rows(service, "local", "shared")
     assert {r["job_id"] for r in rows} == {keep.id}
