@@ -69,11 +69,10 @@ def chunk_corpus(corpus: Path) -> tuple[list[str], int]:
 
 
 def embedscale_runs(corpus: Path, data_dir: Path, processes: int) -> dict[str, tuple]:
-    """(seconds, chunks, tokens) through the engine's own driver loop, and through the job
-    runner that `embedscale run` and the API use, on one warm cluster."""
+    """(seconds, chunks, tokens) through the one driver loop, the job runner that
+    `embedscale run`, the API and `run_embedding` all use, on one warm cluster."""
     from engine.cluster import ClusterSpec, start_cluster
     from jobs.local_run import EmbedRequest, run_embedding
-    from jobs.service import JobService
 
     spec = ClusterSpec(n_workers=processes, threads_per_worker=1, dashboard_address=":0")
     with start_cluster(spec) as cluster:
@@ -81,15 +80,8 @@ def embedscale_runs(corpus: Path, data_dir: Path, processes: int) -> dict[str, t
         run_embedding(warm, cluster)
         request = EmbedRequest(table="bench", source=str(corpus), data_dir=str(data_dir),
                                mode="overwrite")
-        engine = run_embedding(request, cluster)
-        with JobService(data_dir / "jobs", cluster) as service:
-            service.start()
-            job = service.submit("local", {"table": "bench", "source": str(corpus)})
-            done = service.wait(job.id)
-            service.stop()
-    return {"embedscale engine loop": (engine.seconds, engine.chunks, engine.tokens),
-            "embedscale job runner": ((done.finished_at - job.created_at).total_seconds(),
-                                      done.chunks_done, done.tokens_done)}
+        summary = run_embedding(request, cluster)
+    return {"embedscale (job runner)": (summary.seconds, summary.chunks, summary.tokens)}
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ from engine.models.registry import DEFAULT_MODEL
 from engine.sink import ChunkTable
 from jobs.runner import RunnerConfig
 from jobs.service import JobService
-from jobs.tenants import LOCAL_TENANT
 from jobs.spec import JobSpec
 from jobs.states import JobStatus
+from jobs.tenants import LOCAL_TENANT
 
 
 class JobFailedError(EmbedscaleError):

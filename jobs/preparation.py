@@ -80,8 +80,11 @@ class JobPreparer:
             self._checked_tables.difference_update(
                 [c for c in list(self._checked_tables) if c[0] == uri])
 
-    def prepare(self, record: JobRecord, resumed: bool) -> RunningJob:
-        """A running job for `record`, with its pending partitions, largest first."""
+    def prepare(self, record: JobRecord, resumed: bool,
+                planned: list[Partition] | None = None) -> RunningJob:
+        """A running job for `record`, with its pending partitions, largest first. A job
+        just submitted in this process comes with its `planned` partitions: none is done yet,
+        and the store need not be read for them."""
         spec = JobSpec.model_validate(record.spec)
         if self.check_spec is not None:
             self.check_spec(spec)
@@ -103,16 +106,21 @@ class JobPreparer:
                 self._checked_tables.add(checked)
         if resumed:
             self._reconcile(record, table)
-        stored = {p.partition.index: p for p in self.store.partitions(record.id)}
         config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
                             RecordFields(spec.text_field, spec.id_field), self.token_budget,
                             self.access)
+        if planned is not None and not resumed:
+            partitions = {p.index: p for p in planned}
+            todo = list(partitions)
+        else:
+            stored = {p.partition.index: p for p in self.store.partitions(record.id)}
+            partitions = {i: p.partition for i, p in stored.items()}
+            todo = [i for i, p in stored.items() if p.status != "done"]
+            record = self.store.get_job(record.id)
         # Largest first (LPT): a big partition started last would run alone at the end.
-        pending = deque(sorted((i for i, p in stored.items() if p.status != "done"),
-                               key=lambda i: -stored[i].partition.size_bytes))
-        return RunningJob(self.store.get_job(record.id), self.tier_of(record.tenant), table,
-                          config, {i: p.partition for i, p in stored.items()}, pending,
-                          record.created_at.timestamp())
+        pending = deque(sorted(todo, key=lambda i: -partitions[i].size_bytes))
+        return RunningJob(record, self.tier_of(record.tenant), table, config, partitions,
+                          pending, record.created_at.timestamp())
 
     def _reconcile(self, record: JobRecord, table: ChunkTable) -> None:
         """Partitions committed to the table whose record died with the old process."""

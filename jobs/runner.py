@@ -50,7 +50,7 @@ from jobs.runner_events import (
 )
 from jobs.scheduling import JobView, choose, dask_priority
 from jobs.spec import JobSpec
-from jobs.states import IllegalTransitionError, JobStatus
+from jobs.states import JobStatus
 from jobs.store import Store
 from jobs.tiers import Tier
 
@@ -95,6 +95,9 @@ class Runner:
         self._jobs: dict[str, RunningJob] = {}
         self._tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
         self._preparing: set[str] = set()
+        self._queued: dict[str, JobRecord] = {}  # waiting for admission, oldest first
+        self._active: dict[str, str] = {}  # job -> tenant, for jobs holding a concurrency slot
+        self._planned: dict[str, list[Partition]] = {}  # partitions of jobs submitted here
         self._cancel_when_prepared: set[str] = set()
         self._finished: list[Finished] = []  # completions of this batch, committed together
         self._draining = False
@@ -114,15 +117,20 @@ class Runner:
     def start(self) -> None:
         """Pick up where a previous process left off, then start the loop."""
         for job in self.store.unfinished_jobs():
+            if job.status == JobStatus.QUEUED:
+                self._queued[job.id] = job
+                continue
+            self._active[job.id] = job.tenant
             if job.status == JobStatus.RUNNING:
                 self._start_preparing(job, resumed=True)
             elif job.status == JobStatus.CANCELLING:
                 self._inbox.put(CancelRequested(job.id))
         self._thread.start()
 
-    def wake(self) -> None:
-        """A job was submitted: look at the queue."""
-        self._inbox.put(Submitted())
+    def wake(self, record: JobRecord | None = None,
+             partitions: list[Partition] | None = None) -> None:
+        """A job was submitted (`record`, queued, with its planned `partitions`)."""
+        self._inbox.put(Submitted(record, partitions))
 
     def request_cancel(self, job_id: str) -> None:
         """Stop a job whose status the caller has set to cancelling."""
@@ -200,6 +208,10 @@ class Runner:
     def handle(self, event: Event) -> None:
         """React to one event; completions are gathered and committed together by `_act`."""
         if isinstance(event, Submitted):
+            if event.record is not None:
+                self._queued[event.record.id] = event.record
+                if event.partitions is not None:
+                    self._planned[event.record.id] = event.partitions
             self._admission_due = True
         elif isinstance(event, CancelRequested):
             self._cancel(event.job_id)
@@ -238,21 +250,31 @@ class Runner:
     # --- admission and preparation --------------------------------------------------------
 
     def _admit_queued(self) -> None:
-        queued = [j for j in self.store.unfinished_jobs() if j.status == JobStatus.QUEUED]
-        if not queued:
+        """Start the queued jobs the admission policy lets through. The queue and the
+        concurrency counts are kept here, in memory (loaded from the store at start): no scan
+        of the jobs table per submission."""
+        if not self._queued:
             return
-        for job in admissions(queued, self.store.active_job_counts(),
-                              lambda t: self.tier_of(t).max_concurrent_jobs):
-            try:
-                record = self.store.set_status(job.id, JobStatus.RUNNING)
-            except IllegalTransitionError:
-                continue  # cancelled between the query and now
+        active: dict[str, int] = {}
+        for tenant in self._active.values():
+            active[tenant] = active.get(tenant, 0) + 1
+        admitted = admissions(list(self._queued.values()), active,
+                              lambda t: self.tier_of(t).max_concurrent_jobs)
+        started = self.store.start_jobs([job.id for job in admitted])  # one transaction
+        for job in admitted:  # taken off the queue once the store says so, not before
+            del self._queued[job.id]
+        for record in started:
+            self._active[record.id] = record.tenant
             self._publish(record)
-            self._start_preparing(record, resumed=False)
+            self._start_preparing(record, resumed=False,
+                                  partitions=self._planned.pop(record.id, None))
+        for job in admitted:  # those cancelled while they waited
+            self._planned.pop(job.id, None)
 
-    def _start_preparing(self, record: JobRecord, resumed: bool) -> None:
+    def _start_preparing(self, record: JobRecord, resumed: bool,
+                         partitions: list[Partition] | None = None) -> None:
         self._preparing.add(record.id)
-        future = self._pool.submit(self._preparer.prepare, record, resumed)
+        future = self._pool.submit(self._preparer.prepare, record, resumed, partitions)
         future.add_done_callback(lambda f: self._inbox.put(
             JobPrepared(record.id, f.exception() or f.result())))
 
@@ -381,6 +403,7 @@ class Runner:
             self._publish(job.record, "progress", partition_seconds=result.seconds)
         for job_id in outcome.succeeded:
             self._jobs.pop(job_id, None)
+            self._active.pop(job_id, None)
             self._admission_due = True
             self._publish(outcome.records[job_id])
         for job_id, (reason, error) in outcome.failed.items():
@@ -411,7 +434,9 @@ class Runner:
             self._publish(record)
 
     def _drop(self, job_id: str) -> None:
-        """Forget a job; cancel its tasks that serve no other job."""
+        """Forget a job (its concurrency slot frees); cancel its tasks that serve no other."""
+        self._active.pop(job_id, None)
+        self._queued.pop(job_id, None)
         job = self._jobs.pop(job_id, None)
         if job is None:
             return

@@ -8,7 +8,12 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """A job was submitted: the queue may have a job to admit."""
+    """A job was submitted: the queue may have a job to admit. The submitting service hands
+    over the record and its planned partitions, so admission and preparation need no read of
+    the store."""
+
+    record: Any = None  # JobRecord
+    partitions: Any = None  # list[Partition]
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,7 +165,7 @@ class JobService:
             record = self.store.get_job(record.id)
         self.bus.publish(record.id, {"type": "status", "job": record.to_dict()})
         if self.runner is not None:
-            self.runner.wake()
+            self.runner.wake(record, plan.partitions)
         return record
 
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:

@@ -199,16 +199,16 @@ def test_cancel_mid_job_removes_its_rows(service, cluster, tmp_path):
 
 
 def test_a_failing_step_is_reported_and_the_runner_goes_on(service):
-    unfinished_jobs = service.store.unfinished_jobs
+    start_jobs = service.store.start_jobs
     failures = []
 
-    def hiccup_once():
+    def hiccup_once(job_ids):
         if not failures:
             failures.append("once")
             raise OSError("injected: disk hiccup")
-        return unfinished_jobs()
+        return start_jobs(job_ids)
 
-    service.store.unfinished_jobs = hiccup_once
+    service.store.start_jobs = hiccup_once
     job = service.submit("local", {"table": "t", "texts": ["still runs"], **SMALL})
     assert service.wait(job.id, timeout=60).status == "succeeded"
     assert failures == ["once"] and service.runner.alive and service.runner.error is None

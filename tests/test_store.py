@@ -208,3 +208,30 @@ def test_finishing_a_job_that_a_cancel_reached_first_changes_nothing(tmp_path):
     running = store.insert_job(new_job("j2"), plan_texts(["b"]).partitions)
     assert running is None and store.set_status("j2", JobStatus.RUNNING)
     assert store.finish("j2", JobStatus.FAILED, error="boom").error == "boom"
+
+
+def test_submissions_that_arrive_together_share_one_commit(tmp_path):
+    import threading
+
+    store = Store(tmp_path / "s.duckdb")
+    commits = []
+    insert_jobs = store._insert_jobs
+    store._insert_jobs = lambda batch: (commits.append(len(batch)), insert_jobs(batch))
+    with store._lock:  # busy with something else while five submissions arrive
+        threads = [threading.Thread(target=store.insert_job,
+                                    args=(new_job(f"j{i}"), plan_texts(["a"]).partitions))
+                   for i in range(5)]
+        for t in threads:
+            t.start()
+        while len(store._inserts) < 5:
+            threading.Event().wait(0.01)
+    for t in threads:
+        t.join()
+    assert commits == [5]
+    assert [store.get_job(f"j{i}").status for i in range(5)] == ["queued"] * 5
+    started = store.start_jobs(["j0", "j1"])
+    assert [r.status for r in started] == ["running"] * 2
+    store.set_status("j2", JobStatus.CANCELLED)
+    assert [r.id for r in store.start_jobs(["j2", "j3"])] == ["j3"]  # j2 was cancelled
+    store.close()
+    assert Store(tmp_path / "s.duckdb").get_job("j3").status == "running"  # on disk too
