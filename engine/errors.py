@@ -28,3 +28,11 @@ class TableError(EmbedscaleError, ValueError):
 
 class TableNotFoundError(TableError, LookupError):
     """No table of that name in the data dir (the API answers 404)."""
+
+
+def error_line(exc: BaseException | None) -> str:
+    """One line for a job record or a log: the exception's type and its message's first line."""
+    if exc is None:
+        return "unknown error"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

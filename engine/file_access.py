@@ -65,19 +65,19 @@ class FileAccess:
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
-    def refusal(self, path: str) -> str | None:
-        """Why `path` would be refused, judged without opening it (planning: `stat` follows
-        links, nothing blocks); None if it looks readable. `open` checks again for real."""
+    def size(self, path: str) -> int:
+        """The size of `path`, or FileRefused saying why it would not be read, judged without
+        opening it (planning: `stat` follows links, nothing blocks). `open` checks again."""
         try:
             st = os.stat(path)
         except OSError as exc:
-            return f"unreadable: {exc.strerror or exc}"
+            raise FileRefused(f"unreadable: {exc.strerror or exc}") from None
         kind = kind_of(st.st_mode)
         if kind is not None:
-            return f"{kind}, not a regular file"
+            raise FileRefused(f"{kind}, not a regular file")
         if self.roots is not None and not is_inside(os.path.realpath(path), self.roots):
-            return "a link to a path outside the allowed roots"
-        return None
+            raise FileRefused("a link to a path outside the allowed roots")
+        return st.st_size
 
     def open(self, path: str, limit: int | None = None) -> BinaryIO:
         """Open a regular file inside the roots for reading, or raise FileRefused. With

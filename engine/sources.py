@@ -58,11 +58,10 @@ def plan_source(
         if fmt is None:
             skipped.append(Skipped(rel, f"unsupported file type '{Path(path).suffix or path}'"))
             continue
-        refusal = access.refusal(path)
-        if refusal is not None:
-            skipped.append(Skipped(rel, refusal))
-            continue
-        candidates.append((path, rel, fmt, os.stat(path).st_size))
+        try:
+            candidates.append((path, rel, fmt, access.size(path)))
+        except FileRefused as exc:
+            skipped.append(Skipped(rel, exc.reason))
     if not candidates:
         kinds = ", ".join(sorted(EXTENSIONS))
         raise SourceError(
@@ -200,15 +199,14 @@ def _slices(
         if size > target and fmt == "jsonl":
             return list(_jsonl_slices(path, rel, size, target, access))
         if size > target and fmt == "parquet":
-            try:
-                return list(_parquet_slices(path, rel, size, target, access))
-            except FileRefused:
-                raise
-            except Exception as exc:  # not a parquet file
-                skipped.append(Skipped(rel, f"not a readable parquet file: {exc}"))
-                return []
+            return list(_parquet_slices(path, rel, size, target, access))
     except FileRefused as exc:  # swapped for a FIFO or a link since it was listed
         skipped.append(Skipped(rel, exc.reason))
+        return []
+    except Exception as exc:
+        if fmt != "parquet":
+            raise
+        skipped.append(Skipped(rel, f"not a readable parquet file: {exc}"))
         return []
     return [FileSlice(path, rel, fmt, size)]
 

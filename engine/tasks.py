@@ -18,6 +18,7 @@ from engine import sink
 from engine.batching import embed_inputs
 from engine.chunking import Chunks, ChunkSettings, chunk_texts
 from engine.documents import Document, Skipped, chunk_id
+from engine.errors import error_line
 from engine.file_access import FileAccess
 from engine.models.cache import get_model
 from engine.models.registry import ModelSpec
@@ -112,9 +113,7 @@ def _isolated(partition: Partition, config: TaskConfig, step):
     try:
         return step()
     except Exception as exc:  # this partition's own failure: report it, keep the others
-        text = str(exc).strip().splitlines()
-        return PartitionFailed(partition.index, config.job_id,
-                               f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": "))
+        return PartitionFailed(partition.index, config.job_id, error_line(exc))
 
 
 def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from engine.errors import error_line
 from engine.sink import ChunkTable, existing_hashes, partition_counts
 from engine.tasks import PartitionResult
 from jobs.conflicts import clashing
@@ -105,11 +106,3 @@ def _without_clashes(results: list[Finished]) -> list[Finished]:
                      "running it again", job.record.id, result.partition)
             job.pending.appendleft(result.partition)
     return keep
-
-
-def error_line(exc: BaseException | None) -> str:
-    """One line for a job record: the exception's type and the first line of its message."""
-    if exc is None:
-        return "unknown error"
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

@@ -28,12 +28,13 @@ from distributed import Future
 from distributed.scheduler import KilledWorker
 
 from engine.cluster import Cluster
+from engine.errors import error_line
 from engine.file_access import FileAccess
 from engine.partitions import InlineText, Partition
 from engine.sink import ChunkTable
 from engine.tasks import PartitionFailed, embed_partition, embed_partitions
 from engine.worker_recovery import WorkerRecovery
-from jobs.commits import Finished, commit_batch, error_line
+from jobs.commits import Finished, commit_batch
 from jobs.events import EventBus
 from jobs.policies import RetryPolicy, admissions, is_done
 from jobs.preparation import JobPreparer, RunningJob
@@ -302,9 +303,12 @@ class Runner:
         views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
                                       j.tier.weight, j.submitted_at, len(j.pending),
                                       len(j.in_flight)) for j in self._jobs.values()}
-        # The policy's fair order for more partitions than there are slots: small ones share
-        # a task. A job may fill the whole cluster when it runs alone.
-        order = choose(list(views.values()), free * self.config.batch_partitions, now, slots)
+        # The policy's fair order, for more partitions than there are slots only when small
+        # ones can share a task. A job may fill the whole cluster when it runs alone.
+        sharing = any(job.pending and self._batchable(job, job.pending[0])
+                      for job in self._jobs.values())
+        picks = free * self.config.batch_partitions if sharing else free
+        order = choose(list(views.values()), picks, now, slots)
         tasks: list[list[tuple[RunningJob, int]]] = []
         batch: list[tuple[RunningJob, int]] = []
         for job_id in order:

@@ -303,11 +303,14 @@ class Store:
         """Move a job to `new` (checked against the transition table) and set other fields."""
         with self._lock:
             with self._tx() as con:
-                # The cache holds the file's latest record of every job written lately.
-                job = self._cache.get(job_id) or self._get_job(con, job_id)
-                record = self._transition(con, job, new, **fields)
+                record = self._transition(con, self._latest(con, job_id), new, **fields)
             self._cache.put(record)  # after the commit, before the lock goes
             return record
+
+    def _latest(self, con: duckdb.DuckDBPyConnection, job_id: str) -> JobRecord:
+        """A job's latest record inside a transaction: the cache holds the file's latest
+        record of every job written lately (all writes go through it under the lock)."""
+        return self._cache.get(job_id) or self._get_job(con, job_id)
 
     def start_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
         """Move the queued jobs among `job_ids` to running, in one transaction; returns their
@@ -316,7 +319,7 @@ class Store:
         with self._lock:
             with self._tx() as con:
                 for job_id in job_ids:
-                    job = self._cache.get(job_id) or self._get_job(con, job_id)
+                    job = self._latest(con, job_id)
                     if job.status == JobStatus.QUEUED:
                         started.append(self._transition(con, job, JobStatus.RUNNING))
             for record in started:
@@ -328,7 +331,7 @@ class Store:
         first: None (and nothing written) when the job is cancelling or already ended."""
         with self._lock:
             with self._tx() as con:
-                job = self._get_job(con, job_id)
+                job = self._latest(con, job_id)
                 if job.status != JobStatus.RUNNING:
                     return None
                 record = self._transition(con, job, new, **fields)
