@@ -80,9 +80,9 @@ class RetryPolicy:
 
     def delay(self, attempts: int, worker_died_each_time: bool = False) -> float | None:
         """Seconds until the next attempt after `attempts` failures; None: no more attempts.
-        A partition whose task killed every worker that ran it (Dask's KilledWorker, after its
-        own re-runs) is not tried again: it would only kill more workers, and every tenant's
-        work on them."""
+        A partition whose task killed every worker that ran it while it ran alone on the cluster
+        (Dask's KilledWorker, after its own re-runs) is not tried again: it would only kill
+        more workers, and every tenant's work on them."""
         if worker_died_each_time or attempts >= self.max_attempts:
             return None
         return min(self.backoff_max_seconds, self.backoff_seconds * 2 ** (attempts - 1))
@@ -92,8 +92,10 @@ class Progressing(Protocol):
     pending: Collection[int]
     in_flight: Collection[int]
     retry_at: Collection[int]
+    suspects: Collection[int]
 
 
 def is_done(job: Progressing) -> bool:
-    """A job is done when no partition of it waits, runs, or waits for a retry."""
-    return not job.pending and not job.in_flight and not job.retry_at
+    """A job is done when no partition of it waits, runs, waits for a retry, or waits to run
+    alone after its workers died."""
+    return not job.pending and not job.in_flight and not job.retry_at and not job.suspects

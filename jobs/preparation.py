@@ -45,6 +45,9 @@ class RunningJob:
     retry_at: dict[int, float] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
     solo: set[int] = field(default_factory=set)  # partitions that must not share a task
+    # Partitions whose task died with its workers, waiting to run alone on the cluster to
+    # learn whether they killed them or only stood beside what did.
+    suspects: set[int] = field(default_factory=set)
 
 
 class JobPreparer:

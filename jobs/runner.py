@@ -7,9 +7,7 @@ retries and worker checks as the inbox's wait. Every decision is a pure policy
 (jobs/policies.py, jobs/scheduling.py, jobs/conflicts.py); this module does the I/O.
 
 Partitions wait here, not in the Dask scheduler: at most `slots_per_thread` tasks per worker
-thread are in flight, chosen by `jobs.scheduling`. Small inline partitions of different jobs
-share one task, so their texts share the model's forward passes (engine.tasks.embed_partitions);
-each still commits, charges and retries on its own.
+thread are in flight, submitted by jobs/feeder.py in the order `jobs.scheduling` chooses.
 """
 from __future__ import annotations
 
@@ -17,7 +15,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,12 +27,12 @@ from distributed.scheduler import KilledWorker
 from engine.cluster import Cluster
 from engine.errors import error_line
 from engine.file_access import FileAccess
-from engine.partitions import InlineText, Partition
+from engine.partitions import Partition
 from engine.sink import ChunkTable
-from engine.tasks import PartitionFailed, embed_partition, embed_partitions
 from engine.worker_recovery import WorkerRecovery
 from jobs.commits import Finished, commit_batch
 from jobs.events import EventBus
+from jobs.feeder import Completed, FeedConfig, Feeder
 from jobs.policies import RetryPolicy, admissions, is_done
 from jobs.preparation import JobPreparer, RunningJob
 from jobs.records import JobRecord
@@ -49,7 +46,6 @@ from jobs.runner_events import (
     TaskDone,
     WakeUp,
 )
-from jobs.scheduling import JobView, choose, dask_priority
 from jobs.spec import JobSpec
 from jobs.states import JobStatus
 from jobs.store import Store
@@ -68,18 +64,20 @@ class RunnerConfig:
     max_attempts: int = 3  # per partition, before the job fails
     backoff_seconds: float = 1.0  # first retry delay; doubles each attempt
     backoff_max_seconds: float = 60.0
-    slots_per_thread: int = 2  # tasks in flight per worker thread: one running, one queued
+    slots_per_thread: int = FeedConfig.slots_per_thread
     token_budget: int | None = None
     prepare_threads: int = 2  # jobs warming their model / checking their table at once
-    # Inline partitions this small ride together in one task, up to `batch_partitions` of
-    # them (measured on bench_api_load: one task per few-sentence job left the model idle
-    # between Dask round trips).
-    small_partition_bytes: int = 16 * 1024
-    batch_partitions: int = 64
+    small_partition_bytes: int = FeedConfig.small_partition_bytes
+    batch_partitions: int = FeedConfig.batch_partitions
 
     @property
     def retry(self) -> RetryPolicy:
         return RetryPolicy(self.max_attempts, self.backoff_seconds, self.backoff_max_seconds)
+
+    @property
+    def feed(self) -> FeedConfig:
+        return FeedConfig(self.slots_per_thread, self.small_partition_bytes,
+                          self.batch_partitions)
 
 
 class Runner:
@@ -94,7 +92,8 @@ class Runner:
         self.config = config or RunnerConfig()
         self._inbox: queue.Queue[Event] = queue.Queue()
         self._jobs: dict[str, RunningJob] = {}
-        self._tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
+        self._feeder = Feeder(lambda: cluster.client, self.config.feed,
+                              lambda f: self._inbox.put(TaskDone(f)))
         self._preparing: set[str] = set()
         self._queued: dict[str, JobRecord] = {}  # waiting for admission, oldest first
         self._active: dict[str, str] = {}  # job -> tenant, for jobs holding a concurrency slot
@@ -147,20 +146,18 @@ class Runner:
         run again after a restart)."""
         self._inbox.put(Drain())
         deadline = time.monotonic() + timeout
-        while self._tasks and time.monotonic() < deadline and self._thread.is_alive():
+        while self._feeder and time.monotonic() < deadline and self._thread.is_alive():
             time.sleep(0.05)
         self._stopping.set()
         self._inbox.put(Stop())
         if self._thread.is_alive():
             self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
-        for job in list(self._jobs.values()):
-            for future in job.in_flight.values():
-                future.cancel()
+        self._feeder.cancel_all(dict(self._jobs))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _in_flight(self) -> int:
         """Tasks submitted and not yet handled."""
-        return len(self._tasks)
+        return len(self._feeder)
 
     @property
     def alive(self) -> bool:
@@ -292,103 +289,23 @@ class Runner:
         elif is_done(outcome):  # resumed with every partition already in the table
             self._finish(job_id, JobStatus.SUCCEEDED)
 
-    # --- feeding the cluster --------------------------------------------------------------
+    # --- the cluster ---------------------------------------------------------------------
 
     def _feed(self) -> None:
         slots = self.cluster.worker_threads(THREADS_MAX_AGE_S) * self.config.slots_per_thread
-        free = slots - len(self._tasks)
-        if free <= 0 or not self._jobs:
-            return
-        now = time.time()
-        views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
-                                      j.tier.weight, j.submitted_at, len(j.pending),
-                                      len(j.in_flight)) for j in self._jobs.values()}
-        # The policy's fair order, for more partitions than there are slots only when small
-        # ones can share a task. A job may fill the whole cluster when it runs alone.
-        sharing = any(job.pending and self._batchable(job, job.pending[0])
-                      for job in self._jobs.values())
-        picks = free * self.config.batch_partitions if sharing else free
-        order = choose(list(views.values()), picks, now, slots)
-        tasks: list[list[tuple[RunningJob, int]]] = []
-        batch: list[tuple[RunningJob, int]] = []
-        for job_id in order:
-            job = self._jobs[job_id]
-            index = job.pending[0]
-            small = self._batchable(job, index)
-            if small and batch and (len(batch) >= self.config.batch_partitions
-                                    or batch[0][0].config.model != job.config.model):
-                tasks.append(batch)
-                batch = []
-            opens_a_task = not small or not batch
-            if opens_a_task and len(tasks) + (1 if batch else 0) >= free:
-                break
-            job.pending.popleft()
-            if small:
-                batch.append((job, index))
-            else:
-                tasks.append([(job, index)])
-        if batch:
-            tasks.append(batch)
-        for members in tasks:
-            self._submit(members, views, now)
-
-    def _batchable(self, job: RunningJob, index: int) -> bool:
-        part: Partition = job.partitions[index]
-        return (index not in job.solo and not job.attempts.get(index)
-                and part.size_bytes <= self.config.small_partition_bytes
-                and all(isinstance(i, InlineText) for i in part.items))
-
-    def _submit(self, members: list[tuple[RunningJob, int]], views: dict[str, JobView],
-                now: float) -> None:
-        priority = max(dask_priority(views[job.record.id], now) for job, _ in members)
-        client = self.cluster.client
-        if len(members) == 1:
-            job, index = members[0]
-            key = f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}"
-            future = client.submit(embed_partition, job.partitions[index], job.config,
-                                   pure=False, key=key, priority=priority)
-        else:
-            key = f"embed-partitions-{uuid.uuid4().hex}"
-            future = client.submit(embed_partitions, [(job.partitions[i], job.config)
-                                                      for job, i in members],
-                                   pure=False, key=key, priority=priority)
-        self._tasks[future.key] = [(job.record.id, index) for job, index in members]
-        for job, index in members:
-            job.in_flight[index] = future
-        future.add_done_callback(lambda f: self._inbox.put(TaskDone(f)))
-
-    # --- completions ----------------------------------------------------------------------
+        self._feeder.feed(self._jobs, slots, time.time())
 
     def _on_task_done(self, future: Future) -> None:
-        members = self._tasks.pop(future.key, [])
-        live: list[tuple[int, RunningJob, int]] = []
-        for position, (job_id, index) in enumerate(members):
-            job = self._jobs.get(job_id)
-            if job is not None and job.in_flight.get(index) is future:
-                del job.in_flight[index]
-                live.append((position, job, index))
-        if future.status == "finished" and live:
-            outcome = future.result()
-            outcomes = outcome if isinstance(outcome, list) else [outcome]
-            for position, job, index in live:
-                result = outcomes[position]
-                if isinstance(result, PartitionFailed):
-                    self._on_error(job, index, None, result.error)
-                else:
-                    self._finished.append((job, result))
-        elif future.status not in ("finished", "cancelled"):
-            exc = future.exception()
-            for _, job, index in live:
-                if len(members) > 1:  # a shared task failed as a whole: each runs alone next
-                    job.solo.add(index)
-                    job.pending.appendleft(index)
-                else:
-                    self._on_error(job, index, exc)
-        future.release()
+        for outcome in self._feeder.done(future, self._jobs):
+            if isinstance(outcome, Completed):
+                self._finished.append((outcome.job, outcome.result))
+            elif outcome.job.record.id in self._jobs:  # not failed by an earlier outcome
+                self._on_error(outcome.job, outcome.index, outcome.exc, outcome.message)
 
     def _on_error(self, job: RunningJob, index: int, exc: BaseException | None,
                   message: str | None = None) -> None:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
+        # Only a partition that ran alone reaches here with KilledWorker (jobs/feeder.py).
         delay = self.config.retry.delay(attempts, isinstance(exc, KilledWorker))
         error = message or _failure_line(exc)
         self.store.record_attempt_failed(job.record.id, index, attempts, error, delay is None)
@@ -442,11 +359,8 @@ class Runner:
         self._active.pop(job_id, None)
         self._queued.pop(job_id, None)
         job = self._jobs.pop(job_id, None)
-        if job is None:
-            return
-        for future in job.in_flight.values():
-            if len(self._tasks.get(future.key, ())) <= 1:
-                future.cancel()
+        if job is not None:
+            self._feeder.cancel_for(job)
 
     def _publish(self, record: JobRecord, kind: str = "status", **extra: Any) -> None:
         self.bus.publish(record.id, {"type": kind, "job": record.to_dict(), **extra})
@@ -459,6 +373,6 @@ def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
 
 def _failure_line(exc: BaseException | None) -> str:
     if isinstance(exc, KilledWorker):
-        return ("KilledWorker: each worker that ran this partition died (out of memory, or "
-                "crashed); it is not tried again")
+        return ("KilledWorker: each worker that ran this partition alone died (out of memory, "
+                "or crashed); it is not tried again")
     return error_line(exc)

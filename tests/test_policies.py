@@ -57,6 +57,7 @@ class Progress:
     pending: deque = field(default_factory=deque)
     in_flight: dict = field(default_factory=dict)
     retry_at: dict = field(default_factory=dict)
+    suspects: set = field(default_factory=set)
 
 
 def test_a_job_is_done_only_when_nothing_waits_runs_or_waits_for_a_retry():
@@ -64,3 +65,4 @@ def test_a_job_is_done_only_when_nothing_waits_runs_or_waits_for_a_retry():
     assert not is_done(Progress(pending=deque([3])))
     assert not is_done(Progress(in_flight={1: "future"}))
     assert not is_done(Progress(retry_at={2: 10.0}))
+    assert not is_done(Progress(suspects={4}))

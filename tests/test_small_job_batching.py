@@ -5,6 +5,7 @@ from __future__ import annotations
 import lance
 import pytest
 from distributed import wait
+from distributed.scheduler import KilledWorker
 
 from engine.sink import ChunkTable
 from jobs.runner_events import TaskDone
@@ -29,7 +30,7 @@ def test_small_jobs_of_several_tenants_share_a_task_and_are_charged_apart(cluste
         runner._jobs[record.id] = runner._preparer.prepare(record, resumed=False)
         jobs[(tenant, n)] = record.id
     runner._feed()
-    [(key, members)] = runner._tasks.items()  # one task for the three jobs
+    [(key, members)] = runner._feeder.tasks.items()  # one task for the three jobs
     assert key.startswith("embed-partitions-") and len(members) == 3
     future = next(iter(runner._jobs.values())).in_flight[0]
     wait([future])
@@ -57,7 +58,7 @@ def test_a_shared_task_that_fails_as_a_whole_runs_its_partitions_alone(cluster, 
     runner._feed()
     [real] = {job.in_flight[0] for job in runner._jobs.values()}
     lost = _LostTask()  # what a task lost with its worker looks like to the runner
-    runner._tasks[lost.key] = runner._tasks.pop(real.key)
+    runner._feeder.tasks[lost.key] = runner._feeder.tasks.pop(real.key)
     for job in runner._jobs.values():
         job.in_flight[0] = lost
     runner.handle(TaskDone(lost))
@@ -65,16 +66,60 @@ def test_a_shared_task_that_fails_as_a_whole_runs_its_partitions_alone(cluster, 
                for i in ids)
     assert all(runner._jobs[i].attempts == {} for i in ids)  # no attempt counted
     runner._feed()
-    assert sorted(len(m) for m in runner._tasks.values()) == [1, 1]  # now each alone
+    assert sorted(len(m) for m in runner._feeder.tasks.values()) == [1, 1]  # now each alone
+    service.close()
+
+
+def test_partitions_of_a_task_whose_workers_died_run_alone_one_at_a_time(cluster, tmp_path):
+    """KilledWorker does not say which partition killed the workers: each runs again alone,
+    nothing beside it, and one that then finishes is committed with no attempt counted."""
+    service = JobService(tmp_path / "data", cluster)
+    runner = service.runner
+    ids = []
+    for n in range(2):
+        record = service.submit("local", {"table": "t", "texts": [f"text number {n}"]})
+        record = service.store.set_status(record.id, JobStatus.RUNNING)
+        runner._jobs[record.id] = runner._preparer.prepare(record, resumed=False)
+        ids.append(record.id)
+    third = service.submit("local", {"table": "t", "texts": ["a later job"]})
+    third = service.store.set_status(third.id, JobStatus.RUNNING)
+    runner._feed()
+    [real] = {job.in_flight[0] for job in runner._jobs.values()}
+    lost = _LostTask(KilledWorker("embed-partitions-lost", "tcp://127.0.0.1:1", 1))
+    runner._feeder.tasks[lost.key] = runner._feeder.tasks.pop(real.key)
+    for job in runner._jobs.values():
+        job.in_flight[0] = lost
+    runner.handle(TaskDone(lost))
+    assert all(runner._jobs[i].suspects == {0} and not runner._jobs[i].pending for i in ids)
+    runner._jobs[third.id] = runner._preparer.prepare(third, resumed=False)
+    for suspect in ids:
+        runner._feed()
+        [(key, members)] = runner._feeder.tasks.items()  # the suspect, and nothing beside it
+        assert members == [(suspect, 0)]
+        runner._feed()
+        assert list(runner._feeder.tasks) == [key]  # still alone while it runs
+        future = runner._jobs[suspect].in_flight[0]
+        wait([future])
+        runner.handle(TaskDone(future))
+        runner._act()
+        final = service.get(suspect)
+        assert final.status == "succeeded", final
+        assert [p.attempts for p in service.store.partitions(suspect)] == [0]
+    assert 0 in runner._jobs[third.id].in_flight  # its turn came after the suspects
     service.close()
 
 
 class _LostTask:
+    """What a task lost with its worker looks like to the runner."""
+
     key = "embed-partitions-lost"
     status = "error"
 
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error or OSError("injected: the task failed as a whole")
+
     def exception(self):
-        return OSError("injected: the task failed as a whole")
+        return self.error
 
     def release(self):
         pass

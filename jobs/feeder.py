@@ -1,0 +1,217 @@
+"""The runner's hands on the cluster: which pending partitions go out as Dask tasks now, and
+what a finished task means for each partition it carried.
+
+At most `slots` tasks are in flight, chosen in the fair order of `jobs.scheduling`. Small inline
+partitions of different jobs share one task, so their texts share the model's forward passes
+(engine.tasks.embed_partitions); each still commits, charges and retries on its own.
+
+A task whose workers all died (Dask's KilledWorker) says nothing about which partition killed
+them: a worker runs one task and holds the next, and both are lost with it. So each partition
+of such a task becomes a suspect and runs again alone on the cluster, nothing beside it: one
+that kills its workers then is the culprit and fails its job; one that finishes was only
+standing beside it, and no attempt is counted against its job.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from distributed import Client, Future
+from distributed.scheduler import KilledWorker
+
+from engine.partitions import InlineText, Partition
+from engine.tasks import PartitionFailed, embed_partition, embed_partitions
+from jobs.preparation import RunningJob
+from jobs.scheduling import JobView, choose, dask_priority
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A partition's task returned its result (engine.tasks.PartitionResult)."""
+
+    job: RunningJob
+    index: int
+    result: object
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A partition failed: `exc` raised by its task, or `message` from a shared task."""
+
+    job: RunningJob
+    index: int
+    exc: BaseException | None
+    message: str | None = None
+
+    @property
+    def killed_workers_alone(self) -> bool:
+        """Its workers died while it ran alone: it killed them."""
+        return isinstance(self.exc, KilledWorker)
+
+
+Outcome = Completed | Failed
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """How many tasks go out and which partitions share one."""
+
+    slots_per_thread: int = 2  # tasks in flight per worker thread: one running, one queued
+    # Inline partitions this small ride together in one task, up to `batch_partitions` of
+    # them (measured on bench_api_load: one task per few-sentence job left the model idle
+    # between Dask round trips).
+    small_partition_bytes: int = 16 * 1024
+    batch_partitions: int = 64
+
+
+class Feeder:
+    """Submits partitions of the runner's jobs and sorts out what comes back. Owned by the
+    runner's thread; `on_done` is called by Dask's callback thread (it only enqueues)."""
+
+    def __init__(self, client: Callable[[], Client], config: FeedConfig,
+                 on_done: Callable[[Future], None]) -> None:
+        self._client, self.config, self._on_done = client, config, on_done
+        self.tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
+        self._suspects: deque[tuple[str, int]] = deque()  # to run alone, in order
+        self._alone: str | None = None  # the key of the suspect running alone
+
+    def __len__(self) -> int:
+        """Tasks submitted and not yet handled."""
+        return len(self.tasks)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def feed(self, jobs: Mapping[str, RunningJob], slots: int, now: float) -> None:
+        """Submit what fits in `slots` tasks: a suspect alone once the cluster is empty, or
+        else the fair order's picks, small ones sharing tasks."""
+        if self._alone is not None or self._run_a_suspect(jobs, now):
+            return
+        free = slots - len(self.tasks)
+        if free <= 0 or not jobs:
+            return
+        views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
+                                      j.tier.weight, j.submitted_at, len(j.pending),
+                                      len(j.in_flight)) for j in jobs.values()}
+        # The policy's fair order, for more partitions than there are slots only when small
+        # ones can share a task. A job may fill the whole cluster when it runs alone.
+        sharing = any(job.pending and self._batchable(job, job.pending[0])
+                      for job in jobs.values())
+        picks = free * self.config.batch_partitions if sharing else free
+        order = choose(list(views.values()), picks, now, slots)
+        tasks: list[list[tuple[RunningJob, int]]] = []
+        batch: list[tuple[RunningJob, int]] = []
+        for job_id in order:
+            job = jobs[job_id]
+            index = job.pending[0]
+            small = self._batchable(job, index)
+            if small and batch and (len(batch) >= self.config.batch_partitions
+                                    or batch[0][0].config.model != job.config.model):
+                tasks.append(batch)
+                batch = []
+            opens_a_task = not small or not batch
+            if opens_a_task and len(tasks) + (1 if batch else 0) >= free:
+                break
+            job.pending.popleft()
+            if small:
+                batch.append((job, index))
+            else:
+                tasks.append([(job, index)])
+        if batch:
+            tasks.append(batch)
+        for members in tasks:
+            self._submit(members, max(dask_priority(views[job.record.id], now)
+                                      for job, _ in members))
+
+    def _run_a_suspect(self, jobs: Mapping[str, RunningJob], now: float) -> bool:
+        """Whether suspects hold the cluster: nothing new goes out until they have run."""
+        while self._suspects and not self.tasks:
+            job_id, index = self._suspects.popleft()
+            job = jobs.get(job_id)
+            if job is None or index not in job.suspects:
+                continue  # its job ended meanwhile
+            job.suspects.discard(index)
+            self._alone = self._submit([(job, index)], priority=0)
+            return True
+        return bool(self._suspects)
+
+    def _batchable(self, job: RunningJob, index: int) -> bool:
+        part: Partition = job.partitions[index]
+        return (index not in job.solo and not job.attempts.get(index)
+                and part.size_bytes <= self.config.small_partition_bytes
+                and all(isinstance(i, InlineText) for i in part.items))
+
+    def _submit(self, members: list[tuple[RunningJob, int]], priority: int) -> str:
+        client = self._client()
+        if len(members) == 1:
+            job, index = members[0]
+            # The job, partition and attempt, for the dashboard; then a fresh part, as a
+            # partition that ran alone after its task died runs again on the same attempt.
+            key = (f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}-"
+                   f"{uuid.uuid4().hex[:8]}")
+            future = client.submit(embed_partition, job.partitions[index], job.config,
+                                   pure=False, key=key, priority=priority)
+        else:
+            key = f"embed-partitions-{uuid.uuid4().hex}"
+            future = client.submit(embed_partitions, [(job.partitions[i], job.config)
+                                                      for job, i in members],
+                                   pure=False, key=key, priority=priority)
+        self.tasks[future.key] = [(job.record.id, index) for job, index in members]
+        for job, index in members:
+            job.in_flight[index] = future
+        future.add_done_callback(self._on_done)
+        return future.key
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def done(self, future: Future, jobs: Mapping[str, RunningJob]) -> list[Outcome]:
+        """What a finished task means for each live partition it carried. Partitions of a
+        task that failed as a whole are put back to run again, alone, with no attempt
+        counted: shared tasks go back to the queue, tasks whose workers died become
+        suspects."""
+        members = self.tasks.pop(future.key, [])
+        ran_alone = future.key == self._alone
+        if ran_alone:
+            self._alone = None
+        live: list[tuple[int, RunningJob, int]] = []
+        for position, (job_id, index) in enumerate(members):
+            job = jobs.get(job_id)
+            if job is not None and job.in_flight.get(index) is future:
+                del job.in_flight[index]
+                live.append((position, job, index))
+        outcomes: list[Outcome] = []
+        if future.status == "finished" and live:
+            results = future.result()
+            results = results if isinstance(results, list) else [results]
+            for position, job, index in live:
+                result = results[position]
+                if isinstance(result, PartitionFailed):
+                    outcomes.append(Failed(job, index, None, result.error))
+                else:
+                    outcomes.append(Completed(job, index, result))
+        elif future.status not in ("finished", "cancelled"):
+            exc = future.exception()
+            for _, job, index in live:
+                if isinstance(exc, KilledWorker) and not ran_alone:
+                    job.suspects.add(index)
+                    self._suspects.append((job.record.id, index))
+                elif len(members) > 1:
+                    job.solo.add(index)
+                    job.pending.appendleft(index)
+                else:
+                    outcomes.append(Failed(job, index, exc))
+        future.release()
+        return outcomes
+
+    def cancel_for(self, job: RunningJob) -> None:
+        """Cancel a dropped job's tasks that carry no other job's partitions."""
+        for future in job.in_flight.values():
+            if len(self.tasks.get(future.key, ())) <= 1:
+                future.cancel()
+
+    def cancel_all(self, jobs: Mapping[str, RunningJob]) -> None:
+        """Cancel every task in flight (at stop: they run again after a restart)."""
+        for job in jobs.values():
+            for future in job.in_flight.values():
+                future.cancel()
