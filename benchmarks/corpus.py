@@ -1,5 +1,6 @@
-"""A real corpus for benchmarks, made on the spot: the pydoc text of CPython's standard library
-(already on every machine, PSF licence), one .txt file per module."""
+"""Real corpora for benchmarks, made on the spot from what every machine already has: the pydoc
+text of CPython's standard library (PSF licence), one .txt file per module, with documents of
+mixed length; and the Debian changelogs and READMEs under /usr/share/doc, long documents."""
 from __future__ import annotations
 
 import importlib
@@ -34,9 +35,40 @@ def stdlib_docs(target_bytes: int) -> list[tuple[str, str]]:
     return docs
 
 
-def write_corpus(folder: Path, target_bytes: int) -> Path:
-    """Write the corpus as text files under `folder`; returns the folder."""
+DEBIAN_DOCS = Path("/usr/share/doc")
+
+
+def debian_docs(target_bytes: int, root: Path = DEBIAN_DOCS) -> list[tuple[str, str]]:
+    """(name, text) of long real documents: the Debian changelogs and READMEs of the installed
+    packages (gzipped or not), in path order, until `target_bytes` of text. Empty where the
+    machine has none (minimal images strip /usr/share/doc)."""
+    import gzip
+
+    docs, total = [], 0
+    paths = sorted(p for pattern in ("*/changelog*", "*/README*") for p in root.glob(pattern)
+                   if p.is_file() and not p.is_symlink())
+    for path in paths:
+        raw = path.read_bytes()
+        try:
+            text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode()
+        except (OSError, UnicodeDecodeError, EOFError):
+            continue
+        if len(text) < 4096:  # long documents only
+            continue
+        name = f"{path.parent.name}-{path.name.removesuffix('.gz')}"
+        docs.append((name, text))
+        total += len(text.encode())
+        if total >= target_bytes:
+            break
+    return docs
+
+
+CORPORA = {"pydoc": stdlib_docs, "debian-docs": debian_docs}
+
+
+def write_corpus(folder: Path, target_bytes: int, kind: str = "pydoc") -> Path:
+    """Write corpus `kind` (see CORPORA) as text files under `folder`; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in stdlib_docs(target_bytes):
+    for name, text in CORPORA[kind](target_bytes):
         (folder / f"{name}.txt").write_text(text)
     return folder

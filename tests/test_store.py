@@ -235,3 +235,37 @@ def test_submissions_that_arrive_together_share_one_commit(tmp_path):
     assert [r.id for r in store.start_jobs(["j2", "j3"])] == ["j3"]  # j2 was cancelled
     store.close()
     assert Store(tmp_path / "s.duckdb").get_job("j3").status == "running"  # on disk too
+
+
+def test_a_batch_of_many_jobs_partitions_is_recorded_exactly_once(tmp_path):
+    """One call records partitions of several jobs and tenants: each job's counts, each
+    tenant's charge, the jobs that finish succeed; recording the batch again changes nothing."""
+    from jobs.store import PartitionDone
+
+    store = Store(tmp_path / "s.duckdb")
+    for job_id, tenant in (("j1", "acme"), ("j2", "acme"), ("j3", "globex")):
+        store.insert_job(new_job(job_id, tenant),
+                         plan_texts(["a", "b", "c"], docs_per_partition=1).partitions)
+        store.set_status(job_id, JobStatus.RUNNING)
+
+    def done(job_id, tenant, partition, chunks):
+        return PartitionDone(job_id, tenant, partition, {
+            "documents": 1, "unchanged": 0, "chunks": chunks, "tokens": 10 * chunks,
+            "skipped": 1}, (Skipped(f"{job_id}-{partition}", "empty"),))
+
+    batch = [done("j1", "acme", p, 2) for p in range(3)] + [
+        done("j2", "acme", 0, 5), done("j3", "globex", 1, 7), done("j3", "globex", 2, 1)]
+    for _ in range(2):
+        records = store.record_partitions_done(batch, succeeded=["j1"])
+        assert {j: (r.status, r.partitions_done, r.chunks_done, r.tokens_done, r.skipped_count)
+                for j, r in records.items()} == {
+            "j1": ("succeeded", 3, 6, 60, 3), "j2": ("running", 1, 5, 50, 1),
+            "j3": ("running", 2, 8, 80, 2)}
+        assert store.usage("acme") == (11, 110) and store.usage("globex") == (8, 80)
+        assert [p.status for p in store.partitions("j3")] == ["pending", "done", "done"]
+        assert len(store.skipped("j1")) == 3
+    for job_id in ("j1", "j2", "j3"):  # memory and file agree
+        assert store.get_job(job_id) == Store._get_job(store._con, job_id)
+    store._usage.clear()
+    assert store.usage("acme") == (11, 110)  # read back from the file
+    store.close()
