@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from distributed import Client, Future
 from distributed.scheduler import KilledWorker
 
+from engine.errors import error_line
 from engine.partitions import InlineText, Partition
 from engine.tasks import PartitionFailed, embed_partition, embed_partitions
 from jobs.preparation import RunningJob
@@ -52,6 +53,14 @@ class Failed:
 
 
 Outcome = Completed | Failed
+
+
+def failure_line(exc: BaseException | None) -> str:
+    """The error recorded for a partition whose task raised `exc`."""
+    if isinstance(exc, KilledWorker):  # only a partition that ran alone is failed by it
+        return ("KilledWorker: each worker that ran this partition alone died (out of memory, "
+                "or crashed); it is not tried again")
+    return error_line(exc)
 
 
 @dataclass(frozen=True)

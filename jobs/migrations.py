@@ -87,6 +87,12 @@ MIGRATIONS: list[str] = [
         created_at TIMESTAMPTZ NOT NULL
     );
     """,
+    # 3: sync's counts (documents changed and deleted), and the schedule that started a job.
+    """
+    ALTER TABLE jobs ADD COLUMN documents_changed BIGINT DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN documents_deleted BIGINT DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN schedule_id TEXT;
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -36,6 +36,9 @@ class JobRecord:
     error: str | None = None
     error_reason: str | None = None
     dashboard_link: str | None = None
+    documents_changed: int = 0  # of documents_done, those that replaced older content
+    documents_deleted: int = 0  # sync: gone from the source, removed from the table
+    schedule_id: str | None = None  # the schedule that started this job, if one did
 
     @property
     def seconds(self) -> float | None:

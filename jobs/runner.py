@@ -12,12 +12,10 @@ thread are in flight, submitted by jobs/feeder.py in the order `jobs.scheduling`
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,54 +28,33 @@ from engine.file_access import FileAccess
 from engine.partitions import Partition
 from engine.sink import ChunkTable
 from engine.worker_recovery import WorkerRecovery
+from jobs.admission import AdmissionQueue
 from jobs.commits import Finished, commit_batch
 from jobs.events import EventBus
-from jobs.feeder import Completed, FeedConfig, Feeder
-from jobs.policies import RetryPolicy, admissions, is_done
+from jobs.feeder import Completed, Feeder, failure_line
+from jobs.policies import is_done
 from jobs.preparation import JobPreparer, RunningJob
 from jobs.records import JobRecord
+from jobs.runner_config import RunnerConfig
 from jobs.runner_events import (
     CancelRequested,
     Drain,
     Event,
+    Inbox,
     JobPrepared,
     Stop,
     Submitted,
     TaskDone,
-    WakeUp,
 )
 from jobs.spec import JobSpec
 from jobs.states import JobStatus
 from jobs.store import Store
 from jobs.tiers import Tier
 
+__all__ = ["Runner", "RunnerConfig", "remove_job_rows"]
 log = logging.getLogger(__name__)
-MAX_EVENTS = 512  # events handled before the batch's completions are committed together
 RECOVERY_CHECK_S = 5.0  # how often lost workers of a cluster we started are looked for
 THREADS_MAX_AGE_S = 2.0  # the cluster's thread count, asked of the scheduler at most this often
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """How hard the runner pushes and how it retries."""
-
-    max_attempts: int = 3  # per partition, before the job fails
-    backoff_seconds: float = 1.0  # first retry delay; doubles each attempt
-    backoff_max_seconds: float = 60.0
-    slots_per_thread: int = FeedConfig.slots_per_thread
-    token_budget: int | None = None
-    prepare_threads: int = 2  # jobs warming their model / checking their table at once
-    small_partition_bytes: int = FeedConfig.small_partition_bytes
-    batch_partitions: int = FeedConfig.batch_partitions
-
-    @property
-    def retry(self) -> RetryPolicy:
-        return RetryPolicy(self.max_attempts, self.backoff_seconds, self.backoff_max_seconds)
-
-    @property
-    def feed(self) -> FeedConfig:
-        return FeedConfig(self.slots_per_thread, self.small_partition_bytes,
-                          self.batch_partitions)
 
 
 class Runner:
@@ -90,18 +67,15 @@ class Runner:
         self.store, self.cluster, self.bus = store, cluster, bus
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.config = config or RunnerConfig()
-        self._inbox: queue.Queue[Event] = queue.Queue()
+        self._inbox = Inbox(max_batch=512)  # events handled before a commit of their batch
         self._jobs: dict[str, RunningJob] = {}
         self._feeder = Feeder(lambda: cluster.client, self.config.feed,
                               lambda f: self._inbox.put(TaskDone(f)))
         self._preparing: set[str] = set()
-        self._queued: dict[str, JobRecord] = {}  # waiting for admission, oldest first
-        self._active: dict[str, str] = {}  # job -> tenant, for jobs holding a concurrency slot
-        self._planned: dict[str, list[Partition]] = {}  # partitions of jobs submitted here
+        self._admission = AdmissionQueue()
         self._cancel_when_prepared: set[str] = set()
         self._finished: list[Finished] = []  # completions of this batch, committed together
         self._draining = False
-        self._admission_due = True  # set when a job arrives or one ends (a slot frees)
         self._next_recovery_check = 0.0
         self._stopping = threading.Event()
         self._preparer = JobPreparer(store, cluster, tier_of, data_dir_of,
@@ -118,9 +92,9 @@ class Runner:
         """Pick up where a previous process left off, then start the loop."""
         for job in self.store.unfinished_jobs():
             if job.status == JobStatus.QUEUED:
-                self._queued[job.id] = job
+                self._admission.add(job)
                 continue
-            self._active[job.id] = job.tenant
+            self._admission.hold(job.id, job.tenant)
             if job.status == JobStatus.RUNNING:
                 self._start_preparing(job, resumed=True)
             elif job.status == JobStatus.CANCELLING:
@@ -169,7 +143,7 @@ class Runner:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                events = self._next_events()
+                events = self._inbox.take(self._until_next_timer())
                 if any(isinstance(e, Stop) for e in events):
                     return
                 for event in events:
@@ -185,19 +159,6 @@ class Runner:
                 self.error = exc
                 raise
 
-    def _next_events(self) -> list[Event]:
-        """The next event, waiting no longer than the next timer, and all queued behind it."""
-        try:
-            events = [self._inbox.get(timeout=self._until_next_timer())]
-        except queue.Empty:
-            events = [WakeUp()]
-        while len(events) < MAX_EVENTS:
-            try:
-                events.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        return events
-
     def _until_next_timer(self) -> float:
         timers = [self._next_recovery_check] + [due for job in self._jobs.values()
                                                 for due in job.retry_at.values()]
@@ -207,10 +168,8 @@ class Runner:
         """React to one event; completions are gathered and committed together by `_act`."""
         if isinstance(event, Submitted):
             if event.record is not None:
-                self._queued[event.record.id] = event.record
-                if event.partitions is not None:
-                    self._planned[event.record.id] = event.partitions
-            self._admission_due = True
+                self._admission.add(event.record, event.partitions)
+            self._admission.due = True
         elif isinstance(event, CancelRequested):
             self._cancel(event.job_id)
         elif isinstance(event, JobPrepared):
@@ -231,12 +190,12 @@ class Runner:
             self.recovery.check()
         if self._draining:
             return
-        if self._admission_due:
-            self._admission_due = False
+        if self._admission.due:
+            self._admission.due = False
             try:
                 self._admit_queued()
             except BaseException:
-                self._admission_due = True  # try again after the back-off
+                self._admission.due = True  # try again after the back-off
                 raise
         for job in self._jobs.values():
             for index, due in list(job.retry_at.items()):
@@ -248,26 +207,14 @@ class Runner:
     # --- admission and preparation --------------------------------------------------------
 
     def _admit_queued(self) -> None:
-        """Start the queued jobs the admission policy lets through. The queue and the
-        concurrency counts are kept here, in memory (loaded from the store at start): no scan
-        of the jobs table per submission."""
-        if not self._queued:
+        """Start the queued jobs the admission policy lets through, in one transaction."""
+        admitted = self._admission.admissible(lambda t: self.tier_of(t).max_concurrent_jobs)
+        if not admitted:
             return
-        active: dict[str, int] = {}
-        for tenant in self._active.values():
-            active[tenant] = active.get(tenant, 0) + 1
-        admitted = admissions(list(self._queued.values()), active,
-                              lambda t: self.tier_of(t).max_concurrent_jobs)
-        started = self.store.start_jobs([job.id for job in admitted])  # one transaction
-        for job in admitted:  # taken off the queue once the store says so, not before
-            del self._queued[job.id]
-        for record in started:
-            self._active[record.id] = record.tenant
+        running = self.store.start_jobs([job.id for job in admitted])
+        for record, partitions in self._admission.started(admitted, running):
             self._publish(record)
-            self._start_preparing(record, resumed=False,
-                                  partitions=self._planned.pop(record.id, None))
-        for job in admitted:  # those cancelled while they waited
-            self._planned.pop(job.id, None)
+            self._start_preparing(record, resumed=False, partitions=partitions)
 
     def _start_preparing(self, record: JobRecord, resumed: bool,
                          partitions: list[Partition] | None = None) -> None:
@@ -307,7 +254,7 @@ class Runner:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
         # Only a partition that ran alone reaches here with KilledWorker (jobs/feeder.py).
         delay = self.config.retry.delay(attempts, isinstance(exc, KilledWorker))
-        error = message or _failure_line(exc)
+        error = message or failure_line(exc)
         self.store.record_attempt_failed(job.record.id, index, attempts, error, delay is None)
         if delay is None:
             self._finish(job.record.id, JobStatus.FAILED, error_reason="partition_failed",
@@ -324,8 +271,7 @@ class Runner:
             self._publish(job.record, "progress", partition_seconds=result.seconds)
         for job_id in outcome.succeeded:
             self._jobs.pop(job_id, None)
-            self._active.pop(job_id, None)
-            self._admission_due = True
+            self._admission.release(job_id)
             self._publish(outcome.records[job_id])
         for job_id, (reason, error) in outcome.failed.items():
             self._finish(job_id, JobStatus.FAILED, error_reason=reason, error=error)
@@ -344,11 +290,9 @@ class Runner:
         if record.status == JobStatus.CANCELLING:
             remove_job_rows(self.data_dir_of(record.tenant), record)
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
-        self._admission_due = True
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
         """End a job, unless a cancel came first (one store call decides: the cancel wins)."""
-        self._admission_due = True
         self._drop(job_id)
         record = self.store.finish(job_id, status, **fields)
         if record is not None:
@@ -356,8 +300,7 @@ class Runner:
 
     def _drop(self, job_id: str) -> None:
         """Forget a job (its concurrency slot frees); cancel its tasks that serve no other."""
-        self._active.pop(job_id, None)
-        self._queued.pop(job_id, None)
+        self._admission.release(job_id)
         job = self._jobs.pop(job_id, None)
         if job is not None:
             self._feeder.cancel_for(job)
@@ -370,9 +313,3 @@ def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
     """Delete what a cancelled job wrote to its table."""
     ChunkTable(data_dir, record.table_name).delete_job_rows(record.id)
 
-
-def _failure_line(exc: BaseException | None) -> str:
-    if isinstance(exc, KilledWorker):
-        return ("KilledWorker: each worker that ran this partition alone died (out of memory, "
-                "or crashed); it is not tried again")
-    return error_line(exc)

@@ -2,6 +2,7 @@
 and the preparation pool only ever put one of these; the runner's thread alone acts on them."""
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,3 +55,29 @@ class WakeUp:
 
 
 Event = Submitted | CancelRequested | JobPrepared | TaskDone | Drain | Stop | WakeUp
+
+
+class Inbox:
+    """The runner's one queue of events. Any thread may `put`; the runner's thread takes
+    them in batches, so completions that arrive together are committed together."""
+
+    def __init__(self, max_batch: int = 512) -> None:
+        self._queue: queue.Queue[Event] = queue.Queue()
+        self.max_batch = max_batch
+
+    def put(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def take(self, timeout: float) -> list[Event]:
+        """The next event, waiting no longer than `timeout` seconds (a WakeUp when none
+        came), and all those queued behind it, up to `max_batch`."""
+        try:
+            events: list[Event] = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return [WakeUp()]
+        while len(events) < self.max_batch:
+            try:
+                events.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return events

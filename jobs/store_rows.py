@@ -15,7 +15,8 @@ JOB_COLUMNS = [
     "id", "tenant", "spec", "status", "priority", "table_name", "history", "created_at",
     "updated_at", "started_at", "finished_at", "estimated_chunks", "partitions_total",
     "partitions_done", "documents_done", "documents_unchanged", "chunks_done", "tokens_done",
-    "skipped_count", "error", "error_reason", "dashboard_link",
+    "skipped_count", "error", "error_reason", "dashboard_link", "documents_changed",
+    "documents_deleted", "schedule_id",
 ]
 JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 TENANT_COLUMNS = [f.name for f in dataclasses.fields(TenantRecord)]

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from jobs.admission import AdmissionQueue
 from jobs.policies import FinishedPartition, RetryPolicy, admissions, is_done, split_by_quota
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -29,6 +30,24 @@ def test_admission_takes_priority_then_age_and_keeps_each_tenant_within_its_limi
     # c may run none; b has no limit.
     assert [j.id for j in admitted] == ["a2", "b1"]
     assert [j.id for j in admissions(queued, {}, limits.get)] == ["a2", "a1", "b1"]
+
+
+def test_the_admission_queue_frees_a_slot_when_a_job_ends_and_hands_over_its_plan():
+    queue = AdmissionQueue()
+    queue.hold("running", "a")  # found running at start
+    for job in (Queued("a1", "a"), Queued("a2", "a", created_at=T0 + timedelta(seconds=1))):
+        queue.add(job, partitions=[f"plan of {job.id}"])
+    limits = {"a": 2}.get
+    admitted = queue.admissible(limits)
+    assert [j.id for j in admitted] == ["a1"]  # one slot of two is held
+    # a1 was cancelled while it waited: it leaves the queue but holds no slot.
+    assert queue.started(admitted, running=[]) == []
+    assert [j.id for j in queue.admissible(limits)] == ["a2"]
+    queue.release("running")
+    admitted = queue.admissible(limits)
+    started = queue.started(admitted, running=admitted)
+    assert [(r.id, plan) for r, plan in started] == [("a2", ["plan of a2"])]
+    assert queue.admissible(limits) == []
 
 
 def test_the_quota_split_stops_a_job_at_its_first_partition_that_does_not_fit():

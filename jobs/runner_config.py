@@ -1,0 +1,30 @@
+"""How hard the runner pushes and how it retries: one settings object for the whole loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jobs.feeder import FeedConfig
+from jobs.policies import RetryPolicy
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How hard the runner pushes and how it retries."""
+
+    max_attempts: int = 3  # per partition, before the job fails
+    backoff_seconds: float = 1.0  # first retry delay; doubles each attempt
+    backoff_max_seconds: float = 60.0
+    slots_per_thread: int = FeedConfig.slots_per_thread
+    token_budget: int | None = None
+    prepare_threads: int = 2  # jobs warming their model / checking their table at once
+    small_partition_bytes: int = FeedConfig.small_partition_bytes
+    batch_partitions: int = FeedConfig.batch_partitions
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.max_attempts, self.backoff_seconds, self.backoff_max_seconds)
+
+    @property
+    def feed(self) -> FeedConfig:
+        return FeedConfig(self.slots_per_thread, self.small_partition_bytes,
+                          self.batch_partitions)
