@@ -47,7 +47,11 @@ class JobOut(BaseModel):
     skipped_count: int
     progress: Progress
     seconds: float | None
-    chunks_per_s: float
+    chunks_per_s: float = Field(description="chunks embedded per second of run time")
+    tokens_per_s: float = Field(description="tokens embedded per second of run time")
+    eta_seconds: float | None = Field(
+        description="seconds left at the rate so far, from the chunks still expected; null "
+                    "unless running with chunks done and chunks known to remain")
     error: str | None
     error_reason: str | None
     dashboard_link: str | None

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.partitions import FileSlice, InlineText, Partition
+from jobs.rates import job_rates
 from jobs.states import JobStatus
 
 
@@ -58,7 +59,15 @@ class JobRecord:
         data["table"] = data.pop("table_name")
         seconds = self.seconds
         data["seconds"] = round(seconds, 3) if seconds is not None else None
-        data["chunks_per_s"] = round(self.chunks_done / seconds, 2) if seconds else 0.0
+        rates = job_rates(self.chunks_done, self.tokens_done, seconds,
+                          running=self.status == JobStatus.RUNNING,
+                          estimated_chunks=self.estimated_chunks,
+                          partitions_done=self.partitions_done,
+                          partitions_total=self.partitions_total)
+        data["chunks_per_s"] = round(rates.chunks_per_s, 2)
+        data["tokens_per_s"] = round(rates.tokens_per_s, 2)
+        data["eta_seconds"] = round(rates.eta_seconds, 1) if rates.eta_seconds is not None \
+            else None
         data["progress"] = {
             "partitions": [self.partitions_done, self.partitions_total],
             "documents": self.documents_done, "chunks": self.chunks_done,
