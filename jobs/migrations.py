@@ -93,6 +93,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN documents_deleted BIGINT DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN schedule_id TEXT;
     """,
+    # 4: what a schedule needs to fire: its time zone, and the record of its latest run (the
+    # claimed job's id makes a claim that a crash interrupted finish once, not twice).
+    """
+    ALTER TABLE schedules ADD COLUMN timezone TEXT DEFAULT 'UTC';
+    ALTER TABLE schedules ADD COLUMN updated_at TIMESTAMPTZ;
+    ALTER TABLE schedules ADD COLUMN last_job_id TEXT;
+    ALTER TABLE schedules ADD COLUMN last_outcome TEXT;     -- claimed | fired | skipped | refused
+    ALTER TABLE schedules ADD COLUMN last_outcome_at TIMESTAMPTZ;
+    ALTER TABLE schedules ADD COLUMN last_error TEXT;       -- why the latest run was refused
+    ALTER TABLE schedules ADD COLUMN runs_fired BIGINT DEFAULT 0;
+    ALTER TABLE schedules ADD COLUMN runs_skipped BIGINT DEFAULT 0;
+    ALTER TABLE schedules ADD COLUMN runs_refused BIGINT DEFAULT 0;
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
