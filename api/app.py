@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.ratelimit import RateLimiter
+from api.request_observer import RequestObserver
 from api.routes import health, jobs, tables, tenants
 from api.settings import Settings
 from api.startup import cluster_spec, open_service
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
     app.state.settings, app.state.admin_key = settings, admin_key
     app.state.limiter = RateLimiter()
     install_error_handlers(app)
+    app.add_middleware(RequestObserver)  # log scope and latency of each request
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(tables.router)

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--expose-dashboard", action="store_true", default=None,
                        help="give tenants the dashboard's link and the scheduler's address in "
                             "GET /v1/cluster (the dashboard has no authentication)")
+    serve.add_argument("--log-format", choices=["text", "json"],
+                       help="text lines (default) or one JSON object a line with job_id and "
+                            "tenant (default: $EMBEDSCALE_LOG_FORMAT, else text)")
 
     jobs = sub.add_parser("jobs", help="list, show, cancel or resume jobs").add_subparsers(
         dest="jobs_command", required=True)

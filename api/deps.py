@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import RateLimitedError
 from api.ratelimit import RateLimiter
 from jobs.keys import same_key
+from jobs.log_context import add_log_fields
 from jobs.service import JobService
 
 _bearer = HTTPBearer(auto_error=False, description="a tenant's API key")
@@ -33,6 +34,7 @@ def tenant_for(service: JobService, key: str | None) -> str:
     tenant = service.tenant_for_key(key)
     if tenant is None:
         raise HTTPException(401, "invalid API key", headers=_UNAUTHORIZED)
+    add_log_fields(tenant=tenant)  # the request's scope (api/request_observer.py)
     return tenant
 
 
@@ -57,6 +59,7 @@ def rate_limit(bucket: str):
         limiter: RateLimiter = request.app.state.limiter
         retry_after = limiter.acquire(tenant, bucket, service.tier_of(tenant).requests_per_minute)
         if retry_after is not None:
+            request.app.state.metrics.rate_limited.labels(tenant, bucket).inc()
             raise RateLimitedError(tenant, bucket, retry_after)
         return tenant
 

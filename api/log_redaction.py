@@ -56,10 +56,3 @@ def log_config(base: dict[str, Any]) -> dict[str, Any]:
         name: {**handler, "filters": [*handler.get("filters", []), "redact_secrets"]}
         for name, handler in base.get("handlers", {}).items()}
     return config
-
-
-def install_on_root() -> None:
-    """Add RedactSecrets to the root logger's handlers (those logging.basicConfig made)."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
-            handler.addFilter(RedactSecrets())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +19,7 @@ FLAG_SETTINGS = {
     "cluster": "cluster", "workers": "workers", "allow_root": "allow_roots",
     "tiers": "tiers_file", "max_document_bytes": "max_document_bytes",
     "allow_model": "allowed_models", "dashboard_address": "dashboard_address",
-    "expose_dashboard": "expose_dashboard",
+    "expose_dashboard": "expose_dashboard", "log_format": "log_format",
 }
 
 
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     admin_key: str | None = None  # EMBEDSCALE_ADMIN_KEY
     admin_key_file: str | None = None  # EMBEDSCALE_ADMIN_KEY_FILE: a file holding the key
     shutdown_timeout: float = 30.0  # seconds in-flight partitions get to finish on shutdown
+    # How `serve` logs: text lines, or one JSON object a line with the job and tenant ids of
+    # the lines about one (api/log_format.py). EMBEDSCALE_LOG_FORMAT=json.
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:

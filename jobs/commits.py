@@ -103,6 +103,7 @@ def _without_clashes(results: list[Finished]) -> list[Finished]:
                 keep.append((job, result))
                 continue
             log.info("job %s partition %d wrote documents committed meanwhile by other work; "
-                     "running it again", job.record.id, result.partition)
+                     "running it again", job.record.id, result.partition,
+                     extra={"job_id": job.record.id, "tenant": job.record.tenant})
             job.pending.appendleft(result.partition)
     return keep

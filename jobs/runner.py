@@ -32,6 +32,7 @@ from jobs.admission import AdmissionQueue
 from jobs.commits import Finished, commit_batch
 from jobs.events import EventBus
 from jobs.feeder import Completed, Feeder, failure_line
+from jobs.log_context import call_with_log_fields, log_fields
 from jobs.policies import is_done
 from jobs.preparation import JobPreparer, RunningJob
 from jobs.records import JobRecord
@@ -49,6 +50,7 @@ from jobs.runner_events import (
 from jobs.spec import JobSpec
 from jobs.states import JobStatus
 from jobs.store import Store
+from jobs.tally import Tally
 from jobs.tiers import Tier
 
 __all__ = ["Runner", "RunnerConfig", "remove_job_rows"]
@@ -85,6 +87,8 @@ class Runner:
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.recovery = WorkerRecovery(cluster)
         self.error: BaseException | None = None
+        # Failed partition attempts by kind ('error', 'killed_worker'), for /metrics.
+        self.partition_failures = Tally()
 
     # --- control, from any thread ---------------------------------------------------------
 
@@ -171,9 +175,11 @@ class Runner:
                 self._admission.add(event.record, event.partitions)
             self._admission.due = True
         elif isinstance(event, CancelRequested):
-            self._cancel(event.job_id)
+            with log_fields(**self._about(event.job_id)):
+                self._cancel(event.job_id)
         elif isinstance(event, JobPrepared):
-            self._on_prepared(event.job_id, event.outcome)
+            with log_fields(**self._about(event.job_id, event.outcome)):
+                self._on_prepared(event.job_id, event.outcome)
         elif isinstance(event, TaskDone):
             self._on_task_done(event.future)
         elif isinstance(event, Drain):
@@ -219,7 +225,9 @@ class Runner:
     def _start_preparing(self, record: JobRecord, resumed: bool,
                          partitions: list[Partition] | None = None) -> None:
         self._preparing.add(record.id)
-        future = self._pool.submit(self._preparer.prepare, record, resumed, partitions)
+        future = self._pool.submit(call_with_log_fields, {"job_id": record.id,
+                                                          "tenant": record.tenant},
+                                   self._preparer.prepare, record, resumed, partitions)
         future.add_done_callback(lambda f: self._inbox.put(
             JobPrepared(record.id, f.exception() or f.result())))
 
@@ -247,11 +255,13 @@ class Runner:
             if isinstance(outcome, Completed):
                 self._finished.append((outcome.job, outcome.result))
             elif outcome.job.record.id in self._jobs:  # not failed by an earlier outcome
-                self._on_error(outcome.job, outcome.index, outcome.exc, outcome.message)
+                with log_fields(job_id=outcome.job.record.id, tenant=outcome.job.record.tenant):
+                    self._on_error(outcome.job, outcome.index, outcome.exc, outcome.message)
 
     def _on_error(self, job: RunningJob, index: int, exc: BaseException | None,
                   message: str | None = None) -> None:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
+        self.partition_failures.add("killed_worker" if isinstance(exc, KilledWorker) else "error")
         # Only a partition that ran alone reaches here with KilledWorker (jobs/feeder.py).
         delay = self.config.retry.delay(attempts, isinstance(exc, KilledWorker))
         error = message or failure_line(exc)
@@ -304,6 +314,12 @@ class Runner:
         job = self._jobs.pop(job_id, None)
         if job is not None:
             self._feeder.cancel_for(job)
+
+    def _about(self, job_id: str, outcome: Any = None) -> dict[str, str | None]:
+        """The log fields of a job (jobs/log_context.py): its id and, where known here, its
+        tenant."""
+        job = self._jobs.get(job_id) or (outcome if isinstance(outcome, RunningJob) else None)
+        return {"job_id": job_id, "tenant": job.record.tenant if job is not None else None}
 
     def _publish(self, record: JobRecord, kind: str = "status", **extra: Any) -> None:
         self.bus.publish(record.id, {"type": kind, "job": record.to_dict(), **extra})

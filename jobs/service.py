@@ -21,7 +21,7 @@ from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
 from engine.tables import TableInfo, describe_table, existing_table, list_tables
 from engine.tables import drop_table as remove_table
-from jobs.errors import ConflictError, InvalidFieldError
+from jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
 from jobs.events import EventBus
 from jobs.quotas import check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
@@ -29,6 +29,7 @@ from jobs.runner import Runner, RunnerConfig, remove_job_rows
 from jobs.spec import JobSpec, check_model, check_source_allowed
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
+from jobs.tally import Tally
 from jobs.tenants import Tenants, Usage, tenant_data_dir
 from jobs.tiers import Tier, load_tiers
 
@@ -58,6 +59,7 @@ class JobService:
             max_document_bytes or DEFAULT_MAX_DOCUMENT_BYTES)
         self.store = Store(self.data_dir / DB_FILE)
         self.bus = EventBus()
+        self.quota_refusals = Tally()  # submissions refused for the daily quota, by tenant
         self.tenants = Tenants(self.store, self.tiers)
         self.cluster: Cluster | None = None
         self.runner: Runner | None = None
@@ -151,7 +153,11 @@ class JobService:
         plan = self._plan(spec, partition_bytes)
         estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens,
                                    limits)
-        check_admission(tenant, tier, self.store.usage(tenant)[0], estimate)
+        try:
+            check_admission(tenant, tier, self.store.usage(tenant)[0], estimate)
+        except QuotaExceededError:
+            self.quota_refusals.add(tenant)
+            raise
         now = utcnow()
         record = JobRecord(
             id=uuid.uuid4().hex, tenant=tenant, spec=spec.model_dump(mode="json"),

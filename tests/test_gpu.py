@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from api.metrics import gpu_metrics
+from api.metrics import GPU_ONLY_METRICS, gpu_metrics
 
 
 def fake_pynvml(devices: list[tuple[int, int, int]]) -> types.ModuleType:
@@ -42,6 +42,30 @@ def test_no_gpu_metrics_without_nvml(monkeypatch):
     broken.nvmlInit = no_driver
     monkeypatch.setitem(sys.modules, "pynvml", broken)
     assert list(gpu_metrics()) == []
+
+
+def test_gpu_metrics_are_the_declared_gpu_only_names(monkeypatch):
+    # The dashboard and alert rules may name these although a CPU machine does not serve them
+    # (tests/test_ops.py): they must be exactly what gpu_metrics serves where there is a GPU.
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([(50, 1, 2)]))
+    assert {f.name for f in gpu_metrics()} == set(GPU_ONLY_METRICS)
+
+
+def test_a_gpu_nvml_cannot_read_hides_no_other(monkeypatch):
+    nvml = fake_pynvml([(37, 1 << 30, 80 << 30), (0, 0, 0), (90, 2 << 30, 80 << 30)])
+    read = nvml.nvmlDeviceGetMemoryInfo
+
+    def memory(handle):
+        if handle == 1:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        return read(handle)
+
+    nvml.nvmlDeviceGetMemoryInfo = memory
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    families = {f.name: {s.labels["gpu"]: s.value for s in f.samples} for f in gpu_metrics()}
+    assert families["embedscale_gpu_up"] == {"0": 1, "1": 0, "2": 1}
+    assert families["embedscale_gpu_utilization_percent"] == {"0": 37, "2": 90}
+    assert set(families["embedscale_gpu_memory_total_bytes"]) == {"0", "2"}
 
 
 @pytest.mark.gpu

@@ -10,6 +10,7 @@ from api.deps import CurrentTenant, ServiceDep, rate_limit, tenant_for
 from api.schemas import ErrorOut, JobList, JobOut
 from jobs.errors import InvalidFieldError, NotFoundError
 from jobs.events import AsyncSubscription
+from jobs.log_context import add_log_fields
 from jobs.records import JobRecord
 from jobs.spec import JobSpec
 from jobs.states import TERMINAL, JobStatus
@@ -37,7 +38,9 @@ def job_out(record: JobRecord, skipped=None) -> JobOut:
 def create_job(spec: JobSpec, service: ServiceDep,
                tenant: Annotated[str, Depends(rate_limit("job creation"))]) -> JobOut:
     """Submit a job: a server-side `source` (under the allowed roots) or inline `texts`."""
-    return job_out(service.submit(tenant, spec))
+    record = service.submit(tenant, spec)
+    add_log_fields(job_id=record.id)
+    return job_out(record)
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
