@@ -14,7 +14,7 @@ from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.ratelimit import RateLimiter
 from api.request_observer import RequestObserver
-from api.routes import health, jobs, tables, tenants
+from api.routes import health, jobs, schedules, tables, tenants
 from api.settings import Settings
 from api.startup import cluster_spec, open_service
 from engine.cluster import Cluster, start_cluster
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
             jobs_service.close()
             raise
         jobs_service.attach(running)
-        jobs_service.start()
+        jobs_service.start(fire_schedules=True)
         app.state.service, app.state.cluster = jobs_service, running
         app.state.metrics = Metrics(jobs_service, running)
         log.info("embedscale ready; Dask dashboard at %s", running.dashboard_link)
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
     app.add_middleware(RequestObserver)  # log scope and latency of each request
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(schedules.router)
     app.include_router(tables.router)
     app.include_router(tenants.usage_router)
     if admin_key:  # no admin routes at all without an admin key

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError as PydanticValidationError
 
+from api.cli_schedules import add_schedule_commands
 from api.settings import DEFAULT_DATA_DIR
 from engine.errors import EmbedscaleError
 from jobs.states import JobStatus
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--status", choices=[s.value for s in JobStatus],
                          help="only jobs in this status")
     listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--schedule", metavar="ID", help="only the runs of this schedule")
     _common_args(listing)
     for name, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job")):
         p = jobs.add_parser(name, help=text)
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = tenants.add_parser("rotate-key", help="revoke a tenant's keys; print a new one")
     rotate.add_argument("name")
     _common_args(rotate)
+    add_schedule_commands(sub, _common_args)
     return parser
 
 
@@ -144,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from api.cli_serve import serve_command
 
             return serve_command(args)
+        if args.command == "schedules":
+            from api.cli_schedules import schedules_command
+
+            return schedules_command(args)
         if args.command == "jobs" and args.jobs_command == "resume":
             from api.cli_run import resume_command
 

@@ -26,7 +26,8 @@ def admin_command(args: argparse.Namespace) -> int:
 
 def _jobs(service: JobService, args: argparse.Namespace) -> int:
     if args.jobs_command == "list":
-        jobs, _ = service.list(tenant=args.tenant, status=args.status, limit=args.limit)
+        jobs, _ = service.list(tenant=args.tenant, status=args.status, limit=args.limit,
+                               schedule=args.schedule)
         if args.json:
             _print_json([j.to_dict() for j in jobs])
             return 0

@@ -7,6 +7,9 @@
     for hit in client.search("notes", "query", k=3):
         print(hit["score"], hit["doc_id"])
 
+Scheduled runs: `client.schedules.add("0 2 * * *", "notes", source="/data/notes",
+mode="upsert", timezone="Europe/Berlin")`, then `client.jobs(schedule=schedule["id"])`.
+
 `Job.status()` never raises; `Job.wait()` follows the job's WebSocket and raises on an
 unsuccessful end. HTTP errors become `ApiError` with the status code and the server's detail.
 """
@@ -93,6 +96,50 @@ class Job:
         return f"Job({self.id!r}, status={self.record.get('status')!r})"
 
 
+class Schedules:
+    """The tenant's schedules (`Client.schedules`): cron-triggered runs of a job template."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def add(self, cron: str, table: str, *, source: str | None = None,
+            texts: list[str] | None = None, timezone: str = "UTC", enabled: bool = True,
+            **options: Any) -> dict[str, Any]:
+        """A new schedule: `cron` (five fields, read in `timezone`) submits a job into
+        `table` from `source` or `texts`, with `options` as in Client.submit."""
+        template = {"table": table, **options}
+        if source is not None:
+            template["source"] = source
+        if texts is not None:
+            template["texts"] = texts
+        body = {"cron": cron, "timezone": timezone, "template": template, "enabled": enabled}
+        return self._client._request("POST", "/v1/schedules", json=body)
+
+    def list(self) -> list[dict[str, Any]]:
+        """The tenant's schedules, oldest first."""
+        return self._client._request("GET", "/v1/schedules")["schedules"]
+
+    def get(self, schedule_id: str) -> dict[str, Any]:
+        """One schedule: next_run_at, last_outcome, runs_fired/skipped/refused, ..."""
+        return self._client._request("GET", f"/v1/schedules/{schedule_id}")
+
+    def remove(self, schedule_id: str) -> dict[str, Any]:
+        """Remove a schedule (a run already submitted goes on)."""
+        return self._client._request("DELETE", f"/v1/schedules/{schedule_id}")
+
+    def pause(self, schedule_id: str) -> dict[str, Any]:
+        return self._client._request("POST", f"/v1/schedules/{schedule_id}/pause")
+
+    def resume(self, schedule_id: str) -> dict[str, Any]:
+        """Fire again from the next slot after now."""
+        return self._client._request("POST", f"/v1/schedules/{schedule_id}/resume")
+
+    def run(self, schedule_id: str) -> Job:
+        """Submit a run now, besides the slots (ApiError 409 while a run is active)."""
+        return Job(self._client,
+                   self._client._request("POST", f"/v1/schedules/{schedule_id}/run"))
+
+
 class Client:
     """A tenant's connection to an embedscale service."""
 
@@ -100,6 +147,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._http = httpx.Client(base_url=self.base_url, headers=self._auth, timeout=timeout)
+        self.schedules = Schedules(self)
 
     def close(self) -> None:
         self._http.close()
@@ -135,10 +183,10 @@ class Client:
         return Job(self, self._request("GET", f"/v1/jobs/{job_id}"))
 
     def jobs(self, status: str | None = None, table: str | None = None,
-             limit: int = 50) -> list[Job]:
-        """The tenant's jobs, newest first (all pages)."""
-        params = {k: v for k, v in {"status": status, "table": table, "limit": limit}.items()
-                  if v is not None}
+             limit: int = 50, schedule: str | None = None) -> list[Job]:
+        """The tenant's jobs, newest first (all pages); `schedule`: that schedule's runs."""
+        params = {k: v for k, v in {"status": status, "table": table, "limit": limit,
+                                    "schedule": schedule}.items() if v is not None}
         found: list[Job] = []
         while True:
             page = self._request("GET", "/v1/jobs", params=params)

@@ -105,8 +105,10 @@ def _text(exc: Exception) -> str:
 
 
 def _field_error(field: str, message: str, location: str = "body") -> JSONResponse:
+    # A dotted field is nested: 'template.source' is loc [body, template, source].
     return JSONResponse(status_code=422, content={"detail": [
-        {"loc": [location, field], "msg": clip(message, 1000), "type": "value_error"}]})
+        {"loc": [location, *field.split(".")], "msg": clip(message, 1000),
+         "type": "value_error"}]})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -55,6 +55,7 @@ class JobOut(BaseModel):
     error: str | None
     error_reason: str | None
     dashboard_link: str | None
+    schedule_id: str | None = Field(None, description="the schedule whose run this job is")
     skipped: list[SkippedOut] | None = None
 
 

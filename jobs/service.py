@@ -26,6 +26,7 @@ from jobs.events import EventBus
 from jobs.quotas import check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
 from jobs.runner import Runner, RunnerConfig, remove_job_rows
+from jobs.schedule_firing import DEFAULT_POLL_SECONDS, Clock, Schedules
 from jobs.spec import JobSpec, check_model, check_source_allowed
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
@@ -45,7 +46,9 @@ class JobService:
                  runner_config: RunnerConfig | None = None,
                  parallelism: int | None = None,
                  max_document_bytes: int | None = None,
-                 allowed_models: list[str] | None = None) -> None:
+                 allowed_models: list[str] | None = None,
+                 clock: Clock | None = None,
+                 schedule_poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
         self.data_dir = Path(data_dir)
         self.allowed_models = allowed_models  # None: any model (the CLI); see check_model
         self.parallelism = parallelism or os.cpu_count() or 1  # until a cluster is attached
@@ -61,6 +64,9 @@ class JobService:
         self.bus = EventBus()
         self.quota_refusals = Tally()  # submissions refused for the daily quota, by tenant
         self.tenants = Tenants(self.store, self.tiers)
+        # Cron-triggered runs: `clock` (an aware "now") is the tests' way to move time.
+        self.schedules = Schedules(self.store, self.check, self.submit, clock,
+                                   schedule_poll_seconds)
         self.cluster: Cluster | None = None
         self.runner: Runner | None = None
         self.tenants.ensure_local()
@@ -74,14 +80,19 @@ class JobService:
                              self.runner_config, self.file_access,
                              lambda spec: check_model(spec, self.allowed_models))
 
-    def start(self) -> None:
-        """Resume unfinished jobs and start running new ones (needs a cluster)."""
+    def start(self, fire_schedules: bool = False) -> None:
+        """Resume unfinished jobs and start running new ones (needs a cluster); with
+        `fire_schedules` (the server's service), fire the schedules' due runs too, the slots
+        missed while it was down once at once. A one-off `embedscale run` fires none."""
         if self.runner is None:
             raise RuntimeError("attach a cluster before starting the job service")
         self.runner.start()
+        if fire_schedules:
+            self.schedules.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop running jobs gracefully (see Runner.stop); call before the cluster closes."""
+        self.schedules.stop(timeout)  # first: no run is submitted to a stopping runner
         if self.runner is not None:
             self.runner.stop(timeout)
             self.runner = None
@@ -143,9 +154,11 @@ class JobService:
     # --- jobs -----------------------------------------------------------------------------
 
     def submit(self, tenant: str, spec: JobSpec | dict[str, Any],
-               partition_bytes: int | None = None) -> JobRecord:
+               partition_bytes: int | None = None, *, job_id: str | None = None,
+               schedule_id: str | None = None) -> JobRecord:
         """Validate, plan and admit a job (queued), or refuse it: a bad field, a source outside
-        the allowed roots, or more chunks than the tenant has left today."""
+        the allowed roots, or more chunks than the tenant has left today. A schedule's run
+        comes with the id its claim chose (`job_id`) and the schedule's (`schedule_id`)."""
         if not isinstance(spec, JobSpec):
             spec = JobSpec.model_validate(spec)
         limits = check_model(spec, self.allowed_models)
@@ -160,10 +173,11 @@ class JobService:
             raise
         now = utcnow()
         record = JobRecord(
-            id=uuid.uuid4().hex, tenant=tenant, spec=spec.model_dump(mode="json"),
+            id=job_id or uuid.uuid4().hex, tenant=tenant, spec=spec.model_dump(mode="json"),
             status=JobStatus.QUEUED, priority=spec.priority, table_name=spec.table,
             history=[(str(JobStatus.QUEUED), now.isoformat())], created_at=now, updated_at=now,
             estimated_chunks=estimate, partitions_total=len(plan.partitions),
+            schedule_id=schedule_id,
         )
         self.store.insert_job(record, plan.partitions)
         if plan.skipped:
@@ -173,6 +187,15 @@ class JobService:
         if self.runner is not None:
             self.runner.wake(record, plan.partitions)
         return record
+
+    def check(self, spec: JobSpec | dict[str, Any]) -> JobSpec:
+        """`spec` checked as `submit` checks it (its fields, the model, the source planned
+        under the allowed roots), without admitting it: a schedule's job template."""
+        if not isinstance(spec, JobSpec):
+            spec = JobSpec.model_validate(spec)
+        check_model(spec, self.allowed_models)
+        self._plan(spec)
+        return spec
 
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
         parallelism = (self.cluster.worker_threads(max_age=2.0) if self.cluster is not None
@@ -193,9 +216,10 @@ class JobService:
         return self.store.get_job(job_id, tenant)
 
     def list(self, tenant: str | None = None, status: str | None = None,
-             table: str | None = None, limit: int = 50, cursor: str | None = None
-             ) -> tuple[list[JobRecord], str | None]:
-        """A page of jobs, newest first, and the cursor of the next page (None at the end)."""
+             table: str | None = None, limit: int = 50, cursor: str | None = None,
+             schedule: str | None = None) -> tuple[list[JobRecord], str | None]:
+        """A page of jobs, newest first, and the cursor of the next page (None at the end);
+        `schedule`: only the runs of that schedule."""
         if status is not None and status not in {s.value for s in JobStatus}:
             raise InvalidFieldError("status", f"unknown status {status!r}: use one of "
                                               f"{', '.join(s.value for s in JobStatus)}")
@@ -203,7 +227,7 @@ class JobService:
         if cursor:
             last = self.store.get_job(cursor, tenant)
             before = (last.created_at, last.id)
-        jobs = self.store.list_jobs(tenant, status, table, limit + 1, before)
+        jobs = self.store.list_jobs(tenant, status, table, limit + 1, before, schedule)
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more and jobs else None)

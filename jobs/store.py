@@ -3,9 +3,9 @@
 Every method takes the store's lock: the API's threads and the runner's thread share one
 connection, and each operation (a partition's progress, its usage charge and its skipped
 documents) is one transaction. The connection is jobs/store_connection.py, tenants and keys
-jobs/store_tenants.py, reports jobs/store_reports.py, row mapping jobs/store_rows.py and the
-recording of committed partitions jobs/progress_records.py; jobs, their partitions and usage
-are here.
+jobs/store_tenants.py, schedules jobs/store_schedules.py, reports jobs/store_reports.py, row
+mapping jobs/store_rows.py and the recording of committed partitions
+jobs/progress_records.py; jobs, their partitions and usage are here.
 """
 from __future__ import annotations
 
@@ -41,12 +41,13 @@ from jobs.store_rows import (
     transition_changes,
     utcnow,
 )
+from jobs.store_schedules import ScheduleRows
 from jobs.store_tenants import TenantRows
 
 __all__ = ["PartitionDone", "Store", "utcnow"]
 
 
-class Store(TenantRows, StoreReports):
+class Store(TenantRows, ScheduleRows, StoreReports):
     """Tenants, API keys, jobs, partitions, usage and schedules in one DuckDB file."""
 
     def __init__(self, path: str | Path) -> None:
@@ -122,10 +123,13 @@ class Store(TenantRows, StoreReports):
 
     def list_jobs(self, tenant: str | None = None, status: str | None = None,
                   table: str | None = None, limit: int = 50,
-                  before: tuple[datetime, str] | None = None) -> list[JobRecord]:
-        """Jobs newest first; `before` is the (created_at, id) of the last job of a page."""
+                  before: tuple[datetime, str] | None = None,
+                  schedule_id: str | None = None) -> list[JobRecord]:
+        """Jobs newest first; `before` is the (created_at, id) of the last job of a page;
+        `schedule_id`: only the runs of that schedule."""
         where, args = ["1=1"], []
-        for column, value in (("tenant", tenant), ("status", status), ("table_name", table)):
+        for column, value in (("tenant", tenant), ("status", status), ("table_name", table),
+                              ("schedule_id", schedule_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)

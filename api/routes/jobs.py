@@ -48,10 +48,12 @@ def list_jobs(service: ServiceDep, tenant: CurrentTenant,
               status: StatusFilter | None = None,
               table: Annotated[str | None, Query(max_length=128)] = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              cursor: Annotated[str | None, Query(max_length=64)] = None) -> JobList:
-    """The tenant's jobs, newest first; follow `next_cursor` for older ones."""
+              cursor: Annotated[str | None, Query(max_length=64)] = None,
+              schedule: Annotated[str | None, Query(max_length=64)] = None) -> JobList:
+    """The tenant's jobs, newest first; follow `next_cursor` for older ones. `schedule`:
+    only the runs of that schedule."""
     try:
-        jobs, next_cursor = service.list(tenant, status, table, limit, cursor)
+        jobs, next_cursor = service.list(tenant, status, table, limit, cursor, schedule)
     except NotFoundError:
         raise InvalidFieldError("cursor", f"unknown cursor {cursor!r}: use a next_cursor the "
                                           "API returned", location="query") from None
