@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -72,9 +73,28 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
         prepare_handler(handler, log_format)
     if log_format != "json":
         return
+    logging.captureWarnings(True)  # a warnings.warn (Dask's "port in use") is a JSON line too
     for logger in list(logging.getLogger().manager.loggerDict.values()):
         for handler in getattr(logger, "handlers", ()):
             prepare_handler(handler, log_format)
+    # The worker processes of a cluster `serve` starts write to its stderr too. Dask sets up
+    # their logging from its config as it is imported there, and they inherit this variable.
+    os.environ["DASK_DISTRIBUTED__LOGGING"] = repr(WORKER_LOGGING)
+
+
+# Dask's "new style" logging config (a logging.dictConfig) for worker processes: JSON lines,
+# keys redacted; the levels are Dask's defaults.
+WORKER_LOGGING = {
+    "version": 1, "disable_existing_loggers": False,
+    "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+    "filters": {"redact_secrets": {"()": "api.log_redaction.RedactSecrets"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                            "filters": ["redact_secrets"]}},
+    "loggers": {name: {"level": level, "handlers": ["stderr"], "propagate": False}
+                for name, level in (("distributed", "INFO"), ("distributed.client", "WARNING"),
+                                    ("bokeh", "ERROR"), ("tornado", "CRITICAL"),
+                                    ("tornado.application", "ERROR"))},
+}
 
 
 def uvicorn_log_config(base: dict[str, Any], log_format: LogFormat) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import cloudpickle
 import httpx
 import pytest
 import yaml
+from distributed import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.metrics import GPU_ONLY_METRICS
@@ -236,6 +237,28 @@ def test_json_log_lines_name_the_job_and_the_tenant(exercised, ops_server):
     assert refused and refused[0]["status"] == 429 and "job_id" not in refused[0]
     assert "leaky-secret-key" not in text and any(
         "token=***" in line.get("path", "") for line in lines)
+
+
+@pytest.mark.slow
+def test_every_line_of_a_server_with_its_own_cluster_is_json(tmp_path):
+    # The cluster's worker processes write to the server's stderr: their lines (here the
+    # worker's error for a partition that fails once) are JSON too.
+    srv = Server(tmp_path, "--workers", "1", "--log-format", "json", "--expose-dashboard",
+                 "--dashboard-address", ":0")
+    try:
+        client = srv.tenant("own")
+        with Client(client.get("/v1/cluster").json()["scheduler"]) as dask_client:
+            dask_client.register_plugin(faults.FailOnce(str(tmp_path / "failed-once")))
+            job = client.post("/v1/jobs", json={"table": "t", "texts": ["a", "b"]}).json()
+            assert wait_finished(client, job["id"])["status"] == "succeeded"
+    finally:
+        srv.stop()
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines()
+             if line.strip()]
+    assert any(line["logger"] == "distributed.worker" and line["level"] == "ERROR"
+               for line in lines)
+    assert any(line["logger"] == "jobs.runner" and line.get("job_id") == job["id"]
+               and line.get("tenant") == "own" for line in lines)
 
 
 def test_text_stays_the_default_format(tmp_path: Path, monkeypatch):
