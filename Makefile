@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints/cpu.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints/cpu.txt -e '.[dev,notebooks]'
 	touch $@
 
 demo: install

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from api.client_progress import eta_text
 from api.settings import Settings
 from api.startup import cluster_spec, open_service
 from engine.cluster import ClusterSpec, start_cluster
@@ -83,19 +84,20 @@ def _watch(service: JobService, jobs: list[JobRecord], console: Console,
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("partitions · {task.fields[documents]} docs · {task.fields[chunks]} chunks · "
-                   "{task.fields[rate]:.1f} chunks/s"),
+                   "{task.fields[rate]:.1f} chunks/s · ETA {task.fields[eta]}"),
         TimeElapsedColumn(), console=console, disable=quiet,
     ) as bar:
         tasks = {j.id: bar.add_task(j.table_name, total=j.partitions_total,
                                     completed=j.partitions_done, documents=j.documents_done,
-                                    chunks=j.chunks_done, rate=0.0) for j in jobs}
+                                    chunks=j.chunks_done, rate=0.0, eta=eta_text(None))
+                 for j in jobs}
 
         def show(event: dict[str, Any]) -> None:
             job = event["job"]
             if job["id"] in tasks:
                 bar.update(tasks[job["id"]], completed=job["partitions_done"],
                            documents=job["documents_done"], chunks=job["chunks_done"],
-                           rate=job["chunks_per_s"])
+                           rate=job["chunks_per_s"], eta=eta_text(job["eta_seconds"]))
 
         unsubscribe = service.bus.subscribe(None, show)
         try:
@@ -146,4 +148,5 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"tokens:         {s['tokens']}")
     print(f"seconds:        {s['seconds'] or 0:.1f}")
     print(f"chunks/s:       {s['chunks_per_s']:.1f}")
+    print(f"tokens/s:       {s['tokens_per_s']:.1f}")
     print(f"table:          {s['table']} ({s['table_uri']})")

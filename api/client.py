@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from api.client_progress import ChunkBar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class ApiError(RuntimeError):
@@ -47,6 +52,9 @@ class JobCancelledError(RuntimeError):
 
 
 _TERMINAL = {"succeeded", "failed", "cancelled"}
+# A search hit's fields, in the order a table of hits shows them (the API's Hit schema).
+HIT_COLUMNS = ["score", "doc_id", "chunk_index", "text", "source", "metadata", "char_start",
+               "char_end", "id"]
 
 
 class Job:
@@ -64,23 +72,33 @@ class Job:
             return "unknown"
         return self.record["status"]
 
-    def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Follow the job until it ends; returns its record if it succeeded."""
+    def wait(self, timeout: float | None = None, progress: bool = True) -> dict[str, Any]:
+        """Follow the job until it ends; returns its record if it succeeded. `progress` draws
+        a bar in chunks meanwhile (a widget in Jupyter, a line on stderr in a terminal)."""
         from websockets.sync.client import connect
 
         url = self._client.base_url.replace("http", "ws", 1) + f"/v1/jobs/{self.id}/events"
         deadline = None if timeout is None else time.monotonic() + timeout
+        bar: ChunkBar | None = None
         with connect(url, additional_headers=self._client._auth, open_timeout=timeout) as ws:
-            while True:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    event = json.loads(ws.recv(timeout=left))
-                except TimeoutError:
-                    raise TimeoutError(f"job {self.id} still running after {timeout} s") \
-                        from None
-                self.record = event["job"]
-                if self.record["status"] in _TERMINAL:
-                    break
+            try:
+                while True:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    try:
+                        event = json.loads(ws.recv(timeout=left))
+                    except TimeoutError:
+                        raise TimeoutError(f"job {self.id} still running after {timeout} s") \
+                            from None
+                    self.record = event["job"]
+                    if progress and bar is None:
+                        bar = ChunkBar(self.record)
+                    elif bar is not None:
+                        bar.update(self.record)
+                    if self.record["status"] in _TERMINAL:
+                        break
+            finally:
+                if bar is not None:
+                    bar.close()
         if self.record["status"] == "failed":
             raise JobFailedError(self.record)
         if self.record["status"] == "cancelled":
@@ -195,11 +213,17 @@ class Client:
                 return found
             params["cursor"] = page["next_cursor"]
 
-    def search(self, table: str, query: str, k: int = 10,
-               filter: str | None = None) -> list[dict[str, Any]]:
-        """The `k` chunks of `table` nearest to `query`, best first."""
+    def search(self, table: str, query: str, k: int = 10, filter: str | None = None,
+               as_dataframe: bool = False) -> list[dict[str, Any]] | pd.DataFrame:
+        """The `k` chunks of `table` nearest to `query`, best first; `as_dataframe`: as a
+        pandas DataFrame, one row per hit (score, doc_id, chunk_index, text, ...)."""
         body = {"query": query, "k": k, **({"filter": filter} if filter else {})}
-        return self._request("POST", f"/v1/tables/{table}/search", json=body)["hits"]
+        hits = self._request("POST", f"/v1/tables/{table}/search", json=body)["hits"]
+        if not as_dataframe:
+            return hits
+        import pandas as pd  # only here: the client alone needs no pandas
+
+        return pd.DataFrame(hits, columns=HIT_COLUMNS)
 
     def tables(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/tables")["tables"]

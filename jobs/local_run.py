@@ -79,10 +79,16 @@ class Progress:
     tokens: int
     skipped: int
     elapsed: float
+    estimated_chunks: int = 0  # admission's estimate of the job's chunks in all
+    eta_seconds: float | None = None  # the job record's: None while it cannot be told
 
     @property
     def chunks_per_s(self) -> float:
         return self.chunks / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.elapsed if self.elapsed > 0 else 0.0
 
 
 @dataclass
@@ -156,6 +162,7 @@ def _reporter(on_progress: Callable[[Progress], None] | None, started: float):
         on_progress(Progress(job["partitions_done"], job["partitions_total"],
                              job["documents_done"], job["documents_unchanged"],
                              job["chunks_done"], job["tokens_done"], job["skipped_count"],
-                             time.perf_counter() - started))
+                             time.perf_counter() - started, job["estimated_chunks"],
+                             job["eta_seconds"]))
 
     return report

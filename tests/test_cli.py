@@ -33,6 +33,8 @@ def test_run_then_search(small_corpus, data_dir):
                                              "enclosed in double quotes"}]
     assert summary["table_uri"].startswith(str(data_dir))
     assert summary["chunks_per_s"] > 0 and summary["dashboard_link"].startswith("http")
+    assert summary["tokens_per_s"] > summary["chunks_per_s"]
+    assert summary["eta_seconds"] is None  # finished: nothing left to wait for
 
     found = embedscale("search", "docs", "heap queue algorithm, priority queue", "-k", "3",
                        "--data-dir", str(data_dir), "--json")
@@ -48,6 +50,7 @@ def test_run_then_search(small_corpus, data_dir):
     assert "documents read: 0 (unchanged, not re-embedded: 12)" in again.stdout
     assert "1 x malformed JSON line" in again.stdout and "chunks/s:" in again.stdout
     assert "Dask dashboard: http" in again.stderr and "partitions" in again.stderr
+    assert "chunks/s · ETA" in again.stderr and "tokens/s:" in again.stdout
 
     text = embedscale("search", "docs", "heap", "-k", "1", "--data-dir", str(data_dir))
     assert text.returncode == 0 and text.stdout.startswith("1. heapq.txt")

@@ -1,0 +1,60 @@
+"""embedscale: document collections to chunk embeddings in LanceDB, on Dask.
+
+The public face of the project; the `api`, `jobs` and `engine` packages are its internals.
+
+    import embedscale
+
+    summary = embedscale.run("docs/", table="docs")          # in this process, a progress bar
+    embedscale.search("docs", "how are chunks cut?", k=5, as_dataframe=True)
+
+    client = embedscale.Client("http://127.0.0.1:8000", api_key="es_...")   # a service
+    client.submit("docs", source="/data/docs").wait()
+
+Importing this package loads none of the engine (Dask, torch, LanceDB): each name below is
+imported on first use, so `import embedscale` is quick and a machine with only the HTTP
+client's dependencies can use `embedscale.Client`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Client": "api.client",
+    "Job": "api.client",
+    "ApiError": "api.client",
+    "JobFailedError": "api.client",
+    "JobCancelledError": "api.client",
+    "run": "embedscale.local_jobs",
+    "cluster": "embedscale.local_jobs",
+    "shutdown": "embedscale.local_jobs",
+    "RunSummary": "jobs.local_run",
+    "RunFailedError": "embedscale.local_jobs",
+    "search": "embedscale.local_search",
+    "Hit": "engine.search",
+}
+__all__ = ["ApiError", "Client", "Hit", "Job", "JobCancelledError", "JobFailedError",
+           "RunFailedError", "RunSummary", "cluster", "run", "search", "shutdown"]
+
+if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at run time
+    from api.client import ApiError, Client, Job, JobCancelledError, JobFailedError
+    from embedscale.local_jobs import RunFailedError, cluster, run, shutdown
+    from embedscale.local_search import search
+    from engine.search import Hit
+    from jobs.local_run import RunSummary
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedscale' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,152 @@
+"""`embedscale.run`: one embedding job in this process, on a Dask cluster, without a service.
+
+The same control plane as the CLI and the service (`jobs.local_run.run_embedding`), so the
+same guarantees; this module only gives it a friendly signature, a progress bar and a
+cluster that outlives one call: workers keep the model loaded between runs, so the second run
+of a session pays no model load.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+from api.client_progress import ChunkBar
+from api.settings import DEFAULT_DATA_DIR
+from engine.cluster import Cluster, ClusterSpec, start_cluster
+from jobs.local_run import EmbedRequest, Progress, RunSummary, run_embedding
+from jobs.local_run import JobFailedError as RunFailedError
+
+__all__ = ["RunFailedError", "cluster", "resolve_data_dir", "run", "shutdown"]
+
+_OPTIONS = {f.name for f in fields(EmbedRequest)} - {"table", "source", "texts", "data_dir"}
+_lock = threading.Lock()
+_default: Cluster | None = None
+
+
+def resolve_data_dir(value: str | os.PathLike | None = None) -> str:
+    """Where tables live: `value`, else $EMBEDSCALE_DATA_DIR, else the CLI's default."""
+    if value is not None:
+        return os.fspath(value)
+    return os.environ.get("EMBEDSCALE_DATA_DIR") or str(DEFAULT_DATA_DIR)
+
+
+def cluster(**spec: Any) -> Cluster:
+    """This process's local Dask cluster, started on first use (one worker per core unless
+    `spec` says otherwise: any ClusterSpec field) and closed when the process exits.
+    `cluster().dashboard_link` is the Dask dashboard."""
+    global _default
+    with _lock:
+        if _default is None:
+            # A free port: a notebook beside a running `embedscale serve` must still start.
+            _default = start_cluster(ClusterSpec(**{"dashboard_address": ":0", **spec}))
+            atexit.register(shutdown)
+        elif spec:
+            raise ValueError(f"the local cluster is already running; call "
+                             f"embedscale.shutdown() before starting one with {spec}")
+        return _default
+
+
+def shutdown() -> None:
+    """Close the cluster `cluster()` started (a later run starts a fresh one)."""
+    global _default
+    with _lock:
+        if _default is not None:
+            _default.close()
+            _default = None
+
+
+def run(source: str | os.PathLike | Sequence[str], *, table: str, mode: str = "append",
+        data_dir: str | os.PathLike | None = None,
+        cluster: Cluster | ClusterSpec | str | None = None, progress: bool = True,
+        on_progress: Callable[[Progress], None] | None = None,
+        **options: Any) -> RunSummary:
+    """Embed `source` into `table` and return the job's summary.
+
+    `source`: a directory, file or glob (a str or path), or a list of texts. `mode`: append,
+    overwrite, upsert (or sync, where the service supports it). `cluster`: this process's
+    local cluster by default, or a Cluster, a ClusterSpec, or a scheduler address. `progress`
+    draws a bar in chunks; `on_progress` is called after each commit. `options`: the other
+    fields of a job (ids, metadata, model, chunk_tokens, overlap_tokens, text_field, id_field,
+    priority, partition_bytes, token_budget, max_attempts). Raises RunFailedError when the
+    job fails (its summary on `.summary`).
+    """
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown}: use {sorted(_OPTIONS)}")
+    if isinstance(source, str | os.PathLike):
+        where: dict[str, Any] = {"source": os.fspath(source)}
+    elif isinstance(source, bytes):
+        raise TypeError("source: a path (str) or a list of texts, not bytes")
+    else:
+        where = {"texts": list(source)}
+    request = EmbedRequest(table=table, mode=mode, data_dir=resolve_data_dir(data_dir),
+                           **where, **options)
+    target, owned = _cluster_for(cluster)
+    bar = _Bar(table) if progress else None
+    try:
+        summary = run_embedding(request, target, on_progress=_both(bar, on_progress))
+    except RunFailedError as exc:
+        if bar is not None:
+            bar.finish(exc.summary)
+        raise
+    finally:
+        if owned:
+            target.close()
+    if bar is not None:
+        bar.finish(summary)
+    return summary
+
+
+def _cluster_for(given: Cluster | ClusterSpec | str | None) -> tuple[Cluster, bool]:
+    """The cluster to run on, and whether this call started it (and so must close it)."""
+    if given is None:
+        return cluster(), False
+    if isinstance(given, Cluster):
+        return given, False
+    if isinstance(given, str):
+        given = ClusterSpec(kind="address", address=given)
+    return start_cluster(given), True
+
+
+class _Bar:
+    """The client's chunk bar, fed from the in-process run's progress reports."""
+
+    def __init__(self, table: str) -> None:
+        self._table = table
+        self._bar: ChunkBar | None = None
+
+    def show(self, p: Progress) -> None:
+        record = {"table": self._table, "status": "running", "chunks_done": p.chunks,
+                  "estimated_chunks": p.estimated_chunks, "chunks_per_s": p.chunks_per_s,
+                  "tokens_per_s": p.tokens_per_s, "eta_seconds": p.eta_seconds}
+        if self._bar is None:
+            self._bar = ChunkBar(record)
+        else:
+            self._bar.update(record)
+
+    def finish(self, s: RunSummary) -> None:
+        record = {"table": self._table, "status": s.status, "chunks_done": s.chunks,
+                  "estimated_chunks": s.chunks, "chunks_per_s": s.chunks_per_s,
+                  "tokens_per_s": s.tokens / s.seconds if s.seconds > 0 else 0.0,
+                  "eta_seconds": None}
+        if self._bar is None:  # no commit reported progress (nothing new to embed)
+            self._bar = ChunkBar(record)
+        self._bar.update(record)
+        self._bar.close()
+
+
+def _both(bar: _Bar | None, callback: Callable[[Progress], None] | None):
+    if bar is None:
+        return callback
+
+    def report(p: Progress) -> None:
+        bar.show(p)
+        if callback is not None:
+            callback(p)
+
+    return report
+

@@ -1,0 +1,32 @@
+"""`embedscale.search`: the chunks of a local table nearest to a query, as hits or a
+DataFrame. Straight to the table, as `embedscale search` does: no service, no job store."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from api.client import HIT_COLUMNS
+from embedscale.local_jobs import resolve_data_dir
+from engine.search import Hit
+from engine.search import search as search_table
+from jobs.tenants import LOCAL_TENANT, tenant_data_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def search(table: str, query: str, k: int = 5, *, where: str | None = None,
+           data_dir: str | os.PathLike | None = None, tenant: str = LOCAL_TENANT,
+           as_dataframe: bool = False) -> list[Hit] | pd.DataFrame:
+    """The `k` chunks of `table` nearest to `query`, best first (`score`: cosine similarity),
+    optionally filtered by a SQL `where` on the table's columns. `as_dataframe`: a pandas
+    DataFrame, one row per hit, instead of a list of Hit. `data_dir` as for `embedscale.run`;
+    `tenant` reads a service tenant's tables in that data dir."""
+    hits = search_table(tenant_data_dir(resolve_data_dir(data_dir), tenant), table, query,
+                        k=k, where=where)
+    if not as_dataframe:
+        return hits
+    import pandas as pd
+
+    return pd.DataFrame([asdict(h) for h in hits], columns=HIT_COLUMNS)
