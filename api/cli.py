@@ -26,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="registered name, sentence-transformers hub id or local folder")
     run.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
     run.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
-    run.add_argument("--mode", default="append", help="append (default), overwrite or upsert")
+    run.add_argument("--mode", default="append",
+                     help="append (default), overwrite, upsert, or sync (upsert, and delete "
+                          "documents gone from the source)")
+    run.add_argument("--allow-empty", action="store_true",
+                     help="sync: let a source that lists nothing delete every row")
     run.add_argument("--priority", default="normal", help="low, normal (default), high, critical")
     run.add_argument("--tenant", default="local", help="run as this tenant (default: local, "
                                                        "unlimited); its quotas apply")

@@ -32,7 +32,7 @@ def run_command(args: argparse.Namespace) -> int:
     spec = JobSpec(
         table=args.table, source=args.source, model=args.model, chunk_tokens=args.chunk_tokens,
         overlap_tokens=args.overlap_tokens, mode=args.mode, priority=args.priority,
-        text_field=args.text_field, id_field=args.id_field,
+        text_field=args.text_field, id_field=args.id_field, allow_empty=args.allow_empty,
     )
     settings = Settings.from_args(args)
     cluster_config = _cluster_spec(args, settings)
@@ -139,6 +139,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"job:            {s['id']} ({s['status']})")
     print(f"documents read: {s['documents']}" + (
         f" (unchanged, not re-embedded: {s['unchanged']})" if s["unchanged"] else ""))
+    if s["documents_changed"] or s["documents_deleted"]:
+        print(f"replaced:       {s['documents_changed']} changed, "
+              f"{s['documents_deleted']} deleted (gone from the source)")
     print(f"skipped:        {s['skipped_count']}")
     reasons = Counter(x["reason"] for x in s["skipped"])
     for reason, n in reasons.most_common():

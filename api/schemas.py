@@ -42,6 +42,10 @@ class JobOut(BaseModel):
     partitions_done: int
     documents_done: int
     documents_unchanged: int
+    documents_changed: int = Field(0, description="of documents_done, those that replaced "
+                                                  "older content (upsert, sync)")
+    documents_deleted: int = Field(0, description="sync: documents gone from the source, "
+                                                  "deleted from the table")
     chunks_done: int
     tokens_done: int
     skipped_count: int

@@ -14,6 +14,10 @@ class SourceError(EmbedscaleError, ValueError):
     """A source path or glob that cannot be read as a whole (missing, empty, unsupported)."""
 
 
+class EmptySourceError(SourceError):
+    """A source that exists (or a glob that is well formed) but lists no document to read."""
+
+
 class ModelError(EmbedscaleError, ValueError):
     """An unknown model name, or a model that cannot be loaded."""
 

@@ -22,16 +22,23 @@ import pyarrow as pa
 
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
+from engine.replacement import commit_replacing, doc_predicate, sql_string
 from engine.schema import chunk_schema, table_model
 
 if TYPE_CHECKING:
     from engine.tasks import PartitionResult
 
-MODES = ("append", "overwrite", "upsert")
+MODES = ("append", "overwrite", "upsert", "sync")
+REPLACING_MODES = ("upsert", "sync")  # documents with other content replace their old rows
 COMMITS_PROPERTY = "embedscale.commits"  # {job_id: {partition: counts}} of one commit
+# {job_id: [doc ids]} whose rows (of the version the commit read) a commit deleted: what a
+# cancel puts back.
+REPLACED_PROPERTY = "embedscale.replaced"
+SEEN_PROPERTY = "embedscale.seen"  # sync: {job_id: [doc ids read from the source]}
+OVERWRITE_PROPERTY = "embedscale.overwrite"  # the job whose overwrite emptied the table
 TABLE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 _TABLE_NAME = re.compile(TABLE_NAME_PATTERN)
-_DELETE_BATCH = 1000  # doc ids per delete predicate
+_DELETE_BATCH = 1000  # doc ids per lookup
 
 
 def validate_table_name(name: str) -> str:
@@ -50,11 +57,6 @@ def lancedb_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "lancedb"
 
 
-def sql_string(value: str) -> str:
-    """A SQL string literal for Lance filters."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 class ChunkTable:
     """A table of chunk rows, seen from the driver: create or check it, then commit to it."""
 
@@ -66,17 +68,21 @@ class ChunkTable:
     def exists(self) -> bool:
         return (Path(self.uri) / "_versions").is_dir()
 
-    def prepare(self, model: ModelInfo, mode: str) -> None:
-        """Make the table ready for a job: create it, empty it (overwrite), or check that its
-        model and dimension match the job's (append, upsert)."""
+    def prepare(self, model: ModelInfo, mode: str, job_id: str | None = None) -> None:
+        """Make the table ready for a job: create it, empty it (overwrite, in a commit that
+        names `job_id`, so a cancel can bring the old rows back), or check that its model and
+        dimension match the job's (append, upsert, sync)."""
         if mode not in MODES:
             raise TableError(f"unknown write mode {mode!r}: use one of {', '.join(MODES)}")
         schema = chunk_schema(model.name, model.dimension)
         if not self.exists() and self._create(schema):
             return
         if mode == "overwrite":
-            lance.LanceDataset.commit(self.uri, lance.LanceOperation.Overwrite(schema, []),
-                                      read_version=lance.dataset(self.uri).version)
+            tx = lance.Transaction(
+                read_version=lance.dataset(self.uri).version,
+                operation=lance.LanceOperation.Overwrite(schema, []),
+                transaction_properties={OVERWRITE_PROPERTY: json.dumps(job_id)})
+            lance.LanceDataset.commit(self.uri, tx)
             return
         existing_model, existing_dim = table_model(lance.dataset(self.uri).schema)
         if existing_model != model.name or existing_dim != model.dimension:
@@ -100,44 +106,39 @@ class ChunkTable:
 
     def commit(self, results_by_job: Mapping[str, Sequence[PartitionResult]]) -> int:
         """Make the fragments of the given partitions (of one or more jobs) visible in one
-        atomic append; returns the new version. The commit records each partition's counts
-        under its job, so a restarted driver can tell what is in the table. For upserts the
-        old rows of replaced documents are deleted first: a crash in between leaves those
-        documents absent (and re-embedded on resume), never doubled."""
+        atomic commit; returns the new version. The commit records each partition's counts
+        under its job, so a restarted driver can tell what is in the table. The old rows of
+        documents replaced (upsert, sync) are deleted in the same commit
+        (engine/replacement.py): a reader sees each document old or new, never missing or
+        doubled. A sync partition is committed even with nothing to write: the commit records
+        the documents it read, which decide at the end what is gone from the source."""
         require_table(self.uri)
-        results = [r for rs in results_by_job.values() for r in rs]
-        self._delete_docs([d for r in results for d in r.replaced_doc_ids])
         ds = lance.dataset(self.uri)
+        results = [r for rs in results_by_job.values() for r in rs]
         fragments = [f for r in results for f in r.fragments]
-        if not fragments:
+        replaced = {job_id: ids for job_id, rs in results_by_job.items()
+                    if (ids := [d for r in rs for d in r.replaced_doc_ids])}
+        seen = {job_id: [d for r in rs for d in r.seen_doc_ids or ()]
+                for job_id, rs in results_by_job.items()
+                if any(r.seen_doc_ids is not None for r in rs)}
+        if not fragments and not seen:
             return ds.version
-        counts = {job_id: {str(r.partition): partition_counts(r) for r in rs}
-                  for job_id, rs in results_by_job.items()}
-        tx = lance.Transaction(
-            read_version=ds.version,
-            operation=lance.LanceOperation.Append(fragments),
-            transaction_properties={COMMITS_PROPERTY: json.dumps(counts)},
-        )
-        return lance.LanceDataset.commit(self.uri, tx).version
+        properties = {COMMITS_PROPERTY: json.dumps(
+            {job_id: {str(r.partition): partition_counts(r) for r in rs}
+             for job_id, rs in results_by_job.items()})}
+        if replaced:
+            properties[REPLACED_PROPERTY] = json.dumps(replaced)
+        if seen:
+            properties[SEEN_PROPERTY] = json.dumps(seen)
+        doc_ids = sorted({d for ids in replaced.values() for d in ids})
+        return commit_replacing(self.uri, ds, doc_predicate(doc_ids) if doc_ids else None,
+                                fragments, properties)
 
     def remove_orphan_files(self) -> None:
         """Remove what workers wrote into the folder of a table that was deleted meanwhile
         (data files of fragments no commit will ever reference)."""
         if not self.exists():
             shutil.rmtree(self.uri, ignore_errors=True)
-
-    def delete_job_rows(self, job_id: str) -> None:
-        """Remove every row a job wrote (cancellation)."""
-        if self.exists():
-            lance.dataset(self.uri).delete(f"job_id = {sql_string(job_id)}")
-
-    def _delete_docs(self, doc_ids: list[str]) -> None:
-        if not doc_ids:
-            return
-        ds = lance.dataset(self.uri)
-        for i in range(0, len(doc_ids), _DELETE_BATCH):
-            chunk = doc_ids[i : i + _DELETE_BATCH]
-            ds.delete(f"doc_id IN ({', '.join(sql_string(d) for d in chunk)})")
 
     def committed_partitions(self, job_id: str, recent: int = 10_000) -> dict[int, dict[str, int]]:
         """Partitions of `job_id` already committed, with their counts, read from the table's
@@ -157,7 +158,8 @@ class ChunkTable:
 def partition_counts(result: PartitionResult) -> dict[str, int]:
     """The figures of a partition that progress and the usage ledger are made of."""
     return {"documents": result.documents, "unchanged": result.unchanged,
-            "chunks": result.chunks, "tokens": result.tokens, "skipped": len(result.skipped)}
+            "changed": len(result.replaced_doc_ids), "chunks": result.chunks,
+            "tokens": result.tokens, "skipped": len(result.skipped)}
 
 
 # --- worker side -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.documents import Skipped, content_hash
-from engine.errors import SourceError
+from engine.errors import EmptySourceError, SourceError
 from engine.file_access import UNRESTRICTED, FileAccess, FileRefused, is_inside
 from engine.partitions import FileSlice, InlineText, Partition
 from engine.readers import EXTENSIONS
@@ -64,7 +64,7 @@ def plan_source(
             skipped.append(Skipped(rel, exc.reason))
     if not candidates:
         kinds = ", ".join(sorted(EXTENSIONS))
-        raise SourceError(
+        raise EmptySourceError(
             f"source has no supported files: {source} ({len(skipped)} other files; "
             f"supported: {kinds})"
         )
@@ -132,13 +132,13 @@ def _list_files(source: str, access: FileAccess,
         root = _glob_root(source)
         files = [p for p in _glob(root, source) if not os.path.isdir(p)]
         if not files:
-            raise SourceError(f"source glob matches no files: {source}")
+            raise EmptySourceError(f"source glob matches no files: {source}")
         return root, sorted(files)
     path = os.path.abspath(source)
     if os.path.isdir(path):
         files = sorted(_walk(path, access, skipped))
         if not files and not skipped:
-            raise SourceError(f"source is empty: no files under {source}")
+            raise EmptySourceError(f"source is empty: no files under {source}")
         return path, files
     if os.path.lexists(path):
         return os.path.dirname(path), [path]

@@ -53,6 +53,9 @@ class PartitionResult:
     tokens: int = 0
     doc_ids: list[str] = field(default_factory=list)  # documents whose rows it wrote
     replaced_doc_ids: list[str] = field(default_factory=list)
+    # sync: every document read from the source (embedded, unchanged or skipped), which is
+    # how the end of the job tells what is gone; None in other modes.
+    seen_doc_ids: list[str] | None = None
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -121,6 +124,8 @@ def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
     model = get_model(config.model)
     docs, skipped = _read(partition, config)
     result = PartitionResult(partition.index, skipped=skipped)
+    if config.mode == "sync":
+        result.seen_doc_ids = [d.doc_id for d in docs]
     docs, result.unchanged, result.replaced_doc_ids = _changed_only(docs, config, skipped)
     chunks = chunk_texts([d.text for d in docs], model.tokenizer, config.chunking)
     no_tokens = set(range(len(docs))) - set(chunks.doc_index.tolist())
@@ -167,7 +172,7 @@ def _changed_only(docs: list[Document], config: TaskConfig,
     commit time, against what other jobs committed meanwhile.)"""
     existing = sink.existing_hashes(config.table_uri, [d.doc_id for d in docs])
     changed = [d for d in docs if existing.get(d.doc_id) != {d.content_hash}]
-    if config.mode == "upsert":
+    if config.mode in sink.REPLACING_MODES:
         return changed, len(docs) - len(changed), [d.doc_id for d in changed
                                                    if d.doc_id in existing]
     new = [d for d in changed if d.doc_id not in existing]

@@ -33,6 +33,9 @@ class CommitOutcome:
     records: dict[str, JobRecord] = field(default_factory=dict)
     committed: list[Finished] = field(default_factory=list)
     succeeded: list[str] = field(default_factory=list)
+    # Sync jobs with every partition done: they succeed once what is gone from their source
+    # is deleted (the runner does it: engine/sync.py).
+    sync_due: list[RunningJob] = field(default_factory=list)
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
@@ -74,8 +77,9 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
     """Record committed partitions; jobs with nothing left succeed in the same transaction,
     unless they fail otherwise (a partition of theirs was refused in this very batch)."""
     jobs = {job.record.id: job for job, _ in outcome.committed}
-    outcome.succeeded = [job_id for job_id, job in jobs.items()
-                         if job_id not in outcome.failed and is_done(job)]
+    done = [job for job_id, job in jobs.items() if job_id not in outcome.failed and is_done(job)]
+    outcome.succeeded = [job.record.id for job in done if job.config.mode != "sync"]
+    outcome.sync_due = [job for job in done if job.config.mode == "sync"]
     outcome.records = store.record_partitions_done(
         [PartitionDone(job.record.id, job.record.tenant, result.partition,
                        partition_counts(result), tuple(result.skipped))

@@ -46,7 +46,8 @@ class EmbedRequest:
     model: str = DEFAULT_MODEL
     chunk_tokens: int | None = None  # default: the model's maximum input
     overlap_tokens: int | None = None
-    mode: str = "append"  # append | overwrite | upsert
+    mode: str = "append"  # append | overwrite | upsert | sync
+    allow_empty: bool = False  # sync: a source that lists nothing may delete every row
     data_dir: str = "./embedscale-data"  # tables and the job-state file (embedscale.duckdb)
     text_field: str = "text"
     id_field: str = "id"
@@ -64,6 +65,7 @@ class EmbedRequest:
             metadata=list(self.metadata) if self.metadata is not None else None,
             model=self.model, chunk_tokens=self.chunk_tokens,
             overlap_tokens=self.overlap_tokens, mode=self.mode, priority=self.priority,
+            allow_empty=self.allow_empty,
             text_field=self.text_field, id_field=self.id_field)
 
 

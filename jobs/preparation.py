@@ -105,7 +105,7 @@ class JobPreparer:
         checked = (table.uri, info.name, info.dimension)
         with self._lock_for(("table", table.uri)):  # one job at a time creates or checks it
             if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
-                table.prepare(info, mode)
+                table.prepare(info, mode, record.id)
                 self._checked_tables.add(checked)
         if resumed:
             self._reconcile(record, table)

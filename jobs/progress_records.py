@@ -49,9 +49,10 @@ def record_done(con: duckdb.DuckDBPyConnection, done: Sequence[PartitionDone],
     charged: Charged = {}
     for d in fresh:
         c = d.counts
-        sums = jobs.setdefault(d.job_id, [0] * 6)
+        sums = jobs.setdefault(d.job_id, [0] * 7)
         for i, n in enumerate((1, c["documents"], c.get("unchanged", 0), c["chunks"],
-                               c["tokens"], c.get("skipped", len(d.skipped)))):
+                               c["tokens"], c.get("skipped", len(d.skipped)),
+                               c.get("changed", 0))):
             sums[i] += n
         chunks, tokens = charged.get(d.tenant, (0, 0))
         charged[d.tenant] = (chunks + c["chunks"], tokens + c["tokens"])
@@ -63,8 +64,9 @@ def record_done(con: duckdb.DuckDBPyConnection, done: Sequence[PartitionDone],
             "documents_done = j.documents_done + v.documents, documents_unchanged = "
             "j.documents_unchanged + v.unchanged, chunks_done = j.chunks_done + v.chunks, "
             "tokens_done = j.tokens_done + v.tokens, skipped_count = j.skipped_count + "
-            "v.skipped, updated_at = ? FROM ({values}) v(id, parts, documents, unchanged, "
-            "chunks, tokens, skipped) WHERE j.id = v.id",
+            "v.skipped, documents_changed = j.documents_changed + v.changed, updated_at = ? "
+            "FROM ({values}) v(id, parts, documents, unchanged, chunks, tokens, skipped, "
+            "changed) WHERE j.id = v.id",
             [[job_id, *sums] for job_id, sums in jobs.items()], before=[now])
     if charged:
         _execute_values(

@@ -27,6 +27,8 @@ from engine.errors import error_line
 from engine.file_access import FileAccess
 from engine.partitions import Partition
 from engine.sink import ChunkTable
+from engine.sync import delete_gone
+from engine.undo import undo_job
 from engine.worker_recovery import WorkerRecovery
 from jobs.admission import AdmissionQueue
 from jobs.commits import Finished, commit_batch
@@ -242,7 +244,7 @@ class Runner:
             self._cancel_when_prepared.discard(job_id)
             self._cancel(job_id)
         elif is_done(outcome):  # resumed with every partition already in the table
-            self._finish(job_id, JobStatus.SUCCEEDED)
+            self._succeed(outcome)
 
     # --- the cluster ---------------------------------------------------------------------
 
@@ -285,6 +287,8 @@ class Runner:
             self._publish(outcome.records[job_id])
         for job_id, (reason, error) in outcome.failed.items():
             self._finish(job_id, JobStatus.FAILED, error_reason=reason, error=error)
+        for job in outcome.sync_due:
+            self._succeed(job)
 
     # --- ending jobs ----------------------------------------------------------------------
 
@@ -300,6 +304,21 @@ class Runner:
         if record.status == JobStatus.CANCELLING:
             remove_job_rows(self.data_dir_of(record.tenant), record)
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
+
+    def _succeed(self, job: RunningJob) -> None:
+        """End a job whose partitions are all done. A sync job first deletes the documents
+        gone from its source, keeping those of sources skipped as unreadable."""
+        fields: dict[str, Any] = {}
+        if job.config.mode == "sync":
+            kept = {s.source for s in self.store.skipped(job.record.id)}
+            try:
+                fields["documents_deleted"] = delete_gone(job.table, job.record.id, kept)
+            except Exception as exc:  # the table vanished or its disk failed
+                self._finish(job.record.id, JobStatus.FAILED, error_reason="commit_failed",
+                             error=f"deleting documents gone from the source failed: "
+                                   f"{error_line(exc)}")
+                return
+        self._finish(job.record.id, JobStatus.SUCCEEDED, **fields)
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
         """End a job, unless a cancel came first (one store call decides: the cancel wins)."""
@@ -326,6 +345,6 @@ class Runner:
 
 
 def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
-    """Delete what a cancelled job wrote to its table."""
-    ChunkTable(data_dir, record.table_name).delete_job_rows(record.id)
+    """Undo a cancelled job in one commit: its rows go, the rows it replaced come back."""
+    undo_job(ChunkTable(data_dir, record.table_name), record.id)
 

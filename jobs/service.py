@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.cluster import Cluster
 from engine.documents import Skipped
-from engine.errors import EmbedscaleError, TableError, TableNotFoundError
+from engine.errors import EmbedscaleError, EmptySourceError, TableError, TableNotFoundError
 from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES, FileAccess, real_roots
 from engine.search import Hit, search
 from engine.sink import ChunkTable
@@ -204,8 +204,18 @@ class JobService:
             if spec.texts is not None:
                 return plan_texts(spec.texts, spec.ids, spec.metadata)
             source = check_source_allowed(spec.source, self.allowed_roots)
-            return plan_source(source, parallelism=parallelism, access=self.file_access,
-                               partition_bytes=partition_bytes)
+            try:
+                return plan_source(source, parallelism=parallelism, access=self.file_access,
+                                   partition_bytes=partition_bytes)
+            except EmptySourceError as exc:
+                if spec.mode != "sync":
+                    raise
+                if not spec.allow_empty:  # an unmounted folder must not wipe the table
+                    raise InvalidFieldError("source", (
+                        f"{exc}; a sync of a source that lists nothing would delete every "
+                        f"row of table '{spec.table}': pass allow_empty (--allow-empty) if "
+                        "that is what you want")) from None
+                return SourcePlan([], [], source, 0, 0)
         except EmbedscaleError as exc:
             if isinstance(exc, InvalidFieldError):
                 raise

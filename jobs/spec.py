@@ -17,7 +17,7 @@ from jobs.errors import InvalidFieldError
 from jobs.textcheck import NameStr, Utf8Json, Utf8Str
 
 Priority = Literal["low", "normal", "high", "critical"]
-Mode = Literal["append", "overwrite", "upsert"]
+Mode = Literal["append", "overwrite", "upsert", "sync"]
 MAX_INLINE_TEXTS = 10_000
 
 
@@ -43,7 +43,13 @@ class JobSpec(BaseModel):
                            description="the default model, or one the service allows")
     chunk_tokens: int | None = Field(None, gt=0, le=1_000_000, strict=True)
     overlap_tokens: int | None = Field(None, ge=0, le=1_000_000, strict=True)
-    mode: Mode = "append"
+    mode: Mode = Field("append", description=(
+        "append; overwrite (the table's rows are replaced by the job's); upsert (changed "
+        "documents replace their rows, unchanged ones are skipped); sync (upsert, and "
+        "documents gone from the source are deleted)"))
+    allow_empty: bool = Field(False, strict=True, description=(
+        "sync only: a source that lists no documents deletes every row (refused without "
+        "this, as an unmounted folder or an empty prefix looks the same)"))
     priority: Priority = "normal"
     text_field: NameStr = Field("text", min_length=1, max_length=256)
     id_field: NameStr = Field("id", min_length=1, max_length=256)

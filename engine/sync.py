@@ -1,0 +1,42 @@
+"""The end of a sync job: rows of documents gone from the source are deleted, in one commit.
+
+Which documents the source still has is what the job's own partitions read: each sync commit
+records its documents (sink.SEEN_PROPERTY), so the answer survives a crash of the driver. A
+document is kept when its source was skipped as unreadable (a file that failed to open is not a
+file that was removed). The deleting commit names the job and how many it deleted, so finishing
+again after a crash deletes nothing twice and reports the same count.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+
+import lance
+
+from engine.replacement import commit_replacing, doc_predicate, transactions_with
+from engine.sink import REPLACED_PROPERTY, SEEN_PROPERTY, ChunkTable, require_table
+
+SYNC_DONE_PROPERTY = "embedscale.sync-done"  # {job_id: documents deleted}
+
+
+def delete_gone(table: ChunkTable, job_id: str, kept_sources: Collection[str] = ()) -> int:
+    """Delete the documents of `table` that sync job `job_id` did not read from its source,
+    except those whose source or id is in `kept_sources`; returns how many were deleted."""
+    require_table(table.uri)
+    for _, done in transactions_with(table.uri, SYNC_DONE_PROPERTY):
+        if job_id in done:
+            return int(done[job_id])
+    seen: set[str] = set()
+    for _, by_job in transactions_with(table.uri, SEEN_PROPERTY):
+        seen.update(by_job.get(job_id, ()))
+    kept = set(kept_sources)
+    ds = lance.dataset(table.uri)
+    rows = ds.to_table(columns=["doc_id", "source"])
+    gone = sorted({doc_id for doc_id, source in zip(rows.column("doc_id").to_pylist(),
+                                                     rows.column("source").to_pylist())
+                   if doc_id not in seen and doc_id not in kept and source not in kept})
+    properties = {SYNC_DONE_PROPERTY: json.dumps({job_id: len(gone)})}
+    if gone:
+        properties[REPLACED_PROPERTY] = json.dumps({job_id: gone})
+    commit_replacing(table.uri, ds, doc_predicate(gone) if gone else None, [], properties)
+    return len(gone)

@@ -1,0 +1,78 @@
+"""Cancelling a job undoes it in one commit: its rows go, and the rows it replaced come back.
+
+What a job replaced is in the table's history: an overwrite's commit names the job
+(sink.OVERWRITE_PROPERTY) and the version before it holds the old rows; an upsert's or sync's
+commits name the documents whose rows they deleted (sink.REPLACED_PROPERTY), and the version
+each commit read holds those rows. A row comes back only if no other job has since written its
+document: what others wrote after the cancelled job is theirs to keep.
+"""
+from __future__ import annotations
+
+import json
+
+import lance
+import pyarrow as pa
+import pyarrow.compute as pc
+from lance.fragment import write_fragments
+
+from engine.replacement import (
+    commit_replacing,
+    doc_predicate,
+    rows_of_version,
+    sql_string,
+    transactions_with,
+)
+from engine.sink import OVERWRITE_PROPERTY, REPLACED_PROPERTY, ChunkTable
+
+UNDO_PROPERTY = "embedscale.undo"  # the job whose rows a commit removed and restored
+
+
+def undo_job(table: ChunkTable, job_id: str) -> int:
+    """Remove every row `job_id` wrote to `table` and put back the rows it replaced, in one
+    commit; returns how many rows came back. A table without the job's rows and without
+    anything to restore is left as it is."""
+    if not table.exists():
+        return 0
+    restored = _replaced_rows(table.uri, job_id)
+    ds = lance.dataset(table.uri)
+    own = f"job_id = {sql_string(job_id)}"
+    if restored is not None and restored.num_rows:
+        others = ds.to_table(columns=["doc_id"], filter=f"NOT ({own})").column("doc_id")
+        taken = set(others.to_pylist())
+        keep = [d not in taken for d in restored.column("doc_id").to_pylist()]
+        restored = restored.filter(pa.array(keep, pa.bool_()))
+    fragments = (write_fragments(restored, table.uri, schema=ds.schema)
+                 if restored is not None and restored.num_rows else [])
+    if not fragments and not ds.count_rows(filter=own):
+        return 0
+    commit_replacing(table.uri, ds, own, fragments, {UNDO_PROPERTY: json.dumps(job_id)})
+    return sum(f.physical_rows for f in fragments)
+
+
+def _replaced_rows(uri: str, job_id: str) -> pa.Table | None:
+    """The rows the job's commits replaced, as they were before, or None when it replaced
+    nothing."""
+    parts: list[pa.Table] = []
+    for before, named in transactions_with(uri, OVERWRITE_PROPERTY):
+        if named == job_id:
+            parts = [rows_of_version(uri, before)]  # all of it, as before the overwrite
+    for before, by_job in transactions_with(uri, REPLACED_PROPERTY):
+        doc_ids = by_job.get(job_id)
+        if doc_ids:
+            rows = rows_of_version(uri, before, doc_predicate(sorted(set(doc_ids))))
+            rows = rows.filter(pc.not_equal(rows.column("job_id"), job_id))
+            parts.append(rows)
+    if not parts:
+        return None
+    return _first_per_chunk(pa.concat_tables(parts))
+
+
+def _first_per_chunk(rows: pa.Table) -> pa.Table:
+    """Each chunk id once, from the earliest part: a document the job replaced twice (a
+    partition run again after a clash) comes back as it was before the first time."""
+    seen: set[str] = set()
+    keep = []
+    for chunk_id in rows.column("id").to_pylist():
+        keep.append(chunk_id not in seen)
+        seen.add(chunk_id)
+    return rows.filter(pa.array(keep, pa.bool_()))
