@@ -9,7 +9,7 @@ from typing import Any
 
 # Options of `add` that go into the job template, as JobSpec names them (None: the default).
 _TEMPLATE_OPTIONS = ("model", "chunk_tokens", "overlap_tokens", "mode", "priority",
-                     "text_field", "id_field")
+                     "text_field", "id_field", "allow_empty")
 
 
 def add_schedule_commands(sub: Any, common_args: Any) -> None:
@@ -27,7 +27,10 @@ def add_schedule_commands(sub: Any, common_args: Any) -> None:
     add.add_argument("--model", help="default all-MiniLM-L6-v2")
     add.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
     add.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
-    add.add_argument("--mode", help="append (default), overwrite or upsert")
+    add.add_argument("--mode", help="append (default), overwrite, upsert, or sync (upsert, "
+                                    "and delete documents gone from the source)")
+    add.add_argument("--allow-empty", action="store_true", default=None,
+                     help="sync: let a source that lists nothing delete every row")
     add.add_argument("--priority", help="low, normal (default), high, critical")
     add.add_argument("--text-field", help="text field of json/jsonl/csv/parquet")
     add.add_argument("--id-field", help="id field of json/jsonl/csv/parquet")
