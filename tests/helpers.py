@@ -1,8 +1,10 @@
-"""Small helpers for tests that read back what a job wrote."""
+"""Small helpers for tests: reading back what a job wrote, waiting for a job over HTTP."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import httpx
 import lance
 import pyarrow as pa
 
@@ -18,3 +20,13 @@ def run(cluster, **kw) -> RunSummary:
     kw.setdefault("chunk_tokens", 64)
     kw.setdefault("overlap_tokens", 8)
     return run_embedding(EmbedRequest(**kw), cluster)
+
+
+def wait_done(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
+    """A job's record once it has ended, polled through the API."""
+    deadline = time.monotonic() + timeout
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+            "succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job

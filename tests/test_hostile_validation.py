@@ -7,7 +7,6 @@ tests marked slow send the same input through a real `embedscale serve`.
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import lance
@@ -25,6 +24,7 @@ from engine.sink import validate_table_name
 from jobs.errors import InvalidFieldError
 from jobs.service import JobService
 from jobs.spec import JobSpec, check_model, check_model_allowed
+from tests.helpers import wait_done
 
 LONE = "\ud800"  # a lone surrogate: JSON can carry it, UTF-8 cannot encode it
 BASE = {"table": "t", "texts": ["a"]}
@@ -264,15 +264,6 @@ def post_raw(client: httpx.Client, path: str, body: dict) -> httpx.Response:
     # ("\ud800") is what a hostile client sends.
     return client.post(path, content=json.dumps(body), headers={"content-type":
                                                                 "application/json"})
-
-
-def wait_done(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-            "succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
-    return job
 
 
 def assert_422(response: httpx.Response, loc: list) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import cloudpickle
@@ -19,6 +18,7 @@ from api.metrics import GPU_ONLY_METRICS
 from api.settings import Settings
 from tests import faults
 from tests.api_server import ROOT, Server
+from tests.helpers import wait_done
 
 cloudpickle.register_pickle_by_value(faults)
 OPS = ROOT / "ops"
@@ -139,15 +139,6 @@ def ops_server(cluster, tmp_path_factory):
     srv.stop()
 
 
-def wait_finished(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-            "succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
-    return job
-
-
 @pytest.fixture(scope="module")
 def exercised(ops_server, cluster, tmp_path_factory):
     """What an operator's metrics and logs are about: a job whose partition fails once and is
@@ -159,7 +150,7 @@ def exercised(ops_server, cluster, tmp_path_factory):
     try:
         job = client.post("/v1/jobs", json={"table": "t", "texts": ["one", "two", "three"]})
         assert job.status_code == 201, job.text
-        assert wait_finished(client, job.json()["id"])["status"] == "succeeded"
+        assert wait_done(client, job.json()["id"])["status"] == "succeeded"
     finally:
         cluster.client.unregister_worker_plugin(plugin.name)
     thrifty = ops_server.tenant("ops-thrifty", tier="free")
@@ -250,7 +241,7 @@ def test_every_line_of_a_server_with_its_own_cluster_is_json(tmp_path):
         with Client(client.get("/v1/cluster").json()["scheduler"]) as dask_client:
             dask_client.register_plugin(faults.FailOnce(str(tmp_path / "failed-once")))
             job = client.post("/v1/jobs", json={"table": "t", "texts": ["a", "b"]}).json()
-            assert wait_finished(client, job["id"])["status"] == "succeeded"
+            assert wait_done(client, job["id"])["status"] == "succeeded"
     finally:
         srv.stop()
     lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines()

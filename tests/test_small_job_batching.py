@@ -49,12 +49,8 @@ def test_small_jobs_of_several_tenants_share_a_task_and_are_charged_apart(cluste
 def test_a_shared_task_that_fails_as_a_whole_runs_its_partitions_alone(cluster, tmp_path):
     service = JobService(tmp_path / "data", cluster)
     runner = service.runner
-    ids = []
-    for n in range(2):
-        record = service.submit("local", {"table": "t", "texts": [f"text number {n}"]})
-        record = service.store.set_status(record.id, JobStatus.RUNNING)
-        runner._jobs[record.id] = runner._preparer.prepare(record, resumed=False)
-        ids.append(record.id)
+    ids = [prepared_by_hand(service, {"table": "t", "texts": [f"text number {n}"]})
+           for n in range(2)]
     runner._feed()
     [real] = {job.in_flight[0] for job in runner._jobs.values()}
     lost = _LostTask()  # what a task lost with its worker looks like to the runner
@@ -75,12 +71,8 @@ def test_partitions_of_a_task_whose_workers_died_run_alone_one_at_a_time(cluster
     nothing beside it, and one that then finishes is committed with no attempt counted."""
     service = JobService(tmp_path / "data", cluster)
     runner = service.runner
-    ids = []
-    for n in range(2):
-        record = service.submit("local", {"table": "t", "texts": [f"text number {n}"]})
-        record = service.store.set_status(record.id, JobStatus.RUNNING)
-        runner._jobs[record.id] = runner._preparer.prepare(record, resumed=False)
-        ids.append(record.id)
+    ids = [prepared_by_hand(service, {"table": "t", "texts": [f"text number {n}"]})
+           for n in range(2)]
     third = service.submit("local", {"table": "t", "texts": ["a later job"]})
     third = service.store.set_status(third.id, JobStatus.RUNNING)
     runner._feed()
@@ -107,6 +99,14 @@ def test_partitions_of_a_task_whose_workers_died_run_alone_one_at_a_time(cluster
         assert [p.attempts for p in service.store.partitions(suspect)] == [0]
     assert 0 in runner._jobs[third.id].in_flight  # its turn came after the suspects
     service.close()
+
+
+def prepared_by_hand(service: JobService, spec: dict, tenant: str = "local") -> str:
+    """Submit a job and make it running and prepared in the runner, whose loop is not
+    started: each step of it is then taken by the test."""
+    record = service.store.set_status(service.submit(tenant, spec).id, JobStatus.RUNNING)
+    service.runner._jobs[record.id] = service.runner._preparer.prepare(record, resumed=False)
+    return record.id
 
 
 class _LostTask:
