@@ -14,7 +14,7 @@ from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.ratelimit import RateLimiter
 from api.request_observer import RequestObserver
-from api.routes import health, jobs, schedules, tables, tenants
+from api.routes import embeddings, health, jobs, schedules, tables, tenants
 from api.settings import Settings
 from api.startup import cluster_spec, open_service
 from engine.cluster import Cluster, start_cluster
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
     app.include_router(jobs.router)
     app.include_router(schedules.router)
     app.include_router(tables.router)
+    app.include_router(embeddings.router)  # OpenAI-compatible, OpenAI-shaped errors
     app.include_router(tenants.usage_router)
     if admin_key:  # no admin routes at all without an admin key
         app.include_router(tenants.admin_router)

@@ -12,6 +12,7 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from api.embedding_metrics import EmbeddingCollector
 from engine.cluster import Cluster
 from jobs.service import JobService
 from jobs.states import TERMINAL
@@ -151,6 +152,7 @@ class Metrics:
     def __init__(self, service: JobService, cluster: Cluster) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(ServiceCollector(service, cluster))
+        self.registry.register(EmbeddingCollector(service))  # POST /v1/embeddings
         self.partition_seconds = Histogram(
             "embedscale_partition_seconds", "Time to read, chunk, embed and write a partition",
             labelnames=["model"], buckets=LATENCY_BUCKETS, registry=self.registry)

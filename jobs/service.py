@@ -21,6 +21,8 @@ from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
 from engine.tables import TableInfo, describe_table, existing_table, list_tables
 from engine.tables import drop_table as remove_table
+from jobs.embedding_batcher import EmbeddingBatcher
+from jobs.embedding_requests import EmbeddingRequests, PendingEmbedding
 from jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
 from jobs.events import EventBus
 from jobs.quotas import check_admission, estimate_chunks
@@ -69,6 +71,7 @@ class JobService:
                                    schedule_poll_seconds)
         self.cluster: Cluster | None = None
         self.runner: Runner | None = None
+        self.embeddings: EmbeddingRequests | None = None  # POST /v1/embeddings, on a cluster
         self.tenants.ensure_local()
         if cluster is not None:
             self.attach(cluster)
@@ -79,6 +82,10 @@ class JobService:
         self.runner = Runner(self.store, cluster, self.bus, self.tier_of, self.tenant_data_dir,
                              self.runner_config, self.file_access,
                              lambda spec: check_model(spec, self.allowed_models))
+        batcher = EmbeddingBatcher(lambda: cluster.client,
+                                   lambda: cluster.worker_threads(max_age=2.0))
+        self.embeddings = EmbeddingRequests(self.store, self.tier_of, self.allowed_models,
+                                            batcher)
 
     def start(self, fire_schedules: bool = False) -> None:
         """Resume unfinished jobs and start running new ones (needs a cluster); with
@@ -93,6 +100,9 @@ class JobService:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop running jobs gracefully (see Runner.stop); call before the cluster closes."""
         self.schedules.stop(timeout)  # first: no run is submitted to a stopping runner
+        if self.embeddings is not None:
+            self.embeddings.close()
+            self.embeddings = None
         if self.runner is not None:
             self.runner.stop(timeout)
             self.runner = None
@@ -330,6 +340,14 @@ class JobService:
     def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs not yet ended (queued, running, cancelling), oldest first."""
         return self.store.unfinished_jobs()
+
+    def embed(self, tenant: str, model: str, texts: list[str],
+              dimensions: int | None = None) -> PendingEmbedding:
+        """Embed `texts` with `model` on the cluster's warm workers, charged to the tenant (see
+        jobs.embedding_requests): checked and charged now, the vectors from `.result()`."""
+        if self.embeddings is None:
+            raise RuntimeError("attach a cluster before embedding texts")
+        return self.embeddings.start(tenant, model, texts, dimensions)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job ends; returns its final record (TimeoutError after `timeout`)."""

@@ -282,6 +282,27 @@ class Store(TenantRows, ScheduleRows, StoreReports):
             found = self._usage[key] = (row[0], row[1]) if row else (0, 0)
         return found
 
+    def charge_usage(self, tenant: str, chunks: int, tokens: int, limit: int | None = None,
+                     day: date | None = None) -> tuple[int, int] | None:
+        """Add `chunks` and `tokens` (negative: a refund) to the tenant's usage of `day` (UTC
+        today), unless its chunks would then pass `limit` (None: no limit): the new (chunks,
+        tokens), or None when nothing was charged. The check and the charge are one
+        transaction under the store's lock, so requests charged at once never overshoot."""
+        key = (tenant, day or utcnow().date())
+        with self._lock:
+            with self._tx() as con:
+                row = con.execute("SELECT chunks, tokens FROM usage WHERE tenant = ? AND "
+                                  "day = ?", list(key)).fetchone()
+                used = (row[0], row[1]) if row else (0, 0)
+                if limit is not None and chunks > 0 and used[0] + chunks > limit:
+                    return None
+                new = (max(0, used[0] + chunks), max(0, used[1] + tokens))
+                con.execute("INSERT INTO usage (tenant, day, chunks, tokens) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT (tenant, day) DO UPDATE SET chunks = excluded.chunks, "
+                            "tokens = excluded.tokens", [*key, *new])
+            self._usage[key] = new  # after the commit, under the lock
+            return new
+
 
 @dataclass(slots=True)
 class _Insert:
