@@ -26,12 +26,10 @@ from engine.cluster import Cluster
 from engine.errors import error_line
 from engine.file_access import FileAccess
 from engine.partitions import Partition
-from engine.sink import ChunkTable
-from engine.sync import delete_gone
-from engine.undo import undo_job
 from engine.worker_recovery import WorkerRecovery
 from jobs.admission import AdmissionQueue
 from jobs.commits import Finished, commit_batch
+from jobs.endings import completion, remove_job_rows
 from jobs.events import EventBus
 from jobs.feeder import Completed, Feeder, failure_line
 from jobs.log_context import call_with_log_fields, log_fields
@@ -55,7 +53,7 @@ from jobs.store import Store
 from jobs.tally import Tally
 from jobs.tiers import Tier
 
-__all__ = ["Runner", "RunnerConfig", "remove_job_rows"]
+__all__ = ["Runner", "RunnerConfig"]
 log = logging.getLogger(__name__)
 RECOVERY_CHECK_S = 5.0  # how often lost workers of a cluster we started are looked for
 THREADS_MAX_AGE_S = 2.0  # the cluster's thread count, asked of the scheduler at most this often
@@ -306,19 +304,9 @@ class Runner:
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
 
     def _succeed(self, job: RunningJob) -> None:
-        """End a job whose partitions are all done. A sync job first deletes the documents
-        gone from its source, keeping those of sources skipped as unreadable."""
-        fields: dict[str, Any] = {}
-        if job.config.mode == "sync":
-            kept = {s.source for s in self.store.skipped(job.record.id)}
-            try:
-                fields["documents_deleted"] = delete_gone(job.table, job.record.id, kept)
-            except Exception as exc:  # the table vanished or its disk failed
-                self._finish(job.record.id, JobStatus.FAILED, error_reason="commit_failed",
-                             error=f"deleting documents gone from the source failed: "
-                                   f"{error_line(exc)}")
-                return
-        self._finish(job.record.id, JobStatus.SUCCEEDED, **fields)
+        """End a job whose partitions are all done (a sync job deletes what is gone first)."""
+        status, fields = completion(self.store, job)
+        self._finish(job.record.id, status, **fields)
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
         """End a job, unless a cancel came first (one store call decides: the cancel wins)."""
@@ -342,9 +330,4 @@ class Runner:
 
     def _publish(self, record: JobRecord, kind: str = "status", **extra: Any) -> None:
         self.bus.publish(record.id, {"type": kind, "job": record.to_dict(), **extra})
-
-
-def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
-    """Undo a cancelled job in one commit: its rows go, the rows it replaced come back."""
-    undo_job(ChunkTable(data_dir, record.table_name), record.id)
 

@@ -23,11 +23,12 @@ from engine.tables import TableInfo, describe_table, existing_table, list_tables
 from engine.tables import drop_table as remove_table
 from jobs.embedding_batcher import EmbeddingBatcher
 from jobs.embedding_requests import EmbeddingRequests, PendingEmbedding
+from jobs.endings import remove_job_rows
 from jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
 from jobs.events import EventBus
 from jobs.quotas import check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
-from jobs.runner import Runner, RunnerConfig, remove_job_rows
+from jobs.runner import Runner, RunnerConfig
 from jobs.schedule_firing import DEFAULT_POLL_SECONDS, Clock, Schedules
 from jobs.spec import JobSpec, check_model, check_source_allowed
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
