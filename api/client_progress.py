@@ -23,12 +23,13 @@ def eta_text(seconds: float | None) -> str:
 
 
 def expected_total(record: dict[str, Any]) -> int:
-    """The bar's length: the admission estimate until the job outgrows it; once the job has
-    succeeded, what it made (unchanged documents of an upsert were never embedded)."""
+    """The bar's length: the chunks the service expects the job to make (its estimate, or an
+    extrapolation once the job outgrew it); once the job has succeeded, what it made
+    (unchanged documents of an upsert were never embedded)."""
     done = record["chunks_done"]
     if record["status"] == "succeeded":
         return done
-    return max(record["estimated_chunks"], done)
+    return max(record.get("expected_chunks") or record["estimated_chunks"], done)
 
 
 class ChunkBar:

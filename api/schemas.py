@@ -56,6 +56,10 @@ class JobOut(BaseModel):
     eta_seconds: float | None = Field(
         description="seconds left at the rate so far, from the chunks still expected; null "
                     "unless running with chunks done and chunks known to remain")
+    expected_chunks: int | None = Field(
+        description="the chunks the job will make in all: estimated_chunks until the job "
+                    "outgrows it, then extrapolated from its finished partitions; once every "
+                    "partition is in, chunks_done")
     error: str | None
     error_reason: str | None
     dashboard_link: str | None

@@ -6,6 +6,7 @@ The public face of the project; the `api`, `jobs` and `engine` packages are its 
 
     summary = embedscale.run("docs/", table="docs")          # in this process, a progress bar
     embedscale.search("docs", "how are chunks cut?", k=5, as_dataframe=True)
+    embedscale.read_table("docs")                              # the rows, vectors included
 
     client = embedscale.Client("http://127.0.0.1:8000", api_key="es_...")   # a service
     client.submit("docs", source="/data/docs").wait()
@@ -34,15 +35,19 @@ _EXPORTS = {
     "RunSummary": "jobs.local_run",
     "RunFailedError": "embedscale.local_jobs",
     "search": "embedscale.local_search",
+    "tables": "embedscale.local_tables",
+    "read_table": "embedscale.local_tables",
     "Hit": "engine.search",
 }
 __all__ = ["ApiError", "Client", "Hit", "Job", "JobCancelledError", "JobFailedError",
-           "RunFailedError", "RunSummary", "cluster", "run", "search", "shutdown"]
+           "RunFailedError", "RunSummary", "cluster", "read_table", "run", "search", "shutdown",
+           "tables"]
 
 if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at run time
     from api.client import ApiError, Client, Job, JobCancelledError, JobFailedError
     from embedscale.local_jobs import RunFailedError, cluster, run, shutdown
     from embedscale.local_search import search
+    from embedscale.local_tables import read_table, tables
     from engine.search import Hit
     from jobs.local_run import RunSummary
 

@@ -116,26 +116,24 @@ class _Bar:
     """The client's chunk bar, fed from the in-process run's progress reports."""
 
     def __init__(self, table: str) -> None:
+        # Drawn from the start: the first commit can be seconds away (planning, model load).
         self._table = table
-        self._bar: ChunkBar | None = None
+        self._bar = ChunkBar(self._record("starting", 0, 0, 0.0, 0.0, None))
+
+    def _record(self, status: str, done: int, expected: int | None, chunks_per_s: float,
+                tokens_per_s: float, eta: float | None) -> dict[str, Any]:
+        return {"table": self._table, "status": status, "chunks_done": done,
+                "estimated_chunks": 0, "expected_chunks": expected,
+                "chunks_per_s": chunks_per_s, "tokens_per_s": tokens_per_s, "eta_seconds": eta}
 
     def show(self, p: Progress) -> None:
-        record = {"table": self._table, "status": "running", "chunks_done": p.chunks,
-                  "estimated_chunks": p.estimated_chunks, "chunks_per_s": p.chunks_per_s,
-                  "tokens_per_s": p.tokens_per_s, "eta_seconds": p.eta_seconds}
-        if self._bar is None:
-            self._bar = ChunkBar(record)
-        else:
-            self._bar.update(record)
+        self._bar.update(self._record("running", p.chunks, p.expected_chunks, p.chunks_per_s,
+                                      p.tokens_per_s, p.eta_seconds))
 
     def finish(self, s: RunSummary) -> None:
-        record = {"table": self._table, "status": s.status, "chunks_done": s.chunks,
-                  "estimated_chunks": s.chunks, "chunks_per_s": s.chunks_per_s,
-                  "tokens_per_s": s.tokens / s.seconds if s.seconds > 0 else 0.0,
-                  "eta_seconds": None}
-        if self._bar is None:  # no commit reported progress (nothing new to embed)
-            self._bar = ChunkBar(record)
-        self._bar.update(record)
+        tokens_per_s = s.tokens / s.seconds if s.seconds > 0 else 0.0
+        self._bar.update(self._record(s.status, s.chunks, s.chunks, s.chunks_per_s,
+                                      tokens_per_s, None))
         self._bar.close()
 
 

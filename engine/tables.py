@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lance
+import pyarrow as pa
 
 from engine.errors import TableNotFoundError
 from engine.schema import table_model
@@ -66,6 +67,11 @@ def list_tables(data_dir: str | Path) -> list[TableInfo]:
                 raise
             # dropped between listing and reading: not listed
     return infos
+
+
+def read_table(data_dir: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """A table's rows (all columns, or `columns`) as Arrow, as of its latest commit."""
+    return lance.dataset(existing_table(data_dir, name).uri).to_table(columns=columns)
 
 
 def drop_table(table: ChunkTable) -> None:

@@ -81,7 +81,7 @@ class Progress:
     tokens: int
     skipped: int
     elapsed: float
-    estimated_chunks: int = 0  # admission's estimate of the job's chunks in all
+    expected_chunks: int | None = None  # in all: the record's estimate (None while unknown)
     eta_seconds: float | None = None  # the job record's: None while it cannot be told
 
     @property
@@ -164,7 +164,7 @@ def _reporter(on_progress: Callable[[Progress], None] | None, started: float):
         on_progress(Progress(job["partitions_done"], job["partitions_total"],
                              job["documents_done"], job["documents_unchanged"],
                              job["chunks_done"], job["tokens_done"], job["skipped_count"],
-                             time.perf_counter() - started, job["estimated_chunks"],
+                             time.perf_counter() - started, job["expected_chunks"],
                              job["eta_seconds"]))
 
     return report

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """Throughput over the job's run so far and the seconds it still needs, if known."""
+    """Throughput over the job's run so far, the chunks it will make in all and the seconds it
+    still needs, each where known."""
 
     chunks_per_s: float
     tokens_per_s: float
     eta_seconds: float | None
+    expected_chunks: int | None = None
 
 
 def expected_chunks(estimated: int, done: int, partitions_done: int,
@@ -36,14 +38,13 @@ def expected_chunks(estimated: int, done: int, partitions_done: int,
 
 def job_rates(chunks_done: int, tokens_done: int, seconds: float | None, *, running: bool,
               estimated_chunks: int, partitions_done: int, partitions_total: int) -> Rates:
-    """Rates over `seconds` of run time, and the ETA of a running job at its rate so far."""
+    """Rates over `seconds` of run time, the chunks expected in all (what a progress bar is
+    as long as), and the ETA of a running job at its rate so far."""
+    total = expected_chunks(estimated_chunks, chunks_done, partitions_done, partitions_total)
     if not seconds or seconds <= 0:
-        return Rates(0.0, 0.0, None)
+        return Rates(0.0, 0.0, None, total)
     chunks_per_s = chunks_done / seconds
     eta = None
-    if running and chunks_done > 0:
-        total = expected_chunks(estimated_chunks, chunks_done, partitions_done,
-                                partitions_total)
-        if total is not None and total > chunks_done:
-            eta = (total - chunks_done) / chunks_per_s
-    return Rates(chunks_per_s, tokens_done / seconds, eta)
+    if running and chunks_done > 0 and total is not None and total > chunks_done:
+        eta = (total - chunks_done) / chunks_per_s
+    return Rates(chunks_per_s, tokens_done / seconds, eta, total)

@@ -68,6 +68,7 @@ class JobRecord:
         data["tokens_per_s"] = round(rates.tokens_per_s, 2)
         data["eta_seconds"] = round(rates.eta_seconds, 1) if rates.eta_seconds is not None \
             else None
+        data["expected_chunks"] = rates.expected_chunks
         data["progress"] = {
             "partitions": [self.partitions_done, self.partitions_total],
             "documents": self.documents_done, "chunks": self.chunks_done,

@@ -22,6 +22,7 @@ def test_eta_text():
 def test_the_bar_is_as_long_as_the_chunks_expected():
     assert expected_total(record()) == 20  # admission's estimate
     assert expected_total(record(chunks_done=31)) == 31  # the job outgrew it
+    assert expected_total(record(chunks_done=31, expected_chunks=60)) == 60  # extrapolated
     # Succeeded: what it made, so the bar ends full even where the estimate was high.
     assert expected_total(record(status="succeeded", chunks_done=12)) == 12
 

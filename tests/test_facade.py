@@ -8,10 +8,12 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import embedscale
 from api.client import HIT_COLUMNS
+from engine.errors import TableNotFoundError
 from engine.search import Hit
 from tests.helpers import read_rows
 
@@ -30,7 +32,7 @@ def test_import_is_light_and_names_load_on_use():
                           cwd=ROOT, check=True, timeout=120)
     before, after_client, names = json.loads(done.stdout)
     assert before == [] and after_client == []  # the HTTP client needs none of the engine
-    assert {"Client", "run", "search", "cluster", "shutdown", "RunSummary"} <= set(names)
+    assert {"Client", "run", "search", "read_table", "tables", "cluster"} <= set(names)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         embedscale.nope  # noqa: B018
 
@@ -75,6 +77,16 @@ def test_run_texts_then_search(cluster, tmp_path, capsys):
                                  where="doc_id = 'dask'")
     assert filtered["doc_id"].tolist() == ["dask"]
 
+    [info] = embedscale.tables(data_dir=tmp_path)
+    assert (info.name, info.rows, info.dimension) == ("notes", 3, 384)
+    rows = embedscale.read_table("notes", ["doc_id", "vector"], data_dir=tmp_path)
+    assert list(rows.columns) == ["doc_id", "vector"]
+    assert sorted(rows["doc_id"]) == ["dask", "duck", "lance"]
+    vectors = np.stack(rows["vector"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    with pytest.raises(TableNotFoundError, match="no table 'nope' \\(tables: notes\\)"):
+        embedscale.read_table("nope", data_dir=tmp_path)
+
 
 @pytest.mark.slow
 def test_run_source_reports_progress_and_upserts(cluster, small_corpus, tmp_path,
@@ -87,7 +99,7 @@ def test_run_source_reports_progress_and_upserts(cluster, small_corpus, tmp_path
     assert capsys.readouterr().err == ""  # progress=False draws nothing
     done = [p.partitions_done for p in seen]  # after each commit (some commit together)
     assert done == sorted(done) and done[-1] == summary.partitions
-    assert seen[-1].chunks == summary.chunks and all(p.estimated_chunks > 0 for p in seen)
+    assert seen[-1].chunks == summary.chunks and all(p.expected_chunks > 0 for p in seen)
     assert all(p.tokens_per_s > p.chunks_per_s > 0 for p in seen)
     assert seen[-1].eta_seconds is None  # every partition in: nothing left to wait for
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from api.client import HIT_COLUMNS
+
 pytestmark = pytest.mark.slow
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -19,13 +21,24 @@ def run_notebook(name: str) -> dict:
     return namespace
 
 
-def test_quickstart(tmp_path, monkeypatch):
+def test_quickstart(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EMBEDSCALE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # no display here; Jupyter draws inline
     monkeypatch.chdir(NOTEBOOKS.parent)
     ns = run_notebook("quickstart.ipynb")
-    assert ns["summary"].ok and ns["summary"].chunks > 100
-    assert ns["hits"][0].doc_id == "notes/exactly-once.md"
-    assert (ns["again"].documents, ns["again"].unchanged) == (0, ns["summary"].documents)
+    summary = ns["summary"]
+    assert summary.ok and summary.chunks > 100
+    bar = capsys.readouterr().err.split("\r")  # tqdm's text bar: no kernel here
+    assert any("sample: 100%" in f and f"{summary.chunks}/{summary.chunks} chunks" in f
+               for f in bar)
+    assert list(ns["hits"].columns) == HIT_COLUMNS and len(ns["hits"]) == 5
+    assert ns["hits"]["doc_id"].iloc[0] == "notes/exactly-once.md"
+    # The plots: one point per chunk in the projection, the job's commits over time.
+    assert ns["xy"].shape == (summary.chunks, 2)
+    assert ns["history"][-1].chunks == summary.chunks
+    assert len(ns["fig"].axes) == 3 and ns["fig"].axes[0].collections
+    ns["plt"].close(ns["fig"])
+    assert (ns["again"].documents, ns["again"].unchanged) == (0, summary.documents)
 
 
 def test_service_client(server, monkeypatch):
@@ -35,4 +48,4 @@ def test_service_client(server, monkeypatch):
     monkeypatch.chdir(NOTEBOOKS.parent)
     ns = run_notebook("service_client.ipynb")
     assert ns["record"]["status"] == "succeeded"
-    assert ns["hits"][0]["doc_id"] == "chunking"
+    assert ns["hits"]["doc_id"].iloc[0] == "chunking"

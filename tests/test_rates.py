@@ -37,6 +37,7 @@ def test_an_exceeded_estimate_extrapolates_from_partitions():
     # 150 chunks from 2 of 4 partitions: about 300 in all, 150 left at 15 chunks/s.
     assert expected_chunks(100, 150, 2, 4) == 300
     assert rates(done=150, p_done=2).eta_seconds == pytest.approx(10.0)
+    assert rates(done=150, p_done=2).expected_chunks == 300
     assert expected_chunks(100, 150, 0, 4) is None  # nothing to extrapolate from
 
 
@@ -58,6 +59,10 @@ def test_the_record_carries_rates_and_eta():
     assert data["chunks_per_s"] == pytest.approx(5.0, rel=0.01)
     assert data["tokens_per_s"] == pytest.approx(250.0, rel=0.01)
     assert data["eta_seconds"] == pytest.approx(60.0, rel=0.01)  # 300 left at 5 chunks/s
+    assert data["expected_chunks"] == 400
     done = _record(JobStatus.SUCCEEDED, estimated_chunks=400, chunks_done=400,
                    partitions_done=4, partitions_total=4).to_dict()
     assert done["eta_seconds"] is None and done["chunks_per_s"] > 0
+    assert done["expected_chunks"] == 400
+    queued = _record(JobStatus.QUEUED, estimated_chunks=50, partitions_total=2).to_dict()
+    assert (queued["expected_chunks"], queued["eta_seconds"]) == (50, None)
