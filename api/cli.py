@@ -24,6 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--table", required=True, help="LanceDB table to write")
     run.add_argument("--model", default="all-MiniLM-L6-v2",
                      help="registered name, sentence-transformers hub id or local folder")
+    run.add_argument("--provider", default="sentence-transformers",
+                     choices=["sentence-transformers", "openai"],
+                     help="where vectors come from: sentence-transformers (default, on the "
+                          "workers) or openai (an OpenAI-compatible endpoint, --provider-url; "
+                          "key from EMBEDSCALE_PROVIDER_API_KEY in the workers' environment)")
+    run.add_argument("--provider-url", metavar="URL",
+                     help="provider openai: the endpoint's base URL, e.g. "
+                          "https://api.openai.com/v1")
+    run.add_argument("--tokenizer", metavar="NAME",
+                     help="provider openai: the model whose tokenizer cuts chunks (default: "
+                          "--model, when it is a registered name or a local folder)")
     run.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
     run.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
     run.add_argument("--mode", default="append",
@@ -61,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-model", action="append", metavar="NAME",
                        help="a model tenants may use besides the default all-MiniLM-L6-v2: "
                             "registered name, hub id or local folder (repeatable)")
+    serve.add_argument("--allow-provider-url", action="append", metavar="URL",
+                       help="an OpenAI-compatible endpoint jobs may name with provider openai "
+                            "(repeatable; the workers send it EMBEDSCALE_PROVIDER_API_KEY)")
     serve.add_argument("--dashboard-address", metavar="HOST:PORT",
                        help="where the Dask dashboard listens (default: --host, port 8787; "
                             "'none': no dashboard)")

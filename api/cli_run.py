@@ -30,7 +30,8 @@ def _cluster_spec(args: argparse.Namespace, settings: Settings) -> ClusterSpec:
 
 def run_command(args: argparse.Namespace) -> int:
     spec = JobSpec(
-        table=args.table, source=args.source, model=args.model, chunk_tokens=args.chunk_tokens,
+        table=args.table, source=args.source, model=args.model, provider=args.provider,
+        provider_url=args.provider_url, tokenizer=args.tokenizer, chunk_tokens=args.chunk_tokens,
         overlap_tokens=args.overlap_tokens, mode=args.mode, priority=args.priority,
         text_field=args.text_field, id_field=args.id_field, allow_empty=args.allow_empty,
     )

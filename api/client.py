@@ -187,10 +187,16 @@ class Client:
         return response.json() if response.content else None
 
     def submit(self, table: str, *, source: str | None = None,
-               texts: list[str] | None = None, **options: Any) -> Job:
-        """Create a job from a server-side `source` path or inline `texts`; `options` are the
-        other job fields (ids, metadata, model, chunk_tokens, overlap_tokens, mode, priority)."""
-        body = {"table": table, **options}
+               texts: list[str] | None = None, provider: str | None = None,
+               provider_url: str | None = None, tokenizer: str | None = None,
+               **options: Any) -> Job:
+        """Create a job from a server-side `source` path or inline `texts`. `provider`:
+        "sentence-transformers" (the default) or "openai", an OpenAI-compatible endpoint at
+        `provider_url` (one the service offers) with chunks cut by `tokenizer`'s (default: the
+        model's own); `options` are the other job fields (ids, metadata, model, chunk_tokens,
+        overlap_tokens, mode, priority)."""
+        given = {"provider": provider, "provider_url": provider_url, "tokenizer": tokenizer}
+        body = {"table": table, **{k: v for k, v in given.items() if v is not None}, **options}
         if source is not None:
             body["source"] = source
         if texts is not None:

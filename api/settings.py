@@ -19,6 +19,7 @@ FLAG_SETTINGS = {
     "cluster": "cluster", "workers": "workers", "allow_root": "allow_roots",
     "tiers": "tiers_file", "max_document_bytes": "max_document_bytes",
     "allow_model": "allowed_models", "dashboard_address": "dashboard_address",
+    "allow_provider_url": "allowed_provider_urls",
     "expose_dashboard": "expose_dashboard", "log_format": "log_format",
 }
 
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     # Models tenants may name besides the default one (always allowed, under any alias):
     # registered names, hub ids or local folders; EMBEDSCALE_ALLOWED_MODELS='["a", "b"]'.
     allowed_models: list[str] = Field(default_factory=list)
+    # Endpoints a job's provider 'openai' may name: the workers send them their
+    # EMBEDSCALE_PROVIDER_API_KEY, so a tenant must not choose where it goes.
+    allowed_provider_urls: list[str] = Field(default_factory=list)
     tiers_file: str | None = None
     admin_key: str | None = None  # EMBEDSCALE_ADMIN_KEY
     admin_key_file: str | None = None  # EMBEDSCALE_ADMIN_KEY_FILE: a file holding the key

@@ -35,4 +35,5 @@ def open_service(settings: Settings, local_user: bool = False,
         settings.data_dir, None, settings.tiers_file,
         allowed_roots=None if local_user else [str(r) for r in settings.allow_roots],
         parallelism=parallelism, max_document_bytes=settings.max_document_bytes,
-        allowed_models=None if local_user else list(settings.allowed_models))
+        allowed_models=None if local_user else list(settings.allowed_models),
+        allowed_provider_urls=None if local_user else list(settings.allowed_provider_urls))

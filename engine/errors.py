@@ -40,3 +40,8 @@ def error_line(exc: BaseException | None) -> str:
         return "unknown error"
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+class ProviderError(EmbedscaleError, RuntimeError):
+    """An embedding endpoint that failed: unreachable, an error answer, or vectors that do not
+    fit (wrong count or dimension). The message names the endpoint and the cause, never a key."""

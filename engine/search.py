@@ -1,4 +1,8 @@
-"""Nearest-chunk search over a table, with the model the table was embedded with."""
+"""Nearest-chunk search over a table, with the model and provider the table was embedded with.
+
+Runs in the API or CLI process: a query model there stays on the CPU (the GPUs belong to the
+workers, and one query needs none).
+"""
 from __future__ import annotations
 
 import json
@@ -11,8 +15,8 @@ import lancedb
 from engine.errors import TableError
 from engine.filters import lance_filter
 from engine.models.cache import get_model
-from engine.models.registry import resolve_model
-from engine.schema import table_model
+from engine.models.registry import ModelSpec, resolve_model
+from engine.schema import table_model, table_provider
 from engine.tables import existing_table
 
 _COLUMNS = ["id", "doc_id", "chunk_index", "text", "source", "metadata", "char_start", "char_end",
@@ -46,7 +50,8 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
     model_name, _ = table_model(lance_table.schema)
     if model_name is None:
         raise TableError(f"table '{name}' has no embedscale model metadata")
-    vector = get_model(resolve_model(model_name)).embed_texts([query])[0]
+    vector = get_model(query_model(lance_table.schema, model_name), device="cpu"
+                       ).embed_texts([query])[0]
     query_builder = lance_table.search(vector).distance_type("cosine").limit(k).select(_COLUMNS)
     if lance_where:
         query_builder = query_builder.where(lance_where, prefilter=True)
@@ -61,3 +66,17 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
             json.loads(r["metadata"] or "{}"), r["char_start"], r["char_end"], r["id"])
         for r in rows
     ]
+
+
+def query_model(schema, model_name: str) -> ModelSpec:
+    """The model that embeds queries for a table: its own model, from its own provider (an
+    HTTP provider at the endpoint its metadata names, with the key of this process's
+    EMBEDSCALE_PROVIDER_API_KEY)."""
+    provider, url = table_provider(schema)
+    if provider == "sentence-transformers":
+        return resolve_model(model_name)
+    if provider == "openai" and url:
+        return ModelSpec(model_name, url, "openai")
+    raise TableError(f"table of model '{model_name}' names provider {provider!r}"
+                     f"{' without an endpoint URL' if provider == 'openai' else ''}: "
+                     "this embedscale cannot embed its queries")

@@ -23,7 +23,7 @@ import pyarrow as pa
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
 from engine.replacement import commit_replacing, doc_predicate, sql_string
-from engine.schema import chunk_schema, table_model
+from engine.schema import chunk_schema, table_model, table_provider
 
 if TYPE_CHECKING:
     from engine.tasks import PartitionResult
@@ -74,7 +74,7 @@ class ChunkTable:
         dimension match the job's (append, upsert, sync)."""
         if mode not in MODES:
             raise TableError(f"unknown write mode {mode!r}: use one of {', '.join(MODES)}")
-        schema = chunk_schema(model.name, model.dimension)
+        schema = chunk_schema(model.name, model.dimension, model.provider, model.provider_url)
         if not self.exists() and self._create(schema):
             return
         if mode == "overwrite":
@@ -84,13 +84,22 @@ class ChunkTable:
                 transaction_properties={OVERWRITE_PROPERTY: json.dumps(job_id)})
             lance.LanceDataset.commit(self.uri, tx)
             return
-        existing_model, existing_dim = table_model(lance.dataset(self.uri).schema)
+        existing = lance.dataset(self.uri).schema
+        existing_model, existing_dim = table_model(existing)
         if existing_model != model.name or existing_dim != model.dimension:
             raise TableError(
                 f"table '{self.name}' holds vectors of model '{existing_model}' "
                 f"({existing_dim} dimensions); this job's model '{model.name}' makes "
                 f"{model.dimension}: use that model, another table, or --mode overwrite"
             )
+        # The same model name behind another provider may be other weights or another
+        # precision: vectors of two spaces in one table would give wrong neighbours silently.
+        existing_provider, _ = table_provider(existing)
+        if existing_provider != model.provider:
+            raise TableError(
+                f"table '{self.name}' holds vectors of provider '{existing_provider}'; this "
+                f"job's provider is '{model.provider}' (model '{model.name}' in both): use "
+                f"provider '{existing_provider}', another table, or --mode overwrite")
 
     def _create(self, schema: pa.Schema) -> bool:
         """Create the table, empty; False if another job created it first (two jobs starting

@@ -78,14 +78,15 @@ class _Prepared:
     docs: list[Document]
     chunks: Chunks
     inputs: list[np.ndarray]
+    texts: list[str]  # each chunk's text, what an HTTP provider is sent
     started: float
 
 
 def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult:
     """Run one partition end to end on this worker; bad documents are skipped, not fatal."""
     prepared = _prepare(partition, config)
-    model = get_model(config.model)
-    return _write(prepared, embed_inputs(model, prepared.inputs, config.token_budget))
+    return _write(prepared, _embed(get_model(config.model), prepared.inputs, prepared.texts,
+                                   config.token_budget))
 
 
 def embed_partitions(batch: list[tuple[Partition, TaskConfig]]
@@ -101,7 +102,8 @@ def embed_partitions(batch: list[tuple[Partition, TaskConfig]]
     if ready:
         config = outcomes[ready[0]].config
         inputs = [x for i in ready for x in outcomes[i].inputs]
-        vectors = embed_inputs(get_model(config.model), inputs, config.token_budget)
+        texts = [t for i in ready for t in outcomes[i].texts]
+        vectors = _embed(get_model(config.model), inputs, texts, config.token_budget)
         start = 0
         for i in ready:
             prepared = outcomes[i]
@@ -110,6 +112,15 @@ def embed_partitions(batch: list[tuple[Partition, TaskConfig]]
             outcomes[i] = _isolated(batch[i][0], prepared.config,
                                     lambda p=prepared, v=share: _write(p, v))
     return outcomes  # type: ignore[return-value]
+
+
+def _embed(model, inputs: list[np.ndarray], texts: list[str],
+           token_budget: int | None) -> np.ndarray:
+    """Vectors of the chunks: from their token ids (local models: one tokenization), or from
+    their texts for a provider that takes texts (HTTP), each text's token count its weight."""
+    if getattr(model, "takes_texts", False):
+        return model.embed_chunks(texts, [len(x) for x in inputs])
+    return embed_inputs(model, inputs, token_budget)
 
 
 def _isolated(partition: Partition, config: TaskConfig, step):
@@ -133,13 +144,16 @@ def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
     result.doc_ids = [d.doc_id for i, d in enumerate(docs) if i not in no_tokens]
     result.documents = len(docs) - len(no_tokens)
     inputs = [model.wrap(ids) for ids in chunks.content_ids]
-    return _Prepared(config, result, docs, chunks, inputs, started)
+    texts = [docs[d].text[s:e]
+             for d, s, e in zip(chunks.doc_index, chunks.char_start, chunks.char_end)]
+    return _Prepared(config, result, docs, chunks, inputs, texts, started)
 
 
 def _write(prepared: _Prepared, vectors: np.ndarray) -> PartitionResult:
     result, config = prepared.result, prepared.config
     if len(prepared.chunks):
-        rows = _rows(prepared.docs, prepared.chunks, prepared.inputs, vectors, config)
+        rows = _rows(prepared.docs, prepared.chunks, prepared.inputs, prepared.texts,
+                     vectors, config)
         result.fragments = sink.write_fragments(config.table_uri, rows)
     result.chunks = len(prepared.chunks)
     result.tokens = int(sum(len(x) for x in prepared.inputs))
@@ -182,16 +196,17 @@ def _changed_only(docs: list[Document], config: TaskConfig,
     return new, len(docs) - len(changed), []
 
 
-def _rows(docs: list[Document], chunks: Chunks, inputs: list[np.ndarray],
+def _rows(docs: list[Document], chunks: Chunks, inputs: list[np.ndarray], texts: list[str],
           vectors: np.ndarray, config: TaskConfig) -> pa.Table:
     model = config.model.name
     d_idx = chunks.doc_index
     doc_ids = [docs[i].doc_id for i in d_idx]
     meta_json = [json.dumps(d.metadata, ensure_ascii=False, default=str) for d in docs]
-    texts = [docs[d].text[s:e] for d, s, e in zip(d_idx, chunks.char_start, chunks.char_end)]
     n, dim = vectors.shape
     now = datetime.now(UTC)
-    schema = chunk_schema(model, dim)
+    spec = config.model
+    schema = chunk_schema(model, dim, spec.backend,
+                          spec.location if spec.backend == "openai" else None)
     columns = {
         "id": [chunk_id(doc, int(c), model) for doc, c in zip(doc_ids, chunks.chunk_index)],
         "doc_id": doc_ids,

@@ -18,14 +18,14 @@ from engine.chunking import ChunkSettings
 from engine.cluster import Cluster
 from engine.file_access import FileAccess
 from engine.models.backend import ModelInfo
-from engine.models.registry import ModelSpec, resolve_model
+from engine.models.registry import ModelSpec
 from engine.models.warmup import warm_up
 from engine.partitions import Partition
 from engine.readers import RecordFields
 from engine.sink import ChunkTable
 from engine.tasks import TaskConfig
 from jobs.records import JobRecord
-from jobs.spec import JobSpec
+from jobs.spec import JobSpec, model_spec
 from jobs.store import Store
 from jobs.tiers import Tier
 
@@ -67,7 +67,7 @@ class JobPreparer:
         # Models already loaded on the workers (new workers load them through the preload
         # plugin): a job on a warm model starts without a round of warm-up tasks.
         self._warm: dict[ModelSpec, ModelInfo] = {}
-        self._checked_tables: set[tuple[str, str, int]] = set()
+        self._checked_tables: set[tuple[str, str, int, str]] = set()
         self._lock = threading.Lock()
         self._locks: dict[tuple[str, object], threading.Lock] = {}
 
@@ -91,7 +91,7 @@ class JobPreparer:
         spec = JobSpec.model_validate(record.spec)
         if self.check_spec is not None:
             self.check_spec(spec)
-        model = resolve_model(spec.model)
+        model = model_spec(spec)
         with self._lock_for(("model", model)):  # one warm-up per model, however many jobs
             info = self._warm.get(model)
             if info is None:
@@ -102,7 +102,7 @@ class JobPreparer:
         mode = "append" if resumed and table.exists() else spec.mode
         # A table already checked for this model needs no second look while it exists;
         # overwrite and a re-created table are prepared afresh.
-        checked = (table.uri, info.name, info.dimension)
+        checked = (table.uri, info.name, info.dimension, info.provider)
         with self._lock_for(("table", table.uri)):  # one job at a time creates or checks it
             if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
                 table.prepare(info, mode, record.id)

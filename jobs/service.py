@@ -30,7 +30,7 @@ from jobs.quotas import check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
 from jobs.runner import Runner, RunnerConfig
 from jobs.schedule_firing import DEFAULT_POLL_SECONDS, Clock, Schedules
-from jobs.spec import JobSpec, check_model, check_source_allowed
+from jobs.spec import JobSpec, as_recorded, check_model, check_provider, check_source_allowed
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
 from jobs.tally import Tally
@@ -50,10 +50,12 @@ class JobService:
                  parallelism: int | None = None,
                  max_document_bytes: int | None = None,
                  allowed_models: list[str] | None = None,
+                 allowed_provider_urls: list[str] | None = None,
                  clock: Clock | None = None,
                  schedule_poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
         self.data_dir = Path(data_dir)
         self.allowed_models = allowed_models  # None: any model (the CLI); see check_model
+        self.allowed_provider_urls = allowed_provider_urls  # None: any (the CLI); check_provider
         self.parallelism = parallelism or os.cpu_count() or 1  # until a cluster is attached
         self.runner_config = runner_config
         self.tiers = load_tiers(tiers_file)
@@ -82,7 +84,7 @@ class JobService:
         self.cluster = cluster
         self.runner = Runner(self.store, cluster, self.bus, self.tier_of, self.tenant_data_dir,
                              self.runner_config, self.file_access,
-                             lambda spec: check_model(spec, self.allowed_models))
+                             self._check_model)
         batcher = EmbeddingBatcher(lambda: cluster.client,
                                    lambda: cluster.worker_threads(max_age=2.0))
         self.embeddings = EmbeddingRequests(self.store, self.tier_of, self.allowed_models,
@@ -172,7 +174,8 @@ class JobService:
         comes with the id its claim chose (`job_id`) and the schedule's (`schedule_id`)."""
         if not isinstance(spec, JobSpec):
             spec = JobSpec.model_validate(spec)
-        limits = check_model(spec, self.allowed_models)
+        limits = self._check_model(spec)
+        spec = as_recorded(spec)
         tier = self.tier_of(tenant)
         plan = self._plan(spec, partition_bytes)
         estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens,
@@ -204,9 +207,15 @@ class JobService:
         under the allowed roots), without admitting it: a schedule's job template."""
         if not isinstance(spec, JobSpec):
             spec = JobSpec.model_validate(spec)
-        check_model(spec, self.allowed_models)
+        self._check_model(spec)
         self._plan(spec)
         return spec
+
+    def _check_model(self, spec: JobSpec):
+        """The spec's provider endpoint and model allowed, its chunk sizes within the model's
+        bounds (check_model's limits returned)."""
+        check_provider(spec, self.allowed_provider_urls)
+        return check_model(spec, self.allowed_models)
 
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
         parallelism = (self.cluster.worker_threads(max_age=2.0) if self.cluster is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,13 +12,20 @@ from engine.chunking import ChunkSettings
 from engine.errors import ChunkingError, ModelError, TableError
 from engine.models.backend import ModelInfo
 from engine.models.limits import model_limits
-from engine.models.registry import DEFAULT_MODEL, registered_name, resolve_model
+from engine.models.registry import (
+    DEFAULT_MODEL,
+    DEFAULT_PROVIDER,
+    ModelSpec,
+    provider_spec,
+    registered_name,
+)
 from engine.sink import TABLE_NAME_PATTERN, validate_table_name
 from jobs.errors import InvalidFieldError
 from jobs.textcheck import NameStr, Utf8Json, Utf8Str
 
 Priority = Literal["low", "normal", "high", "critical"]
 Mode = Literal["append", "overwrite", "upsert", "sync"]
+Provider = Literal["sentence-transformers", "openai"]  # engine.models.registry.PROVIDERS
 MAX_INLINE_TEXTS = 10_000
 
 
@@ -41,6 +49,16 @@ class JobSpec(BaseModel):
         None, description="metadata of each inline text")
     model: NameStr = Field(DEFAULT_MODEL, min_length=1, max_length=512,
                            description="the default model, or one the service allows")
+    provider: Provider = Field(DEFAULT_PROVIDER, description=(
+        "where vectors come from: sentence-transformers (the cluster's workers) or openai (an "
+        "OpenAI-compatible endpoint at provider_url, key from the workers' "
+        "EMBEDSCALE_PROVIDER_API_KEY)"))
+    provider_url: NameStr | None = Field(
+        None, max_length=2048, validate_default=True,
+        description="provider openai: the endpoint's base URL, e.g. https://api.openai.com/v1")
+    tokenizer: NameStr | None = Field(None, min_length=1, max_length=512, description=(
+        "provider openai: the model whose tokenizer cuts chunks (default: the model itself, "
+        "when known locally); the job record names the one used"))
     chunk_tokens: int | None = Field(None, gt=0, le=1_000_000, strict=True)
     overlap_tokens: int | None = Field(None, ge=0, le=1_000_000, strict=True)
     mode: Mode = Field("append", description=(
@@ -64,8 +82,24 @@ class JobSpec(BaseModel):
         except TableError as exc:
             raise ValueError(str(exc)) from None
 
+    @field_validator("provider_url")
+    @classmethod
+    def _provider_url(cls, value: str | None, info) -> str | None:
+        provider = info.data.get("provider")
+        if value is None:
+            if provider == "openai":
+                raise ValueError("provider 'openai' needs provider_url, the endpoint's base URL "
+                                 "(e.g. https://api.openai.com/v1)")
+            return None
+        if provider != "openai":
+            raise ValueError(f"provider_url goes with provider 'openai', not {provider!r}")
+        return check_provider_url(value)
+
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
+        if self.tokenizer is not None and self.provider != "openai":
+            raise ValueError("'tokenizer' goes with provider 'openai' (the other providers "
+                             "chunk with their model's own tokenizer)")
         if (self.source is None) == (self.texts is None):
             raise ValueError("give exactly one of 'source' (a server-side path) or 'texts'")
         if self.texts is not None:
@@ -129,16 +163,68 @@ def check_model_allowed(name: str, allowed: list[str] | None) -> str:
     raise InvalidFieldError("model", MODEL_NOT_ALLOWED.format(names=", ".join(sorted(offered))))
 
 
+def check_provider_url(url: str) -> str:
+    """`url` if it can be an embeddings endpoint's base URL: http(s), a host, no credentials
+    (a key belongs in EMBEDSCALE_PROVIDER_API_KEY, never in a job record)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"provider_url {url!r} is not an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("provider_url carries credentials; put the key in the workers' "
+                         "EMBEDSCALE_PROVIDER_API_KEY instead")
+    return url
+
+
+def model_spec(spec: JobSpec) -> ModelSpec:
+    """The ModelSpec a job's provider, model, endpoint and tokenizer name (ModelError if it
+    cannot be resolved)."""
+    return provider_spec(spec.provider, spec.model, spec.provider_url, spec.tokenizer)
+
+
+def as_recorded(spec: JobSpec) -> JobSpec:
+    """The spec as the job record keeps it: an HTTP provider's job names the tokenizer its
+    chunks are cut with, also when it was the model's own by default."""
+    if spec.provider == "openai" and spec.tokenizer is None:
+        return spec.model_copy(update={"tokenizer": spec.model})
+    return spec
+
+
+def check_provider(spec: JobSpec, allowed_urls: list[str] | None) -> None:
+    """An HTTP provider's endpoint must be one the operator lists (`serve
+    --allow-provider-url`): the workers send it their EMBEDSCALE_PROVIDER_API_KEY, which a
+    tenant must not be able to send anywhere else. None: any (the CLI's trusted user)."""
+    if spec.provider != "openai" or allowed_urls is None:
+        return
+    if spec.provider_url.rstrip("/") not in {u.rstrip("/") for u in allowed_urls}:
+        raise InvalidFieldError("provider_url", "endpoint not offered by this service (the "
+                                "operator offers one with `embedscale serve "
+                                "--allow-provider-url URL`)")
+
+
+def check_model_allowed_as(name: str, allowed: list[str] | None, field: str) -> str:
+    """check_model_allowed, the refusal naming `field`."""
+    try:
+        return check_model_allowed(name, allowed)
+    except InvalidFieldError as exc:
+        raise InvalidFieldError(field, str(exc)) from None
+
+
 def check_model(spec: JobSpec, allowed: list[str] | None) -> ModelInfo | None:
     """The spec's model allowed (check_model_allowed) and its chunk sizes within the model's
     bounds, when the model's files tell them without loading it (engine.models.limits); the
     rule is ChunkSettings.for_model's, which the job applies again when it starts. Returns
     those limits (None where only loading the model tells them), for the quota estimate."""
-    check_model_allowed(spec.model, allowed)
+    field = "tokenizer" if spec.tokenizer is not None else "model"
+    if spec.provider == "openai":
+        # The endpoint's model is loaded nowhere here; its tokenizer is, on the workers.
+        check_model_allowed_as(spec.tokenizer or spec.model, allowed, field)
+    else:
+        check_model_allowed(spec.model, allowed)
     try:
-        info = model_limits(resolve_model(spec.model))
+        resolved = model_spec(spec)
+        info = model_limits(resolved.tokenizer or resolved)
     except ModelError as exc:  # only where any name is allowed: the CLI's local folders
-        raise InvalidFieldError("model", str(exc)) from None
+        raise InvalidFieldError(field, str(exc)) from None
     if info is None:
         return None
     # The size alone first (with the default overlap, always valid), so a failure with the

@@ -23,6 +23,8 @@ class ModelInfo:
     dimension: int
     max_tokens: int  # the longest input, special tokens included, the model accepts
     special_tokens: int  # how many special tokens wrap every input ([CLS] ... [SEP] = 2)
+    provider: str = "sentence-transformers"  # where the vectors come from (ModelSpec.backend)
+    provider_url: str | None = None  # "openai": the endpoint's base URL
 
 
 class EmbeddingModel(Protocol):
@@ -157,4 +159,8 @@ def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
     """Load a model with the backend its spec names."""
     if spec.backend == "sentence-transformers":
         return SentenceTransformerModel(spec, device)
+    if spec.backend == "openai":
+        from engine.models.openai_http import OpenAIHTTPModel  # no torch on this path
+
+        return OpenAIHTTPModel(spec)
     raise ModelError(f"unknown model backend '{spec.backend}' for model '{spec.name}'")

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from engine.errors import ModelError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-BACKENDS = frozenset({"sentence-transformers"})
+# Providers a job may name: where its vectors come from. "openai" is any server speaking the
+# OpenAI embeddings API (OpenAI, vLLM, TEI, Ollama, Infinity, embedscale's own /v1/embeddings).
+PROVIDERS = ("sentence-transformers", "openai")
+DEFAULT_PROVIDER = "sentence-transformers"
+BACKENDS = frozenset(PROVIDERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +24,11 @@ class ModelSpec:
     """How to load one model. Small and picklable: this, not the model, travels in the graph."""
 
     name: str  # the canonical name, stored in every row and in the table's metadata
-    location: str  # a local folder or a hub id
-    backend: str = "sentence-transformers"
+    location: str  # a local folder or a hub id; for "openai", the endpoint's base URL
+    backend: str = "sentence-transformers"  # the provider
     local: bool = False  # loads from local files only (HF_HUB_OFFLINE=1 while loading)
+    # "openai": the model whose tokenizer chunks the texts (None: queries only, no chunking).
+    tokenizer: ModelSpec | None = None
 
 
 def _packaged_minilm() -> ModelSpec:
@@ -63,3 +69,32 @@ def resolve_model(name: str) -> ModelSpec:
     # A hub id; bare names are sentence-transformers' own, as SentenceTransformer() reads them.
     hub_id = name if "/" in name else f"sentence-transformers/{name}"
     return ModelSpec(name, hub_id)
+
+
+def provider_spec(provider: str, model: str, url: str | None = None,
+                  tokenizer: str | None = None) -> ModelSpec:
+    """The ModelSpec of `model` served by `provider`. For "openai", `url` is the endpoint's base
+    URL (.../v1) and chunking uses the tokenizer of `tokenizer`, else of `model` itself when that
+    is known locally (a registered name or a folder); a hub id works as `tokenizer` online."""
+    if provider == "sentence-transformers":
+        return resolve_model(model)
+    if provider != "openai":
+        raise ModelError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}")
+    if not url:
+        raise ModelError("provider 'openai' needs the endpoint's URL (provider_url, "
+                         "--provider-url), e.g. https://api.openai.com/v1")
+    if not model or not model.strip():
+        raise ModelError("model name is empty: give the name the endpoint serves")
+    if tokenizer is not None:
+        chunker = resolve_model(tokenizer)
+    else:
+        chunker = resolve_model(model) if _known_locally(model) else None
+        if chunker is None or not chunker.local:
+            raise ModelError(f"model {model!r} is not known locally, so its tokenizer is not "
+                             "either: name a tokenizer (tokenizer, --tokenizer NAME), a "
+                             "registered model or a local folder")
+    return ModelSpec(model.strip(), url.rstrip("/"), "openai", tokenizer=chunker)
+
+
+def _known_locally(name: str) -> bool:
+    return registered_name(name) is not None or os.path.isdir(name)

@@ -15,6 +15,12 @@ WARM_UP_PRIORITY = 1_000_000
 def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
     """Load the model on every worker at once (a task each) and return what it is; later
     workers (restarts, scale-ups) load it at start through a worker plugin."""
+    if spec.backend == "openai":
+        # Nothing heavy to load: one worker asks the endpoint its dimension (so an unreachable
+        # one fails the job here, before anything is written); each worker connects on first
+        # use. No preload plugin: a worker must start even while the endpoint is down.
+        return client.submit(describe_model, spec, pure=False, priority=WARM_UP_PRIORITY,
+                             key=f"warm-model-{uuid.uuid4().hex[:8]}").result()
     workers = list(client.nthreads())
     # Top priority: on a busy cluster these must not wait behind other jobs' partitions.
     futures = [client.submit(describe_model, spec, workers=[w], allow_other_workers=False,

@@ -1,0 +1,215 @@
+"""Providers (issue 9, items 1, 3, 5): a job names where its vectors come from. The HTTP
+provider's real path runs against a real `embedscale serve` and its /v1/embeddings, through
+the control plane on the tests' cluster; the key reaches the workers through their environment.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lance
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from engine.errors import TableError
+from engine.models.backend import ModelInfo
+from engine.models.openai_http import API_KEY_ENV
+from engine.schema import MODEL_KEY, PROVIDER_KEY, chunk_schema, table_provider
+from engine.search import query_model
+from engine.sink import ChunkTable
+from jobs.errors import InvalidFieldError
+from jobs.spec import JobSpec, check_model, check_provider
+from tests.api_server import free_port
+from tests.helpers import read_rows
+
+TEXTS = [
+    "The heap queue algorithm keeps the smallest item at index zero.",
+    "JSON encoders turn Python dictionaries into text.",
+    "Statistics computes the mean, median and variance of numeric data. " * 40,
+    "argparse parses command-line options, arguments and sub-commands.",
+]
+
+
+def _set_key(value: str | None) -> None:
+    """Run on each worker: the provider key of its environment (None: none at all)."""
+    if value is None:
+        os.environ.pop(API_KEY_ENV, None)
+    else:
+        os.environ[API_KEY_ENV] = value
+
+
+@pytest.fixture
+def worker_key(cluster):
+    """Sets the key in the environment of the tests' workers, as an operator would before
+    starting them; unset again after the test."""
+    def set_key(value: str | None) -> None:
+        cluster.client.run(_set_key, value)
+
+    yield set_key
+    cluster.client.run(_set_key, None)
+
+
+def tenant_key(server, name: str) -> str:
+    return server.tenant(name).headers["authorization"].split()[1]
+
+
+def openai_job(server_url: str, table: str, **fields) -> dict:
+    return {"table": table, "texts": TEXTS, "provider": "openai",
+            "provider_url": server_url + "/v1", "chunk_tokens": 64, **fields}
+
+
+def server_log(server) -> str:
+    return Path(server.log.name).read_text()
+
+
+def no_secret(key: str, *texts: str) -> None:
+    for text in texts:
+        assert key not in text
+
+
+# --- selection and validation (no cluster) ----------------------------------------------------
+
+@pytest.mark.parametrize("body,field,message", [
+    ({"provider": "onnx"}, "provider", "'sentence-transformers' or 'openai'"),
+    ({"provider": "openai"}, "provider_url", "needs provider_url"),
+    ({"provider_url": "http://h/v1"}, "provider_url", "goes with provider 'openai'"),
+    ({"provider": "openai", "provider_url": "http://u:secret@h/v1"}, "provider_url",
+     "carries credentials"),
+    ({"provider": "openai", "provider_url": "file:///etc/passwd"}, "provider_url",
+     "not an http(s) URL"),
+])
+def test_bad_provider_fields_are_named(body, field, message):
+    with pytest.raises(ValidationError) as err:
+        JobSpec.model_validate({"table": "t", "texts": ["a"], **body})
+    first = err.value.errors()[0]
+    assert first["loc"] == (field,) and message in first["msg"]
+
+
+def test_tokenizer_goes_with_openai_and_must_be_known_locally():
+    with pytest.raises(ValidationError, match="'tokenizer' goes with provider 'openai'"):
+        JobSpec.model_validate({"table": "t", "texts": ["a"], "tokenizer": "all-MiniLM-L6-v2"})
+    remote = JobSpec(table="t", texts=["a"], provider="openai", provider_url="http://h/v1",
+                     model="text-embedding-3-small")
+    with pytest.raises(InvalidFieldError) as err:
+        check_model(remote, None)
+    assert err.value.field == "model" and "name a tokenizer" in str(err.value)
+    named = remote.model_copy(update={"tokenizer": "all-MiniLM-L6-v2"})
+    assert check_model(named, None).max_tokens == 256  # chunks sized by that tokenizer's model
+    # A service offers the tokenizer's model only from its allow-list, named as 'tokenizer'.
+    with pytest.raises(InvalidFieldError) as err:
+        check_model(named.model_copy(update={"tokenizer": "/etc"}), [])
+    assert err.value.field == "tokenizer"
+
+
+def test_a_service_sends_its_key_only_to_endpoints_it_offers():
+    spec = JobSpec(table="t", texts=["a"], provider="openai", provider_url="http://evil/v1")
+    check_provider(spec, None)  # the CLI's own user: anywhere
+    check_provider(spec, ["http://evil/v1/"])
+    with pytest.raises(InvalidFieldError) as err:
+        check_provider(spec, ["http://good/v1"])
+    assert err.value.field == "provider_url"
+
+
+def test_old_tables_count_as_sentence_transformers_and_a_provider_is_kept(tmp_path):
+    legacy = chunk_schema("all-MiniLM-L6-v2", 384).remove_metadata().with_metadata(
+        {MODEL_KEY: b"all-MiniLM-L6-v2"})
+    assert PROVIDER_KEY not in legacy.metadata
+    assert table_provider(legacy) == ("sentence-transformers", None)
+    assert query_model(legacy, "all-MiniLM-L6-v2").backend == "sentence-transformers"
+    http = chunk_schema("m", 8, "openai", "http://h/v1")
+    assert table_provider(http) == ("openai", "http://h/v1")
+    assert query_model(http, "m").location == "http://h/v1"
+
+    table = ChunkTable(tmp_path, "t")
+    table.prepare(ModelInfo("all-MiniLM-L6-v2", 384, 256, 2), "append")
+    with pytest.raises(TableError) as err:
+        table.prepare(ModelInfo("all-MiniLM-L6-v2", 384, 256, 2, "openai", "http://h/v1"),
+                      "append")
+    assert "provider 'sentence-transformers'" in str(err.value)
+    assert "provider is 'openai'" in str(err.value)
+
+
+# --- the real path: embedscale serve's /v1/embeddings as the provider --------------------------
+
+def test_openai_provider_job_matches_sentence_transformers(server, service, worker_key,
+                                                           st_model, monkeypatch):
+    key = tenant_key(server, "provider-ok")
+    worker_key(key)
+    job = service.submit("local", openai_job(server.url, "remote"))
+    done = service.wait(job.id, timeout=180)
+    assert done.status == "succeeded", done.error
+    record = json.dumps(done.to_dict())
+    assert done.spec["tokenizer"] == "all-MiniLM-L6-v2"  # the record names the tokenizer used
+    assert done.spec["provider"] == "openai"
+
+    uri = service.table_uri("local", "remote")
+    assert table_provider(lance.dataset(uri).schema) == ("openai", server.url + "/v1")
+    rows = read_rows(service.tenant_data_dir("local"), "remote").to_pylist()
+    assert len(rows) == done.chunks_done > len(TEXTS)  # the long text became several chunks
+    texts = [r["text"] for r in rows]
+    expected = st_model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+    got = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+    got /= np.linalg.norm(got, axis=1, keepdims=True)
+    assert (got * expected).sum(axis=1).min() >= 0.9999
+
+    # Search embeds the query with the table's own provider, from this process's environment.
+    monkeypatch.setenv(API_KEY_ENV, key)
+    hits = service.search("local", "remote", "smallest item of a heap", k=1)
+    assert "heap" in hits[0].text
+
+    # A sentence-transformers job into the HTTP provider's table is refused, nothing written.
+    other = service.wait(service.submit("local", {"table": "remote", "texts": ["x y z"]}).id,
+                         timeout=120)
+    assert other.status == "failed"
+    assert "provider 'openai'" in other.error and "'sentence-transformers'" in other.error
+    assert lance.dataset(uri).count_rows() == len(rows)
+    no_secret(key, record, other.error, server_log(server))
+
+
+def test_unreachable_endpoint_fails_the_job_naming_it(service, worker_key):
+    worker_key("sk-unused-key-123456")
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    job = service.wait(service.submit("local", {**openai_job("", "nowhere"),
+                                                "provider_url": url}).id, timeout=120)
+    assert job.status == "failed"
+    assert url in job.error and "cannot reach" in job.error
+    assert not ChunkTable(service.tenant_data_dir("local"), "nowhere").exists()
+    no_secret("sk-unused-key-123456", json.dumps(job.to_dict()))
+
+
+def test_missing_or_wrong_key_fails_clearly_without_rows(server, service, worker_key):
+    for key in (None, "sk-not-a-tenant-key-987654"):
+        worker_key(key)
+        job = service.wait(service.submit("local", openai_job(server.url, "nokey")).id,
+                           timeout=120)
+        assert job.status == "failed"
+        assert "answered 401" in job.error and API_KEY_ENV in job.error
+        table = ChunkTable(service.tenant_data_dir("local"), "nokey")
+        assert not table.exists() or lance.dataset(table.uri).count_rows() == 0
+        if key:
+            no_secret(key, json.dumps(job.to_dict()), server_log(server))
+
+
+def test_a_dimension_other_than_the_tables_is_refused_before_writing(server, service,
+                                                                     worker_key):
+    worker_key(tenant_key(server, "provider-dim"))
+    table = ChunkTable(service.tenant_data_dir("local"), "dims")
+    url = server.url + "/v1"
+    table.prepare(ModelInfo("all-MiniLM-L6-v2", 128, 256, 2, "openai", url), "append")
+    job = service.wait(service.submit("local", openai_job(server.url, "dims")).id, timeout=120)
+    assert job.status == "failed"
+    assert "128 dimensions" in job.error and "makes 384" in job.error
+    assert lance.dataset(table.uri).count_rows() == 0
+
+
+def test_the_api_refuses_bad_providers_with_the_field(server):
+    with server.tenant("provider-api") as client:
+        for body, field in [({"provider": "onnx"}, "provider"),
+                            ({"provider": "openai"}, "provider_url"),
+                            ({"provider": "openai", "provider_url": server.url + "/v1"},
+                             "provider_url")]:  # not offered by this server
+            response = client.post("/v1/jobs", json={"table": "t", "texts": ["a"], **body})
+            assert response.status_code == 422, response.text
+            assert field in response.text
