@@ -49,3 +49,22 @@ def test_service_client(server, monkeypatch):
     ns = run_notebook("service_client.ipynb")
     assert ns["record"]["status"] == "succeeded"
     assert ns["hits"]["doc_id"].iloc[0] == "chunking"
+
+
+def test_scheduled_sync(server, monkeypatch):
+    key = server.tenant("syncbook").headers["authorization"].split()[1]
+    monkeypatch.setenv("EMBEDSCALE_URL", server.url)
+    monkeypatch.setenv("EMBEDSCALE_API_KEY", key)
+    monkeypatch.setenv("EMBEDSCALE_SOURCE_DIR", str(server.root / "sync-demo"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.chdir(NOTEBOOKS.parent)
+    ns = run_notebook("scheduled_sync.ipynb")
+    kinds = ["new", "changed", "unchanged", "deleted"]
+    # Seven documents; then quotas.md changed, schedules.md added, csv.txt removed; then none.
+    assert ns["counts"][kinds].to_numpy().tolist() == [[7, 0, 0, 0], [1, 1, 5, 1], [0, 0, 7, 0]]
+    assert ns["counts"]["chunks embedded"].iloc[2] == 0
+    history = ns["history"]
+    assert len(history) == 3 and (history["schedule_id"] == ns["schedule"]["id"]).all()
+    assert set(history["status"]) == {"succeeded"}
+    assert "csv.txt" not in ns["hits"]["doc_id"].tolist() and ns["table"] > 7
+    ns["plt"].close(ns["fig"])
