@@ -63,6 +63,17 @@ def test_create_watch_succeed_then_search(server):
     done = [e["job"]["partitions_done"] for e in events if e["type"] == "progress"]
     assert len(done) == job["partitions_total"]  # one event per partition committed
     assert done == sorted(done) and done[-1] == job["partitions_total"]
+    # Rates and ETA in chunks on every event: an ETA while partitions remain, none at the end.
+    for event in events:
+        record = event["job"]
+        if event["type"] == "progress" and record["status"] == "running":
+            assert record["tokens_per_s"] > record["chunks_per_s"] > 0
+            if record["partitions_done"] < record["partitions_total"]:
+                assert record["eta_seconds"] > 0
+                assert record["expected_chunks"] > record["chunks_done"]
+    assert events[0]["job"]["eta_seconds"] is None  # queued: no rate yet
+    last = events[-1]["job"]
+    assert last["eta_seconds"] is None and last["expected_chunks"] == last["chunks_done"]
     assert wait_job(client, nudge["id"], finished)["status"] == "succeeded"
 
     # A client that connects late gets the current state first, then the socket closes.
