@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lance
@@ -21,7 +23,7 @@ from engine.search import query_model
 from engine.sink import ChunkTable
 from jobs.errors import InvalidFieldError
 from jobs.spec import JobSpec, check_model, check_provider
-from tests.api_server import free_port
+from tests.api_server import ROOT, free_port
 from tests.helpers import read_rows
 
 TEXTS = [
@@ -213,3 +215,34 @@ def test_the_api_refuses_bad_providers_with_the_field(server):
             response = client.post("/v1/jobs", json={"table": "t", "texts": ["a"], **body})
             assert response.status_code == 422, response.text
             assert field in response.text
+
+
+# --- the CLI: the key reaches the workers the CLI starts through their environment ------------
+
+def cli(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop(API_KEY_ENV, None)
+    if key is not None:
+        env[API_KEY_ENV] = key
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=ROOT)
+
+
+def test_cli_run_and_search_with_the_openai_provider(server, small_corpus, tmp_path):
+    key = tenant_key(server, "provider-cli")
+    data = str(tmp_path / "data")
+    done = cli("run", str(small_corpus), "--table", "docs", "--data-dir", data, "--workers", "1",
+               "--provider", "openai", "--provider-url", server.url + "/v1",
+               "--chunk-tokens", "128", "--json", key=key)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["chunks"] > 12
+    found = cli("search", "docs", "heap queue algorithm, priority queue", "-k", "1",
+                "--data-dir", data, "--json", key=key)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["doc_id"] == "heapq.txt"
+    no_secret(key, done.stdout, done.stderr, found.stdout, found.stderr, server_log(server))
+
+    bad = cli("run", str(small_corpus), "--table", "t", "--data-dir", data,
+              "--provider", "openai")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "embedscale: error: --provider-url: provider 'openai' needs provider_url" in bad.stderr
