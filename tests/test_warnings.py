@@ -13,7 +13,8 @@ def warn_from(module: str, category: type[Warning]) -> None:
 
 
 @pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
-@pytest.mark.parametrize("module", ["engine.sink", "jobs.runner", "api.routes.jobs", "api"])
+@pytest.mark.parametrize("module", ["engine.sink", "jobs.runner", "api.routes.jobs", "api",
+                                    "embedscale", "embedscale.local_jobs"])
 def test_a_deprecation_in_our_code_is_an_error(module, category):
     with pytest.raises(category, match="going away"):
         warn_from(module, category)
@@ -21,7 +22,7 @@ def test_a_deprecation_in_our_code_is_an_error(module, category):
 
 @pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
 @pytest.mark.parametrize("module", ["pandas.core.frame", "distributed.worker", "engineering",
-                                    "apis.v2", "jobsite"])
+                                    "apis.v2", "jobsite", "embedscaler"])
 def test_a_deprecation_among_libraries_is_ignored(module, category):
     with warnings.catch_warnings(record=True) as seen:  # keeps the filters in force
         warn_from(module, category)
