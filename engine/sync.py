@@ -1,10 +1,11 @@
 """The end of a sync job: rows of documents gone from the source are deleted, in one commit.
 
 Which documents the source still has is what the job's own partitions read: each sync commit
-records its documents (sink.SEEN_PROPERTY), so the answer survives a crash of the driver. A
-document is kept when its source was skipped as unreadable (a file that failed to open is not a
-file that was removed). The deleting commit names the job and how many it deleted, so finishing
-again after a crash deletes nothing twice and reports the same count.
+records its documents and the sources it skipped (sink.SEEN_PROPERTY), so the answer survives a
+crash of the driver. A document is kept when its source was skipped as unreadable, by a
+partition or by the planner (a file that failed to open is not a file that was removed). The
+deleting commit names the job and how many it deleted, so finishing again after a crash deletes
+nothing twice and reports the same count.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def delete_gone(table: ChunkTable, job_id: str, kept_sources: Collection[str] = 
     rows = ds.to_table(columns=["doc_id", "source"])
     gone = sorted({doc_id for doc_id, source in zip(rows.column("doc_id").to_pylist(),
                                                      rows.column("source").to_pylist())
-                   if doc_id not in seen and doc_id not in kept and source not in kept})
+                   if doc_id not in seen and source not in seen
+                   and doc_id not in kept and source not in kept})
     properties = {SYNC_DONE_PROPERTY: json.dumps({job_id: len(gone)})}
     if gone:
         properties[REPLACED_PROPERTY] = json.dumps({job_id: gone})

@@ -135,8 +135,8 @@ def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
     model = get_model(config.model)
     docs, skipped = _read(partition, config)
     result = PartitionResult(partition.index, skipped=skipped)
-    if config.mode == "sync":
-        result.seen_doc_ids = [d.doc_id for d in docs]
+    if config.mode == "sync":  # what the source has, unreadable sources included
+        result.seen_doc_ids = [d.doc_id for d in docs] + [s.source for s in skipped]
     docs, result.unchanged, result.replaced_doc_ids = _changed_only(docs, config, skipped)
     chunks = chunk_texts([d.text for d in docs], model.tokenizer, config.chunking)
     no_tokens = set(range(len(docs))) - set(chunks.doc_index.tolist())

@@ -103,13 +103,14 @@ def test_a_sync_of_a_source_that_lists_nothing_is_refused_unless_allowed(service
 
 
 def test_a_sync_keeps_documents_whose_file_could_not_be_read(service, tmp_path):
-    src = write_docs(tmp_path / "src", {"a": "alpha text", "b": "beta text"})
+    src = write_docs(tmp_path / "src", {"a": "alpha text", "b": "beta text", "c": "gamma"})
     run(service, {"table": "s", "source": str(src), "mode": "sync"})
     (src / "b.txt").unlink()
-    os.mkfifo(src / "b.txt")  # there, but not readable as a document: skipped, not removed
+    os.mkfifo(src / "b.txt")  # there, but not a document: skipped by the planner
+    (src / "c.txt").write_bytes(b"\xff\xfe not text")  # skipped by the worker that reads it
     final = run(service, {"table": "s", "source": str(src), "mode": "sync"})
-    assert final.documents_deleted == 0 and final.skipped_count == 1
-    assert sorted(docs_in(table(service, "s").uri)) == ["a.txt", "b.txt"]
+    assert final.documents_deleted == 0 and final.skipped_count == 2
+    assert sorted(docs_in(table(service, "s").uri)) == ["a.txt", "b.txt", "c.txt"]
 
 
 def test_an_upsert_replaces_each_document_in_one_commit(service, tmp_path):
