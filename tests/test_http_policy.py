@@ -9,6 +9,7 @@ import pytest
 from engine.models.http_policy import (
     RETRYABLE_STATUSES,
     CircuitBreaker,
+    is_retryable,
     parse_retry_after,
     plan_batches,
     retry_delay,
@@ -57,6 +58,10 @@ def test_retry_delay_honours_retry_after_within_the_cap_else_doubles():
 def test_retryable_statuses():
     assert {429, 500, 502, 503, 504} <= RETRYABLE_STATUSES
     assert not {200, 400, 401, 403, 404, 422} & RETRYABLE_STATUSES
+    assert is_retryable(429) and is_retryable(503) and not is_retryable(401)
+    # The server's own word wins: a spent daily quota is a 429 not worth retrying.
+    assert not is_retryable(429, "false") and not is_retryable(503, " False ")
+    assert is_retryable(400, "true") and is_retryable(429, "maybe")
 
 
 def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown():

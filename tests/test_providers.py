@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lance
@@ -17,7 +18,8 @@ from pydantic import ValidationError
 
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
-from engine.models.openai_http import API_KEY_ENV
+from engine.models.openai_http import API_KEY_ENV, OpenAIHTTPModel
+from engine.models.registry import ModelSpec
 from engine.schema import MODEL_KEY, PROVIDER_KEY, chunk_schema, table_provider
 from engine.search import query_model
 from engine.sink import ChunkTable
@@ -53,8 +55,8 @@ def worker_key(cluster):
     cluster.client.run(_set_key, None)
 
 
-def tenant_key(server, name: str) -> str:
-    return server.tenant(name).headers["authorization"].split()[1]
+def tenant_key(server, name: str, tier: str = "premium") -> str:
+    return server.tenant(name, tier).headers["authorization"].split()[1]
 
 
 def openai_job(server_url: str, table: str, **fields) -> dict:
@@ -204,6 +206,34 @@ def test_a_dimension_other_than_the_tables_is_refused_before_writing(server, ser
     assert job.status == "failed"
     assert "128 dimensions" in job.error and "makes 384" in job.error
     assert lance.dataset(table.uri).count_rows() == 0
+
+
+def test_an_openai_error_body_fails_the_job_naming_its_cause_at_once(server, service,
+                                                                     worker_key):
+    # A spent quota: a 429 whose x-should-retry says no retry can help today.
+    worker_key(tenant_key(server, "provider-quota"))
+    with server.admin() as admin:
+        assert admin.patch("/v1/tenants/provider-quota",
+                           json={"daily_chunks": 3}).status_code == 200
+    started = time.monotonic()
+    job = service.wait(service.submit("local", openai_job(server.url, "quota")).id, timeout=120)
+    assert job.status == "failed"
+    assert "answered 429" in job.error and "insufficient_quota" in job.error
+    assert time.monotonic() - started < 20  # not retried for Retry-After's hours (capped 30 s)
+    table = ChunkTable(service.tenant_data_dir("local"), "quota")
+    assert not table.exists() or lance.dataset(table.uri).count_rows() == 0
+
+
+@pytest.mark.slow
+def test_a_rate_limited_request_waits_for_retry_after(server, monkeypatch):
+    # The "limited" tier allows 2 requests a minute: the dimension probe and one embedding
+    # request use them; the next is a 429 with Retry-After (about 30 s), then goes through.
+    monkeypatch.setenv(API_KEY_ENV, tenant_key(server, "provider-limited", tier="limited"))
+    model = OpenAIHTTPModel(ModelSpec("all-MiniLM-L6-v2", server.url + "/v1", "openai"))
+    assert model.embed_texts(["first"]).shape == (1, 384)
+    started = time.monotonic()
+    assert model.embed_texts(["second"]).shape == (1, 384)
+    assert time.monotonic() - started >= 20
 
 
 def test_the_api_refuses_bad_providers_with_the_field(server):

@@ -14,6 +14,15 @@ from email.utils import parsedate_to_datetime
 RETRYABLE_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
+def is_retryable(status: int, should_retry: str | None = None) -> bool:
+    """Whether an answer with `status` is worth another try. A server's `x-should-retry`
+    header (OpenAI's convention, which its own client follows) overrides the status: a spent
+    daily quota is a 429 that no retry within the hour can help."""
+    if should_retry is not None and should_retry.strip().lower() in ("true", "false"):
+        return should_retry.strip().lower() == "true"
+    return status in RETRYABLE_STATUSES
+
+
 def plan_batches(token_counts: list[int], token_budget: int, max_inputs: int
                  ) -> list[list[int]]:
     """Indices of the chunks, grouped into requests of at most `max_inputs` inputs and at most

@@ -21,8 +21,8 @@ import numpy as np
 from engine.errors import ModelError, ProviderError
 from engine.models.backend import ModelInfo, _hub_offline, _special_affixes
 from engine.models.http_policy import (
-    RETRYABLE_STATUSES,
     CircuitBreaker,
+    is_retryable,
     parse_retry_after,
     plan_batches,
     retry_delay,
@@ -143,7 +143,8 @@ class OpenAIHTTPModel:
                     self._record(True)
                     return vectors
                 failure = _describe(self.url, response)
-                if response.status_code not in RETRYABLE_STATUSES:
+                if not is_retryable(response.status_code,
+                                    response.headers.get("x-should-retry")):
                     raise ProviderError(failure)  # the same answer would come again
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             self._record(False)
