@@ -1,11 +1,15 @@
-"""The HTTP provider's policies as pure functions: batches, retry delays, the circuit breaker."""
+"""The HTTP provider's policies as pure functions: batches, retry delays, the circuit breaker,
+and what a 200 answer must hold (no network: answers are built in the test)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import httpx
+import numpy as np
 import pytest
 
+from engine.errors import ProviderError
 from engine.models.http_policy import (
     RETRYABLE_STATUSES,
     CircuitBreaker,
@@ -14,6 +18,7 @@ from engine.models.http_policy import (
     plan_batches,
     retry_delay,
 )
+from engine.models.openai_http import parse_embeddings
 
 
 def test_batches_keep_order_and_respect_both_budgets():
@@ -80,3 +85,30 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown(
     assert not breaker.allows(24.9) and breaker.allows(25.0)
     breaker.record(True, 25.0)
     assert breaker.allows(25.0) and breaker.failures == 0 and breaker.opened_at is None
+
+
+def answer(data: list[dict], status: int = 200) -> httpx.Response:
+    return httpx.Response(status, json={"object": "list", "data": data})
+
+
+def test_an_answer_must_give_one_vector_per_input_in_index_order():
+    url = "http://h/v1/embeddings"
+    got = parse_embeddings(answer([{"index": 1, "embedding": [3.0, 4.0]},
+                                   {"index": 0, "embedding": [1.0, 2.0]}]), 2, url)
+    assert got.dtype == np.float32 and got.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    for data, count, message in [
+        ([{"index": 0, "embedding": [1.0]}], 2, "returned 1 vectors for 2 inputs"),
+        ([{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}], 2,
+         "returned 2 vectors for 2 inputs"),  # an index twice: one input has no vector
+        ([{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [1.0, 2.0]}], 2,
+         "unequal or unknown length"),
+        ([{"index": 0, "embedding": "AAAA"}], 1, "unequal or unknown length"),
+        ([{"index": 0, "embedding": ["x"]}], 1, "not numbers"),
+        ([{"index": 0, "embedding": []}], 1, "unequal or unknown length"),
+        ([{"vector": [1.0]}], 1, "without an OpenAI embeddings body"),
+    ]:
+        with pytest.raises(ProviderError, match=message) as err:
+            parse_embeddings(answer(data), count, url)
+        assert url in str(err.value)
+    with pytest.raises(ProviderError, match="without an OpenAI embeddings body"):
+        parse_embeddings(httpx.Response(200, text="<html>"), 1, url)

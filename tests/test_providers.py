@@ -135,6 +135,19 @@ def test_old_tables_count_as_sentence_transformers_and_a_provider_is_kept(tmp_pa
     assert "provider is 'openai'" in str(err.value)
 
 
+def test_a_table_made_before_providers_takes_sentence_transformers_jobs(service):
+    uri = ChunkTable(service.tenant_data_dir("local"), "legacy").uri
+    legacy = chunk_schema("all-MiniLM-L6-v2", 384).remove_metadata().with_metadata(
+        {MODEL_KEY: b"all-MiniLM-L6-v2"})
+    Path(uri).parent.mkdir(parents=True)
+    lance.write_dataset(legacy.empty_table(), uri, schema=legacy, mode="create")
+    job = service.wait(service.submit("local", {"table": "legacy", "texts": TEXTS[:2]}).id,
+                       timeout=120)
+    assert job.status == "succeeded", job.error
+    assert lance.dataset(uri).count_rows() == 2
+    assert table_provider(lance.dataset(uri).schema) == ("sentence-transformers", None)
+
+
 # --- the real path: embedscale serve's /v1/embeddings as the provider --------------------------
 
 def test_openai_provider_job_matches_sentence_transformers(server, service, worker_key,
@@ -226,10 +239,15 @@ def test_an_openai_error_body_fails_the_job_naming_its_cause_at_once(server, ser
 
 @pytest.mark.slow
 def test_a_rate_limited_request_waits_for_retry_after(server, monkeypatch):
-    # The "limited" tier allows 2 requests a minute: the dimension probe and one embedding
-    # request use them; the next is a 429 with Retry-After (about 30 s), then goes through.
+    # The "limited" tier allows 2 requests a minute, then one every 30 s: the dimension probe
+    # and one embedding request use them; the next is a 429 with Retry-After (about 30 s, as
+    # the server's model is warm), then goes through. Without the header, the backoff alone
+    # (0.5 + 1 + 2 s) would give up long before.
+    spec = ModelSpec("all-MiniLM-L6-v2", server.url + "/v1", "openai")
+    monkeypatch.setenv(API_KEY_ENV, tenant_key(server, "provider-warm"))
+    OpenAIHTTPModel(spec)  # the server's model is loaded on its workers
     monkeypatch.setenv(API_KEY_ENV, tenant_key(server, "provider-limited", tier="limited"))
-    model = OpenAIHTTPModel(ModelSpec("all-MiniLM-L6-v2", server.url + "/v1", "openai"))
+    model = OpenAIHTTPModel(spec)
     assert model.embed_texts(["first"]).shape == (1, 384)
     started = time.monotonic()
     assert model.embed_texts(["second"]).shape == (1, 384)

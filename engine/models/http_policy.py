@@ -76,8 +76,8 @@ def retry_delay(attempt: int, retry_after: float | None, base: float, cap: float
 class CircuitBreaker:
     """Consecutive failures of one endpoint, seen from one worker process. After `threshold`
     failures in a row it opens: calls are refused at once for `cooldown` seconds (the
-    partition fails and the runner's own retry and backoff take over), then one call is let
-    through (half-open); its success closes the breaker, its failure opens it again."""
+    partition fails and the runner's own retry and backoff take over), then calls go out again
+    (half-open): the first success closes the breaker, the first failure opens it again."""
 
     threshold: int = 5
     cooldown: float = 30.0

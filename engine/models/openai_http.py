@@ -139,7 +139,7 @@ class OpenAIHTTPModel:
                 failure = f"cannot reach provider {self.url}: {type(exc).__name__}"
             else:
                 if response.status_code == 200:
-                    vectors = self._vectors(response, len(texts))
+                    vectors = parse_embeddings(response, len(texts), self.url)
                     self._record(True)
                     return vectors
                 failure = _describe(self.url, response)
@@ -157,17 +157,29 @@ class OpenAIHTTPModel:
         with self._breaker_lock:
             self._breaker.record(ok, time.monotonic())
 
-    def _vectors(self, response: httpx.Response, count: int) -> np.ndarray:
-        try:
-            data = sorted(response.json()["data"], key=lambda d: d["index"])
-            vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProviderError(f"provider {self.url} answered 200 without an OpenAI "
-                                f"embeddings body ({type(exc).__name__})") from None
-        if vectors.ndim != 2 or len(vectors) != count:
-            raise ProviderError(f"provider {self.url} returned {len(data)} vectors for "
-                                f"{count} inputs")
-        return vectors
+
+
+def parse_embeddings(response: httpx.Response, count: int, url: str) -> np.ndarray:
+    """The vectors of a 200 answer, in input order (by `index`): float32 [count, dim]. An answer
+    with another number of vectors, vectors of unequal length or no embeddings body at all is
+    a ProviderError naming the endpoint: a row must never get another chunk's vector."""
+    try:
+        data = sorted(response.json()["data"], key=lambda d: d["index"])
+        vectors = [d["embedding"] for d in data]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProviderError(f"provider {url} answered 200 without an OpenAI embeddings body "
+                            f"({type(exc).__name__})") from None
+    if len(vectors) != count or sorted(d["index"] for d in data) != list(range(count)):
+        raise ProviderError(f"provider {url} returned {len(vectors)} vectors for {count} "
+                            "inputs")
+    # A base64 string here would be the server ignoring encoding_format="float".
+    if (not all(isinstance(v, list) for v in vectors)
+            or len(lengths := {len(v) for v in vectors}) != 1 or 0 in lengths):
+        raise ProviderError(f"provider {url} returned vectors of unequal or unknown length")
+    try:
+        return np.asarray(vectors, dtype=np.float32).reshape(count, -1)
+    except (ValueError, TypeError):
+        raise ProviderError(f"provider {url} returned vectors that are not numbers") from None
 
 
 def _auth_headers() -> dict[str, str]:
