@@ -15,6 +15,7 @@ from engine.errors import (
     ChunkingError,
     EmbedscaleError,
     ModelError,
+    ProviderError,
     SourceError,
     TableError,
     TableNotFoundError,
@@ -141,6 +142,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _rate(_: Request, exc: RateLimitedError) -> JSONResponse:
         return JSONResponse(status_code=429, content={"detail": str(exc)},
                             headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+
+    @app.exception_handler(ProviderError)  # a table's embedding endpoint failed a query
+    async def _provider(_: Request, exc: ProviderError) -> JSONResponse:
+        return JSONResponse(status_code=502, content={"detail": _text(exc)})
 
     @app.exception_handler(StoreLockedError)
     async def _locked(_: Request, exc: StoreLockedError) -> JSONResponse:

@@ -25,6 +25,7 @@ from engine.search import query_model
 from engine.sink import ChunkTable
 from jobs.errors import InvalidFieldError
 from jobs.spec import JobSpec, check_model, check_provider
+from jobs.tenants import tenant_data_dir
 from tests.api_server import ROOT, free_port
 from tests.helpers import read_rows
 
@@ -252,6 +253,16 @@ def test_a_rate_limited_request_waits_for_retry_after(server, monkeypatch):
     started = time.monotonic()
     assert model.embed_texts(["second"]).shape == (1, 384)
     assert time.monotonic() - started >= 20
+
+
+def test_search_of_a_table_whose_endpoint_is_down_is_a_502_naming_it(server):
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    with server.tenant("provider-search") as client:
+        ChunkTable(tenant_data_dir(server.data_dir, "provider-search"), "gone").prepare(
+            ModelInfo("all-MiniLM-L6-v2", 384, 256, 2, "openai", closed), "append")
+        response = client.post("/v1/tables/gone/search", json={"query": "heap", "k": 1})
+    assert response.status_code == 502, response.text
+    assert closed in response.json()["detail"] and "cannot reach" in response.json()["detail"]
 
 
 def test_the_api_refuses_bad_providers_with_the_field(server):
