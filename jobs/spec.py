@@ -166,7 +166,11 @@ def check_model_allowed(name: str, allowed: list[str] | None) -> str:
 def check_provider_url(url: str) -> str:
     """`url` if it can be an embeddings endpoint's base URL: http(s), a host, no credentials
     (a key belongs in EMBEDSCALE_PROVIDER_API_KEY, never in a job record)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"provider_url {url!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"provider_url {url!r} is not an http(s) URL with a host")
     if parts.username or parts.password:

@@ -84,6 +84,10 @@ def no_secret(key: str, *texts: str) -> None:
      "carries credentials"),
     ({"provider": "openai", "provider_url": "file:///etc/passwd"}, "provider_url",
      "not an http(s) URL"),
+    ({"provider": "openai", "provider_url": "http://h:99999/v1"}, "provider_url",
+     "not a valid URL"),
+    ({"provider": "openai", "provider_url": "http://[::1/v1"}, "provider_url",
+     "not a valid URL"),
 ])
 def test_bad_provider_fields_are_named(body, field, message):
     with pytest.raises(ValidationError) as err:
