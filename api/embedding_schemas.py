@@ -10,9 +10,11 @@ from engine.models.registry import DEFAULT_MODEL
 from jobs.textcheck import NameStr, Utf8Str, check_utf8
 
 MAX_INPUTS = 2048  # per request, as OpenAI's own limit
-# Characters of one input: a bound on what a request can make a worker tokenize. The model's
-# token limit (256 for the default model) is checked on the worker, with the model's tokenizer.
-MAX_INPUT_CHARS = 100_000
+# Characters of one input and of a request: bounds on what one request can make a worker
+# tokenize (a 256-token input of the default model is about 1,000-5,000 characters). The
+# model's token limit itself is checked on the worker, with the model's own tokenizer.
+MAX_INPUT_CHARS = 20_000
+MAX_REQUEST_CHARS = 4_000_000
 
 
 def _texts(value: Any) -> list[str]:
@@ -24,6 +26,7 @@ def _texts(value: Any) -> list[str]:
         raise ValueError("is an empty list: send at least one text")
     if len(texts) > MAX_INPUTS:
         raise ValueError(f"has {len(texts)} texts; send at most {MAX_INPUTS} a request")
+    total = 0
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             token_ids = isinstance(text, int) or (isinstance(text, list) and all(
@@ -37,6 +40,10 @@ def _texts(value: Any) -> list[str]:
         if len(text) > MAX_INPUT_CHARS:
             raise ValueError(f"input[{i}] has {len(text)} characters; at most "
                              f"{MAX_INPUT_CHARS} are accepted")
+        total += len(text)
+        if total > MAX_REQUEST_CHARS:
+            raise ValueError(f"the texts up to input[{i}] have {total} characters; send at "
+                             f"most {MAX_REQUEST_CHARS} a request")
         try:
             check_utf8(text)
         except ValueError as exc:

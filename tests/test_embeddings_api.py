@@ -110,6 +110,7 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
         "lists of ids": (dict(input=[[101, 102]]), "input", "token ids are not accepted"),
         "other dimensions": (dict(dimensions=128), "dimensions", "384 dimensions only"),
         "too long": (dict(input=["short", "word " * 600]), "input", "input[1] is 602 tokens"),
+        "huge": (dict(input=["a", "b" * 20_001]), "input", "input[1] has 20001 characters"),
         "format": (dict(encoding_format="int8"), "encoding_format", "encoding_format"),
     }
     for name, (fields, param, words) in cases.items():
