@@ -28,38 +28,9 @@ from pathlib import Path
 import httpx
 import websockets
 
-ROOT = Path(__file__).resolve().parents[1]
-ADMIN_KEY = "bench-admin"
-SENTENCES = [
-    "Dask schedules the partitions of a job across its workers.",
-    "LanceDB stores each chunk's vector next to its text.",
-    "A tenant's daily quota counts the chunks actually embedded.",
-    "Small jobs take the fast path through a warm model.",
-    "The runner commits every partition exactly once.",
-    "Priorities and fair sharing decide what runs next.",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDSCALE_ADMIN_KEY": ADMIN_KEY,
-           "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
-                             "--data-dir", str(data_dir), "--workers", str(workers)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-async def wait_ready(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient() as client:
-        while time.monotonic() < deadline:
-            try:
-                if (await client.get(f"{url}/readyz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError("server not ready")
+from benchmarks.server import ADMIN_KEY, SENTENCES, start_server, wait_ready
 
 
 async def follow_websocket(url: str, headers: dict, job_id: str) -> str | None:
@@ -114,7 +85,7 @@ async def main_async(args: argparse.Namespace) -> None:
         url = f"http://127.0.0.1:{port}"
         server = start_server(Path(tmp), port, args.workers)
         try:
-            await wait_ready(url)
+            await asyncio.to_thread(wait_ready, url)
             keys = []
             async with httpx.AsyncClient(base_url=url, headers={
                     "Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
