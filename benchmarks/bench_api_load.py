@@ -16,9 +16,7 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.server import ADMIN_KEY, SENTENCES, start_server, wait_ready
+from benchmarks.server import ADMIN_KEY, SENTENCES, start_server, stop_server, wait_ready
 
 
 async def follow_websocket(url: str, headers: dict, job_id: str) -> str | None:
@@ -105,11 +103,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                    for i in range(args.clients)))
             elapsed = time.monotonic() - started
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop_server(server)
     follow = f"polling every {args.poll} s" if args.poll > 0 else "WebSocket"
     print(f"clients: {args.clients} over {args.tenants} tenants ({follow}), seconds: "
           f"{elapsed:.1f}, workers: {args.workers}")

@@ -14,9 +14,7 @@ import argparse
 import asyncio
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from openai import AsyncOpenAI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.server import ADMIN_KEY, SENTENCES, start_server, wait_ready
+from benchmarks.server import ADMIN_KEY, SENTENCES, start_server, stop_server, wait_ready
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -117,11 +115,7 @@ def main() -> None:
             calls = metric(url, "embedscale_embedding_model_calls") - calls0
             inputs = metric(url, "embedscale_embedding_inputs") - inputs0
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop_server(server)
     latencies = [s for _, s in sent]
     texts = sum(len(t) for t, _ in sent)
     rps = len(sent) / wall

@@ -3,6 +3,7 @@ key, waited for until ready, and the short sentences the benchmarks' clients sen
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,3 +46,12 @@ def wait_ready(url: str, timeout: float = 180) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError("server not ready")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop it gracefully (SIGTERM), or kill its whole session after a minute."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
