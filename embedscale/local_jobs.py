@@ -71,8 +71,8 @@ def run(source: str | os.PathLike | Sequence[str], *, table: str, mode: str = "a
     local cluster by default, or a Cluster, a ClusterSpec, or a scheduler address. `progress`
     draws a bar in chunks; `on_progress` is called after each commit. `options`: the other
     fields of a job (ids, metadata, model, chunk_tokens, overlap_tokens, text_field, id_field,
-    priority, partition_bytes, token_budget, max_attempts). Raises RunFailedError when the
-    job fails (its summary on `.summary`).
+    priority, allow_empty, partition_bytes, token_budget, max_attempts, provider, provider_url,
+    tokenizer). Raises RunFailedError when the job fails (its summary on `.summary`).
     """
     unknown = sorted(set(options) - _OPTIONS)
     if unknown:

@@ -16,7 +16,7 @@ from typing import Any
 from engine.cluster import Cluster
 from engine.documents import Skipped
 from engine.errors import EmbedscaleError
-from engine.models.registry import DEFAULT_MODEL
+from engine.models.registry import DEFAULT_MODEL, DEFAULT_PROVIDER
 from engine.sink import ChunkTable
 from jobs.runner import RunnerConfig
 from jobs.service import JobService
@@ -55,6 +55,9 @@ class EmbedRequest:
     partition_bytes: int | None = None  # default: sized for the cluster
     token_budget: int | None = None  # padded tokens per forward pass (default: per device)
     max_attempts: int = 3  # per partition, with exponential backoff between them
+    provider: str = DEFAULT_PROVIDER  # or openai: an OpenAI-compatible endpoint
+    provider_url: str | None = None  # openai: the endpoint's base URL
+    tokenizer: str | None = None  # openai: the model whose tokenizer cuts chunks
 
     def spec(self) -> JobSpec:
         """The request as the control plane's job spec (validated: a bad field raises)."""
@@ -65,7 +68,8 @@ class EmbedRequest:
             metadata=list(self.metadata) if self.metadata is not None else None,
             model=self.model, chunk_tokens=self.chunk_tokens,
             overlap_tokens=self.overlap_tokens, mode=self.mode, priority=self.priority,
-            allow_empty=self.allow_empty,
+            allow_empty=self.allow_empty, provider=self.provider,
+            provider_url=self.provider_url, tokenizer=self.tokenizer,
             text_field=self.text_field, id_field=self.id_field)
 
 

@@ -126,3 +126,24 @@ def test_the_estimate_advances_by_chunkings_step(tmp_path, chunk_tokens, overlap
         job = service.submit("local", {"table": "t", "texts": [text],
                                        "chunk_tokens": chunk_tokens, "overlap_tokens": overlap})
     assert job.estimated_chunks == math.ceil(len(text) / (CHARS_PER_TOKEN * step))
+
+
+def test_the_python_run_request_carries_every_job_field_to_the_spec():
+    """run_embedding / embedscale.run take the job's fields as the API does: none is dropped
+    on the way to the control plane's spec (a field added to JobSpec must be added here)."""
+    import dataclasses
+
+    from jobs.local_run import EmbedRequest
+
+    request = EmbedRequest(table="t", texts=["a"], mode="sync", allow_empty=True,
+                           provider="openai", provider_url="http://127.0.0.1:9/v1",
+                           tokenizer=DEFAULT_MODEL, priority="high")
+    spec = request.spec()
+    assert (spec.mode, spec.allow_empty, spec.provider, spec.provider_url, spec.tokenizer,
+            spec.priority) == ("sync", True, "openai", "http://127.0.0.1:9/v1", DEFAULT_MODEL,
+                               "high")
+    runner_only = {"data_dir", "partition_bytes", "token_budget", "max_attempts"}
+    request_fields = {f.name for f in dataclasses.fields(EmbedRequest)} - runner_only
+    assert set(JobSpec.model_fields) - request_fields == {"labels"}
+    with pytest.raises(PydanticValidationError, match="provider"):
+        EmbedRequest(table="t", texts=["a"], provider="onnx").spec()
