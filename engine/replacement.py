@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lance
 
@@ -67,12 +68,13 @@ def rows_of_version(uri: str, version: int, predicate: str | None = None):
     return lance.dataset(uri, version=version).to_table(filter=predicate)
 
 
-def transactions_with(uri: str, key: str, recent: int = 10_000) -> list[tuple[int, dict]]:
-    """(read version, decoded property) of the table's recent commits that carry `key`,
-    oldest first."""
+def history(uri: str, *keys: str, recent: int = 10_000) -> list[tuple[int, dict[str, Any]]]:
+    """(read version, {key: decoded property}) of the table's recent commits that carry any of
+    `keys`, oldest first: one read of the history, however many properties a caller needs."""
     found = []
     for tx in reversed(lance.dataset(uri).get_transactions(recent)):
         props = (tx.transaction_properties or {}) if tx else {}
-        if key in props:
-            found.append((tx.read_version, json.loads(props[key])))
+        decoded = {key: json.loads(props[key]) for key in keys if key in props}
+        if decoded:
+            found.append((tx.read_version, decoded))
     return found

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
-from engine.replacement import commit_replacing, doc_predicate, sql_string
+from engine.replacement import commit_replacing, doc_predicate, history, sql_string
 from engine.schema import chunk_schema, table_model, table_provider
 
 if TYPE_CHECKING:
@@ -155,12 +155,9 @@ class ChunkTable:
         done: dict[int, dict[str, int]] = {}
         if not self.exists():
             return done
-        for tx in lance.dataset(self.uri).get_transactions(recent):
-            props = (tx.transaction_properties or {}) if tx else {}
-            if COMMITS_PROPERTY in props:
-                for partition, counts in json.loads(props[COMMITS_PROPERTY]).get(
-                        job_id, {}).items():
-                    done[int(partition)] = counts
+        for _, props in history(self.uri, COMMITS_PROPERTY, recent=recent):
+            for partition, counts in props[COMMITS_PROPERTY].get(job_id, {}).items():
+                done.setdefault(int(partition), counts)  # the first commit of it counts
         return done
 
 

@@ -14,7 +14,7 @@ from collections.abc import Collection
 
 import lance
 
-from engine.replacement import commit_replacing, doc_predicate, transactions_with
+from engine.replacement import commit_replacing, doc_predicate, history
 from engine.sink import REPLACED_PROPERTY, SEEN_PROPERTY, ChunkTable, require_table
 
 SYNC_DONE_PROPERTY = "embedscale.sync-done"  # {job_id: documents deleted}
@@ -24,12 +24,11 @@ def delete_gone(table: ChunkTable, job_id: str, kept_sources: Collection[str] = 
     """Delete the documents of `table` that sync job `job_id` did not read from its source,
     except those whose source or id is in `kept_sources`; returns how many were deleted."""
     require_table(table.uri)
-    for _, done in transactions_with(table.uri, SYNC_DONE_PROPERTY):
-        if job_id in done:
-            return int(done[job_id])
     seen: set[str] = set()
-    for _, by_job in transactions_with(table.uri, SEEN_PROPERTY):
-        seen.update(by_job.get(job_id, ()))
+    for _, props in history(table.uri, SYNC_DONE_PROPERTY, SEEN_PROPERTY):
+        if job_id in props.get(SYNC_DONE_PROPERTY, {}):
+            return int(props[SYNC_DONE_PROPERTY][job_id])
+        seen.update(props.get(SEEN_PROPERTY, {}).get(job_id, ()))
     kept = set(kept_sources)
     ds = lance.dataset(table.uri)
     rows = ds.to_table(columns=["doc_id", "source"])

@@ -18,9 +18,9 @@ from lance.fragment import write_fragments
 from engine.replacement import (
     commit_replacing,
     doc_predicate,
+    history,
     rows_of_version,
     sql_string,
-    transactions_with,
 )
 from engine.sink import OVERWRITE_PROPERTY, REPLACED_PROPERTY, ChunkTable
 
@@ -53,11 +53,12 @@ def _replaced_rows(uri: str, job_id: str) -> pa.Table | None:
     """The rows the job's commits replaced, as they were before, or None when it replaced
     nothing."""
     parts: list[pa.Table] = []
-    for before, named in transactions_with(uri, OVERWRITE_PROPERTY):
-        if named == job_id:
+    commits = history(uri, OVERWRITE_PROPERTY, REPLACED_PROPERTY)
+    for before, props in commits:
+        if props.get(OVERWRITE_PROPERTY) == job_id:
             parts = [rows_of_version(uri, before)]  # all of it, as before the overwrite
-    for before, by_job in transactions_with(uri, REPLACED_PROPERTY):
-        doc_ids = by_job.get(job_id)
+    for before, props in commits:
+        doc_ids = props.get(REPLACED_PROPERTY, {}).get(job_id)
         if doc_ids:
             rows = rows_of_version(uri, before, doc_predicate(sorted(set(doc_ids))))
             rows = rows.filter(pc.not_equal(rows.column("job_id"), job_id))

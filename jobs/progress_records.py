@@ -82,7 +82,10 @@ def record_done(con: duckdb.DuckDBPyConnection, done: Sequence[PartitionDone],
 def _mark_done(con: duckdb.DuckDBPyConnection, done: Sequence[PartitionDone],
                now: datetime) -> list[PartitionDone]:
     """Mark the partitions done; those that were not done already, in order."""
-    unique = list({(d.job_id, d.partition): d for d in reversed(done)}.values())[::-1]
+    first: dict[tuple[str, int], PartitionDone] = {}
+    for d in done:
+        first.setdefault((d.job_id, d.partition), d)
+    unique = list(first.values())
     if not unique:
         return []
     updated = set(_execute_values(
