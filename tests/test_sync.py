@@ -159,3 +159,15 @@ def test_cancelling_a_replacing_job_puts_back_what_it_replaced(service, cluster,
     assert chunk_ids_unique(uri)
     jobs = Counter(lance.dataset(uri).to_table(columns=["job_id"]).column("job_id").to_pylist())
     assert job.id not in jobs
+
+
+def test_a_sync_deletes_exactly_the_gone_ids_whatever_characters_they_hold(service):
+    """Document ids are the tenant's text and go into Lance filters: quotes, SQL and
+    non-ASCII ids are matched literally, and only the one gone is deleted."""
+    ids = ["plain", "it's", "x') OR (1=1", "back\\slash", "ünïcode-文書", "a\"b"]
+    texts = [f"document number {i} about queues" for i in range(len(ids))]
+    run(service, {"table": "q", "texts": texts, "ids": ids, "mode": "sync"})
+    final = run(service, {"table": "q", "texts": texts[:2] + texts[3:],
+                          "ids": ids[:2] + ids[3:], "mode": "sync"})
+    assert final.documents_deleted == 1 and final.documents_unchanged == 5
+    assert sorted(docs_in(table(service, "q").uri)) == sorted(ids[:2] + ids[3:])
