@@ -191,7 +191,8 @@ class Client:
                provider_url: str | None = None, tokenizer: str | None = None,
                **options: Any) -> Job:
         """Create a job from a server-side `source` path or inline `texts`. `provider`:
-        "sentence-transformers" (the default) or "openai", an OpenAI-compatible endpoint at
+        "sentence-transformers" (the default), "onnx" (the same model on onnxruntime, vectors
+        that may share a table with sentence-transformers') or "openai", an endpoint at
         `provider_url` (one the service offers) with chunks cut by `tokenizer`'s (default: the
         model's own); `options` are the other job fields (ids, metadata, model, chunk_tokens,
         overlap_tokens, mode, priority)."""

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
+from engine.models.registry import vector_space
 from engine.replacement import commit_replacing, doc_predicate, history, sql_string
 from engine.schema import chunk_schema, table_model, table_provider
 
@@ -94,8 +95,9 @@ class ChunkTable:
             )
         # The same model name behind another provider may be other weights or another
         # precision: vectors of two spaces in one table would give wrong neighbours silently.
+        # ONNX fp32 and torch vectors of one model are one space (registry.vector_space).
         existing_provider, _ = table_provider(existing)
-        if existing_provider != model.provider:
+        if vector_space(existing_provider) != vector_space(model.provider):
             raise TableError(
                 f"table '{self.name}' holds vectors of provider '{existing_provider}'; this "
                 f"job's provider is '{model.provider}' (model '{model.name}' in both): use "

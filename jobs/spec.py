@@ -25,7 +25,7 @@ from jobs.textcheck import NameStr, Utf8Json, Utf8Str
 
 Priority = Literal["low", "normal", "high", "critical"]
 Mode = Literal["append", "overwrite", "upsert", "sync"]
-Provider = Literal["sentence-transformers", "openai"]  # engine.models.registry.PROVIDERS
+Provider = Literal["sentence-transformers", "onnx", "openai"]  # engine.models.registry.PROVIDERS
 MAX_INLINE_TEXTS = 10_000
 
 
@@ -50,9 +50,10 @@ class JobSpec(BaseModel):
     model: NameStr = Field(DEFAULT_MODEL, min_length=1, max_length=512,
                            description="the default model, or one the service allows")
     provider: Provider = Field(DEFAULT_PROVIDER, description=(
-        "where vectors come from: sentence-transformers (the cluster's workers) or openai (an "
-        "OpenAI-compatible endpoint at provider_url, key from the workers' "
-        "EMBEDSCALE_PROVIDER_API_KEY)"))
+        "where vectors come from: sentence-transformers (torch on the cluster's workers), onnx "
+        "(the same model exported to ONNX, run by onnxruntime on the workers; its vectors may "
+        "share a table with sentence-transformers') or openai (an OpenAI-compatible endpoint "
+        "at provider_url, key from the workers' EMBEDSCALE_PROVIDER_API_KEY)"))
     provider_url: NameStr | None = Field(
         None, max_length=2048, validate_default=True,
         description="provider openai: the endpoint's base URL, e.g. https://api.openai.com/v1")

@@ -146,4 +146,4 @@ def test_the_python_run_request_carries_every_job_field_to_the_spec():
     request_fields = {f.name for f in dataclasses.fields(EmbedRequest)} - runner_only
     assert set(JobSpec.model_fields) - request_fields == {"labels"}
     with pytest.raises(PydanticValidationError, match="provider"):
-        EmbedRequest(table="t", texts=["a"], provider="onnx").spec()
+        EmbedRequest(table="t", texts=["a"], provider="tensorrt").spec()

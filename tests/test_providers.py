@@ -79,7 +79,7 @@ def no_secret(key: str, *texts: str) -> None:
 # --- selection and validation (no cluster) ----------------------------------------------------
 
 @pytest.mark.parametrize("body,field,message", [
-    ({"provider": "onnx"}, "provider", "'sentence-transformers' or 'openai'"),
+    ({"provider": "tensorrt"}, "provider", "'sentence-transformers', 'onnx' or 'openai'"),
     ({"provider": "openai"}, "provider_url", "needs provider_url"),
     ({"provider_url": "http://h/v1"}, "provider_url", "goes with provider 'openai'"),
     ({"provider": "openai", "provider_url": "http://u:secret@h/v1"}, "provider_url",
@@ -293,7 +293,7 @@ def test_search_of_a_table_whose_endpoint_is_down_is_a_502_naming_it(server):
 
 def test_the_api_refuses_bad_providers_with_the_field(server):
     with server.tenant("provider-api") as client:
-        for body, field in [({"provider": "onnx"}, "provider"),
+        for body, field in [({"provider": "tensorrt"}, "provider"),
                             ({"provider": "openai"}, "provider_url"),
                             ({"provider": "openai", "provider_url": server.url + "/v1"},
                              "provider_url")]:  # not offered by this server

@@ -14,17 +14,17 @@ from engine.models.backend import EmbeddingModel, ModelInfo, load_model
 from engine.models.registry import ModelSpec
 
 _lock = threading.Lock()
-_models: dict[tuple[str, str, str, str], EmbeddingModel] = {}
+_models: dict[tuple[str, str, str, str, str], EmbeddingModel] = {}
 # Loads done in this process, per model: the tests ask each worker that it loaded a model once
 # however many tasks and jobs used it.
-_loads: dict[tuple[str, str, str, str], int] = {}
+_loads: dict[tuple[str, str, str, str, str], int] = {}
 
 
-def _key(spec: ModelSpec, device: str | None) -> tuple[str, str, str, str]:
+def _key(spec: ModelSpec, device: str | None) -> tuple[str, str, str, str, str]:
     # An HTTP provider's instance carries its tokenizer: one endpoint's model chunked with two
-    # tokenizers is two instances.
+    # tokenizers is two instances. One model on torch and on ONNX is two instances too.
     tokenizer = spec.tokenizer.location if spec.tokenizer is not None else ""
-    return (spec.name, spec.location, device or "", tokenizer)
+    return (spec.name, spec.location, spec.backend, device or "", tokenizer)
 
 
 def get_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:

@@ -23,7 +23,7 @@ def model_limits(spec: ModelSpec) -> ModelInfo | None:
     tokenizer.json post-processor, found as the backend finds them. Cached per spec: a few
     tens of milliseconds (the tokenizer file) on the first job with a model, none after.
     """
-    if not spec.local or spec.backend != "sentence-transformers":
+    if not spec.local or spec.backend not in ("sentence-transformers", "onnx"):
         return None
     folder = Path(spec.location)
     try:
@@ -41,4 +41,5 @@ def model_limits(spec: ModelSpec) -> ModelInfo | None:
         return None
     if not isinstance(max_tokens, int) or not isinstance(dimension, int):
         return None
-    return ModelInfo(spec.name, dimension, max_tokens, len(prefix) + len(suffix))
+    return ModelInfo(spec.name, dimension, max_tokens, len(prefix) + len(suffix),
+                     provider=spec.backend)

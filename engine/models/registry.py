@@ -6,17 +6,28 @@ Hugging Face hub id that sentence-transformers downloads for users who have the 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from engine.errors import ModelError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-# Providers a job may name: where its vectors come from. "openai" is any server speaking the
-# OpenAI embeddings API (OpenAI, vLLM, TEI, Ollama, Infinity, embedscale's own /v1/embeddings).
-PROVIDERS = ("sentence-transformers", "openai")
+# Providers a job may name: where its vectors come from. "onnx" is the same sentence-transformers
+# model exported to ONNX and run by onnxruntime on the workers; "openai" is any server speaking
+# the OpenAI embeddings API (OpenAI, vLLM, TEI, Ollama, Infinity, embedscale's own
+# /v1/embeddings).
+PROVIDERS = ("sentence-transformers", "onnx", "openai")
 DEFAULT_PROVIDER = "sentence-transformers"
 BACKENDS = frozenset(PROVIDERS)
+# Providers whose vectors of one model agree (the same weights in fp32: ONNX's cosine to torch
+# is >= 0.9999 on every row), so one table may hold vectors of both.
+_VECTOR_SPACES = {"onnx": "sentence-transformers"}
+
+
+def vector_space(provider: str) -> str:
+    """The family of vectors `provider` makes: two providers of one family may share a table."""
+    return _VECTOR_SPACES.get(provider, provider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +36,7 @@ class ModelSpec:
 
     name: str  # the canonical name, stored in every row and in the table's metadata
     location: str  # a local folder or a hub id; for "openai", the endpoint's base URL
-    backend: str = "sentence-transformers"  # the provider
+    backend: str = "sentence-transformers"  # the provider: one of PROVIDERS
     local: bool = False  # loads from local files only (HF_HUB_OFFLINE=1 while loading)
     # "openai": the model whose tokenizer chunks the texts (None: queries only, no chunking).
     tokenizer: ModelSpec | None = None
@@ -78,6 +89,8 @@ def provider_spec(provider: str, model: str, url: str | None = None,
     is known locally (a registered name or a folder); a hub id works as `tokenizer` online."""
     if provider == "sentence-transformers":
         return resolve_model(model)
+    if provider == "onnx":
+        return dataclasses.replace(resolve_model(model), backend="onnx")
     if provider != "openai":
         raise ModelError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     if not url:

@@ -28,5 +28,8 @@ def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
                              priority=WARM_UP_PRIORITY)
                for w in workers] or [client.submit(describe_model, spec, pure=False)]
     infos = client.gather(futures)
-    client.register_plugin(ModelPreloadPlugin([spec]), name=f"embedscale-model-{spec.name}")
+    # One plugin per model and provider: an ONNX job's must not replace the torch job's.
+    suffix = "" if spec.backend == "sentence-transformers" else f"-{spec.backend}"
+    client.register_plugin(ModelPreloadPlugin([spec]),
+                           name=f"embedscale-model-{spec.name}{suffix}")
     return infos[0]
