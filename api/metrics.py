@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from api.embedding_metrics import EmbeddingCollector
 from engine.cluster import Cluster
+from engine.gpu_stats import read_gpus
 from jobs.service import JobService
 from jobs.states import TERMINAL
 
@@ -97,20 +98,12 @@ class ServiceCollector:
 
 def gpu_metrics() -> Iterator[Metric]:
     """GPU busy (NVML's utilisation: the share of the last sample period a kernel ran) and
-    memory from NVML, per GPU; nothing where pynvml or a GPU is missing. A GPU NVML cannot read
-    (fallen off the bus, reset) reports embedscale_gpu_up 0 and no figures, and never fails the
-    scrape or hides the other GPUs."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-    except Exception:
-        log.debug("NVML could not count the GPUs", exc_info=True)
-        _nvml_shutdown(pynvml)
+    memory from NVML, per GPU (engine.gpu_stats); nothing where pynvml or a GPU is missing. A
+    GPU NVML cannot read (fallen off the bus, reset) reports embedscale_gpu_up 0 and no
+    figures, one without a utilisation counter (a MIG slice) its memory alone; neither ever
+    fails the scrape or hides the other GPUs."""
+    readings = read_gpus()
+    if not readings:
         return
     up = GaugeMetricFamily(GPU_UP, "Whether NVML could read the GPU (1) or not (0)",
                            labels=["gpu"])
@@ -118,30 +111,16 @@ def gpu_metrics() -> Iterator[Metric]:
                              "kernel ran", labels=["gpu"])
     used = GaugeMetricFamily(GPU_MEMORY_USED, "GPU memory used", labels=["gpu"])
     total = GaugeMetricFamily(GPU_MEMORY_TOTAL, "GPU memory", labels=["gpu"])
-    try:
-        for i in range(count):
-            try:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            except Exception:
-                log.debug("NVML could not read GPU %d", i, exc_info=True)
-                up.add_metric([str(i)], 0)
-                continue
-            up.add_metric([str(i)], 1)
-            busy.add_metric([str(i)], rates.gpu)
-            used.add_metric([str(i)], memory.used)
-            total.add_metric([str(i)], memory.total)
-    finally:
-        _nvml_shutdown(pynvml)
+    for g in readings:
+        label = [str(g.index)]
+        up.add_metric(label, int(g.up))
+        if not g.up:
+            continue
+        if g.busy_percent is not None:
+            busy.add_metric(label, g.busy_percent)
+        used.add_metric(label, g.memory_used)
+        total.add_metric(label, g.memory_total)
     yield from (up, busy, used, total)
-
-
-def _nvml_shutdown(pynvml) -> None:
-    try:
-        pynvml.nvmlShutdown()
-    except Exception:  # a scrape never fails for NVML's sake
-        log.debug("nvmlShutdown failed", exc_info=True)
 
 
 class Metrics:

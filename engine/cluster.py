@@ -161,6 +161,20 @@ def _log_level(spec: ClusterSpec) -> int:
 
 
 def _local_cuda_cluster(spec: ClusterSpec) -> Any:
+    # Workers whose torch sees no GPU would run the model on one CPU thread each, far slower
+    # than a plain local cluster: refuse rather than start that. (Spawned workers, so asking
+    # torch here initialises no CUDA context that they would inherit.)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" if torch is not None else "no torch"
+        raise EmbedscaleError(
+            f"the local-cuda cluster needs a GPU that torch can use, and {build} "
+            f"(CUDA {getattr(getattr(torch, 'version', None), 'cuda', None) or 'none'}) sees "
+            "none: install a CUDA build of torch for your driver (see the README's GPU "
+            "section) or use the local cluster (cluster_specs/local.yaml)")
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:
@@ -169,6 +183,9 @@ def _local_cuda_cluster(spec: ClusterSpec) -> Any:
         ) from None
     return LocalCUDACluster(
         CUDA_VISIBLE_DEVICES=spec.cuda_visible_devices,
+        # Each worker owns one GPU and says so: partitions are planned for GPUs
+        # (engine.placement) from this resource.
+        resources={"GPU": 1},
         threads_per_worker=spec.threads_per_worker,
         memory_limit=spec.memory_limit,
         dashboard_address=dashboard_bind(spec.dashboard_address),

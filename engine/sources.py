@@ -40,14 +40,16 @@ class SourcePlan:
 
 def plan_source(
     source: str | os.PathLike, *, parallelism: int = 1, partition_bytes: int | None = None,
-    access: FileAccess = UNRESTRICTED,
+    access: FileAccess = UNRESTRICTED, min_partition_bytes: int = MIN_PARTITION_BYTES,
 ) -> SourcePlan:
     """Plan a directory, file or glob into partitions of about `partition_bytes` each.
 
     `partition_bytes` defaults to a size that gives each of `parallelism` workers several
-    partitions. Files that `access` refuses (FIFOs, devices, links out of the allowed roots)
-    are skipped with the reason; the workers check each file again when they open it. Raises
-    SourceError when the source does not exist or has nothing to embed.
+    partitions, none under `min_partition_bytes` (a few MiB for GPU workers, whose batches
+    must be large: engine.placement). Files that `access` refuses (FIFOs, devices, links out
+    of the allowed roots) are skipped with the reason; the workers check each file again
+    when they open it. Raises SourceError when the source does not exist or has nothing to
+    embed.
     """
     skipped: list[Skipped] = []
     root, paths = _list_files(str(source), access, skipped)
@@ -69,7 +71,8 @@ def plan_source(
             f"supported: {kinds})"
         )
     total = sum(c[3] for c in candidates)
-    target = partition_bytes or _default_partition_bytes(total, parallelism)
+    target = partition_bytes or _default_partition_bytes(total, parallelism,
+                                                         min_partition_bytes)
     slices = [s for c in candidates
               for s in _slices(*c, target=target, skipped=skipped, access=access)]
     return SourcePlan(_pack(slices, target), skipped, root, len(candidates), total)
@@ -119,9 +122,10 @@ def inline_doc_id(text: str) -> str:
     return "text-" + content_hash(text)[:32]
 
 
-def _default_partition_bytes(total: int, parallelism: int) -> int:
+def _default_partition_bytes(total: int, parallelism: int,
+                             minimum: int = MIN_PARTITION_BYTES) -> int:
     per_partition = total // max(1, parallelism * PARTITIONS_PER_WORKER)
-    return max(MIN_PARTITION_BYTES, min(MAX_PARTITION_BYTES, per_partition))
+    return max(minimum, min(max(minimum, MAX_PARTITION_BYTES), per_partition))
 
 
 def _list_files(source: str, access: FileAccess,

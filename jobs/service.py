@@ -16,6 +16,7 @@ from engine.cluster import Cluster
 from engine.documents import Skipped
 from engine.errors import EmbedscaleError, EmptySourceError, TableError, TableNotFoundError
 from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES, FileAccess, real_roots
+from engine.placement import GpuCount, plan_target
 from engine.search import Hit, search
 from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
@@ -73,6 +74,7 @@ class JobService:
         self.schedules = Schedules(self.store, self.check, self.submit, clock,
                                    schedule_poll_seconds)
         self.cluster: Cluster | None = None
+        self._gpus = GpuCount()  # GPU workers of the cluster, for planning partitions
         self.runner: Runner | None = None
         self.embeddings: EmbeddingRequests | None = None  # POST /v1/embeddings, on a cluster
         self.tenants.ensure_local()
@@ -218,15 +220,19 @@ class JobService:
         return check_model(spec, self.allowed_models)
 
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
-        parallelism = (self.cluster.worker_threads(max_age=2.0) if self.cluster is not None
-                       else self.parallelism)
+        # Planned for the cluster that runs it: its task slots, and larger partitions where
+        # its workers own GPUs (engine.placement).
+        target = (plan_target(self.cluster.worker_threads(max_age=2.0),
+                              self._gpus(self.cluster.client))
+                  if self.cluster is not None else plan_target(self.parallelism, 0))
         try:
             if spec.texts is not None:
                 return plan_texts(spec.texts, spec.ids, spec.metadata)
             source = check_source_allowed(spec.source, self.allowed_roots)
             try:
-                return plan_source(source, parallelism=parallelism, access=self.file_access,
-                                   partition_bytes=partition_bytes)
+                return plan_source(source, parallelism=target.parallelism,
+                                   access=self.file_access, partition_bytes=partition_bytes,
+                                   min_partition_bytes=target.min_partition_bytes)
             except EmptySourceError as exc:
                 if spec.mode != "sync":
                     raise

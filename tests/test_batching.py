@@ -45,4 +45,5 @@ def test_a_batch_that_runs_out_of_memory_is_split_and_results_keep_their_order()
     inputs = [np.arange(n) for n in (5, 9, 2, 7, 3, 8, 1, 6)]
     out = embed_inputs(fake, inputs, token_budget=10_000)
     assert [v[0] for v in out] == [float(x.sum()) for x in inputs]
-    assert fake.batch_sizes == [8, 4, 2, 2, 4, 2, 2]  # 8 and each 4 fail, the halves succeed
+    # 8 fails, then the first 4; once 4 failed the other 4 is not tried: straight to halves.
+    assert fake.batch_sizes == [8, 4, 2, 2, 2, 2]

@@ -11,6 +11,8 @@ from typing import Protocol
 import numpy as np
 
 from engine.errors import ModelError
+from engine.models.memory import device_token_budget, model_bytes
+from engine.models.precision import apply_tf32, choose_dtype, torch_dtype
 from engine.models.registry import ModelSpec
 
 
@@ -25,6 +27,7 @@ class ModelInfo:
     special_tokens: int  # how many special tokens wrap every input ([CLS] ... [SEP] = 2)
     provider: str = "sentence-transformers"  # where the vectors come from (ModelSpec.backend)
     provider_url: str | None = None  # "openai": the endpoint's base URL
+    dtype: str = "float32"  # what the loaded model computes in (engine.models.precision)
 
 
 class EmbeddingModel(Protocol):
@@ -60,20 +63,50 @@ def _hub_offline(enabled: bool) -> Iterator[None]:
 
 
 def default_device() -> str:
-    """`EMBEDSCALE_DEVICE` if set, else the GPU this process sees (dask-cuda gives each worker
-    one), else the CPU."""
+    """Where this process runs a model: `EMBEDSCALE_DEVICE` if set; else, in a Dask worker, its
+    GPU only when dask-cuda started it (LocalCUDACluster or `dask cuda worker` make each worker
+    see its own GPU first), so plain LocalCluster workers on a GPU box stay on the CPU instead
+    of all crowding onto GPU 0; outside a worker, the GPU if torch sees one."""
     forced = os.environ.get("EMBEDSCALE_DEVICE")
     if forced:
         return forced
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    worker = _dask_worker()
+    if worker is None:
+        return "cuda"
+    return "cuda" if _is_dask_cuda_worker(worker) else "cpu"
+
+
+def _dask_worker():
+    """The Dask worker of this process, if any: the one running this task, or else the only
+    worker here (a plugin's setup runs outside any task)."""
+    try:
+        from distributed import get_worker
+        from distributed.worker import Worker
+    except ImportError:
+        return None
+    try:
+        return get_worker()
+    except ValueError:
+        workers = list(Worker._instances)
+        return workers[0] if len(workers) == 1 else None
+
+
+def _is_dask_cuda_worker(worker) -> bool:
+    """dask-cuda gives each of its workers a CPUAffinity plugin for the GPU it owns."""
+    return any(type(p).__module__.startswith("dask_cuda")
+               for p in getattr(worker, "plugins", {}).values())
 
 
 class SentenceTransformerModel:
-    """A sentence-transformers model on torch, fed with pre-tokenized, padded id tensors."""
+    """A sentence-transformers model on torch, fed with pre-tokenized, padded id tensors, in
+    the dtype engine.models.precision chooses for its device (`dtype` overrides it)."""
 
-    def __init__(self, spec: ModelSpec, device: str | None = None) -> None:
+    def __init__(self, spec: ModelSpec, device: str | None = None,
+                 dtype: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
         from tokenizers import Tokenizer
 
@@ -88,6 +121,10 @@ class SentenceTransformerModel:
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from None
         self._st.eval()
+        self.dtype = choose_dtype(self.device, dtype, checkpoint_dtype=_checkpoint_dtype(self._st))
+        self._st.to(torch_dtype(self.dtype))  # a float16-stored checkpoint runs in fp32 on CPU
+        apply_tf32(self.device)
+        self._cuda = self.device.split(":")[0] == "cuda"
         hf_tokenizer = self._st.tokenizer
         if not getattr(hf_tokenizer, "is_fast", False):
             raise ModelError(f"model '{spec.name}' has no fast tokenizer; embedscale needs one")
@@ -106,7 +143,13 @@ class SentenceTransformerModel:
             dimension=int(dim),
             max_tokens=int(self._st.max_seq_length),
             special_tokens=len(self._prefix) + len(self._suffix),
+            dtype=self.dtype,
         )
+        # Padded tokens per forward pass: on a GPU, sized from its free memory and the model's
+        # shape (engine.models.memory); None leaves the CPU default of engine.batching.
+        self.token_budget = (device_token_budget(self._st, self.device, self.info.max_tokens,
+                                                 self.dtype) if self._cuda else None)
+        self.memory_bytes = model_bytes(self._st)
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray:
         """The model's input for one chunk: its special tokens around the content ids."""
@@ -114,20 +157,28 @@ class SentenceTransformerModel:
 
     def embed_token_ids(self, batch: list[np.ndarray]) -> np.ndarray:
         """Embed a batch of full inputs (already wrapped); returns float32 [len(batch), dim]."""
+        return self.forward(self.prepare(batch))
+
+    def prepare(self, batch: list[np.ndarray]) -> dict:
+        """The batch padded and on the model's device: the CPU half of a forward pass, which
+        engine.batching runs for the next batch while the device computes this one. On CUDA
+        the ids go through pinned host memory with a non-blocking copy."""
         import torch
 
-        width = max(len(ids) for ids in batch)
-        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-        attention = np.zeros((len(batch), width), dtype=np.int64)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
-            attention[row, : len(ids)] = 1
-        features = {
-            "input_ids": torch.from_numpy(input_ids).to(self.device),
-            "attention_mask": torch.from_numpy(attention).to(self.device),
-        }
+        input_ids, attention = pad_batch(batch, self._pad_id)
+        features = {"input_ids": torch.from_numpy(input_ids),
+                    "attention_mask": torch.from_numpy(attention)}
+        if self._cuda:
+            features = {k: v.pin_memory().to(self.device, non_blocking=True)
+                        for k, v in features.items()}
         if self._wants_token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        return features
+
+    def forward(self, features: dict) -> np.ndarray:
+        """Run a prepared batch; float32 [rows, dim] on the host."""
+        import torch
+
         with torch.inference_mode():
             out = self._st.forward(features)["sentence_embedding"]
         return out.float().cpu().numpy()
@@ -135,6 +186,29 @@ class SentenceTransformerModel:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embed short texts such as search queries (truncated to the model's limit)."""
         return np.asarray(self._st.encode(texts, convert_to_numpy=True), dtype=np.float32)
+
+
+def pad_batch(batch: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of several lengths as one [rows, longest] id matrix (pad_id after each) and its
+    attention mask, with no per-row Python loop: one concatenate and one masked assignment
+    (row-major order fills each row's leading cells with that row's ids)."""
+    lengths = np.fromiter(map(len, batch), np.int64, len(batch))
+    width = int(lengths.max()) if len(batch) else 0
+    mask = np.arange(width) < lengths[:, None]
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    if len(batch):
+        input_ids[mask] = np.concatenate(batch)
+    return input_ids, mask.astype(np.int64)
+
+
+def _checkpoint_dtype(st) -> str | None:
+    """The dtype the checkpoint was saved in, as its transformers config says."""
+    try:
+        config = st[0].auto_model.config
+    except Exception:
+        return None
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype is not None else None
 
 
 def _quiet_transformers() -> None:

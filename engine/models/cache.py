@@ -6,6 +6,9 @@ fresh cluster does not pay the load inside its first partition.
 """
 from __future__ import annotations
 
+import gc
+import itertools
+import logging
 import threading
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -13,7 +16,10 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from engine.models.backend import EmbeddingModel, ModelInfo, load_model
 from engine.models.registry import ModelSpec
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
+_clock = itertools.count()  # recency of use, for least-recently-used eviction
+_used: dict[tuple, int] = {}
 _models: dict[tuple[str, str, str, str, str], EmbeddingModel] = {}
 # Loads done in this process, per model: the tests ask each worker that it loaded a model once
 # however many tasks and jobs used it.
@@ -28,10 +34,13 @@ def _key(spec: ModelSpec, device: str | None) -> tuple[str, str, str, str, str]:
 
 
 def get_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
-    """The process's instance of `spec`, loading it on first use (thread-safe)."""
+    """The process's instance of `spec`, loading it on first use (thread-safe). Loading one
+    evicts the least recently used others of its device while the models there exceed the
+    process's model memory budget (engine.models.memory.model_memory_budget)."""
     key = _key(spec, device)
     model = _models.get(key)
     if model is not None:
+        _used[key] = next(_clock)  # one dict store: no lock on the hot path
         return model
     with _lock:
         model = _models.get(key)
@@ -39,7 +48,58 @@ def get_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
             model = load_model(spec, device)
             _models[key] = model
             _loads[key] = _loads.get(key, 0) + 1
+            _evict_over_budget(key)
+        _used[key] = next(_clock)
         return model
+
+
+def _evict_over_budget(keep: tuple) -> None:
+    """Under _lock: drop least recently used models of `keep`'s device while the models there
+    take more than the budget; `keep` (just loaded) stays whatever its size."""
+    device = getattr(_models[keep], "device", "cpu") or "cpu"
+    same = [k for k, m in _models.items() if (getattr(m, "device", "cpu") or "cpu") == device]
+    sizes = {k: int(getattr(_models[k], "memory_bytes", 0) or 0) for k in same}
+    if sum(sizes.values()) <= 0:
+        return
+    from engine.models.memory import model_memory_budget
+
+    budget = model_memory_budget(device)
+    for k in sorted((k for k in same if k != keep), key=lambda k: _used.get(k, -1)):
+        if sum(sizes.values()) <= budget:
+            break
+        log.info("evicting model %s from %s: models there exceed %d bytes", k[0], device, budget)
+        _drop(k)
+        sizes.pop(k)
+
+
+def _drop(key: tuple) -> None:
+    """Forget a model (under _lock). Its memory goes once no running batch holds it; the GPU
+    allocator's cache is emptied so other processes and models can have it."""
+    model = _models.pop(key, None)
+    _used.pop(key, None)
+    if model is None:
+        return
+    cuda = str(getattr(model, "device", "")).startswith("cuda")
+    del model
+    gc.collect()
+    if cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def release_model(spec: ModelSpec, device: str | None = None) -> bool:
+    """Unload `spec` from this process (as loaded for `device`); False if it was not loaded."""
+    with _lock:
+        key = _key(spec, device)
+        loaded = key in _models
+        _drop(key)
+        return loaded
+
+
+def loaded_models() -> list[str]:
+    """Names of the models this process holds, least recently used first."""
+    return [k[0] for k in sorted(_models, key=lambda k: _used.get(k, -1))]
 
 
 def load_count(spec: ModelSpec, device: str | None = None) -> int:
@@ -64,3 +124,9 @@ class ModelPreloadPlugin(WorkerPlugin):
     def setup(self, worker) -> None:
         for spec in self.specs:
             get_model(spec)
+
+    def teardown(self, worker) -> None:
+        """The worker closes or the plugin is removed: its models leave the worker (and the
+        GPU) rather than wait for the process to end."""
+        for spec in self.specs:
+            release_model(spec)

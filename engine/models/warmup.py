@@ -1,6 +1,7 @@
 """Loading a model on every worker before a job's first partition needs it."""
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from distributed import Client
@@ -10,6 +11,12 @@ from engine.models.cache import ModelPreloadPlugin, describe_model
 from engine.models.registry import ModelSpec
 
 WARM_UP_PRIORITY = 1_000_000
+# Models a worker that joins later loads at its start: those of the latest jobs. Older models'
+# preload plugins are removed (their teardown frees them on every worker; a job still using
+# one loads it again on its next partition), so a fresh worker does not load every model ever
+# used, and a long-lived service does not keep them all on every GPU.
+PRELOADED_MODELS = 3
+_preloaded: dict[str, list[str]] = {}  # scheduler address -> preload plugin names, oldest first
 
 
 def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
@@ -32,4 +39,16 @@ def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
     suffix = "" if spec.backend == "sentence-transformers" else f"-{spec.backend}"
     client.register_plugin(ModelPreloadPlugin([spec]),
                            name=f"embedscale-model-{spec.name}{suffix}")
+    _keep_latest_preloads(client, f"embedscale-model-{spec.name}{suffix}")
     return infos[0]
+
+
+def _keep_latest_preloads(client: Client, name: str) -> None:
+    names = _preloaded.setdefault(str(client.scheduler.address), [])
+    if name in names:
+        names.remove(name)
+    names.append(name)
+    while len(names) > PRELOADED_MODELS:
+        oldest = names.pop(0)
+        with contextlib.suppress(Exception):  # already gone (workers restarted)
+            client.unregister_worker_plugin(oldest)
