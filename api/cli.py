@@ -13,6 +13,9 @@ from engine.errors import EmbedscaleError
 from jobs.states import JobStatus
 
 DATA_DIR_HELP = f"default: $EMBEDSCALE_DATA_DIR, else {DEFAULT_DATA_DIR}"
+TABLES_URI_HELP = ("keep tables on an object store, e.g. s3://bucket/prefix (default: "
+                   "$EMBEDSCALE_TABLES_URI, else in the data dir); endpoint and credentials "
+                   "from the AWS_* variables or the cluster spec's storage_options")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="default 127.0.0.1")
     serve.add_argument("--port", type=int, help="default 8000")
     serve.add_argument("--data-dir", help=DATA_DIR_HELP)
+    serve.add_argument("--tables-uri", metavar="URI", help=TABLES_URI_HELP)
     serve.add_argument("--allow-root", action="append", metavar="DIR",
                        help="a folder whose files jobs may read (repeatable; none by default)")
     serve.add_argument("--max-document-bytes", type=int, metavar="N",
@@ -126,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _common_args(p: argparse.ArgumentParser) -> None:
     # No default here: Settings.from_args takes $EMBEDSCALE_DATA_DIR, then the default.
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--tables-uri", metavar="URI", help=TABLES_URI_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -15,7 +15,8 @@ DEFAULT_DATA_DIR = Path("./embedscale-data")
 # Flags of the `embedscale` commands (argparse dests) -> the setting each one sets. A flag not
 # given leaves the variable's value, or the default.
 FLAG_SETTINGS = {
-    "data_dir": "data_dir", "host": "host", "port": "port", "scheduler": "scheduler",
+    "data_dir": "data_dir", "tables_uri": "tables_uri", "host": "host", "port": "port",
+    "scheduler": "scheduler",
     "cluster": "cluster", "workers": "workers", "allow_root": "allow_roots",
     "tiers": "tiers_file", "max_document_bytes": "max_document_bytes",
     "allow_model": "allowed_models", "dashboard_address": "dashboard_address",
@@ -32,6 +33,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBEDSCALE_")
 
     data_dir: Path = DEFAULT_DATA_DIR  # EMBEDSCALE_DATA_DIR
+    # Tables on an object store (s3://bucket/prefix, EMBEDSCALE_TABLES_URI), each tenant under
+    # its own prefix; the job state (DuckDB) stays in data_dir on this machine.
+    tables_uri: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     scheduler: str | None = None  # an existing Dask scheduler's address

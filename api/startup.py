@@ -3,9 +3,13 @@ spec of the cluster jobs run on."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from api.settings import Settings
 from engine.cluster import ClusterSpec, dashboard_bind
+from engine.errors import EmbedscaleError
+from engine.storage import Location, StorageOptions, resolve_storage_options
+from engine.storage_errors import check_reachable
 from jobs.service import JobService
 
 
@@ -14,8 +18,12 @@ def cluster_spec(settings: Settings, worker_log_level: str | None = None) -> Clu
     of `workers` processes. A dashboard we start listens on `host` (it has no authentication
     of its own); `worker_log_level` replaces the spec's for local workers."""
     if settings.scheduler:
-        return ClusterSpec(kind="address", address=settings.scheduler)
-    spec = ClusterSpec.from_yaml(settings.cluster) if settings.cluster else ClusterSpec()
+        spec = ClusterSpec(kind="address", address=settings.scheduler)
+    else:
+        spec = ClusterSpec.from_yaml(settings.cluster) if settings.cluster else ClusterSpec()
+    _check_tables_reachable(settings, spec)
+    if spec.kind == "address":
+        return spec
     address = (spec.dashboard_address if settings.dashboard_address is None
                else settings.dashboard_address)
     return dataclasses.replace(
@@ -26,13 +34,46 @@ def cluster_spec(settings: Settings, worker_log_level: str | None = None) -> Clu
     )
 
 
+def _check_tables_reachable(settings: Settings, spec: ClusterSpec) -> None:
+    """Workers of a cluster we do not start may run anywhere: a relative data dir names a
+    folder of this machine only, where they would write their fragments into folders of their
+    own that no commit ever sees."""
+    if spec.kind == "address" and not settings.tables_uri and not settings.data_dir.is_absolute():
+        raise EmbedscaleError(
+            f"--data-dir {settings.data_dir} is relative to this machine, but jobs run on the "
+            f"remote cluster at {spec.address}, whose every worker must reach the tables: give "
+            "--tables-uri s3://bucket/prefix (or EMBEDSCALE_TABLES_URI), or an absolute "
+            "--data-dir on a filesystem every worker mounts at the same path")
+
+
+def storage_options(settings: Settings) -> StorageOptions:
+    """Object-store options: the AWS variables, overridden by the cluster spec's
+    `storage_options` section."""
+    spec = ClusterSpec.from_yaml(settings.cluster) if settings.cluster else None
+    return resolve_storage_options(spec.storage_options if spec else None)
+
+
+def tables_home(settings: Settings, check: bool = False) -> Path | Location:
+    """Where tables live: the data dir, or the object store of `tables_uri`; with `check`,
+    an unreachable store, a wrong key or a missing bucket fail here, in one line."""
+    if not settings.tables_uri:
+        return settings.data_dir
+    home = Location(settings.tables_uri.rstrip("/"), storage_options(settings))
+    if check:
+        check_reachable(home.uri, home.options)
+    return home
+
+
 def open_service(settings: Settings, local_user: bool = False,
                  parallelism: int | None = None) -> JobService:
     """The job service of the settings' data dir, without a cluster yet: a locked or damaged
     DuckDB file fails here, before a cluster is started for nothing. `local_user`: the CLI's
     own user, who may read any path and load any model (the allow-lists are for tenants)."""
+    home = tables_home(settings, check=True)
     return JobService(
         settings.data_dir, None, settings.tiers_file,
+        tables_uri=home.uri if isinstance(home, Location) else None,
+        storage=home.options if isinstance(home, Location) else None,
         allowed_roots=None if local_user else [str(r) for r in settings.allow_roots],
         parallelism=parallelism, max_document_bytes=settings.max_document_bytes,
         allowed_models=None if local_user else list(settings.allowed_models),

@@ -14,7 +14,8 @@ from distributed import Client
 
 from engine.errors import EmbedscaleError
 
-ClusterKind = Literal["local", "local-cuda", "address"]
+ClusterKind = Literal["local", "local-cuda", "address", "manager"]
+KINDS = ("local", "local-cuda", "address", "manager")
 
 # Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536 to return memory to the OS sooner.
 # Setting it switches off glibc's dynamic mmap threshold, so every batch's activation buffers
@@ -33,8 +34,9 @@ WORKER_DASK_CONFIG = {
 
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
-    """Where jobs run: a LocalCluster, a LocalCUDACluster (one worker per GPU), or the cluster
-    behind a scheduler address."""
+    """Where jobs run: a LocalCluster, a LocalCUDACluster (one worker per GPU), the cluster
+    behind a scheduler address, or one a Dask cluster manager starts (dask-kubernetes,
+    dask-jobqueue: any class with Dask's Cluster interface)."""
 
     kind: ClusterKind = "local"
     n_workers: int | None = None  # local: None = one per core
@@ -45,6 +47,23 @@ class ClusterSpec:
     address: str | None = None  # kind=address
     cuda_visible_devices: str | None = None  # kind=local-cuda
     log_level: str = "error"  # local workers' log level (their output shares our terminal)
+    # Local kinds: the scheduler's port (0: any free one; `cluster up` defaults to 8786) and
+    # the interface it and the workers listen on.
+    scheduler_port: int = 0
+    host: str = "127.0.0.1"
+    # kind=manager: the cluster manager's class ("dask_jobqueue.SLURMCluster") and its
+    # keyword arguments, passed as they are.
+    manager: str | None = None
+    manager_options: dict[str, Any] | None = None
+    # Object-store options for tables and sources (engine.storage): endpoint, region,
+    # credentials; over the AWS_* variables. Never printed.
+    storage_options: dict[str, Any] | None = None
+    # TLS between scheduler, workers and clients (engine.cluster_security): ca_file,
+    # cert_file, key_file.
+    tls: dict[str, Any] | None = None
+    # Autoscaling on the runner's backlog (engine.autoscale): minimum, maximum,
+    # partitions_per_worker, interval, wait_count.
+    adaptive: dict[str, Any] | None = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ClusterSpec:
@@ -53,17 +72,44 @@ class ClusterSpec:
             data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:
             raise EmbedscaleError(f"cannot read cluster spec {path}: {exc.strerror}") from None
+        if not isinstance(data, dict):
+            raise EmbedscaleError(f"cluster spec {path}: expected a mapping of keys to values")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise EmbedscaleError(f"cluster spec {path}: unknown keys {sorted(unknown)}; "
                                   f"known: {sorted(known)}")
-        spec = cls(**data)
-        if spec.kind not in ("local", "local-cuda", "address"):
-            raise EmbedscaleError(f"cluster spec {path}: unknown kind {spec.kind!r}")
-        if spec.kind == "address" and not spec.address:
-            raise EmbedscaleError(f"cluster spec {path}: kind 'address' needs an address")
-        return spec
+        try:
+            return cls(**data).checked()
+        except EmbedscaleError as exc:
+            raise EmbedscaleError(f"cluster spec {path}: {exc}") from None
+
+    def checked(self) -> ClusterSpec:
+        """This spec, or EmbedscaleError naming the first thing wrong with it (a TLS file
+        that does not exist, an adaptive range upside down, ...)."""
+        from engine.autoscale import check_adaptive
+        from engine.cluster_security import check_tls
+
+        if self.kind not in KINDS:
+            raise EmbedscaleError(f"unknown kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.kind == "address" and not self.address:
+            raise EmbedscaleError("kind 'address' needs an address")
+        if self.kind == "manager" and not self.manager:
+            raise EmbedscaleError("kind 'manager' needs manager: the cluster manager's class, "
+                                  "e.g. dask_jobqueue.SLURMCluster")
+        if self.adaptive is not None:
+            if self.kind == "address":
+                raise EmbedscaleError("adaptive needs a cluster embedscale starts (local, "
+                                      "local-cuda, manager): a cluster reached by its address "
+                                      "is sized by whoever runs it")
+            check_adaptive(self.adaptive)
+        if self.tls is not None:
+            check_tls(self.tls)
+        if self.storage_options is not None:
+            from engine.storage import resolve_storage_options
+
+            resolve_storage_options(self.storage_options, environ={})
+        return self
 
 
 def dashboard_bind(address: str | None, host: str = "127.0.0.1") -> str | None:
@@ -82,11 +128,23 @@ def dashboard_bind(address: str | None, host: str = "127.0.0.1") -> str | None:
 class Cluster:
     """A connected client, and the cluster it started if any (closed with it)."""
 
-    def __init__(self, client: Client, cluster: Any | None, dashboard: bool = True) -> None:
+    def __init__(self, client: Client, cluster: Any | None, dashboard: bool = True,
+                 adaptive: dict[str, Any] | None = None) -> None:
         self.client = client
         self._cluster = cluster
         self._dashboard = dashboard
         self._threads, self._threads_at = 0, float("-inf")
+        self.adaptive_options = adaptive  # the spec's `adaptive` section (None: fixed size)
+        self.adaptive: Any | None = None  # engine.autoscale.BacklogAdaptive, once started
+
+    def autoscale(self, backlog) -> None:
+        """Grow and shrink the cluster with `backlog()` (partitions not yet done), within the
+        spec's adaptive bounds; nothing without an adaptive section."""
+        if self.adaptive_options is None or self._cluster is None or self.adaptive is not None:
+            return
+        from engine.autoscale import start_adaptive
+
+        self.adaptive = start_adaptive(self._cluster, backlog, self.adaptive_options)
 
     @property
     def manager(self) -> Any | None:
@@ -115,6 +173,8 @@ class Cluster:
         return threads
 
     def close(self) -> None:
+        if self.adaptive is not None:
+            self.adaptive.stop(reason="embedscale is closing the cluster")
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
@@ -128,27 +188,80 @@ class Cluster:
 
 def start_cluster(spec: ClusterSpec) -> Cluster:
     """Start the cluster a spec describes (or connect to it) and return a connected Cluster."""
+    from engine.cluster_security import connect_error, security_of
+
+    spec.checked()
+    security = security_of(spec.tls)
     if spec.kind == "address":
         try:
-            return Cluster(Client(spec.address, timeout="10s"), None)
-        except OSError as exc:
-            raise EmbedscaleError(f"cannot reach the Dask scheduler at {spec.address}: {exc}") \
-                from None
+            client = Client(spec.address, timeout="10s", security=security)
+        except (OSError, TypeError, ValueError) as exc:
+            raise EmbedscaleError(connect_error(spec.address, security, exc)) from None
+        return Cluster(client, None)
+    if spec.kind == "manager":
+        cluster = _managed_cluster(spec)
+        return Cluster(Client(cluster, security=security), cluster, adaptive=spec.adaptive)
+    if spec.adaptive is not None:
+        # Workers an adaptive cluster adds later are made on its event loop, long after a
+        # `with dask.config.set(...)` would have ended: they must see the same config, so it
+        # goes into this process's Dask config for good (only clusters it starts read it).
+        dask.config.update(dask.config.config, _nested(WORKER_DASK_CONFIG), priority="new")
     with dask.config.set(WORKER_DASK_CONFIG):
-        cluster = _local_cuda_cluster(spec) if spec.kind == "local-cuda" else _local_cluster(spec)
-    return Cluster(Client(cluster), cluster, dashboard_bind(spec.dashboard_address) is not None)
+        if spec.kind == "local-cuda":
+            cluster = _local_cuda_cluster(spec, security)
+        else:
+            cluster = _local_cluster(spec, security)
+    return Cluster(Client(cluster, security=security), cluster,
+                   dashboard_bind(spec.dashboard_address) is not None, adaptive=spec.adaptive)
 
 
-def _local_cluster(spec: ClusterSpec) -> Any:
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{'a.b.c': v} as {'a': {'b': {'c': v}}}, the form dask.config.update takes."""
+    nested: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _managed_cluster(spec: ClusterSpec) -> Any:
+    """An instance of the spec's cluster manager class, started with its options."""
+    import importlib
+
+    module_name, _, class_name = (spec.manager or "").rpartition(".")
+    try:
+        manager_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        package = module_name.split(".")[0].replace("_", "-")
+        raise EmbedscaleError(f"cannot load cluster manager {spec.manager!r} ({exc}): "
+                              f"pip install {package}") from None
+    return manager_class(**(spec.manager_options or {}))
+
+
+def _protocol(security: Any | None) -> str | None:
+    return "tls://" if security is not None else None
+
+
+def _local_cluster(spec: ClusterSpec, security: Any | None = None) -> Any:
     from distributed import LocalCluster
 
+    workers = spec.n_workers or os.cpu_count() or 1
+    if spec.adaptive is not None:  # adapt() sizes it from here
+        workers = int(spec.adaptive.get("minimum", 0) or 0)
     return LocalCluster(
-        n_workers=spec.n_workers or os.cpu_count() or 1,
+        n_workers=workers,
         threads_per_worker=spec.threads_per_worker,
         processes=True,
         memory_limit=spec.memory_limit,
         dashboard_address=dashboard_bind(spec.dashboard_address),
         silence_logs=_log_level(spec),
+        host=spec.host,
+        scheduler_port=spec.scheduler_port,
+        security=security,
+        protocol=_protocol(security),
     )
 
 
@@ -160,7 +273,7 @@ def _log_level(spec: ClusterSpec) -> int:
     return level
 
 
-def _local_cuda_cluster(spec: ClusterSpec) -> Any:
+def _local_cuda_cluster(spec: ClusterSpec, security: Any | None = None) -> Any:
     # Workers whose torch sees no GPU would run the model on one CPU thread each, far slower
     # than a plain local cluster: refuse rather than start that. (Spawned workers, so asking
     # torch here initialises no CUDA context that they would inherit.)
@@ -190,4 +303,7 @@ def _local_cuda_cluster(spec: ClusterSpec) -> Any:
         memory_limit=spec.memory_limit,
         dashboard_address=dashboard_bind(spec.dashboard_address),
         silence_logs=_log_level(spec),
+        scheduler_port=spec.scheduler_port,
+        security=security,
+        protocol=_protocol(security),
     )

@@ -12,6 +12,9 @@ machine that opens it (the driver while planning, a worker while reading):
 - Reads stop at a limit: a document larger than `max_document_bytes` (a file read whole, a
   JSON line) is refused with its size instead of filling a worker's memory.
 
+Objects on an object store (`s3://...`, engine.remote_files) follow the same rules: inside the
+allowed roots (URI prefixes), objects only, bounded reads.
+
 A refusal is a `FileRefused` with a reason; the readers turn it into a skipped document, and
 the job goes on.
 """
@@ -22,6 +25,8 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from engine.storage import NO_OPTIONS, StorageOptions, is_uri
 
 DEFAULT_MAX_DOCUMENT_BYTES = 32 * 1024 * 1024  # ~8M tokens: far beyond any one real document
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024 * 1024  # a json/csv file is parsed whole: cap that too
@@ -40,8 +45,9 @@ class FileRefused(Exception):
 
 
 def real_roots(roots: Iterable[str | os.PathLike]) -> tuple[str, ...]:
-    """Allowed roots with every link resolved, as `FileAccess.roots` wants them."""
-    return tuple(os.path.realpath(r) for r in roots)
+    """Allowed roots with every link resolved, as `FileAccess.roots` wants them; object-store
+    roots (`s3://bucket/prefix`) as they are, less a trailing '/'."""
+    return tuple(str(r).rstrip("/") if is_uri(r) else os.path.realpath(r) for r in roots)
 
 
 def is_inside(path: str, roots: tuple[str, ...]) -> bool:
@@ -64,10 +70,19 @@ class FileAccess:
     roots: tuple[str, ...] | None = None  # resolved (real_roots); None: no restriction
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    storage: StorageOptions = NO_OPTIONS  # reaches sources on an object store
 
     def size(self, path: str) -> int:
         """The size of `path`, or FileRefused saying why it would not be read, judged without
         opening it (planning: `stat` follows links, nothing blocks). `open` checks again."""
+        if is_uri(path):
+            from engine import remote_files
+
+            try:
+                return remote_files.object_size(
+                    remote_files.check_allowed(path, self.roots), self.storage)
+            except remote_files.RemoteRefused as exc:
+                raise FileRefused(exc.reason) from None
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -82,6 +97,8 @@ class FileAccess:
     def open(self, path: str, limit: int | None = None) -> BinaryIO:
         """Open a regular file inside the roots for reading, or raise FileRefused. With
         `limit`, a file larger than that many bytes is refused too."""
+        if is_uri(path):
+            return self._open_object(path, limit)
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:  # vanished, no permission, a socket (ENXIO)
@@ -100,6 +117,19 @@ class FileAccess:
         except BaseException:
             os.close(fd)
             raise
+
+    def _open_object(self, uri: str, limit: int | None) -> BinaryIO:
+        from engine import remote_files
+
+        try:
+            uri = remote_files.check_allowed(uri, self.roots)
+            if limit is not None:
+                size = remote_files.object_size(uri, self.storage)
+                if size > limit:
+                    raise FileRefused(too_large(size, limit))
+            return remote_files.open_object(uri, self.storage)
+        except remote_files.RemoteRefused as exc:
+            raise FileRefused(exc.reason) from None
 
     def read_whole(self, path: str, limit: int | None = None) -> bytes:
         """A whole file, refused beyond `limit` bytes (default: max_document_bytes), also when

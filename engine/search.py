@@ -17,6 +17,7 @@ from engine.filters import lance_filter
 from engine.models.cache import get_model
 from engine.models.registry import ModelSpec, provider_spec, resolve_model
 from engine.schema import table_model, table_provider
+from engine.storage import StorageOptions
 from engine.tables import existing_table
 
 _COLUMNS = ["id", "doc_id", "chunk_index", "text", "source", "metadata", "char_start", "char_end",
@@ -39,14 +40,16 @@ class Hit:
 
 
 def search(data_dir: str | Path, name: str, query: str, k: int = 5,
-           where: str | None = None) -> list[Hit]:
-    """The `k` chunks nearest to `query`, best first, optionally filtered by a SQL `where`."""
+           where: str | None = None, storage: StorageOptions | None = None) -> list[Hit]:
+    """The `k` chunks nearest to `query`, best first, optionally filtered by a SQL `where`.
+    `storage` reaches tables on an object store (default: the AWS variables)."""
     if k < 1:
         raise TableError(f"k={k}: ask for at least one result")
     # Checked whole before anything is loaded: Lance alone would drop what follows a condition.
     lance_where = lance_filter(where) if where else None
-    table = existing_table(data_dir, name)
-    lance_table = lancedb.connect(str(table.root)).open_table(name)
+    table = existing_table(data_dir, name, storage)
+    lance_table = lancedb.connect(str(table.root), storage_options=table.storage_options
+                                  ).open_table(name)
     model_name, _ = table_model(lance_table.schema)
     if model_name is None:
         raise TableError(f"table '{name}' has no embedscale model metadata")

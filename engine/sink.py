@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,17 @@ from engine.models.backend import ModelInfo
 from engine.models.registry import vector_space
 from engine.replacement import commit_replacing, doc_predicate, history, sql_string
 from engine.schema import chunk_schema, table_model, table_provider
+from engine.storage import (
+    NO_OPTIONS,
+    Location,
+    StorageOptions,
+    dir_exists,
+    is_uri,
+    join,
+    lance_options,
+    remove_tree,
+    resolve_storage_options,
+)
 
 if TYPE_CHECKING:
     from engine.tasks import PartitionResult
@@ -53,21 +63,38 @@ def validate_table_name(name: str) -> str:
     return name
 
 
-def lancedb_dir(data_dir: str | Path) -> Path:
-    """Where a data directory keeps its LanceDB tables."""
-    return Path(data_dir) / "lancedb"
+def lancedb_dir(data_dir: str | Path | Location) -> str | Path:
+    """Where a data directory (a local folder or an object-store URI) keeps its LanceDB
+    tables."""
+    data_dir = str(data_dir) if isinstance(data_dir, Location) else data_dir
+    return join(data_dir, "lancedb") if is_uri(data_dir) else Path(data_dir) / "lancedb"
 
 
 class ChunkTable:
-    """A table of chunk rows, seen from the driver: create or check it, then commit to it."""
+    """A table of chunk rows, seen from the driver: create or check it, then commit to it.
+    `data_dir` is a local folder or an object-store Location (or URI) (engine.storage);
+    `storage` reaches the latter (default: the Location's options, else the standard AWS
+    variables)."""
 
-    def __init__(self, data_dir: str | Path, name: str) -> None:
+    def __init__(self, data_dir: str | Path | Location, name: str,
+                 storage: StorageOptions | None = None) -> None:
+        if isinstance(data_dir, Location):
+            storage = data_dir.options if storage is None else storage
         self.name = validate_table_name(name)
         self.root = lancedb_dir(data_dir)
-        self.uri = str(self.root / f"{self.name}.lance")
+        self.uri = join(self.root, f"{self.name}.lance")
+        if storage is None:
+            storage = resolve_storage_options() if is_uri(self.uri) else NO_OPTIONS
+        self.storage = storage
+        # What each Lance call takes: None for a local table.
+        self.storage_options = lance_options(self.uri, storage)
+
+    def dataset(self, version: int | None = None) -> lance.LanceDataset:
+        """The table's Lance dataset, as of its latest commit or of `version`."""
+        return lance.dataset(self.uri, version=version, storage_options=self.storage_options)
 
     def exists(self) -> bool:
-        return (Path(self.uri) / "_versions").is_dir()
+        return table_exists(self.uri, self.storage)
 
     def prepare(self, model: ModelInfo, mode: str, job_id: str | None = None) -> None:
         """Make the table ready for a job: create it, empty it (overwrite, in a commit that
@@ -80,12 +107,12 @@ class ChunkTable:
             return
         if mode == "overwrite":
             tx = lance.Transaction(
-                read_version=lance.dataset(self.uri).version,
+                read_version=self.dataset().version,
                 operation=lance.LanceOperation.Overwrite(schema, []),
                 transaction_properties={OVERWRITE_PROPERTY: json.dumps(job_id)})
-            lance.LanceDataset.commit(self.uri, tx)
+            lance.LanceDataset.commit(self.uri, tx, storage_options=self.storage_options)
             return
-        existing = lance.dataset(self.uri).schema
+        existing = self.dataset().schema
         existing_model, existing_dim = table_model(existing)
         if existing_model != model.name or existing_dim != model.dimension:
             raise TableError(
@@ -106,9 +133,11 @@ class ChunkTable:
     def _create(self, schema: pa.Schema) -> bool:
         """Create the table, empty; False if another job created it first (two jobs starting
         together on a new table: the loser opens the winner's table and checks it)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not is_uri(self.root):
+            Path(self.root).mkdir(parents=True, exist_ok=True)
         try:
-            lance.write_dataset(schema.empty_table(), self.uri, schema=schema, mode="create")
+            lance.write_dataset(schema.empty_table(), self.uri, schema=schema, mode="create",
+                                storage_options=self.storage_options)
         except OSError as exc:
             if "already exists" not in str(exc) or not self.exists():
                 raise
@@ -123,8 +152,8 @@ class ChunkTable:
         (engine/replacement.py): a reader sees each document old or new, never missing or
         doubled. A sync partition is committed even with nothing to write: the commit records
         the documents it read, which decide at the end what is gone from the source."""
-        require_table(self.uri)
-        ds = lance.dataset(self.uri)
+        require_table(self.uri, self.storage)
+        ds = self.dataset()
         results = [r for rs in results_by_job.values() for r in rs]
         fragments = [f for r in results for f in r.fragments]
         replaced = {job_id: ids for job_id, rs in results_by_job.items()
@@ -143,13 +172,13 @@ class ChunkTable:
             properties[SEEN_PROPERTY] = json.dumps(seen)
         doc_ids = sorted({d for ids in replaced.values() for d in ids})
         return commit_replacing(self.uri, ds, doc_predicate(doc_ids) if doc_ids else None,
-                                fragments, properties)
+                                fragments, properties, storage_options=self.storage_options)
 
     def remove_orphan_files(self) -> None:
         """Remove what workers wrote into the folder of a table that was deleted meanwhile
         (data files of fragments no commit will ever reference)."""
         if not self.exists():
-            shutil.rmtree(self.uri, ignore_errors=True)
+            remove_tree(self.uri, self.storage)
 
     def committed_partitions(self, job_id: str, recent: int = 10_000) -> dict[int, dict[str, int]]:
         """Partitions of `job_id` already committed, with their counts, read from the table's
@@ -157,7 +186,8 @@ class ChunkTable:
         done: dict[int, dict[str, int]] = {}
         if not self.exists():
             return done
-        for _, props in history(self.uri, COMMITS_PROPERTY, recent=recent):
+        for _, props in history(self.uri, COMMITS_PROPERTY, recent=recent,
+                                storage_options=self.storage_options):
             for partition, counts in props[COMMITS_PROPERTY].get(job_id, {}).items():
                 done.setdefault(int(partition), counts)  # the first commit of it counts
         return done
@@ -172,30 +202,38 @@ def partition_counts(result: PartitionResult) -> dict[str, int]:
 
 # --- worker side -------------------------------------------------------------------------------
 
-def write_fragments(uri: str, rows: pa.Table) -> list:
+def table_exists(uri: str, storage: StorageOptions = NO_OPTIONS) -> bool:
+    """Whether a table has been committed at `uri` (it has a `_versions` folder)."""
+    return dir_exists(join(uri, "_versions"), storage)
+
+
+def write_fragments(uri: str, rows: pa.Table, storage: StorageOptions = NO_OPTIONS) -> list:
     """Write rows as invisible fragments of the table at `uri`; returns their metadata. A
     table deleted meanwhile is not brought back as a folder of orphaned data files."""
     from lance.fragment import write_fragments as lance_write_fragments
 
-    require_table(uri)
+    require_table(uri, storage)
 
-    return lance_write_fragments(rows, uri, schema=rows.schema)
+    return lance_write_fragments(rows, uri, schema=rows.schema,
+                                 storage_options=lance_options(uri, storage))
 
 
-def require_table(uri: str) -> None:
+def require_table(uri: str, storage: StorageOptions = NO_OPTIONS) -> None:
     """Raise TableError if the table at `uri` is gone (deleted while a job writes to it)."""
-    if not (Path(uri) / "_versions").is_dir():
-        raise TableError(f"table {Path(uri).stem!r} no longer exists: it was deleted while a "
+    if not table_exists(uri, storage):
+        stem = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance")
+        raise TableError(f"table {stem!r} no longer exists: it was deleted while a "
                          "job was writing to it")
 
 
-def existing_hashes(uri: str, doc_ids: Sequence[str]) -> dict[str, set[str]]:
+def existing_hashes(uri: str, doc_ids: Sequence[str],
+                    storage: StorageOptions = NO_OPTIONS) -> dict[str, set[str]]:
     """doc_id -> the content hashes its rows in the table have (upsert's change detection)."""
     found: dict[str, set[str]] = {}
     if not doc_ids:
         return found
-    require_table(uri)
-    ds = lance.dataset(uri)
+    require_table(uri, storage)
+    ds = lance.dataset(uri, storage_options=lance_options(uri, storage))
     for i in range(0, len(doc_ids), _DELETE_BATCH):
         chunk = doc_ids[i : i + _DELETE_BATCH]
         table = ds.to_table(columns=["doc_id", "content_hash"],

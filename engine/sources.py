@@ -20,6 +20,8 @@ from engine.errors import EmptySourceError, SourceError
 from engine.file_access import UNRESTRICTED, FileAccess, FileRefused, is_inside
 from engine.partitions import FileSlice, InlineText, Partition
 from engine.readers import EXTENSIONS
+from engine.remote_files import RemoteRefused, check_allowed, list_objects, relative
+from engine.storage import is_uri
 
 MIN_PARTITION_BYTES = 16 * 1024  # ~16 chunks of 256 tokens: a commit per ~second of work
 MAX_PARTITION_BYTES = 16 * 1024 * 1024
@@ -52,16 +54,22 @@ def plan_source(
     embed.
     """
     skipped: list[Skipped] = []
-    root, paths = _list_files(str(source), access, skipped)
+    if is_uri(source):
+        root, listed = _list_objects(str(source), access)
+        paths: list[str] = list(listed)
+    else:
+        root, paths = _list_files(str(source), access, skipped)
+        listed = {}
     candidates: list[tuple[str, str, str, int]] = []
     for path in paths:
-        rel = os.path.relpath(path, root)
+        rel = relative(path, root) if is_uri(path) else os.path.relpath(path, root)
         fmt = EXTENSIONS.get(Path(path).suffix.lower())
         if fmt is None:
             skipped.append(Skipped(rel, f"unsupported file type '{Path(path).suffix or path}'"))
             continue
         try:
-            candidates.append((path, rel, fmt, access.size(path)))
+            size = listed[path] if path in listed else access.size(path)
+            candidates.append((path, rel, fmt, size))
         except FileRefused as exc:
             skipped.append(Skipped(rel, exc.reason))
     if not candidates:
@@ -126,6 +134,16 @@ def _default_partition_bytes(total: int, parallelism: int,
                              minimum: int = MIN_PARTITION_BYTES) -> int:
     per_partition = total // max(1, parallelism * PARTITIONS_PER_WORKER)
     return max(minimum, min(max(minimum, MAX_PARTITION_BYTES), per_partition))
+
+
+def _list_objects(source: str, access: FileAccess) -> tuple[str, dict[str, int]]:
+    """The root and {URI: size} of an object-store source, from one listing; a source outside
+    the allowed roots is refused whole."""
+    try:
+        check_allowed(source.rstrip("/"), access.roots)
+    except RemoteRefused as exc:
+        raise SourceError(f"source {source}: {exc.reason}") from None
+    return list_objects(source, access.storage)
 
 
 def _list_files(source: str, access: FileAccess,

@@ -6,16 +6,15 @@ engine.sink.ChunkTable.exists).
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import lance
 import pyarrow as pa
 
 from engine.errors import TableNotFoundError
 from engine.schema import table_model
-from engine.sink import ChunkTable, lancedb_dir
+from engine.sink import ChunkTable
+from engine.storage import StorageOptions, child_names, remove_tree
 
 MAX_NAMES_SHOWN = 10  # in a not-found message: enough to spot a typo, bounded for many tables
 
@@ -31,35 +30,40 @@ class TableInfo:
     dimension: int | None
 
 
-def table_names(data_dir: str | Path) -> list[str]:
-    """Names of the tables of a data dir, sorted (folders never committed to are left out)."""
-    root = lancedb_dir(data_dir)
-    names = sorted(p.stem for p in root.glob("*.lance")) if root.is_dir() else []
-    return [n for n in names if ChunkTable(data_dir, n).exists()]
+def table_names(data_dir: str | Path, storage: StorageOptions | None = None) -> list[str]:
+    """Names of the tables of a data dir, sorted (folders never committed to are left out).
+    `data_dir` may be an object-store URI, reached with `storage` (default: the AWS
+    variables), as everywhere in this module."""
+    probe = ChunkTable(data_dir, "probe", storage)
+    names = [n.removesuffix(".lance") for n in child_names(str(probe.root), probe.storage)
+             if n.endswith(".lance")]
+    return [n for n in names if ChunkTable(data_dir, n, probe.storage).exists()]
 
 
-def existing_table(data_dir: str | Path, name: str) -> ChunkTable:
+def existing_table(data_dir: str | Path, name: str,
+                   storage: StorageOptions | None = None) -> ChunkTable:
     """The table `name` of a data dir; TableNotFoundError (naming those that exist) if there
     is none, TableError for a name no table can have."""
-    table = ChunkTable(data_dir, name)
+    table = ChunkTable(data_dir, name, storage)
     if not table.exists():
-        names = table_names(data_dir)
+        names = table_names(data_dir, table.storage)
         shown = ", ".join(names[:MAX_NAMES_SHOWN]) or "none"
         more = f", ... {len(names)} in all" if len(names) > MAX_NAMES_SHOWN else ""
         raise TableNotFoundError(f"no table '{name}' (tables: {shown}{more})")
     return table
 
 
-def describe_table(data_dir: str | Path, name: str) -> TableInfo:
+def describe_table(data_dir: str | Path, name: str,
+                   storage: StorageOptions | None = None) -> TableInfo:
     """Rows, model and dimension of one table (TableNotFoundError if there is none)."""
-    return _describe(existing_table(data_dir, name))
+    return _describe(existing_table(data_dir, name, storage))
 
 
-def list_tables(data_dir: str | Path) -> list[TableInfo]:
+def list_tables(data_dir: str | Path, storage: StorageOptions | None = None) -> list[TableInfo]:
     """Every table of a data dir, described, by name."""
     infos = []
-    for name in table_names(data_dir):
-        table = ChunkTable(data_dir, name)
+    for name in table_names(data_dir, storage):
+        table = ChunkTable(data_dir, name, storage)
         try:
             infos.append(_describe(table))
         except Exception:
@@ -69,17 +73,18 @@ def list_tables(data_dir: str | Path) -> list[TableInfo]:
     return infos
 
 
-def read_table(data_dir: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+def read_table(data_dir: str | Path, name: str, columns: list[str] | None = None,
+               storage: StorageOptions | None = None) -> pa.Table:
     """A table's rows (all columns, or `columns`) as Arrow, as of its latest commit."""
-    return lance.dataset(existing_table(data_dir, name).uri).to_table(columns=columns)
+    return existing_table(data_dir, name, storage).dataset().to_table(columns=columns)
 
 
 def drop_table(table: ChunkTable) -> None:
     """Delete a table's folder with all its rows (the caller checked nothing writes to it)."""
-    shutil.rmtree(table.uri)
+    remove_tree(table.uri, table.storage)
 
 
 def _describe(table: ChunkTable) -> TableInfo:
-    ds = lance.dataset(table.uri)
+    ds = table.dataset()
     model, dimension = table_model(ds.schema)
     return TableInfo(table.name, ds.count_rows(), model, dimension)

@@ -25,6 +25,7 @@ from engine.models.registry import ModelSpec
 from engine.partitions import Partition
 from engine.readers import RecordFields, read_item
 from engine.schema import chunk_schema
+from engine.storage import NO_OPTIONS, StorageOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class TaskConfig:
     fields: RecordFields = field(default_factory=RecordFields)
     token_budget: int | None = None
     access: FileAccess = field(default_factory=FileAccess)  # checked again at every open
+    # Reaches a table on an object store (engine.storage): the driver's options travel with
+    # the job, so workers of a remote cluster need no credentials of their own.
+    storage: StorageOptions = NO_OPTIONS
 
 
 @dataclass(slots=True)
@@ -154,7 +158,7 @@ def _write(prepared: _Prepared, vectors: np.ndarray) -> PartitionResult:
     if len(prepared.chunks):
         rows = _rows(prepared.docs, prepared.chunks, prepared.inputs, prepared.texts,
                      vectors, config)
-        result.fragments = sink.write_fragments(config.table_uri, rows)
+        result.fragments = sink.write_fragments(config.table_uri, rows, config.storage)
     result.chunks = len(prepared.chunks)
     result.tokens = int(sum(len(x) for x in prepared.inputs))
     result.seconds = time.perf_counter() - prepared.started
@@ -184,7 +188,8 @@ def _changed_only(docs: list[Document], config: TaskConfig,
     is in the table with the same content is not embedded again; with other content, upsert
     replaces it and the other modes skip it with the reason. (The runner checks again at
     commit time, against what other jobs committed meanwhile.)"""
-    existing = sink.existing_hashes(config.table_uri, [d.doc_id for d in docs])
+    existing = sink.existing_hashes(config.table_uri, [d.doc_id for d in docs],
+                                    config.storage)
     changed = [d for d in docs if existing.get(d.doc_id) != {d.content_hash}]
     if config.mode in sink.REPLACING_MODES:
         return changed, len(docs) - len(changed), [d.doc_id for d in changed

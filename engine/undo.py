@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import lance
 import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import write_fragments
@@ -33,34 +32,39 @@ def undo_job(table: ChunkTable, job_id: str) -> int:
     anything to restore is left as it is."""
     if not table.exists():
         return 0
-    restored = _replaced_rows(table.uri, job_id)
-    ds = lance.dataset(table.uri)
+    restored = _replaced_rows(table, job_id)
+    ds = table.dataset()
     own = f"job_id = {sql_string(job_id)}"
     if restored is not None and restored.num_rows:
         others = ds.to_table(columns=["doc_id"], filter=f"NOT ({own})").column("doc_id")
         taken = set(others.to_pylist())
         keep = [d not in taken for d in restored.column("doc_id").to_pylist()]
         restored = restored.filter(pa.array(keep, pa.bool_()))
-    fragments = (write_fragments(restored, table.uri, schema=ds.schema)
+    fragments = (write_fragments(restored, table.uri, schema=ds.schema,
+                                 storage_options=table.storage_options)
                  if restored is not None and restored.num_rows else [])
     if not fragments and not ds.count_rows(filter=own):
         return 0
-    commit_replacing(table.uri, ds, own, fragments, {UNDO_PROPERTY: json.dumps(job_id)})
+    commit_replacing(table.uri, ds, own, fragments, {UNDO_PROPERTY: json.dumps(job_id)},
+                     storage_options=table.storage_options)
     return sum(f.physical_rows for f in fragments)
 
 
-def _replaced_rows(uri: str, job_id: str) -> pa.Table | None:
+def _replaced_rows(table: ChunkTable, job_id: str) -> pa.Table | None:
     """The rows the job's commits replaced, as they were before, or None when it replaced
     nothing."""
     parts: list[pa.Table] = []
-    commits = history(uri, OVERWRITE_PROPERTY, REPLACED_PROPERTY)
+    uri, options = table.uri, table.storage_options
+    commits = history(uri, OVERWRITE_PROPERTY, REPLACED_PROPERTY, storage_options=options)
     for before, props in commits:
         if props.get(OVERWRITE_PROPERTY) == job_id:
-            parts = [rows_of_version(uri, before)]  # all of it, as before the overwrite
+            # all of it, as before the overwrite
+            parts = [rows_of_version(uri, before, storage_options=options)]
     for before, props in commits:
         doc_ids = props.get(REPLACED_PROPERTY, {}).get(job_id)
         if doc_ids:
-            rows = rows_of_version(uri, before, doc_predicate(sorted(set(doc_ids))))
+            rows = rows_of_version(uri, before, doc_predicate(sorted(set(doc_ids))),
+                                   storage_options=options)
             rows = rows.filter(pc.not_equal(rows.column("job_id"), job_id))
             parts.append(rows)
     if not parts:

@@ -29,6 +29,10 @@ class AdmissionQueue:
             self._planned[record.id] = partitions
         self.due = True
 
+    def queued_partitions(self) -> int:
+        """Partitions of the jobs waiting for a slot (their planned counts)."""
+        return sum(r.partitions_total for r in list(self._queued.values()))
+
     def hold(self, job_id: str, tenant: str) -> None:
         """A job holds a slot (one admitted, or one found running at start)."""
         self._active[job_id] = tenant

@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.errors import error_line
 from engine.sink import ChunkTable
+from engine.storage import Location
 from engine.sync import delete_gone
 from engine.undo import undo_job
 from jobs.preparation import RunningJob
@@ -16,7 +17,7 @@ from jobs.states import JobStatus
 from jobs.store import Store
 
 
-def remove_job_rows(data_dir: Path, record: JobRecord) -> None:
+def remove_job_rows(data_dir: Path | Location, record: JobRecord) -> None:
     """Undo a cancelled job in one commit: its rows go, the rows it replaced come back."""
     undo_job(ChunkTable(data_dir, record.table_name), record.id)
 

@@ -18,6 +18,8 @@ from engine.documents import Skipped
 from engine.errors import EmbedscaleError
 from engine.models.registry import DEFAULT_MODEL, DEFAULT_PROVIDER
 from engine.sink import ChunkTable
+from engine.storage import resolve_storage_options
+from engine.storage_errors import check_reachable
 from jobs.runner import RunnerConfig
 from jobs.service import JobService
 from jobs.spec import JobSpec
@@ -49,6 +51,10 @@ class EmbedRequest:
     mode: str = "append"  # append | overwrite | upsert | sync
     allow_empty: bool = False  # sync: a source that lists nothing may delete every row
     data_dir: str = "./embedscale-data"  # tables and the job-state file (embedscale.duckdb)
+    # Tables on an object store instead (s3://bucket/prefix), reached with storage_options
+    # (endpoint, credentials; default: the AWS_* variables). Job state stays in data_dir.
+    tables_uri: str | None = None
+    storage_options: dict[str, Any] | None = None
     text_field: str = "text"
     id_field: str = "id"
     priority: str = "normal"
@@ -140,7 +146,11 @@ def run_embedding(request: EmbedRequest, cluster: Cluster,
     own errors for a request it refuses (a bad field, a missing source)."""
     started = time.perf_counter()
     config = RunnerConfig(token_budget=request.token_budget, max_attempts=request.max_attempts)
-    with JobService(request.data_dir, cluster, runner_config=config) as service:
+    storage = resolve_storage_options(request.storage_options)
+    if request.tables_uri:
+        check_reachable(request.tables_uri, storage)
+    with JobService(request.data_dir, cluster, runner_config=config,
+                    tables_uri=request.tables_uri, storage=storage) as service:
         service.start()
         record = service.submit(LOCAL_TENANT, request.spec(), request.partition_bytes)
         unsubscribe = service.bus.subscribe(record.id, _reporter(on_progress, started))

@@ -23,6 +23,7 @@ from engine.models.warmup import warm_up
 from engine.partitions import Partition
 from engine.readers import RecordFields
 from engine.sink import ChunkTable
+from engine.storage import Location
 from engine.tasks import TaskConfig
 from jobs.records import JobRecord
 from jobs.spec import JobSpec, model_spec
@@ -54,7 +55,7 @@ class JobPreparer:
     """Prepares jobs for the runner; safe to call from several threads."""
 
     def __init__(self, store: Store, cluster: Cluster, tier_of: Callable[[str], Tier],
-                 data_dir_of: Callable[[str], Path], token_budget: int | None = None,
+                 data_dir_of: Callable[[str], Path | Location], token_budget: int | None = None,
                  access: FileAccess | None = None,
                  check_spec: Callable[[JobSpec], None] | None = None) -> None:
         self.store, self.cluster = store, cluster
@@ -111,7 +112,7 @@ class JobPreparer:
             self._reconcile(record, table)
         config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
                             RecordFields(spec.text_field, spec.id_field), self.token_budget,
-                            self.access)
+                            self.access, table.storage)
         if planned is not None and not resumed:
             partitions = {p.index: p for p in planned}
             todo = list(partitions)

@@ -26,6 +26,7 @@ from engine.cluster import Cluster
 from engine.errors import error_line
 from engine.file_access import FileAccess
 from engine.partitions import Partition
+from engine.storage import Location
 from engine.worker_recovery import WorkerRecovery
 from jobs.admission import AdmissionQueue
 from jobs.commits import Finished, commit_batch
@@ -63,7 +64,7 @@ class Runner:
     """Runs the jobs of a Store on a Cluster. `start()` resumes unfinished jobs."""
 
     def __init__(self, store: Store, cluster: Cluster, bus: EventBus,
-                 tier_of: Callable[[str], Tier], data_dir_of: Callable[[str], Path],
+                 tier_of: Callable[[str], Tier], data_dir_of: Callable[[str], Path | Location],
                  config: RunnerConfig | None = None, access: FileAccess | None = None,
                  check_spec: Callable[[JobSpec], None] | None = None) -> None:
         self.store, self.cluster, self.bus = store, cluster, bus
@@ -136,6 +137,15 @@ class Runner:
     def _in_flight(self) -> int:
         """Tasks submitted and not yet handled."""
         return len(self._feeder)
+
+    def backlog(self) -> int:
+        """Partitions not yet done, across all jobs: waiting to be fed, on the cluster, waiting
+        for a retry, and those of jobs queued for a slot. What autoscaling sizes the cluster
+        from (engine.autoscale): the cluster only ever sees the few the feeder hands it. Read
+        from another thread; a figure a moment old is good enough there."""
+        running = sum(len(j.pending) + len(j.in_flight) + len(j.retry_at)
+                      for j in list(self._jobs.values()))
+        return running + self._admission.queued_partitions()
 
     @property
     def alive(self) -> bool:

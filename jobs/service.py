@@ -20,6 +20,7 @@ from engine.placement import GpuCount, plan_target
 from engine.search import Hit, search
 from engine.sink import ChunkTable
 from engine.sources import SourcePlan, plan_source, plan_texts
+from engine.storage import Location, StorageOptions, resolve_storage_options
 from engine.tables import TableInfo, describe_table, existing_table, list_tables
 from engine.tables import drop_table as remove_table
 from jobs.embedding_batcher import EmbeddingBatcher
@@ -53,8 +54,17 @@ class JobService:
                  allowed_models: list[str] | None = None,
                  allowed_provider_urls: list[str] | None = None,
                  clock: Clock | None = None,
-                 schedule_poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+                 schedule_poll_seconds: float = DEFAULT_POLL_SECONDS,
+                 tables_uri: str | None = None,
+                 storage: StorageOptions | None = None) -> None:
         self.data_dir = Path(data_dir)
+        # Tables live under the data dir, or on an object store (`tables_uri`, reached with
+        # `storage`, default the AWS variables); job state always stays in the local data dir.
+        # The same options reach sources on an object store (s3://... sources).
+        self.storage = storage if storage is not None else resolve_storage_options()
+        self.tables_home: Path | Location = self.data_dir
+        if tables_uri:
+            self.tables_home = Location(tables_uri.rstrip("/"), self.storage)
         self.allowed_models = allowed_models  # None: any model (the CLI); see check_model
         self.allowed_provider_urls = allowed_provider_urls  # None: any (the CLI); check_provider
         self.parallelism = parallelism or os.cpu_count() or 1  # until a cluster is attached
@@ -65,7 +75,7 @@ class JobService:
         # read up to a limit per document; checked again at every open, on the workers too.
         self.file_access = FileAccess(
             real_roots(allowed_roots) if allowed_roots is not None else None,
-            max_document_bytes or DEFAULT_MAX_DOCUMENT_BYTES)
+            max_document_bytes or DEFAULT_MAX_DOCUMENT_BYTES, storage=self.storage)
         self.store = Store(self.data_dir / DB_FILE)
         self.bus = EventBus()
         self.quota_refusals = Tally()  # submissions refused for the daily quota, by tenant
@@ -87,6 +97,8 @@ class JobService:
         self.runner = Runner(self.store, cluster, self.bus, self.tier_of, self.tenant_data_dir,
                              self.runner_config, self.file_access,
                              self._check_model)
+        # A spec with an adaptive section grows the cluster with what the runner has waiting.
+        cluster.autoscale(self.runner.backlog)
         batcher = EmbeddingBatcher(lambda: cluster.client,
                                    lambda: cluster.worker_threads(max_age=2.0))
         self.embeddings = EmbeddingRequests(self.store, self.tier_of, self.allowed_models,
@@ -129,9 +141,9 @@ class JobService:
         """The tenant's effective limits (cached; see Tenants.tier_of)."""
         return self.tenants.tier_of(tenant)
 
-    def tenant_data_dir(self, tenant: str) -> Path:
+    def tenant_data_dir(self, tenant: str) -> Path | Location:
         """Where the tenant's tables live (see jobs.tenants.tenant_data_dir)."""
-        return tenant_data_dir(self.data_dir, tenant)
+        return tenant_data_dir(self.tables_home, tenant)
 
     def get_tenant(self, name: str) -> TenantRecord:
         """A tenant's record (NotFoundError if there is none)."""

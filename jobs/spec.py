@@ -130,6 +130,8 @@ def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
     if not allowed_roots:
         raise InvalidFieldError("source", "this service accepts no source paths (started "
                                           "without --allow-root); send 'texts' instead")
+    if "://" in source:
+        return _check_uri_allowed(source, allowed_roots)
     # Resolve links and '..' on the part before any glob character.
     plain = []
     for part in Path(source).parts:
@@ -143,6 +145,24 @@ def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
             if ".." in Path(source).parts:
                 break
             return source
+    raise InvalidFieldError("source", f"source {source!r} is outside the allowed roots")
+
+
+def _check_uri_allowed(source: str, allowed_roots: list[str]) -> str:
+    """An object-store source (s3://bucket/docs/, globs too) under an allowed URI prefix."""
+    from engine.remote_files import RemoteRefused, check_allowed, is_inside_prefix
+
+    plain = []
+    for part in source.split("/"):
+        if any(ch in part for ch in "*?["):
+            break
+        plain.append(part)
+    try:
+        base = check_allowed(source, None) and "/".join(plain).rstrip("/")
+    except RemoteRefused as exc:
+        raise InvalidFieldError("source", exc.reason) from None
+    if is_inside_prefix(base, tuple(r.rstrip("/") for r in allowed_roots)):
+        return source
     raise InvalidFieldError("source", f"source {source!r} is outside the allowed roots")
 
 

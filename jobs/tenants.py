@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.storage import Location
 from jobs.errors import InvalidFieldError, NotFoundError
 from jobs.keys import hash_key, key_prefix, new_api_key
 from jobs.quotas import remaining_today, resets_at
@@ -34,11 +35,14 @@ def check_tenant_name(name: object, field: str = "tenant") -> str:
     return name
 
 
-def tenant_data_dir(data_dir: str | Path, tenant: str) -> Path:
+def tenant_data_dir(data_dir: str | Path | Location, tenant: str) -> Path | Location:
     """Where a tenant's tables live: the local tenant's in the data dir itself, others' each in
-    a folder of their own, so no table name can reach another tenant's tables. A name outside
-    the tenant-name rule is refused here, where it would become a path."""
+    a folder (an object store: a prefix) of their own, so no table name can reach another
+    tenant's tables. A name outside the tenant-name rule is refused here, where it would become
+    a path."""
     check_tenant_name(tenant)
+    if isinstance(data_dir, Location):
+        return data_dir if tenant == LOCAL_TENANT else data_dir.join("tenants", tenant)
     data_dir = Path(data_dir)
     return data_dir if tenant == LOCAL_TENANT else data_dir / "tenants" / tenant
 

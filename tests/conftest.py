@@ -83,3 +83,14 @@ def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("server"), "--workers", "2")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) for the whole session; tests take a bucket of
+    their own with `s3_store.make_bucket()`."""
+    from tests.object_store import SeaweedS3
+
+    store = SeaweedS3(tmp_path_factory.mktemp("s3"))
+    yield store
+    store.stop()

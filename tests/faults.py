@@ -21,8 +21,8 @@ class _WrapFragmentWriter(WorkerPlugin):
         self._original = original = sink.write_fragments
         plugin = self
 
-        def write_then_fault(uri, rows):
-            fragments = original(uri, rows)
+        def write_then_fault(uri, rows, *storage):
+            fragments = original(uri, rows, *storage)
             try:
                 os.close(os.open(plugin.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
@@ -76,12 +76,12 @@ class FailAlways(WorkerPlugin):
         self._original = original = sink.write_fragments
         needle, kill = self.needle, self.kill
 
-        def write_or_fail(uri, rows):
+        def write_or_fail(uri, rows, *storage):
             if needle in uri and kill:
                 os._exit(1)
             if needle in uri:
                 raise OSError(f"injected: disk full writing {uri}")
-            return original(uri, rows)
+            return original(uri, rows, *storage)
 
         sink.write_fragments = write_or_fail
 
@@ -162,10 +162,10 @@ class HoldWrites(WorkerPlugin):
         self._original = original = sink.write_fragments
         plugin = self
 
-        def write_when_let_go(uri, rows):
+        def write_when_let_go(uri, rows, *storage):
             if plugin.needle in uri:
                 plugin._wait_for_turn(uri)
-            return original(uri, rows)
+            return original(uri, rows, *storage)
 
         sink.write_fragments = write_when_let_go
 

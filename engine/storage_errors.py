@@ -1,0 +1,51 @@
+"""Object-store failures as one line that names what to fix: an endpoint that does not answer,
+credentials the store refuses, a bucket that does not exist. Checked before a job or a server
+starts (`check_reachable`), so a typo costs a second, not a cluster start and a failed job."""
+from __future__ import annotations
+
+from engine.errors import EmbedscaleError
+from engine.storage import StorageOptions, filesystem, is_uri, strip_scheme
+
+
+class StorageError(EmbedscaleError, OSError):
+    """An object store that cannot be used as configured; the message says what to fix."""
+
+
+def describe_storage_error(exc: BaseException, uri: str, options: StorageOptions) -> str:
+    """What went wrong reaching `uri`, in one line without secrets, and what to check."""
+    where = options.endpoint or "the provider's default endpoint"
+    bucket = strip_scheme(uri).split("/", 1)[0]
+    names = {c.__name__ for c in type(exc).__mro__}
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                "ConnectionError", "TimeoutError"}:
+        return (f"cannot reach the object store at {where} for {uri}: check AWS_ENDPOINT_URL "
+                "(or the cluster spec's storage_options endpoint) and that the store is up")
+    if "NoCredentialsError" in names:
+        return (f"no credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or the cluster spec's storage_options)")
+    if isinstance(exc, PermissionError):
+        return (f"the object store at {where} refused the credentials for {uri} "
+                f"({_first_line(exc)}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or the cluster spec's storage_options)")
+    if isinstance(exc, FileNotFoundError):
+        return (f"bucket {bucket!r} does not exist at {where}: create it first, or fix the "
+                f"URI {uri}")
+    return f"object store error for {uri}: {type(exc).__name__}: {_first_line(exc)}"
+
+
+def check_reachable(uri: str, options: StorageOptions) -> None:
+    """Raise StorageError unless the bucket of `uri` can be listed with `options`."""
+    if not is_uri(uri):
+        return
+    bucket = strip_scheme(uri).split("/", 1)[0]
+    if not bucket:
+        raise StorageError(f"{uri} names no bucket: use s3://bucket/prefix")
+    try:
+        filesystem(uri, options).ls(bucket, detail=False)
+    except Exception as exc:
+        raise StorageError(describe_storage_error(exc, uri, options)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,190 @@
+"""Tables and sources on a real S3-compatible store (SeaweedFS, started by the tests): the same
+exactly-once job as on a local disk, each tenant under its own prefix, and one-line errors for a
+store that is unreachable, refuses the key or lacks the bucket."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import lance
+import pytest
+
+from engine.errors import EmbedscaleError
+from engine.storage import Location, StorageOptions, resolve_storage_options
+from engine.tables import list_tables, read_table
+from jobs.errors import InvalidFieldError
+from jobs.service import JobService
+from jobs.spec import JobSpec, check_source_allowed
+from tests.helpers import run
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def ids_and_vectors(table) -> dict[str, list[float]]:
+    rows = table.to_pydict()
+    return dict(zip(rows["id"], rows["vector"]))
+
+
+def test_a_job_reads_and_writes_s3_exactly_as_a_local_one(cluster, s3_store, small_corpus,
+                                                          tmp_path):
+    bucket = s3_store.make_bucket()
+    s3_store.upload(small_corpus, f"s3://{bucket}/docs")
+    tables = f"s3://{bucket}/tables"
+
+    local = run(cluster, table="t", source=str(small_corpus), data_dir=str(tmp_path / "l"))
+    remote = run(cluster, table="t", source=f"s3://{bucket}/docs/",
+                 data_dir=str(tmp_path / "r"), tables_uri=tables,
+                 storage_options=s3_store.options)
+
+    assert remote.table_uri == f"{tables}/lancedb/t.lance"
+    assert (remote.documents, remote.chunks, remote.skipped) == (
+        local.documents, local.chunks, local.skipped)
+    home = Location(tables, resolve_storage_options(s3_store.options))
+    want = ids_and_vectors(read_table(tmp_path / "l", "t", ["id", "vector"]))
+    got = ids_and_vectors(read_table(home, "t", ["id", "vector"]))
+    assert got.keys() == want.keys()  # same doc ids: relative paths under the source root
+    assert all(max(abs(a - b) for a, b in zip(got[k], want[k])) < 1e-5 for k in want)
+    # Nothing of the table on the local disk: only the job state is there.
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["embedscale.duckdb"]
+
+    # Run again: every document unchanged, no row written twice.
+    again = run(cluster, table="t", source=f"s3://{bucket}/docs/",
+                data_dir=str(tmp_path / "r"), tables_uri=tables,
+                storage_options=s3_store.options)
+    assert (again.chunks, again.unchanged) == (0, local.documents)
+    assert read_table(home, "t", ["id"]).num_rows == local.chunks
+
+    # A glob over the bucket, and the table read by Lance itself with the same options.
+    globbed = run(cluster, table="md", source=f"s3://{bucket}/docs/*.md",
+                  data_dir=str(tmp_path / "r"), tables_uri=tables,
+                  storage_options=s3_store.options)
+    assert globbed.documents == 1
+    ds = lance.dataset(f"{tables}/lancedb/md.lance",
+                       storage_options=dict(resolve_storage_options(s3_store.options)))
+    assert set(ds.to_table(columns=["source"]).column("source").to_pylist()) == {"chunking.md"}
+
+
+def test_each_tenant_has_its_own_prefix_and_drop_removes_the_objects(cluster, s3_store,
+                                                                     tmp_path):
+    bucket = s3_store.make_bucket()
+    storage = resolve_storage_options(s3_store.options)
+    with JobService(tmp_path / "data", cluster, tables_uri=f"s3://{bucket}/emb",
+                    storage=storage) as service:
+        service.start()
+        service.create_tenant("acme", "premium")
+        job = service.submit("acme", JobSpec(table="notes", texts=["alpha beta gamma"] * 1
+                                             + ["delta epsilon"], chunk_tokens=32))
+        assert service.wait(job.id, timeout=120).status == "succeeded"
+        assert service.table_uri("acme", "notes") == \
+            f"s3://{bucket}/emb/tenants/acme/lancedb/notes.lance"
+        assert [t.name for t in service.tables("acme")] == ["notes"]
+        assert service.tables("local") == []
+        hits = service.search("acme", "notes", "gamma", k=1)
+        assert hits and "gamma" in hits[0].text
+        fs = s3_store.filesystem()
+        assert fs.find(f"{bucket}/emb/tenants/acme/lancedb/notes.lance")
+        service.drop_table("acme", "notes")
+        # SeaweedFS may keep an empty folder marker; no object with content is left.
+        left = fs.find(f"{bucket}/emb/tenants/acme/lancedb/notes.lance", detail=True)
+        assert not [name for name, info in left.items() if info.get("size")]
+        assert service.tables("acme") == []
+        assert list_tables(Location(f"s3://{bucket}/emb/tenants/acme", storage)) == []
+
+
+def test_a_missing_bucket_as_source_is_a_4xx_naming_the_source(cluster, s3_store, tmp_path):
+    storage = resolve_storage_options(s3_store.options)
+    with (JobService(tmp_path / "data", cluster, storage=storage) as service,
+          pytest.raises(InvalidFieldError) as err):
+        service.submit("local", JobSpec(table="t", source="s3://no-such-bucket/docs/"))
+    assert err.value.field == "source"
+    assert "bucket 'no-such-bucket' does not exist" in str(err.value)
+
+
+def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=cwd, env={
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **env},
+        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_runs_and_searches_a_table_on_s3(s3_store, tmp_path, small_corpus):
+    bucket = s3_store.make_bucket()
+    args = ["--tables-uri", f"s3://{bucket}/cli", "--data-dir", str(tmp_path / "d")]
+    done = _cli("run", str(small_corpus), "--table", "docs", "--workers", "1", "--json", *args,
+                env=s3_store.env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["status"] == "succeeded" and summary["chunks"] > 0
+    assert summary["table_uri"] == f"s3://{bucket}/cli/lancedb/docs.lance"
+    found = _cli("search", "docs", "how are chunks cut?", "-k", "1", "--json", *args,
+                 env=s3_store.env, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert len(json.loads(found.stdout)) == 1
+    assert s3_store.env["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("problem", ["unreachable", "wrong key", "no bucket"])
+def test_a_store_that_cannot_be_used_is_one_line_naming_the_fix(s3_store, tmp_path,
+                                                                small_corpus, problem):
+    env = dict(s3_store.env)
+    uri = f"s3://{s3_store.make_bucket()}/t"
+    if problem == "unreachable":
+        env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # discard: nothing listens
+        expected = "cannot reach the object store at http://127.0.0.1:9"
+    elif problem == "wrong key":
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+        expected = "refused the credentials"
+    else:
+        uri = "s3://no-such-bucket-here/t"
+        expected = "bucket 'no-such-bucket-here' does not exist"
+    done = _cli("run", str(small_corpus), "--table", "t", "--tables-uri", uri,
+                "--data-dir", str(tmp_path / "d"), env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], done.stderr
+    assert "Traceback" not in done.stderr and env["AWS_SECRET_ACCESS_KEY"] not in done.stderr
+    assert not (tmp_path / "d").exists()  # nothing written, not even the job state
+
+
+def test_a_relative_data_dir_with_a_remote_scheduler_is_refused(tmp_path, small_corpus):
+    done = _cli("run", str(small_corpus), "--table", "t", "--scheduler", "tcp://127.0.0.1:9",
+                "--data-dir", "relative-data", env={}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "every worker must reach the tables" in done.stderr
+    assert "--tables-uri" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "relative-data").exists()
+
+
+# --- options, without a store ------------------------------------------------------------------
+
+def test_storage_options_come_from_the_aws_variables_and_the_spec_and_never_print():
+    env = {"AWS_ENDPOINT_URL": "http://store:8333", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+           "AWS_SECRET_ACCESS_KEY": "very-secret", "AWS_REGION": "eu-west-1"}
+    options = resolve_storage_options({"secret_access_key": "spec-secret"}, environ=env)
+    assert dict(options) == {
+        "aws_endpoint": "http://store:8333", "aws_access_key_id": "AKIDEXAMPLE",
+        "aws_secret_access_key": "spec-secret", "aws_region": "eu-west-1",
+        "allow_http": "true"}  # an http:// endpoint is consent enough
+    shown = repr(options) + str(options) + repr(Location("s3://b/p", options))
+    assert "spec-secret" not in shown and "AKIDEXAMPLE" not in shown
+    assert "http://store:8333" in shown
+    assert pickle.loads(pickle.dumps(options)) == options
+    assert resolve_storage_options(environ={}) == StorageOptions()
+    with pytest.raises(EmbedscaleError, match="unknown storage option 'endpiont'"):
+        resolve_storage_options({"endpiont": "http://x"}, environ={})
+
+
+def test_object_store_sources_must_lie_under_an_allowed_prefix():
+    roots = ["s3://corpora/shared", "/srv/docs"]
+    assert check_source_allowed("s3://corpora/shared/a/", roots) == "s3://corpora/shared/a/"
+    assert check_source_allowed("s3://corpora/shared/**/*.md", roots)
+    for refused in ("s3://corpora/sharedother/x", "s3://other/shared/x",
+                    "s3://corpora/shared/../secret/x"):
+        with pytest.raises(InvalidFieldError) as err:
+            check_source_allowed(refused, roots)
+        assert err.value.field == "source"
