@@ -1,0 +1,84 @@
+"""A Dask cluster of separate OS processes, as on separate hosts: `dask scheduler` and
+`dask worker` started from the command line on 127.0.0.1, each in its own session (so a test can
+kill a worker and its nanny together, as a lost host)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.api_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dask_command() -> str:
+    return str(Path(sys.executable).parent / "dask")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a process on another host: none of this one's AWS credentials (the
+    job carries what workers need), the project importable, the hub never reached."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EMBEDSCALE_"))}
+    return {**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **extra}
+
+
+class DaskProcesses:
+    """A scheduler and named workers, each its own process group; `address` to connect."""
+
+    def __init__(self, workdir: Path, workers: int = 2, scheme: str = "tcp",
+                 security_args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.address = f"{scheme}://127.0.0.1:{self.port}"
+        self.security_args = security_args
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._start("scheduler", [dask_command(), "scheduler", "--host", "127.0.0.1",
+                                  "--port", str(self.port), "--no-dashboard",
+                                  *(["--protocol", scheme] if scheme != "tcp" else []),
+                                  *security_args])
+        for n in range(1, workers + 1):
+            self.start_worker(f"w{n}")
+
+    def _start(self, name: str, command: list[str]) -> None:
+        log = (self.workdir / f"{name}.log").open("wb")
+        # Workers start in a folder of their own: no path relative to the test's works there.
+        cwd = self.workdir / name
+        cwd.mkdir(exist_ok=True)
+        self.processes[name] = subprocess.Popen(command, cwd=cwd, env=clean_env(), stdout=log,
+                                                stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def start_worker(self, name: str) -> None:
+        self._start(name, [dask_command(), "worker", self.address, "--name", name,
+                           "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
+                           "--memory-limit", "4GiB", "--no-dashboard", *self.security_args])
+
+    def wait_for_workers(self, client, count: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(client.scheduler_info(n_workers=-1)["workers"]) < count:
+            for name, p in self.processes.items():
+                assert p.poll() is None, f"{name} exited; see {self.workdir / name}.log"
+            assert time.monotonic() < deadline, "workers did not join the scheduler"
+            time.sleep(0.25)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process and everything it started (a worker's nanny and the worker): the
+        host is gone, nothing gets to say goodbye."""
+        os.killpg(self.processes[name].pid, signal.SIGKILL)
+        self.processes[name].wait()
+
+    def stop(self) -> None:
+        for p in self.processes.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.processes.values():
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()

@@ -1,0 +1,80 @@
+"""A real multi-process cluster: `dask scheduler` and two `dask worker` processes on 127.0.0.1,
+as on separate hosts (their own folders, no AWS credentials of their own), with tables and
+sources on a real S3 server. A worker killed mid-job costs nothing: the job ends with exactly
+the ids of a clean run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from engine.cluster import ClusterSpec, start_cluster
+from engine.storage import Location, resolve_storage_options
+from engine.tables import read_table
+from jobs.local_run import EmbedRequest, run_embedding
+from tests.conftest import SAMPLE_CORPUS
+from tests.dask_processes import ROOT, DaskProcesses, clean_env
+
+pytestmark = pytest.mark.slow
+
+
+def chunk_ids(home: Location, table: str) -> list[str]:
+    return read_table(home, table, ["id"]).column("id").to_pylist()
+
+
+def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
+    bucket = s3_store.make_bucket()
+    s3_store.upload(SAMPLE_CORPUS / "stdlib", f"s3://{bucket}/docs")
+    source, tables = f"s3://{bucket}/docs/", f"s3://{bucket}/tables"
+    home = Location(tables, resolve_storage_options(s3_store.options))
+    procs = DaskProcesses(tmp_path / "dask", workers=2)
+    try:
+        with start_cluster(ClusterSpec(kind="address", address=procs.address)) as cluster:
+            procs.wait_for_workers(cluster.client, 2)
+
+            # A clean run, through the CLI and --scheduler.
+            done = subprocess.run(
+                [sys.executable, "-m", "api.cli", "run", source, "--table", "clean",
+                 "--scheduler", procs.address, "--tables-uri", tables,
+                 "--data-dir", str(tmp_path / "cli"), "--chunk-tokens", "64", "--json"],
+                cwd=ROOT, env=clean_env(**s3_store.env), capture_output=True, text=True,
+                timeout=300)
+            assert done.returncode == 0, done.stderr
+            clean = json.loads(done.stdout)
+            assert clean["status"] == "succeeded" and clean["chunks"] > 0
+
+            # The same job; one worker's host is lost once the first partition is committed.
+            killed = threading.Event()
+
+            def kill_after_first_commit(progress) -> None:
+                if progress.partitions_done >= 1 and not killed.is_set():
+                    killed.set()
+                    procs.kill("w2")
+
+            summary = run_embedding(EmbedRequest(
+                table="killed", source=source, tables_uri=tables,
+                storage_options=s3_store.options, data_dir=str(tmp_path / "k"),
+                chunk_tokens=64, partition_bytes=4096), cluster, kill_after_first_commit)
+            assert killed.is_set() and summary.ok
+            assert summary.partitions > 2  # work was spread, so w2 held some when it died
+            assert list(cluster.client.scheduler_info(n_workers=-1)["workers"].values())[0][
+                "name"] == "w1"
+    finally:
+        procs.stop()
+    clean_ids, killed_ids = chunk_ids(home, "clean"), chunk_ids(home, "killed")
+    assert len(killed_ids) == len(set(killed_ids)) == clean["chunks"]
+    assert set(killed_ids) == set(clean_ids)
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "api.cli", "run", str(SAMPLE_CORPUS / "notes"), "--table", "t",
+         "--scheduler", "tcp://127.0.0.1:9", "--data-dir", str(tmp_path / "d")],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in lines[0]
+    assert "Traceback" not in done.stderr
