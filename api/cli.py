@@ -28,10 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="all-MiniLM-L6-v2",
                      help="registered name, sentence-transformers hub id or local folder")
     run.add_argument("--provider", default="sentence-transformers",
-                     choices=["sentence-transformers", "onnx", "openai"],
+                     choices=["sentence-transformers", "onnx", "onnx-int8", "openai"],
                      help="where vectors come from: sentence-transformers (default, torch on "
                           "the workers), onnx (the same model run by onnxruntime on the "
-                          "workers, exported once per host) or openai (an OpenAI-compatible "
+                          "workers, exported once per host), onnx-int8 (quantized: faster on "
+                          "CPUs, other vectors, its own tables) or openai (an OpenAI-compatible "
                           "endpoint, --provider-url; key from EMBEDSCALE_PROVIDER_API_KEY in "
                           "the workers' environment)")
     run.add_argument("--provider-url", metavar="URL",

@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 # Options of `add` that go into the job template, as JobSpec names them (None: the default).
-_TEMPLATE_OPTIONS = ("model", "chunk_tokens", "overlap_tokens", "mode", "priority",
-                     "text_field", "id_field", "allow_empty")
+_TEMPLATE_OPTIONS = ("model", "provider", "provider_url", "tokenizer", "chunk_tokens",
+                     "overlap_tokens", "mode", "priority", "text_field", "id_field", "allow_empty")
 
 
 def add_schedule_commands(sub: Any, common_args: Any) -> None:
@@ -25,6 +25,13 @@ def add_schedule_commands(sub: Any, common_args: Any) -> None:
                      help="IANA time zone the cron expression is read in (default UTC)")
     add.add_argument("--tenant", default="local", help="whose schedule (default: local)")
     add.add_argument("--model", help="default all-MiniLM-L6-v2")
+    add.add_argument("--provider", help="sentence-transformers (default), onnx, onnx-int8, or "
+                                        "openai (an OpenAI-compatible endpoint at "
+                                        "--provider-url)")
+    add.add_argument("--provider-url", metavar="URL",
+                     help="provider openai: the endpoint's base URL")
+    add.add_argument("--tokenizer", metavar="NAME",
+                     help="provider openai: the model whose tokenizer cuts chunks")
     add.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
     add.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
     add.add_argument("--mode", help="append (default), overwrite, upsert, or sync (upsert, "

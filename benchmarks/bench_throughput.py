@@ -1,13 +1,16 @@
 """Throughput: embedscale end to end vs plain SentenceTransformer.encode, in the same run.
 
-Both embed the same chunks of a real corpus with the same processes and threads (default 2
+All embed the same chunks of a real corpus with the same processes and threads (default 2
 processes x 1 thread): CPython's pydoc text (documents of mixed length) and the Debian changelogs
 and READMEs of /usr/share/doc (long documents); see benchmarks/corpus.py. The baseline is given
 the chunk texts ready-made and only encodes them; embedscale does everything: plan, read, chunk,
-embed, write and commit to LanceDB. Model loading is excluded from both (embedscale's cluster
-is warmed first).
+embed, write and commit to LanceDB, once per provider (`--providers`, default
+sentence-transformers and onnx, on one cluster). Model loading, and the ONNX export on a host
+that has none cached, are excluded (each provider's model is warmed first). The ONNX rows are
+checked against the torch rows: the minimum cosine over every row is printed.
 
     python benchmarks/bench_throughput.py [--chunks 2000] [--processes 2] [--corpus both]
+        [--providers sentence-transformers,onnx]
 """
 from __future__ import annotations
 
@@ -70,27 +73,55 @@ def chunk_corpus(corpus: Path) -> tuple[list[str], int]:
     return pieces, tokens
 
 
-def embedscale_runs(corpus: Path, data_dir: Path, processes: int) -> dict[str, tuple]:
-    """(seconds, chunks, tokens) through the one driver loop, the job runner that
-    `embedscale run`, the API and `run_embedding` all use, on one warm cluster."""
+def embedscale_runs(corpus: Path, data_dir: Path, processes: int,
+                    providers: list[str]) -> dict[str, tuple]:
+    """Per provider, (seconds, chunks, tokens) through the one driver loop, the job runner that
+    `embedscale run`, the API and `run_embedding` all use, on one warm cluster; each provider
+    writes its own table, `bench-<provider>`."""
     from engine.cluster import ClusterSpec, start_cluster
     from jobs.local_run import EmbedRequest, run_embedding
 
     spec = ClusterSpec(n_workers=processes, threads_per_worker=1, dashboard_address=":0")
+    runs = {}
     with start_cluster(spec) as cluster:
-        warm = EmbedRequest(table="warm", texts=["warm up"], data_dir=str(data_dir))
-        run_embedding(warm, cluster)
-        request = EmbedRequest(table="bench", source=str(corpus), data_dir=str(data_dir),
-                               mode="overwrite")
-        summary = run_embedding(request, cluster)
-    return {"embedscale (job runner)": (summary.seconds, summary.chunks, summary.tokens)}
+        for provider in providers:  # every model loaded (and exported) before any timing
+            warm = EmbedRequest(table=f"warm-{provider}", texts=["warm up"],
+                                data_dir=str(data_dir), provider=provider)
+            run_embedding(warm, cluster)
+        for provider in providers:
+            request = EmbedRequest(table=f"bench-{provider}", source=str(corpus),
+                                   data_dir=str(data_dir), mode="overwrite", provider=provider)
+            summary = run_embedding(request, cluster)
+            runs[f"embedscale {provider}"] = (summary.seconds, summary.chunks, summary.tokens)
+    return runs
+
+
+def min_cosine(data_dir: Path, table: str, reference: str) -> tuple[float, int]:
+    """The smallest cosine between the vectors of one chunk in two tables, over every chunk
+    (rows are matched by id: a hash of document, chunk index and model), and how many."""
+    import lance
+    import numpy as np
+
+    from engine.sink import ChunkTable
+
+    def vectors(name: str) -> dict[str, np.ndarray]:
+        rows = lance.dataset(ChunkTable(data_dir, name).uri).to_table(
+            columns=["id", "vector"]).to_pylist()
+        return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
+    got, ref = vectors(table), vectors(reference)
+    assert got.keys() == ref.keys(), (len(got), len(ref))
+    ids = sorted(got)
+    a, b = np.stack([got[i] for i in ids]), np.stack([ref[i] for i in ids])
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min()), len(ids)
 
 
 BYTES_PER_CHUNK = {"pydoc": 760, "debian-docs": 700}  # measured: text per 256-token chunk
 
 
-def bench_corpus(kind: str, chunks: int, processes: int) -> None:
-    """Build corpus `kind`, run both, print one table."""
+def bench_corpus(kind: str, chunks: int, processes: int, providers: list[str]) -> None:
+    """Build corpus `kind`, run the baseline and each provider, print one table."""
     with tempfile.TemporaryDirectory() as tmp:
         corpus = write_corpus(Path(tmp) / "corpus", chunks * BYTES_PER_CHUNK[kind], kind)
         files = len(list(corpus.glob("*.txt")))
@@ -103,18 +134,25 @@ def bench_corpus(kind: str, chunks: int, processes: int) -> None:
         # Baseline, embedscale, baseline again: these machines drift by 10-20% over minutes,
         # and the mean of the two baselines brackets embedscale's run in time.
         before = plain_encode(pieces, processes)
-        runs = embedscale_runs(corpus, Path(tmp) / "data", processes)
+        runs = embedscale_runs(corpus, Path(tmp) / "data", processes, providers)
         after = plain_encode(pieces, processes)
+        checks = [(p, *min_cosine(Path(tmp) / "data", f"bench-{p}",
+                                  "bench-sentence-transformers"))
+                  for p in providers if p != "sentence-transformers"
+                  and "sentence-transformers" in providers]
     base_s = (before + after) / 2
-    print(f"{'':28}{'seconds':>10}{'chunks/s':>12}{'tokens/s':>12}{'ratio':>8}")
+    print(f"{'':34}{'seconds':>10}{'chunks/s':>12}{'tokens/s':>12}{'ratio':>8}")
     for name, seconds in (("plain encode, before", before), ("plain encode, after", after),
                           ("plain encode (baseline)", base_s)):
-        print(f"{name:28}{seconds:10.1f}{len(pieces) / seconds:12.1f}"
+        print(f"{name:34}{seconds:10.1f}{len(pieces) / seconds:12.1f}"
               f"{tokens / seconds:12.0f}{base_s / seconds:8.3f}")
     for name, (seconds, n_chunks, n_tokens) in runs.items():
         assert n_chunks == len(pieces), (name, n_chunks, len(pieces))
-        print(f"{name:28}{seconds:10.1f}{n_chunks / seconds:12.1f}{n_tokens / seconds:12.0f}"
+        print(f"{name:34}{seconds:10.1f}{n_chunks / seconds:12.1f}{n_tokens / seconds:12.0f}"
               f"{base_s / seconds:8.3f}")
+    for provider, cosine, rows in checks:
+        print(f"{provider} vs sentence-transformers: minimum cosine {cosine:.7f} over "
+              f"{rows} rows")
     print("ratio: baseline seconds (mean of before and after) / seconds; embedscale's end to "
           "end: plan, read, chunk, embed, write, commit\n")
 
@@ -126,10 +164,13 @@ def main() -> None:
     parser.add_argument("--corpus", choices=[*BYTES_PER_CHUNK, "both"], default="both",
                         help="pydoc: documents of mixed length; debian-docs: long documents "
                              "(/usr/share/doc changelogs and READMEs)")
+    parser.add_argument("--providers", default="sentence-transformers,onnx",
+                        help="comma-separated embedscale providers to run, each end to end")
     args = parser.parse_args()
     kinds = list(BYTES_PER_CHUNK) if args.corpus == "both" else [args.corpus]
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     for kind in kinds:
-        bench_corpus(kind, args.chunks, args.processes)
+        bench_corpus(kind, args.chunks, args.processes, providers)
 
 
 if __name__ == "__main__":

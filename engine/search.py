@@ -15,7 +15,7 @@ import lancedb
 from engine.errors import TableError
 from engine.filters import lance_filter
 from engine.models.cache import get_model
-from engine.models.registry import ModelSpec, provider_spec, resolve_model
+from engine.models.registry import ONNX_PROVIDERS, ModelSpec, provider_spec, resolve_model
 from engine.schema import table_model, table_provider
 from engine.storage import StorageOptions
 from engine.tables import existing_table
@@ -78,8 +78,8 @@ def query_model(schema, model_name: str) -> ModelSpec:
     provider, url = table_provider(schema)
     if provider == "sentence-transformers":
         return resolve_model(model_name)
-    if provider == "onnx":
-        return provider_spec("onnx", model_name)
+    if provider in ONNX_PROVIDERS:
+        return provider_spec(provider, model_name)
     if provider == "openai" and url:
         return ModelSpec(model_name, url, "openai")
     raise TableError(f"table of model '{model_name}' names provider {provider!r}"

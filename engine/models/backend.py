@@ -237,7 +237,7 @@ def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:
         from engine.models.openai_http import OpenAIHTTPModel  # no torch on this path
 
         return OpenAIHTTPModel(spec)
-    if spec.backend == "onnx":
+    if spec.backend in ("onnx", "onnx-int8"):
         from engine.models.onnx_model import load_onnx_model  # onnxruntime only on this path
 
         return load_onnx_model(spec, device)

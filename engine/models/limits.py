@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from engine.models.backend import ModelInfo, _special_affixes
-from engine.models.registry import ModelSpec
+from engine.models.registry import ONNX_PROVIDERS, ModelSpec
 
 
 @functools.lru_cache(maxsize=64)
@@ -23,7 +23,7 @@ def model_limits(spec: ModelSpec) -> ModelInfo | None:
     tokenizer.json post-processor, found as the backend finds them. Cached per spec: a few
     tens of milliseconds (the tokenizer file) on the first job with a model, none after.
     """
-    if not spec.local or spec.backend not in ("sentence-transformers", "onnx"):
+    if not spec.local or spec.backend not in ("sentence-transformers", *ONNX_PROVIDERS):
         return None
     folder = Path(spec.location)
     try:

@@ -14,14 +14,15 @@ from engine.errors import ModelError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Providers a job may name: where its vectors come from. "onnx" is the same sentence-transformers
-# model exported to ONNX and run by onnxruntime on the workers; "openai" is any server speaking
-# the OpenAI embeddings API (OpenAI, vLLM, TEI, Ollama, Infinity, embedscale's own
-# /v1/embeddings).
-PROVIDERS = ("sentence-transformers", "onnx", "openai")
+# model exported to ONNX and run by onnxruntime on the workers ("onnx-int8": quantized, opt-in,
+# other vectors); "openai" is any server speaking the OpenAI embeddings API (OpenAI, vLLM, TEI,
+# Ollama, Infinity, embedscale's own /v1/embeddings).
+PROVIDERS = ("sentence-transformers", "onnx", "onnx-int8", "openai")
+ONNX_PROVIDERS = ("onnx", "onnx-int8")
 DEFAULT_PROVIDER = "sentence-transformers"
 BACKENDS = frozenset(PROVIDERS)
 # Providers whose vectors of one model agree (the same weights in fp32: ONNX's cosine to torch
-# is >= 0.9999 on every row), so one table may hold vectors of both.
+# is >= 0.9999 on every row), so one table may hold vectors of both. Not onnx-int8 (0.976).
 _VECTOR_SPACES = {"onnx": "sentence-transformers"}
 
 
@@ -89,8 +90,8 @@ def provider_spec(provider: str, model: str, url: str | None = None,
     is known locally (a registered name or a folder); a hub id works as `tokenizer` online."""
     if provider == "sentence-transformers":
         return resolve_model(model)
-    if provider == "onnx":
-        return dataclasses.replace(resolve_model(model), backend="onnx")
+    if provider in ONNX_PROVIDERS:
+        return dataclasses.replace(resolve_model(model), backend=provider)
     if provider != "openai":
         raise ModelError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     if not url:
