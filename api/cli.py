@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError as PydanticValidationError
 
+from api.cli_cluster import add_cluster_commands
 from api.cli_schedules import add_schedule_commands
 from api.settings import DEFAULT_DATA_DIR
 from engine.errors import EmbedscaleError
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("name")
     _common_args(rotate)
     add_schedule_commands(sub, _common_args)
+    add_cluster_commands(sub)
     return parser
 
 
@@ -177,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from api.cli_schedules import schedules_command
 
             return schedules_command(args)
+        if args.command == "cluster":
+            from api.cli_cluster import cluster_command
+
+            return cluster_command(args)
         if args.command == "jobs" and args.jobs_command == "resume":
             from api.cli_run import resume_command
 
