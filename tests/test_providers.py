@@ -79,7 +79,8 @@ def no_secret(key: str, *texts: str) -> None:
 # --- selection and validation (no cluster) ----------------------------------------------------
 
 @pytest.mark.parametrize("body,field,message", [
-    ({"provider": "tensorrt"}, "provider", "'sentence-transformers', 'onnx' or 'openai'"),
+    ({"provider": "tensorrt"}, "provider", "'sentence-transformers', 'onnx', 'onnx-int8' or "
+     "'openai'"),
     ({"provider": "openai"}, "provider_url", "needs provider_url"),
     ({"provider_url": "http://h/v1"}, "provider_url", "goes with provider 'openai'"),
     ({"provider": "openai", "provider_url": "http://u:secret@h/v1"}, "provider_url",
