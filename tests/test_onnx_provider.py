@@ -36,8 +36,6 @@ from jobs.spec import JobSpec
 from tests.api_server import ROOT
 from tests.helpers import read_rows
 
-pytestmark = pytest.mark.slow
-
 TEXTS = [
     "The heap queue algorithm keeps the smallest item at index zero.",
     "JSON encoders turn Python dictionaries into text.",
@@ -151,6 +149,7 @@ def _race(cache: str, folder: str, start) -> None:
     assert path.read_bytes() == b"onnx"
 
 
+@pytest.mark.slow
 def test_concurrent_loads_on_one_host_export_once(tmp_path):
     cache = tmp_path / "host" / "cache"
     ctx = mp.get_context("spawn")  # three processes, as three workers of one host
@@ -311,6 +310,7 @@ def test_torch_and_onnx_tables_take_each_others_vectors_but_no_other_model(tmp_p
                        "all-MiniLM-L6-v2") == ONNX
 
 
+@pytest.mark.slow
 def test_an_onnx_job_end_to_end_and_into_a_torch_table(service, onnx_cache, st_model):
     torch_job = service.wait(service.submit("local", {"table": "mixed", "texts": TEXTS[:2]}).id,
                              timeout=180)
@@ -344,6 +344,7 @@ def test_an_onnx_job_end_to_end_and_into_a_torch_table(service, onnx_cache, st_m
     assert lance.dataset(uri).count_rows() == 2
 
 
+@pytest.mark.slow
 def test_an_onnx_job_of_another_model_into_the_table_is_refused(service, onnx_cache, tmp_path):
     done = service.wait(service.submit("local", {"table": "one", "texts": TEXTS[:1]}).id,
                         timeout=180)
@@ -358,6 +359,7 @@ def test_an_onnx_job_of_another_model_into_the_table_is_refused(service, onnx_ca
     assert lance.dataset(service.table_uri("local", "one")).count_rows() == 1
 
 
+@pytest.mark.slow
 def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpus, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
            onnx_export.CACHE_ENV: str(onnx_cache)}
@@ -381,6 +383,7 @@ def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpu
     assert "--provider" in bad.stderr and "'onnx'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_schedules_add_takes_the_provider_options(tmp_path, small_corpus):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     data = ["--data-dir", str(tmp_path / "data")]
