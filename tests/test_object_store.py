@@ -59,6 +59,16 @@ def test_a_job_reads_and_writes_s3_exactly_as_a_local_one(cluster, s3_store, sma
     assert (again.chunks, again.unchanged) == (0, local.documents)
     assert read_table(home, "t", ["id"]).num_rows == local.chunks
 
+    # A sync after one object is gone from the bucket deletes its rows (in one commit that
+    # reads the table's history on S3), and the rest stay.
+    s3_store.filesystem().rm(f"{bucket}/docs/heapq.txt")
+    synced = run(cluster, table="t", source=f"s3://{bucket}/docs/", mode="sync",
+                 data_dir=str(tmp_path / "r"), tables_uri=tables,
+                 storage_options=s3_store.options)
+    assert (synced.chunks, synced.unchanged) == (0, local.documents - 1)
+    sources = set(read_table(home, "t", ["source"]).column("source").to_pylist())
+    assert "heapq.txt" not in sources and "json.txt" in sources
+
     # A glob over the bucket, and the table read by Lance itself with the same options.
     globbed = run(cluster, table="md", source=f"s3://{bucket}/docs/*.md",
                   data_dir=str(tmp_path / "r"), tables_uri=tables,
