@@ -73,7 +73,8 @@ def open_service(settings: Settings, local_user: bool = False,
     return JobService(
         settings.data_dir, None, settings.tiers_file,
         tables_uri=home.uri if isinstance(home, Location) else None,
-        storage=home.options if isinstance(home, Location) else None,
+        # Object-store sources use them too, tables on a local disk or not.
+        storage=home.options if isinstance(home, Location) else storage_options(settings),
         allowed_roots=None if local_user else [str(r) for r in settings.allow_roots],
         parallelism=parallelism, max_document_bytes=settings.max_document_bytes,
         allowed_models=None if local_user else list(settings.allowed_models),
