@@ -64,6 +64,11 @@ class JobOut(BaseModel):
     error_reason: str | None
     dashboard_link: str | None
     schedule_id: str | None = Field(None, description="the schedule whose run this job is")
+    gpu_busy_percent: float | None = Field(
+        None, description="how busy the GPUs were while the job's partitions ran on them "
+                          "(NVML, sampled on the workers); null off GPUs")
+    gpu_peak_memory_bytes: int | None = Field(
+        None, description="the most GPU memory a worker running the job held; null off GPUs")
     skipped: list[SkippedOut] | None = None
 
 

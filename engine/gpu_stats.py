@@ -7,7 +7,10 @@ during a job so a job can report how busy its GPUs were (benchmarks/gpu_smoke.py
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -117,3 +120,96 @@ class GpuSampler:
     def unreadable(self) -> list[int]:
         """GPUs NVML failed to read at least once."""
         return sorted({g.index for sample in self.samples for g in sample if not g.up})
+
+
+# --- the GPU of this worker process -----------------------------------------------------------
+
+
+def nvml_device(device: str) -> int | str:
+    """NVML's name for torch's `device` in this process: the index or UUID that
+    CUDA_VISIBLE_DEVICES lists at torch's ordinal (dask-cuda lists the worker's own GPU
+    first), else the ordinal itself."""
+    ordinal = int(device.split(":")[1]) if ":" in device else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    if ordinal < len(visible):
+        entry = visible[ordinal]
+        return int(entry) if entry.isdigit() else entry
+    return ordinal
+
+
+class DeviceBusy:
+    """Busy % of one GPU, sampled every `interval` seconds on a daemon thread for the life of
+    the process (started at first use); a partition asks for the mean over its own run."""
+
+    def __init__(self, device: int | str, interval: float = 0.2, read=None) -> None:
+        self.interval = interval
+        self._read = read or _nvml_busy_reader(device)
+        self.samples: deque[tuple[float, float]] = deque(maxlen=20_000)  # (perf_counter, %)
+        self._thread = threading.Thread(target=self._run, name="embedscale-gpu-busy",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            busy = self._read()
+            if busy is not None:
+                self.samples.append((time.perf_counter(), busy))
+            time.sleep(self.interval)
+
+    def mean_since(self, since: float) -> float | None:
+        """Mean busy % of the samples taken since `since` (a time.perf_counter value); None
+        without any (NVML unreadable, or too short a stretch)."""
+        values = [busy for at, busy in list(self.samples) if at >= since]
+        return round(sum(values) / len(values), 1) if values else None
+
+
+def _nvml_busy_reader(device: int | str):
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()  # kept initialised for the process's sampler
+        handle = (pynvml.nvmlDeviceGetHandleByIndex(device) if isinstance(device, int)
+                  else pynvml.nvmlDeviceGetHandleByUUID(device))
+    except Exception:
+        log.debug("NVML cannot read GPU %s: no busy figures", device, exc_info=True)
+        return lambda: None
+
+    def read() -> float | None:
+        try:
+            return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except Exception:  # not supported (MIG) or the GPU is gone: no figure
+            return None
+
+    return read
+
+
+_samplers: dict[str, DeviceBusy] = {}
+_samplers_lock = threading.Lock()
+
+
+def watch_gpu(device: str) -> DeviceBusy | None:
+    """The busy sampler of this process's GPU `device`, started on first call (a partition
+    calls it as it starts); None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    with _samplers_lock:
+        sampler = _samplers.get(device)
+        if sampler is None:
+            sampler = _samplers[device] = DeviceBusy(nvml_device(device))
+        return sampler
+
+
+def gpu_busy_since(device: str, since: float) -> float | None:
+    """This process's GPU `device` busy % since `since` (perf_counter); None on the CPU."""
+    sampler = watch_gpu(device)
+    return sampler.mean_since(since) if sampler is not None else None
+
+
+def gpu_peak_bytes(device: str) -> int | None:
+    """The most memory torch has held on `device` in this process; None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(torch.device(device)))

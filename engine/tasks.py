@@ -20,6 +20,7 @@ from engine.chunking import Chunks, ChunkSettings, chunk_texts
 from engine.documents import Document, Skipped, chunk_id
 from engine.errors import error_line
 from engine.file_access import FileAccess
+from engine.gpu_stats import gpu_busy_since, gpu_peak_bytes, watch_gpu
 from engine.models.cache import get_model
 from engine.models.registry import ModelSpec
 from engine.partitions import Partition
@@ -62,6 +63,9 @@ class PartitionResult:
     seen_doc_ids: list[str] | None = None
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    device: str = ""  # where the model ran ("cuda", "cpu"; "" for an HTTP provider)
+    gpu_busy_percent: float | None = None  # NVML busy of the worker's GPU while it ran
+    gpu_peak_bytes: int | None = None  # the most GPU memory the worker's torch has held
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class _Prepared:
     inputs: list[np.ndarray]
     texts: list[str]  # each chunk's text, what an HTTP provider is sent
     started: float
+    device: str = ""
 
 
 def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult:
@@ -150,7 +155,9 @@ def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
     inputs = [model.wrap(ids) for ids in chunks.content_ids]
     texts = [docs[d].text[s:e]
              for d, s, e in zip(chunks.doc_index, chunks.char_start, chunks.char_end)]
-    return _Prepared(config, result, docs, chunks, inputs, texts, started)
+    device = "" if getattr(model, "takes_texts", False) else str(getattr(model, "device", ""))
+    watch_gpu(device)  # samples this GPU's busy from now on (a no-op on the CPU)
+    return _Prepared(config, result, docs, chunks, inputs, texts, started, device)
 
 
 def _write(prepared: _Prepared, vectors: np.ndarray) -> PartitionResult:
@@ -162,6 +169,9 @@ def _write(prepared: _Prepared, vectors: np.ndarray) -> PartitionResult:
     result.chunks = len(prepared.chunks)
     result.tokens = int(sum(len(x) for x in prepared.inputs))
     result.seconds = time.perf_counter() - prepared.started
+    result.device = prepared.device
+    result.gpu_busy_percent = gpu_busy_since(prepared.device, prepared.started)
+    result.gpu_peak_bytes = gpu_peak_bytes(prepared.device)
     return result
 
 

@@ -82,10 +82,21 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
     outcome.sync_due = [job for job in done if job.config.mode == "sync"]
     outcome.records = store.record_partitions_done(
         [PartitionDone(job.record.id, job.record.tenant, result.partition,
-                       partition_counts(result), tuple(result.skipped))
+                       {**partition_counts(result), **gpu_counts(result)},
+                       tuple(result.skipped))
          for job, result in outcome.committed], succeeded=outcome.succeeded)
     for job in jobs.values():
         job.record = outcome.records[job.record.id]
+
+
+def gpu_counts(result: PartitionResult) -> dict[str, float]:
+    """A partition's GPU figures as the job record adds them up: its time on a GPU that NVML
+    could read, the part of it the GPU was busy, and the worker's peak GPU memory."""
+    if result.gpu_busy_percent is None:
+        return {"gpu_peak_bytes": result.gpu_peak_bytes or 0}
+    return {"gpu_seconds": result.seconds,
+            "gpu_busy_seconds": result.seconds * result.gpu_busy_percent / 100.0,
+            "gpu_peak_bytes": result.gpu_peak_bytes or 0}
 
 
 def _without_clashes(results: list[Finished]) -> list[Finished]:

@@ -106,6 +106,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE schedules ADD COLUMN runs_skipped BIGINT DEFAULT 0;
     ALTER TABLE schedules ADD COLUMN runs_refused BIGINT DEFAULT 0;
     """,
+    # 5: how busy the GPUs were while a job's partitions ran (NVML, sampled on the workers):
+    # busy % = gpu_busy_seconds / gpu_seconds; and the most GPU memory a worker held.
+    """
+    ALTER TABLE jobs ADD COLUMN gpu_seconds DOUBLE DEFAULT 0;       -- partition time on GPUs
+    ALTER TABLE jobs ADD COLUMN gpu_busy_seconds DOUBLE DEFAULT 0;  -- of it, a kernel running
+    ALTER TABLE jobs ADD COLUMN gpu_peak_bytes BIGINT DEFAULT 0;
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -31,7 +31,7 @@ class PartitionDone:
     job_id: str
     tenant: str
     partition: int
-    counts: dict[str, int]
+    counts: dict[str, int | float]  # chunks, tokens, ...; GPU seconds are fractional
     skipped: tuple[Skipped, ...] = ()
 
 
@@ -49,11 +49,13 @@ def record_done(con: duckdb.DuckDBPyConnection, done: Sequence[PartitionDone],
     charged: Charged = {}
     for d in fresh:
         c = d.counts
-        sums = jobs.setdefault(d.job_id, [0] * 7)
+        sums = jobs.setdefault(d.job_id, [0] * 10)
         for i, n in enumerate((1, c["documents"], c.get("unchanged", 0), c["chunks"],
                                c["tokens"], c.get("skipped", len(d.skipped)),
-                               c.get("changed", 0))):
+                               c.get("changed", 0), c.get("gpu_seconds", 0.0),
+                               c.get("gpu_busy_seconds", 0.0))):
             sums[i] += n
+        sums[9] = max(sums[9], c.get("gpu_peak_bytes", 0))  # a peak, not a sum
         chunks, tokens = charged.get(d.tenant, (0, 0))
         charged[d.tenant] = (chunks + c["chunks"], tokens + c["tokens"])
         if d.skipped:
@@ -64,9 +66,11 @@ def record_done(con: duckdb.DuckDBPyConnection, done: Sequence[PartitionDone],
             "documents_done = j.documents_done + v.documents, documents_unchanged = "
             "j.documents_unchanged + v.unchanged, chunks_done = j.chunks_done + v.chunks, "
             "tokens_done = j.tokens_done + v.tokens, skipped_count = j.skipped_count + "
-            "v.skipped, documents_changed = j.documents_changed + v.changed, updated_at = ? "
-            "FROM ({values}) v(id, parts, documents, unchanged, chunks, tokens, skipped, "
-            "changed) WHERE j.id = v.id",
+            "v.skipped, documents_changed = j.documents_changed + v.changed, gpu_seconds = "
+            "j.gpu_seconds + v.gpu_seconds, gpu_busy_seconds = j.gpu_busy_seconds + "
+            "v.gpu_busy_seconds, gpu_peak_bytes = greatest(j.gpu_peak_bytes, v.gpu_peak), "
+            "updated_at = ? FROM ({values}) v(id, parts, documents, unchanged, chunks, tokens, "
+            "skipped, changed, gpu_seconds, gpu_busy_seconds, gpu_peak) WHERE j.id = v.id",
             [[job_id, *sums] for job_id, sums in jobs.items()], before=[now])
     if charged:
         _execute_values(

@@ -40,6 +40,17 @@ class JobRecord:
     documents_changed: int = 0  # of documents_done, those that replaced older content
     documents_deleted: int = 0  # sync: gone from the source, removed from the table
     schedule_id: str | None = None  # the schedule that started this job, if one did
+    # Partition time on GPUs, the part of it a kernel ran (NVML), the most GPU memory held.
+    gpu_seconds: float = 0.0
+    gpu_busy_seconds: float = 0.0
+    gpu_peak_bytes: int = 0
+
+    @property
+    def gpu_busy_percent(self) -> float | None:
+        """How busy the job's GPUs were while its partitions ran; None off GPUs."""
+        if not self.gpu_seconds:
+            return None
+        return round(100.0 * self.gpu_busy_seconds / self.gpu_seconds, 1)
 
     @property
     def seconds(self) -> float | None:
@@ -69,6 +80,8 @@ class JobRecord:
         data["eta_seconds"] = round(rates.eta_seconds, 1) if rates.eta_seconds is not None \
             else None
         data["expected_chunks"] = rates.expected_chunks
+        data["gpu_busy_percent"] = self.gpu_busy_percent
+        data["gpu_peak_memory_bytes"] = self.gpu_peak_bytes or None
         data["progress"] = {
             "partitions": [self.partitions_done, self.partitions_total],
             "documents": self.documents_done, "chunks": self.chunks_done,

@@ -16,7 +16,7 @@ JOB_COLUMNS = [
     "updated_at", "started_at", "finished_at", "estimated_chunks", "partitions_total",
     "partitions_done", "documents_done", "documents_unchanged", "chunks_done", "tokens_done",
     "skipped_count", "error", "error_reason", "dashboard_link", "documents_changed",
-    "documents_deleted", "schedule_id",
+    "documents_deleted", "schedule_id", "gpu_seconds", "gpu_busy_seconds", "gpu_peak_bytes",
 ]
 JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 TENANT_COLUMNS = [f.name for f in dataclasses.fields(TenantRecord)]

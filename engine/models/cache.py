@@ -117,6 +117,9 @@ class ModelPreloadPlugin(WorkerPlugin):
     """Loads the given models on every worker when it starts (and on workers that join later)."""
 
     name = "embedscale-model-preload"
+    # Registering it again (another job, another service on the same scheduler) changes
+    # nothing: replacing it would tear it down, unloading its models only to load them again.
+    idempotent = True
 
     def __init__(self, specs: list[ModelSpec]) -> None:
         self.specs = list(specs)

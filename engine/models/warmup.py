@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 
 from distributed import Client
@@ -17,6 +18,7 @@ WARM_UP_PRIORITY = 1_000_000
 # used, and a long-lived service does not keep them all on every GPU.
 PRELOADED_MODELS = 3
 _preloaded: dict[str, list[str]] = {}  # scheduler address -> preload plugin names, oldest first
+_preloaded_lock = threading.Lock()  # jobs are prepared on several threads
 
 
 def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
@@ -37,18 +39,26 @@ def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
     infos = client.gather(futures)
     # One plugin per model and provider: an ONNX job's must not replace the torch job's.
     suffix = "" if spec.backend == "sentence-transformers" else f"-{spec.backend}"
-    client.register_plugin(ModelPreloadPlugin([spec]),
-                           name=f"embedscale-model-{spec.name}{suffix}")
-    _keep_latest_preloads(client, f"embedscale-model-{spec.name}{suffix}")
+    name = f"embedscale-model-{spec.name}{suffix}"
+    if _keep_latest_preloads(client, name):
+        client.register_plugin(ModelPreloadPlugin([spec]), name=name)
     return infos[0]
 
 
-def _keep_latest_preloads(client: Client, name: str) -> None:
-    names = _preloaded.setdefault(str(client.scheduler.address), [])
-    if name in names:
-        names.remove(name)
-    names.append(name)
-    while len(names) > PRELOADED_MODELS:
-        oldest = names.pop(0)
+def _keep_latest_preloads(client: Client, name: str) -> bool:
+    """Make `name` the latest preload plugin of the client's cluster, removing the oldest
+    beyond PRELOADED_MODELS; True if it is not registered yet. A registered one is not
+    registered again: replacing a plugin tears the old one down, which would unload its model
+    from every worker only for the new one to load it again."""
+    with _preloaded_lock:
+        names = _preloaded.setdefault(str(client.scheduler.address), [])
+        new = name not in names
+        if not new:
+            names.remove(name)
+        names.append(name)
+        dropped = names[:-PRELOADED_MODELS]
+        del names[:-PRELOADED_MODELS]
+    for oldest in dropped:
         with contextlib.suppress(Exception):  # already gone (workers restarted)
             client.unregister_worker_plugin(oldest)
+    return new
