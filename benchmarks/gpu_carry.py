@@ -36,6 +36,10 @@ HOST_LACKS = [
     "rapids-dask-dependency==26.10.0", "zict==3.0.0", "tornado==6.6.1", "tblib==3.2.2",
     "partd==1.4.2", "locket==1.0.0",
 ]
+# dask-cuda imports cuda.core (>= 0.5.1) eagerly; the host's image has cuda-core and
+# cuda-bindings of its own. Should its cuda-core be older, --cuda-core carries these too
+# (about 7 MB more), still under the limit.
+CUDA_CORE = ["cuda-core==1.2.2", "cuda-pathfinder==1.9.1"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64", "any"]
 # The model's files a sentence-transformers load reads; README and other formats stay here.
@@ -94,11 +98,13 @@ def repo_bytes(root: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".gpucarry", help="the carry folder (git-ignored)")
+    parser.add_argument("--cuda-core", action="store_true",
+                        help="carry cuda-core too, for a host whose own is older than 0.5.1")
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
     out = (root / args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
-    wheels = download_wheels(out / "whl")
+    wheels = download_wheels(out / "whl", HOST_LACKS + (CUDA_CORE if args.cuda_core else []))
     save_fp16_model(packaged_model(), out / "model")
     figures = {
         "wheels": {w.name: w.stat().st_size for w in wheels},

@@ -90,6 +90,16 @@ class Smoke:
         if torch.cuda.is_available():
             self.figures["gpu_name"] = torch.cuda.get_device_name(0)
         self.checks["cuda_available"] = self.cpu or torch.cuda.is_available()
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions = {}
+        for name in ("dask", "distributed", "dask-cuda", "cuda-core", "cuda-bindings",
+                     "nvidia-ml-py", "sentence-transformers", "transformers"):
+            try:
+                versions[name] = version(name)
+            except PackageNotFoundError:
+                versions[name] = None
+        self.figures["versions"] = versions
 
     def load(self) -> None:
         from engine.models.backend import SentenceTransformerModel, default_device

@@ -164,10 +164,15 @@ def test_local_cuda_cluster_runs_a_job(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from engine.cluster import ClusterSpec, start_cluster
+    from engine.models.backend import default_device
     from jobs.local_run import EmbedRequest, run_embedding
 
     with start_cluster(ClusterSpec(kind="local-cuda", dashboard_address=":0")) as cluster:
         summary = run_embedding(EmbedRequest(table="t", texts=["one", "two"],
                                              data_dir=str(tmp_path)), cluster)
-        devices = cluster.client.run(lambda: __import__("torch").cuda.is_available())
-    assert summary.ok and summary.chunks == 2 and all(devices.values())
+        devices = cluster.client.run(default_device)
+    assert summary.ok and summary.chunks == 2 and set(devices.values()) == {"cuda"}
+    from jobs.store import Store
+
+    job = Store(tmp_path / "embedscale.duckdb").get_job(summary.job_id)
+    assert job.gpu_peak_bytes > 0  # the worker's GPU held the model and its batches

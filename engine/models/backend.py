@@ -2,6 +2,7 @@
 while chunking feed the model directly: each text is tokenized exactly once."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,8 @@ from engine.errors import ModelError
 from engine.models.memory import device_token_budget, model_bytes
 from engine.models.precision import apply_tf32, choose_dtype, torch_dtype
 from engine.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ class SentenceTransformerModel:
         self.token_budget = (device_token_budget(self._st, self.device, self.info.max_tokens,
                                                  self.dtype) if self._cuda else None)
         self.memory_bytes = model_bytes(self._st)
+        log.info("model %s loaded on %s in %s (%d MB; token budget %s)", spec.name, self.device,
+                 self.dtype, self.memory_bytes >> 20, self.token_budget or "the device default")
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray:
         """The model's input for one chunk: its special tokens around the content ids."""
