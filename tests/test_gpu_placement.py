@@ -197,3 +197,22 @@ def test_the_preload_plugin_frees_its_models_at_teardown(fake_cache):
     plugin.teardown(worker=None)
     assert cache.loaded_models() == ["b"]
     assert cache.release_model(a) is False
+
+
+@pytest.mark.slow
+def test_search_embeds_its_query_on_the_cpu_of_a_gpu_machine(cluster, tmp_path, monkeypatch):
+    import torch
+
+    from engine.search import search
+    from tests.helpers import run
+
+    assert run(cluster, table="t", texts=["GPUs embed partitions", "CPUs serve queries"],
+               data_dir=str(tmp_path)).ok
+    monkeypatch.delenv("EMBEDSCALE_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU box
+    loads = []
+    monkeypatch.setattr(cache, "load_model", lambda spec, device: loads.append(device) or
+                        backend.load_model(spec, device))
+    monkeypatch.setattr(cache, "_models", {})
+    hits = search(tmp_path, "t", "who serves queries?", k=1)
+    assert hits and loads == ["cpu"]
