@@ -78,7 +78,7 @@ def exports(cache: Path) -> list[Path]:
 
 
 def fp32_exports(cache: Path) -> list[Path]:
-    return [p for p in exports(cache) if not p.name.endswith("-int8")]
+    return [p for p in exports(cache) if "-int8" not in p.name]
 
 
 # --- the model: the torch model's vectors -----------------------------------------------------
@@ -193,8 +193,8 @@ def test_int8_is_the_fp32_export_quantized_with_the_documented_accuracy(onnx, on
     assert cos.mean() >= 0.98 and cos.min() >= 0.95, cos
     assert cos.min() < 0.9999  # other vectors indeed: kept out of fp32 tables
     fp32, quantized = fp32_exports(onnx_cache), [p for p in exports(onnx_cache)
-                                                 if p.name.endswith("-int8")]
-    assert [p.name for p in quantized] == [fp32[0].name + "-int8"]
+                                                 if "-int8" in p.name]
+    assert len(quantized) == 1 and quantized[0].name.startswith(fp32[0].name + "-int8-ort")
     assert query_model(chunk_schema("all-MiniLM-L6-v2", 384, "onnx-int8"),
                        "all-MiniLM-L6-v2") == INT8
     assert JobSpec(table="t", texts=["a"], provider="onnx-int8").provider == "onnx-int8"
@@ -212,6 +212,21 @@ def test_int8_on_a_cuda_device_runs_on_the_cpu_saying_so(onnx_cache):
         logger.removeHandler(handler)
     assert loaded.device == "cpu" and loaded.info.provider == "onnx-int8"
     assert len(lines) == 1 and "runs on the CPU, not on cuda" in lines[0]
+
+
+def test_an_export_killed_midway_leaves_no_folder_for_good(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(onnx_export.CACHE_ENV, str(cache))
+    folder = Path(TORCH.location)
+    pipeline = read_pipeline(folder)
+    key = onnx_export.export_key(folder, pipeline)
+    (cache / f".{key}-killed").mkdir(parents=True)  # as a worker killed mid-export leaves it
+    (cache / f".{key}-killed" / "model.onnx").write_bytes(b"half")
+    (cache / ".otherkey-running").mkdir()  # another model's export, under its own lock
+    monkeypatch.setattr(onnx_export, "export", lambda f, p, target: target.write_bytes(b"onnx"))
+    path = onnx_export.exported_model(folder, pipeline)
+    assert path == cache / key / onnx_export.MODEL_FILE and path.read_bytes() == b"onnx"
+    assert sorted(p.name for p in exports(cache)) == [".otherkey-running", key]
 
 
 # --- pipelines it cannot reproduce are refused ------------------------------------------------

@@ -76,7 +76,10 @@ def exported_model(folder: Path, pipeline: Pipeline, precision: str = "fp32") ->
     if precision == "fp32":
         return fp32
     if precision == "int8":
-        return _cached(f"{key}-int8", lambda target: quantize(fp32, target), pipeline)
+        import onnxruntime  # its quantizer makes the file: another version, another entry
+
+        return _cached(f"{key}-int8-ort{onnxruntime.__version__}",
+                       lambda target: quantize(fp32, target), pipeline)
     raise ModelError(f"unknown ONNX precision {precision!r}: use fp32 or int8")
 
 
@@ -93,6 +96,10 @@ def _cached(key: str, make: Callable[[Path], None], pipeline: Pipeline) -> Path:
                          f"{CACHE_ENV} to a writable folder") from None
     with _host_lock(root / f"{key}.lock"):
         if not (final / MODEL_FILE).is_file():  # another process may have made it meanwhile
+            # Only the lock's holder makes temporary folders: any here now were left by a
+            # process killed mid-export (rmtree never ran); each holds a model's worth of disk.
+            for stale in root.glob(f".{key}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             _make_into(final, make, pipeline)
     return final / MODEL_FILE
 
