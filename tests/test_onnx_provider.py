@@ -85,6 +85,7 @@ def fp32_exports(cache: Path) -> list[Path]:
 
 def test_onnx_vectors_match_torch_on_every_row(onnx, model):
     assert onnx.info == dataclasses.replace(model.info, provider="onnx")
+    assert 80 << 20 < onnx.memory_bytes < 100 << 20  # fp32 weights: the model cache's budget
     rng = np.random.default_rng(7)
     ids = [onnx.tokenizer.encode(t, add_special_tokens=False).ids for t in TEXTS]
     # Short and long inputs in one padded batch, real text and random ids, up to the limit.

@@ -89,6 +89,8 @@ class OnnxModel:
         self._pad_id = hf_tokenizer.pad_token_id or 0
         self._session = onnxruntime.InferenceSession(
             str(path), _session_options(), providers=_providers(self.device))
+        # For the process's model memory budget (engine.models.cache): the weights are the file.
+        self.memory_bytes = path.stat().st_size
         self.info = ModelInfo(
             name=spec.name, dimension=pipeline.dimension,
             max_tokens=pipeline.max_seq_length or _model_limit(transformer, hf_tokenizer),
