@@ -61,7 +61,7 @@ class EmbedRequest:
     partition_bytes: int | None = None  # default: sized for the cluster
     token_budget: int | None = None  # padded tokens per forward pass (default: per device)
     max_attempts: int = 3  # per partition, with exponential backoff between them
-    provider: str = DEFAULT_PROVIDER  # or openai: an OpenAI-compatible endpoint
+    provider: str = DEFAULT_PROVIDER  # or onnx, onnx-int8, openai (an OpenAI-compatible endpoint)
     provider_url: str | None = None  # openai: the endpoint's base URL
     tokenizer: str | None = None  # openai: the model whose tokenizer cuts chunks
 
