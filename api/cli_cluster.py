@@ -31,6 +31,9 @@ def add_cluster_commands(sub: Any) -> None:
     up.add_argument("--workers", type=int, help="worker processes (overrides the spec)")
     up.add_argument("--port", type=int, help=f"scheduler port (default: the spec's, else "
                                              f"{DEFAULT_SCHEDULER_PORT})")
+    up.add_argument("--host", help="interface the scheduler and workers listen on (default: "
+                                   "the spec's host, 127.0.0.1: this machine only; 0.0.0.0 or "
+                                   "an address lets other hosts' workers join)")
     status = cluster.add_parser("status", help="workers, threads, memory, GPUs and loaded "
                                                "models of a running cluster")
     where = status.add_mutually_exclusive_group(required=True)
@@ -51,12 +54,20 @@ def _up(args: argparse.Namespace) -> int:
         raise EmbedscaleError("cluster up starts a cluster: use a spec of kind local, "
                               "local-cuda or manager (an 'address' spec names one that runs)")
     port = args.port or spec.scheduler_port or DEFAULT_SCHEDULER_PORT
-    spec = dataclasses.replace(spec, scheduler_port=port,
+    spec = dataclasses.replace(spec, scheduler_port=port, host=args.host or spec.host,
                                n_workers=args.workers or spec.n_workers)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with start_cluster(spec) as cluster:
+    try:
+        cluster = start_cluster(spec)
+    except (OSError, RuntimeError) as exc:  # the port is taken, no such interface
+        cause: BaseException = exc  # distributed wraps the OSError in two RuntimeErrors
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise EmbedscaleError(f"cannot start the scheduler on {spec.host}:{port}: "
+                              f"{getattr(cause, 'strerror', None) or cause}") from None
+    with cluster:
         # No job runner here to report a backlog: an adaptive section follows Dask's own
         # view of the tasks (serve and run, which start their own cluster, use the backlog).
         cluster.autoscale(lambda: 0)
@@ -67,7 +78,12 @@ def _up(args: argparse.Namespace) -> int:
         print(f"workers:    {len(workers)} x {spec.threads_per_worker} thread(s)"
               + (f", adaptive {spec.adaptive}" if spec.adaptive else ""))
         print(f"run a job:  embedscale run SOURCE --table NAME --scheduler {address}")
-        print(f"add a host: dask worker {address} (embedscale installed there)")
+        tls = "".join(f" --tls-{flag} {spec.tls[key]}" for flag, key in (
+            ("ca-file", "ca_file"), ("cert", "cert_file"), ("key", "key_file"))) \
+            if spec.tls else ""
+        print(f"add a host: dask worker {address}{tls} (embedscale installed there)"
+              + ("; this address is this machine's only: --host 0.0.0.0 lets others in"
+                 if spec.host in ("127.0.0.1", "localhost") else ""))
         print("Ctrl-C stops the cluster.", flush=True)
         stop.wait()
     return 0
@@ -102,7 +118,9 @@ def worker_rows(client) -> list[dict[str, Any]]:
     """One row per worker: its name, address, threads, memory used and limit (bytes), GPUs
     (its GPU resource, else the devices CUDA_VISIBLE_DEVICES gives it) and models loaded."""
     info = client.scheduler_info(n_workers=-1)["workers"]
-    probes = client.run(_probe)
+    # A worker without embedscale (or failing the probe) is still listed, without models.
+    probes = {address: probe for address, probe in client.run(_probe, on_error="return").items()
+              if isinstance(probe, dict)}
     rows = []
     for address, w in sorted(info.items(), key=lambda kv: str(kv[1].get("name"))):
         probe = probes.get(address, {})

@@ -3,6 +3,7 @@ where their errors become 4xx answers that name the field."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from engine.errors import (
     TableError,
     TableNotFoundError,
 )
+from engine.storage_errors import StorageError
 from jobs.errors import (
     ConflictError,
     InvalidFieldError,
@@ -42,6 +44,7 @@ class RateLimitedError(EmbedscaleError):
 # which field was wrong, not the whole input again (FastAPI's own handler echoes every input).
 MAX_ERRORS = 20  # errors listed; `errors_total` counts them all
 MAX_DETAIL_BYTES = 8_000  # the listed errors, as JSON; the answer stays under 10 KB
+log = logging.getLogger(__name__)
 MAX_ECHO = 200  # characters of an input value, a message or a loc part
 
 
@@ -150,6 +153,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreLockedError)
     async def _locked(_: Request, exc: StoreLockedError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(StorageError)  # the tables' object store is down or refuses us
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
+        # The operator's log has the store's endpoint and what to fix; a tenant learns only
+        # that it is the service's side, and to come back.
+        log.error("object store error: %s", exc)
+        return JSONResponse(status_code=503, headers={"Retry-After": "30"}, content={
+            "detail": "the table store is unavailable; try again later"})
 
     # Engine errors that reach the API come from a request's own values.
     for error, field in ((TableError, "table"), (ChunkingError, "chunk_tokens"),

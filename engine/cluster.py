@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +57,7 @@ class ClusterSpec:
     manager_options: dict[str, Any] | None = None
     # Object-store options for tables and sources (engine.storage): endpoint, region,
     # credentials; over the AWS_* variables. Never printed.
-    storage_options: dict[str, Any] | None = None
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
     # TLS between scheduler, workers and clients (engine.cluster_security): ca_file,
     # cert_file, key_file.
     tls: dict[str, Any] | None = None
@@ -97,6 +97,10 @@ class ClusterSpec:
         if self.kind == "manager" and not self.manager:
             raise EmbedscaleError("kind 'manager' needs manager: the cluster manager's class, "
                                   "e.g. dask_jobqueue.SLURMCluster")
+        if self.kind == "manager" and self.tls is not None:
+            raise EmbedscaleError("tls is not applied to a cluster manager's own scheduler: "
+                                  "give its security in manager_options (e.g. security: a "
+                                  "dask Security, as its documentation says) and leave tls out")
         if self.adaptive is not None:
             if self.kind == "address":
                 raise EmbedscaleError("adaptive needs a cluster embedscale starts (local, "
@@ -129,13 +133,16 @@ class Cluster:
     """A connected client, and the cluster it started if any (closed with it)."""
 
     def __init__(self, client: Client, cluster: Any | None, dashboard: bool = True,
-                 adaptive: dict[str, Any] | None = None) -> None:
+                 adaptive: dict[str, Any] | None = None, threads_per_worker: int = 1) -> None:
         self.client = client
         self._cluster = cluster
         self._dashboard = dashboard
         self._threads, self._threads_at = 0, float("-inf")
         self.adaptive_options = adaptive  # the spec's `adaptive` section (None: fixed size)
-        self.adaptive: Any | None = None  # engine.autoscale.BacklogAdaptive, once started
+        self.adaptive: Any | None = None  # engine.autoscale's scaler, once started
+        # The task slots the cluster may grow to: jobs are planned into partitions for these,
+        # not for the few workers an adaptive cluster has before the work arrives.
+        self.max_threads = adaptive["maximum"] * threads_per_worker if adaptive else 0
 
     def autoscale(self, backlog) -> None:
         """Grow and shrink the cluster with `backlog()` (partitions not yet done), within the
@@ -200,7 +207,8 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
         return Cluster(client, None)
     if spec.kind == "manager":
         cluster = _managed_cluster(spec)
-        return Cluster(Client(cluster, security=security), cluster, adaptive=spec.adaptive)
+        return Cluster(Client(cluster, security=security), cluster, adaptive=spec.adaptive,
+                       threads_per_worker=spec.threads_per_worker)
     if spec.adaptive is not None:
         # Workers an adaptive cluster adds later are made on its event loop, long after a
         # `with dask.config.set(...)` would have ended: they must see the same config, so it
@@ -212,7 +220,8 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
         else:
             cluster = _local_cluster(spec, security)
     return Cluster(Client(cluster, security=security), cluster,
-                   dashboard_bind(spec.dashboard_address) is not None, adaptive=spec.adaptive)
+                   dashboard_bind(spec.dashboard_address) is not None, adaptive=spec.adaptive,
+                   threads_per_worker=spec.threads_per_worker)
 
 
 def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +247,15 @@ def _managed_cluster(spec: ClusterSpec) -> Any:
         package = module_name.split(".")[0].replace("_", "-")
         raise EmbedscaleError(f"cannot load cluster manager {spec.manager!r} ({exc}): "
                               f"pip install {package}") from None
-    return manager_class(**(spec.manager_options or {}))
+    try:
+        cluster = manager_class(**(spec.manager_options or {}))
+        if spec.n_workers:
+            cluster.scale(spec.n_workers)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EmbedscaleError(f"cannot start cluster manager {spec.manager}: "
+                              f"{type(exc).__name__}: {reason}") from None
+    return cluster
 
 
 def _protocol(security: Any | None) -> str | None:

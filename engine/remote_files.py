@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from engine.errors import EmptySourceError, SourceError
 from engine.storage import StorageOptions, filesystem, strip_scheme, with_scheme
-from engine.storage_errors import describe_storage_error
+from engine.storage_errors import StoreUnavailable, describe_storage_error
 
 _MAGIC = ("*", "?", "[")
 _READ_BUFFER = 1024 * 1024  # per request to the store: fewer round trips than io's 8 KiB
@@ -32,7 +32,7 @@ def normalised(uri: str) -> str:
     scheme, _, rest = uri.partition("://")
     parts = rest.split("/")
     if any(p in (".", "..") for p in parts):
-        raise RemoteRefused(f"{uri}: '.' and '..' are not allowed in object-store paths")
+        raise RemoteRefused("'.' and '..' segments are not allowed in object-store paths")
     return f"{scheme.lower()}://{rest}"
 
 
@@ -50,14 +50,22 @@ def check_allowed(uri: str, roots: tuple[str, ...] | None) -> str:
     return uri
 
 
+def _refusal(exc: BaseException, uri: str, storage: StorageOptions) -> Exception:
+    """What a failed request for an object means for its document: gone or forbidden is for
+    good (skipped, with the reason); anything else may pass (retried with the partition)."""
+    if isinstance(exc, FileNotFoundError):
+        return RemoteRefused("unreadable: no such object")
+    if isinstance(exc, PermissionError):
+        return RemoteRefused("unreadable: access denied")
+    return StoreUnavailable(describe_storage_error(exc, uri, storage))
+
+
 def object_size(uri: str, storage: StorageOptions) -> int:
     """The size of one object; RemoteRefused if it is missing or a prefix, not an object."""
     try:
         info = filesystem(uri, storage).info(strip_scheme(uri))
-    except FileNotFoundError:
-        raise RemoteRefused("unreadable: no such object") from None
     except Exception as exc:
-        raise RemoteRefused(f"unreadable: {describe_storage_error(exc, uri, storage)}") from None
+        raise _refusal(exc, uri, storage) from None
     if info.get("type") != "file":
         raise RemoteRefused("a folder (prefix), not an object")
     return int(info.get("size") or 0)
@@ -70,10 +78,8 @@ def open_object(uri: str, storage: StorageOptions) -> BinaryIO:
         # BufferedReader over it has the whole io interface.
         return io.BufferedReader(filesystem(uri, storage).open(strip_scheme(uri), "rb"),
                                  buffer_size=_READ_BUFFER)
-    except FileNotFoundError:
-        raise RemoteRefused("unreadable: no such object") from None
     except Exception as exc:
-        raise RemoteRefused(f"unreadable: {describe_storage_error(exc, uri, storage)}") from None
+        raise _refusal(exc, uri, storage) from None
 
 
 def list_objects(source: str, storage: StorageOptions) -> tuple[str, dict[str, int]]:
@@ -84,7 +90,7 @@ def list_objects(source: str, storage: StorageOptions) -> tuple[str, dict[str, i
     path = strip_scheme(source)
     try:
         if any(m in path for m in _MAGIC):
-            root = _glob_root(path)
+            root = glob_root(path)
             found = fs.glob(path, detail=True)
         else:
             root = path.rstrip("/")
@@ -111,7 +117,8 @@ def relative(uri: str, root: str) -> str:
         posixpath.basename(uri)
 
 
-def _glob_root(path: str) -> str:
+def glob_root(path: str) -> str:
+    """The part of a path or URI before its first segment with a glob character."""
     plain = []
     for part in path.split("/"):
         if any(m in part for m in _MAGIC):

@@ -218,7 +218,9 @@ def _slices(
     access: FileAccess,
 ) -> list[FileSlice]:
     try:
-        if size > target and fmt == "jsonl":
+        # An object-store jsonl is not cut here: finding its line ends would download it
+        # whole on the driver (a tenant's request); its workers read it as one slice.
+        if size > target and fmt == "jsonl" and not is_uri(path):
             return list(_jsonl_slices(path, rel, size, target, access))
         if size > target and fmt == "parquet":
             return list(_parquet_slices(path, rel, size, target, access))

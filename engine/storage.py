@@ -68,7 +68,9 @@ class StorageOptions(Mapping[str, str]):
         return hash(self._items)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StorageOptions) and self._items == other._items
+        if not isinstance(other, StorageOptions):
+            return NotImplemented
+        return self._items == other._items
 
     def __reduce__(self):
         return (StorageOptions, (dict(self._items),))
@@ -129,7 +131,7 @@ def resolve_storage_options(spec: Mapping[str, Any] | None = None,
             options[canonical] = str(value).lower() if isinstance(value, bool) else str(value)
     if options.get("aws_endpoint", "").startswith("http://"):
         options.setdefault("allow_http", "true")
-    if options:
+    if "aws_endpoint" in options:  # real AWS finds the region itself (~/.aws/config, ...)
         options.setdefault("aws_region", DEFAULT_REGION)
     return StorageOptions(options)
 
@@ -159,7 +161,9 @@ def _filesystem(scheme: str, options: StorageOptions):
 
     kwargs: dict[str, Any] = {}
     if scheme in ("s3", "s3a"):
-        client: dict[str, str] = {"region_name": options.get("aws_region", DEFAULT_REGION)}
+        client: dict[str, str] = {}
+        if "aws_region" in options:
+            client["region_name"] = options["aws_region"]
         if options.endpoint:
             client["endpoint_url"] = options.endpoint
         kwargs = {"client_kwargs": client,
@@ -204,9 +208,11 @@ def dir_exists(location: str, options: StorageOptions = NO_OPTIONS) -> bool:
     # objects are deleted: only a real object says the folder exists.
     bucket, _, key = path.partition("/")
     try:
-        listed = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", MaxKeys=4)
+        listed = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key + "/", MaxKeys=100)
     except FileNotFoundError:
         return False
+    except Exception as exc:
+        raise _storage_error(exc, location, options) from None
     return any(not item["Key"].endswith("/") for item in listed.get("Contents", []))
 
 
@@ -215,11 +221,16 @@ def remove_tree(location: str, options: StorageOptions = NO_OPTIONS) -> None:
     if not is_uri(location):
         import shutil
 
-        shutil.rmtree(location, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(location)
         return
     fs = filesystem(location, options)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         fs.rm(strip_scheme(location).rstrip("/"), recursive=True)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:
+        raise _storage_error(exc, location, options) from None
 
 
 def child_names(location: str, options: StorageOptions = NO_OPTIONS) -> list[str]:
@@ -231,4 +242,12 @@ def child_names(location: str, options: StorageOptions = NO_OPTIONS) -> list[str
         entries = fs.ls(strip_scheme(location).rstrip("/"), detail=False)
     except FileNotFoundError:
         return []
+    except Exception as exc:
+        raise _storage_error(exc, location, options) from None
     return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+
+
+def _storage_error(exc: BaseException, location: str, options: StorageOptions) -> Exception:
+    from engine.storage_errors import StorageError, describe_storage_error
+
+    return StorageError(describe_storage_error(exc, location, options))

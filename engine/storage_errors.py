@@ -11,6 +11,12 @@ class StorageError(EmbedscaleError, OSError):
     """An object store that cannot be used as configured; the message says what to fix."""
 
 
+class StoreUnavailable(EmbedscaleError):
+    """An object could not be read for a passing reason (the store throttles, a connection
+    dropped): not an OSError, so the readers do not skip the document for good; the partition
+    fails and the runner retries it with back-off."""
+
+
 def describe_storage_error(exc: BaseException, uri: str, options: StorageOptions) -> str:
     """What went wrong reaching `uri`, in one line without secrets, and what to check."""
     where = options.endpoint or "the provider's default endpoint"
@@ -40,8 +46,14 @@ def check_reachable(uri: str, options: StorageOptions) -> None:
     bucket = strip_scheme(uri).split("/", 1)[0]
     if not bucket:
         raise StorageError(f"{uri} names no bucket: use s3://bucket/prefix")
+    key = strip_scheme(uri).split("/", 1)[1] if "/" in strip_scheme(uri) else ""
+    fs = filesystem(uri, options)
     try:
-        filesystem(uri, options).ls(bucket, detail=False)
+        if hasattr(fs, "call_s3"):  # one short listing, within the prefix a policy may allow
+            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/",
+                       MaxKeys=1)
+        else:
+            fs.ls(bucket, detail=False)
     except Exception as exc:
         raise StorageError(describe_storage_error(exc, uri, options)) from None
 

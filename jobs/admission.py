@@ -29,9 +29,11 @@ class AdmissionQueue:
             self._planned[record.id] = partitions
         self.due = True
 
-    def queued_partitions(self) -> int:
-        """Partitions of the jobs waiting for a slot (their planned counts)."""
-        return sum(r.partitions_total for r in list(self._queued.values()))
+    def queued_partitions(self, limit_of: Callable[[str], int | None]) -> int:
+        """Partitions (their planned counts) of the queued jobs that a free slot of their
+        tenant would admit now: those held back by their tenant's limit wait for that
+        tenant, not for more workers."""
+        return sum(r.partitions_total for r in self.admissible(limit_of))
 
     def hold(self, job_id: str, tenant: str) -> None:
         """A job holds a slot (one admitted, or one found running at start)."""

@@ -61,8 +61,8 @@ def commit_batch(store: Store, tier_of, results: list[Finished]) -> CommitOutcom
     for table, per_job in by_table.values():
         try:
             table.commit(per_job)
-        except Exception as exc:  # the table vanished or its disk failed
-            table.remove_orphan_files()
+        except Exception as exc:  # the table vanished, its disk failed, its store is down
+            _remove_orphans(table)
             outcome.failed.update({job_id: ("commit_failed", f"commit to table "
                                             f"'{table.name}' failed: {error_line(exc)}")
                                    for job_id in per_job})
@@ -71,6 +71,16 @@ def commit_batch(store: Store, tier_of, results: list[Finished]) -> CommitOutcom
     if outcome.committed:
         _record(store, outcome)
     return outcome
+
+
+def _remove_orphans(table: ChunkTable) -> None:
+    """Clean up after a failed commit, best effort: a store that is down now (the likely
+    reason the commit failed) must not turn the failure of some jobs into a stuck runner."""
+    try:
+        table.remove_orphan_files()
+    except Exception:
+        log.warning("could not remove the orphaned files of table %r", table.name,
+                    exc_info=True)
 
 
 def _record(store: Store, outcome: CommitOutcome) -> None:
@@ -108,8 +118,9 @@ def _without_clashes(results: list[Finished]) -> list[Finished]:
     keep: list[Finished] = []
     for uri, group in by_table.items():
         ids = sorted({d for _, r in group for d in r.doc_ids})
+        storage = group[0][0].table.storage  # reaches a table on an object store
         try:
-            in_table = set(existing_hashes(uri, ids)) if ids else set()
+            in_table = set(existing_hashes(uri, ids, storage)) if ids else set()
         except Exception:  # no table: the commit reports it
             in_table = set()
         rerun = set(clashing([r for _, r in group], in_table))

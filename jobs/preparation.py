@@ -6,6 +6,7 @@ warm model and an existing table start without any round trip.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from engine.models.warmup import warm_up
 from engine.partitions import Partition
 from engine.readers import RecordFields
 from engine.sink import ChunkTable
-from engine.storage import Location
+from engine.storage import NO_OPTIONS, Location, is_uri
 from engine.tasks import TaskConfig
 from jobs.records import JobRecord
 from jobs.spec import JobSpec, model_spec
@@ -110,9 +111,12 @@ class JobPreparer:
                 self._checked_tables.add(checked)
         if resumed:
             self._reconcile(record, table)
+        # Object-store credentials travel in a task only where it reaches an object store.
+        access = (self.access if spec.source and is_uri(spec.source)
+                  else dataclasses.replace(self.access, storage=NO_OPTIONS))
         config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
                             RecordFields(spec.text_field, spec.id_field), self.token_budget,
-                            self.access, table.storage)
+                            access, table.storage)
         if planned is not None and not resumed:
             partitions = {p.index: p for p in planned}
             todo = list(partitions)

@@ -138,6 +138,10 @@ class Runner:
         """Tasks submitted and not yet handled."""
         return len(self._feeder)
 
+    def _slots_of(self, tenant: str) -> int | None:
+        """How many jobs the tenant may run at once (None: no limit)."""
+        return self.tier_of(tenant).max_concurrent_jobs
+
     def backlog(self) -> int:
         """Partitions not yet done, across all jobs: waiting to be fed, on the cluster, waiting
         for a retry, and those of jobs queued for a slot. What autoscaling sizes the cluster
@@ -145,7 +149,7 @@ class Runner:
         from another thread; a figure a moment old is good enough there."""
         running = sum(len(j.pending) + len(j.in_flight) + len(j.retry_at)
                       for j in list(self._jobs.values()))
-        return running + self._admission.queued_partitions()
+        return running + self._admission.queued_partitions(self._slots_of)
 
     @property
     def alive(self) -> bool:
@@ -224,7 +228,7 @@ class Runner:
 
     def _admit_queued(self) -> None:
         """Start the queued jobs the admission policy lets through, in one transaction."""
-        admitted = self._admission.admissible(lambda t: self.tier_of(t).max_concurrent_jobs)
+        admitted = self._admission.admissible(self._slots_of)
         if not admitted:
             return
         running = self.store.start_jobs([job.id for job in admitted])

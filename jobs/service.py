@@ -234,7 +234,9 @@ class JobService:
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
         # Planned for the cluster that runs it: its task slots, and larger partitions where
         # its workers own GPUs (engine.placement).
-        target = (plan_target(self.cluster.worker_threads(max_age=2.0),
+        # An adaptive cluster is planned for the size it may grow to.
+        target = (plan_target(max(self.cluster.worker_threads(max_age=2.0),
+                                  self.cluster.max_threads),
                               self._gpus(self.cluster.client))
                   if self.cluster is not None else plan_target(self.parallelism, 0))
         try:

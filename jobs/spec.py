@@ -153,20 +153,14 @@ def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
 
 def _check_uri_allowed(source: str, allowed_roots: list[str]) -> str:
     """An object-store source (s3://bucket/docs/, globs too) under an allowed URI prefix."""
-    from engine.remote_files import RemoteRefused, check_allowed, is_inside_prefix
+    from engine.remote_files import RemoteRefused, check_allowed, glob_root
 
-    plain = []
-    for part in source.split("/"):
-        if any(ch in part for ch in "*?["):
-            break
-        plain.append(part)
     try:
-        base = check_allowed(source, None) and "/".join(plain).rstrip("/")
+        check_allowed(source, None)  # no '.' or '..' segment anywhere, globs' tails too
+        check_allowed(glob_root(source), tuple(r.rstrip("/") for r in allowed_roots))
     except RemoteRefused as exc:
-        raise InvalidFieldError("source", exc.reason) from None
-    if is_inside_prefix(base, tuple(r.rstrip("/") for r in allowed_roots)):
-        return source
-    raise InvalidFieldError("source", f"source {source!r} is outside the allowed roots")
+        raise InvalidFieldError("source", f"source {source!r}: {exc.reason}") from None
+    return source
 
 
 # One text for every refused model, whatever the name: a tenant learns nothing of the server's

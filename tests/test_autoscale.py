@@ -126,3 +126,34 @@ def test_the_target_follows_the_runner_backlog_which_dask_cannot_see():
         assert dask_cluster.sync(adaptive.target) == 3
         waiting[0] = 1000
         assert dask_cluster.sync(adaptive.safe_target) == 3  # the maximum
+
+
+def test_managers_whose_adapt_takes_no_adaptive_class_scale_by_the_backlog_too():
+    """As dask-kubernetes' operator KubeCluster: adapt(minimum, maximum) and scale(n) only."""
+    from engine.autoscale import start_adaptive
+
+    class OperatorLike:
+        def __init__(self) -> None:
+            self.asked: list[int] = []
+
+        def adapt(self, minimum=None, maximum=None):
+            raise AssertionError("its own adapt would ignore the backlog")
+
+        def scale(self, n: int) -> None:
+            self.asked.append(n)
+
+    manager, waiting = OperatorLike(), [0]
+    loop = start_adaptive(manager, lambda: waiting[0], {
+        "minimum": 1, "maximum": 5, "partitions_per_worker": 2, "interval": "1h",
+        "wait_count": 2})
+    try:
+        assert manager.asked == [1]
+        waiting[0] = 7
+        assert loop.step() == 4 and manager.asked == [1, 4]  # grows at once
+        waiting[0] = 100
+        assert loop.step() == 5  # never past the maximum
+        waiting[0] = 0
+        assert loop.step() == 5  # one low look is not enough to shrink
+        assert loop.step() == 1 and manager.asked == [1, 4, 5, 1]
+    finally:
+        loop.stop()

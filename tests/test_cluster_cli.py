@@ -92,3 +92,19 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
 def test_cluster_up_refuses_an_address_spec(tmp_path):
     done = _cli("cluster", "up", "--spec", str(ROOT / "cluster_specs" / "remote.yaml"))
     assert done.returncode == 1 and "cluster up starts a cluster" in done.stderr
+
+
+def test_a_manager_spec_with_tls_and_a_busy_port_are_one_line(tmp_path):
+    with pytest.raises(EmbedscaleError, match="give its security in manager_options"):
+        ClusterSpec(kind="manager", manager="distributed.LocalCluster",
+                    tls={"ca_file": "a", "cert_file": "b", "key_file": "c"}).checked()
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _cli("cluster", "up", "--workers", "1", "--port", str(port), timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot start the scheduler on 127.0.0.1:{port}" in lines[0]

@@ -198,3 +198,15 @@ def test_object_store_sources_must_lie_under_an_allowed_prefix():
         with pytest.raises(InvalidFieldError) as err:
             check_source_allowed(refused, roots)
         assert err.value.field == "source"
+
+
+def test_an_object_gone_or_forbidden_is_skipped_a_passing_failure_is_retried():
+    from engine.remote_files import RemoteRefused, _refusal
+    from engine.storage_errors import StoreUnavailable
+
+    options = resolve_storage_options({"endpoint": "http://store:8333"}, environ={})
+    assert isinstance(_refusal(FileNotFoundError("x"), "s3://b/k", options), RemoteRefused)
+    assert isinstance(_refusal(PermissionError("x"), "s3://b/k", options), RemoteRefused)
+    passing = _refusal(ConnectionResetError("reset by peer"), "s3://b/k", options)
+    # Not an OSError: the readers skip a document on OSError, this must fail the partition.
+    assert isinstance(passing, StoreUnavailable) and not isinstance(passing, OSError)
