@@ -210,3 +210,40 @@ def test_an_object_gone_or_forbidden_is_skipped_a_passing_failure_is_retried():
     passing = _refusal(ConnectionResetError("reset by peer"), "s3://b/k", options)
     # Not an OSError: the readers skip a document on OSError, this must fail the partition.
     assert isinstance(passing, StoreUnavailable) and not isinstance(passing, OSError)
+
+
+def _commit_rows(uri: str, options: dict[str, str], tag: str, commits: int) -> None:
+    """One writer's commits, each from a dataset it just opened (another process's view)."""
+    import pyarrow as pa
+    from lance.fragment import write_fragments
+
+    for i in range(commits):
+        rows = pa.table({"a": [f"{tag}-{i}"]})
+        fragments = write_fragments(rows, uri, schema=rows.schema, storage_options=options)
+        read = lance.dataset(uri, storage_options=options).version
+        lance.LanceDataset.commit(uri, lance.Transaction(
+            read_version=read, operation=lance.LanceOperation.Append(fragments)),
+            storage_options=options)
+
+
+def test_commits_from_several_processes_to_one_s3_table_all_land(s3_store):
+    """Two services (or a serve and a run) may share a --tables-uri: their commits race on the
+    store, and Lance's conditional writes must keep every one (none overwrites another)."""
+    import multiprocessing
+
+    import pyarrow as pa
+
+    options = dict(resolve_storage_options(s3_store.options))
+    uri = f"s3://{s3_store.make_bucket()}/race.lance"
+    schema = pa.schema([("a", pa.string())])
+    lance.write_dataset(schema.empty_table(), uri, schema=schema, storage_options=options)
+    spawn = multiprocessing.get_context("spawn")  # lance is not fork-safe
+    writers = [spawn.Process(target=_commit_rows, args=(uri, options, f"w{n}", 12))
+               for n in range(3)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=240)
+        assert w.exitcode == 0
+    rows = lance.dataset(uri, storage_options=options).to_table().column("a").to_pylist()
+    assert sorted(rows) == sorted(f"w{n}-{i}" for n in range(3) for i in range(12))
