@@ -1,7 +1,10 @@
 """Small helpers for tests: reading back what a job wrote, waiting for a job over HTTP."""
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,3 +33,17 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
     return job
+
+
+@contextmanager
+def logged(logger_name: str) -> Iterator[list[str]]:
+    """The messages a logger emits inside the block (pytest's caplog is off: -p no:logging)."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)

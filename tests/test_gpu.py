@@ -114,12 +114,17 @@ def test_the_sampler_reports_busy_and_peak_memory_per_gpu():
     assert sampler.unreadable() == [1]
 
 
-@pytest.mark.gpu
-def test_half_precision_keeps_every_vector_of_fp32():
+def require_cuda() -> None:
+    """Skip the test unless torch sees a CUDA device and NVML can be imported."""
     pytest.importorskip("pynvml")
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+
+
+@pytest.mark.gpu
+def test_half_precision_keeps_every_vector_of_fp32():
+    require_cuda()
     from engine.batching import embed_inputs
     from engine.models.backend import SentenceTransformerModel
     from engine.models.registry import resolve_model
@@ -140,10 +145,7 @@ def test_half_precision_keeps_every_vector_of_fp32():
 
 @pytest.mark.gpu
 def test_real_gpu_embeds_like_the_cpu_and_reports_nvml():
-    pytest.importorskip("pynvml")
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    require_cuda()
     from engine.models.backend import load_model
     from engine.models.registry import resolve_model
 

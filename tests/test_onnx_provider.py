@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -34,7 +33,7 @@ from engine.search import query_model
 from engine.sink import ChunkTable
 from jobs.spec import JobSpec
 from tests.api_server import ROOT
-from tests.helpers import read_rows
+from tests.helpers import logged, read_rows
 
 TEXTS = [
     "The heap queue algorithm keeps the smallest item at index zero.",
@@ -202,15 +201,8 @@ def test_int8_is_the_fp32_export_quantized_with_the_documented_accuracy(onnx, on
 
 
 def test_int8_on_a_cuda_device_runs_on_the_cpu_saying_so(onnx_cache):
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger(onnx_model.__name__)
-    logger.addHandler(handler)
-    try:
+    with logged(onnx_model.__name__) as lines:
         loaded = load_model(INT8, device="cuda")
-    finally:
-        logger.removeHandler(handler)
     assert loaded.device == "cpu" and loaded.info.provider == "onnx-int8"
     assert len(lines) == 1 and "runs on the CPU, not on cuda" in lines[0]
 
@@ -285,15 +277,8 @@ def test_cuda_without_the_cuda_provider_falls_back_to_torch_saying_so(monkeypatc
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setattr(onnx_model, "SentenceTransformerModel",
                         lambda spec, device: loaded.append((spec, device)) or "torch model")
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger(onnx_model.__name__)
-    logger.addHandler(handler)
-    try:
+    with logged(onnx_model.__name__) as lines:
         assert load_model(ONNX, device="cuda:1") == "torch model"
-    finally:
-        logger.removeHandler(handler)
     assert loaded == [(TORCH, "cuda:1")]
     assert len(lines) == 1 and "no CUDAExecutionProvider" in lines[0]
     assert "runs on torch on cuda:1" in lines[0]

@@ -15,6 +15,7 @@ from engine.errors import ModelError
 from engine.models.memory import device_token_budget, model_bytes
 from engine.models.precision import apply_tf32, choose_dtype, torch_dtype
 from engine.models.registry import ModelSpec
+from engine.models.tokenization import chunking_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,6 @@ class SentenceTransformerModel:
     def __init__(self, spec: ModelSpec, device: str | None = None,
                  dtype: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
-        from tokenizers import Tokenizer
 
         self.device = device or default_device()
         _quiet_transformers()
@@ -129,14 +129,9 @@ class SentenceTransformerModel:
         apply_tf32(self.device)
         self._cuda = self.device.split(":")[0] == "cuda"
         hf_tokenizer = self._st.tokenizer
-        if not getattr(hf_tokenizer, "is_fast", False):
-            raise ModelError(f"model '{spec.name}' has no fast tokenizer; embedscale needs one")
-        # A private copy: the model's own tokenizer truncates and pads, which chunking must not.
-        self.tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self._prefix, self._suffix = _special_affixes(self.tokenizer)
-        self._pad_id = hf_tokenizer.pad_token_id or 0
+        chunking = chunking_tokenizer(hf_tokenizer, spec.name)
+        self.tokenizer = chunking.tokenizer
+        self._prefix, self._suffix, self._pad_id = chunking.prefix, chunking.suffix, chunking.pad_id
         self._wants_token_types = "token_type_ids" in hf_tokenizer.model_input_names
         # Renamed in sentence-transformers 6; the old name still exists with a warning.
         dim_of = getattr(self._st, "get_embedding_dimension", None)
@@ -221,17 +216,6 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-
-def _special_affixes(tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """The special token ids the post-processor puts before and after a single sequence."""
-    plain = tokenizer.encode("a", add_special_tokens=False).ids
-    full = tokenizer.encode("a", add_special_tokens=True).ids
-    for i in range(len(full) - len(plain) + 1):
-        if full[i : i + len(plain)] == plain:
-            return (np.asarray(full[:i], dtype=np.int64),
-                    np.asarray(full[i + len(plain):], dtype=np.int64))
-    raise ModelError("cannot locate the content between the tokenizer's special tokens")
 
 
 def load_model(spec: ModelSpec, device: str | None = None) -> EmbeddingModel:

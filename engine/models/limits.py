@@ -10,8 +10,9 @@ import functools
 import json
 from pathlib import Path
 
-from engine.models.backend import ModelInfo, _special_affixes
+from engine.models.backend import ModelInfo
 from engine.models.registry import ONNX_PROVIDERS, ModelSpec
+from engine.models.tokenization import special_affixes
 
 
 @functools.lru_cache(maxsize=64)
@@ -36,7 +37,7 @@ def model_limits(spec: ModelSpec) -> ModelInfo | None:
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         tokenizer.no_truncation()  # as the backend's copy: the file's own pads to a length
         tokenizer.no_padding()
-        prefix, suffix = _special_affixes(tokenizer)
+        prefix, suffix = special_affixes(tokenizer)
     except Exception:  # missing or unusual files: the job checks when it loads the model
         return None
     if not isinstance(max_tokens, int) or not isinstance(dimension, int):

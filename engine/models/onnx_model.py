@@ -30,12 +30,12 @@ from engine.models.backend import (
     ModelInfo,
     SentenceTransformerModel,
     _hub_offline,
-    _special_affixes,
     default_device,
 )
 from engine.models.onnx_export import INPUTS, OUTPUT, exported_model
 from engine.models.onnx_pipeline import read_pipeline
 from engine.models.registry import ModelSpec
+from engine.models.tokenization import chunking_tokenizer
 
 log = logging.getLogger(__name__)
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -68,7 +68,6 @@ class OnnxModel:
 
     def __init__(self, spec: ModelSpec, device: str | None = None) -> None:
         import onnxruntime
-        from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         self.device = device or default_device()
@@ -79,14 +78,9 @@ class OnnxModel:
         transformer = pipeline.transformer_folder(folder)
         with _hub_offline(True):
             hf_tokenizer = AutoTokenizer.from_pretrained(str(transformer))
-        if not getattr(hf_tokenizer, "is_fast", False):
-            raise ModelError(f"model '{spec.name}' has no fast tokenizer; embedscale needs one")
-        # A private copy, as the torch backend makes: chunking must not truncate or pad.
-        self.tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self._prefix, self._suffix = _special_affixes(self.tokenizer)
-        self._pad_id = hf_tokenizer.pad_token_id or 0
+        chunking = chunking_tokenizer(hf_tokenizer, spec.name)  # as the torch backend's
+        self.tokenizer = chunking.tokenizer
+        self._prefix, self._suffix, self._pad_id = chunking.prefix, chunking.suffix, chunking.pad_id
         self._session = onnxruntime.InferenceSession(
             str(path), _session_options(), providers=_providers(self.device))
         # For the process's model memory budget (engine.models.cache): the weights are the file.

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 
 from engine.errors import ModelError, ProviderError
-from engine.models.backend import ModelInfo, _hub_offline, _special_affixes
+from engine.models.backend import ModelInfo, _hub_offline
 from engine.models.http_policy import (
     CircuitBreaker,
     is_retryable,
@@ -29,6 +29,7 @@ from engine.models.http_policy import (
 )
 from engine.models.limits import model_limits
 from engine.models.registry import ModelSpec
+from engine.models.tokenization import special_affixes
 
 API_KEY_ENV = "EMBEDSCALE_PROVIDER_API_KEY"
 REQUEST_TOKENS = 8192  # per request: well under OpenAI's 300k, small enough to retry cheaply
@@ -75,7 +76,7 @@ class OpenAIHTTPModel:
         self.url = spec.location.rstrip("/") + "/embeddings"
         self.tokenizer = load_tokenizer(spec.tokenizer) if spec.tokenizer else None
         if self.tokenizer is not None:
-            self._prefix, self._suffix = _special_affixes(self.tokenizer)
+            self._prefix, self._suffix = special_affixes(self.tokenizer)
             limits = model_limits(spec.tokenizer)
             max_tokens = limits.max_tokens if limits else DEFAULT_MAX_TOKENS
         else:  # queries only (search): nothing is chunked
