@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from typing import Any
 
 from rich.console import Console
@@ -60,7 +61,11 @@ def _up(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        cluster = start_cluster(spec)
+        with warnings.catch_warnings():
+            # "Port 8787 is already in use ... on port N instead": the link printed below
+            # says where the dashboard went.
+            warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+            cluster = start_cluster(spec)
     except (OSError, RuntimeError) as exc:  # the port is taken, no such interface
         cause: BaseException = exc  # distributed wraps the OSError in two RuntimeErrors
         while cause.__cause__ is not None:
