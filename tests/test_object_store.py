@@ -247,3 +247,24 @@ def test_commits_from_several_processes_to_one_s3_table_all_land(s3_store):
         assert w.exitcode == 0
     rows = lance.dataset(uri, storage_options=options).to_table().column("a").to_pylist()
     assert sorted(rows) == sorted(f"w{n}-{i}" for n in range(3) for i in range(12))
+
+
+def test_undo_puts_back_what_a_job_replaced_on_s3(cluster, s3_store, tmp_path):
+    """A cancel's undo reads the table's history and old versions on the store."""
+    from engine.sink import ChunkTable
+    from engine.undo import undo_job
+
+    tables = f"s3://{s3_store.make_bucket()}/tables"
+    kw = {"table": "t", "data_dir": str(tmp_path / "d"), "tables_uri": tables,
+          "storage_options": s3_store.options}
+    run(cluster, texts=["the first text", "the old second text"], ids=["a", "b"], **kw)
+    second = run(cluster, texts=["the new second text"], ids=["b"], mode="upsert", **kw)
+    home = Location(tables, resolve_storage_options(s3_store.options))
+
+    def texts() -> dict[str, str]:
+        rows = read_table(home, "t", ["doc_id", "text"]).to_pydict()
+        return dict(zip(rows["doc_id"], rows["text"]))
+
+    assert texts() == {"a": "the first text", "b": "the new second text"}
+    assert undo_job(ChunkTable(home, "t"), second.job_id) == 1
+    assert texts() == {"a": "the first text", "b": "the old second text"}
