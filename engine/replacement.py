@@ -32,7 +32,7 @@ def doc_predicate(doc_ids: Sequence[str], column: str = "doc_id") -> str:
 
 def commit_replacing(uri: str, ds: lance.LanceDataset, predicate: str | None,
                      new_fragments: Sequence, properties: Mapping[str, str],
-                     storage_options: Mapping[str, str] | None = None) -> int:
+                     storage_options: dict[str, str] | None = None) -> int:
     """Delete the rows of `ds` (the version read) matching `predicate` (None: none) and add
     `new_fragments`, in one commit carrying `properties`; returns the new version.
     `storage_options` reach a table on an object store (engine.storage)."""
@@ -45,7 +45,7 @@ def commit_replacing(uri: str, ds: lance.LanceDataset, predicate: str | None,
         operation = lance.LanceOperation.Append(list(new_fragments))
     tx = lance.Transaction(read_version=ds.version, operation=operation,
                            transaction_properties=dict(properties))
-    return lance.LanceDataset.commit(uri, tx, storage_options=_options(storage_options)).version
+    return lance.LanceDataset.commit(uri, tx, storage_options=storage_options).version
 
 
 def _deletions(ds: lance.LanceDataset, predicate: str) -> tuple[list[int], list]:
@@ -66,25 +66,21 @@ def _deletions(ds: lance.LanceDataset, predicate: str) -> tuple[list[int], list]
 
 
 def rows_of_version(uri: str, version: int, predicate: str | None = None,
-                    storage_options: Mapping[str, str] | None = None):
+                    storage_options: dict[str, str] | None = None):
     """The rows of an earlier version of the table (all, or those matching `predicate`)."""
-    ds = lance.dataset(uri, version=version, storage_options=_options(storage_options))
+    ds = lance.dataset(uri, version=version, storage_options=storage_options)
     return ds.to_table(filter=predicate)
 
 
 def history(uri: str, *keys: str, recent: int = 10_000,
-            storage_options: Mapping[str, str] | None = None) -> list[tuple[int, dict[str, Any]]]:
+            storage_options: dict[str, str] | None = None) -> list[tuple[int, dict[str, Any]]]:
     """(read version, {key: decoded property}) of the table's recent commits that carry any of
     `keys`, oldest first: one read of the history, however many properties a caller needs."""
     found = []
-    ds = lance.dataset(uri, storage_options=_options(storage_options))
+    ds = lance.dataset(uri, storage_options=storage_options)
     for tx in reversed(ds.get_transactions(recent)):
         props = (tx.transaction_properties or {}) if tx else {}
         decoded = {key: json.loads(props[key]) for key in keys if key in props}
         if decoded:
             found.append((tx.read_version, decoded))
     return found
-
-
-def _options(storage_options: Mapping[str, str] | None) -> dict[str, str] | None:
-    return dict(storage_options) if storage_options else None

@@ -86,8 +86,11 @@ class ChunkTable:
         if storage is None:
             storage = resolve_storage_options() if is_uri(self.uri) else NO_OPTIONS
         self.storage = storage
-        # What each Lance call takes: None for a local table.
-        self.storage_options = lance_options(self.uri, storage)
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """What each Lance call takes: None for a local table."""
+        return lance_options(self.uri, self.storage)
 
     def dataset(self, version: int | None = None) -> lance.LanceDataset:
         """The table's Lance dataset, as of its latest commit or of `version`."""

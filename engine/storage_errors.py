@@ -43,10 +43,9 @@ def check_reachable(uri: str, options: StorageOptions) -> None:
     """Raise StorageError unless the bucket of `uri` can be listed with `options`."""
     if not is_uri(uri):
         return
-    bucket = strip_scheme(uri).split("/", 1)[0]
+    bucket, _, key = strip_scheme(uri).partition("/")
     if not bucket:
         raise StorageError(f"{uri} names no bucket: use s3://bucket/prefix")
-    key = strip_scheme(uri).split("/", 1)[1] if "/" in strip_scheme(uri) else ""
     fs = filesystem(uri, options)
     try:
         if hasattr(fs, "call_s3"):  # one short listing, within the prefix a policy may allow

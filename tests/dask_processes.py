@@ -1,6 +1,7 @@
-"""A Dask cluster of separate OS processes, as on separate hosts: `dask scheduler` and
-`dask worker` started from the command line on 127.0.0.1, each in its own session (so a test can
-kill a worker and its nanny together, as a lost host)."""
+"""Processes as on other hosts: a Dask cluster of separate OS processes (`dask scheduler` and
+`dask worker` started from the command line on 127.0.0.1, each in its own session, so a test can
+kill a worker and its nanny together, as a lost host), and `embedscale` commands run the same
+way."""
 from __future__ import annotations
 
 import os
@@ -24,6 +25,14 @@ def clean_env(**extra: str) -> dict[str, str]:
     job carries what workers need), the project importable, the hub never reached."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EMBEDSCALE_"))}
     return {**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **extra}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """`embedscale ARGS` in a process of its own, with `clean_env` plus `env`."""
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=cwd,
+                          env=clean_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 class DaskProcesses:

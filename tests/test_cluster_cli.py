@@ -17,7 +17,7 @@ from engine.cluster import ClusterSpec, start_cluster
 from engine.errors import EmbedscaleError
 from tests.api_server import free_port
 from tests.conftest import SAMPLE_CORPUS
-from tests.dask_processes import ROOT, clean_env
+from tests.dask_processes import ROOT, clean_env, run_cli
 from tests.helpers import run
 
 SPECS = sorted((ROOT / "cluster_specs").glob("*.yaml"))
@@ -44,11 +44,6 @@ def test_a_manager_spec_starts_its_class_and_runs_a_job(tmp_path):
         start_cluster(ClusterSpec(kind="manager", manager="dask_jobqueue.NoSuchCluster"))
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, env=clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
     port = free_port()
@@ -69,19 +64,19 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
         address = f"tcp://127.0.0.1:{port}"
         assert f"scheduler:  {address}" in printed and "workers:    1 x 1" in printed
 
-        before = _cli("cluster", "status", "--scheduler", address, "--json")
+        before = run_cli("cluster", "status", "--scheduler", address, "--json")
         assert before.returncode == 0, before.stderr
         workers = json.loads(before.stdout)["workers"]
         assert [(w["threads"], w["gpus"], w["models"]) for w in workers] == [(1, 0, [])]
         assert workers[0]["memory_limit"] > 0
 
-        done = _cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--scheduler", address,
+        done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--scheduler", address,
                     "--data-dir", str(tmp_path / "data"), "--json")
         assert done.returncode == 0, done.stderr
-        after = json.loads(_cli("cluster", "status", "--scheduler", address,
+        after = json.loads(run_cli("cluster", "status", "--scheduler", address,
                                 "--json").stdout)["workers"]
         assert after[0]["models"] == ["all-MiniLM-L6-v2"]
-        table = _cli("cluster", "status", "--scheduler", address)
+        table = run_cli("cluster", "status", "--scheduler", address)
         assert "all-MiniLM-L6-v2" in table.stdout and "1 workers, 1 threads" in table.stdout
     finally:
         os.killpg(up.pid, signal.SIGINT)
@@ -90,7 +85,7 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
 
 
 def test_cluster_up_refuses_an_address_spec(tmp_path):
-    done = _cli("cluster", "up", "--spec", str(ROOT / "cluster_specs" / "remote.yaml"))
+    done = run_cli("cluster", "up", "--spec", str(ROOT / "cluster_specs" / "remote.yaml"))
     assert done.returncode == 1 and "cluster up starts a cluster" in done.stderr
 
 
@@ -104,7 +99,7 @@ def test_a_manager_spec_with_tls_and_a_busy_port_are_one_line(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = _cli("cluster", "up", "--workers", "1", "--port", str(port), timeout=120)
+        done = run_cli("cluster", "up", "--workers", "1", "--port", str(port), timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot start the scheduler on 127.0.0.1:{port}" in lines[0]

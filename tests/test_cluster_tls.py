@@ -4,8 +4,6 @@ throwaway certificates (trustme), a job over tls:// on a LocalCluster we start a
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from engine.cluster import ClusterSpec, start_cluster
 from engine.errors import EmbedscaleError
 from jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
-from tests.dask_processes import ROOT, DaskProcesses, clean_env
+from tests.dask_processes import DaskProcesses, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +59,8 @@ def test_run_over_tls_on_separate_scheduler_and_worker_processes(tls_files, tmp_
     spec.write_text(yaml.safe_dump({"kind": "address", "address": procs.address,
                                     "tls": tls_files}))
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "api.cli", "run", str(SAMPLE_CORPUS / "notes"),
-             "--table", "t", "--cluster", str(spec), "--data-dir", str(tmp_path / "d"),
-             "--json"], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
-            timeout=300)
+        done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--cluster",
+                       str(spec), "--data-dir", str(tmp_path / "d"), "--json")
     finally:
         procs.stop()
     assert done.returncode == 0, done.stderr
@@ -76,10 +71,8 @@ def test_a_tls_file_that_does_not_exist_is_one_line(tls_files, tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(yaml.safe_dump({"kind": "local", "tls": {
         **tls_files, "cert_file": str(tmp_path / "missing.pem")}}))
-    done = subprocess.run(
-        [sys.executable, "-m", "api.cli", "run", str(SAMPLE_CORPUS / "notes"), "--table", "t",
-         "--cluster", str(spec), "--data-dir", str(tmp_path / "d")],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--cluster", str(spec),
+                   "--data-dir", str(tmp_path / "d"), timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip() == (f"embedscale: error: cluster spec {spec}: tls: cert_file "
                                    f"{tmp_path / 'missing.pem'} does not exist")

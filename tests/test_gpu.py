@@ -53,16 +53,20 @@ def test_gpu_metrics_are_the_declared_gpu_only_names(monkeypatch):
     assert {f.name for f in gpu_metrics()} == set(GPU_ONLY_METRICS)
 
 
+def failing_on(bad_handle: int, call, error: str):
+    """An NVML call that raises `error` for one GPU and answers for the others."""
+    def call_or_fail(handle):
+        if handle == bad_handle:
+            raise RuntimeError(error)
+        return call(handle)
+
+    return call_or_fail
+
+
 def test_a_gpu_nvml_cannot_read_hides_no_other(monkeypatch):
     nvml = fake_pynvml([(37, 1 << 30, 80 << 30), (0, 0, 0), (90, 2 << 30, 80 << 30)])
-    read = nvml.nvmlDeviceGetMemoryInfo
-
-    def memory(handle):
-        if handle == 1:
-            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
-        return read(handle)
-
-    nvml.nvmlDeviceGetMemoryInfo = memory
+    nvml.nvmlDeviceGetMemoryInfo = failing_on(1, nvml.nvmlDeviceGetMemoryInfo,
+                                              "NVML_ERROR_GPU_IS_LOST")
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     families = {f.name: {s.labels["gpu"]: s.value for s in f.samples} for f in gpu_metrics()}
     assert families["embedscale_gpu_up"] == {"0": 1, "1": 0, "2": 1}
@@ -72,14 +76,8 @@ def test_a_gpu_nvml_cannot_read_hides_no_other(monkeypatch):
 
 def test_a_mig_slice_without_utilisation_still_reports_its_memory(monkeypatch):
     nvml = fake_pynvml([(37, 1 << 30, 80 << 30), (0, 3 << 30, 10 << 30)])
-    rates = nvml.nvmlDeviceGetUtilizationRates
-
-    def utilisation(handle):
-        if handle == 1:
-            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
-        return rates(handle)
-
-    nvml.nvmlDeviceGetUtilizationRates = utilisation
+    nvml.nvmlDeviceGetUtilizationRates = failing_on(1, nvml.nvmlDeviceGetUtilizationRates,
+                                                    "NVML_ERROR_NOT_SUPPORTED")
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     families = {f.name: {s.labels["gpu"]: s.value for s in f.samples} for f in gpu_metrics()}
     assert families["embedscale_gpu_up"] == {"0": 1, "1": 1}

@@ -4,10 +4,7 @@ store that is unreachable, refuses the key or lacks the bucket."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import lance
@@ -19,6 +16,7 @@ from engine.tables import list_tables, read_table
 from jobs.errors import InvalidFieldError
 from jobs.service import JobService
 from jobs.spec import JobSpec, check_source_allowed
+from tests.dask_processes import run_cli
 from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,24 +113,17 @@ def test_a_missing_bucket_as_source_is_a_4xx_naming_the_source(cluster, s3_store
     assert "bucket 'no-such-bucket' does not exist" in str(err.value)
 
 
-def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=cwd, env={
-        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-        "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **env},
-        capture_output=True, text=True, timeout=300)
-
-
 def test_cli_runs_and_searches_a_table_on_s3(s3_store, tmp_path, small_corpus):
     bucket = s3_store.make_bucket()
     args = ["--tables-uri", f"s3://{bucket}/cli", "--data-dir", str(tmp_path / "d")]
-    done = _cli("run", str(small_corpus), "--table", "docs", "--workers", "1", "--json", *args,
-                env=s3_store.env, cwd=tmp_path)
+    done = run_cli("run", str(small_corpus), "--table", "docs", "--workers", "1", "--json",
+                   *args, env=s3_store.env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["status"] == "succeeded" and summary["chunks"] > 0
     assert summary["table_uri"] == f"s3://{bucket}/cli/lancedb/docs.lance"
-    found = _cli("search", "docs", "how are chunks cut?", "-k", "1", "--json", *args,
-                 env=s3_store.env, cwd=tmp_path)
+    found = run_cli("search", "docs", "how are chunks cut?", "-k", "1", "--json", *args,
+                    env=s3_store.env, cwd=tmp_path)
     assert found.returncode == 0, found.stderr
     assert len(json.loads(found.stdout)) == 1
     assert s3_store.env["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
@@ -152,8 +143,8 @@ def test_a_store_that_cannot_be_used_is_one_line_naming_the_fix(s3_store, tmp_pa
     else:
         uri = "s3://no-such-bucket-here/t"
         expected = "bucket 'no-such-bucket-here' does not exist"
-    done = _cli("run", str(small_corpus), "--table", "t", "--tables-uri", uri,
-                "--data-dir", str(tmp_path / "d"), env=env, cwd=tmp_path)
+    done = run_cli("run", str(small_corpus), "--table", "t", "--tables-uri", uri,
+                   "--data-dir", str(tmp_path / "d"), env=env, cwd=tmp_path)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], done.stderr
@@ -162,8 +153,8 @@ def test_a_store_that_cannot_be_used_is_one_line_naming_the_fix(s3_store, tmp_pa
 
 
 def test_a_relative_data_dir_with_a_remote_scheduler_is_refused(tmp_path, small_corpus):
-    done = _cli("run", str(small_corpus), "--table", "t", "--scheduler", "tcp://127.0.0.1:9",
-                "--data-dir", "relative-data", env={}, cwd=tmp_path)
+    done = run_cli("run", str(small_corpus), "--table", "t", "--scheduler",
+                   "tcp://127.0.0.1:9", "--data-dir", "relative-data", cwd=tmp_path)
     assert done.returncode == 1
     assert "every worker must reach the tables" in done.stderr
     assert "--tables-uri" in done.stderr and "Traceback" not in done.stderr
@@ -268,3 +259,29 @@ def test_undo_puts_back_what_a_job_replaced_on_s3(cluster, s3_store, tmp_path):
     assert texts() == {"a": "the first text", "b": "the new second text"}
     assert undo_job(ChunkTable(home, "t"), second.job_id) == 1
     assert texts() == {"a": "the first text", "b": "the old second text"}
+
+
+def test_objects_outside_the_roots_too_large_or_not_objects_are_refused(s3_store):
+    """A tenant's object-store source goes through the same FileAccess as a local file."""
+    from engine.file_access import FileAccess, FileRefused
+
+    bucket = s3_store.make_bucket()
+    fs = s3_store.filesystem()
+    fs.pipe(f"{bucket}/allowed/small.txt", b"fine")
+    fs.pipe(f"{bucket}/allowed/huge.txt", b"x" * 4096)
+    fs.pipe(f"{bucket}/secret/key.txt", b"do not read")
+    access = FileAccess(roots=(f"s3://{bucket}/allowed",), max_document_bytes=1024,
+                        storage=resolve_storage_options(s3_store.options))
+    assert access.read_whole(f"s3://{bucket}/allowed/small.txt") == b"fine"
+    refusals = {
+        f"s3://{bucket}/allowed/huge.txt": "over the limit of 1,024 bytes",
+        f"s3://{bucket}/secret/key.txt": "outside the allowed roots",
+        f"s3://{bucket}/allowed/../secret/key.txt": "'.' and '..' segments are not allowed",
+        f"s3://{bucket}/allowedx/key.txt": "outside the allowed roots",
+        f"s3://{bucket}/allowed/missing.txt": "no such object",
+    }
+    for uri, reason in refusals.items():
+        with pytest.raises(FileRefused, match=reason.replace(".", r"\.")):
+            access.read_whole(uri)
+    with pytest.raises(FileRefused, match="a folder"):
+        access.size(f"s3://{bucket}/allowed")

@@ -5,8 +5,6 @@ the ids of a clean run."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -16,7 +14,7 @@ from engine.storage import Location, resolve_storage_options
 from engine.tables import read_table
 from jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
-from tests.dask_processes import ROOT, DaskProcesses, clean_env
+from tests.dask_processes import DaskProcesses, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +34,9 @@ def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
             procs.wait_for_workers(cluster.client, 2)
 
             # A clean run, through the CLI and --scheduler.
-            done = subprocess.run(
-                [sys.executable, "-m", "api.cli", "run", source, "--table", "clean",
-                 "--scheduler", procs.address, "--tables-uri", tables,
-                 "--data-dir", str(tmp_path / "cli"), "--chunk-tokens", "64", "--json"],
-                cwd=ROOT, env=clean_env(**s3_store.env), capture_output=True, text=True,
-                timeout=300)
+            done = run_cli("run", source, "--table", "clean", "--scheduler", procs.address,
+                           "--tables-uri", tables, "--data-dir", str(tmp_path / "cli"),
+                           "--chunk-tokens", "64", "--json", env=s3_store.env)
             assert done.returncode == 0, done.stderr
             clean = json.loads(done.stdout)
             assert clean["status"] == "succeeded" and clean["chunks"] > 0
@@ -70,10 +65,8 @@ def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
 
 
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "api.cli", "run", str(SAMPLE_CORPUS / "notes"), "--table", "t",
-         "--scheduler", "tcp://127.0.0.1:9", "--data-dir", str(tmp_path / "d")],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=120)
+    done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--scheduler",
+                   "tcp://127.0.0.1:9", "--data-dir", str(tmp_path / "d"), timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in lines[0]
