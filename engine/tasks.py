@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -26,6 +27,17 @@ from engine.models.registry import ModelSpec
 from engine.partitions import Partition
 from engine.readers import RecordFields, read_item
 from engine.schema import chunk_schema
+from engine.slices import (
+    FLUSH_ROWS,
+    RATES,
+    STATES,
+    PartitionChanged,
+    SliceCursor,
+    SliceState,
+    chunking_digest,
+    slice_stop,
+    worker_address,
+)
 from engine.storage import NO_OPTIONS, StorageOptions
 
 
@@ -44,6 +56,10 @@ class TaskConfig:
     # Reaches a table on an object store (engine.storage): the driver's options travel with
     # the job, so workers of a remote cluster need no credentials of their own.
     storage: StorageOptions = NO_OPTIONS
+    # Seconds of model time one task may take on a partition (engine.slices): a longer
+    # partition is embedded in slices, each a task, so other jobs' tasks run between them.
+    # None: the whole partition in one task.
+    slice_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +82,27 @@ class PartitionResult:
     device: str = ""  # where the model ran ("cuda", "cpu"; "" for an HTTP provider)
     gpu_busy_percent: float | None = None  # NVML busy of the worker's GPU while it ran
     gpu_peak_bytes: int | None = None  # the most GPU memory the worker's torch has held
+    # Set on a slice that left work to do (engine.slices): where the next slice starts. The
+    # document figures above come with a partition's first slice; later slices add fragments,
+    # chunks, tokens and time (`add_slice`).
+    cursor: SliceCursor | None = None
+
+    def add_slice(self, later: PartitionResult) -> PartitionResult:
+        """This partial result with a later slice of its partition added; the cursor is the
+        later slice's (None once the partition is done)."""
+        self.fragments = self.fragments + later.fragments
+        self.chunks += later.chunks
+        self.tokens += later.tokens
+        if later.gpu_busy_percent is not None:
+            busy = (self.gpu_busy_percent or 0.0) * self.seconds
+            busy += later.gpu_busy_percent * later.seconds
+            self.gpu_busy_percent = busy / max(self.seconds + later.seconds, 1e-9)
+        if later.gpu_peak_bytes is not None:
+            self.gpu_peak_bytes = max(self.gpu_peak_bytes or 0, later.gpu_peak_bytes)
+        self.seconds += later.seconds
+        self.device = later.device or self.device
+        self.cursor = later.cursor
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +128,89 @@ class _Prepared:
     device: str = ""
 
 
-def embed_partition(partition: Partition, config: TaskConfig) -> PartitionResult:
-    """Run one partition end to end on this worker; bad documents are skipped, not fatal."""
+def embed_partition(partition: Partition, config: TaskConfig,
+                    cursor: SliceCursor | None = None) -> PartitionResult:
+    """Embed a partition on this worker, or its next slice when `config.slice_seconds` is set
+    (engine.slices): the result's `cursor` then says where the next one starts, None once the
+    partition is done. Bad documents are skipped, not fatal."""
+    if config.slice_seconds is None and cursor is None:
+        prepared = _prepare(partition, config)
+        return _write(prepared, _embed(get_model(config.model), prepared.inputs,
+                                       prepared.texts, config.token_budget))
+    return _embed_slice(partition, config, cursor)
+
+
+def _embed_slice(partition: Partition, config: TaskConfig,
+                 cursor: SliceCursor | None) -> PartitionResult:
+    started = time.perf_counter()
+    state = STATES.take(cursor.run) if cursor is not None else None
+    if state is None:
+        state = _slice_state(partition, config, cursor)
+    prepared: _Prepared = state.prepared  # type: ignore[assignment]
+    # The document figures come with the first slice only; a later one adds its rows.
+    result = prepared.result if cursor is None else PartitionResult(partition.index)
+    lengths = np.fromiter(map(len, prepared.inputs), np.int64, len(prepared.inputs))
+    model = get_model(config.model)
+    one_batch = config.token_budget or getattr(model, "token_budget", None) or 4096
+    budget = RATES.slice_tokens(config.model, config.slice_seconds or 0.0, one_batch)
+    start = state.embedded
+    stop = slice_stop(lengths, start, budget) if start < state.total else start
+    if stop > start:
+        embed_started = time.perf_counter()
+        state.unwritten.append(_embed(model, prepared.inputs[start:stop],
+                                      prepared.texts[start:stop], config.token_budget))
+        RATES.record(config.model, int(lengths[start:stop].sum()),
+                     time.perf_counter() - embed_started)
+        state.embedded = stop
+    if stop == state.total or state.embedded - state.written >= FLUSH_ROWS:
+        _flush(state, result, lengths)
+    result.seconds = time.perf_counter() - started
+    result.device = prepared.device
+    result.gpu_busy_percent = gpu_busy_since(prepared.device, started)
+    result.gpu_peak_bytes = gpu_peak_bytes(prepared.device)
+    if state.embedded < state.total:
+        result.cursor = SliceCursor(state.run, state.written, state.embedded, state.total,
+                                    state.digest, worker_address())
+        STATES.keep(state)
+    else:
+        result.cursor = None
+    return result
+
+
+def _slice_state(partition: Partition, config: TaskConfig,
+                 cursor: SliceCursor | None) -> SliceState:
+    """A partition read and chunked on this worker: afresh for its first slice, or again for a
+    later one whose state is not here (embedding resumes after the rows already written)."""
     prepared = _prepare(partition, config)
-    return _write(prepared, _embed(get_model(config.model), prepared.inputs, prepared.texts,
-                                   config.token_budget))
+    lengths = np.fromiter(map(len, prepared.inputs), np.int64, len(prepared.inputs))
+    digest = chunking_digest([d.doc_id for d in prepared.docs],
+                             [d.content_hash for d in prepared.docs], lengths)
+    if cursor is None:
+        return SliceState(uuid.uuid4().hex, prepared, digest)
+    if digest != cursor.digest or cursor.total != len(lengths):
+        raise PartitionChanged(
+            f"partition {partition.index} changed since its first slice (a document was "
+            "edited, or committed by another job, meanwhile); it runs again from its start")
+    return SliceState(cursor.run, prepared, digest, cursor.written, cursor.written)
+
+
+def _flush(state: SliceState, result: PartitionResult, lengths: np.ndarray) -> None:
+    """Write the rows embedded and not yet written as fragments of the slice's result."""
+    prepared: _Prepared = state.prepared  # type: ignore[assignment]
+    start, stop = state.written, state.embedded
+    if stop > start:
+        vectors = np.concatenate(state.unwritten)
+        chunks = prepared.chunks
+        part = Chunks(chunks.doc_index[start:stop], chunks.chunk_index[start:stop],
+                      chunks.char_start[start:stop], chunks.char_end[start:stop],
+                      chunks.content_ids[start:stop])
+        rows = _rows(prepared.docs, part, prepared.inputs[start:stop],
+                     prepared.texts[start:stop], vectors, prepared.config)
+        result.fragments = sink.write_fragments(prepared.config.table_uri, rows,
+                                                prepared.config.storage)
+    result.chunks = stop - start
+    result.tokens = int(lengths[start:stop].sum())
+    state.written, state.unwritten = stop, []
 
 
 def embed_partitions(batch: list[tuple[Partition, TaskConfig]]

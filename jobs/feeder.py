@@ -73,6 +73,13 @@ class FeedConfig:
     # between Dask round trips).
     small_partition_bytes: int = 16 * 1024
     batch_partitions: int = 64
+    # ...and up to this many bytes of text in all, so that a shared task stays as short as
+    # a slice of a big partition (a worker must become free every few seconds).
+    batch_bytes: int = 64 * 1024
+    # Tasks per worker thread that small jobs with nothing in flight may send beyond the
+    # slots (the express lane): a small job need not wait for a slot held by a big job's
+    # queued slices; with a higher Dask priority it runs as soon as the running slice ends.
+    express_per_thread: int = 1
 
 
 class Feeder:
@@ -92,46 +99,81 @@ class Feeder:
 
     # --- sending --------------------------------------------------------------------------
 
-    def feed(self, jobs: Mapping[str, RunningJob], slots: int, now: float) -> None:
-        """Submit what fits in `slots` tasks: a suspect alone once the cluster is empty, or
-        else the fair order's picks, small ones sharing tasks."""
+    def feed(self, jobs: Mapping[str, RunningJob], threads: int, now: float) -> None:
+        """Submit what fits: a suspect alone once the cluster is empty; or else the fair
+        order's picks for `slots_per_thread` tasks per worker thread (one running, one
+        queued), small ones sharing tasks; and then small jobs with nothing in flight on the
+        express lane, up to `express_per_thread` tasks per thread more, so they never wait
+        for a big job's queued slices to leave a slot."""
         if self._alone is not None or self._run_a_suspect(jobs, now):
             return
-        free = slots - len(self.tasks)
-        if free <= 0 or not jobs:
+        if not jobs:
+            return
+        slots = max(1, threads) * self.config.slots_per_thread
+        # A job may fill the whole cluster when it runs alone.
+        self._send(jobs, list(jobs.values()), slots - len(self.tasks), slots, now)
+        express = slots + max(1, threads) * self.config.express_per_thread - len(self.tasks)
+        small = [job for job in jobs.values() if self._express(job)]
+        if express > 0 and small:
+            self._send(jobs, small, express, 1, now)
+
+    def _express(self, job: RunningJob) -> bool:
+        """A small job waiting to start: nothing in flight, all it has left is small."""
+        return (not job.in_flight and bool(job.pending) and not job.progress
+                and len(job.pending) <= self.config.batch_partitions
+                and all(job.partitions[i].size_bytes <= self.config.small_partition_bytes
+                        for i in job.pending))
+
+    def _send(self, jobs: Mapping[str, RunningJob], candidates: list[RunningJob], free: int,
+              per_job_cap: int, now: float) -> None:
+        """Submit up to `free` tasks of `candidates`' pending partitions in the fair order."""
+        if free <= 0:
             return
         views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
                                       j.tier.weight, j.submitted_at, len(j.pending),
-                                      len(j.in_flight)) for j in jobs.values()}
+                                      len(j.in_flight), j.served_at) for j in candidates}
+        tenant_load: dict[str, int] = {}
+        for job in jobs.values():  # every job's tasks count toward its tenant's share
+            tenant_load[job.record.tenant] = (tenant_load.get(job.record.tenant, 0)
+                                              + len(job.in_flight))
         # The policy's fair order, for more partitions than there are slots only when small
-        # ones can share a task. A job may fill the whole cluster when it runs alone.
+        # ones can share a task.
         sharing = any(job.pending and self._batchable(job, job.pending[0])
-                      for job in jobs.values())
+                      for job in candidates)
         picks = free * self.config.batch_partitions if sharing else free
-        order = choose(list(views.values()), picks, now, slots)
-        tasks: list[list[tuple[RunningJob, int]]] = []
-        batch: list[tuple[RunningJob, int]] = []
+        order = choose(list(views.values()), picks, now, per_job_cap)
+        tasks: list[list[tuple[RunningJob, int, int]]] = []
+        batch: list[tuple[RunningJob, int, int]] = []
+        batch_bytes = 0
         for job_id in order:
             job = jobs[job_id]
             index = job.pending[0]
+            size = job.partitions[index].size_bytes
             small = self._batchable(job, index)
             if small and batch and (len(batch) >= self.config.batch_partitions
+                                    or batch_bytes + size > self.config.batch_bytes
                                     or batch[0][0].config.model != job.config.model):
                 tasks.append(batch)
-                batch = []
+                batch, batch_bytes = [], 0
             opens_a_task = not small or not batch
             if opens_a_task and len(tasks) + (1 if batch else 0) >= free:
                 break
             job.pending.popleft()
+            tenant = job.record.tenant
+            priority = dask_priority(views[job_id], now, tenant_load[tenant])
+            tenant_load[tenant] += 1
             if small:
-                batch.append((job, index))
+                batch.append((job, index, priority))
+                batch_bytes += size
             else:
-                tasks.append([(job, index)])
+                tasks.append([(job, index, priority)])
         if batch:
             tasks.append(batch)
         for members in tasks:
-            self._submit(members, max(dask_priority(views[job.record.id], now)
-                                      for job, _ in members))
+            self._submit([(job, index) for job, index, _ in members],
+                         max(priority for _, _, priority in members))
+            for job, _, _ in members:
+                job.served_at = now
 
     def _run_a_suspect(self, jobs: Mapping[str, RunningJob], now: float) -> bool:
         """Whether suspects hold the cluster: nothing new goes out until they have run."""
@@ -159,8 +201,14 @@ class Feeder:
             # partition that ran alone after its task died runs again on the same attempt.
             key = (f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}-"
                    f"{uuid.uuid4().hex[:8]}")
-            future = client.submit(embed_partition, job.partitions[index], job.config,
-                                   pure=False, key=key, priority=priority)
+            held = job.progress.get(index)
+            cursor = held.cursor if held is not None else None
+            # The next slice goes back to the worker that holds the partition's state
+            # (engine.slices); anywhere else it is read again, so that is only a fallback.
+            where = ({"workers": [cursor.holder], "allow_other_workers": True}
+                     if cursor is not None and cursor.holder else {})
+            future = client.submit(embed_partition, job.partitions[index], job.config, cursor,
+                                   pure=False, key=key, priority=priority, **where)
         else:
             key = f"embed-partitions-{uuid.uuid4().hex}"
             future = client.submit(embed_partitions, [(job.partitions[i], job.config)
@@ -197,11 +245,21 @@ class Feeder:
                 result = results[position]
                 if isinstance(result, PartitionFailed):
                     outcomes.append(Failed(job, index, None, result.error))
+                    continue
+                held = job.progress.pop(index, None)
+                if held is not None:
+                    result = held.add_slice(result)
+                if result.cursor is not None:  # a slice: the rest waits its turn
+                    job.progress[index] = result
+                    job.pending.appendleft(index)
                 else:
                     outcomes.append(Completed(job, index, result))
         elif future.status not in ("finished", "cancelled"):
             exc = future.exception()
             for _, job, index in live:
+                # The partition runs again from its start: the fragments of its earlier
+                # slices are never committed.
+                job.progress.pop(index, None)
                 if isinstance(exc, KilledWorker) and not ran_alone:
                     job.suspects.add(index)
                     self._suspects.append((job.record.id, index))

@@ -25,7 +25,7 @@ from engine.partitions import Partition
 from engine.readers import RecordFields
 from engine.sink import ChunkTable
 from engine.storage import NO_OPTIONS, Location, is_uri
-from engine.tasks import TaskConfig
+from engine.tasks import PartitionResult, TaskConfig
 from jobs.records import JobRecord
 from jobs.spec import JobSpec, model_spec
 from jobs.store import Store
@@ -50,6 +50,10 @@ class RunningJob:
     # Partitions whose task died with its workers, waiting to run alone on the cluster to
     # learn whether they killed them or only stood beside what did.
     suspects: set[int] = field(default_factory=set)
+    # Partitions embedded in part (engine.slices): their slices so far, fragments held here
+    # until the last slice, when the partition is committed as a whole.
+    progress: dict[int, PartitionResult] = field(default_factory=dict)
+    served_at: float | None = None  # when its last task was sent (jobs.scheduling's age)
 
 
 class JobPreparer:
@@ -58,8 +62,10 @@ class JobPreparer:
     def __init__(self, store: Store, cluster: Cluster, tier_of: Callable[[str], Tier],
                  data_dir_of: Callable[[str], Path | Location], token_budget: int | None = None,
                  access: FileAccess | None = None,
-                 check_spec: Callable[[JobSpec], None] | None = None) -> None:
+                 check_spec: Callable[[JobSpec], None] | None = None,
+                 slice_seconds: float | None = None) -> None:
         self.store, self.cluster = store, cluster
+        self.slice_seconds = slice_seconds
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.token_budget = token_budget
         self.access = access or FileAccess()
@@ -116,7 +122,7 @@ class JobPreparer:
                   else dataclasses.replace(self.access, storage=NO_OPTIONS))
         config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
                             RecordFields(spec.text_field, spec.id_field), self.token_budget,
-                            access, table.storage)
+                            access, table.storage, self.slice_seconds)
         if planned is not None and not resumed:
             partitions = {p.index: p for p in planned}
             todo = list(partitions)

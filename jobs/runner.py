@@ -83,7 +83,7 @@ class Runner:
         self._stopping = threading.Event()
         self._preparer = JobPreparer(store, cluster, tier_of, data_dir_of,
                                      self.config.token_budget, access or FileAccess(),
-                                     check_spec)
+                                     check_spec, self.config.slice_seconds)
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.recovery = WorkerRecovery(cluster)
@@ -261,8 +261,8 @@ class Runner:
     # --- the cluster ---------------------------------------------------------------------
 
     def _feed(self) -> None:
-        slots = self.cluster.worker_threads(THREADS_MAX_AGE_S) * self.config.slots_per_thread
-        self._feeder.feed(self._jobs, slots, time.time())
+        self._feeder.feed(self._jobs, self.cluster.worker_threads(THREADS_MAX_AGE_S),
+                          time.time())
 
     def _on_task_done(self, future: Future) -> None:
         for outcome in self._feeder.done(future, self._jobs):

@@ -19,6 +19,12 @@ class RunnerConfig:
     prepare_threads: int = 2  # jobs warming their model / checking their table at once
     small_partition_bytes: int = FeedConfig.small_partition_bytes
     batch_partitions: int = FeedConfig.batch_partitions
+    batch_bytes: int = FeedConfig.batch_bytes
+    express_per_thread: int = FeedConfig.express_per_thread
+    # Seconds of model time a task spends on a partition before it yields its worker
+    # (engine.slices); None runs each partition whole in one task. What a small job waits
+    # behind a big one's running slice at most.
+    slice_seconds: float | None = 1.0
 
     @property
     def retry(self) -> RetryPolicy:
@@ -27,4 +33,4 @@ class RunnerConfig:
     @property
     def feed(self) -> FeedConfig:
         return FeedConfig(self.slots_per_thread, self.small_partition_bytes,
-                          self.batch_partitions)
+                          self.batch_partitions, self.batch_bytes, self.express_per_thread)

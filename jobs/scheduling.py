@@ -1,12 +1,18 @@
 """Which job's partitions go to the cluster next. Pure policy: no cluster, no database.
 
 Effective priority = the job's priority level (low 0 .. critical 3) + its tier's bonus + an
-age bonus that grows while it waits (so low jobs cannot starve), capped below one level and a
-half so a fresh critical job still beats any aged low one. Jobs compete in bands of whole
+age bonus that grows while it waits unserved (so low jobs cannot starve), capped below one level
+and a half so a fresh critical job still beats any aged low one. The age counts from the job's
+last task sent, not from its submission: a big job that is being fed is not starving, and must
+not climb above the small jobs that arrive while it runs. Jobs compete in bands of whole
 priority: the highest band takes free slots first. Within a band, slots go to the tenant with
 the fewest partitions in flight for its weight (fair share), then to that tenant's job with the
 fewest in flight, then the oldest. Each job has a cap on partitions in flight, so one huge job
 never fills the cluster's queue ahead of others.
+
+The same order reaches the workers through Dask's task priority (`dask_priority`): a worker
+runs the highest-priority task it holds next, so a small job's task sent while a big job's
+slices wait there goes ahead of them.
 """
 from __future__ import annotations
 
@@ -30,18 +36,29 @@ class JobView:
     submitted_at: float  # seconds, any clock shared with `now`
     runnable: int  # partitions ready to submit (not in flight, not waiting for a retry)
     in_flight: int
+    # When its last task was sent (None: never, it waits since `submitted_at`).
+    served_at: float | None = None
 
 
 def effective_priority(job: JobView, now: float) -> float:
-    """The job's priority level, raised by its tier's weight and by waiting."""
-    age_bonus = min(MAX_AGE_BONUS, max(0.0, now - job.submitted_at) / AGING_SECONDS)
+    """The job's priority level, raised by its tier's weight and by waiting unserved."""
+    waiting_since = job.submitted_at if job.served_at is None else job.served_at
+    age_bonus = min(MAX_AGE_BONUS, max(0.0, now - waiting_since) / AGING_SECONDS)
     tier_bonus = TIER_BONUS_PER_WEIGHT * (job.tier_weight - 1)
     return PRIORITY_LEVELS[job.priority] + tier_bonus + age_bonus
 
 
-def dask_priority(job: JobView, now: float) -> int:
-    """Dask's task priority (higher runs first) for the job's partitions."""
-    return int(round(effective_priority(job, now) * 100))
+BAND_PRIORITY = 10_000  # Dask priority per band; within a band, fewer in flight runs first
+
+
+def dask_priority(job: JobView, now: float, tenant_in_flight: int = 0) -> int:
+    """Dask's task priority (higher runs first) for a task of `job` sent while its tenant has
+    `tenant_in_flight` tasks out: the band first, as in `choose`, then the tenant's share, so
+    on a worker a task of a tenant with little in flight goes ahead of the queued tasks of a
+    tenant with much."""
+    band = math.floor(effective_priority(job, now))
+    share = round(100 * tenant_in_flight / job.tier_weight)
+    return band * BAND_PRIORITY - min(BAND_PRIORITY - 1, share)
 
 
 def choose(jobs: list[JobView], free_slots: int, now: float, per_job_cap: int) -> list[str]:

@@ -1,0 +1,166 @@
+"""Slices (engine/slices.py): a partition embedded a bounded amount at a time gives exactly the
+rows it gives whole, whether its state stays on the worker or is read again; a source changed
+between slices is refused. The runner's side (continuations, one commit per partition, small
+jobs beside a big one) is in tests/test_fair_share.py."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import lance
+import numpy as np
+import pytest
+
+from engine import slices
+from engine.slices import ModelRates, PartitionChanged, WorkerStates, chunking_digest, slice_stop
+from engine.tasks import embed_partition
+from jobs.service import JobService
+from jobs.states import JobStatus
+from tests.corpora import jsonl_corpus
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+def test_a_slice_takes_the_chunks_that_fit_its_tokens_and_at_least_one():
+    lengths = np.array([100, 100, 100, 300, 50])
+    assert slice_stop(lengths, 0, 250) == 2
+    assert slice_stop(lengths, 0, 300) == 3
+    assert slice_stop(lengths, 3, 10) == 4  # one chunk even when it alone is over the budget
+    assert slice_stop(lengths, 4, 10_000) == 5
+    assert slice_stop(lengths, 0, 10_000) == 5
+
+
+def test_slice_tokens_follow_the_measured_rate():
+    rates = ModelRates()
+    assert rates.slice_tokens("m", 2.0, first=4096) == 4096  # unknown: one batch
+    rates.record("m", tokens=3000, seconds=1.0)
+    assert rates.slice_tokens("m", 2.0, first=4096) == 6000
+    rates.record("m", tokens=1000, seconds=1.0)  # smoothed toward the newest
+    assert rates.slice_tokens("m", 1.0, first=4096) == 2000
+    rates.record("m", tokens=0, seconds=0.0)  # nothing measured: nothing changes
+    assert rates.get("m") == 2000
+
+
+def test_the_digest_changes_with_any_document_or_chunk():
+    lengths = np.array([10, 20])
+    base = chunking_digest(["a", "b"], ["h1", "h2"], lengths)
+    assert base == chunking_digest(["a", "b"], ["h1", "h2"], lengths.copy())
+    assert base != chunking_digest(["a", "b"], ["h1", "h3"], lengths)
+    assert base != chunking_digest(["a", "c"], ["h1", "h2"], lengths)
+    assert base != chunking_digest(["a", "b"], ["h1", "h2"], np.array([10, 21]))
+    assert base != chunking_digest(["ab"], ["h1h2"], lengths)  # separators count
+
+
+def test_worker_states_keep_the_newest_and_forget_the_stale():
+    states = WorkerStates(capacity=2, ttl=60.0)
+    for run in ("a", "b", "c"):
+        states.keep(slices.SliceState(run, prepared=None, digest=""))
+    assert states.take("a") is None and len(states) == 2  # the oldest went
+    b = states.take("b")
+    assert b is not None and states.take("b") is None  # taken while its slice runs
+    b.used_at = 0.0
+    states.keep(b)
+    states._states["b"].used_at = time.monotonic() - 120.0
+    states.keep(slices.SliceState("d", prepared=None, digest=""))
+    assert states.take("b") is None  # stale: its job ended long ago
+
+
+# --- a partition in slices, in this process ---------------------------------------------------
+
+
+@pytest.fixture
+def prepared_job(cluster, tmp_path):
+    """A job over 24 documents (14 KiB: one partition), prepared (model warm, table created)
+    but not run."""
+    service = JobService(tmp_path / "data", cluster)  # the runner's loop is not started
+    source = jsonl_corpus(tmp_path / "c.jsonl", rows=24, chars=600)
+    job = service.submit("local", {"table": "t", "source": str(source), "chunk_tokens": 32})
+    record = service.store.set_status(job.id, JobStatus.RUNNING)
+    running = service.runner._preparer.prepare(record, resumed=False)
+    yield running, source
+    service.close()
+
+
+class FixedSlices:
+    """Slices of a fixed number of tokens, whatever the model's rate."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    def record(self, *_args) -> None:
+        pass
+
+    def slice_tokens(self, *_args) -> int:
+        return self.tokens
+
+
+def run_in_slices(partition, config, between=lambda: None):
+    """The partition's slices one after another, merged as the runner merges them."""
+    result = embed_partition(partition, config)
+    slices_run = 1
+    while result.cursor is not None:
+        between()
+        result = result.add_slice(embed_partition(partition, config, result.cursor))
+        slices_run += 1
+    return result, slices_run
+
+
+def committed(running, result) -> dict[str, np.ndarray]:
+    running.table.commit({running.record.id: [result]})
+    rows = lance.dataset(running.table.uri).to_table(columns=["id", "vector"])
+    return dict(zip(rows.column("id").to_pylist(),
+                    rows.column("vector").to_numpy(zero_copy_only=False)))
+
+
+def test_a_partition_in_slices_writes_exactly_its_whole_rows(prepared_job, monkeypatch):
+    running, _ = prepared_job
+    (index,) = running.pending
+    partition = running.partitions[index]
+    whole = embed_partition(partition, dataclasses.replace(running.config, slice_seconds=None))
+    assert whole.cursor is None and whole.chunks > 20
+
+    monkeypatch.setattr("engine.tasks.RATES", FixedSlices(1))  # a chunk a slice
+    monkeypatch.setattr("engine.tasks.FLUSH_ROWS", 8)  # a fragment every 8 chunks
+    sliced_config = dataclasses.replace(running.config, slice_seconds=1.0)
+    sliced, n = run_in_slices(partition, sliced_config)
+    assert n == whole.chunks
+    assert (sliced.chunks, sliced.tokens, sliced.documents, sorted(sliced.doc_ids)) == (
+        whole.chunks, whole.tokens, whole.documents, sorted(whole.doc_ids))
+    assert len(sliced.fragments) == -(-whole.chunks // 8)  # flushed every 8, then the rest
+    assert len(slices.STATES) == 0  # the worker forgot the partition once it was done
+
+    rows = committed(running, sliced)
+    assert len(rows) == whole.chunks  # each chunk once
+    lance.dataset(running.table.uri).delete("true")
+    reference = committed(running, whole)  # the same partition's rows, embedded whole
+    assert rows.keys() == reference.keys()
+    for row_id, vector in rows.items():
+        assert np.dot(vector, reference[row_id]) > 0.9999
+
+
+def test_a_slice_whose_state_is_gone_reads_the_partition_again(prepared_job, monkeypatch):
+    running, _ = prepared_job
+    (index,) = running.pending
+    partition = running.partitions[index]
+    monkeypatch.setattr("engine.tasks.RATES", FixedSlices(100))
+    config = dataclasses.replace(running.config, slice_seconds=1.0)
+    result, n = run_in_slices(partition, config, between=slices.STATES.clear)
+    assert n > 2
+    rows = committed(running, result)
+    assert len(rows) == result.chunks and result.chunks > 20
+    doc_ids = lance.dataset(running.table.uri).to_table(columns=["doc_id"]).column("doc_id")
+    assert set(doc_ids.to_pylist()) == {f"doc-{i}" for i in range(24)}
+
+
+def test_a_source_changed_between_slices_fails_the_slice(prepared_job, monkeypatch):
+    running, source = prepared_job
+    (index,) = running.pending
+    partition = running.partitions[index]
+    monkeypatch.setattr("engine.tasks.RATES", FixedSlices(100))
+    config = dataclasses.replace(running.config, slice_seconds=1.0)
+    first = embed_partition(partition, config)
+    assert first.cursor is not None
+    slices.STATES.clear()  # the worker that held it is gone...
+    source.write_text(source.read_text().replace("a", "e"))  # ...and the source changed
+    with pytest.raises(PartitionChanged, match="runs again from its start"):
+        embed_partition(partition, config, first.cursor)
