@@ -28,6 +28,7 @@ from jobs.errors import (
     NotFoundError,
     QuotaExceededError,
     StoreLockedError,
+    StoreUnavailableError,
 )
 
 
@@ -153,6 +154,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StoreLockedError)
     async def _locked(_: Request, exc: StoreLockedError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(StoreUnavailableError)  # the data dir's disk is full, say
+    async def _store_out(_: Request, exc: StoreUnavailableError) -> JSONResponse:
+        # The operator's log (and /readyz) has the file and what to do; a tenant learns the
+        # cause and to come back: the store reopens by itself (jobs/store_guard.py).
+        log.error("%s", exc)
+        return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
+            "detail": f"the job store is unavailable ({exc.reason}); try again later"})
 
     @app.exception_handler(StorageError)  # the tables' object store is down or refuses us
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:

@@ -137,7 +137,8 @@ class Metrics:
             labelnames=["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.jobs_ended = Counter(
             "embedscale_jobs_ended", "Jobs that ended, by status and error_reason (quota_"
-            "exhausted, partition_failed, commit_failed, start_failed; '' if none)",
+            "exhausted, partition_failed, commit_failed, start_failed, store_unavailable; '' "
+            "if none)",
             labelnames=["status", "reason"], registry=self.registry)
         self.job_seconds = Histogram(
             "embedscale_job_seconds", "Run time of ended jobs, from start to end",

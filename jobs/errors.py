@@ -51,3 +51,13 @@ class StoreVersionError(EmbedscaleError, RuntimeError):
 
 class StoreDamagedError(EmbedscaleError, RuntimeError):
     """The DuckDB file cannot be read: truncated, emptied or overwritten."""
+
+
+class StoreUnavailableError(EmbedscaleError, RuntimeError):
+    """The DuckDB file cannot be written or read just now (a full disk, an I/O error); the
+    store reopens it by itself once it can (jobs/store_guard.py). `reason` is short and names
+    the cause plainly ("no space left on device"), fit for a tenant's job error."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)

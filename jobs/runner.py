@@ -31,6 +31,7 @@ from engine.worker_recovery import WorkerRecovery
 from jobs.admission import AdmissionQueue
 from jobs.commits import Finished, commit_batch
 from jobs.endings import completion, remove_job_rows
+from jobs.errors import StoreUnavailableError
 from jobs.events import EventBus
 from jobs.feeder import Completed, Feeder, failure_line
 from jobs.log_context import call_with_log_fields, log_fields
@@ -47,10 +48,12 @@ from jobs.runner_events import (
     Stop,
     Submitted,
     TaskDone,
+    WakeUp,
 )
 from jobs.spec import JobSpec
 from jobs.states import JobStatus
 from jobs.store import Store
+from jobs.store_outage import StoreOutage
 from jobs.tally import Tally
 from jobs.tiers import Tier
 
@@ -87,6 +90,7 @@ class Runner:
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.recovery = WorkerRecovery(cluster)
+        self._outage = StoreOutage(store, data_dir_of, self._publish)
         self.error: BaseException | None = None
         # Failed partition attempts by kind ('error', 'killed_worker'), for /metrics.
         self.partition_failures = Tally()
@@ -164,10 +168,20 @@ class Runner:
                 events = self._inbox.take(self._until_next_timer())
                 if any(isinstance(e, Stop) for e in events):
                     return
-                for event in events:
-                    self.handle(event)
+                for position, event in enumerate(events):
+                    try:
+                        self.handle(event)
+                    except StoreUnavailableError:
+                        self._inbox.put_back(self._outage.unhandled(event, events[position + 1:]))
+                        raise
                 self._act()
                 self.error = None
+            except StoreUnavailableError as exc:  # a full disk: jobs/store_outage.py
+                log.warning("runner step failed: %s; retrying in 1 s", exc)
+                self.error = exc
+                self._outage.stop(exc, self._jobs, self._drop)
+                self._stopping.wait(1.0)
+                self._inbox.put(WakeUp())  # settle what is owed as soon as the store is back
             except Exception as exc:  # e.g. a transient I/O error: report it, back off, go on
                 log.exception("runner step failed; retrying in 1 s")
                 self.error = exc
@@ -201,6 +215,7 @@ class Runner:
 
     def _act(self) -> None:
         """What the handled events call for: commit, check workers, admit, retry, feed."""
+        self._outage.settle()  # endings owed since a store outage, once it is back
         if self._finished:
             finished, self._finished = self._finished, []
             self._commit(finished)
@@ -325,7 +340,7 @@ class Runner:
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
         """End a job, unless a cancel came first (one store call decides: the cancel wins)."""
         self._drop(job_id)
-        record = self.store.finish(job_id, status, **fields)
+        record = self._outage.finish(job_id, status, **fields)  # owed while the store is out
         if record is not None:
             self._publish(record)
 

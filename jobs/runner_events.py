@@ -63,18 +63,27 @@ class Inbox:
 
     def __init__(self, max_batch: int = 512) -> None:
         self._queue: queue.Queue[Event] = queue.Queue()
+        self._returned: list[Event] = []  # put back by the runner's thread, taken first
         self.max_batch = max_batch
 
     def put(self, event: Event) -> None:
         self._queue.put(event)
 
+    def put_back(self, events: list[Event]) -> None:
+        """Events taken but not handled (a step failed): the next `take` returns them first,
+        in their order. Only the runner's thread, which takes, puts back."""
+        self._returned[:0] = events
+
     def take(self, timeout: float) -> list[Event]:
         """The next event, waiting no longer than `timeout` seconds (a WakeUp when none
         came), and all those queued behind it, up to `max_batch`."""
-        try:
-            events: list[Event] = [self._queue.get(timeout=timeout)]
-        except queue.Empty:
-            return [WakeUp()]
+        events: list[Event] = self._returned[:self.max_batch]
+        del self._returned[:self.max_batch]
+        if not events:
+            try:
+                events.append(self._queue.get(timeout=timeout))
+            except queue.Empty:
+                return [WakeUp()]
         while len(events) < self.max_batch:
             try:
                 events.append(self._queue.get_nowait())

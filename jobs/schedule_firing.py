@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from engine.errors import EmbedscaleError
-from jobs.errors import ConflictError, InvalidFieldError, NotFoundError
+from jobs.errors import ConflictError, InvalidFieldError, NotFoundError, StoreUnavailableError
 from jobs.records import JobRecord
 from jobs.schedules import (
     Action,
@@ -176,6 +176,8 @@ class Schedules:
         try:
             spec = JobSpec.model_validate(schedule.spec)
             self._submit(schedule.tenant, spec, job_id=job_id, schedule_id=schedule.id)
+        except StoreUnavailableError:
+            raise  # not the run's fault: the tick fails, a later one fires it
         except (EmbedscaleError, ValidationError) as exc:
             log.warning("schedule %s (tenant %s): run refused: %s", schedule.id,
                         schedule.tenant, exc)
@@ -203,6 +205,8 @@ class Schedules:
         while not self._stop.is_set():
             try:
                 self.tick()
+            except StoreUnavailableError as exc:  # a full disk: one line, not a traceback a tick
+                log.warning("schedules: tick failed: %s", exc)
             except Exception:  # the loop outlives a bad tick; the next one tries again
                 log.exception("schedules: tick failed")
             self._stop.wait(self.poll_seconds)

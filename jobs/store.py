@@ -57,6 +57,13 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         self._inserts_lock = threading.Lock()
         self._usage: dict[tuple[str, date], tuple[int, int]] = {}  # charged, by tenant and day
 
+    def _reopened(self) -> None:
+        """After an outage (jobs/store_guard.py) memory may be behind the file: a commit whose
+        error came late (a checkpoint that failed after the WAL was written) is in it all the
+        same. The next reads fill the caches again."""
+        self._cache = JobCache(self._cache.capacity)
+        self._usage.clear()
+
     # --- jobs -----------------------------------------------------------------------------
 
     def insert_job(self, job: JobRecord, partitions: Sequence[Partition]) -> None:

@@ -1,17 +1,19 @@
 """The DuckDB connection under the store: opening the one file (refusing a locked, damaged or
 newer one with a clear way out), its migrations, and the lock and transactions that the API's
-threads and the runner's thread share."""
+threads and the runner's thread share. The lock is a StoreGuard (jobs/store_guard.py): a
+storage failure (a full disk) takes the store out with StoreUnavailableError, and it reopens
+the file by itself once the disk takes writes again."""
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
 
 from jobs.errors import StoreDamagedError, StoreLockedError, StoreVersionError
 from jobs.migrations import LATEST_VERSION, MIGRATIONS
+from jobs.store_guard import StoreGuard
 
 
 class Connected:
@@ -30,7 +32,7 @@ class Connected:
             raise self._damaged(exc) from None
         except duckdb.Error as exc:  # e.g. "Corrupt database file: computed checksum ..."
             raise self._damaged(exc) from None
-        self._lock = threading.RLock()
+        self._lock = StoreGuard(self.path, self._reopen, self._close_quietly)
         try:
             self._check_readable()
         except BaseException as exc:
@@ -59,7 +61,30 @@ class Connected:
             "empty control plane (tenants, keys and job history are then lost)")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock.lock:  # not the guard: closing never reopens
+            self._lock.closed = True
+            if self._lock.outage is None:  # else the guard closed it already
+                self._con.close()
+
+    def _reopen(self) -> None:
+        """Open the file again after an outage (under the guard's lock). DuckDB replays the
+        WAL, so every commit is back; the file was whole when this process opened it, so
+        the full read of _check_readable is not repeated."""
+        con = duckdb.connect(str(self.path))
+        try:
+            con.execute("SELECT max(version) FROM schema_version").fetchone()
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
+        self._reopened()
+
+    def _reopened(self) -> None:
+        """What a store keeps in memory beside the file is forgotten after a reopen (a
+        subclass clears its caches here)."""
+
+    def _close_quietly(self) -> None:
+        with suppress(duckdb.Error):  # an invalidated database closes; else it is gone anyway
             self._con.close()
 
     @contextmanager
@@ -69,7 +94,14 @@ class Connected:
             try:
                 yield self._con
             except BaseException:
-                self._con.execute("ROLLBACK")
+                try:
+                    self._con.execute("ROLLBACK")
+                except duckdb.Error as failed:
+                    # The connection broke inside the transaction (or was closed by a failure
+                    # the body met): the error raised below says why. Its state is unknown
+                    # now, so it is reopened before the next operation.
+                    if self._lock.outage is None:
+                        self._lock.failed(failed, force=True)
                 raise
             self._con.execute("COMMIT")
 

@@ -12,8 +12,10 @@ class StoreReports(Connected):
     """Counts over jobs and partitions."""
 
     def ping(self) -> None:
-        """Raise if the database cannot answer."""
+        """Raise if the database cannot answer, or its disk is full: a store that would fail
+        its next write is not ready (StoreUnavailableError, until the disk takes writes)."""
         with self._lock:
+            self._lock.check_space()
             self._con.execute("SELECT 1").fetchone()
 
     def job_counts(self) -> dict[str, int]:

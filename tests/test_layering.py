@@ -22,8 +22,8 @@ FORBIDDEN = {
 # The only modules that may import duckdb: the store (jobs/store*.py and the recording of
 # progress it calls) opens the control plane's file; the filter check only parses SQL in an
 # in-memory connection (no file, no data).
-DUCKDB_MODULES = {"jobs/store.py", "jobs/store_connection.py", "jobs/progress_records.py",
-                  "jobs/store_schedules.py", "engine/filters.py"}
+DUCKDB_MODULES = {"jobs/store.py", "jobs/store_connection.py", "jobs/store_guard.py",
+                  "jobs/progress_records.py", "jobs/store_schedules.py", "engine/filters.py"}
 # The HTTP client is used from notebooks on machines without the engine: nothing of ours.
 INDEPENDENT = {"api/client.py": {"engine", "jobs"}, "api/client_progress.py": {"engine", "jobs"}}
 
