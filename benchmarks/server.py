@@ -25,12 +25,15 @@ SENTENCES = [
 ]
 
 
-def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
-    """`embedscale serve` on 127.0.0.1:`port` with `workers` workers (quiet)."""
+def start_server(data_dir: Path, port: int, workers: int,
+                 allow_roots: tuple[Path, ...] = ()) -> subprocess.Popen:
+    """`embedscale serve` on 127.0.0.1:`port` with `workers` workers (quiet), reading sources
+    under `allow_roots`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDSCALE_ADMIN_KEY": ADMIN_KEY,
            "PYTHONPATH": str(ROOT)}
+    roots = [arg for root in allow_roots for arg in ("--allow-root", str(root))]
     return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
-                             "--data-dir", str(data_dir), "--workers", str(workers)],
+                             "--data-dir", str(data_dir), "--workers", str(workers), *roots],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 

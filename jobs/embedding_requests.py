@@ -115,7 +115,7 @@ class EmbeddingRequests:
             raise QuotaExceededError(tenant, len(texts), remaining_today(self.tier_of(tenant),
                                      used) or 0, limit or 0, resets_at())
         try:
-            future = self.batcher.submit(spec, texts)
+            future = self.batcher.submit(spec, texts, tenant, self.tier_of(tenant).weight)
         except BaseException:
             self.store.charge_usage(tenant, -len(texts), 0, day=day)
             raise
