@@ -21,13 +21,15 @@ UNKNOWN_MODEL_SPECIAL_TOKENS = 2
 
 
 def estimate_chunks(partitions: list[Partition], chunk_tokens: int | None,
-                    overlap_tokens: int | None, model: ModelInfo | None = None) -> int:
+                    overlap_tokens: int | None, model: ModelInfo | None = None,
+                    chars_per_token: float = CHARS_PER_TOKEN) -> int:
     """About how many chunks a job's partitions make: at least one per file or text. `model`:
-    the model's limits where known without loading it (engine.models.limits)."""
+    the model's limits where known without loading it (engine.models.limits);
+    `chars_per_token`: the job's text as its tokenizer reads it (jobs.token_density)."""
     max_tokens, special = ((model.max_tokens, model.special_tokens) if model is not None
                            else (UNKNOWN_MODEL_MAX_TOKENS, UNKNOWN_MODEL_SPECIAL_TOKENS))
     _, _, step = chunk_geometry(max_tokens, special, chunk_tokens, overlap_tokens)
-    per_chunk = CHARS_PER_TOKEN * max(1, step)  # a job's values are checked when it starts
+    per_chunk = chars_per_token * max(1, step)  # a job's values are checked when it starts
     total = 0
     for part in partitions:
         for item in part.items:

@@ -28,16 +28,24 @@ from jobs.embedding_requests import EmbeddingRequests, PendingEmbedding
 from jobs.endings import remove_job_rows
 from jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
 from jobs.events import EventBus
-from jobs.quotas import check_admission, estimate_chunks
+from jobs.quotas import CHARS_PER_TOKEN, check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
 from jobs.runner import Runner, RunnerConfig
 from jobs.schedule_firing import DEFAULT_POLL_SECONDS, Clock, Schedules
-from jobs.spec import JobSpec, as_recorded, check_model, check_provider, check_source_allowed
+from jobs.spec import (
+    JobSpec,
+    as_recorded,
+    check_model,
+    check_provider,
+    check_source_allowed,
+    model_spec,
+)
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
 from jobs.tally import Tally
 from jobs.tenants import Tenants, Usage, tenant_data_dir
 from jobs.tiers import Tier, load_tiers
+from jobs.token_density import chars_per_token
 
 DB_FILE = "embedscale.duckdb"
 
@@ -193,7 +201,7 @@ class JobService:
         tier = self.tier_of(tenant)
         plan = self._plan(spec, partition_bytes)
         estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens,
-                                   limits)
+                                   limits, self._chars_per_token(spec, plan, limits))
         try:
             check_admission(tenant, tier, self.store.usage(tenant)[0], estimate)
         except QuotaExceededError:
@@ -230,6 +238,14 @@ class JobService:
         bounds (check_model's limits returned)."""
         check_provider(spec, self.allowed_provider_urls)
         return check_model(spec, self.allowed_models)
+
+    def _chars_per_token(self, spec: JobSpec, plan: SourcePlan, limits) -> float:
+        """The job's text as its model's tokenizer reads it, where the model is local."""
+        if limits is None:
+            return CHARS_PER_TOKEN
+        resolved = model_spec(spec)
+        return chars_per_token(plan.partitions, resolved.tokenizer or resolved,
+                               self.file_access)
 
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
         # Planned for the cluster that runs it: its task slots, and larger partitions where

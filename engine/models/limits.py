@@ -32,11 +32,7 @@ def model_limits(spec: ModelSpec) -> ModelInfo | None:
             "max_seq_length"]
         dimension = json.loads((folder / "1_Pooling" / "config.json").read_text())[
             "word_embedding_dimension"]
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        tokenizer.no_truncation()  # as the backend's copy: the file's own pads to a length
-        tokenizer.no_padding()
+        tokenizer = local_tokenizer(spec)
         prefix, suffix = special_affixes(tokenizer)
     except Exception:  # missing or unusual files: the job checks when it loads the model
         return None
@@ -44,3 +40,15 @@ def model_limits(spec: ModelSpec) -> ModelInfo | None:
         return None
     return ModelInfo(spec.name, dimension, max_tokens, len(prefix) + len(suffix),
                      provider=spec.backend)
+
+
+@functools.lru_cache(maxsize=64)
+def local_tokenizer(spec: ModelSpec):
+    """The fast tokenizer of a local model folder (tokenizers.Tokenizer), configured as the
+    backend's copy is (no truncation, no padding); an error where the folder has none."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(spec.location) / "tokenizer.json"))
+    tokenizer.no_truncation()  # as the backend's copy: the file's own pads to a length
+    tokenizer.no_padding()
+    return tokenizer
