@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.ratelimit import RateLimiter
+from api.request_gate import RequestGate
 from api.request_observer import RequestObserver
 from api.routes import embeddings, health, jobs, schedules, tables, tenants
 from api.settings import Settings
@@ -58,6 +59,9 @@ def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
     app.state.settings, app.state.admin_key = settings, admin_key
     app.state.limiter = RateLimiter()
     install_error_handlers(app)
+    # Keys, allowances and body sizes, before FastAPI reads a body; inside the observer, so
+    # that its refusals are logged and counted as every answer is.
+    app.add_middleware(RequestGate, settings=settings)
     app.add_middleware(RequestObserver)  # log scope and latency of each request
     app.include_router(health.router)
     app.include_router(jobs.router)

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder whose files jobs may read (repeatable; none by default)")
     serve.add_argument("--max-document-bytes", type=int, metavar="N",
                        help="skip (and report) documents larger than this (default 32 MiB)")
+    serve.add_argument("--max-request-bytes", type=int, metavar="N",
+                       help="refuse (413) request bodies larger than this (default 16 MiB)")
     serve.add_argument("--tiers", help="tiers YAML (default: jobs/tiers.yaml)")
     _cluster_args(serve, with_verbose=False)
     serve.add_argument("--allow-model", action="append", metavar="NAME",

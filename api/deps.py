@@ -1,16 +1,26 @@
-"""Dependencies of the routes: the service, the calling tenant, the admin check, rate limits."""
+"""Dependencies of the routes: the service, the calling tenant, the admin check, rate limits.
+
+`CurrentTenant` is the authenticated tenant with one read spent from its reads bucket (every
+route of a tenant's that has no bucket of its own); `rate_limit(bucket)` is the tenant with a
+token of that bucket spent instead. Both run on the event loop, answered from memory: the key
+was checked at the door (api/request_gate.py) and the tier is cached; only a miss waits on the
+store, in a worker thread.
+"""
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import RateLimitedError
-from api.ratelimit import RateLimiter
+from api.ratelimit import READS, RateLimiter
+from api.request_gate import TENANT_SCOPE_KEY
 from jobs.keys import same_key
 from jobs.log_context import add_log_fields
 from jobs.service import JobService
+from jobs.tiers import Tier
 
 _bearer = HTTPBearer(auto_error=False, description="a tenant's API key")
 _admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminKey",
@@ -38,11 +48,43 @@ def tenant_for(service: JobService, key: str | None) -> str:
     return tenant
 
 
-def get_tenant(service: ServiceDep, credentials: Credentials) -> str:
-    return tenant_for(service, credentials.credentials if credentials else None)
+async def get_tenant(request: Request, service: ServiceDep, credentials: Credentials) -> str:
+    """The calling tenant: the one the door found for the request's key, else (a request the
+    door did not look at) found here."""
+    tenant = request.scope.get(TENANT_SCOPE_KEY)
+    if tenant is not None:
+        return tenant
+    key = credentials.credentials if credentials else None
+    return await run_in_threadpool(tenant_for, service, key)
 
 
-CurrentTenant = Annotated[str, Depends(get_tenant)]
+AuthenticatedTenant = Annotated[str, Depends(get_tenant)]
+
+
+async def tier_of(service: JobService, tenant: str) -> Tier:
+    """The tenant's effective tier: from memory, or read in a worker thread."""
+    return service.tenants.cached_tier(tenant) or await run_in_threadpool(
+        service.tier_of, tenant)
+
+
+async def spend(app: FastAPI, tenant: str, bucket: str, cost: int = 1) -> None:
+    """Spend `cost` of the tenant's `bucket` (sized by its tier: reads_per_minute for reads,
+    requests_per_minute for the others), or raise the 429."""
+    tier = await tier_of(app.state.service, tenant)
+    per_minute = tier.reads_per_minute if bucket == READS else tier.requests_per_minute
+    limiter: RateLimiter = app.state.limiter
+    retry_after = limiter.acquire(tenant, bucket, per_minute, cost)
+    if retry_after is not None:
+        app.state.metrics.rate_limited.labels(tenant, bucket).inc()
+        raise RateLimitedError(tenant, bucket, retry_after, per_minute)
+
+
+async def reading_tenant(request: Request, tenant: AuthenticatedTenant) -> str:
+    await spend(request.app, tenant, READS)
+    return tenant
+
+
+CurrentTenant = Annotated[str, Depends(reading_tenant)]
 
 
 def require_admin(request: Request, credentials: Annotated[
@@ -55,12 +97,8 @@ def require_admin(request: Request, credentials: Annotated[
 def rate_limit(bucket: str):
     """A dependency that spends one of the tenant's `bucket` tokens, or answers 429."""
 
-    def check(request: Request, service: ServiceDep, tenant: CurrentTenant) -> str:
-        limiter: RateLimiter = request.app.state.limiter
-        retry_after = limiter.acquire(tenant, bucket, service.tier_of(tenant).requests_per_minute)
-        if retry_after is not None:
-            request.app.state.metrics.rate_limited.labels(tenant, bucket).inc()
-            raise RateLimitedError(tenant, bucket, retry_after)
+    async def check(request: Request, tenant: AuthenticatedTenant) -> str:
+        await spend(request.app, tenant, bucket)
         return tenant
 
     return check

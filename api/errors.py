@@ -33,12 +33,15 @@ from jobs.errors import (
 
 
 class RateLimitedError(EmbedscaleError):
-    """Too many requests of one kind from one tenant."""
+    """Too many requests of one kind from one tenant (or, for requests without a valid key,
+    from one client address): the message names the limit."""
 
-    def __init__(self, tenant: str, bucket: str, retry_after: float) -> None:
+    def __init__(self, tenant: str, bucket: str, retry_after: float,
+                 per_minute: int | None = None, who: str | None = None) -> None:
         self.retry_after = retry_after
-        super().__init__(f"tenant '{tenant}' is over its rate limit for {bucket}; retry in "
-                         f"{math.ceil(retry_after)} s")
+        limit = f" ({per_minute} a minute)" if per_minute is not None else ""
+        super().__init__(f"{who or f'tenant {tenant!r}'} is over its rate limit for "
+                         f"{bucket}{limit}; retry in {max(1, math.ceil(retry_after))} s")
 
 
 # What an error answer may echo of a request: a 422 for 50,000 texts or a 1 MB query says

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from api.embedding_metrics import EmbeddingCollector
+from api.metrics_page import MetricsPage
 from engine.cluster import Cluster
 from engine.gpu_stats import read_gpus
 from jobs.service import JobService
@@ -79,21 +80,31 @@ class ServiceCollector:
         yield from gpu_metrics()
 
     def _store_figures(self) -> Iterator[Metric]:
-        """Jobs by status, what was embedded, and the work waiting: read from DuckDB."""
+        """Jobs by status, what was embedded, and the work waiting: from the figures the store
+        keeps in memory (jobs/job_figures.py), never a scan of DuckDB; then whether the store
+        answers at all (one trivial query)."""
+        figures = self.service.job_figures()
         jobs = GaugeMetricFamily("embedscale_jobs", "Jobs by status", labels=["status"])
-        for status, count in self.service.job_counts().items():
+        for status, count in figures.by_status.items():
             jobs.add_metric([status.value], count)
         chunks = CounterMetricFamily("embedscale_chunks_embedded", "Chunks embedded",
                                      labels=["tenant", "model"])
         tokens = CounterMetricFamily("embedscale_tokens_embedded", "Tokens embedded",
                                      labels=["tenant", "model"])
-        for tenant, model, n_chunks, n_tokens in self.service.embedded_totals():
-            chunks.add_metric([tenant, model or ""], n_chunks or 0)
-            tokens.add_metric([tenant, model or ""], n_tokens or 0)
+        for tenant, model, n_chunks, n_tokens in figures.embedded:
+            chunks.add_metric([tenant, model], n_chunks)
+            tokens.add_metric([tenant, model], n_tokens)
         depth = GaugeMetricFamily("embedscale_queue_depth", "Partitions of queued and running "
-                                  "jobs not yet done", value=self.service.pending_partitions())
-        # Yielded once all were read: a store failing midway adds no half of the figures.
-        yield from (jobs, chunks, tokens, depth)
+                                  "jobs not yet done", value=figures.waiting)
+        lookups = CounterMetricFamily(
+            "embedscale_api_key_lookups", "API keys looked up, by what answered: the store "
+            "(a DuckDB read) or the cache (keys found, and keys recently found missing)",
+            labels=["answered_by"])
+        counted = self.service.tenants.key_lookups.counts()
+        for source in ("store", "cache"):
+            lookups.add_metric([source], counted.get(source, 0))
+        yield from (jobs, chunks, tokens, depth, lookups)
+        self.service.ping()
 
 
 def gpu_metrics() -> Iterator[Metric]:
@@ -125,8 +136,8 @@ def gpu_metrics() -> Iterator[Metric]:
 
 class Metrics:
     """The app's registry: the collector above; partition and job latency and jobs ended,
-    fed by the runner's events; request latency (api/request_observer.py) and rate-limit
-    refusals (api/deps.py), fed by the API."""
+    fed by the runner's events; request latency (api/request_observer.py), rate-limit
+    refusals (api/deps.py) and refusals at the door (api/request_gate.py), fed by the API."""
 
     def __init__(self, service: JobService, cluster: Cluster) -> None:
         self.registry = CollectorRegistry()
@@ -150,6 +161,12 @@ class Metrics:
         self.rate_limited = Counter(
             "embedscale_rate_limited", "Requests refused (429) by a tenant's rate limit",
             labelnames=["tenant", "bucket"], registry=self.registry)
+        self.gate_refusals = Counter(
+            "embedscale_gate_refusals", "Requests refused at the door, before their body was "
+            "read (api/request_gate.py), by reason: missing_key, invalid_key, "
+            "address_rate_limited, tenant_rate_limited, body_too_large",
+            labelnames=["reason"], registry=self.registry)
+        self.page = MetricsPage(self.registry)  # GET /metrics, rendered at most once a second
         for status in TERMINAL:  # every series present from the start, so rate() sees a rise
             self.jobs_ended.labels(status.value, "")
         self._unsubscribe = service.bus.subscribe(None, self._on_event)

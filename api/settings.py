@@ -22,7 +22,9 @@ FLAG_SETTINGS = {
     "allow_model": "allowed_models", "dashboard_address": "dashboard_address",
     "allow_provider_url": "allowed_provider_urls",
     "expose_dashboard": "expose_dashboard", "log_format": "log_format",
+    "max_request_bytes": "max_request_bytes",
 }
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -51,6 +53,14 @@ class Settings(BaseSettings):
     # Largest document a job may read (a file read whole, a JSON line): larger ones are skipped
     # with their size, so no tenant's file can exhaust a worker's memory.
     max_document_bytes: int = Field(DEFAULT_MAX_DOCUMENT_BYTES, gt=0)
+    # Largest request body `serve` reads (EMBEDSCALE_MAX_REQUEST_BYTES): a larger one is a 413
+    # naming this limit, answered from its Content-Length before any of it is read (or once
+    # this much has come, without one), and after the key was checked.
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, gt=0)
+    # /v1/ requests without a valid key (none, a wrong one) answered per client address and
+    # minute; past that a 429 without touching the database, so that a loop guessing keys
+    # costs other tenants nothing (EMBEDSCALE_UNAUTHENTICATED_PER_MINUTE).
+    unauthenticated_per_minute: int = Field(120, gt=0)
     # Models tenants may name besides the default one (always allowed, under any alias):
     # registered names, hub ids or local folders; EMBEDSCALE_ALLOWED_MODELS='["a", "b"]'.
     allowed_models: list[str] = Field(default_factory=list)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -62,7 +62,9 @@ class JobRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view, for the API, the CLI's --json and progress events."""
-        data = asdict(self)
+        # Field by field, not dataclasses.asdict: that deep-copies the spec, every inline
+        # text included (measured: 90 ms for 30 jobs of 3,000 texts), only to drop them.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["status"] = str(self.status)
         for key in ("created_at", "updated_at", "started_at", "finished_at"):
             data[key] = data[key].isoformat() if data[key] else None
@@ -87,13 +89,19 @@ class JobRecord:
             "documents": self.documents_done, "chunks": self.chunks_done,
             "tokens": self.tokens_done, "skipped": self.skipped_count,
         }
-        spec = dict(self.spec)
-        if spec.get("texts") is not None:  # inline texts can be large: show how many
-            spec["texts"] = len(spec["texts"])
-            spec.pop("metadata", None)
-            spec.pop("ids", None)
-        data["spec"] = spec
+        data["spec"] = shown_spec(self.spec)
         return data
+
+
+def shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A job's spec as shown to people and clients: inline texts (which can be large) as their
+    count, without their ids and metadata. A spec shown already is returned as it is."""
+    spec = dict(spec)
+    if isinstance(spec.get("texts"), list):
+        spec["texts"] = len(spec["texts"])
+        spec.pop("metadata", None)
+        spec.pop("ids", None)
+    return spec
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from jobs.embedding_requests import EmbeddingRequests, PendingEmbedding
 from jobs.endings import remove_job_rows
 from jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
 from jobs.events import EventBus
+from jobs.job_figures import FiguresSnapshot
 from jobs.quotas import CHARS_PER_TOKEN, check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
 from jobs.runner import Runner, RunnerConfig
@@ -370,18 +371,23 @@ class JobService:
         """Raise if the control plane's database cannot answer."""
         self.store.ping()
 
+    def job_figures(self) -> FiguresSnapshot:
+        """Jobs by status, what they embedded and the partitions waiting, from memory (kept
+        by the store with every job it writes: jobs/job_figures.py); never a store read."""
+        return self.store.figures.snapshot()
+
     def job_counts(self) -> dict[JobStatus, int]:
-        """Jobs by status, every status present (0 where none)."""
-        counts = self.store.job_counts()
-        return {status: counts.get(status.value, 0) for status in JobStatus}
+        """Jobs by status, every status present (0 where none); from memory."""
+        return self.job_figures().by_status
 
     def embedded_totals(self) -> list[tuple[str, str, int, int]]:
-        """(tenant, model, chunks, tokens) embedded by every job ever, for counters."""
-        return self.store.embedded_totals()
+        """(tenant, model, chunks, tokens) embedded by every job ever; from memory."""
+        return self.job_figures().embedded
 
     def pending_partitions(self) -> int:
-        """Partitions of queued and running jobs not yet done: the work waiting."""
-        return self.store.pending_partitions()
+        """Partitions of queued and running jobs not yet done: the work waiting; from
+        memory."""
+        return self.job_figures().waiting
 
     def unfinished_jobs(self) -> list[JobRecord]:
         """Jobs not yet ended (queued, running, cancelling), oldest first."""

@@ -23,6 +23,7 @@ from engine.documents import Skipped
 from engine.partitions import Partition
 from jobs.errors import NotFoundError
 from jobs.job_cache import JobCache
+from jobs.job_figures import JobFigures
 from jobs.progress_records import PartitionDone, insert_skipped, record_done
 from jobs.records import (
     JobRecord,
@@ -34,6 +35,7 @@ from jobs.states import ACTIVE, UNFINISHED, JobStatus, check_transition
 from jobs.store_reports import StoreReports
 from jobs.store_rows import (
     JOB_COLUMNS,
+    JOB_LIST_SELECT,
     JOB_SELECT,
     job_from_row,
     job_values,
@@ -53,6 +55,9 @@ class Store(TenantRows, ScheduleRows, StoreReports):
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
         self._cache = JobCache()
+        # What /metrics reports about jobs, moved on by every job written (jobs/job_figures.py).
+        self.figures = JobFigures()
+        self.figures.load(*self.figures_from_file())
         self._inserts: list[_Insert] = []  # jobs waiting for the next group commit
         self._inserts_lock = threading.Lock()
         self._usage: dict[tuple[str, date], tuple[int, int]] = {}  # charged, by tenant and day
@@ -60,9 +65,10 @@ class Store(TenantRows, ScheduleRows, StoreReports):
     def _reopened(self) -> None:
         """After an outage (jobs/store_guard.py) memory may be behind the file: a commit whose
         error came late (a checkpoint that failed after the WAL was written) is in it all the
-        same. The next reads fill the caches again."""
+        same. The next reads fill the caches again; the figures are read again now."""
         self._cache = JobCache(self._cache.capacity)
         self._usage.clear()
+        self.figures.load(*self._figures_from_file())
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -104,6 +110,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         for r in batch:
             self._cache.put(r.job)
             r.done = True
+        self.figures.added(r.job for r in batch)
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """A job by id; with `tenant`, only that tenant's (others' jobs are not found).
@@ -132,8 +139,9 @@ class Store(TenantRows, ScheduleRows, StoreReports):
                   table: str | None = None, limit: int = 50,
                   before: tuple[datetime, str] | None = None,
                   schedule_id: str | None = None) -> list[JobRecord]:
-        """Jobs newest first; `before` is the (created_at, id) of the last job of a page;
-        `schedule_id`: only the runs of that schedule."""
+        """Jobs newest first, for listings; `before` is the (created_at, id) of the last job
+        of a page; `schedule_id`: only the runs of that schedule. A record read for a listing
+        may carry its spec as shown (inline texts counted: jobs.records.shown_spec)."""
         where, args = ["1=1"], []
         for column, value in (("tenant", tenant), ("status", status), ("table_name", table),
                               ("schedule_id", schedule_id)):
@@ -143,11 +151,24 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         if before is not None:
             where.append("(created_at, id) < (?, ?)")
             args.extend(before)
+        # The page's ids first, from a few narrow columns: the lock is held for as little as
+        # possible and no spec is read for the sort. The records then come from memory where
+        # JobCache has them, and the rest in one read of their listing columns (a job's
+        # inline texts counted in DuckDB, never carried into Python: see JOB_LIST_SELECT).
         with self._lock:
-            rows = self._con.execute(
-                f"{JOB_SELECT} WHERE {' AND '.join(where)} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?", args + [limit]).fetchall()
-        return [job_from_row(r) for r in rows]
+            ids = [row[0] for row in self._con.execute(
+                f"SELECT id FROM jobs WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?", args + [limit]).fetchall()]
+        found = {job_id: record for job_id in ids
+                 if (record := self._cache.get(job_id)) is not None}
+        missing = [job_id for job_id in ids if job_id not in found]
+        if missing:
+            with self._lock:
+                rows = self._con.execute(
+                    f"{JOB_LIST_SELECT} WHERE id IN ({', '.join('?' for _ in missing)})",
+                    missing).fetchall()
+            found.update((record.id, record) for record in map(job_from_row, rows))
+        return [found[job_id] for job_id in ids if job_id in found]
 
     def unfinished_jobs(self) -> list[JobRecord]:
         with self._lock:
@@ -170,8 +191,15 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         with self._lock:
             with self._tx() as con:
                 record = self._transition(con, self._latest(con, job_id), new, **fields)
-            self._cache.put(record)  # after the commit, before the lock goes
+            self._written([record])  # after the commit, before the lock goes
             return record
+
+    def _written(self, records: Collection[JobRecord]) -> None:
+        """Jobs just committed: their latest records kept in JobCache, and the figures moved
+        on (the caller holds the lock, so both follow the file's order of commits)."""
+        for record in records:
+            self._cache.put(record)
+        self.figures.changed(records)
 
     def _latest(self, con: duckdb.DuckDBPyConnection, job_id: str) -> JobRecord:
         """A job's latest record inside a transaction: the cache holds the file's latest
@@ -188,8 +216,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
                     job = self._latest(con, job_id)
                     if job.status == JobStatus.QUEUED:
                         started.append(self._transition(con, job, JobStatus.RUNNING))
-            for record in started:
-                self._cache.put(record)
+            self._written(started)
         return started
 
     def finish(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord | None:
@@ -201,7 +228,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
                 if job.status != JobStatus.RUNNING:
                     return None
                 record = self._transition(con, job, new, **fields)
-            self._cache.put(record)
+            self._written([record])
             return record
 
     @staticmethod
@@ -251,8 +278,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         with self._lock:
             with self._tx() as con:
                 records, charged = record_done(con, done, succeeded, day, now)
-            for record in records.values():
-                self._cache.put(record)
+            self._written(records.values())
             for tenant, (chunks, tokens) in charged.items():  # after the commit, under the lock
                 if (tenant, day) in self._usage:
                     old_chunks, old_tokens = self._usage[(tenant, day)]

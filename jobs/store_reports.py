@@ -1,11 +1,15 @@
 """What the store reports for health checks and metrics: cheap aggregate reads."""
 from __future__ import annotations
 
-from jobs.states import JobStatus
+from jobs.job_figures import JobShare
+from jobs.states import UNFINISHED, JobStatus
 from jobs.store_connection import Connected
 
 # Jobs whose pending partitions are work waiting (a cancelling job's never run).
 _WAITING = (JobStatus.QUEUED, JobStatus.RUNNING)
+_JOB_COUNTS = "SELECT status, count(*) FROM jobs GROUP BY status"
+_EMBEDDED = ("SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
+             "sum(tokens_done) FROM jobs GROUP BY ALL")
 
 
 class StoreReports(Connected):
@@ -18,21 +22,37 @@ class StoreReports(Connected):
             self._lock.check_space()
             self._con.execute("SELECT 1").fetchone()
 
-    def job_counts(self) -> dict[str, int]:
-        """Jobs by status."""
+    def figures_from_file(self) -> tuple[dict[str, int], list[tuple], list[tuple[str, JobShare]]]:
+        """What jobs.job_figures.JobFigures starts from: jobs by status, the embedded sums by
+        tenant and model, and the share of each unfinished job. Read when the store opens
+        (and reopens); /metrics then reads the figures kept in memory."""
         with self._lock:
-            return dict(self._con.execute("SELECT status, count(*) FROM jobs GROUP BY status")
-                        .fetchall())
+            return self._figures_from_file()
+
+    def _figures_from_file(self) -> tuple[dict[str, int], list[tuple], list[tuple[str, JobShare]]]:
+        # The caller holds the lock, or is the guard reopening the file (which holds it).
+        con = self._con
+        unfinished = con.execute(
+            "SELECT id, status, tenant, json_extract_string(spec, '$.model'), chunks_done, "
+            "tokens_done, partitions_total, partitions_done FROM jobs WHERE status IN "
+            f"({', '.join('?' for _ in UNFINISHED)})", [str(s) for s in UNFINISHED]).fetchall()
+        return (dict(con.execute(_JOB_COUNTS).fetchall()), con.execute(_EMBEDDED).fetchall(),
+                [(row[0], JobShare.of(*row[1:])) for row in unfinished])
+
+    def job_counts(self) -> dict[str, int]:
+        """Jobs by status, as the file holds them (/metrics reads JobFigures)."""
+        with self._lock:
+            return dict(self._con.execute(_JOB_COUNTS).fetchall())
 
     def embedded_totals(self) -> list[tuple[str, str, int, int]]:
-        """(tenant, model, chunks, tokens) embedded by every job ever, for counters."""
+        """(tenant, model, chunks, tokens) embedded by every job ever, as the file holds them:
+        a scan of every job (/metrics reads JobFigures)."""
         with self._lock:
-            return self._con.execute(
-                "SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
-                "sum(tokens_done) FROM jobs GROUP BY ALL").fetchall()
+            return self._con.execute(_EMBEDDED).fetchall()
 
     def pending_partitions(self) -> int:
-        """Partitions of queued and running jobs not yet done: the work waiting."""
+        """Partitions of queued and running jobs not yet done: the work waiting, as the file
+        holds it (/metrics reads JobFigures)."""
         with self._lock:
             return self._con.execute(
                 "SELECT count(*) FROM job_partitions p JOIN jobs j ON p.job_id = j.id "

@@ -19,6 +19,14 @@ JOB_COLUMNS = [
     "documents_deleted", "schedule_id", "gpu_seconds", "gpu_busy_seconds", "gpu_peak_bytes",
 ]
 JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
+# A job's spec as listings show it (jobs.records.shown_spec), made by DuckDB: inline texts
+# (up to the request body limit, 16 MiB) become their count and their ids and metadata are
+# left out, so a page of jobs never carries their texts into Python to be parsed and dropped.
+_SHOWN_SPEC = ("CASE WHEN json_type(spec, '$.texts') = 'ARRAY' THEN json_merge_patch(spec, "
+               "json_object('texts', json_array_length(spec, '$.texts'), 'ids', NULL, "
+               "'metadata', NULL))::VARCHAR ELSE spec END")
+JOB_LIST_SELECT = ("SELECT " + ", ".join(_SHOWN_SPEC if c == "spec" else c for c in JOB_COLUMNS)
+                   + " FROM jobs")
 TENANT_COLUMNS = [f.name for f in dataclasses.fields(TenantRecord)]
 TENANT_SELECT = f"SELECT {', '.join(TENANT_COLUMNS)} FROM tenants"
 

@@ -1,8 +1,9 @@
 """Tenants: their names, tiers with their own overrides, API keys, and today's usage.
 
-`Tenants` owns the two caches every request reads (a tenant's effective tier, a key's tenant).
-Both are cleared after the store write they reflect, never before: a read between a clear and
-the write would cache the old value for good.
+`Tenants` owns the two caches every request reads (a tenant's effective tier, a key's tenant,
+jobs/key_cache.py, which also remembers missing keys briefly). Both are cleared after the store
+write they reflect, never before: a read between a clear and the write would cache the old
+value for good.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from engine.storage import Location
 from jobs.errors import InvalidFieldError, NotFoundError
+from jobs.key_cache import KeyCache
 from jobs.keys import hash_key, key_prefix, new_api_key
 from jobs.quotas import remaining_today, resets_at
 from jobs.records import TenantRecord
 from jobs.store import Store
+from jobs.tally import Tally
 from jobs.tiers import Tier, with_overrides
 
 LOCAL_TENANT = "local"  # the CLI's built-in tenant; its tables live right in the data dir
@@ -69,7 +72,10 @@ class Tenants:
         self.store, self.tiers = store, tiers
         self._lock = threading.Lock()
         self._tier_cache: dict[str, Tier] = {}
-        self._key_cache: dict[str, str] = {}  # key hash -> tenant
+        self._keys = KeyCache()
+        # Key lookups by what answered them, 'store' or 'cache' (for /metrics): a flood of
+        # bad keys shows as cache answers, not store reads.
+        self.key_lookups = Tally()
         # Bumped by every tenant write: a value read from the store before a write finished
         # is not cached after it (see _cache).
         self._version = 0
@@ -107,6 +113,11 @@ class Tenants:
                                             "which the tiers file does not define")
         return with_overrides(tier, record.daily_chunks, record.max_concurrent_jobs)
 
+    def cached_tier(self, tenant: str) -> Tier | None:
+        """The tenant's effective limits if they are in memory (None: only the store can
+        tell), for callers that must not wait on the store (the API's event loop)."""
+        return self._tier_cache.get(tenant)
+
     def _cache(self, cache: dict[str, object], key: str, value: object, version: int) -> None:
         with self._lock:
             if version == self._version:  # no tenant write since the read began
@@ -118,9 +129,7 @@ class Tenants:
         with self._lock:
             self._version += 1
             self._tier_cache.pop(name, None)
-            for digest, tenant in list(self._key_cache.items()):
-                if tenant == name:
-                    del self._key_cache[digest]
+            self._keys.forget_tenant(name)
 
     def create(self, name: str, tier: str) -> tuple[TenantRecord, str]:
         """A new tenant and its first API key (returned once, stored hashed)."""
@@ -157,15 +166,27 @@ class Tenants:
 
     def tenant_for_key(self, key: str) -> str | None:
         """The tenant of an API key (None if unknown or revoked). Cached per key hash:
-        every request asks, and only rotate_key revokes."""
+        every request asks, and only rotate_key revokes; a key found missing is remembered
+        briefly too, so a loop of bad keys costs no store read (jobs/key_cache.py)."""
+        known, tenant = self.cached_tenant_for_key(key)
+        if known:
+            return tenant
         digest = hash_key(key)
-        tenant = self._key_cache.get(digest)
-        if tenant is None:
-            version = self._version
-            tenant = self.store.tenant_for_key_hash(digest)
-            if tenant is not None:
-                self._cache(self._key_cache, digest, tenant, version)
+        version = self._version
+        tenant = self.store.tenant_for_key_hash(digest)
+        self.key_lookups.add("store")
+        with self._lock:
+            if version == self._version:  # no tenant write since the read began
+                self._keys.put(digest, tenant)
         return tenant
+
+    def cached_tenant_for_key(self, key: str) -> tuple[bool, str | None]:
+        """(known, tenant) from memory alone: (True, tenant) for a key known, (True, None)
+        for a key known to be missing, (False, None) when only the store can tell."""
+        known, tenant = self._keys.get(hash_key(key))
+        if known:
+            self.key_lookups.add("cache")
+        return known, tenant
 
     def usage(self, tenant: str) -> Usage:
         """The tenant's quota, what it used today, and its jobs holding a concurrency slot."""
@@ -178,6 +199,11 @@ class Tenants:
     def _issue_key(self, tenant: str) -> str:
         key = new_api_key()
         self.store.add_api_key(tenant, hash_key(key), key_prefix(key))
+        # After the write: a new key is never refused from the note of a missing one (a
+        # lookup that began before the write is kept from noting it by the version).
+        with self._lock:
+            self._version += 1
+            self._keys.forget_invalid()
         return key
 
     def _check_tier(self, tier: str) -> None:

@@ -23,6 +23,18 @@ tiers:
 """
 
 
+def metrics_text(url: str) -> str:
+    """GET /metrics as it stands after this moment: the server keeps its page up to
+    MAX_AGE_S (api/metrics_page.py), so the page asked for once that long has passed is a
+    new one (the tests ask one at a time)."""
+    from api.metrics_page import MAX_AGE_S
+
+    time.sleep(MAX_AGE_S)
+    response = httpx.get(f"{url}/metrics", timeout=30)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

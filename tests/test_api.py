@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests import faults
-from tests.api_server import ADMIN_KEY, Server
+from tests.api_server import ADMIN_KEY, Server, metrics_text
 from tests.conftest import SAMPLE_CORPUS
 from tests.corpora import jsonl_corpus
 
@@ -224,7 +224,7 @@ def test_metrics_parse_and_count_what_was_done(server):
     client = server.tenant("measured")
     job = client.post("/v1/jobs", json={"table": "m", "texts": ["one", "two", "three"]}).json()
     assert wait_job(client, job["id"], finished)["status"] == "succeeded"
-    text = httpx.get(f"{server.url}/metrics").text
+    text = metrics_text(server.url)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in families.values() for s in f.samples}

@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api_server import ADMIN_KEY
+from tests.api_server import ADMIN_KEY, metrics_text
 
 pytestmark = pytest.mark.slow
 MODEL = "all-MiniLM-L6-v2"
@@ -155,7 +155,7 @@ def test_quota_and_rate_limit(server):
 
 
 def model_calls(server) -> dict[str, float]:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    text = metrics_text(server.url)
     return {f.name: f.samples[0].value for f in text_string_to_metric_families(text)
             if f.name.startswith("embedscale_embedding_")}
 

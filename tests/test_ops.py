@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.metrics import GPU_ONLY_METRICS
 from api.settings import Settings
 from tests import faults
-from tests.api_server import ROOT, Server
+from tests.api_server import ROOT, Server, metrics_text
 from tests.helpers import wait_done
 
 cloudpickle.register_pickle_by_value(faults)
@@ -163,7 +163,7 @@ def exercised(ops_server, cluster, tmp_path_factory):
              for _ in range(3)]
     assert codes == [201, 201, 429]
     assert httpx.get(f"{ops_server.url}/v1/jobs?token=leaky-secret-key").status_code == 401
-    text = httpx.get(f"{ops_server.url}/metrics").text
+    text = metrics_text(ops_server.url)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     return job.json()["id"], samples

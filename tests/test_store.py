@@ -269,3 +269,24 @@ def test_a_batch_of_many_jobs_partitions_is_recorded_exactly_once(tmp_path):
     store._usage.clear()
     assert store.usage("acme") == (11, 110)  # read back from the file
     store.close()
+
+
+def test_a_page_of_jobs_never_carries_their_inline_texts(tmp_path):
+    # Listed jobs show inline texts as their count; a record not in memory is read with the
+    # count made by DuckDB, so a page of big jobs is no megabytes of JSON parsed and dropped.
+    path = tmp_path / "s.duckdb"
+    store = Store(path)
+    texts = [f"text {i}" for i in range(3000)]
+    record = new_job("big")
+    record.spec = {"table": "t", "texts": texts, "ids": [str(i) for i in range(3000)],
+                   "metadata": [None] * 3000, "model": "m"}
+    store.insert_job(record, plan_texts(texts[:2], docs_per_partition=1).partitions)
+    store.insert_job(new_job("small"), [])
+    shown = store.get_job("big").to_dict()["spec"]
+    assert shown == {"table": "t", "texts": 3000, "model": "m"}
+    store.close()
+    store = Store(path)  # nothing in memory: the page is read from the file
+    listed = {job.id: job for job in store.list_jobs("acme")}
+    assert listed["big"].spec == shown and listed["big"].to_dict()["spec"] == shown
+    assert listed["small"].spec == {"table": "t"}
+    assert store.get_job("big").spec["texts"] == texts  # a job's own record is whole

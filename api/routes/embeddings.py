@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from api.deps import ServiceDep, rate_limit
 from api.embedding_schemas import EmbeddingCreate, EmbeddingList, OpenAIError
 from api.openai_errors import OpenAIRoute, openai_error
+from api.ratelimit import EMBEDDINGS
 from jobs.embedding_requests import PendingEmbedding
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=OpenAIRoute)
@@ -32,7 +33,7 @@ _ERRORS = {status: {"model": OpenAIError} for status in (400, 401, 404, 429, 503
 @router.post("/embeddings", response_model=EmbeddingList, responses=_ERRORS)
 async def create_embeddings(
         body: EmbeddingCreate, service: ServiceDep,
-        tenant: Annotated[str, Depends(rate_limit("embeddings"))]) -> JSONResponse:
+        tenant: Annotated[str, Depends(rate_limit(EMBEDDINGS))]) -> JSONResponse:
     """One vector per input, in order, with the tokens the model read."""
     pending = await run_in_threadpool(service.embed, tenant, body.model, body.texts(),
                                       body.dimensions)

@@ -6,7 +6,7 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from api.deps import CurrentTenant
 from api.schemas import ClusterOut, ErrorOut
@@ -49,10 +49,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-def metrics(request: Request) -> Response:
-    """Prometheus text format."""
-    return Response(generate_latest(request.app.state.metrics.registry),
-                    media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format, rendered at most once a second (api/metrics_page.py)."""
+    return Response(await request.app.state.metrics.page.body(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/cluster", response_model=ClusterOut, responses={401: {"model": ErrorOut}})

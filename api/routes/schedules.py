@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path
 
 from api.deps import CurrentTenant, ServiceDep, rate_limit
+from api.ratelimit import JOB_CREATION, SCHEDULE_CREATION
 from api.routes.jobs import job_out
 from api.schedule_schemas import ScheduleCreate, ScheduleList, ScheduleOut
 from api.schemas import ErrorOut, JobOut
@@ -24,7 +25,7 @@ def schedule_out(record: ScheduleRecord) -> ScheduleOut:
 @router.post("", status_code=201, response_model=ScheduleOut,
              responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}})
 def create_schedule(body: ScheduleCreate, service: ServiceDep,
-                    tenant: Annotated[str, Depends(rate_limit("schedule creation"))]
+                    tenant: Annotated[str, Depends(rate_limit(SCHEDULE_CREATION))]
                     ) -> ScheduleOut:
     """A new schedule. The cron expression, the time zone and the template (checked as a
     POST /v1/jobs body: allowed roots, allowed models) must all pass: else 422 naming the
@@ -70,7 +71,7 @@ def resume_schedule(schedule_id: ScheduleId, service: ServiceDep,
 @router.post("/{schedule_id}/run", status_code=201, response_model=JobOut,
              responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}})
 def run_schedule_now(schedule_id: ScheduleId, service: ServiceDep,
-                     tenant: Annotated[str, Depends(rate_limit("job creation"))]) -> JobOut:
+                     tenant: Annotated[str, Depends(rate_limit(JOB_CREATION))]) -> JobOut:
     """Submit a run now, besides the schedule's slots: 409 while a run of it is active, and
     the refusals of POST /v1/jobs (429 quota, 422 source)."""
     return job_out(service.schedules.run_now(schedule_id, tenant))

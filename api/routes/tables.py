@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentTenant, ServiceDep, rate_limit
+from api.ratelimit import SEARCH
 from api.schemas import ErrorOut, SearchRequest, SearchResponse, TableList, TableOut
 from engine.sink import TABLE_NAME_PATTERN
 
@@ -31,7 +32,7 @@ def get_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) -> Ta
 @router.post("/{name}/search", response_model=SearchResponse,
              responses={**_ERRORS, 429: {"model": ErrorOut}})
 async def search_table(name: TableName, request: SearchRequest, service: ServiceDep,
-                       tenant: Annotated[str, Depends(rate_limit("search"))]) -> SearchResponse:
+                       tenant: Annotated[str, Depends(rate_limit(SEARCH))]) -> SearchResponse:
     """The `k` chunks nearest to `query`, embedded with the table's own model."""
     hits = await run_in_threadpool(service.search, tenant, name, request.query, request.k,
                                    request.filter)
