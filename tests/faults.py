@@ -60,6 +60,40 @@ class KillWorkerOnce(_WrapFragmentWriter):
         os._exit(1)
 
 
+class KillHolderOnce(WorkerPlugin):
+    """The first worker to be sent the next slice of a partition it holds mid-way
+    (engine.slices) dies before running it, once across the cluster: the slice runs on another
+    worker, which has none of the partition's state."""
+
+    name = "fault-kill-holder-once"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def setup(self, worker) -> None:
+        from engine import slices
+
+        self._original = original = slices.STATES.take
+        marker = self.marker
+
+        def take_or_die(run):
+            state = original(run)
+            if state is not None:
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    return state
+                os._exit(1)
+            return state
+
+        slices.STATES.take = take_or_die
+
+    def teardown(self, worker) -> None:
+        from engine import slices
+
+        slices.STATES.take = self._original
+
+
 class FailAlways(WorkerPlugin):
     """Every partition written to a table whose path contains `needle` fails; with `kill`,
     it kills its worker instead, as a tenant's file that exhausts a worker's memory would."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import cloudpickle
 import lance
 import pytest
 
@@ -14,10 +15,12 @@ from jobs.runner import RunnerConfig
 from jobs.scheduling import JobView, dask_priority
 from jobs.service import JobService
 from jobs.states import JobStatus
+from tests import faults
 from tests.conftest import SAMPLE_CORPUS
 from tests.corpora import jsonl_corpus
 
 pytestmark = pytest.mark.slow
+cloudpickle.register_pickle_by_value(faults)  # the fault plugin ships by value
 
 
 def wait_for(predicate, timeout=120.0, what=""):
@@ -64,10 +67,17 @@ def test_a_small_job_runs_between_the_slices_of_a_big_jobs_partitions(service, t
 
 def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(cluster,
                                                                               tmp_path):
+    """Whole, in slices, and in slices with the worker that holds a partition mid-way killed
+    (its next slice runs on the other worker, which reads the partition again and embeds from
+    the last flush): the same ids, each once, one commit per partition at most."""
     source = jsonl_corpus(tmp_path / "c.jsonl", rows=60, chars=1500)
     spec = {"table": "t", "source": str(source), "chunk_tokens": 48}
-    whole_ids = sliced_ids = None
-    for name, slice_seconds in (("whole", None), ("sliced", 0.01)):
+    ids: dict[str, Counter] = {}
+    marker = tmp_path / "holder-killed"
+    for name, slice_seconds, fault in (("whole", None, None), ("sliced", 0.01, None),
+                                       ("killed", 0.01, faults.KillHolderOnce(str(marker)))):
+        if fault is not None:
+            cluster.client.register_plugin(fault)
         service = JobService(tmp_path / name, cluster,
                              runner_config=RunnerConfig(slice_seconds=slice_seconds))
         service.start()
@@ -75,21 +85,20 @@ def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(c
             job = service.submit("local", spec)
             final = service.wait(job.id, timeout=300)
             assert final.status == JobStatus.SUCCEEDED, final.error
-            ids = ids_of(service, "local", "t")
-            assert set(ids.values()) == {1}  # each row once
+            ids[name] = ids_of(service, "local", "t")
+            assert set(ids[name].values()) == {1}  # each row once
             table = ChunkTable(service.tenant_data_dir("local"), "t")
             versions = lance.dataset(table.uri).versions()
             # One commit per partition (or fewer: finished partitions commit together), however
             # many slices: the table's creation, then the job's commits.
             assert len(versions) - 1 <= final.partitions_total
-            assert final.chunks_done == len(ids)
-            if name == "whole":
-                whole_ids = ids
-            else:
-                sliced_ids = ids
+            assert final.chunks_done == sum(ids[name].values())
         finally:
             service.close()
-    assert sliced_ids == whole_ids
+            if fault is not None:
+                cluster.client.unregister_worker_plugin(fault.name)
+    assert marker.exists(), "no worker was killed holding a partition"
+    assert ids["sliced"] == ids["whole"] == ids["killed"]
 
 
 def view(job_id, tenant, weight=1.0, priority="normal"):
