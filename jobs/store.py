@@ -31,7 +31,7 @@ from jobs.records import (
     partition_from_json,
     partition_to_json,
 )
-from jobs.states import ACTIVE, UNFINISHED, JobStatus, check_transition
+from jobs.states import ACTIVE, TERMINAL, UNFINISHED, JobStatus, check_transition
 from jobs.store_reports import StoreReports
 from jobs.store_rows import (
     JOB_COLUMNS,
@@ -47,6 +47,7 @@ from jobs.store_schedules import ScheduleRows
 from jobs.store_tenants import TenantRows
 
 __all__ = ["PartitionDone", "Store", "utcnow"]
+LISTED_CAPACITY = 5_000  # ended jobs' listing records (~1 KB each, their texts counted)
 
 
 class Store(TenantRows, ScheduleRows, StoreReports):
@@ -55,6 +56,10 @@ class Store(TenantRows, ScheduleRows, StoreReports):
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
         self._cache = JobCache()
+        # Ended jobs as listings show them (their inline texts counted), read from the file for
+        # a page: an ended job never changes, so a page of old jobs is parsed once, not at
+        # each listing (a spec with 10,000 texts is megabytes of JSON for DuckDB to read).
+        self._listed = JobCache(LISTED_CAPACITY)
         # What /metrics reports about jobs, moved on by every job written (jobs/job_figures.py).
         self.figures = JobFigures()
         self.figures.load(*self.figures_from_file())
@@ -67,6 +72,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         error came late (a checkpoint that failed after the WAL was written) is in it all the
         same. The next reads fill the caches again; the figures are read again now."""
         self._cache = JobCache(self._cache.capacity)
+        self._listed = JobCache(LISTED_CAPACITY)
         self._usage.clear()
         self.figures.load(*self._figures_from_file())
 
@@ -160,14 +166,17 @@ class Store(TenantRows, ScheduleRows, StoreReports):
                 f"SELECT id FROM jobs WHERE {' AND '.join(where)} "
                 "ORDER BY created_at DESC, id DESC LIMIT ?", args + [limit]).fetchall()]
         found = {job_id: record for job_id in ids
-                 if (record := self._cache.get(job_id)) is not None}
+                 if (record := self._cache.get(job_id) or self._listed.get(job_id)) is not None}
         missing = [job_id for job_id in ids if job_id not in found]
         if missing:
             with self._lock:
                 rows = self._con.execute(
                     f"{JOB_LIST_SELECT} WHERE id IN ({', '.join('?' for _ in missing)})",
                     missing).fetchall()
-            found.update((record.id, record) for record in map(job_from_row, rows))
+                for record in map(job_from_row, rows):
+                    found[record.id] = record
+                    if record.status in TERMINAL:  # under the lock: no write in between
+                        self._listed.put(record)
         return [found[job_id] for job_id in ids if job_id in found]
 
     def unfinished_jobs(self) -> list[JobRecord]:
@@ -199,6 +208,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         on (the caller holds the lock, so both follow the file's order of commits)."""
         for record in records:
             self._cache.put(record)
+            self._listed.drop(record.id)  # an ended job is never written again; if it were
         self.figures.changed(records)
 
     def _latest(self, con: duckdb.DuckDBPyConnection, job_id: str) -> JobRecord:

@@ -282,6 +282,7 @@ def test_a_page_of_jobs_never_carries_their_inline_texts(tmp_path):
                    "metadata": [None] * 3000, "model": "m"}
     store.insert_job(record, plan_texts(texts[:2], docs_per_partition=1).partitions)
     store.insert_job(new_job("small"), [])
+    store.set_status("big", JobStatus.CANCELLED)
     shown = store.get_job("big").to_dict()["spec"]
     assert shown == {"table": "t", "texts": 3000, "model": "m"}
     store.close()
@@ -289,4 +290,6 @@ def test_a_page_of_jobs_never_carries_their_inline_texts(tmp_path):
     listed = {job.id: job for job in store.list_jobs("acme")}
     assert listed["big"].spec == shown and listed["big"].to_dict()["spec"] == shown
     assert listed["small"].spec == {"table": "t"}
+    # An ended job never changes: its listing record is kept, and read once.
+    assert store._listed.get("big") == listed["big"] and store._listed.get("small") is None
     assert store.get_job("big").spec["texts"] == texts  # a job's own record is whole

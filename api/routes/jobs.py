@@ -14,6 +14,7 @@ from jobs.errors import InvalidFieldError, NotFoundError
 from jobs.events import AsyncSubscription
 from jobs.log_context import add_log_fields
 from jobs.records import JobRecord
+from jobs.service import JobService
 from jobs.spec import JobSpec
 from jobs.states import TERMINAL, JobStatus
 
@@ -77,7 +78,7 @@ async def list_jobs(request: Request, service: ServiceDep, tenant: Authenticated
                                    schedule)
 
 
-def _page(service, tenant: str, status: str | None, table: str | None, limit: int,
+def _page(service: JobService, tenant: str, status: str | None, table: str | None, limit: int,
           cursor: str | None, schedule: str | None) -> Response:
     """A page of jobs, read, shown and serialised in a worker thread."""
     try:
