@@ -10,8 +10,9 @@ jobs/progress_records.py; jobs, their partitions and usage are here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -47,6 +48,7 @@ from jobs.store_schedules import ScheduleRows
 from jobs.store_tenants import TenantRows
 
 __all__ = ["PartitionDone", "Store", "utcnow"]
+log = logging.getLogger(__name__)
 LISTED_CAPACITY = 5_000  # ended jobs' listing records (~1 KB each, their texts counted)
 
 
@@ -116,7 +118,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         for r in batch:
             self._cache.put(r.job)
             r.done = True
-        self.figures.added(r.job for r in batch)
+        self._figures_follow(self.figures.added, [r.job for r in batch])
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """A job by id; with `tenant`, only that tenant's (others' jobs are not found).
@@ -209,7 +211,17 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         for record in records:
             self._cache.put(record)
             self._listed.drop(record.id)  # an ended job is never written again; if it were
-        self.figures.changed(records)
+        self._figures_follow(self.figures.changed, records)
+
+    @staticmethod
+    def _figures_follow(move: Callable[[Iterable[JobRecord]], None],
+                        records: Iterable[JobRecord]) -> None:
+        """Move the figures of /metrics on: a report, which must never fail a write that is
+        committed already."""
+        try:
+            move(records)
+        except Exception:
+            log.exception("the job figures of /metrics could not follow a write")
 
     def _latest(self, con: duckdb.DuckDBPyConnection, job_id: str) -> JobRecord:
         """A job's latest record inside a transaction: the cache holds the file's latest
