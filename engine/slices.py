@@ -79,6 +79,7 @@ class WorkerStates:
         self.capacity, self.ttl = capacity, ttl
         self._states: OrderedDict[str, SliceState] = OrderedDict()
         self._lock = threading.Lock()
+        self.misses = 0  # later slices that found no state here and read their partition again
 
     def take(self, run: str) -> SliceState | None:
         """The state of `run`, removed from the cache while its slice runs (None: not here)."""

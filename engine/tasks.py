@@ -187,6 +187,7 @@ def _slice_state(partition: Partition, config: TaskConfig,
                              [d.content_hash for d in prepared.docs], lengths)
     if cursor is None:
         return SliceState(uuid.uuid4().hex, prepared, digest)
+    STATES.misses += 1  # read again: its holder died, or Dask ran the slice elsewhere
     if digest != cursor.digest or cursor.total != len(lengths):
         raise PartitionChanged(
             f"partition {partition.index} changed since its first slice (a document was "

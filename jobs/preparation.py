@@ -138,7 +138,13 @@ class JobPreparer:
 
     def _reconcile(self, record: JobRecord, table: ChunkTable) -> None:
         """Partitions committed to the table whose record died with the old process."""
-        done = {p.partition.index for p in self.store.partitions(record.id) if p.status == "done"}
-        for partition, counts in table.committed_partitions(record.id).items():
-            if partition not in done:
-                self.store.record_partition_done(record.id, record.tenant, partition, counts)
+        record_committed(self.store, record, table)
+
+
+def record_committed(store: Store, record: JobRecord, table: ChunkTable) -> None:
+    """Record the partitions of `record`'s job that its table holds and the store does not (a
+    commit whose record was lost: a crash, an outage of the store), charged as usual."""
+    done = {p.partition.index for p in store.partitions(record.id) if p.status == "done"}
+    for partition, counts in table.committed_partitions(record.id).items():
+        if partition not in done:
+            store.record_partition_done(record.id, record.tenant, partition, counts)

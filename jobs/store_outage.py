@@ -21,6 +21,7 @@ from typing import Any
 from engine.sink import ChunkTable
 from engine.storage import Location
 from jobs.errors import StoreUnavailableError
+from jobs.preparation import record_committed
 from jobs.records import JobRecord
 from jobs.runner_events import CancelRequested, Event
 from jobs.states import JobStatus
@@ -92,11 +93,7 @@ class StoreOutage:
                 self.publish(ended)
 
     def _record_committed(self, record: JobRecord) -> None:
-        """Record the partitions the job's table holds and the store does not (as a resume
-        does: jobs/preparation.py), charged to the tenant as usual."""
-        table = ChunkTable(self.data_dir_of(record.tenant), record.table_name)
-        done = {p.partition.index for p in self.store.partitions(record.id)
-                if p.status == "done"}
-        for partition, counts in table.committed_partitions(record.id).items():
-            if partition not in done:
-                self.store.record_partition_done(record.id, record.tenant, partition, counts)
+        """Record the partitions the job's table holds and the store does not, as a resume
+        does, charged to the tenant as usual."""
+        record_committed(self.store, record,
+                         ChunkTable(self.data_dir_of(record.tenant), record.table_name))
