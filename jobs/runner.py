@@ -26,6 +26,7 @@ from engine.cluster import Cluster
 from engine.errors import error_line
 from engine.file_access import FileAccess
 from engine.partitions import Partition
+from engine.sink import ChunkTable
 from engine.storage import Location
 from engine.worker_recovery import WorkerRecovery
 from jobs.admission import AdmissionQueue
@@ -54,6 +55,7 @@ from jobs.spec import JobSpec
 from jobs.states import JobStatus
 from jobs.store import Store
 from jobs.store_outage import StoreOutage
+from jobs.table_maintenance import TableMaintenance
 from jobs.tally import Tally
 from jobs.tiers import Tier
 
@@ -91,6 +93,9 @@ class Runner:
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.recovery = WorkerRecovery(cluster)
         self._outage = StoreOutage(store, data_dir_of, self._publish)
+        # Compacts the tables as commits add fragments; wakes the loop to commit what waited.
+        self.maintenance = TableMaintenance(lambda: self._inbox.put(WakeUp()),
+                                            self.config.compact_after_fragments)
         self.error: BaseException | None = None
         # Failed partition attempts by kind ('error', 'killed_worker'), for /metrics.
         self.partition_failures = Tally()
@@ -137,6 +142,7 @@ class Runner:
             self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
         self._feeder.cancel_all(dict(self._jobs))
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.maintenance.close()
 
     def _in_flight(self) -> int:
         """Tasks submitted and not yet handled."""
@@ -217,8 +223,12 @@ class Runner:
         """What the handled events call for: commit, check workers, admit, retry, feed."""
         self._outage.settle()  # endings owed since a store outage, once it is back
         if self._finished:
-            finished, self._finished = self._finished, []
-            self._commit(finished)
+            # A table being compacted takes its partitions at the next commit after it.
+            waiting = [f for f in self._finished if self.maintenance.busy(f[0].table.uri)]
+            finished = [f for f in self._finished if not self.maintenance.busy(f[0].table.uri)]
+            self._finished = waiting
+            if finished:
+                self._commit(finished)
         now = time.monotonic()
         if now >= self._next_recovery_check:
             self._next_recovery_check = now + RECOVERY_CHECK_S
@@ -306,8 +316,13 @@ class Runner:
     def _commit(self, results: list[Finished]) -> None:
         """Commit and record a batch of finished partitions (jobs.commits), then tell."""
         outcome = commit_batch(self.store, self.tier_of, results)
+        fragments: dict[str, tuple[ChunkTable, int]] = {}
         for job, result in outcome.committed:
             self._publish(job.record, "progress", partition_seconds=result.seconds)
+            table, added = fragments.get(job.table.uri, (job.table, 0))
+            fragments[job.table.uri] = (table, added + len(result.fragments))
+        for table, added in fragments.values():
+            self.maintenance.committed(table, added)
         for job_id in outcome.succeeded:
             self._jobs.pop(job_id, None)
             self._admission.release(job_id)
@@ -329,12 +344,15 @@ class Runner:
             record = self.store.set_status(job_id, JobStatus.CANCELLING)
             self._publish(record)
         if record.status == JobStatus.CANCELLING:
-            remove_job_rows(self.data_dir_of(record.tenant), record)
+            table = ChunkTable(self.data_dir_of(record.tenant), record.table_name)
+            with self.maintenance.exclusive(table.uri):  # its deletion after any compaction
+                remove_job_rows(self.data_dir_of(record.tenant), record)
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
 
     def _succeed(self, job: RunningJob) -> None:
         """End a job whose partitions are all done (a sync job deletes what is gone first)."""
-        status, fields = completion(self.store, job)
+        with self.maintenance.exclusive(job.table.uri):  # a sync's deletions, likewise
+            status, fields = completion(self.store, job)
         self._finish(job.record.id, status, **fields)
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:

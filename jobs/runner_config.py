@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from jobs.feeder import FeedConfig
 from jobs.policies import RetryPolicy
+from jobs.table_maintenance import COMPACT_AFTER_FRAGMENTS
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class RunnerConfig:
     # (engine.slices); None runs each partition whole in one task. What a small job waits
     # behind a big one's running slice at most.
     slice_seconds: float | None = 1.0
+    # Fragments a table takes from commits before it is compacted (jobs/table_maintenance.py);
+    # None: never.
+    compact_after_fragments: int | None = COMPACT_AFTER_FRAGMENTS
 
     @property
     def retry(self) -> RetryPolicy:

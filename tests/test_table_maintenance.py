@@ -1,0 +1,34 @@
+"""Compaction beside the runner (jobs/table_maintenance.py): a table that small jobs splinter into
+many fragments is compacted while jobs keep committing to it, and nothing is lost or doubled."""
+from __future__ import annotations
+
+import lance
+import pytest
+
+from engine.sink import ChunkTable
+from jobs.runner import RunnerConfig
+from jobs.service import JobService
+from jobs.states import JobStatus
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_splintered_table_is_compacted_while_jobs_commit(cluster, tmp_path):
+    service = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(
+        compact_after_fragments=6, batch_partitions=1))  # a task, a fragment, per small job
+    service.start()
+    try:
+        texts = [[f"document {i} of a small job", f"its second line, number {i}"]
+                 for i in range(40)]
+        jobs = [service.submit("local", {"table": "t", "texts": t}) for t in texts]
+        finals = [service.wait(j.id, timeout=300) for j in jobs]
+        assert {f.status for f in finals} == {JobStatus.SUCCEEDED}
+        assert service.runner.maintenance.compactions >= 1
+        ds = lance.dataset(ChunkTable(service.tenant_data_dir("local"), "t").uri)
+        rows = ds.to_table(columns=["id", "job_id"]).to_pylist()
+        assert len(rows) == len({r["id"] for r in rows}) == 80  # each row once
+        assert {r["job_id"] for r in rows} == {j.id for j in jobs}
+        # 40 partitions committed, at least 40 fragments; compaction merged them.
+        assert len(ds.get_fragments()) < 40 - 6
+    finally:
+        service.close()
