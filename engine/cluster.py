@@ -38,7 +38,8 @@ class Cluster:
         self.client = client
         self._cluster = cluster
         self._dashboard = dashboard
-        self._threads, self._threads_at = 0, float("-inf")
+        self._workers: dict[str, int] = {}  # address -> threads, as last asked
+        self._threads_at = float("-inf")
         self.adaptive_options = adaptive  # the spec's `adaptive` section (None: fixed size)
         self.adaptive: Any | None = None  # engine.autoscale's scaler, once started
         # The task slots the cluster may grow to: jobs are planned into partitions for these,
@@ -70,15 +71,22 @@ class Cluster:
         """Total task slots (threads over all workers); 0 while none is known (no worker yet,
         or the scheduler is out of reach). With `max_age`, a figure that recent is reused:
         the runner asks on every feed, and `nthreads` is a round trip to the scheduler."""
+        return sum(self._nthreads(max_age).values())
+
+    def worker_addresses(self, max_age: float = 0.0) -> list[str]:
+        """The workers' addresses (none while none is known), as recent as `max_age`."""
+        return list(self._nthreads(max_age))
+
+    def _nthreads(self, max_age: float) -> dict[str, int]:
         now = time.monotonic()
         if max_age and now - self._threads_at <= max_age:
-            return self._threads
+            return self._workers
         try:
-            threads = sum(self.client.nthreads().values())
+            workers = dict(self.client.nthreads())
         except Exception:  # lost the scheduler: nothing can be fed until it is back
-            threads = 0
-        self._threads, self._threads_at = threads, now
-        return threads
+            workers = {}
+        self._workers, self._threads_at = workers, now
+        return workers
 
     def close(self) -> None:
         if self.adaptive is not None:

@@ -23,6 +23,7 @@ from distributed.scheduler import KilledWorker
 
 from engine.errors import error_line
 from engine.partitions import InlineText, Partition
+from engine.placement import on_workers
 from engine.tasks import PartitionFailed, embed_partition, embed_partitions
 from jobs.preparation import RunningJob
 from jobs.scheduling import JobView, choose, dask_priority
@@ -87,8 +88,10 @@ class Feeder:
     runner's thread; `on_done` is called by Dask's callback thread (it only enqueues)."""
 
     def __init__(self, client: Callable[[], Client], config: FeedConfig,
-                 on_done: Callable[[Future], None]) -> None:
+                 on_done: Callable[[Future], None],
+                 workers: Callable[[], list[str]] = list) -> None:
         self._client, self.config, self._on_done = client, config, on_done
+        self._workers = workers
         self.tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
         self._suspects: deque[tuple[str, int]] = deque()  # to run alone, in order
         self._alone: str | None = None  # the key of the suspect running alone
@@ -205,15 +208,17 @@ class Feeder:
             cursor = held.cursor if held is not None else None
             # The next slice goes back to the worker that holds the partition's state
             # (engine.slices); anywhere else it is read again, so that is only a fallback.
-            where = ({"workers": [cursor.holder], "allow_other_workers": True}
-                     if cursor is not None and cursor.holder else {})
+            where = ([cursor.holder] if cursor is not None and cursor.holder
+                     else self._workers())
             future = client.submit(embed_partition, job.partitions[index], job.config, cursor,
-                                   pure=False, key=key, priority=priority, **where)
+                                   pure=False, key=key, priority=priority,
+                                   **on_workers(where))
         else:
             key = f"embed-partitions-{uuid.uuid4().hex}"
             future = client.submit(embed_partitions, [(job.partitions[i], job.config)
                                                       for job, i in members],
-                                   pure=False, key=key, priority=priority)
+                                   pure=False, key=key, priority=priority,
+                                   **on_workers(self._workers()))
         self.tasks[future.key] = [(job.record.id, index) for job, index in members]
         for job, index in members:
             job.in_flight[index] = future

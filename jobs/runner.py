@@ -78,7 +78,8 @@ class Runner:
         self._inbox = Inbox(max_batch=512)  # events handled before a commit of their batch
         self._jobs: dict[str, RunningJob] = {}
         self._feeder = Feeder(lambda: cluster.client, self.config.feed,
-                              lambda f: self._inbox.put(TaskDone(f)))
+                              lambda f: self._inbox.put(TaskDone(f)),
+                              lambda: cluster.worker_addresses(THREADS_MAX_AGE_S))
         self._preparing: set[str] = set()
         self._admission = AdmissionQueue()
         self._cancel_when_prepared: set[str] = set()
