@@ -63,15 +63,3 @@ class GpuCount:
             self._at = now
         return self._value
 
-
-def on_workers(workers: list[str]) -> dict:
-    """Dask's placement keywords (for `Client.submit`) of a task that may run on `workers`,
-    loosely: on any other if they are gone; none for an empty list.
-
-    Named workers also keep Dask from holding the task in its scheduler-side queue: a task of a
-    large group with no dependencies counts as a root task there, and is queued while every
-    worker has a task waiting, so a small job's task waited for a slot to free and then behind
-    the whole slice that slot's worker had started meanwhile (measured: p50 1.0 s beside a big
-    job with 1-second slices). embedscale bounds what it has in flight itself, and Dask's task
-    priority orders what waits on each worker."""
-    return {"workers": workers, "allow_other_workers": True} if workers else {}

@@ -13,8 +13,9 @@ end; fragments stay invisible until the runner commits the partition as a whole,
 changes nothing in exactly-once: a partition's rows become visible in one commit, as before.
 
 A slice that finds no state here (the worker that held it died, or Dask ran it elsewhere) reads
-and chunks the partition again and embeds from the last flush. Its chunking must match the first
-slice's (`digest`); if the source changed meanwhile, PartitionChanged fails the slice and the
+and chunks the partition again, embeds from the last flush and writes what it embedded at once
+(so a partition whose state is lost at every slice still moves on). Its chunking must match the
+first slice's (`digest`); if the source changed meanwhile, PartitionChanged fails the slice and the
 runner runs the partition again from its start.
 """
 from __future__ import annotations
@@ -64,6 +65,7 @@ class SliceState:
     embedded: int = 0
     unwritten: list[np.ndarray] = field(default_factory=list)
     used_at: float = field(default_factory=time.monotonic)
+    reread: bool = False  # read again for a later slice: its next flush is due at once
 
     @property
     def total(self) -> int:

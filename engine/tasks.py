@@ -162,8 +162,12 @@ def _embed_slice(partition: Partition, config: TaskConfig,
         RATES.record(config.model, int(lengths[start:stop].sum()),
                      time.perf_counter() - embed_started)
         state.embedded = stop
-    if stop == state.total or state.embedded - state.written >= FLUSH_ROWS:
+    # A slice that had to read its partition again writes what it embedded at once: were
+    # the state lost at every slice, the partition would otherwise never get past its last
+    # flush.
+    if stop == state.total or state.embedded - state.written >= FLUSH_ROWS or state.reread:
         _flush(state, result, lengths)
+        state.reread = False
     result.seconds = time.perf_counter() - started
     result.device = prepared.device
     result.gpu_busy_percent = gpu_busy_since(prepared.device, started)
@@ -192,7 +196,7 @@ def _slice_state(partition: Partition, config: TaskConfig,
         raise PartitionChanged(
             f"partition {partition.index} changed since its first slice (a document was "
             "edited, or committed by another job, meanwhile); it runs again from its start")
-    return SliceState(cursor.run, prepared, digest, cursor.written, cursor.written)
+    return SliceState(cursor.run, prepared, digest, cursor.written, cursor.written, reread=True)
 
 
 def _flush(state: SliceState, result: PartitionResult, lengths: np.ndarray) -> None:

@@ -29,7 +29,6 @@ from distributed import Client
 from distributed import Future as DaskFuture
 
 from engine.models.registry import ModelSpec
-from engine.placement import on_workers
 from engine.request_embedding import (
     RequestEmbedded,
     RequestOutcome,
@@ -127,9 +126,8 @@ class EmbeddingBatcher:
     def __init__(self, client: Callable[[], Client], slots: Callable[[], int],
                  max_wait: float = DEFAULT_MAX_WAIT_S,
                  max_inputs: int = DEFAULT_MAX_INPUTS,
-                 max_chars: int = DEFAULT_MAX_CHARS,
-                 workers: Callable[[], list[str]] = list) -> None:
-        self._client, self._slots, self._workers = client, slots, workers
+                 max_chars: int = DEFAULT_MAX_CHARS) -> None:
+        self._client, self._slots = client, slots
         self.max_wait, self.max_inputs, self.max_chars = max_wait, max_inputs, max_chars
         self.counts = BatcherCounts()
         self._waiting: list[_Piece] = []
@@ -242,8 +240,7 @@ class EmbeddingBatcher:
         try:
             future = self._client().submit(
                 embed_request_texts, batch[0].request.spec, [p.texts for p in batch],
-                pure=False, key=f"embed-requests-{uuid.uuid4().hex}", priority=priority,
-                **on_workers(self._workers()))
+                pure=False, key=f"embed-requests-{uuid.uuid4().hex}", priority=priority)
         except Exception as exc:  # the scheduler is out of reach
             self._finished(batch, None, exc)
             return

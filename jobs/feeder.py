@@ -23,7 +23,6 @@ from distributed.scheduler import KilledWorker
 
 from engine.errors import error_line
 from engine.partitions import InlineText, Partition
-from engine.placement import on_workers
 from engine.tasks import PartitionFailed, embed_partition, embed_partitions
 from jobs.preparation import RunningJob
 from jobs.scheduling import JobView, choose, dask_priority
@@ -94,6 +93,7 @@ class Feeder:
         self._workers = workers
         self.tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
         self._suspects: deque[tuple[str, int]] = deque()  # to run alone, in order
+        self._pinned: dict[str, str] = {}  # task key -> the worker it must run on
         self._alone: str | None = None  # the key of the suspect running alone
 
     def __len__(self) -> int:
@@ -207,18 +207,19 @@ class Feeder:
             held = job.progress.get(index)
             cursor = held.cursor if held is not None else None
             # The next slice goes back to the worker that holds the partition's state
-            # (engine.slices); anywhere else it is read again, so that is only a fallback.
-            where = ([cursor.holder] if cursor is not None and cursor.holder
-                     else self._workers())
+            # (engine.slices), while it is alive; anywhere else it is read again.
+            holder = cursor.holder if cursor is not None else ""
+            pin = ({"workers": [holder], "allow_other_workers": True}
+                   if holder and holder in self._workers() else {})
             future = client.submit(embed_partition, job.partitions[index], job.config, cursor,
-                                   pure=False, key=key, priority=priority,
-                                   **on_workers(where))
+                                   pure=False, key=key, priority=priority, **pin)
+            if pin:
+                self._pinned[future.key] = holder
         else:
             key = f"embed-partitions-{uuid.uuid4().hex}"
             future = client.submit(embed_partitions, [(job.partitions[i], job.config)
                                                       for job, i in members],
-                                   pure=False, key=key, priority=priority,
-                                   **on_workers(self._workers()))
+                                   pure=False, key=key, priority=priority)
         self.tasks[future.key] = [(job.record.id, index) for job, index in members]
         for job, index in members:
             job.in_flight[index] = future
@@ -233,6 +234,7 @@ class Feeder:
         counted: shared tasks go back to the queue, tasks whose workers died become
         suspects."""
         members = self.tasks.pop(future.key, [])
+        self._pinned.pop(future.key, None)
         ran_alone = future.key == self._alone
         if ran_alone:
             self._alone = None
@@ -275,6 +277,25 @@ class Feeder:
                     outcomes.append(Failed(job, index, exc))
         future.release()
         return outcomes
+
+    def unpin_lost(self, jobs: Mapping[str, RunningJob], alive: set[str]) -> None:
+        """Send again, to any worker, the slices pinned to a worker that is gone. Dask would
+        run them elsewhere while other workers live, but one that finds no worker alive
+        waits for its own for ever, even once new workers join (a one-worker cluster whose
+        worker restarted); the state it was sent to is lost with its worker anyway. No
+        workers known (the scheduler out of reach) says nothing: nothing is sent again."""
+        if not alive:
+            return
+        for key, holder in list(self._pinned.items()):
+            if holder in alive:
+                continue
+            del self._pinned[key]
+            for job_id, index in self.tasks.pop(key, []):
+                job = jobs.get(job_id)
+                future = job.in_flight.pop(index, None) if job is not None else None
+                if future is not None:
+                    future.cancel()
+                    job.pending.appendleft(index)
 
     def cancel_for(self, job: RunningJob) -> None:
         """Cancel a dropped job's tasks that carry no other job's partitions."""

@@ -234,6 +234,7 @@ class Runner:
         if now >= self._next_recovery_check:
             self._next_recovery_check = now + RECOVERY_CHECK_S
             self.recovery.check()
+            self._feeder.unpin_lost(self._jobs, set(self.cluster.worker_addresses()))
         if self._draining:
             return
         if self._admission.due:

@@ -109,8 +109,7 @@ class JobService:
         # A spec with an adaptive section grows the cluster with what the runner has waiting.
         cluster.autoscale(self.runner.backlog)
         batcher = EmbeddingBatcher(lambda: cluster.client,
-                                   lambda: cluster.worker_threads(max_age=2.0),
-                                   workers=lambda: cluster.worker_addresses(max_age=2.0))
+                                   lambda: cluster.worker_threads(max_age=2.0))
         self.embeddings = EmbeddingRequests(self.store, self.tier_of, self.allowed_models,
                                             batcher)
 

@@ -28,13 +28,14 @@ def test_submit_wait_search(client):
 
 
 def test_wait_raises_on_failure_and_cancel(client, server):
-    # Digits are a token per two characters, half what admission estimates: the job is
-    # admitted under a 20-chunk quota and fails at its first commit, whatever the timing.
+    # Punctuation is a token a character, below the densest text admission believes in (1.5
+    # characters a token: jobs/token_density.py): estimated at 18 chunks, the job is admitted
+    # under a 20-chunk quota and fails at its first commit with 26, whatever the timing.
     key = server.tenant("tight").headers["authorization"].split()[1]
     with server.admin() as admin:
         assert admin.patch("/v1/tenants/tight", json={"daily_chunks": 20}).status_code == 200
     with Client(server.url, key) as tight:
-        failing = tight.submit("t", texts=["7 " * 500], chunk_tokens=32)
+        failing = tight.submit("t", texts=["!" * 600], chunk_tokens=32)
         with pytest.raises(JobFailedError, match="quota exhausted"):
             failing.wait(timeout=60)
     server.hold_in_queue("pyclient")  # the job cannot end before it is cancelled

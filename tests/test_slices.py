@@ -138,12 +138,18 @@ def test_a_partition_in_slices_writes_exactly_its_whole_rows(prepared_job, monke
         assert np.dot(vector, reference[row_id]) > 0.9999
 
 
-def test_a_slice_whose_state_is_gone_reads_the_partition_again(prepared_job, monkeypatch):
-    running, _ = prepared_job
+@pytest.fixture
+def in_slices(prepared_job, monkeypatch):
+    """The prepared job's one partition, and a config that embeds it 100 tokens a slice."""
+    running, source = prepared_job
     (index,) = running.pending
-    partition = running.partitions[index]
     monkeypatch.setattr("engine.tasks.RATES", FixedSlices(100))
-    config = dataclasses.replace(running.config, slice_seconds=1.0)
+    return (running, source, running.partitions[index],
+            dataclasses.replace(running.config, slice_seconds=1.0))
+
+
+def test_a_slice_whose_state_is_gone_reads_the_partition_again(in_slices):
+    running, _, partition, config = in_slices
     result, n = run_in_slices(partition, config, between=slices.STATES.clear)
     assert n > 2
     rows = committed(running, result)
@@ -152,12 +158,8 @@ def test_a_slice_whose_state_is_gone_reads_the_partition_again(prepared_job, mon
     assert set(doc_ids.to_pylist()) == {f"doc-{i}" for i in range(24)}
 
 
-def test_a_source_changed_between_slices_fails_the_slice(prepared_job, monkeypatch):
-    running, source = prepared_job
-    (index,) = running.pending
-    partition = running.partitions[index]
-    monkeypatch.setattr("engine.tasks.RATES", FixedSlices(100))
-    config = dataclasses.replace(running.config, slice_seconds=1.0)
+def test_a_source_changed_between_slices_fails_the_slice(in_slices):
+    _, source, partition, config = in_slices
     first = embed_partition(partition, config)
     assert first.cursor is not None
     slices.STATES.clear()  # the worker that held it is gone...
