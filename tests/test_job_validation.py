@@ -7,13 +7,15 @@ import pytest
 from pydantic import ValidationError as PydanticValidationError
 
 from engine.chunking import ChunkSettings
+from engine.file_access import FileAccess
 from engine.models.limits import model_limits
 from engine.models.registry import DEFAULT_MODEL, resolve_model
 from engine.sources import plan_texts
 from jobs.errors import InvalidFieldError, QuotaExceededError
-from jobs.quotas import CHARS_PER_TOKEN, estimate_chunks, resets_at
+from jobs.quotas import estimate_chunks, resets_at
 from jobs.service import JobService, tenant_data_dir
 from jobs.spec import JobSpec, check_source_allowed
+from jobs.token_density import chars_per_token
 
 
 def field_error(spec: dict) -> tuple[str, str]:
@@ -125,7 +127,11 @@ def test_the_estimate_advances_by_chunkings_step(tmp_path, chunk_tokens, overlap
     with JobService(tmp_path) as service:
         job = service.submit("local", {"table": "t", "texts": [text],
                                        "chunk_tokens": chunk_tokens, "overlap_tokens": overlap})
-    assert job.estimated_chunks == math.ceil(len(text) / (CHARS_PER_TOKEN * step))
+    # "word " is a token in five characters, as the estimate's sample of the text measures.
+    density = chars_per_token(plan_texts([text]).partitions, resolve_model(DEFAULT_MODEL),
+                              FileAccess())
+    assert density == pytest.approx(5.0, rel=1e-3)
+    assert job.estimated_chunks == math.ceil(len(text) / (density * step))
 
 
 def test_the_python_run_request_carries_every_job_field_to_the_spec():
