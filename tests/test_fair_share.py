@@ -46,6 +46,15 @@ def ids_of(service, tenant, table) -> Counter:
     return Counter(lance.dataset(t.uri).to_table(columns=["id"]).column("id").to_pylist())
 
 
+@pytest.fixture
+def service(cluster, tmp_path):
+    """The control plane on the shared cluster, with partitions embedded in 1-second slices."""
+    svc = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(slice_seconds=1.0))
+    svc.start()
+    yield svc
+    svc.close()
+
+
 def test_a_small_job_runs_between_the_slices_of_a_big_jobs_partitions(service, tmp_path):
     service.create_tenant("whale", "enterprise")
     service.create_tenant("minnow", "free")
