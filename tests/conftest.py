@@ -58,14 +58,21 @@ def small_corpus(tmp_path: Path) -> Path:
     return src
 
 
-@pytest.fixture
-def service(cluster, tmp_path):
-    """The control plane in-process on the shared cluster, retrying fast."""
+def started_service(cluster, data_dir, **runner_config):
+    """A started JobService on `cluster` (the caller closes it), retrying fast."""
     from jobs.runner import RunnerConfig
     from jobs.service import JobService
 
-    svc = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(backoff_seconds=0.05))
+    runner_config.setdefault("backoff_seconds", 0.05)
+    svc = JobService(data_dir, cluster, runner_config=RunnerConfig(**runner_config))
     svc.start()
+    return svc
+
+
+@pytest.fixture
+def service(cluster, tmp_path):
+    """The control plane in-process on the shared cluster, retrying fast."""
+    svc = started_service(cluster, tmp_path / "data")
     yield svc
     svc.close()
 

@@ -16,7 +16,7 @@ from jobs.scheduling import JobView, dask_priority
 from jobs.service import JobService
 from jobs.states import JobStatus
 from tests import faults
-from tests.conftest import SAMPLE_CORPUS
+from tests.conftest import SAMPLE_CORPUS, started_service
 from tests.corpora import jsonl_corpus
 
 pytestmark = pytest.mark.slow
@@ -49,8 +49,7 @@ def ids_of(service, tenant, table) -> Counter:
 @pytest.fixture
 def service(cluster, tmp_path):
     """The control plane on the shared cluster, with partitions embedded in 1-second slices."""
-    svc = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(slice_seconds=1.0))
-    svc.start()
+    svc = started_service(cluster, tmp_path / "data", slice_seconds=1.0)
     yield svc
     svc.close()
 
