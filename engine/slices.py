@@ -83,10 +83,17 @@ class WorkerStates:
         self._lock = threading.Lock()
         self.misses = 0  # later slices that found no state here and read their partition again
 
-    def take(self, run: str) -> SliceState | None:
-        """The state of `run`, removed from the cache while its slice runs (None: not here)."""
+    def take(self, cursor: SliceCursor) -> SliceState | None:
+        """The state `cursor` continues, removed from the cache while its slice runs; None
+        when it is not here, or not where the cursor says. The runner's cursor is the truth:
+        Dask may have run a slice twice (again elsewhere after its worker died, or while the
+        runner sent it anew), and a state ahead of the cursor holds vectors whose rows the
+        result the runner discarded had written."""
         with self._lock:
-            return self._states.pop(run, None)
+            state = self._states.pop(cursor.run, None)
+        if state is None or (state.written, state.embedded) != (cursor.written, cursor.embedded):
+            return None
+        return state
 
     def keep(self, state: SliceState) -> None:
         """Hold `state` for its next slice, dropping states of ended jobs and the oldest."""

@@ -143,7 +143,7 @@ def embed_partition(partition: Partition, config: TaskConfig,
 def _embed_slice(partition: Partition, config: TaskConfig,
                  cursor: SliceCursor | None) -> PartitionResult:
     started = time.perf_counter()
-    state = STATES.take(cursor.run) if cursor is not None else None
+    state = STATES.take(cursor) if cursor is not None else None
     if state is None:
         state = _slice_state(partition, config, cursor)
     prepared: _Prepared = state.prepared  # type: ignore[assignment]

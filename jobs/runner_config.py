@@ -25,8 +25,7 @@ class RunnerConfig:
     # Seconds of model time a task spends on a partition before it yields its worker
     # (engine.slices); None runs each partition whole in one task. What a small job waits
     # behind a big one's running slice at most.
-    # Off by default: the remote-cluster kill test lost rows with slices on (under study).
-    slice_seconds: float | None = None
+    slice_seconds: float | None = 1.0
     # Fragments a table takes from commits before it is compacted (jobs/table_maintenance.py);
     # None: never.
     compact_after_fragments: int | None = COMPACT_AFTER_FRAGMENTS

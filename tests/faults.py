@@ -76,8 +76,8 @@ class KillHolderOnce(WorkerPlugin):
         self._original = original = slices.STATES.take
         marker = self.marker
 
-        def take_or_die(run):
-            state = original(run)
+        def take_or_die(cursor):
+            state = original(cursor)
             if state is not None:
                 try:
                     os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))

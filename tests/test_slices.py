@@ -55,14 +55,27 @@ def test_worker_states_keep_the_newest_and_forget_the_stale():
     states = WorkerStates(capacity=2, ttl=60.0)
     for run in ("a", "b", "c"):
         states.keep(slices.SliceState(run, prepared=None, digest=""))
-    assert states.take("a") is None and len(states) == 2  # the oldest went
-    b = states.take("b")
-    assert b is not None and states.take("b") is None  # taken while its slice runs
+    assert states.take(at("a")) is None and len(states) == 2  # the oldest went
+    b = states.take(at("b"))
+    assert b is not None and states.take(at("b")) is None  # taken while its slice runs
     b.used_at = 0.0
     states.keep(b)
     states._states["b"].used_at = time.monotonic() - 120.0
     states.keep(slices.SliceState("d", prepared=None, digest=""))
-    assert states.take("b") is None  # stale: its job ended long ago
+    assert states.take(at("b")) is None  # stale: its job ended long ago
+
+
+def at(run: str, written: int = 0, embedded: int = 0) -> slices.SliceCursor:
+    return slices.SliceCursor(run, written, embedded, total=10, digest="")
+
+
+def test_a_state_is_taken_only_where_the_cursor_says():
+    states = WorkerStates()
+    states.keep(slices.SliceState("a", prepared=None, digest="", written=4, embedded=6))
+    assert states.take(at("a", 4, 4)) is None  # ahead of the cursor: dropped...
+    assert len(states) == 0  # ...not kept for another try
+    states.keep(slices.SliceState("a", prepared=None, digest="", written=4, embedded=6))
+    assert states.take(at("a", 4, 6)) is not None
 
 
 # --- a partition in slices, in this process ---------------------------------------------------
@@ -166,3 +179,21 @@ def test_a_source_changed_between_slices_fails_the_slice(in_slices):
     source.write_text(source.read_text().replace("a", "e"))  # ...and the source changed
     with pytest.raises(PartitionChanged, match="runs again from its start"):
         embed_partition(partition, config, first.cursor)
+
+
+def test_a_slice_sent_again_with_an_older_cursor_ignores_a_state_ahead_of_it(in_slices):
+    """Dask may run a slice twice: it ran elsewhere after its worker died (and kept its state
+    there), and the runner, which never took that result, sends the same cursor again. The
+    state found is ahead of the cursor; continuing from it would lose the rows the discarded
+    result had written."""
+    running, _, partition, config = in_slices
+    first = embed_partition(partition, config)
+    slices.STATES.clear()  # its holder died...
+    discarded = embed_partition(partition, config, first.cursor)  # ...Dask ran it elsewhere
+    assert discarded.chunks > 0 and len(slices.STATES) == 1  # flushed, and kept, ahead
+    result = first.add_slice(embed_partition(partition, config, first.cursor))
+    while result.cursor is not None:
+        result = result.add_slice(embed_partition(partition, config, result.cursor))
+    whole = embed_partition(partition, dataclasses.replace(config, slice_seconds=None))
+    rows = committed(running, result)
+    assert len(rows) == result.chunks == whole.chunks
