@@ -17,6 +17,7 @@ from jobs.conflicts import clashing
 from jobs.policies import FinishedPartition, is_done, split_by_quota
 from jobs.preparation import RunningJob
 from jobs.records import JobRecord
+from jobs.states import JobStatus
 from jobs.store import PartitionDone, Store
 from jobs.tiers import Tier
 
@@ -37,6 +38,9 @@ class CommitOutcome:
     # is deleted (the runner does it: engine/sync.py).
     sync_due: list[RunningJob] = field(default_factory=list)
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Jobs the runner found done whose success the store refused (a partition of theirs is
+    # not recorded done): they run again from what the store and the table show.
+    unconfirmed: list[RunningJob] = field(default_factory=list)
 
 
 def commit_batch(store: Store, tier_of, results: list[Finished]) -> CommitOutcome:
@@ -88,15 +92,21 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
     unless they fail otherwise (a partition of theirs was refused in this very batch)."""
     jobs = {job.record.id: job for job, _ in outcome.committed}
     done = [job for job_id, job in jobs.items() if job_id not in outcome.failed and is_done(job)]
-    outcome.succeeded = [job.record.id for job in done if job.config.mode != "sync"]
+    finishing = [job.record.id for job in done if job.config.mode != "sync"]
     outcome.sync_due = [job for job in done if job.config.mode == "sync"]
     outcome.records = store.record_partitions_done(
         [PartitionDone(job.record.id, job.record.tenant, result.partition,
                        {**partition_counts(result), **gpu_counts(result)},
                        tuple(result.skipped))
-         for job, result in outcome.committed], succeeded=outcome.succeeded)
+         for job, result in outcome.committed], succeeded=finishing)
     for job in jobs.values():
         job.record = outcome.records[job.record.id]
+    for job_id in finishing:
+        status = outcome.records[job_id].status
+        if status == JobStatus.SUCCEEDED:
+            outcome.succeeded.append(job_id)
+        elif status == JobStatus.RUNNING:  # not a cancel that came first: the store refused
+            outcome.unconfirmed.append(jobs[job_id])
 
 
 def gpu_counts(result: PartitionResult) -> dict[str, float]:

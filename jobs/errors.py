@@ -61,3 +61,12 @@ class StoreUnavailableError(EmbedscaleError, RuntimeError):
     def __init__(self, message: str, reason: str) -> None:
         self.reason = reason
         super().__init__(message)
+
+
+class PartitionsNotDoneError(EmbedscaleError, RuntimeError):
+    """A job was to succeed, but the store does not show every planned partition of it
+    committed: the runner's own bookkeeping ran out of work too early. Nothing is ended."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} has partitions not recorded done; it is not ended")

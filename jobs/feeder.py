@@ -233,11 +233,9 @@ class Feeder:
         task that failed as a whole are put back to run again, alone, with no attempt
         counted: shared tasks go back to the queue, tasks whose workers died become
         suspects."""
-        members = self.tasks.pop(future.key, [])
-        self._pinned.pop(future.key, None)
+        # Kept in `tasks` until sorted out: what the runner re-runs (`forget`) if this fails.
+        members = self.tasks.get(future.key, [])
         ran_alone = future.key == self._alone
-        if ran_alone:
-            self._alone = None
         live: list[tuple[int, RunningJob, int]] = []
         for position, (job_id, index) in enumerate(members):
             job = jobs.get(job_id)
@@ -261,7 +259,13 @@ class Feeder:
                     job.pending.appendleft(index)
                 else:
                     outcomes.append(Completed(job, index, result))
-        elif future.status not in ("finished", "cancelled"):
+        elif future.status == "cancelled":
+            # Not by this feeder: it forgets its own cancels' partitions before it cancels
+            # (cancel_for, unpin_lost). The client cancels every open future when it loses
+            # the scheduler and reconnects; the partitions go back, with any slices held.
+            for _, job, index in live:
+                job.pending.appendleft(index)
+        elif future.status != "finished":
             exc = future.exception()
             for _, job, index in live:
                 # The partition runs again from its start: the fragments of its earlier
@@ -275,8 +279,17 @@ class Feeder:
                     job.pending.appendleft(index)
                 else:
                     outcomes.append(Failed(job, index, exc))
-        future.release()
+        self.forget(future)
         return outcomes
+
+    def forget(self, future: Future) -> list[tuple[str, int]]:
+        """Stop tracking a task whose outcome could not be handled: its (job, partition)s."""
+        members = self.tasks.pop(future.key, [])
+        self._pinned.pop(future.key, None)
+        if future.key == self._alone:
+            self._alone = None
+        future.release()
+        return members
 
     def unpin_lost(self, jobs: Mapping[str, RunningJob], alive: set[str]) -> None:
         """Send again, to any worker, the slices pinned to a worker that is gone. Dask would

@@ -22,6 +22,9 @@ from jobs.states import JobStatus, check_transition
 from jobs.store_rows import JOB_SELECT, job_from_row, stored, transition_changes
 
 MAX_SKIPPED_STORED = 1000  # per job; the count is kept in full
+# The condition a job's success is written under: every partition it planned is done.
+ALL_PARTITIONS_DONE = ("NOT EXISTS (SELECT 1 FROM job_partitions p WHERE p.job_id = {job} "
+                       "AND p.status <> 'done')")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +117,11 @@ def _read_jobs(con: duckdb.DuckDBPyConnection, job_ids: Collection[str]
 
 def _succeed(con: duckdb.DuckDBPyConnection, records: dict[str, JobRecord],
              succeeded: Collection[str], now: datetime) -> None:
-    """Move the jobs of `succeeded` still running (a cancel may have come first) to
-    succeeded, in one statement; `records` are updated to match."""
+    """Move the jobs of `succeeded` still running (a cancel may have come first) and with
+    every partition recorded done to succeeded, in one statement; `records` are updated to
+    match (a job not moved keeps its running record)."""
     rows = []
+    before = dict(records)
     for job_id in succeeded:
         job = records[job_id]
         if job.status != JobStatus.RUNNING:
@@ -126,11 +131,18 @@ def _succeed(con: duckdb.DuckDBPyConnection, records: dict[str, JobRecord],
         values = stored(changes)
         rows.append([job_id, values["status"], values["history"]])
         records[job_id] = dataclasses.replace(job, **changes)
-    if rows:
-        _execute_values(
-            con, "UPDATE jobs AS j SET status = v.status, history = v.history, updated_at = ?, "
-            "finished_at = ? FROM ({values}) v(id, status, history) WHERE j.id = v.id",
-            rows, before=[now, now])
+    if not rows:
+        return
+    # Whether a job is done is the store's word, not the runner's: one that still has a
+    # partition not recorded done stays running (and its record unchanged).
+    moved = {job_id for (job_id,) in _execute_values(
+        con, "UPDATE jobs AS j SET status = v.status, history = v.history, updated_at = ?, "
+        "finished_at = ? FROM ({values}) v(id, status, history) WHERE j.id = v.id AND "
+        f"j.status = 'running' AND {ALL_PARTITIONS_DONE.format(job='j.id')} RETURNING j.id",
+        rows, before=[now, now]).fetchall()}
+    for job_id, *_ in rows:
+        if job_id not in moved:
+            records[job_id] = before[job_id]
 
 
 def insert_skipped(con: duckdb.DuckDBPyConnection, job_id: str, partition: int | None,

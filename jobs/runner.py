@@ -32,7 +32,8 @@ from engine.worker_recovery import WorkerRecovery
 from jobs.admission import AdmissionQueue
 from jobs.commits import Finished, commit_batch
 from jobs.endings import completion, remove_job_rows
-from jobs.errors import StoreUnavailableError
+from jobs.errors import PartitionsNotDoneError, StoreUnavailableError
+from jobs.event_failures import RUNNER_ERROR, EventRetries, job_of
 from jobs.events import EventBus
 from jobs.feeder import Completed, Feeder, failure_line
 from jobs.log_context import call_with_log_fields, log_fields
@@ -62,6 +63,7 @@ from jobs.tiers import Tier
 __all__ = ["Runner", "RunnerConfig"]
 log = logging.getLogger(__name__)
 RECOVERY_CHECK_S = 5.0  # how often lost workers of a cluster we started are looked for
+EVENT_RETRY_PAUSE_S = 0.5  # before events whose handling failed transiently are handled again
 THREADS_MAX_AGE_S = 2.0  # the cluster's thread count, asked of the scheduler at most this often
 
 
@@ -97,6 +99,7 @@ class Runner:
         # Compacts the tables as commits add fragments; wakes the loop to commit what waited.
         self.maintenance = TableMaintenance(lambda: self._inbox.put(WakeUp()),
                                             self.config.compact_after_fragments)
+        self._event_retries = EventRetries()
         self.error: BaseException | None = None
         # Failed partition attempts by kind ('error', 'killed_worker'), for /metrics.
         self.partition_failures = Tally()
@@ -175,14 +178,22 @@ class Runner:
                 events = self._inbox.take(self._until_next_timer())
                 if any(isinstance(e, Stop) for e in events):
                     return
+                again: list[Event] = []
                 for position, event in enumerate(events):
                     try:
                         self.handle(event)
+                        self._event_retries.handled(event)
                     except StoreUnavailableError:
                         self._inbox.put_back(self._outage.unhandled(event, events[position + 1:]))
                         raise
+                    except Exception as exc:  # this event's failure: the others go on
+                        if self._event_failed(event, exc):
+                            again.append(event)
                 self._act()
                 self.error = None
+                if again:  # after a pause, as a passing I/O error may need
+                    self._inbox.put_back(again)
+                    self._stopping.wait(EVENT_RETRY_PAUSE_S)
             except StoreUnavailableError as exc:  # a full disk: jobs/store_outage.py
                 log.warning("runner step failed: %s; retrying in 1 s", exc)
                 self.error = exc
@@ -223,6 +234,9 @@ class Runner:
     def _act(self) -> None:
         """What the handled events call for: commit, check workers, admit, retry, feed."""
         self._outage.settle()  # endings owed since a store outage, once it is back
+        # A job cancelled or failed since its partitions finished commits none of them (a
+        # cancel's undo ran already: a commit now would leave its rows, and charge them).
+        self._finished = [f for f in self._finished if f[0].record.id in self._jobs]
         if self._finished:
             # A table being compacted takes its partitions at the next commit after it.
             waiting = [f for f in self._finished if self.maintenance.busy(f[0].table.uri)]
@@ -235,6 +249,7 @@ class Runner:
             self._next_recovery_check = now + RECOVERY_CHECK_S
             self.recovery.check()
             self._feeder.unpin_lost(self._jobs, set(self.cluster.worker_addresses()))
+            self._end_idle_jobs()
         if self._draining:
             return
         if self._admission.due:
@@ -291,13 +306,55 @@ class Runner:
         self._feeder.feed(self._jobs, self.cluster.worker_threads(THREADS_MAX_AGE_S),
                           time.time())
 
+    def _event_failed(self, event: Event, exc: Exception) -> bool:
+        """A failure to handle `event`: whether to handle it again; otherwise the job it
+        concerns ends failed (a task's partitions not accounted for run again instead)."""
+        log.error("runner: handling %s failed: %s", type(event).__name__, error_line(exc),
+                  exc_info=exc)
+        if self._event_retries.again(event, exc):
+            return True
+        job_id = job_of(event)
+        if job_id is not None:
+            self._finish(job_id, JobStatus.FAILED, error_reason=RUNNER_ERROR,
+                         error=f"the runner could not handle this job's "
+                               f"{type(event).__name__} event: {error_line(exc)}")
+        return False
+
+    def _task_unaccounted(self, future: Future, members: list[tuple[str, int]],
+                          exc: Exception) -> None:
+        """A finished task whose outcome could not be handled: each of its partitions that
+        is neither finished, queued, waiting for a retry nor running again counts a failed
+        attempt (and is retried, or fails its job, by the retry policy)."""
+        self._feeder.forget(future)
+        finished = {(job.record.id, result.partition) for job, result in self._finished}
+        for job_id, index in members:
+            job = self._jobs.get(job_id)
+            if job is None or (job_id, index) in finished or index in job.pending \
+                    or index in job.retry_at or index in job.suspects \
+                    or (index in job.in_flight and job.in_flight[index] is not future):
+                continue
+            job.in_flight.pop(index, None)
+            job.progress.pop(index, None)  # from its start: the held slices are not trusted
+            with log_fields(job_id=job_id, tenant=job.record.tenant):
+                self._on_error(job, index, exc)
+
     def _on_task_done(self, future: Future) -> None:
-        for outcome in self._feeder.done(future, self._jobs):
-            if isinstance(outcome, Completed):
-                self._finished.append((outcome.job, outcome.result))
-            elif outcome.job.record.id in self._jobs:  # not failed by an earlier outcome
-                with log_fields(job_id=outcome.job.record.id, tenant=outcome.job.record.tenant):
-                    self._on_error(outcome.job, outcome.index, outcome.exc, outcome.message)
+        members = list(self._feeder.tasks.get(future.key, ()))  # done() forgets them
+        try:
+            for outcome in self._feeder.done(future, self._jobs):
+                if isinstance(outcome, Completed):
+                    self._finished.append((outcome.job, outcome.result))
+                elif outcome.job.record.id in self._jobs:  # not failed by an earlier outcome
+                    with log_fields(job_id=outcome.job.record.id,
+                                    tenant=outcome.job.record.tenant):
+                        self._on_error(outcome.job, outcome.index, outcome.exc,
+                                       outcome.message)
+        except StoreUnavailableError:
+            raise
+        except Exception as exc:  # e.g. its result could not be read: its partitions run again
+            log.error("runner: the outcome of task %s could not be handled: %s", future.key,
+                      error_line(exc), exc_info=exc)
+            self._task_unaccounted(future, members, exc)
 
     def _on_error(self, job: RunningJob, index: int, exc: BaseException | None,
                   message: str | None = None) -> None:
@@ -331,6 +388,8 @@ class Runner:
             self._publish(outcome.records[job_id])
         for job_id, (reason, error) in outcome.failed.items():
             self._finish(job_id, JobStatus.FAILED, error_reason=reason, error=error)
+        for job in outcome.unconfirmed:
+            self._run_again_unfinished(job)
         for job in outcome.sync_due:
             self._succeed(job)
 
@@ -355,7 +414,32 @@ class Runner:
         """End a job whose partitions are all done (a sync job deletes what is gone first)."""
         with self.maintenance.exclusive(job.table.uri):  # a sync's deletions, likewise
             status, fields = completion(self.store, job)
-        self._finish(job.record.id, status, **fields)
+        try:
+            self._finish(job.record.id, status, **fields)
+        except PartitionsNotDoneError:
+            self._run_again_unfinished(job)
+
+    def _end_idle_jobs(self) -> None:
+        """Jobs with nothing left to run here and nothing waiting to be committed: a job
+        ends when its last partition is committed, so one here lost a partition from the
+        bookkeeping. The store decides: it succeeds if every partition is recorded done,
+        and otherwise runs again what is not."""
+        waiting = {job.record.id for job, _ in self._finished}
+        for job in [j for j in self._jobs.values() if is_done(j)
+                    and j.record.id not in waiting]:
+            self._succeed(job)
+
+    def _run_again_unfinished(self, job: RunningJob) -> None:
+        """A job this runner ran out of work for, which the store does not show done: a
+        partition went missing from the bookkeeping here. Never call it a success; prepare
+        it again as after a restart, which runs what the store and the table do not show
+        committed (and records what the table does)."""
+        log.error("job %s: no work was left for it here, but the store shows partitions not "
+                  "done; preparing it again to run them", job.record.id)
+        self._jobs.pop(job.record.id, None)
+        self._feeder.cancel_for(job)
+        self._admission.hold(job.record.id, job.record.tenant)  # still its tenant's slot
+        self._start_preparing(self.store.get_job(job.record.id), resumed=True)
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
         """End a job, unless a cancel came first (one store call decides: the cancel wins)."""

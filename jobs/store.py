@@ -22,10 +22,15 @@ import duckdb
 
 from engine.documents import Skipped
 from engine.partitions import Partition
-from jobs.errors import NotFoundError
+from jobs.errors import NotFoundError, PartitionsNotDoneError
 from jobs.job_cache import JobCache
 from jobs.job_figures import JobFigures
-from jobs.progress_records import PartitionDone, insert_skipped, record_done
+from jobs.progress_records import (
+    ALL_PARTITIONS_DONE,
+    PartitionDone,
+    insert_skipped,
+    record_done,
+)
 from jobs.records import (
     JobRecord,
     StoredPartition,
@@ -249,19 +254,27 @@ class Store(TenantRows, ScheduleRows, StoreReports):
                 job = self._latest(con, job_id)
                 if job.status != JobStatus.RUNNING:
                     return None
-                record = self._transition(con, job, new, **fields)
+                # Success is the store's word: written only if every partition is done.
+                condition = (ALL_PARTITIONS_DONE.format(job="jobs.id")
+                             if new == JobStatus.SUCCEEDED else None)
+                record = self._transition(con, job, new, condition, **fields)
+                if record is None:
+                    raise PartitionsNotDoneError(job_id)
             self._written([record])
             return record
 
     @staticmethod
     def _transition(con: duckdb.DuckDBPyConnection, job: JobRecord, new: JobStatus,
-                    **fields: Any) -> JobRecord:
+                    condition: str | None = None, **fields: Any) -> JobRecord | None:
+        """Write `job`'s move to `new`; with `condition` (SQL on `jobs`) only where it holds
+        (None when it does not)."""
         check_transition(job.id, job.status, new, job.history)
         changes = transition_changes(job, new, utcnow(), **fields)
         values = stored(changes)
-        con.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
-                    [*values.values(), job.id])
-        return dataclasses.replace(job, **changes)
+        where = f"id = ? AND {condition}" if condition else "id = ?"
+        moved = con.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE "
+                            f"{where} RETURNING id", [*values.values(), job.id]).fetchall()
+        return dataclasses.replace(job, **changes) if moved else None
 
     # --- partitions, progress and usage ---------------------------------------------------
 

@@ -1,0 +1,164 @@
+"""The runner loses no partition (issue 16): a task the client cancels on its own (as it does to
+every open future when it reconnects to its scheduler) puts its partition back; a job succeeds
+only when the store shows every planned partition done, so a partition lost from the runner's
+bookkeeping runs again instead of being called a success; a partition that finishes in the same
+batch as its job's cancel is not committed and not charged; an event that fails to be handled
+does not take the rest of its batch with it. On the shared cluster of worker processes, real
+DuckDB and Lance files."""
+from __future__ import annotations
+
+import pytest
+
+from engine.sources import plan_texts
+from jobs.errors import PartitionsNotDoneError
+from jobs.feeder import Completed, Feeder
+from jobs.states import JobStatus
+from jobs.store import PartitionDone, Store
+from tests.helpers import logged, read_rows
+from tests.test_store import new_job
+
+pytestmark = pytest.mark.slow
+
+SPEC = {"table": "t", "chunk_tokens": 64}
+RUN_AGAIN = "preparing it again"  # what the runner logs when the store refuses a success
+
+
+def submit(service, corpus, **spec):
+    return service.submit("local", {**SPEC, "source": str(corpus), **spec},
+                          partition_bytes=4096)
+
+
+def assert_whole(service, final, data_dir):
+    """Every planned partition done, and the table holds each of the job's chunks once."""
+    assert final.status == JobStatus.SUCCEEDED, final.error
+    assert final.partitions_total > 2
+    assert final.partitions_done == final.partitions_total
+    assert {p.status for p in service.store.partitions(final.id)} == {"done"}
+    ids = read_rows(data_dir, final.table_name, ["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == final.chunks_done > 20
+
+
+def test_a_task_the_client_cancels_puts_its_partition_back(service, small_corpus, tmp_path,
+                                                           monkeypatch):
+    cancelled: list[str] = []
+    submit_task = Feeder._submit
+
+    def submit_then_lose(self, members, priority):
+        key = submit_task(self, members, priority)
+        if not cancelled:  # the first task: the client drops it, as on a reconnect
+            cancelled.append(key)
+            self._client().cancel([members[0][0].in_flight[members[0][1]]])
+        return key
+
+    monkeypatch.setattr(Feeder, "_submit", submit_then_lose)
+    with logged("jobs.runner") as lines:
+        final = service.wait(submit(service, small_corpus).id, timeout=180)
+    assert cancelled
+    assert_whole(service, final, tmp_path / "data")
+    assert not [line for line in lines if RUN_AGAIN in line]  # put back, not found missing
+
+
+def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(service, small_corpus,
+                                                                tmp_path, monkeypatch):
+    lost: list[int] = []
+    done = Feeder.done
+
+    def done_losing_one(self, future, jobs):
+        outcomes = done(self, future, jobs)
+        if not lost and any(isinstance(o, Completed) for o in outcomes):
+            first = next(o for o in outcomes if isinstance(o, Completed))
+            lost.append(first.index)  # a bug's way: finished, then forgotten
+            outcomes.remove(first)
+        return outcomes
+
+    monkeypatch.setattr(Feeder, "done", done_losing_one)
+    with logged("jobs.runner") as lines:
+        final = service.wait(submit(service, small_corpus).id, timeout=180)
+    assert lost
+    assert_whole(service, final, tmp_path / "data")
+    assert [line for line in lines if RUN_AGAIN in line]
+
+
+def test_the_store_refuses_a_success_with_a_partition_not_done(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    store.insert_job(new_job("j"), plan_texts(["a", "b"], docs_per_partition=1).partitions)
+    store.set_status("j", JobStatus.RUNNING)
+    counts = {"documents": 1, "chunks": 3, "tokens": 9, "skipped": 0}
+    records = store.record_partitions_done([PartitionDone("j", "acme", 0, counts)],
+                                           succeeded=["j"])  # partition 1 is not done
+    assert records["j"].status == store.get_job("j").status == JobStatus.RUNNING
+    with pytest.raises(PartitionsNotDoneError):
+        store.finish("j", JobStatus.SUCCEEDED)
+    assert Store._get_job(store._con, "j").status == JobStatus.RUNNING  # nothing written
+    store.record_partitions_done([PartitionDone("j", "acme", 1, counts)], succeeded=["j"])
+    assert Store._get_job(store._con, "j").status == JobStatus.SUCCEEDED
+
+
+def test_a_partition_done_in_the_batch_of_its_jobs_cancel_is_not_committed(
+        service, small_corpus, tmp_path, monkeypatch):
+    """A partition's completion and its job's cancel reach the runner in one batch of events:
+    the cancel is handled right after the completion, before the batch is committed."""
+    from jobs.runner import Runner
+    from jobs.runner_events import CancelRequested
+
+    job = service.submit("local", {**SPEC, "source": str(small_corpus), "table": "c"},
+                         partition_bytes=4096)
+    together: list[int] = []
+    on_task_done = Runner._on_task_done
+
+    def done_then_cancelled(self, future):
+        on_task_done(self, future)
+        finished = [r.partition for j, r in self._finished if j.record.id == job.id]
+        if finished and not together:
+            together.extend(finished)
+            service.store.set_status(job.id, JobStatus.CANCELLING)  # what cancel() does first
+            self.handle(CancelRequested(job.id))
+
+    monkeypatch.setattr(Runner, "_on_task_done", done_then_cancelled)
+    assert service.wait(job.id, timeout=180).status == JobStatus.CANCELLED
+    # A later job's end: the runner has acted on the batch of the cancel by then.
+    later = service.submit("local", {"table": "later", "texts": ["a short text"]})
+    assert service.wait(later.id, timeout=120).status == JobStatus.SUCCEEDED
+    assert together
+    assert Store._get_job(service.store._con, job.id).partitions_done == 0
+    assert service.store.usage("local")[0] == 1  # the later job's chunk; none of the cancelled
+    assert read_rows(tmp_path / "data", "c", ["id"]).num_rows == 0  # nothing committed
+
+
+def test_an_outcome_that_cannot_be_read_runs_its_partition_again(service, small_corpus,
+                                                                 tmp_path, monkeypatch):
+    """A passing error while the runner sorts out a finished task (reading its result over a
+    connection that dropped) costs that partition an attempt, not the job its partition."""
+    failed: list[str] = []
+    done = Feeder.done
+
+    def done_failing_once(self, future, jobs):
+        if not failed:
+            failed.append(future.key)
+            raise OSError("connection reset by peer")
+        return done(self, future, jobs)
+
+    monkeypatch.setattr(Feeder, "done", done_failing_once)
+    final = service.wait(submit(service, small_corpus).id, timeout=180)
+    assert failed
+    assert_whole(service, final, tmp_path / "data")
+    assert sum(p.attempts for p in service.store.partitions(final.id)) == 1
+
+
+def test_an_event_that_cannot_be_handled_fails_only_its_job(service, monkeypatch):
+    from jobs.runner import Runner
+
+    texts = {"table": "e", "texts": ["one short text", "another"]}
+    doomed, fine = (service.submit("local", {**texts, "table": name}) for name in ("e1", "e2"))
+    on_prepared = Runner._on_prepared
+
+    def on_prepared_failing_for_one(self, job_id, outcome):
+        if job_id == doomed.id:
+            raise ValueError("a bug in the runner")
+        on_prepared(self, job_id, outcome)
+
+    monkeypatch.setattr(Runner, "_on_prepared", on_prepared_failing_for_one)
+    assert service.wait(fine.id, timeout=120).status == JobStatus.SUCCEEDED
+    failed = service.wait(doomed.id, timeout=120)
+    assert failed.status == JobStatus.FAILED and failed.error_reason == "runner_error"
+    assert "a bug in the runner" in failed.error
