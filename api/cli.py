@@ -1,4 +1,5 @@
-"""The `embedscale` command: run jobs, watch and cancel them, manage tenants, search tables."""
+"""The `embedscale` command: run jobs, watch and cancel them, manage tenants, search and verify
+tables."""
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SQL filter on the table's columns, e.g. \"source = 'a.md'\"")
     search.add_argument("--tenant", default="local", help="whose table (default: local)")
     _common_args(search)
+
+    verify = sub.add_parser("verify", help="check a table against the job ledger: ids unique, "
+                            "committed rows present, none of cancelled jobs, vectors finite, "
+                            "one model; exit status 1 naming each problem")
+    verify.add_argument("table")
+    verify.add_argument("--tenant", default="local", help="whose table (default: local)")
+    _common_args(verify)
 
     serve = sub.add_parser("serve", help="run the job service over HTTP (FastAPI + uvicorn)")
     serve.add_argument("--host", help="default 127.0.0.1")
@@ -173,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from api.cli_search import search_command
 
             return search_command(args)
+        if args.command == "verify":
+            from api.cli_verify import verify_command
+
+            return verify_command(args)
         if args.command == "serve":
             from api.cli_serve import serve_command
 

@@ -94,6 +94,19 @@ def require_admin(request: Request, credentials: Annotated[
         raise HTTPException(401, "admin key required", headers=_UNAUTHORIZED)
 
 
+def require_admin_over_tenants(request: Request, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]) -> None:
+    """An admin route among a tenant's routes (GET /v1/tables/{name}/verify): the admin key
+    passes, a tenant's key is a 403 (the door answered a missing or wrong key with a 401)."""
+    expected = request.app.state.admin_key
+    if credentials is None or not expected or not same_key(credentials.credentials, expected):
+        raise HTTPException(403, "this route needs the service's admin key "
+                                 "(EMBEDSCALE_ADMIN_KEY), not a tenant's")
+
+
+AdminOnly = Annotated[None, Depends(require_admin_over_tenants)]
+
+
 def rate_limit(bucket: str):
     """A dependency that spends one of the tenant's `bucket` tokens, or answers 429."""
 

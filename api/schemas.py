@@ -101,6 +101,27 @@ class SearchResponse(BaseModel):
     hits: list[Hit]  # the engine's own record of a hit: doc_id, score, text, metadata, ...
 
 
+class ProblemOut(BaseModel):
+    kind: str = Field(description="a stable name: duplicate_ids, missing_rows, ...")
+    message: str
+    count: int = Field(description="rows (or ids) concerned")
+    examples: list[str] = Field(description="a few of the row ids or job ids concerned")
+    severity: str = Field(description="error (the table is not sound) or warning")
+
+
+class VerifyOut(BaseModel):
+    """A table checked against itself and the job ledger (`embedscale verify`)."""
+
+    table: str
+    tenant: str
+    ok: bool = Field(description="no error among the problems")
+    rows: int
+    model: str | None
+    dimension: int | None
+    jobs: int = Field(description="jobs the ledger records for this table")
+    problems: list[ProblemOut]
+
+
 class TenantCreate(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)
     tier: NameStr = Field(min_length=1, max_length=64)

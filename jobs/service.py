@@ -43,6 +43,7 @@ from jobs.spec import (
 )
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
+from jobs.table_verify import VerifyReport, verify_table
 from jobs.tally import Tally
 from jobs.tenants import Tenants, Usage, tenant_data_dir
 from jobs.tiers import Tier, load_tiers
@@ -347,6 +348,12 @@ class JobService:
     def table(self, tenant: str, name: str) -> TableInfo:
         """One of the tenant's tables (TableNotFoundError if it has none of that name)."""
         return describe_table(self.tenant_data_dir(tenant), name)
+
+    def verify_table(self, tenant: str, name: str) -> VerifyReport:
+        """One of the tenant's tables checked against itself and the job ledger
+        (`embedscale verify`); TableNotFoundError if it has none of that name."""
+        return verify_table(self.store, existing_table(self.tenant_data_dir(tenant), name),
+                            tenant)
 
     def table_uri(self, tenant: str, name: str) -> str:
         """Where a tenant's table is (or would be) stored."""

@@ -1,6 +1,9 @@
 """What the store reports for health checks and metrics: cheap aggregate reads."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 from jobs.job_figures import JobShare
 from jobs.states import UNFINISHED, JobStatus
 from jobs.store_connection import Connected
@@ -8,8 +11,35 @@ from jobs.store_connection import Connected
 # Jobs whose pending partitions are work waiting (a cancelling job's never run).
 _WAITING = (JobStatus.QUEUED, JobStatus.RUNNING)
 _JOB_COUNTS = "SELECT status, count(*) FROM jobs GROUP BY status"
+# Each job of a tenant's table with what the ledger records it committed there (its partitions
+# marked done), for `embedscale verify` (jobs/table_verify.py).
+_TABLE_LEDGER = (
+    "SELECT j.id, j.status, coalesce(json_extract_string(j.spec, '$.mode'), 'append') AS mode, "
+    "j.created_at, j.started_at, j.finished_at, count(p.partition) AS partitions_done, "
+    "coalesce(sum(p.chunks), 0) AS chunks_done, min(p.updated_at) AS first_done_at, "
+    "max(p.updated_at) AS last_done_at FROM jobs j LEFT JOIN job_partitions p "
+    "ON p.job_id = j.id AND p.status = 'done' WHERE j.tenant = ? AND j.table_name = ? "
+    "GROUP BY ALL ORDER BY j.created_at, j.id")
 _EMBEDDED = ("SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
              "sum(tokens_done) FROM jobs GROUP BY ALL")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerJob:
+    """A job of a table as the ledger records it: its status and write mode, when it ran, and
+    the partitions it committed (marked done) with their chunks, and when they were recorded
+    (None: none was)."""
+
+    id: str
+    status: str
+    mode: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    partitions_done: int
+    chunks_done: int
+    first_done_at: datetime | None
+    last_done_at: datetime | None
 
 
 class StoreReports(Connected):
@@ -58,3 +88,11 @@ class StoreReports(Connected):
                 "SELECT count(*) FROM job_partitions p JOIN jobs j ON p.job_id = j.id "
                 f"WHERE j.status IN ({', '.join('?' for _ in _WAITING)}) AND "
                 "p.status != 'done'", [str(s) for s in _WAITING]).fetchone()[0]
+
+    def table_ledger(self, tenant: str, table: str) -> list[LedgerJob]:
+        """Every job of `tenant` that wrote (or was to write) `table`, oldest first, with
+        what the ledger records it committed there."""
+        with self._lock:
+            cursor = self._con.execute(_TABLE_LEDGER, [tenant, table])
+            names = [d[0] for d in cursor.description]
+            return [LedgerJob(**dict(zip(names, row))) for row in cursor.fetchall()]

@@ -1,11 +1,16 @@
-"""Small helpers for tests: reading back what a job wrote, waiting for a job over HTTP."""
+"""Small helpers for tests: reading back what a job wrote, waiting for a job over HTTP, and
+`embedscale verify` after a fault test."""
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import lance
@@ -47,3 +52,34 @@ def logged(logger_name: str) -> Iterator[list[str]]:
         yield lines
     finally:
         logger.removeHandler(handler)
+
+
+def verify(data_dir: str | Path, table: str, *args: str,
+           env: dict[str, str] | None = None) -> tuple[int, dict, str]:
+    """`embedscale verify TABLE --data-dir DATA_DIR ARGS --json` run in this process, with
+    `env` added to the environment (object-store credentials): (exit status, the report,
+    stderr)."""
+    from api.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env or {}), redirect_stdout(out), redirect_stderr(err):
+        status = main(["verify", table, "--data-dir", str(data_dir), "--json", *args])
+    return status, (json.loads(out.getvalue()) if out.getvalue() else {}), err.getvalue()
+
+
+def assert_verified(data_dir: str | Path, table: str, *args: str,
+                    env: dict[str, str] | None = None) -> dict:
+    """What a fault test ends with: the table matches its ledger (`embedscale verify` exits 0
+    with no problem at all, warnings included). The data dir's DuckDB file must be closed."""
+    status, report, err = verify(data_dir, table, *args, env=env)
+    assert status == 0 and report["ok"] and report["problems"] == [], err or report
+    return report
+
+
+def assert_verified_by_api(admin: httpx.Client, table: str, tenant: str) -> dict:
+    """The same through a running server's GET /v1/tables/{name}/verify (the admin's client)."""
+    answer = admin.get(f"/v1/tables/{table}/verify", params={"tenant": tenant})
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["ok"] and report["problems"] == [], report
+    return report

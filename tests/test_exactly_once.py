@@ -5,7 +5,7 @@ import cloudpickle
 import pytest
 
 from tests import faults
-from tests.helpers import read_rows, run
+from tests.helpers import assert_verified, read_rows, run
 
 pytestmark = pytest.mark.slow
 
@@ -38,3 +38,4 @@ def test_exact_ids_after_a_fault(cluster, small_corpus, data_dir, tmp_path, refe
     ids = read_rows(data_dir, "faulty").column("id").to_pylist()
     assert sorted(ids) == reference_ids  # every chunk once: none lost, none doubled
     assert summary.chunks == len(reference_ids)
+    assert_verified(data_dir, "faulty")  # and the table matches its ledger, job by job

@@ -18,6 +18,7 @@ from jobs.states import JobStatus
 from tests import faults
 from tests.conftest import SAMPLE_CORPUS, started_service
 from tests.corpora import jsonl_corpus
+from tests.helpers import assert_verified
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(faults)  # the fault plugin ships by value
@@ -107,6 +108,8 @@ def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(c
                 cluster.client.unregister_worker_plugin(fault.name)
     assert marker.exists(), "no worker was killed holding a partition"
     assert ids["sliced"] == ids["whole"] == ids["killed"]
+    for name in ids:
+        assert_verified(tmp_path / name, "t")
 
 
 def view(job_id, tenant, weight=1.0, priority="normal"):

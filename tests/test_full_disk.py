@@ -22,7 +22,7 @@ from jobs.tenants import tenant_data_dir
 from tests import faults
 from tests.api_server import Server
 from tests.corpora import jsonl_corpus
-from tests.helpers import read_rows, wait_done
+from tests.helpers import assert_verified_by_api, read_rows, wait_done
 
 pytestmark = pytest.mark.slow
 NO_SPACE = "no space left on device"
@@ -184,3 +184,5 @@ def test_a_full_disk_fails_the_job_in_flight_and_the_service_reopens(disk_server
     assert rows == {first["id"]: first["chunks_done"], big["id"]: failed["chunks_done"],
                     after["id"]: after["chunks_done"]}
     assert client.get("/v1/tables/docs").json()["rows"] == sum(rows.values())
+    with server.admin() as admin:  # the failed job's committed rows are its to keep
+        assert_verified_by_api(admin, "docs", "filler")

@@ -15,6 +15,7 @@ from engine.tables import read_table
 from jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
 from tests.dask_processes import DaskProcesses, run_cli
+from tests.helpers import assert_verified
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +63,7 @@ def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
     clean_ids, killed_ids = chunk_ids(home, "clean"), chunk_ids(home, "killed")
     assert len(killed_ids) == len(set(killed_ids)) == clean["chunks"]
     assert set(killed_ids) == set(clean_ids)
+    assert_verified(tmp_path / "k", "killed", "--tables-uri", tables, env=s3_store.env)
 
 
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):

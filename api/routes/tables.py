@@ -1,16 +1,25 @@
-"""/v1/tables: the tenant's tables, their size and model, search, and deletion."""
+"""/v1/tables: the tenant's tables, their size and model, search, and deletion; and, for the
+admin, a table checked against the job ledger."""
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import CurrentTenant, ServiceDep, rate_limit
+from api.deps import AdminOnly, CurrentTenant, ServiceDep, rate_limit
 from api.ratelimit import SEARCH
-from api.schemas import ErrorOut, SearchRequest, SearchResponse, TableList, TableOut
+from api.schemas import (
+    ErrorOut,
+    SearchRequest,
+    SearchResponse,
+    TableList,
+    TableOut,
+    VerifyOut,
+)
 from engine.sink import TABLE_NAME_PATTERN
+from jobs.tenants import LOCAL_TENANT, TENANT_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"])
 TableName = Annotated[str, Path(min_length=1, max_length=128, pattern=TABLE_NAME_PATTERN)]
@@ -44,3 +53,15 @@ def delete_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) ->
     """Drop a table with all its rows; 409 while a job of the tenant still writes to it."""
     service.drop_table(tenant, name)
     return Response(status_code=204)
+
+
+@router.get("/{name}/verify", response_model=VerifyOut,
+            responses={**_ERRORS, 403: {"model": ErrorOut}})
+def verify_table(name: TableName, service: ServiceDep, _: AdminOnly,
+                 tenant: Annotated[str, Query(max_length=64, pattern=TENANT_NAME_PATTERN,
+                                              description="whose table")] = LOCAL_TENANT
+                 ) -> VerifyOut:
+    """Admin only: the table checked against itself and the job ledger (row ids unique,
+    committed rows present, none of cancelled jobs, vectors finite, one model). 200 either
+    way, with `ok` and the problems found."""
+    return VerifyOut(**service.verify_table(tenant, name).to_dict())

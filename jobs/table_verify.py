@@ -1,0 +1,189 @@
+"""`embedscale verify`: one table held against the job ledger in DuckDB.
+
+The table's own checks (ids unique, vectors of its dimension and finite, one model) are
+engine/verify.py's; here each job's rows, counted in the same pass, are held against what the
+ledger records that job committed (its partitions marked done, with their chunks):
+
+- every committed row is there: a job has as many rows as its done partitions hold chunks,
+  unless a later job could have replaced them (an overwrite, upsert or sync of the table) or
+  the table was made again after them (dropped, then written anew);
+- no row of a cancelled job; a failed job keeps what it committed (a retry does only the rest),
+  and no job has more rows than its ledger records, which would be a partition committed twice
+  or a commit never recorded. An unfinished job may be ahead of its ledger (a Lance commit is
+  recorded just after it lands; `jobs resume` records what a crash cut off): that is a warning
+  when the table's own commit properties account for the rows;
+- rows of a job the ledger does not know (a table written from another data dir): a warning.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from engine.sink import ChunkTable
+from engine.verify import (
+    ERROR,
+    EXAMPLES,
+    WARNING,
+    Problem,
+    TableScan,
+    committed_chunks,
+    scan_table,
+)
+from jobs.states import JobStatus
+from jobs.store_reports import LedgerJob, StoreReports
+
+REPLACING_MODES = frozenset({"overwrite", "upsert", "sync"})  # they remove others' rows
+_FED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})  # their partitions may be committing
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What `embedscale verify` found in one table: its size and model, the ledger's jobs of
+    it, and the problems (ok: no error among them; warnings are worth a look)."""
+
+    table: str
+    tenant: str
+    rows: int
+    model: str | None
+    dimension: int | None
+    jobs: int  # jobs the ledger records for this table
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity == ERROR for p in self.problems)
+
+    def to_dict(self) -> dict:
+        return {"table": self.table, "tenant": self.tenant, "ok": self.ok, "rows": self.rows,
+                "model": self.model, "dimension": self.dimension, "jobs": self.jobs,
+                "problems": [{**asdict(p), "examples": list(p.examples)}
+                             for p in self.problems]}
+
+    def lines(self) -> list[str]:
+        """One line per problem, errors first: what is wrong, and a few ids to look up."""
+        ordered = sorted(self.problems, key=lambda p: p.severity != ERROR)
+        return [f"{p.severity}: table '{self.table}' of tenant '{self.tenant}': {p.kind}: "
+                f"{p.message}{_examples(p)}" for p in ordered]
+
+
+def _examples(problem: Problem) -> str:
+    """A few ids to look up, unless the message names them already (the jobs concerned)."""
+    if not problem.examples or all(e in problem.message for e in problem.examples):
+        return ""
+    return f" (e.g. {', '.join(problem.examples)})"
+
+
+def verify_table(store: StoreReports, table: ChunkTable, tenant: str) -> VerifyReport:
+    """Check `table` (of `tenant`) against itself and against the ledger in `store`."""
+    scan = scan_table(table)
+    ledger = store.table_ledger(tenant, table.name)
+    problems = list(scan.problems) + ledger_problems(table, scan, ledger)
+    return VerifyReport(table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger),
+                        problems)
+
+
+def ledger_problems(table: ChunkTable, scan: TableScan, ledger: list[LedgerJob]
+                    ) -> list[Problem]:
+    """Each job's rows in the table held against what the ledger records it committed."""
+    found: dict[str, list[str]] = {}  # kind -> one description per job
+    counts: dict[str, int] = {}  # kind -> rows concerned
+    created = _Created(table)
+
+    def add(kind: str, job: LedgerJob, rows: int, text: str) -> None:
+        found.setdefault(kind, []).append(f"{job.id} ({job.status}) {text}")
+        counts[kind] = counts.get(kind, 0) + rows
+
+    for job in ledger:
+        rows = scan.rows_by_job.get(job.id, 0)
+        recorded = f"{job.partitions_done} partitions, {job.chunks_done} chunks"
+        if job.status == JobStatus.CANCELLED:
+            if rows:
+                add("cancelled_job_rows", job, rows, f"has {rows} rows")
+            continue
+        if job.status == JobStatus.CANCELLING:
+            if rows:
+                add("cancelling_job_rows", job, rows, f"has {rows} rows its cancel removes")
+            continue
+        if rows > job.chunks_done:
+            kind = "unrecorded_rows"
+            if job.status in _FED and rows <= _committed(table, job):
+                kind = "rows_ahead_of_ledger"
+            add(kind, job, rows - job.chunks_done, f"has {rows} rows; its ledger records "
+                f"{recorded}")
+        elif rows < job.chunks_done and not _replaceable(job, ledger, created):
+            add("missing_rows", job, job.chunks_done - rows, f"has {rows} rows; its ledger "
+                f"records {recorded} committed")
+    known = {job.id for job in ledger}
+    unknown = {j: n for j, n in scan.rows_by_job.items() if j not in known}
+    problems = [_problem(kind, found[kind], counts[kind]) for kind in _KINDS if kind in found]
+    if unknown:
+        problems.append(Problem(
+            "unknown_job_rows", f"{sum(unknown.values())} rows of {_jobs(len(unknown))} this data "
+            "dir's ledger does not know for this table (written from another data dir?)",
+            sum(unknown.values()), tuple(sorted(unknown)[:EXAMPLES]), WARNING))
+    return problems
+
+
+# kind -> (severity, what it means and what to do)
+_KINDS: dict[str, tuple[str, str]] = {
+    "missing_rows": (ERROR, "rows the ledger records committed are not in the table"),
+    "unrecorded_rows": (ERROR, "more rows than the ledger records committed (a partition "
+                               "committed twice, or rows of a failed commit)"),
+    "cancelled_job_rows": (ERROR, "rows of cancelled jobs are still in the table"),
+    "cancelling_job_rows": (WARNING, "rows of jobs being cancelled (their cancel removes "
+                                     "them; `embedscale jobs resume` after a crash)"),
+    "rows_ahead_of_ledger": (WARNING, "rows of running jobs committed but not yet recorded "
+                                      "(recorded next, or by `embedscale jobs resume`)"),
+}
+
+
+def _problem(kind: str, jobs: list[str], rows: int) -> Problem:
+    severity, meaning = _KINDS[kind]
+    shown = "; ".join(jobs[:EXAMPLES]) + (f"; ... {len(jobs)} jobs in all"
+                                          if len(jobs) > EXAMPLES else "")
+    return Problem(kind, f"{meaning}: {rows} rows of {_jobs(len(jobs))}: job {shown}", rows,
+                   tuple(j.split(" ", 1)[0] for j in jobs[:EXAMPLES]), severity)
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
+def _committed(table: ChunkTable, job: LedgerJob) -> int:
+    """Chunks the table's own commit properties record for the job (its recent commits)."""
+    return sum(committed_chunks(table, job.id).values())
+
+
+def _replaceable(job: LedgerJob, ledger: list[LedgerJob], created: _Created) -> bool:
+    """Whether the job's rows may rightly be fewer than it committed: another job that
+    removes rows (overwrite, upsert, sync; not one cancelled, whose removal was undone) was
+    still running after the job's first commit, or the table was made after it."""
+    if job.first_done_at is None:
+        return True
+    for other in ledger:
+        if (other.id != job.id and other.mode in REPLACING_MODES and other.started_at is not None
+                and other.status != JobStatus.CANCELLED
+                and (other.finished_at is None or other.finished_at >= job.first_done_at)):
+            return True
+    made = created.at()
+    return made is not None and job.last_done_at is not None and job.last_done_at < made
+
+
+class _Created:
+    """When the table was made, from its oldest version (read only when needed: listing a
+    long history costs a read per version). None where it cannot tell."""
+
+    def __init__(self, table: ChunkTable) -> None:
+        self.table = table
+        self._at: datetime | None = None
+        self._read = False
+
+    def at(self) -> datetime | None:
+        if not self._read:
+            self._read = True
+            versions = self.table.dataset().versions()
+            if versions:
+                stamp = min(versions, key=lambda v: v["version"])["timestamp"]
+                # Lance gives local wall-clock time without a zone.
+                self._at = stamp.astimezone(UTC) if stamp.tzinfo is None else stamp
+        return self._at
