@@ -10,7 +10,7 @@ import dask
 from distributed import Client
 
 from engine.cluster_spec import KINDS, ClusterKind, ClusterSpec, dashboard_bind
-from engine.errors import EmbedscaleError
+from engine.errors import EmbedscaleError, error_line
 
 __all__ = ["KINDS", "WORKER_DASK_CONFIG", "Cluster", "ClusterKind", "ClusterSpec",
            "dashboard_bind", "start_cluster"]
@@ -120,11 +120,12 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
             client = Client(spec.address, timeout="10s", security=security)
         except (OSError, TypeError, ValueError) as exc:
             raise EmbedscaleError(connect_error(spec.address, security, exc)) from None
-        return Cluster(client, None)
+        return _scrubbing(Cluster(client, None))
     if spec.kind == "manager":
         cluster = _managed_cluster(spec)
-        return Cluster(Client(cluster, security=security), cluster, adaptive=spec.adaptive,
-                       threads_per_worker=spec.threads_per_worker)
+        return _scrubbing(Cluster(Client(cluster, security=security), cluster,
+                                  adaptive=spec.adaptive,
+                                  threads_per_worker=spec.threads_per_worker))
     if spec.adaptive is not None:
         # Workers an adaptive cluster adds later are made on its event loop, long after a
         # `with dask.config.set(...)` would have ended: they must see the same config, so it
@@ -135,9 +136,24 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
             cluster = _local_cuda_cluster(spec, security)
         else:
             cluster = _local_cluster(spec, security)
-    return Cluster(Client(cluster, security=security), cluster,
-                   dashboard_bind(spec.dashboard_address) is not None, adaptive=spec.adaptive,
-                   threads_per_worker=spec.threads_per_worker)
+    return _scrubbing(Cluster(Client(cluster, security=security), cluster,
+                              dashboard_bind(spec.dashboard_address) is not None,
+                              adaptive=spec.adaptive, threads_per_worker=spec.threads_per_worker))
+
+
+def _scrubbing(cluster: Cluster) -> Cluster:
+    """The cluster with no tenant text in its workers' logs of failed tasks
+    (engine/worker_logs.py). A cluster whose workers cannot take the plugin still runs jobs:
+    that is said once, in this process's log."""
+    from engine.worker_logs import ScrubTaskErrorsPlugin
+
+    try:
+        cluster.client.register_plugin(ScrubTaskErrorsPlugin())
+    except Exception as exc:
+        logging.getLogger(__name__).warning(
+            "the workers did not take embedscale's log scrubbing (%s): their logs of failed "
+            "tasks may quote documents", error_line(exc))
+    return cluster
 
 
 def _nested(dotted: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@ a row range of a file, or a few inline texts), never the corpus itself, so the d
 scheduler stay small whatever the corpus size."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +21,13 @@ class FileSlice:
 
 @dataclass(frozen=True, slots=True)
 class InlineText:
-    """A document given as text (API and Python-client jobs), not read from a file."""
+    """A document given as text (API and Python-client jobs), not read from a file. Its repr
+    names the document only: a task's repr (Dask logs it when a task fails) never carries a
+    tenant's text."""
 
     doc_id: str
-    text: str
-    metadata_json: str = "{}"
+    text: str = field(repr=False)
+    metadata_json: str = field(default="{}", repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from engine.documents import Document, Skipped
+from engine.errors import scrub_message
 from engine.file_access import UNRESTRICTED, FileAccess, FileRefused, too_large
 from engine.html_text import visible_text
 from engine.partitions import FileSlice, InlineText
@@ -187,9 +188,12 @@ def _read_csv(item: FileSlice, fields: RecordFields, access: FileAccess) -> Read
     if skipped:
         return [], [skipped]
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or fields.text_field not in reader.fieldnames:
-        return [], [Skipped(item.relpath, f"no '{fields.text_field}' column")]
-    return _collect(_record_document(r, item, i, fields) for i, r in enumerate(reader))
+    try:
+        if not reader.fieldnames or fields.text_field not in reader.fieldnames:
+            return [], [Skipped(item.relpath, f"no '{fields.text_field}' column")]
+        return _collect(_record_document(r, item, i, fields) for i, r in enumerate(reader))
+    except csv.Error as exc:  # e.g. a field over csv's limit (128 KiB): skip it, not the job
+        return [], [Skipped(item.relpath, f"malformed CSV: {scrub_message(str(exc))}")]
 
 
 def _read_parquet(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
@@ -203,7 +207,8 @@ def _read_parquet_file(f: BinaryIO, item: FileSlice, fields: RecordFields) -> Re
     try:
         pf = pq.ParquetFile(f)
     except Exception as exc:  # pyarrow raises ArrowInvalid for a file that is not parquet
-        return [], [Skipped(item.relpath, f"not a readable parquet file: {exc}")]
+        return [], [Skipped(item.relpath,
+                            f"not a readable parquet file: {scrub_message(str(exc))}")]
     if fields.text_field not in pf.schema_arrow.names:
         return [], [Skipped(item.relpath, f"no '{fields.text_field}' column")]
     start = item.start or 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.documents import Skipped, content_hash
-from engine.errors import EmptySourceError, SourceError
+from engine.errors import EmptySourceError, SourceError, scrub_message
 from engine.file_access import UNRESTRICTED, FileAccess, FileRefused, is_inside
 from engine.partitions import FileSlice, InlineText, Partition
 from engine.readers import EXTENSIONS
@@ -230,7 +230,7 @@ def _slices(
     except Exception as exc:
         if fmt != "parquet":
             raise
-        skipped.append(Skipped(rel, f"not a readable parquet file: {exc}"))
+        skipped.append(Skipped(rel, f"not a readable parquet file: {scrub_message(str(exc))}"))
         return []
     return [FileSlice(path, rel, fmt, size)]
 

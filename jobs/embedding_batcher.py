@@ -28,6 +28,7 @@ import numpy as np
 from distributed import Client
 from distributed import Future as DaskFuture
 
+from engine.errors import error_line
 from engine.models.registry import ModelSpec
 from engine.request_embedding import (
     RequestEmbedded,
@@ -263,7 +264,7 @@ class EmbeddingBatcher:
                 if not piece.request.future.done():
                     piece.request.future.set_exception(error)
         except Exception as exc:  # fetching the result failed: the requests fail, not the loop
-            log.warning("embedding task %s: %s", getattr(future, "key", "?"), exc)
+            log.warning("embedding task %s: %s", getattr(future, "key", "?"), error_line(exc))
             for piece in batch:
                 if not piece.request.future.done():
                     piece.request.future.set_exception(exc)

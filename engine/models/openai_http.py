@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from engine.errors import ModelError, ProviderError
+from engine.errors import ModelError, ProviderError, scrub_message
 from engine.models.backend import ModelInfo, _hub_offline
 from engine.models.http_policy import (
     CircuitBreaker,
@@ -200,15 +200,24 @@ def _describe(url: str, response: httpx.Response) -> str:
             if error.get("code"):
                 message += f" (code {error['code']})"
         elif isinstance(body, dict) and "detail" in body:
-            message = str(body["detail"])
+            message = _detail(body["detail"])
     except ValueError:
         message = response.text[:200]
     text = f"provider {url} answered {response.status_code}"
-    if message:
-        text += f": {message.splitlines()[0] if message.strip() else message}"
+    if message.strip():
+        # The endpoint's words may quote the texts it was sent (a tenant's chunks): scrubbed.
+        text += f": {scrub_message(message)}"
     if response.status_code == 401:
         text += f" (set {API_KEY_ENV} in the environment of the workers)"
     return redact(text)
+
+
+def _detail(detail: object) -> str:
+    """FastAPI's `detail`: a message, or a list of validation errors whose `input` would echo
+    what was sent; only their `msg` is kept."""
+    if isinstance(detail, list):
+        return "; ".join(str(d.get("msg", "")) for d in detail if isinstance(d, dict))
+    return str(detail)
 
 
 def redact(text: str) -> str:
