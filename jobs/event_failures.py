@@ -1,17 +1,15 @@
 """What the runner does when it fails to handle one event: the rest of the batch goes on.
 
 Events are handled one at a time and each failure stays with its own event. A failure that can
-pass (an I/O error of the DuckDB file or of object storage, a lost connection) is tried again, a
-few times, after the batch; one that cannot, or that keeps failing, ends only the job the event
-concerns, with the reason. A task's completion is not handled twice (its bookkeeping may be
+pass (an I/O error of object storage, a lost connection) is tried again, a few times, after the
+batch; one that cannot, or that keeps failing, ends only the job the event concerns, with the
+reason. A task's completion is not handled twice (its bookkeeping may be
 half done): its partitions that were not accounted for run again as a failed attempt, so the
 retry policy and its limit apply to them as to any failed partition.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import duckdb
 
 from jobs.runner_events import CancelRequested, Event, JobPrepared, Submitted
 
@@ -20,11 +18,11 @@ RUNNER_ERROR = "runner_error"  # the error_reason of a job ended by a failure to
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether handling again may succeed: I/O and connections, not a bug or bad data."""
+    """Whether handling again may succeed: I/O and connections, not a bug or bad data (the
+    DuckDB file's own failures reach the runner as StoreUnavailableError: a store outage)."""
     from distributed.comm.core import CommClosedError
 
-    return isinstance(exc, (OSError, TimeoutError, ConnectionError, CommClosedError,
-                            duckdb.IOException))
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError, CommClosedError))
 
 
 def job_of(event: Event) -> str | None:
