@@ -46,12 +46,27 @@ class DaskProcesses:
         self.address = f"{scheme}://127.0.0.1:{self.port}"
         self.security_args = security_args
         self.processes: dict[str, subprocess.Popen] = {}
-        self._start("scheduler", [dask_command(), "scheduler", "--host", "127.0.0.1",
-                                  "--port", str(self.port), "--no-dashboard",
-                                  *(["--protocol", scheme] if scheme != "tcp" else []),
-                                  *security_args])
+        self._scheduler_command = [dask_command(), "scheduler", "--host", "127.0.0.1",
+                                   "--port", str(self.port), "--no-dashboard",
+                                   *(["--protocol", scheme] if scheme != "tcp" else []),
+                                   *security_args]
+        self._start("scheduler", self._scheduler_command)
         for n in range(1, workers + 1):
             self.start_worker(f"w{n}")
+
+    def restart_scheduler(self) -> None:
+        """Kill the scheduler as a lost host and start a fresh one at the same address, then
+        start the workers again as their supervisor would (a Dask worker and its nanny close
+        once their scheduler is gone); clients reconnect by themselves."""
+        self.kill("scheduler")
+        self._start("scheduler", self._scheduler_command)
+        workers = [name for name in self.processes if name != "scheduler"]
+        for name in workers:
+            try:
+                self.processes[name].wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill(name)
+            self.start_worker(name)
 
     def _start(self, name: str, command: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("wb")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 
+import lance
 import pytest
 
 from engine.cluster import ClusterSpec, start_cluster
@@ -15,7 +16,7 @@ from engine.tables import read_table
 from jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
 from tests.dask_processes import DaskProcesses, run_cli
-from tests.helpers import assert_verified
+from tests.helpers import assert_verified, logged
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +65,40 @@ def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
     assert len(killed_ids) == len(set(killed_ids)) == clean["chunks"]
     assert set(killed_ids) == set(clean_ids)
     assert_verified(tmp_path / "k", "killed", "--tables-uri", tables, env=s3_store.env)
+
+
+def test_a_scheduler_restarted_mid_job_costs_nothing(small_corpus, tmp_path):
+    """The client cancels every open future when it loses its scheduler; the runner puts
+    their partitions back and the job ends with exactly the clean run's ids."""
+    procs = DaskProcesses(tmp_path / "dask", workers=2)
+    data_dir = tmp_path / "data"
+    job = {"source": str(small_corpus), "data_dir": str(data_dir), "chunk_tokens": 64,
+           "partition_bytes": 2048}
+    try:
+        with start_cluster(ClusterSpec(kind="address", address=procs.address)) as cluster:
+            procs.wait_for_workers(cluster.client, 2)
+            clean = run_embedding(EmbedRequest(table="clean", **job), cluster)
+            restarted = threading.Event()
+
+            def restart_after_first_commit(progress) -> None:
+                if progress.partitions_done >= 1 and not restarted.is_set():
+                    restarted.set()
+                    procs.restart_scheduler()
+
+            with logged("jobs.runner") as lines:
+                summary = run_embedding(EmbedRequest(table="restarted", **job), cluster,
+                                        restart_after_first_commit)
+            assert restarted.is_set() and summary.ok, summary.error
+            # Put back when cancelled, not found missing later (tests/test_never_lose_work.py).
+            assert not [line for line in lines if "preparing it again" in line]
+            assert summary.partitions > 3
+    finally:
+        procs.stop()
+    ids = lance.dataset(summary.table_uri).to_table(columns=["id"]).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == clean.chunks == summary.chunks
+    clean_ids = lance.dataset(clean.table_uri).to_table(columns=["id"]).column("id")
+    assert set(ids) == set(clean_ids.to_pylist())
+    assert_verified(data_dir, "restarted")
 
 
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
