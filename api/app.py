@@ -17,6 +17,7 @@ from api.request_gate import RequestGate
 from api.request_observer import RequestObserver
 from api.routes import embeddings, health, jobs, schedules, tables, tenants
 from api.settings import Settings
+from api.socket_limits import OpenSockets
 from api.startup import cluster_spec, open_service
 from engine.cluster import Cluster, start_cluster
 from jobs.service import JobService
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
                   description="Batch embedding jobs into LanceDB, on Dask.")
     app.state.settings, app.state.admin_key = settings, admin_key
     app.state.limiter = RateLimiter()
+    app.state.sockets = OpenSockets(settings.max_websockets_per_tenant)
     install_error_handlers(app)
     # Keys, allowances and body sizes, before FastAPI reads a body; inside the observer, so
     # that its refusals are logged and counted as every answer is.

@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip (and report) documents larger than this (default 32 MiB)")
     serve.add_argument("--max-request-bytes", type=int, metavar="N",
                        help="refuse (413) request bodies larger than this (default 16 MiB)")
+    serve.add_argument("--max-websockets-per-tenant", type=int, metavar="N",
+                       help="progress sockets a tenant may hold open at once; more are "
+                            "refused (429) (default 20)")
+    serve.add_argument("--max-schedules-per-tenant", type=int, metavar="N",
+                       help="schedules a tenant may have; another is refused (409) "
+                            "(default 100)")
+    serve.add_argument("--job-retention-days", type=float, metavar="DAYS",
+                       help="remove the inline texts of jobs ended this long ago (default 30)")
     serve.add_argument("--tiers", help="tiers YAML (default: jobs/tiers.yaml)")
     _cluster_args(serve, with_verbose=False)
     serve.add_argument("--allow-model", action="append", metavar="NAME",

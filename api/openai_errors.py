@@ -49,9 +49,11 @@ def _validation(exc: RequestValidationError) -> JSONResponse:
 def _quota(exc: QuotaExceededError) -> JSONResponse:
     wait = max(1, math.ceil((exc.resets_at - datetime.now(UTC)).total_seconds()))
     # x-should-retry: the openai client would otherwise retry at once, which cannot help today.
+    owed = (f", counting the {exc.promised} promised to its queued and running jobs"
+            if exc.promised else "")
     return openai_error(429, (
-        f"tenant '{exc.tenant}' has {exc.remaining} of {exc.limit} chunks left today; this "
-        f"request needs {exc.needed} (one per input); the quota resets at "
+        f"tenant '{exc.tenant}' has {exc.remaining} of {exc.limit} chunks left today{owed}; "
+        f"this request needs {exc.needed} (one per input); the quota resets at "
         f"{exc.resets_at.isoformat()}"), "insufficient_quota", code="insufficient_quota",
         headers={"Retry-After": str(wait), "x-should-retry": "false"})
 

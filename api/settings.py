@@ -10,6 +10,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES
+from jobs.retention import DEFAULT_RETENTION_DAYS
+from jobs.schedules import MAX_SCHEDULES_PER_TENANT
 
 DEFAULT_DATA_DIR = Path("./embedscale-data")
 # Flags of the `embedscale` commands (argparse dests) -> the setting each one sets. A flag not
@@ -23,8 +25,12 @@ FLAG_SETTINGS = {
     "allow_provider_url": "allowed_provider_urls",
     "expose_dashboard": "expose_dashboard", "log_format": "log_format",
     "max_request_bytes": "max_request_bytes",
+    "max_websockets_per_tenant": "max_websockets_per_tenant",
+    "max_schedules_per_tenant": "max_schedules_per_tenant",
+    "job_retention_days": "job_retention_days",
 }
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_WEBSOCKETS_PER_TENANT = 20
 
 
 class Settings(BaseSettings):
@@ -57,6 +63,16 @@ class Settings(BaseSettings):
     # naming this limit, answered from its Content-Length before any of it is read (or once
     # this much has come, without one), and after the key was checked.
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, gt=0)
+    # Progress sockets (WS /v1/jobs/{id}/events) one tenant may hold open at once: each holds
+    # a subscription and a task of the server's event loop; one more is refused with a 429
+    # naming this limit (EMBEDSCALE_MAX_WEBSOCKETS_PER_TENANT).
+    max_websockets_per_tenant: int = Field(DEFAULT_MAX_WEBSOCKETS_PER_TENANT, gt=0)
+    # Schedules one tenant may have: each is read on every tick of the firing loop; one more
+    # is refused with a 409 naming this limit (EMBEDSCALE_MAX_SCHEDULES_PER_TENANT).
+    max_schedules_per_tenant: int = Field(MAX_SCHEDULES_PER_TENANT, ge=0)
+    # Days an ended job keeps the inline texts it was sent (its record, figures and ledger
+    # stay; the rows it wrote are the tenant's table's): EMBEDSCALE_JOB_RETENTION_DAYS.
+    job_retention_days: float = Field(DEFAULT_RETENTION_DAYS, ge=0)
     # /v1/ requests without a valid key (none, a wrong one) answered per client address and
     # minute; past that a 429 without touching the database, so that a loop guessing keys
     # costs other tenants nothing (EMBEDSCALE_UNAUTHENTICATED_PER_MINUTE).

@@ -68,7 +68,8 @@ def open_service(settings: Settings, local_user: bool = False,
                  parallelism: int | None = None) -> JobService:
     """The job service of the settings' data dir, without a cluster yet: a locked or damaged
     DuckDB file fails here, before a cluster is started for nothing. `local_user`: the CLI's
-    own user, who may read any path and load any model (the allow-lists are for tenants)."""
+    own user, who may read any path and load any model (the allow-lists are for tenants); the
+    server's long-running service alone prunes ended jobs' inline texts (job_retention_days)."""
     home = tables_home(settings, check=True)
     return JobService(
         settings.data_dir, None, settings.tiers_file,
@@ -78,4 +79,6 @@ def open_service(settings: Settings, local_user: bool = False,
         allowed_roots=None if local_user else [str(r) for r in settings.allow_roots],
         parallelism=parallelism, max_document_bytes=settings.max_document_bytes,
         allowed_models=None if local_user else list(settings.allowed_models),
-        allowed_provider_urls=None if local_user else list(settings.allowed_provider_urls))
+        allowed_provider_urls=None if local_user else list(settings.allowed_provider_urls),
+        max_schedules_per_tenant=settings.max_schedules_per_tenant,
+        job_retention_days=None if local_user else settings.job_retention_days)

@@ -111,9 +111,9 @@ class EmbeddingRequests:
         day = utcnow().date()
         limit = self.tier_of(tenant).daily_chunks
         if self.store.charge_usage(tenant, len(texts), 0, limit, day) is None:
-            used = self.store.usage(tenant, day)[0]
-            raise QuotaExceededError(tenant, len(texts), remaining_today(self.tier_of(tenant),
-                                     used) or 0, limit or 0, resets_at())
+            used, promised = self.store.usage(tenant, day)[0], self.store.promised(tenant)
+            raise QuotaExceededError(tenant, len(texts), remaining_today(
+                self.tier_of(tenant), used + promised) or 0, limit or 0, resets_at(), promised)
         try:
             future = self.batcher.submit(spec, texts, tenant, self.tier_of(tenant).weight)
         except BaseException:

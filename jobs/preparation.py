@@ -27,7 +27,7 @@ from engine.sink import ChunkTable
 from engine.storage import NO_OPTIONS, Location, is_uri
 from engine.tasks import PartitionResult, TaskConfig
 from jobs.records import JobRecord
-from jobs.spec import JobSpec, model_spec
+from jobs.spec import JobSpec, model_spec, spec_to_run
 from jobs.store import Store
 from jobs.tiers import Tier
 
@@ -96,7 +96,7 @@ class JobPreparer:
         """A running job for `record`, with its pending partitions, largest first. A job
         just submitted in this process comes with its `planned` partitions: none is done yet,
         and the store need not be read for them."""
-        spec = JobSpec.model_validate(record.spec)
+        spec = spec_to_run(record.spec)
         if self.check_spec is not None:
             self.check_spec(spec)
         model = model_spec(spec)

@@ -51,11 +51,15 @@ def remaining_today(tier: Tier, used_today: int) -> int | None:
     return max(0, tier.daily_chunks - used_today)
 
 
-def check_admission(tenant: str, tier: Tier, used_today: int, needed: int) -> None:
-    """Refuse a job whose estimate does not fit what is left today, with the figures."""
-    remaining = remaining_today(tier, used_today)
+def check_admission(tenant: str, tier: Tier, used_today: int, needed: int,
+                    promised: int = 0) -> None:
+    """Refuse a job whose estimate does not fit what is left today once the chunks already
+    promised to the tenant's queued and running jobs are counted (jobs/promises.py), with the
+    figures."""
+    remaining = remaining_today(tier, used_today + promised)
     if remaining is not None and needed > remaining:
-        raise QuotaExceededError(tenant, needed, remaining, tier.daily_chunks, resets_at())
+        raise QuotaExceededError(tenant, needed, remaining, tier.daily_chunks, resets_at(),
+                                 promised)
 
 
 def partition_fits(tier: Tier, used_today: int, chunks: int) -> bool:

@@ -136,5 +136,9 @@ def partition_from_json(index: int, text: str) -> Partition:
     items = []
     for raw in json.loads(text):
         kind = raw.pop("kind")
-        items.append(FileSlice(**raw) if kind == "file" else InlineText(**raw))
+        if kind == "file":
+            items.append(FileSlice(**raw))
+        else:  # an ended job's past its retention keeps only the id (jobs/retention.py)
+            items.append(InlineText(raw["doc_id"], raw.get("text", ""),
+                                    raw.get("metadata_json", "{}")))
     return Partition(index, tuple(items))

@@ -22,6 +22,7 @@ from engine.errors import EmbedscaleError
 from jobs.errors import ConflictError, InvalidFieldError, NotFoundError, StoreUnavailableError
 from jobs.records import JobRecord
 from jobs.schedules import (
+    MAX_SCHEDULES_PER_TENANT,
     Action,
     Outcome,
     ScheduleRecord,
@@ -35,7 +36,6 @@ from jobs.store import Store, utcnow
 log = logging.getLogger("embedscale.schedules")
 
 Clock = Callable[[], datetime]
-MAX_SCHEDULES_PER_TENANT = 100  # each is read on every tick: no tenant may fill the loop
 DEFAULT_POLL_SECONDS = 5.0  # cron names minutes: a run starts at most this late
 MAX_ERROR_CHARS = 1000
 
@@ -52,8 +52,10 @@ class Schedules:
 
     def __init__(self, store: Store, check: Callable[[JobSpec], Any], submit: Submit,
                  clock: Clock | None = None,
-                 poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+                 poll_seconds: float = DEFAULT_POLL_SECONDS,
+                 max_per_tenant: int = MAX_SCHEDULES_PER_TENANT) -> None:
         self.store = store
+        self.max_per_tenant = max_per_tenant
         self._check = check  # a template is checked as a submission would be, nothing stored
         self._submit = submit
         self.clock: Clock = clock or utcnow
@@ -84,15 +86,17 @@ class Schedules:
             self._check(template)
         except InvalidFieldError as exc:
             raise InvalidFieldError(f"template.{exc.field}", str(exc)) from None
-        if self.store.count_schedules(tenant) >= MAX_SCHEDULES_PER_TENANT:
-            raise ConflictError(f"tenant '{tenant}' has {MAX_SCHEDULES_PER_TENANT} schedules, "
-                                "the most allowed: remove one first")
         now = self.now()
         record = ScheduleRecord(
             id=uuid.uuid4().hex, tenant=tenant, cron=cron, timezone=timezone,
             spec=template.model_dump(mode="json"), enabled=enabled, created_at=now,
             updated_at=now, next_run_at=next_slot(cron, timezone, now) if enabled else None)
-        self.store.insert_schedule(record)
+        # The count and the insert are one transaction: creations arriving together cannot
+        # each find the last place free.
+        if not self.store.insert_schedule(record, self.max_per_tenant):
+            raise ConflictError(
+                f"tenant '{tenant}' has {self.max_per_tenant} schedules, the most allowed "
+                "(max_schedules_per_tenant, set by the operator): delete one first")
         return self.store.get_schedule(record.id)
 
     def get(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:

@@ -23,6 +23,9 @@ from croniter import CroniterError, croniter
 from jobs.errors import InvalidFieldError
 
 MAX_CRON_LENGTH = 256
+# The default of max_schedules_per_tenant (a setting of `serve`): each schedule is read on
+# every tick of the firing loop, so no tenant may fill it.
+MAX_SCHEDULES_PER_TENANT = 100
 MAX_TIMEZONE_LENGTH = 64
 # Slots a search may step over (repeated wall-clock times) before it gives up: a valid
 # expression finds its next slot within a few steps.

@@ -31,8 +31,10 @@ from jobs.events import EventBus
 from jobs.job_figures import FiguresSnapshot
 from jobs.quotas import CHARS_PER_TOKEN, check_admission, estimate_chunks
 from jobs.records import JobRecord, TenantRecord
+from jobs.retention import Retention
 from jobs.runner import Runner, RunnerConfig
 from jobs.schedule_firing import DEFAULT_POLL_SECONDS, Clock, Schedules
+from jobs.schedules import MAX_SCHEDULES_PER_TENANT
 from jobs.spec import (
     JobSpec,
     as_recorded,
@@ -40,6 +42,7 @@ from jobs.spec import (
     check_provider,
     check_source_allowed,
     model_spec,
+    recorded_spec,
 )
 from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from jobs.store import Store, utcnow
@@ -66,7 +69,9 @@ class JobService:
                  clock: Clock | None = None,
                  schedule_poll_seconds: float = DEFAULT_POLL_SECONDS,
                  tables_uri: str | None = None,
-                 storage: StorageOptions | None = None) -> None:
+                 storage: StorageOptions | None = None,
+                 max_schedules_per_tenant: int = MAX_SCHEDULES_PER_TENANT,
+                 job_retention_days: float | None = None) -> None:
         self.data_dir = Path(data_dir)
         # Tables live under the data dir, or on an object store (`tables_uri`, reached with
         # `storage`, default the AWS variables); job state always stays in the local data dir.
@@ -92,7 +97,11 @@ class JobService:
         self.tenants = Tenants(self.store, self.tiers)
         # Cron-triggered runs: `clock` (an aware "now") is the tests' way to move time.
         self.schedules = Schedules(self.store, self.check, self.submit, clock,
-                                   schedule_poll_seconds)
+                                   schedule_poll_seconds, max_schedules_per_tenant)
+        # Ended jobs' inline texts are removed after `job_retention_days` (None: kept; the
+        # server's default is DEFAULT_RETENTION_DAYS, api/settings.py).
+        self.retention = (Retention(self.store, job_retention_days, clock or utcnow)
+                          if job_retention_days is not None else None)
         self.cluster: Cluster | None = None
         self._gpus = GpuCount()  # GPU workers of the cluster, for planning partitions
         self.runner: Runner | None = None
@@ -115,18 +124,23 @@ class JobService:
                                             batcher)
 
     def start(self, fire_schedules: bool = False) -> None:
-        """Resume unfinished jobs and start running new ones (needs a cluster); with
+        """Resume unfinished jobs and start running new ones (needs a cluster), and, given a
+        job_retention_days, remove the inline texts of jobs past it, now and hourly; with
         `fire_schedules` (the server's service), fire the schedules' due runs too, the slots
         missed while it was down once at once. A one-off `embedscale run` fires none."""
         if self.runner is None:
             raise RuntimeError("attach a cluster before starting the job service")
         self.runner.start()
+        if self.retention is not None:
+            self.retention.start()
         if fire_schedules:
             self.schedules.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop running jobs gracefully (see Runner.stop); call before the cluster closes."""
         self.schedules.stop(timeout)  # first: no run is submitted to a stopping runner
+        if self.retention is not None:
+            self.retention.stop(timeout)
         if self.embeddings is not None:
             self.embeddings.close()
             self.embeddings = None
@@ -194,7 +208,9 @@ class JobService:
                partition_bytes: int | None = None, *, job_id: str | None = None,
                schedule_id: str | None = None) -> JobRecord:
         """Validate, plan and admit a job (queued), or refuse it: a bad field, a source outside
-        the allowed roots, or more chunks than the tenant has left today. A schedule's run
+        the allowed roots, or more chunks than the tenant has left today once those promised
+        to its queued and running jobs are counted (checked in the transaction that inserts
+        the job, so submissions arriving together never share the same room). A schedule's run
         comes with the id its claim chose (`job_id`) and the schedule's (`schedule_id`)."""
         if not isinstance(spec, JobSpec):
             spec = JobSpec.model_validate(spec)
@@ -204,20 +220,26 @@ class JobService:
         plan = self._plan(spec, partition_bytes)
         estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens,
                                    limits, self._chars_per_token(spec, plan, limits))
-        try:
-            check_admission(tenant, tier, self.store.usage(tenant)[0], estimate)
-        except QuotaExceededError:
-            self.quota_refusals.add(tenant)
-            raise
         now = utcnow()
         record = JobRecord(
-            id=job_id or uuid.uuid4().hex, tenant=tenant, spec=spec.model_dump(mode="json"),
+            id=job_id or uuid.uuid4().hex, tenant=tenant, spec=recorded_spec(spec),
             status=JobStatus.QUEUED, priority=spec.priority, table_name=spec.table,
             history=[(str(JobStatus.QUEUED), now.isoformat())], created_at=now, updated_at=now,
             estimated_chunks=estimate, partitions_total=len(plan.partitions),
             schedule_id=schedule_id,
         )
-        self.store.insert_job(record, plan.partitions)
+
+        def admit(used: int, promised: int) -> None:
+            # In the transaction that inserts the job: what is charged today and promised to
+            # the tenant's queued and running jobs (jobs/promises.py), with no other
+            # submission or charge in between.
+            check_admission(tenant, tier, used, estimate, promised)
+
+        try:
+            self.store.insert_job(record, plan.partitions, admit)
+        except QuotaExceededError:
+            self.quota_refusals.add(tenant)
+            raise
         if plan.skipped:
             self.store.add_skipped(record.id, plan.skipped)
             record = self.store.get_job(record.id)

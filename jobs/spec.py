@@ -21,6 +21,7 @@ from engine.models.registry import (
 )
 from engine.sink import TABLE_NAME_PATTERN, validate_table_name
 from jobs.errors import InvalidFieldError
+from jobs.records import shown_spec
 from jobs.textcheck import NameStr, Utf8Json, Utf8Str
 
 Priority = Literal["low", "normal", "high", "critical"]
@@ -209,6 +210,26 @@ def as_recorded(spec: JobSpec) -> JobSpec:
     if spec.provider == "openai" and spec.tokenizer is None:
         return spec.model_copy(update={"tokenizer": spec.model})
     return spec
+
+
+def recorded_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec as a job's record keeps it (after as_recorded): inline texts as their count,
+    without their ids and metadata, as listings show them. The texts are stored once, in the
+    job's partitions, each with its id and metadata: the partitions are what runs (and what a
+    resume reads), and the texts leave with them when the job's retention ends
+    (jobs/retention.py). Before, a job of 10,000 texts kept them twice in DuckDB, and once
+    more in every record of it read into memory."""
+    return shown_spec(spec.model_dump(mode="json"))
+
+
+def spec_to_run(recorded: dict[str, Any]) -> JobSpec:
+    """A job record's spec, checked again as a JobSpec, for running its job. A record keeps
+    its inline texts as their count (recorded_spec): the job reads them from its partitions,
+    never from its spec, so the count stands in the spec as one empty text. A record written
+    before that keeps its texts, and is read as it is."""
+    if isinstance(recorded.get("texts"), int):
+        recorded = {**recorded, "texts": [""]}
+    return JobSpec.model_validate(recorded)
 
 
 def check_provider(spec: JobSpec, allowed_urls: list[str] | None) -> None:

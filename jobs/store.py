@@ -31,12 +31,14 @@ from jobs.progress_records import (
     insert_skipped,
     record_done,
 )
+from jobs.promises import PROMISES_SELECT, Promises, promised_chunks
 from jobs.records import (
     JobRecord,
     StoredPartition,
     partition_from_json,
     partition_to_json,
 )
+from jobs.retention import ENDED_BEFORE, PRUNE_PARTITIONS, PRUNE_SPECS
 from jobs.states import ACTIVE, TERMINAL, UNFINISHED, JobStatus, check_transition
 from jobs.store_reports import StoreReports
 from jobs.store_rows import (
@@ -52,9 +54,12 @@ from jobs.store_rows import (
 from jobs.store_schedules import ScheduleRows
 from jobs.store_tenants import TenantRows
 
-__all__ = ["PartitionDone", "Store", "utcnow"]
+__all__ = ["Admit", "PartitionDone", "Store", "utcnow"]
 log = logging.getLogger(__name__)
 LISTED_CAPACITY = 5_000  # ended jobs' listing records (~1 KB each, their texts counted)
+# A submission's admission: called with the tenant's chunks charged today and promised to its
+# queued and running jobs; raises to refuse the job (Store.insert_job).
+Admit = Callable[[int, int], None]
 
 
 class Store(TenantRows, ScheduleRows, StoreReports):
@@ -73,6 +78,11 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         self._inserts: list[_Insert] = []  # jobs waiting for the next group commit
         self._inserts_lock = threading.Lock()
         self._usage: dict[tuple[str, date], tuple[int, int]] = {}  # charged, by tenant and day
+        # Chunks promised to queued and running jobs, by tenant: what admission counts beside
+        # the usage (jobs/promises.py); moved on with every job written, under the lock.
+        self._promises = Promises()
+        with self._lock:
+            self._promises.load(self._con.execute(PROMISES_SELECT).fetchall())
 
     def _reopened(self) -> None:
         """After an outage (jobs/store_guard.py) memory may be behind the file: a commit whose
@@ -82,17 +92,23 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         self._listed = JobCache(LISTED_CAPACITY)
         self._usage.clear()
         self.figures.load(*self._figures_from_file())
+        self._promises.load(self._con.execute(PROMISES_SELECT).fetchall())
 
     # --- jobs -----------------------------------------------------------------------------
 
-    def insert_job(self, job: JobRecord, partitions: Sequence[Partition]) -> None:
-        """A new job and its planned partitions, in one transaction.
+    def insert_job(self, job: JobRecord, partitions: Sequence[Partition],
+                   admit: Admit | None = None) -> None:
+        """A new job and its planned partitions, in one transaction. `admit(used, promised)`,
+        given, decides in that transaction (under the store's lock) whether the job may be
+        inserted: it is called with the tenant's chunks charged today and those promised to
+        its queued and running jobs (the jobs of the same group commit before it included),
+        and raises (QuotaExceededError) to refuse the job, which then is not written.
 
         Group commit: a DuckDB commit costs ~3 ms here whatever it holds, and submissions
         arrive from many request threads at once. Each caller queues its job; whoever holds
         the store's lock next writes every queued job in one transaction, so a burst of N
         submissions costs about one commit instead of N."""
-        request = _Insert(job, partitions)
+        request = _Insert(job, partitions, admit)
         with self._inserts_lock:
             self._inserts.append(request)
         with self._lock:
@@ -104,6 +120,9 @@ class Store(TenantRows, ScheduleRows, StoreReports):
             raise request.error
 
     def _insert_jobs(self, batch: list[_Insert]) -> None:
+        batch = self._admitted(batch)
+        if not batch:
+            return
         now = utcnow()
         try:
             with self._tx() as con:
@@ -123,7 +142,34 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         for r in batch:
             self._cache.put(r.job)
             r.done = True
+        self._promises.follow(r.job for r in batch)
         self._figures_follow(self.figures.added, [r.job for r in batch])
+
+    def _admitted(self, batch: list[_Insert]) -> list[_Insert]:
+        """The jobs of `batch` their admission lets in, in order; each refused one is done,
+        with its error. The caller holds the lock, so no other insert or charge comes in
+        between the check and the write."""
+        admitted: list[_Insert] = []
+        ahead: dict[str, int] = {}  # chunks promised by jobs admitted earlier in this batch
+        for r in batch:
+            tenant = r.job.tenant
+            if r.admit is not None:
+                try:
+                    r.admit(self.usage(tenant)[0], self._promises.of(tenant)
+                            + ahead.get(tenant, 0))
+                except Exception as exc:
+                    r.error, r.done = exc, True
+                    continue
+            ahead[tenant] = ahead.get(tenant, 0) + promised_chunks(
+                r.job.status, r.job.estimated_chunks, r.job.chunks_done)
+            admitted.append(r)
+        return admitted
+
+    def promised(self, tenant: str) -> int:
+        """Chunks promised to the tenant's queued and running jobs: their estimates less what
+        they have charged (jobs/promises.py)."""
+        with self._lock:
+            return self._promises.of(tenant)
 
     def get_job(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """A job by id; with `tenant`, only that tenant's (others' jobs are not found).
@@ -216,6 +262,7 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         for record in records:
             self._cache.put(record)
             self._listed.drop(record.id)  # an ended job is never written again; if it were
+        self._promises.follow(records)
         self._figures_follow(self.figures.changed, records)
 
     @staticmethod
@@ -275,6 +322,23 @@ class Store(TenantRows, ScheduleRows, StoreReports):
         moved = con.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE "
                             f"{where} RETURNING id", [*values.values(), job.id]).fetchall()
         return dataclasses.replace(job, **changes) if moved else None
+
+    def drop_inline_texts(self, before: datetime, since: datetime | None = None) -> set[str]:
+        """Remove the inline texts (and their metadata) of the jobs that ended before `before`
+        (and, given `since`, not before `since`), keeping each document's id: the ids of the
+        jobs changed (jobs/retention.py). One transaction."""
+        ended = ENDED_BEFORE.format(since="AND finished_at >= ?" if since is not None else "")
+        args = [before] + ([since] if since is not None else [])
+        with self._lock:
+            with self._tx() as con:
+                pruned = {row[0] for row in con.execute(
+                    PRUNE_PARTITIONS.format(ended=ended), args).fetchall()}
+                pruned |= {row[0] for row in con.execute(
+                    PRUNE_SPECS.format(ended=ended), args).fetchall()}
+            for job_id in pruned:  # after the write, under the lock
+                self._cache.drop(job_id)
+                self._listed.drop(job_id)
+        return pruned
 
     # --- partitions, progress and usage ---------------------------------------------------
 
@@ -353,16 +417,19 @@ class Store(TenantRows, ScheduleRows, StoreReports):
     def charge_usage(self, tenant: str, chunks: int, tokens: int, limit: int | None = None,
                      day: date | None = None) -> tuple[int, int] | None:
         """Add `chunks` and `tokens` (negative: a refund) to the tenant's usage of `day` (UTC
-        today), unless its chunks would then pass `limit` (None: no limit): the new (chunks,
+        today), unless its chunks, with those promised to its queued and running jobs
+        (jobs/promises.py), would then pass `limit` (None: no limit): the new (chunks,
         tokens), or None when nothing was charged. The check and the charge are one
-        transaction under the store's lock, so requests charged at once never overshoot."""
+        transaction under the store's lock, so requests charged at once never overshoot, nor
+        take what a job admitted before them was promised."""
         key = (tenant, day or utcnow().date())
         with self._lock:
             with self._tx() as con:
                 row = con.execute("SELECT chunks, tokens FROM usage WHERE tenant = ? AND "
                                   "day = ?", list(key)).fetchone()
                 used = (row[0], row[1]) if row else (0, 0)
-                if limit is not None and chunks > 0 and used[0] + chunks > limit:
+                promised = self._promises.of(tenant)
+                if limit is not None and chunks > 0 and used[0] + promised + chunks > limit:
                     return None
                 new = (max(0, used[0] + chunks), max(0, used[1] + tokens))
                 con.execute("INSERT INTO usage (tenant, day, chunks, tokens) VALUES (?, ?, ?, ?) "
@@ -378,5 +445,6 @@ class _Insert:
 
     job: JobRecord
     partitions: Sequence[Partition]
+    admit: Admit | None = None
     done: bool = False
     error: Exception | None = None

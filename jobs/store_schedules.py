@@ -39,12 +39,19 @@ def schedule_from_row(row: Sequence[Any]) -> ScheduleRecord:
 class ScheduleRows(Connected):
     """The schedules table."""
 
-    def insert_schedule(self, schedule: ScheduleRecord) -> None:
+    def insert_schedule(self, schedule: ScheduleRecord, limit: int | None = None) -> bool:
+        """Store a new schedule, unless its tenant has `limit` schedules already (None: no
+        limit): whether it was stored. The count and the insert are one statement."""
         values = [json.dumps(getattr(schedule, c)) if c == "spec" else getattr(schedule, c)
                   for c in SCHEDULE_COLUMNS]
+        room = ("" if limit is None else
+                " WHERE (SELECT count(*) FROM schedules WHERE tenant = ?) < ?")
         with self._tx() as con:
-            con.execute(f"INSERT INTO schedules ({', '.join(SCHEDULE_COLUMNS)}) VALUES "
-                        f"({', '.join('?' for _ in SCHEDULE_COLUMNS)})", values)
+            inserted = con.execute(
+                f"INSERT INTO schedules ({', '.join(SCHEDULE_COLUMNS)}) SELECT "
+                f"{', '.join('?' for _ in SCHEDULE_COLUMNS)}{room} RETURNING id",
+                values + ([schedule.tenant, limit] if limit is not None else [])).fetchall()
+        return bool(inserted)
 
     def get_schedule(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:
         """A schedule by id; with `tenant`, only that tenant's (others' are not found)."""
@@ -67,11 +74,6 @@ class ScheduleRows(Connected):
                 f"{_SELECT}" + (" WHERE tenant = ?" if tenant else "")
                 + " ORDER BY created_at, id", [tenant] if tenant else []).fetchall()
         return [schedule_from_row(r) for r in rows]
-
-    def count_schedules(self, tenant: str) -> int:
-        with self._lock:
-            return self._con.execute("SELECT count(*) FROM schedules WHERE tenant = ?",
-                                     [tenant]).fetchone()[0]
 
     def delete_schedule(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:
         """Remove a schedule (its jobs stay, with its id); returns what was removed."""

@@ -63,6 +63,9 @@ class Usage:
     resets_at: str
     max_concurrent_jobs: int | None
     active_jobs: int
+    # Chunks the tenant's queued and running jobs are still expected to embed (estimates less
+    # what they charged): a submission is admitted only within remaining_chunks less these.
+    promised_chunks: int = 0
 
 
 class Tenants:
@@ -194,7 +197,8 @@ class Tenants:
         chunks, tokens = self.store.usage(tenant)
         return Usage(tenant, tier.name, tier.daily_chunks, chunks, tokens,
                      remaining_today(tier, chunks), resets_at().isoformat(),
-                     tier.max_concurrent_jobs, self.store.active_job_counts().get(tenant, 0))
+                     tier.max_concurrent_jobs, self.store.active_job_counts().get(tenant, 0),
+                     self.store.promised(tenant))
 
     def _issue_key(self, tenant: str) -> str:
         key = new_api_key()

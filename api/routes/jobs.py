@@ -1,6 +1,7 @@
 """/v1/jobs: create, list, get and cancel jobs; watch one over a WebSocket."""
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, WebSocketDisconnect
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 from api.deps import AuthenticatedTenant, CurrentTenant, ServiceDep, rate_limit, spend, tenant_for
 from api.ratelimit import JOB_CREATION, READS
 from api.schemas import ErrorOut, JobList, JobOut
+from api.socket_limits import OpenSockets, refuse_over_limit
 from jobs.errors import InvalidFieldError, NotFoundError
 from jobs.events import AsyncSubscription
 from jobs.log_context import add_log_fields
@@ -106,12 +108,15 @@ def cancel_job(job_id: str, service: ServiceDep, tenant: CurrentTenant) -> JobOu
 @router.websocket("/{job_id}/events")
 async def job_events(websocket: WebSocket, job_id: str, token: str | None = None) -> None:
     """Progress events until the job ends. The first message is the job's current state. Send
-    the key as 'Authorization: Bearer <key>', or as ?token= where headers cannot be set."""
+    the key as 'Authorization: Bearer <key>', or as ?token= where headers cannot be set. A
+    tenant holds at most max_websockets_per_tenant of these open; one more is a 429."""
     service = websocket.app.state.service
+    sockets: OpenSockets = websocket.app.state.sockets
     header = websocket.headers.get("authorization", "")
     key = header[7:] if header.lower().startswith("bearer ") else token
     # Subscribed first, then read: no event between the two is lost.
     subscription = AsyncSubscription(service.bus, job_id)
+    holder: str | None = None  # the tenant whose place this socket holds
     try:
         try:
             tenant = await run_in_threadpool(tenant_for, service, key)
@@ -120,15 +125,40 @@ async def job_events(websocket: WebSocket, job_id: str, token: str | None = None
         except Exception as exc:  # 401, 429 or 404: refuse the handshake
             await websocket.close(code=1008, reason=str(getattr(exc, "detail", exc))[:120])
             return
+        if not sockets.take(tenant):
+            await refuse_over_limit(websocket, sockets.refusal(tenant))
+            return
+        holder = tenant
         await websocket.accept()
         await websocket.send_json({"type": "status", "job": current})
-        status = current["status"]
-        while status not in _TERMINAL:
-            event = await subscription.queue.get()
-            await websocket.send_json(event)
-            status = event["job"]["status"]
-        await websocket.close(code=1000)
+        if await _forward(websocket, subscription, current["status"]):
+            await websocket.close(code=1000)
     except WebSocketDisconnect:
         pass
     finally:
         subscription.close()
+        if holder is not None:
+            sockets.give_back(holder)
+
+
+async def _forward(websocket: WebSocket, subscription: AsyncSubscription, status: str) -> bool:
+    """Send the job's events until it ends (True), or until the client goes (False). The
+    client is listened to meanwhile: a socket it closed gives back its place at once, not at
+    the job's next event (a queued job may have none for hours)."""
+    listening = asyncio.ensure_future(websocket.receive())
+    event = asyncio.ensure_future(subscription.queue.get())
+    try:
+        while status not in _TERMINAL:
+            await asyncio.wait({event, listening}, return_when=asyncio.FIRST_COMPLETED)
+            if listening.done():
+                if listening.result()["type"] == "websocket.disconnect":
+                    return False
+                listening = asyncio.ensure_future(websocket.receive())  # nothing to answer
+            if event.done():
+                await websocket.send_json(event.result())
+                status = event.result()["job"]["status"]
+                event = asyncio.ensure_future(subscription.queue.get())
+        return True
+    finally:
+        listening.cancel()
+        event.cancel()
