@@ -83,11 +83,14 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """One `embedscale serve` for the API tests (its own cluster of two workers)."""
+def server(cluster, tmp_path_factory):
+    """One `embedscale serve` for the API tests, on the session's cluster: two clusters of
+    two worker processes each, both loading the model, made the suite's 2 cores wait on each
+    other."""
     from tests.api_server import Server
 
-    srv = Server(tmp_path_factory.mktemp("server"), "--workers", "2")
+    srv = Server(tmp_path_factory.mktemp("server"), "--scheduler",
+                 cluster.client.scheduler.address)
     yield srv
     srv.stop()
 

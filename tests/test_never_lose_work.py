@@ -28,6 +28,13 @@ def submit(service, corpus, **spec):
                           partition_bytes=4096)
 
 
+def run_watched(service, corpus):
+    """A job over `corpus` to its end, and the runner's lines saying it ran one again."""
+    with logged("jobs.runner") as lines:
+        final = service.wait(submit(service, corpus).id, timeout=180)
+    return final, [line for line in lines if RUN_AGAIN in line]
+
+
 def assert_whole(service, final, data_dir):
     """Every planned partition done, and the table holds each of the job's chunks once."""
     assert final.status == JobStatus.SUCCEEDED, final.error
@@ -51,11 +58,10 @@ def test_a_task_the_client_cancels_puts_its_partition_back(service, small_corpus
         return key
 
     monkeypatch.setattr(Feeder, "_submit", submit_then_lose)
-    with logged("jobs.runner") as lines:
-        final = service.wait(submit(service, small_corpus).id, timeout=180)
+    final, ran_again = run_watched(service, small_corpus)
     assert cancelled
     assert_whole(service, final, tmp_path / "data")
-    assert not [line for line in lines if RUN_AGAIN in line]  # put back, not found missing
+    assert not ran_again  # put back, not found missing
 
 
 def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(service, small_corpus,
@@ -72,11 +78,10 @@ def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(service, small_c
         return outcomes
 
     monkeypatch.setattr(Feeder, "done", done_losing_one)
-    with logged("jobs.runner") as lines:
-        final = service.wait(submit(service, small_corpus).id, timeout=180)
+    final, ran_again = run_watched(service, small_corpus)
     assert lost
     assert_whole(service, final, tmp_path / "data")
-    assert [line for line in lines if RUN_AGAIN in line]
+    assert ran_again
 
 
 def test_the_store_refuses_a_success_with_a_partition_not_done(tmp_path):
