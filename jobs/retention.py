@@ -14,12 +14,11 @@ of them), in one statement per table, under the store's lock.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from jobs.errors import StoreUnavailableError
+from jobs.periodic import PeriodicThread
 from jobs.states import TERMINAL
 
 log = logging.getLogger("embedscale.retention")
@@ -64,8 +63,8 @@ class Retention:
             raise ValueError(f"job_retention_days must be 0 or more, not {days}")
         self.store, self.days, self.clock, self.every_s = store, days, clock, every_s
         self._done_until: datetime | None = None  # jobs ended before this are pruned
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicThread("embedscale-retention", self.prune, every_s, log,
+                                    "retention: pass")
 
     def prune(self) -> set[str]:
         """One pass: the ids of the jobs whose inline texts were removed."""
@@ -78,26 +77,8 @@ class Retention:
         return pruned
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="embedscale-retention",
-                                        daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.prune()
-            except StoreUnavailableError as exc:  # a full disk: the next pass tries again
-                log.warning("retention: pass failed: %s", exc)
-            except Exception:
-                log.exception("retention: pass failed")
-            self._stop.wait(self.every_s)
+        self._loop.every_s = self.every_s  # as set after construction (the tests pass often)
+        self._loop.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout)
-        self._thread = None
+        self._loop.stop(timeout)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from engine.errors import EmbedscaleError
 from jobs.errors import ConflictError, InvalidFieldError, NotFoundError, StoreUnavailableError
+from jobs.periodic import PeriodicThread
 from jobs.records import JobRecord
 from jobs.schedules import (
     MAX_SCHEDULES_PER_TENANT,
@@ -61,8 +62,8 @@ class Schedules:
         self.clock: Clock = clock or utcnow
         self.poll_seconds = poll_seconds
         self._firing = threading.Lock()  # one tick or run-now at a time in this process
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicThread("embedscale-schedules", self.tick, poll_seconds, log,
+                                    "schedules: tick")
 
     def now(self) -> datetime:
         """The clock's time (it must be time-zone aware)."""
@@ -198,32 +199,14 @@ class Schedules:
     def start(self) -> None:
         """Fire due schedules from now on: at once (slots missed while the service was down
         run once), then every `poll_seconds`."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="embedscale-schedules",
-                                        daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except StoreUnavailableError as exc:  # a full disk: one line, not a traceback a tick
-                log.warning("schedules: tick failed: %s", exc)
-            except Exception:  # the loop outlives a bad tick; the next one tries again
-                log.exception("schedules: tick failed")
-            self._stop.wait(self.poll_seconds)
+        self._loop.every_s = self.poll_seconds
+        self._loop.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop firing (a submission under way finishes first)."""
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout)
-        self._thread = None
+        self._loop.stop(timeout)
 
     @property
     def firing(self) -> bool:
         """Whether the loop runs."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._loop.alive
