@@ -8,9 +8,7 @@ until the commit references it).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import lance
 
@@ -71,16 +69,3 @@ def rows_of_version(uri: str, version: int, predicate: str | None = None,
     ds = lance.dataset(uri, version=version, storage_options=storage_options)
     return ds.to_table(filter=predicate)
 
-
-def history(uri: str, *keys: str, recent: int = 10_000,
-            storage_options: dict[str, str] | None = None) -> list[tuple[int, dict[str, Any]]]:
-    """(read version, {key: decoded property}) of the table's recent commits that carry any of
-    `keys`, oldest first: one read of the history, however many properties a caller needs."""
-    found = []
-    ds = lance.dataset(uri, storage_options=storage_options)
-    for tx in reversed(ds.get_transactions(recent)):
-        props = (tx.transaction_properties or {}) if tx else {}
-        decoded = {key: json.loads(props[key]) for key in keys if key in props}
-        if decoded:
-            found.append((tx.read_version, decoded))
-    return found

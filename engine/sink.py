@@ -4,15 +4,18 @@ Lance's two-phase write makes retries safe. A worker writes its partition's rows
 that no reader sees (`write_fragments`) and returns their metadata; the driver commits the
 fragments of completed partitions in one atomic Append. A task that is retried, or re-run after
 its worker died, writes new files, but only the one result the scheduler hands back is ever
-committed; the files of a lost attempt stay invisible and are removed by cleanup. Every commit
-carries the job id and its partition numbers as transaction properties, so a restarted driver
-can tell which partitions are already in the table.
+committed; the files of a lost attempt stay invisible and are removed by cleanup. Each commit
+returns the versions it read and made, for the control plane's ledger, and carries the job id
+and its partition numbers as transaction properties, so that a driver restarted after a crash
+between the commit and its record can tell which partitions are already in the table
+(engine/commit_log.py).
 """
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +25,7 @@ import pyarrow as pa
 from engine.errors import TableError
 from engine.models.backend import ModelInfo
 from engine.models.registry import vector_space
-from engine.replacement import commit_replacing, doc_predicate, history, sql_string
+from engine.replacement import commit_replacing, doc_predicate, sql_string
 from engine.schema import chunk_schema, table_model, table_provider
 from engine.storage import (
     NO_OPTIONS,
@@ -50,6 +53,15 @@ OVERWRITE_PROPERTY = "embedscale.overwrite"  # the job whose overwrite emptied t
 TABLE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 _TABLE_NAME = re.compile(TABLE_NAME_PATTERN)
 _DELETE_BATCH = 1000  # doc ids per lookup
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """A commit made to a table: the version it read (which holds the rows it replaced) and the
+    version it made."""
+
+    read_version: int
+    version: int
 
 
 def validate_table_name(name: str) -> str:
@@ -99,22 +111,23 @@ class ChunkTable:
     def exists(self) -> bool:
         return table_exists(self.uri, self.storage)
 
-    def prepare(self, model: ModelInfo, mode: str, job_id: str | None = None) -> None:
+    def prepare(self, model: ModelInfo, mode: str, job_id: str | None = None) -> Commit | None:
         """Make the table ready for a job: create it, empty it (overwrite, in a commit that
-        names `job_id`, so a cancel can bring the old rows back), or check that its model and
-        dimension match the job's (append, upsert, sync)."""
+        names `job_id`, so a cancel can bring the old rows back: that commit is returned), or
+        check that its model and dimension match the job's (append, upsert, sync)."""
         if mode not in MODES:
             raise TableError(f"unknown write mode {mode!r}: use one of {', '.join(MODES)}")
         schema = chunk_schema(model.name, model.dimension, model.provider, model.provider_url)
         if not self.exists() and self._create(schema):
-            return
+            return None
         if mode == "overwrite":
+            read_version = self.dataset().version
             tx = lance.Transaction(
-                read_version=self.dataset().version,
+                read_version=read_version,
                 operation=lance.LanceOperation.Overwrite(schema, []),
                 transaction_properties={OVERWRITE_PROPERTY: json.dumps(job_id)})
-            lance.LanceDataset.commit(self.uri, tx, storage_options=self.storage_options)
-            return
+            made = lance.LanceDataset.commit(self.uri, tx, storage_options=self.storage_options)
+            return Commit(read_version, made.version)
         existing = self.dataset().schema
         existing_model, existing_dim = table_model(existing)
         if existing_model != model.name or existing_dim != model.dimension:
@@ -132,6 +145,7 @@ class ChunkTable:
                 f"table '{self.name}' holds vectors of provider '{existing_provider}'; this "
                 f"job's provider is '{model.provider}' (model '{model.name}' in both): use "
                 f"provider '{existing_provider}', another table, or --mode overwrite")
+        return None
 
     def _create(self, schema: pa.Schema) -> bool:
         """Create the table, empty; False if another job created it first (two jobs starting
@@ -147,14 +161,14 @@ class ChunkTable:
             return False
         return True
 
-    def commit(self, results_by_job: Mapping[str, Sequence[PartitionResult]]) -> int:
+    def commit(self, results_by_job: Mapping[str, Sequence[PartitionResult]]) -> Commit | None:
         """Make the fragments of the given partitions (of one or more jobs) visible in one
-        atomic commit; returns the new version. The commit records each partition's counts
-        under its job, so a restarted driver can tell what is in the table. The old rows of
-        documents replaced (upsert, sync) are deleted in the same commit
-        (engine/replacement.py): a reader sees each document old or new, never missing or
-        doubled. A sync partition is committed even with nothing to write: the commit records
-        the documents it read, which decide at the end what is gone from the source."""
+        atomic commit; returns it (None: nothing to commit). The commit records each
+        partition's counts under its job, so a restarted driver can tell what is in the table
+        (engine/commit_log.py). The old rows of documents replaced (upsert, sync) are deleted
+        in the same commit (engine/replacement.py): a reader sees each document old or new,
+        never missing or doubled. A sync partition is committed even with nothing to write:
+        the documents it read decide at the end what is gone from the source."""
         require_table(self.uri, self.storage)
         ds = self.dataset()
         results = [r for rs in results_by_job.values() for r in rs]
@@ -165,7 +179,7 @@ class ChunkTable:
                 for job_id, rs in results_by_job.items()
                 if any(r.seen_doc_ids is not None for r in rs)}
         if not fragments and not seen:
-            return ds.version
+            return None
         properties = {COMMITS_PROPERTY: json.dumps(
             {job_id: {str(r.partition): partition_counts(r) for r in rs}
              for job_id, rs in results_by_job.items()})}
@@ -174,26 +188,15 @@ class ChunkTable:
         if seen:
             properties[SEEN_PROPERTY] = json.dumps(seen)
         doc_ids = sorted({d for ids in replaced.values() for d in ids})
-        return commit_replacing(self.uri, ds, doc_predicate(doc_ids) if doc_ids else None,
-                                fragments, properties, storage_options=self.storage_options)
+        version = commit_replacing(self.uri, ds, doc_predicate(doc_ids) if doc_ids else None,
+                                   fragments, properties, storage_options=self.storage_options)
+        return Commit(ds.version, version)
 
     def remove_orphan_files(self) -> None:
         """Remove what workers wrote into the folder of a table that was deleted meanwhile
         (data files of fragments no commit will ever reference)."""
         if not self.exists():
             remove_tree(self.uri, self.storage)
-
-    def committed_partitions(self, job_id: str, recent: int = 10_000) -> dict[int, dict[str, int]]:
-        """Partitions of `job_id` already committed, with their counts, read from the table's
-        own recent transactions."""
-        done: dict[int, dict[str, int]] = {}
-        if not self.exists():
-            return done
-        for _, props in history(self.uri, COMMITS_PROPERTY, recent=recent,
-                                storage_options=self.storage_options):
-            for partition, counts in props[COMMITS_PROPERTY].get(job_id, {}).items():
-                done.setdefault(int(partition), counts)  # the first commit of it counts
-        return done
 
 
 def partition_counts(result: PartitionResult) -> dict[str, int]:

@@ -1,38 +1,38 @@
 """Cancelling a job undoes it in one commit: its rows go, and the rows it replaced come back.
 
-What a job replaced is in the table's history: an overwrite's commit names the job
-(sink.OVERWRITE_PROPERTY) and the version before it holds the old rows; an upsert's or sync's
-commits name the documents whose rows they deleted (sink.REPLACED_PROPERTY), and the version
-each commit read holds those rows. A row comes back only if no other job has since written its
-document: what others wrote after the cancelled job is theirs to keep.
+What a job replaced, the control plane's ledger says (it is passed in): the version before an
+overwrite's emptying commit holds the old rows; each commit of an upsert or a sync names the
+documents whose rows it deleted, and the version that commit read holds those rows. The old
+versions are the table's own: Lance keeps them (nothing here cleans them up). A row comes back
+only if no other job has since written its document: what others wrote after the cancelled job
+is theirs to keep.
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from lance.fragment import write_fragments
 
-from engine.replacement import (
-    commit_replacing,
-    doc_predicate,
-    history,
-    rows_of_version,
-    sql_string,
-)
-from engine.sink import OVERWRITE_PROPERTY, REPLACED_PROPERTY, ChunkTable
+from engine.replacement import commit_replacing, doc_predicate, rows_of_version, sql_string
+from engine.sink import ChunkTable
 
 UNDO_PROPERTY = "embedscale.undo"  # the job whose rows a commit removed and restored
 
 
-def undo_job(table: ChunkTable, job_id: str) -> int:
+def undo_job(table: ChunkTable, job_id: str,
+             replaced: Sequence[tuple[int, Sequence[str]]] = (),
+             overwritten_before: int | None = None) -> int:
     """Remove every row `job_id` wrote to `table` and put back the rows it replaced, in one
-    commit; returns how many rows came back. A table without the job's rows and without
-    anything to restore is left as it is."""
+    commit; returns how many rows came back. `replaced`: (the version a commit of the job read,
+    the documents whose rows that commit deleted), in the order of the commits;
+    `overwritten_before`: the version just before the job's overwrite emptied the table. A
+    table without the job's rows and without anything to restore is left as it is."""
     if not table.exists():
         return 0
-    restored = _replaced_rows(table, job_id)
+    restored = _replaced_rows(table, job_id, replaced, overwritten_before)
     ds = table.dataset()
     own = f"job_id = {sql_string(job_id)}"
     if restored is not None and restored.num_rows:
@@ -50,18 +50,16 @@ def undo_job(table: ChunkTable, job_id: str) -> int:
     return sum(f.physical_rows for f in fragments)
 
 
-def _replaced_rows(table: ChunkTable, job_id: str) -> pa.Table | None:
+def _replaced_rows(table: ChunkTable, job_id: str,
+                   replaced: Sequence[tuple[int, Sequence[str]]],
+                   overwritten_before: int | None) -> pa.Table | None:
     """The rows the job's commits replaced, as they were before, or None when it replaced
     nothing."""
     parts: list[pa.Table] = []
     uri, options = table.uri, table.storage_options
-    commits = history(uri, OVERWRITE_PROPERTY, REPLACED_PROPERTY, storage_options=options)
-    for before, props in commits:
-        if props.get(OVERWRITE_PROPERTY) == job_id:
-            # all of it, as before the overwrite
-            parts = [rows_of_version(uri, before, storage_options=options)]
-    for before, props in commits:
-        doc_ids = props.get(REPLACED_PROPERTY, {}).get(job_id)
+    if overwritten_before is not None:  # all of it, as before the overwrite
+        parts.append(rows_of_version(uri, overwritten_before, storage_options=options))
+    for before, doc_ids in replaced:
         if doc_ids:
             rows = rows_of_version(uri, before, doc_predicate(sorted(set(doc_ids))),
                                    storage_options=options)

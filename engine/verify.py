@@ -92,12 +92,6 @@ def scan_table(table: ChunkTable) -> TableScan:
     return scan
 
 
-def committed_chunks(table: ChunkTable, job_id: str) -> dict[int, int]:
-    """Chunks of each partition of `job_id` that the table's own commits record (their
-    transaction properties, engine.sink): what a job wrote before its ledger could say so."""
-    return {p: int(c.get("chunks", 0)) for p, c in table.committed_partitions(job_id).items()}
-
-
 # --- row ids ---------------------------------------------------------------------------------
 
 _HEX = np.full(256, 255, np.uint8)

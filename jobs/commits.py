@@ -2,8 +2,10 @@
 table, one DuckDB transaction.
 
 Order matters for exactly-once: a partition is committed to its table (the rows become
-visible, the commit records its counts) and only then recorded in DuckDB with its usage charge.
-A crash in between is repaired at resume from the table's own commits (jobs/preparation.py).
+visible, the commit records its counts) and only then recorded in DuckDB with its usage charge
+and its ledger row (the versions its commit read and made, the documents it read and replaced:
+jobs/store_ledger.py). A crash in between is repaired at resume from the table's own commits
+after the newest the ledger recorded (jobs/ledger.py).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 
 from engine.errors import error_line
-from engine.sink import ChunkTable, existing_hashes, partition_counts
+from engine.sink import ChunkTable, Commit, existing_hashes, partition_counts
 from engine.tasks import PartitionResult
 from jobs.conflicts import clashing
 from jobs.policies import FinishedPartition, is_done, split_by_quota
@@ -19,6 +21,7 @@ from jobs.preparation import RunningJob
 from jobs.records import JobRecord
 from jobs.states import JobStatus
 from jobs.store import PartitionDone, Store
+from jobs.store_ledger import PARTITION, LedgerRow
 from jobs.tiers import Tier
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class CommitOutcome:
 
     records: dict[str, JobRecord] = field(default_factory=dict)
     committed: list[Finished] = field(default_factory=list)
+    commits: dict[str, Commit] = field(default_factory=dict)  # table uri -> its commit
     succeeded: list[str] = field(default_factory=list)
     # Sync jobs with every partition done: they succeed once what is gone from their source
     # is deleted (the runner does it: engine/sync.py).
@@ -64,13 +68,15 @@ def commit_batch(store: Store, tier_of, results: list[Finished]) -> CommitOutcom
         per_job.setdefault(job.record.id, []).append(result)
     for table, per_job in by_table.values():
         try:
-            table.commit(per_job)
+            commit = table.commit(per_job)
         except Exception as exc:  # the table vanished, its disk failed, its store is down
             _remove_orphans(table)
             outcome.failed.update({job_id: ("commit_failed", f"commit to table "
                                             f"'{table.name}' failed: {error_line(exc)}")
                                    for job_id in per_job})
             continue
+        if commit is not None:
+            outcome.commits[table.uri] = commit
         outcome.committed += [(j, r) for j, r in accepted if j.record.id in per_job]
     if outcome.committed:
         _record(store, outcome)
@@ -97,7 +103,7 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
     outcome.records = store.record_partitions_done(
         [PartitionDone(job.record.id, job.record.tenant, result.partition,
                        {**partition_counts(result), **gpu_counts(result)},
-                       tuple(result.skipped))
+                       tuple(result.skipped), _ledger_row(job, result, outcome.commits))
          for job, result in outcome.committed], succeeded=finishing)
     for job in jobs.values():
         job.record = outcome.records[job.record.id]
@@ -107,6 +113,16 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
             outcome.succeeded.append(job_id)
         elif status == JobStatus.RUNNING:  # not a cancel that came first: the store refused
             outcome.unconfirmed.append(jobs[job_id])
+
+
+def _ledger_row(job: RunningJob, result: PartitionResult,
+                commits: dict[str, Commit]) -> LedgerRow | None:
+    """What the partition's commit did, for the ledger (None: nothing was committed)."""
+    commit = commits.get(job.table.uri)
+    if commit is None:
+        return None
+    return LedgerRow(job.record.id, PARTITION, commit.version, commit.read_version,
+                     result.partition, result.seen_doc_ids, result.replaced_doc_ids)
 
 
 def gpu_counts(result: PartitionResult) -> dict[str, float]:

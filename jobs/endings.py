@@ -1,6 +1,8 @@
 """What ending a job does to its table: a cancelled job is undone (its rows go and the rows it
 replaced come back, engine/undo.py); a sync job whose partitions are all done deletes the
-documents gone from its source before it succeeds (engine/sync.py)."""
+documents gone from its source before it succeeds (engine/sync.py). What the job did to the
+table (the documents it read, the rows it replaced, the version before its overwrite) is the
+job ledger's word (jobs/ledger.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,28 +13,43 @@ from engine.sink import ChunkTable
 from engine.storage import Location
 from engine.sync import delete_gone
 from engine.undo import undo_job
+from jobs.errors import StoreUnavailableError
+from jobs.ledger import job_ledger
 from jobs.preparation import RunningJob
 from jobs.records import JobRecord
 from jobs.states import JobStatus
 from jobs.store import Store
 
 
-def remove_job_rows(data_dir: Path | Location, record: JobRecord) -> None:
+def remove_job_rows(store: Store, data_dir: Path | Location, record: JobRecord) -> None:
     """Undo a cancelled job in one commit: its rows go, the rows it replaced come back."""
-    undo_job(ChunkTable(data_dir, record.table_name), record.id)
+    table = ChunkTable(data_dir, record.table_name)
+    if not table.exists():
+        return
+    ledger = job_ledger(store, record.tenant, table, record.id)
+    undo_job(table, record.id, ledger.replaced, ledger.overwritten_before)
 
 
 def completion(store: Store, job: RunningJob) -> tuple[JobStatus, dict[str, Any]]:
     """The status and fields a job whose partitions are all done ends with: succeeded, once a
     sync job has deleted what its source no longer has (keeping the documents of sources
-    skipped as unreadable); failed if that deletion fails."""
+    skipped as unreadable) and the ledger has recorded that deletion; failed if that deletion
+    fails. A deletion done already (before a crash) is not done again."""
     if job.config.mode != "sync":
         return JobStatus.SUCCEEDED, {}
-    kept = {s.source for s in store.skipped(job.record.id)}
+    record = job.record
     try:
-        deleted = delete_gone(job.table, job.record.id, kept)
+        ledger = job_ledger(store, record.tenant, job.table, record.id)
+        if ledger.sync_deleted is None:
+            kept = {s.source for s in store.skipped(record.id)}  # a store of before the ledger
+            deletion = delete_gone(job.table, record.id, ledger.seen, kept)
+            store.record_sync_deleted(record.id, deletion.commit.read_version,
+                                      deletion.commit.version, deletion.gone)
+            ledger.sync_deleted = len(deletion.gone)
+    except StoreUnavailableError:  # the runner's to handle: the job is not what failed
+        raise
     except Exception as exc:  # the table vanished or its disk failed
         return JobStatus.FAILED, {
             "error_reason": "commit_failed",
             "error": f"deleting documents gone from the source failed: {error_line(exc)}"}
-    return JobStatus.SUCCEEDED, {"documents_deleted": deleted}
+    return JobStatus.SUCCEEDED, {"documents_deleted": ledger.sync_deleted}

@@ -113,6 +113,20 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN gpu_busy_seconds DOUBLE DEFAULT 0;  -- of it, a kernel running
     ALTER TABLE jobs ADD COLUMN gpu_peak_bytes BIGINT DEFAULT 0;
     """,
+    # 6: the job ledger: what each commit of a job did to its table (the job's table_name),
+    # written in the transaction that records the commit (jobs/store_ledger.py). Sync, undo and
+    # resume read it, not the table's recent commits, which a busy table passes in minutes.
+    """
+    CREATE TABLE ledger_commits (
+        job_id TEXT NOT NULL,
+        kind TEXT NOT NULL,             -- partition | overwrite | sync_deleted | skipped
+        partition INTEGER,              -- the partition committed (kind partition)
+        version BIGINT,                 -- the version the commit made (NULL: not yet known)
+        read_version BIGINT,            -- the version it read: it holds the rows it replaced
+        seen TEXT[],                    -- sync: documents read (skipped sources too)
+        replaced TEXT[]                 -- documents whose rows (of read_version) it deleted
+    );
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

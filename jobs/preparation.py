@@ -1,5 +1,6 @@
-"""Getting a job ready to run: warm its model on the workers, create or check its table, and,
-for a job resumed after a crash, take the partitions its table already holds as done.
+"""Getting a job ready to run: warm its model on the workers, create or check its table (an
+overwrite recorded in the job ledger), and, for a job resumed after a crash, take the partitions
+its table already holds as done.
 
 Keeps what is already known (warm models, tables checked for a model) so that small jobs on a
 warm model and an existing table start without any round trip.
@@ -17,6 +18,7 @@ from distributed import Future
 
 from engine.chunking import ChunkSettings
 from engine.cluster import Cluster
+from engine.commit_log import latest_version
 from engine.file_access import FileAccess
 from engine.models.backend import ModelInfo
 from engine.models.registry import ModelSpec
@@ -26,6 +28,7 @@ from engine.readers import RecordFields
 from engine.sink import ChunkTable
 from engine.storage import NO_OPTIONS, Location, is_uri
 from engine.tasks import PartitionResult, TaskConfig
+from jobs.ledger import record_unrecorded
 from jobs.records import JobRecord
 from jobs.spec import JobSpec, model_spec, spec_to_run
 from jobs.store import Store
@@ -113,7 +116,7 @@ class JobPreparer:
         checked = (table.uri, info.name, info.dimension, info.provider)
         with self._lock_for(("table", table.uri)):  # one job at a time creates or checks it
             if mode == "overwrite" or checked not in self._checked_tables or not table.exists():
-                table.prepare(info, mode, record.id)
+                self._prepare_table(table, info, mode, record.id)
                 self._checked_tables.add(checked)
         if resumed:
             self._reconcile(record, table)
@@ -136,6 +139,22 @@ class JobPreparer:
         return RunningJob(record, self.tier_of(record.tenant), table, config, partitions,
                           pending, record.created_at.timestamp())
 
+    def _prepare_table(self, table: ChunkTable, info: ModelInfo, mode: str,
+                       job_id: str) -> None:
+        """Create, empty or check the job's table. The ledger records an overwrite before its
+        commit, with the version it starts from, and again with the version it made: a
+        crash in between is settled from the table's commits after that version, however
+        many other jobs commit to the table meanwhile (a cancel restores the rows before)."""
+        if mode != "overwrite":
+            table.prepare(info, mode, job_id)
+            return
+        self.store.record_overwrite(job_id, latest_version(table), None)
+        made = table.prepare(info, mode, job_id)
+        if made is None:  # it made the table: nothing was emptied
+            self.store.forget_overwrite(job_id)
+        else:
+            self.store.record_overwrite(job_id, made.read_version, made.version)
+
     def _reconcile(self, record: JobRecord, table: ChunkTable) -> None:
         """Partitions committed to the table whose record died with the old process."""
         record_committed(self.store, record, table)
@@ -143,8 +162,6 @@ class JobPreparer:
 
 def record_committed(store: Store, record: JobRecord, table: ChunkTable) -> None:
     """Record the partitions of `record`'s job that its table holds and the store does not (a
-    commit whose record was lost: a crash, an outage of the store), charged as usual."""
-    done = {p.partition.index for p in store.partitions(record.id) if p.status == "done"}
-    for partition, counts in table.committed_partitions(record.id).items():
-        if partition not in done:
-            store.record_partition_done(record.id, record.tenant, partition, counts)
+    commit whose record was lost: a crash, an outage of the store), charged as usual; with
+    them, those of the other jobs of its table in the same commits (jobs/ledger.py)."""
+    record_unrecorded(store, record.tenant, table)

@@ -1,6 +1,7 @@
 """Recording committed partitions in DuckDB: their rows marked done, their counts added to their
-jobs, their chunks charged to their tenants, and the jobs they finish moved to succeeded, all in
-one transaction and in a fixed handful of statements whatever the batch holds.
+jobs, their chunks charged to their tenants, what their commits did written to the job ledger
+(jobs/store_ledger.py), and the jobs they finish moved to succeeded, all in one transaction and
+in a fixed handful of statements whatever the batch holds.
 
 Why batched: the runner commits up to a few hundred small partitions at once, and per-partition
 statements (three or four each, ~0.3 ms apiece) were about half of the API process's CPU on
@@ -19,6 +20,7 @@ import duckdb
 from engine.documents import Skipped
 from jobs.records import JobRecord
 from jobs.states import JobStatus, check_transition
+from jobs.store_ledger import LedgerRow, insert_ledger
 from jobs.store_rows import JOB_SELECT, job_from_row, stored, transition_changes
 
 MAX_SKIPPED_STORED = 1000  # per job; the count is kept in full
@@ -29,13 +31,15 @@ ALL_PARTITIONS_DONE = ("NOT EXISTS (SELECT 1 FROM job_partitions p WHERE p.job_i
 
 @dataclass(frozen=True, slots=True)
 class PartitionDone:
-    """A committed partition to record: its job, tenant, counts and skipped documents."""
+    """A committed partition to record: its job, tenant, counts and skipped documents, and
+    what its commit did to the table (None: there was nothing to commit)."""
 
     job_id: str
     tenant: str
     partition: int
     counts: dict[str, int | float]  # chunks, tokens, ...; GPU seconds are fractional
     skipped: tuple[Skipped, ...] = ()
+    ledger: LedgerRow | None = None
 
 
 Charged = dict[str, tuple[int, int]]  # tenant -> (chunks, tokens)
@@ -48,6 +52,7 @@ def record_done(con: duckdb.DuckDBPyConnection, done: Sequence[PartitionDone],
     alone, so recording twice never charges twice) and move the jobs in `succeeded` that are
     still running to succeeded. Returns the jobs' records and what was charged."""
     fresh = _mark_done(con, done, now)
+    insert_ledger(con, [d.ledger for d in fresh if d.ledger is not None])
     jobs: dict[str, list[int]] = {}
     charged: Charged = {}
     for d in fresh:

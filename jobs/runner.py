@@ -407,7 +407,7 @@ class Runner:
         if record.status == JobStatus.CANCELLING:
             table = ChunkTable(self.data_dir_of(record.tenant), record.table_name)
             with self.maintenance.exclusive(table.uri):  # its deletion after any compaction
-                remove_job_rows(self.data_dir_of(record.tenant), record)
+                remove_job_rows(self.store, self.data_dir_of(record.tenant), record)
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))
 
     def _succeed(self, job: RunningJob) -> None:

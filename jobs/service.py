@@ -347,7 +347,7 @@ class JobService:
             self.runner.request_cancel(job_id)
             return record
         # No runner in this process (CLI, after a crash): finish the cancellation here.
-        remove_job_rows(self.tenant_data_dir(record.tenant), record)
+        remove_job_rows(self.store, self.tenant_data_dir(record.tenant), record)
         return self.store.set_status(job_id, JobStatus.CANCELLED)
 
     def drop_table(self, tenant: str, name: str) -> None:

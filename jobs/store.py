@@ -40,6 +40,7 @@ from jobs.records import (
 )
 from jobs.retention import ENDED_BEFORE, PRUNE_PARTITIONS, PRUNE_SPECS
 from jobs.states import ACTIVE, TERMINAL, UNFINISHED, JobStatus, check_transition
+from jobs.store_ledger import SKIPPED, LedgerRow, LedgerRows, insert_ledger
 from jobs.store_reports import StoreReports
 from jobs.store_rows import (
     JOB_COLUMNS,
@@ -62,8 +63,9 @@ LISTED_CAPACITY = 5_000  # ended jobs' listing records (~1 KB each, their texts 
 Admit = Callable[[int, int], None]
 
 
-class Store(TenantRows, ScheduleRows, StoreReports):
-    """Tenants, API keys, jobs, partitions, usage and schedules in one DuckDB file."""
+class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
+    """Tenants, API keys, jobs, partitions, usage, the job ledger and schedules in one DuckDB
+    file."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path)
@@ -385,12 +387,16 @@ class Store(TenantRows, ScheduleRows, StoreReports):
             return records
 
     def add_skipped(self, job_id: str, skipped: Sequence[Skipped]) -> None:
-        """Skipped documents found while planning (before any partition ran)."""
+        """Skipped documents found while planning (before any partition ran). Their sources
+        go to the job ledger in full (job_skipped keeps MAX_SKIPPED_STORED): a sync keeps the
+        documents of every source it could not read."""
         if not skipped:
             return
         with self._lock:
             with self._tx() as con:
                 insert_skipped(con, job_id, None, skipped)
+                insert_ledger(con, [LedgerRow(job_id, SKIPPED, None, None,
+                                              seen=[s.source for s in skipped])])
                 con.execute("UPDATE jobs SET skipped_count = skipped_count + ? WHERE id = ?",
                             [len(skipped), job_id])
             self._cache.drop(job_id)

@@ -11,11 +11,12 @@ ledger records that job committed (its partitions marked done, with their chunks
   and no job has more rows than its ledger records, which would be a partition committed twice
   or a commit never recorded. An unfinished job may be ahead of its ledger (a Lance commit is
   recorded just after it lands; `jobs resume` records what a crash cut off): that is a warning
-  when the table's own commit properties account for the rows;
+  when the table's own commits after the newest the ledger recorded account for the rows;
 - rows of a job the ledger does not know (a table written from another data dir): a warning.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -26,11 +27,12 @@ from engine.verify import (
     WARNING,
     Problem,
     TableScan,
-    committed_chunks,
     scan_table,
 )
+from jobs.ledger import unrecorded_chunks
 from jobs.states import JobStatus
-from jobs.store_reports import LedgerJob, StoreReports
+from jobs.store import Store
+from jobs.store_reports import LedgerJob
 
 REPLACING_MODES = frozenset({"overwrite", "upsert", "sync"})  # they remove others' rows
 _FED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})  # their partitions may be committing
@@ -73,18 +75,21 @@ def _examples(problem: Problem) -> str:
     return f" (e.g. {', '.join(problem.examples)})"
 
 
-def verify_table(store: StoreReports, table: ChunkTable, tenant: str) -> VerifyReport:
+def verify_table(store: Store, table: ChunkTable, tenant: str) -> VerifyReport:
     """Check `table` (of `tenant`) against itself and against the ledger in `store`."""
     scan = scan_table(table)
     ledger = store.table_ledger(tenant, table.name)
-    problems = list(scan.problems) + ledger_problems(table, scan, ledger)
+    problems = list(scan.problems) + ledger_problems(
+        table, scan, ledger, lambda job_id: unrecorded_chunks(store, tenant, table, job_id))
     return VerifyReport(table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger),
                         problems)
 
 
-def ledger_problems(table: ChunkTable, scan: TableScan, ledger: list[LedgerJob]
-                    ) -> list[Problem]:
-    """Each job's rows in the table held against what the ledger records it committed."""
+def ledger_problems(table: ChunkTable, scan: TableScan, ledger: list[LedgerJob],
+                    unrecorded: Callable[[str], int]) -> list[Problem]:
+    """Each job's rows in the table held against what the ledger records it committed;
+    `unrecorded(job_id)`: the job's chunks the table's commits hold and the ledger does not
+    record yet."""
     found: dict[str, list[str]] = {}  # kind -> one description per job
     counts: dict[str, int] = {}  # kind -> rows concerned
     created = _Created(table)
@@ -106,7 +111,7 @@ def ledger_problems(table: ChunkTable, scan: TableScan, ledger: list[LedgerJob]
             continue
         if rows > job.chunks_done:
             kind = "unrecorded_rows"
-            if job.status in _FED and rows <= _committed(table, job):
+            if job.status in _FED and rows <= job.chunks_done + unrecorded(job.id):
                 kind = "rows_ahead_of_ledger"
             add(kind, job, rows - job.chunks_done, f"has {rows} rows; its ledger records "
                 f"{recorded}")
@@ -147,11 +152,6 @@ def _problem(kind: str, jobs: list[str], rows: int) -> Problem:
 
 def _jobs(n: int) -> str:
     return f"{n} job" if n == 1 else f"{n} jobs"
-
-
-def _committed(table: ChunkTable, job: LedgerJob) -> int:
-    """Chunks the table's own commit properties record for the job (its recent commits)."""
-    return sum(committed_chunks(table, job.id).values())
 
 
 def _replaceable(job: LedgerJob, ledger: list[LedgerJob], created: _Created) -> bool:

@@ -23,7 +23,8 @@ FORBIDDEN = {
 # progress it calls) opens the control plane's file; the filter check only parses SQL in an
 # in-memory connection (no file, no data).
 DUCKDB_MODULES = {"jobs/store.py", "jobs/store_connection.py", "jobs/store_guard.py",
-                  "jobs/progress_records.py", "jobs/store_schedules.py", "engine/filters.py"}
+                  "jobs/progress_records.py", "jobs/store_schedules.py", "jobs/store_ledger.py",
+                  "engine/filters.py"}
 # The HTTP client is used from notebooks on machines without the engine: nothing of ours.
 INDEPENDENT = {"api/client.py": {"engine", "jobs"}, "api/client_progress.py": {"engine", "jobs"}}
 

@@ -241,9 +241,13 @@ def test_commits_from_several_processes_to_one_s3_table_all_land(s3_store):
 
 
 def test_undo_puts_back_what_a_job_replaced_on_s3(cluster, s3_store, tmp_path):
-    """A cancel's undo reads the table's history and old versions on the store."""
+    """A cancel's undo reads the job's ledger, the table's commits and old versions on the
+    store."""
     from engine.sink import ChunkTable
     from engine.undo import undo_job
+    from jobs.ledger import job_ledger
+    from jobs.service import DB_FILE
+    from jobs.store import Store
 
     tables = f"s3://{s3_store.make_bucket()}/tables"
     kw = {"table": "t", "data_dir": str(tmp_path / "d"), "tables_uri": tables,
@@ -257,7 +261,11 @@ def test_undo_puts_back_what_a_job_replaced_on_s3(cluster, s3_store, tmp_path):
         return dict(zip(rows["doc_id"], rows["text"]))
 
     assert texts() == {"a": "the first text", "b": "the new second text"}
-    assert undo_job(ChunkTable(home, "t"), second.job_id) == 1
+    store = Store(tmp_path / "d" / DB_FILE)
+    table, tenant = ChunkTable(home, "t"), store.get_job(second.job_id).tenant
+    ledger = job_ledger(store, tenant, table, second.job_id)
+    assert undo_job(table, second.job_id, ledger.replaced, ledger.overwritten_before) == 1
+    store.close()
     assert texts() == {"a": "the first text", "b": "the old second text"}
 
 

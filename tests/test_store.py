@@ -92,6 +92,47 @@ def test_recording_a_partition_twice_charges_once(tmp_path):
     assert store.usage("acme") == (3, 30)
 
 
+def test_the_job_ledger_is_written_with_the_record_of_each_commit(tmp_path):
+    """A committed partition's ledger row (the versions its commit read and made, the
+    documents it read and replaced) is written with its record, once however often it is
+    recorded; the end of a sync is recorded once and drops what its partitions read."""
+    from jobs.store import PartitionDone
+    from jobs.store_ledger import PARTITION, LedgerRow
+
+    store = Store(tmp_path / "s.duckdb")
+    store.insert_job(new_job("j"), plan_texts(["a", "b", "c"], docs_per_partition=1).partitions)
+    store.set_status("j", JobStatus.RUNNING)
+    counts = {"documents": 1, "chunks": 1, "tokens": 10}
+
+    def done(partition, version, seen, replaced):
+        return PartitionDone("j", "acme", partition, counts, (), LedgerRow(
+            "j", PARTITION, version, version - 1, partition, seen, replaced))
+
+    batch = [done(0, 5, ["a"], ["a"]), done(1, 5, ["b", "it's"], [])]
+    for _ in range(2):  # recorded twice: one row each
+        store.record_partitions_done(batch)
+    store.record_partitions_done([done(2, 9, ["c"], ["c"])])
+    store.add_skipped("j", [Skipped(f"file-{i}", "unreadable") for i in range(1200)])
+    store.add_skipped("j", [Skipped("late", "unreadable")])  # past job_skipped's room
+    ledger = store.job_ledger("j")
+    assert ledger.seen == {"a", "b", "it's", "c", "late"} | {f"file-{i}" for i in range(1200)}
+    assert ledger.replaced == [(5, 4, ["a"]), (9, 8, ["c"])] and ledger.versions == {5, 9}
+    assert ledger.sync_deleted is None and ledger.overwrite is None
+    assert store.newest_recorded("acme", "t", at_most=100) == (9, {"j"})
+    assert store.newest_recorded("acme", "t", at_most=8) == (5, {"j"})
+    assert store.newest_recorded("acme", "other", at_most=100) is None
+    for _ in range(2):
+        store.record_sync_deleted("j", 9, 10, ["gone"])
+    ledger = store.job_ledger("j")
+    assert ledger.sync_deleted == 1 and ledger.seen == set()
+    assert ledger.replaced[-1] == (10, 9, ["gone"])
+    store.record_overwrite("j", 3, None)
+    assert store.job_ledger("j").overwrite == (3, None)
+    store.record_overwrite("j", 3, 4)
+    assert store.job_ledger("j").overwrite == (3, 4)
+    store.close()
+
+
 def test_transitions_are_checked_and_history_kept(tmp_path):
     store = Store(tmp_path / "s.duckdb")
     store.insert_job(new_job("j"), [])
