@@ -188,9 +188,34 @@ class ChunkTable:
         if seen:
             properties[SEEN_PROPERTY] = json.dumps(seen)
         doc_ids = sorted({d for ids in replaced.values() for d in ids})
-        version = commit_replacing(self.uri, ds, doc_predicate(doc_ids) if doc_ids else None,
-                                   fragments, properties, storage_options=self.storage_options)
+        try:
+            version = commit_replacing(self.uri, ds,
+                                       doc_predicate(doc_ids) if doc_ids else None,
+                                       fragments, properties,
+                                       storage_options=self.storage_options)
+        except Exception:
+            # On object storage a commit can land and still report an error (the answer to
+            # the manifest's write was lost): the table's version says which. Redoing a commit
+            # that landed would write its rows twice; failing it would fail jobs whose rows
+            # are in the table.
+            version = self.landed(ds.version, properties)
+            if version is None:
+                raise
         return Commit(ds.version, version)
+
+    def landed(self, read_version: int, properties: Mapping[str, str]) -> int | None:
+        """The version made after `read_version` by a commit carrying exactly `properties`
+        (each names its jobs' partitions: no other commit carries the same), or None."""
+        try:
+            ds = self.dataset()
+            newer = ds.get_transactions(ds.version - read_version) \
+                if ds.version > read_version else []
+        except Exception:  # the table cannot be read either: the commit's error stands
+            return None
+        for age, tx in enumerate(newer):  # newest first: the first made ds.version
+            if tx is not None and dict(tx.transaction_properties or {}) == dict(properties):
+                return ds.version - age
+        return None
 
     def remove_orphan_files(self) -> None:
         """Remove what workers wrote into the folder of a table that was deleted meanwhile

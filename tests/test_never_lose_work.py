@@ -167,3 +167,26 @@ def test_an_event_that_cannot_be_handled_fails_only_its_job(service, monkeypatch
     failed = service.wait(doomed.id, timeout=120)
     assert failed.status == JobStatus.FAILED and failed.error_reason == "runner_error"
     assert "a bug in the runner" in failed.error
+
+
+def test_a_commit_that_lands_but_reports_an_error_is_not_redone(service, small_corpus,
+                                                                tmp_path, monkeypatch):
+    """Object storage can lose the answer to a commit that landed: the table's version says it
+    did, so the partitions count as committed, once, and nothing fails."""
+    from engine import sink
+
+    commit_replacing = sink.commit_replacing
+    lost_answers: list[int] = []
+
+    def commit_then_lose_the_answer(*args, **kwargs):
+        version = commit_replacing(*args, **kwargs)
+        if not lost_answers:
+            lost_answers.append(version)
+            raise OSError("connection reset by peer after the request was sent")
+        return version
+
+    monkeypatch.setattr(sink, "commit_replacing", commit_then_lose_the_answer)
+    final = service.wait(submit(service, small_corpus).id, timeout=180)
+    assert lost_answers
+    assert_whole(service, final, tmp_path / "data")
+    assert sum(p.attempts for p in service.store.partitions(final.id)) == 0
