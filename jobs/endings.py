@@ -13,7 +13,7 @@ from engine.sink import ChunkTable
 from engine.storage import Location
 from engine.sync import delete_gone
 from engine.undo import undo_job
-from jobs.errors import StoreUnavailableError
+from jobs.errors import PartitionsNotDoneError, StoreUnavailableError
 from jobs.ledger import job_ledger
 from jobs.preparation import RunningJob
 from jobs.records import JobRecord
@@ -38,6 +38,10 @@ def completion(store: Store, job: RunningJob) -> tuple[JobStatus, dict[str, Any]
     if job.config.mode != "sync":
         return JobStatus.SUCCEEDED, {}
     record = job.record
+    # Deleting what the source no longer has takes the documents the partitions read as the
+    # source's whole: with one of them not recorded done, its documents would go.
+    if store.partitions_left(record.id):
+        raise PartitionsNotDoneError(record.id)
     try:
         ledger = job_ledger(store, record.tenant, job.table, record.id)
         if ledger.sync_deleted is None:

@@ -412,9 +412,9 @@ class Runner:
 
     def _succeed(self, job: RunningJob) -> None:
         """End a job whose partitions are all done (a sync job deletes what is gone first)."""
-        with self.maintenance.exclusive(job.table.uri):  # a sync's deletions, likewise
-            status, fields = completion(self.store, job)
         try:
+            with self.maintenance.exclusive(job.table.uri):  # a sync's deletions, likewise
+                status, fields = completion(self.store, job)
             self._finish(job.record.id, status, **fields)
         except PartitionsNotDoneError:
             self._run_again_unfinished(job)

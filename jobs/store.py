@@ -352,6 +352,12 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         return [StoredPartition(partition_from_json(p, items), status, attempts, chunks, error)
                 for p, items, status, attempts, chunks, error in rows]
 
+    def partitions_left(self, job_id: str) -> int:
+        """How many planned partitions of a job the store does not show done."""
+        with self._lock:
+            return self._con.execute("SELECT count(*) FROM job_partitions WHERE job_id = ? "
+                                     "AND status <> 'done'", [job_id]).fetchone()[0]
+
     def record_attempt_failed(self, job_id: str, partition: int, attempts: int,
                               error: str, final: bool) -> None:
         with self._tx() as con:

@@ -28,10 +28,10 @@ def submit(service, corpus, **spec):
                           partition_bytes=4096)
 
 
-def run_watched(service, corpus):
+def run_watched(service, corpus, **spec):
     """A job over `corpus` to its end, and the runner's lines saying it ran one again."""
     with logged("jobs.runner") as lines:
-        final = service.wait(submit(service, corpus).id, timeout=180)
+        final = service.wait(submit(service, corpus, **spec).id, timeout=180)
     return final, [line for line in lines if RUN_AGAIN in line]
 
 
@@ -64,10 +64,22 @@ def test_a_task_the_client_cancels_puts_its_partition_back(service, small_corpus
     assert not ran_again  # put back, not found missing
 
 
+@pytest.mark.parametrize("mode", ["append", "sync"])
 def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(service, small_corpus,
-                                                                tmp_path, monkeypatch):
+                                                                tmp_path, monkeypatch, mode):
+    """...nor, for a sync, a reason to delete the documents that partition read."""
+    from jobs import endings
+
     lost: list[int] = []
     done = Feeder.done
+    delete_gone = endings.delete_gone
+    left_at_deletion: list[int] = []
+
+    def delete_gone_watched(table, job_id, *args, **kwargs):
+        left_at_deletion.append(service.store.partitions_left(job_id))
+        return delete_gone(table, job_id, *args, **kwargs)
+
+    monkeypatch.setattr(endings, "delete_gone", delete_gone_watched)
 
     def done_losing_one(self, future, jobs):
         outcomes = done(self, future, jobs)
@@ -78,10 +90,11 @@ def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(service, small_c
         return outcomes
 
     monkeypatch.setattr(Feeder, "done", done_losing_one)
-    final, ran_again = run_watched(service, small_corpus)
+    final, ran_again = run_watched(service, small_corpus, mode=mode)
     assert lost
     assert_whole(service, final, tmp_path / "data")
     assert ran_again
+    assert left_at_deletion == ([0] if mode == "sync" else [])
 
 
 def test_the_store_refuses_a_success_with_a_partition_not_done(tmp_path):
