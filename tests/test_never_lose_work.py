@@ -43,6 +43,8 @@ def assert_whole(service, final, data_dir):
     assert {p.status for p in service.store.partitions(final.id)} == {"done"}
     ids = read_rows(data_dir, final.table_name, ["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == final.chunks_done > 20
+    report = service.verify_table("local", final.table_name)  # `embedscale verify`'s check
+    assert report.ok and not report.to_dict()["problems"], report.to_dict()
 
 
 def test_a_task_the_client_cancels_puts_its_partition_back(service, small_corpus, tmp_path,
