@@ -15,6 +15,7 @@ import pytest
 from jobs.local_run import EmbedRequest, run_embedding
 from jobs.store import Store
 from tests.corpora import jsonl_corpus
+from tests.helpers import assert_verified
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,7 @@ def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
     ref_ids = lance.dataset(reference.table_uri).to_table(columns=["id"]).column("id")
     assert sorted(ids) == sorted(ref_ids.to_pylist())  # nothing lost, nothing doubled
     assert 0 < rows_at_kill < len(ids)
+    assert_verified(data, "docs")
 
     store = Store(data / "embedscale.duckdb")
     job = store.get_job(summary["id"])
