@@ -53,6 +53,3 @@ class EventRetries:
 
     def handled(self, event: Event) -> None:
         self._failures.pop(id(event), None)
-
-    def __len__(self) -> int:
-        return len(self._failures)

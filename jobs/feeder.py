@@ -282,14 +282,13 @@ class Feeder:
         self.forget(future)
         return outcomes
 
-    def forget(self, future: Future) -> list[tuple[str, int]]:
-        """Stop tracking a task whose outcome could not be handled: its (job, partition)s."""
-        members = self.tasks.pop(future.key, [])
+    def forget(self, future: Future) -> None:
+        """Stop tracking a task: sorted out, or its outcome could not be handled."""
+        self.tasks.pop(future.key, None)
         self._pinned.pop(future.key, None)
         if future.key == self._alone:
             self._alone = None
         future.release()
-        return members
 
     def unpin_lost(self, jobs: Mapping[str, RunningJob], alive: set[str]) -> None:
         """Send again, to any worker, the slices pinned to a worker that is gone. Dask would
