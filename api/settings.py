@@ -9,9 +9,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES
-from jobs.retention import DEFAULT_RETENTION_DAYS
-from jobs.schedules import MAX_SCHEDULES_PER_TENANT
+from embedscale.engine.sources.file_access import DEFAULT_MAX_DOCUMENT_BYTES
+from embedscale.jobs.policies.schedules import MAX_SCHEDULES_PER_TENANT
+from embedscale.jobs.store.retention import DEFAULT_RETENTION_DAYS
 
 DEFAULT_DATA_DIR = Path("./embedscale-data")
 # Flags of the `embedscale` commands (argparse dests) -> the setting each one sets. A flag not
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     admin_key_file: str | None = None  # EMBEDSCALE_ADMIN_KEY_FILE: a file holding the key
     shutdown_timeout: float = 30.0  # seconds in-flight partitions get to finish on shutdown
     # How `serve` logs: text lines, or one JSON object a line with the job and tenant ids of
-    # the lines about one (api/log_format.py). EMBEDSCALE_LOG_FORMAT=json.
+    # the lines about one (api/server/log_format.py). EMBEDSCALE_LOG_FORMAT=json.
     log_format: Literal["text", "json"] = "text"
 
     @classmethod

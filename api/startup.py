@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from api.settings import Settings
-from engine.cluster import ClusterSpec, dashboard_bind
-from engine.errors import EmbedscaleError
-from engine.storage import Location, StorageOptions, resolve_storage_options
-from engine.storage_errors import check_reachable
-from jobs.service import JobService
+from embedscale.api.settings import Settings
+from embedscale.engine.cluster.start import ClusterSpec, dashboard_bind
+from embedscale.engine.errors import EmbedscaleError
+from embedscale.engine.storage.locations import (
+    Location,
+    StorageOptions,
+    check_reachable,
+    resolve_storage_options,
+)
+from embedscale.jobs.service import JobService
 
 
 def cluster_spec(settings: Settings, worker_log_level: str | None = None) -> ClusterSpec:

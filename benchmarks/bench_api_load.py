@@ -143,9 +143,10 @@ def chunks_per_second(job: dict) -> float:
 def big_corpus(folder: Path, chunks: int, chunk_tokens: int) -> tuple[Path, int]:
     """A folder of pydoc text files that chunk into about `chunks` chunks of `chunk_tokens`,
     counted with the model's own tokenizer; the folder and the count."""
+    from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
+    from embedscale.engine.models import get_model, resolve_model
+
     from benchmarks.corpus import stdlib_docs
-    from engine.chunking import ChunkSettings, chunk_texts
-    from engine.models import get_model, resolve_model
 
     model = get_model(resolve_model("all-MiniLM-L6-v2"))
     settings = ChunkSettings.for_model(model.info, chunk_tokens, None)

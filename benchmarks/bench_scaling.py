@@ -28,8 +28,8 @@ BYTES_PER_CHUNK = 760  # pydoc text per 256-token chunk, measured (bench_through
 def timed_run(corpus: Path, data_dir: Path, workers: int, table: str,
               s3: SeaweedS3 | None = None, s3_source: str | None = None) -> tuple[float, int, int]:
     """(seconds, chunks, partitions) of one job on a fresh, warmed cluster of `workers`."""
-    from engine.cluster import ClusterSpec, start_cluster
-    from jobs.local_run import EmbedRequest, run_embedding
+    from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+    from embedscale.jobs.local_run import EmbedRequest, run_embedding
 
     remote = {"tables_uri": f"s3://{s3.make_bucket()}/tables",
               "storage_options": s3.options} if s3 else {}
@@ -53,11 +53,11 @@ def commit_ms(data_dir: Path, s3: SeaweedS3 | None, commits: int = 300) -> tuple
 
     import pyarrow as pa
 
-    from engine.models.backend import ModelInfo
-    from engine.schema import chunk_schema
-    from engine.sink import ChunkTable, write_fragments
-    from engine.storage import resolve_storage_options
-    from engine.tasks import PartitionResult
+    from embedscale.engine.models.info import ModelInfo
+    from embedscale.engine.sink.lance_sink import ChunkTable, write_fragments
+    from embedscale.engine.sink.schema import chunk_schema
+    from embedscale.engine.storage.locations import resolve_storage_options
+    from embedscale.engine.tasks.partition_task import PartitionResult
 
     if s3:
         table = ChunkTable(f"s3://{s3.make_bucket()}/c", "commits",
@@ -83,7 +83,7 @@ def commit_ms(data_dir: Path, s3: SeaweedS3 | None, commits: int = 300) -> tuple
 def task_overhead_ms(tasks: int = 400) -> float:
     """Milliseconds per task of a scheduler round trip for a no-op (submit, run, gather),
     on 2 local worker processes."""
-    from engine.cluster import ClusterSpec, start_cluster
+    from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 
     with start_cluster(ClusterSpec(n_workers=2, dashboard_address=":0")) as cluster:
         client = cluster.client

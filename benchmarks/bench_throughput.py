@@ -60,8 +60,8 @@ def plain_encode(texts: list[str], processes: int) -> float:
 
 def chunk_corpus(corpus: Path) -> tuple[list[str], int]:
     """The chunk texts embedscale makes of the corpus (default settings) and their tokens."""
-    from engine.chunking import ChunkSettings, chunk_texts
-    from engine.models import get_model, resolve_model
+    from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
+    from embedscale.engine.models import get_model, resolve_model
 
     model = get_model(resolve_model("all-MiniLM-L6-v2"), device="cpu")
     settings = ChunkSettings.for_model(model.info)
@@ -78,8 +78,8 @@ def embedscale_runs(corpus: Path, data_dir: Path, processes: int,
     """Per provider, (seconds, chunks, tokens) through the one driver loop, the job runner that
     `embedscale run`, the API and `run_embedding` all use, on one warm cluster; each provider
     writes its own table, `bench-<provider>`."""
-    from engine.cluster import ClusterSpec, start_cluster
-    from jobs.local_run import EmbedRequest, run_embedding
+    from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+    from embedscale.jobs.local_run import EmbedRequest, run_embedding
 
     spec = ClusterSpec(n_workers=processes, threads_per_worker=1, dashboard_address=":0")
     runs = {}
@@ -102,7 +102,7 @@ def min_cosine(data_dir: Path, table: str, reference: str) -> tuple[float, int]:
     import lance
     import numpy as np
 
-    from engine.sink import ChunkTable
+    from embedscale.engine.sink.lance_sink import ChunkTable
 
     def vectors(name: str) -> dict[str, np.ndarray]:
         rows = lance.dataset(ChunkTable(data_dir, name).uri).to_table(

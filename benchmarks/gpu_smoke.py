@@ -62,7 +62,7 @@ class Smoke:
         self.checks: dict[str, bool] = {}
         self.figures: dict[str, object] = {}
         self.errors: dict[str, str] = {}
-        from engine.models.registry import DEFAULT_MODEL, ModelSpec, resolve_model
+        from embedscale.engine.models.registry import DEFAULT_MODEL, ModelSpec, resolve_model
 
         self.spec = (ModelSpec(DEFAULT_MODEL, str(Path(model_dir).resolve()), local=True)
                      if model_dir else resolve_model(DEFAULT_MODEL))
@@ -102,8 +102,8 @@ class Smoke:
         self.figures["versions"] = versions
 
     def load(self) -> None:
-        from engine.models.backend import SentenceTransformerModel, default_device
-
+        from embedscale.engine.models.devices import default_device
+        from embedscale.engine.models.sentence_transformer import SentenceTransformerModel
         driver_device = default_device()
         self.figures["driver_device"] = driver_device
         self.fast = SentenceTransformerModel(self.spec, self.device)  # the dtype it chooses
@@ -120,7 +120,7 @@ class Smoke:
                                        max(self.size["sweep"])))
 
     def _inputs(self, n: int) -> list[np.ndarray]:
-        from engine.chunking import ChunkSettings, chunk_texts
+        from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
 
         settings = ChunkSettings.for_model(self.fast.info, CHUNK_TOKENS, 0)
         docs = make_docs(n * CHUNK_TOKENS, words_per_doc=4 * CHUNK_TOKENS, seed=1)
@@ -131,7 +131,7 @@ class Smoke:
         return inputs[:n]
 
     def cosine(self) -> None:
-        from engine.batching import embed_inputs
+        from embedscale.engine.models.batching import embed_inputs
 
         rows = self.inputs[:self.size["cosine"]]
         fast, ref = embed_inputs(self.fast, rows), embed_inputs(self.ref, rows)
@@ -165,12 +165,12 @@ class Smoke:
         self.checks["sweep"] = all(v > 0 for v in results.values())
 
     def oom_split(self) -> None:
-        from engine.batching import embed_inputs
+        from embedscale.engine.models.batching import embed_inputs
 
         rows = self.inputs[:self.size["oom"]]
         expected = embed_inputs(self.fast, rows)
         splits = _CountSplits()
-        batching_log = logging.getLogger("engine.batching")
+        batching_log = logging.getLogger("embedscale.engine.models.batching")
         batching_log.addHandler(splits)
         level = batching_log.level
         batching_log.setLevel(logging.WARNING)  # the split's warning is what is counted
@@ -189,7 +189,7 @@ class Smoke:
         self.checks["oom_split"] = splits.count > 0 and self.figures["oom_cosine_min"] >= 0.9999
 
     def _capped(self, rows: list[np.ndarray]) -> np.ndarray:
-        from engine.batching import embed_inputs
+        from embedscale.engine.models.batching import embed_inputs
 
         torch = _torch()
         torch.cuda.empty_cache()
@@ -206,9 +206,8 @@ class Smoke:
     def cpu_side(self) -> None:
         import pyarrow.parquet as pq
 
-        from engine.chunking import ChunkSettings, chunk_texts
-        from engine.models.backend import pad_batch
-
+        from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
+        from embedscale.engine.models.info import pad_batch
         docs = make_docs(400 * CHUNK_TOKENS if not self.cpu else 20 * CHUNK_TOKENS,
                          words_per_doc=4 * CHUNK_TOKENS, seed=2)
         settings = ChunkSettings.for_model(self.fast.info, CHUNK_TOKENS, 0)
@@ -232,9 +231,8 @@ class Smoke:
         self.checks["cpu_side"] = len(inputs) > 0
 
     def placement(self) -> None:
-        from engine.cluster import ClusterSpec, start_cluster
-        from engine.models.backend import default_device
-
+        from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+        from embedscale.engine.models.devices import default_device
         if self.cpu:  # the job's own cluster is a plain one: checked there
             return
         spec = ClusterSpec(kind="local", n_workers=1, dashboard_address=None)
@@ -244,10 +242,10 @@ class Smoke:
         self.checks["plain_worker_on_cpu"] = devices == {"cpu"}
 
     def job(self) -> None:
-        from engine.cluster import ClusterSpec, start_cluster
-        from engine.gpu_stats import GpuSampler
-        from engine.models.backend import default_device
-        from engine.models.cache import describe_model
+        from embedscale.engine.cluster.gpu_stats import GpuSampler
+        from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+        from embedscale.engine.models.cache import describe_model
+        from embedscale.engine.models.devices import default_device
 
         spec = (ClusterSpec(kind="local", n_workers=1, threads_per_worker=self.size["threads"],
                             dashboard_address=None) if self.cpu else
@@ -288,7 +286,7 @@ class Smoke:
                                         and {r["device"] for r in results} == {self.device})
 
     def nvml(self) -> None:
-        from engine.gpu_stats import read_gpus
+        from embedscale.engine.cluster.gpu_stats import read_gpus
 
         readings = read_gpus()
         self.figures["nvml"] = [{"gpu": g.index, "up": g.up, "busy": g.busy_percent,
@@ -317,9 +315,9 @@ def embed_file(path: str, spec, out: str) -> dict:
     model (on the device its placement rule gives), write the rows to Parquet."""
     import pyarrow.parquet as pq
 
-    from engine.batching import embed_inputs
-    from engine.chunking import ChunkSettings, chunk_texts
-    from engine.models.cache import get_model
+    from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
+    from embedscale.engine.models.batching import embed_inputs
+    from embedscale.engine.models.cache import get_model
 
     started = time.perf_counter()
     model = get_model(spec)
@@ -356,7 +354,7 @@ def _rows(chunks, inputs: list[np.ndarray], vectors: np.ndarray):
 
 
 def _vocabulary() -> list[str]:
-    from engine.models.registry import resolve_model
+    from embedscale.engine.models.registry import resolve_model
 
     words = []
     for folder in (os.environ.get("SMOKE_MODEL_DIR"), resolve_model("all-MiniLM-L6-v2").location):

@@ -32,7 +32,7 @@ def start_server(data_dir: Path, port: int, workers: int,
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDSCALE_ADMIN_KEY": ADMIN_KEY,
            "PYTHONPATH": str(ROOT)}
     roots = [arg for root in allow_roots for arg in ("--allow-root", str(root))]
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "serve", "--port", str(port),
+    return subprocess.Popen([sys.executable, "-m", "embedscale", "serve", "--port", str(port),
                              "--data-dir", str(data_dir), "--workers", str(workers), *roots],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

@@ -24,32 +24,38 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "Client": "api.client",
-    "Job": "api.client",
-    "ApiError": "api.client",
-    "JobFailedError": "api.client",
-    "JobCancelledError": "api.client",
+    "Client": "embedscale.api.client.service",
+    "Job": "embedscale.api.client.service",
+    "ApiError": "embedscale.api.client.service",
+    "JobFailedError": "embedscale.api.client.service",
+    "JobCancelledError": "embedscale.api.client.service",
     "run": "embedscale.local_jobs",
     "cluster": "embedscale.local_jobs",
     "shutdown": "embedscale.local_jobs",
-    "RunSummary": "jobs.local_run",
+    "RunSummary": "embedscale.jobs.local_run",
     "RunFailedError": "embedscale.local_jobs",
     "search": "embedscale.local_search",
     "tables": "embedscale.local_tables",
     "read_table": "embedscale.local_tables",
-    "Hit": "engine.search",
+    "Hit": "embedscale.engine.tables.search",
 }
 __all__ = ["ApiError", "Client", "Hit", "Job", "JobCancelledError", "JobFailedError",
            "RunFailedError", "RunSummary", "cluster", "read_table", "run", "search", "shutdown",
            "tables"]
 
 if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at run time
-    from api.client import ApiError, Client, Job, JobCancelledError, JobFailedError
+    from embedscale.api.client.service import (
+        ApiError,
+        Client,
+        Job,
+        JobCancelledError,
+        JobFailedError,
+    )
+    from embedscale.engine.tables.search import Hit
+    from embedscale.jobs.local_run import RunSummary
     from embedscale.local_jobs import RunFailedError, cluster, run, shutdown
     from embedscale.local_search import search
     from embedscale.local_tables import read_table, tables
-    from engine.search import Hit
-    from jobs.local_run import RunSummary
 
 
 def __getattr__(name: str) -> Any:

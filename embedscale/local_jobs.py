@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import Any
 
-from api.client_progress import ChunkBar
-from api.settings import DEFAULT_DATA_DIR
-from engine.cluster import Cluster, ClusterSpec, start_cluster
-from jobs.local_run import EmbedRequest, Progress, RunSummary, run_embedding
-from jobs.local_run import JobFailedError as RunFailedError
+from embedscale.api.client.progress import ChunkBar
+from embedscale.api.settings import DEFAULT_DATA_DIR
+from embedscale.engine.cluster.start import Cluster, ClusterSpec, start_cluster
+from embedscale.jobs.local_run import EmbedRequest, Progress, RunSummary, run_embedding
+from embedscale.jobs.local_run import JobFailedError as RunFailedError
 
 __all__ = ["RunFailedError", "cluster", "resolve_data_dir", "run", "shutdown"]
 

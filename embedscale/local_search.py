@@ -6,11 +6,11 @@ import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from api.client import HIT_COLUMNS
+from embedscale.api.client.service import HIT_COLUMNS
+from embedscale.engine.tables.search import Hit
+from embedscale.engine.tables.search import search as search_table
+from embedscale.jobs.tenants.accounts import LOCAL_TENANT, tenant_data_dir
 from embedscale.local_jobs import resolve_data_dir
-from engine.search import Hit
-from engine.search import search as search_table
-from jobs.tenants import LOCAL_TENANT, tenant_data_dir
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from embedscale.engine.tables.catalog import TableInfo, list_tables
+from embedscale.engine.tables.catalog import read_table as read_arrow
+from embedscale.jobs.tenants.accounts import LOCAL_TENANT, tenant_data_dir
 from embedscale.local_jobs import resolve_data_dir
-from engine.tables import TableInfo, list_tables
-from engine.tables import read_table as read_arrow
-from jobs.tenants import LOCAL_TENANT, tenant_data_dir
 
 if TYPE_CHECKING:
     import pandas as pd

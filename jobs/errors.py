@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from engine.errors import EmbedscaleError
+from embedscale.engine.errors import EmbedscaleError
 
 
 class InvalidFieldError(EmbedscaleError, ValueError):
@@ -58,7 +58,7 @@ class StoreDamagedError(EmbedscaleError, RuntimeError):
 
 class StoreUnavailableError(EmbedscaleError, RuntimeError):
     """The DuckDB file cannot be written or read just now (a full disk, an I/O error); the
-    store reopens it by itself once it can (jobs/store_guard.py). `reason` is short and names
+    store reopens it by itself once it can (jobs/store/guard.py). `reason` is short and names
     the cause plainly ("no space left on device"), fit for a tenant's job error."""
 
     def __init__(self, message: str, reason: str) -> None:

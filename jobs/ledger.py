@@ -1,8 +1,8 @@
-"""The job ledger, read: what the store records of a job's commits (jobs/store_ledger.py), and
+"""The job ledger, read: what the store records of a job's commits (jobs/store/ledger.py), and
 what its table's commits after the newest version the store recorded show.
 
 The runner commits to a table and then records the commit; a crash in between leaves a commit
-only the table knows (its transaction properties, engine/commit_log.py). Every commit such a
+only the table knows (its transaction properties, engine/tables/commit_log.py). Every commit such a
 crash can leave unrecorded comes after the newest version the runner recorded for that table
 (the runner records each commit before it makes the next), so that is where the table's commits
 are read from: a bound set by what happened since, not a window of recent commits that a busy
@@ -13,19 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.commit_log import (
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.tables.commit_log import (
     TableCommit,
     commit_at,
     commits_after,
     committed_partitions,
     latest_version,
 )
-from engine.sink import ChunkTable
-from jobs.errors import NotFoundError
-from jobs.progress_records import PartitionDone
-from jobs.states import TERMINAL
-from jobs.store import Store
-from jobs.store_ledger import PARTITION, LedgerRow
+from embedscale.jobs.errors import NotFoundError
+from embedscale.jobs.states import TERMINAL
+from embedscale.jobs.store.duckdb_store import Store
+from embedscale.jobs.store.ledger import PARTITION, LedgerRow
+from embedscale.jobs.store.progress import PartitionDone
 
 
 @dataclass(slots=True)

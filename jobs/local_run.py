@@ -13,18 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine.cluster import Cluster
-from engine.documents import Skipped
-from engine.errors import EmbedscaleError
-from engine.models.registry import DEFAULT_MODEL, DEFAULT_PROVIDER
-from engine.sink import ChunkTable
-from engine.storage import resolve_storage_options
-from engine.storage_errors import check_reachable
-from jobs.runner import RunnerConfig
-from jobs.service import JobService
-from jobs.spec import JobSpec
-from jobs.states import JobStatus
-from jobs.tenants import LOCAL_TENANT
+from embedscale.engine.cluster.start import Cluster
+from embedscale.engine.errors import EmbedscaleError
+from embedscale.engine.models.registry import DEFAULT_MODEL, DEFAULT_PROVIDER
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.sources.documents import Skipped
+from embedscale.engine.storage.locations import check_reachable, resolve_storage_options
+from embedscale.jobs.runner.loop import RunnerConfig
+from embedscale.jobs.service import JobService
+from embedscale.jobs.spec import JobSpec
+from embedscale.jobs.states import JobStatus
+from embedscale.jobs.tenants.accounts import LOCAL_TENANT
 
 
 class JobFailedError(EmbedscaleError):

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from jobs.errors import StoreUnavailableError
+from embedscale.jobs.errors import StoreUnavailableError
 
 
 class PeriodicThread:

@@ -1,156 +1,217 @@
-"""Schedules as data and policy: a cron expression in a time zone, the slots it names, and what
-a due slot becomes. Pure code (no I/O, no clock of its own): the store persists and claims
-slots (jobs/store_schedules.py), the firing loop applies this policy (jobs/schedule_firing.py).
+"""Schedules of the job service: created, paused, resumed and removed for a tenant, and fired.
 
-A slot is one instant the cron expression names in its zone. The rules:
-- A schedule's next slot is always the first one strictly after a time the loop saw, so the
-  slots it missed while the service was down collapse into one run at start-up.
-- At most one run of a schedule is active: a due slot while an earlier run is still unfinished
-  is skipped (and counted), not queued behind it.
-- A schedule fires once per wall-clock time of its zone: when clocks go back, the repeated
-  hour's second occurrence of a time is not a slot (croniter would name both).
+The firing loop is a small thread (started by JobService.start(fire_schedules=True), stopped
+with the service) that calls `tick()` every few seconds. A tick reads the due schedules, claims
+each slot in one transaction (jobs/store/schedules.py), and submits the run as an ordinary job
+through the service, with the schedule's id: the job meets the same checks (allowed roots and
+models, the tenant's quota) and waits for the tenant's concurrency like any other. The clock is
+injectable and a tick can be called by hand, so tests move time instead of waiting for it.
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
 
-from croniter import CroniterError, croniter
+from pydantic import ValidationError
 
-from jobs.errors import InvalidFieldError
+from embedscale.engine.errors import EmbedscaleError
+from embedscale.jobs.errors import (
+    ConflictError,
+    InvalidFieldError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from embedscale.jobs.periodic import PeriodicThread
+from embedscale.jobs.policies.schedules import (
+    MAX_SCHEDULES_PER_TENANT,
+    Action,
+    Outcome,
+    ScheduleRecord,
+    check_cron,
+    check_timezone,
+    next_slot,
+)
+from embedscale.jobs.spec import JobSpec
+from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.records import JobRecord
 
-MAX_CRON_LENGTH = 256
-# The default of max_schedules_per_tenant (a setting of `serve`): each schedule is read on
-# every tick of the firing loop, so no tenant may fill it.
-MAX_SCHEDULES_PER_TENANT = 100
-MAX_TIMEZONE_LENGTH = 64
-# Slots a search may step over (repeated wall-clock times) before it gives up: a valid
-# expression finds its next slot within a few steps.
-_MAX_STEPS = 16
+log = logging.getLogger("embedscale.schedules")
 
-
-class Outcome(enum.StrEnum):
-    """What became of a schedule's latest due slot (or run-now request)."""
-
-    CLAIMED = "claimed"  # slot claimed, its job not yet recorded (in doubt after a crash)
-    FIRED = "fired"  # its job was submitted (visible in the job list with the schedule's id)
-    SKIPPED = "skipped"  # the previous run was still active: no job for this slot
-    REFUSED = "refused"  # the job was refused (quota, a source gone or no longer allowed)
-
-
-class Action(enum.StrEnum):
-    """What the firing loop does with a schedule at a given time."""
-
-    WAIT = "wait"  # not due yet (or paused)
-    FIRE = "fire"
-    SKIP = "skip"
-
-
-@dataclass
-class ScheduleRecord:
-    """A schedule as stored: when it fires, the job it submits, and what its runs did."""
-
-    id: str
-    tenant: str
-    cron: str
-    timezone: str
-    spec: dict[str, Any]  # the job template: a JobSpec as JSON, validated when created
-    enabled: bool
-    created_at: datetime
-    updated_at: datetime | None = None
-    next_run_at: datetime | None = None  # None while paused
-    last_run_at: datetime | None = None  # when the latest run's job was submitted
-    last_job_id: str | None = None
-    last_outcome: str | None = None  # an Outcome, None before the first due slot
-    last_outcome_at: datetime | None = None
-    last_error: str | None = None  # why the latest run was refused
-    runs_fired: int = 0
-    runs_skipped: int = 0
-    runs_refused: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view for the API and the CLI's --json; inline texts shown as a count."""
-        data = asdict(self)
-        for key, value in data.items():
-            if isinstance(value, datetime):
-                data[key] = value.isoformat()
-        template = dict(self.spec)
-        if template.get("texts") is not None:
-            template["texts"] = len(template["texts"])
-            template.pop("metadata", None)
-            template.pop("ids", None)
-        data["template"] = template
-        del data["spec"]
-        return data
+Clock = Callable[[], datetime]
+DEFAULT_POLL_SECONDS = 5.0  # cron names minutes: a run starts at most this late
+MAX_ERROR_CHARS = 1000
 
 
-def check_cron(expression: object) -> str:
-    """`expression` if it is a five-field cron expression (or an alias such as @daily) that
-    names at least one future time; else InvalidFieldError("cron")."""
-    if not isinstance(expression, str) or not expression.strip():
-        raise InvalidFieldError("cron", "cron expression is empty: give five fields, "
-                                        "e.g. '0 2 * * *' (every day at 02:00)")
-    expression = " ".join(expression.split())
-    if len(expression) > MAX_CRON_LENGTH:
-        raise InvalidFieldError("cron", f"cron expression is longer than {MAX_CRON_LENGTH} "
-                                        "characters")
-    # croniter also reads a sixth (seconds) and seventh (year) field; runs are minutes apart.
-    if not expression.startswith("@") and len(expression.split(" ")) != 5:
-        raise InvalidFieldError("cron", f"invalid cron expression {expression!r}: give five "
-                                        "fields (minute hour day-of-month month day-of-week)")
-    try:
-        next_slot(expression, "UTC", datetime.now(UTC))
-    except (CroniterError, ValueError, KeyError) as exc:
-        raise InvalidFieldError("cron", f"invalid cron expression {expression!r}: "
-                                        f"{_reason(exc)}") from None
-    return expression
+class Submit(Protocol):
+    """JobService.submit, as the loop calls it."""
+
+    def __call__(self, tenant: str, spec: JobSpec, *, job_id: str | None = None,
+                 schedule_id: str | None = None) -> JobRecord: ...
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if "failed to find next date" in text:
-        return "it names no date that exists (e.g. 30 February)"
-    return text or type(exc).__name__
+class Schedules:
+    """A tenant's schedules, and the loop that fires them."""
 
+    def __init__(self, store: Store, check: Callable[[JobSpec], Any], submit: Submit,
+                 clock: Clock | None = None,
+                 poll_seconds: float = DEFAULT_POLL_SECONDS,
+                 max_per_tenant: int = MAX_SCHEDULES_PER_TENANT) -> None:
+        self.store = store
+        self.max_per_tenant = max_per_tenant
+        self._check = check  # a template is checked as a submission would be, nothing stored
+        self._submit = submit
+        self.clock: Clock = clock or utcnow
+        self.poll_seconds = poll_seconds
+        self._firing = threading.Lock()  # one tick or run-now at a time in this process
+        self._loop = PeriodicThread("embedscale-schedules", self.tick, poll_seconds, log,
+                                    "schedules: tick")
 
-def check_timezone(name: object) -> str:
-    """`name` if it is an IANA time zone (Europe/Berlin, UTC); else
-    InvalidFieldError("timezone")."""
-    if (not isinstance(name, str) or not name or len(name) > MAX_TIMEZONE_LENGTH
-            or "\x00" in name):
-        raise InvalidFieldError("timezone", f"unknown time zone {name!r}: use an IANA name "
-                                            "such as 'UTC' or 'Europe/Berlin'")
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: a path, not a key
-        raise InvalidFieldError("timezone", f"unknown time zone {name!r}: use an IANA name "
-                                            "such as 'UTC' or 'Europe/Berlin'") from None
-    return name
+    def now(self) -> datetime:
+        """The clock's time (it must be time-zone aware)."""
+        now = self.clock()
+        if now.tzinfo is None:
+            raise ValueError("the schedules' clock must return an aware datetime")
+        return now
 
+    # --- the tenant's schedules ----------------------------------------------------------
 
-def next_slot(cron: str, timezone: str, after: datetime) -> datetime:
-    """The first slot of `cron` in `timezone` strictly after `after` (an aware time), in UTC.
-    The second occurrence of a wall-clock time (clocks going back) is no slot."""
-    zone = ZoneInfo(timezone)
-    cursor = croniter(cron, after.astimezone(zone))
-    for _ in range(_MAX_STEPS):
-        slot = cursor.get_next(datetime)
-        if not _repeated(slot, zone):
-            return slot.astimezone(UTC)
-    raise ValueError(f"no slot of {cron!r} within {_MAX_STEPS} steps after {after}")
+    def create(self, tenant: str, cron: str, template: JobSpec | dict[str, Any],
+               timezone: str = "UTC", enabled: bool = True) -> ScheduleRecord:
+        """A new schedule, once the cron expression, the time zone and the job template all
+        pass (InvalidFieldError naming `cron`, `timezone` or `template.<field>`); nothing is
+        stored otherwise."""
+        cron = check_cron(cron)
+        timezone = check_timezone(timezone)
+        if not isinstance(template, JobSpec):
+            template = JobSpec.model_validate(template)
+        try:
+            self._check(template)
+        except InvalidFieldError as exc:
+            raise InvalidFieldError(f"template.{exc.field}", str(exc)) from None
+        now = self.now()
+        record = ScheduleRecord(
+            id=uuid.uuid4().hex, tenant=tenant, cron=cron, timezone=timezone,
+            spec=template.model_dump(mode="json"), enabled=enabled, created_at=now,
+            updated_at=now, next_run_at=next_slot(cron, timezone, now) if enabled else None)
+        # The count and the insert are one transaction: creations arriving together cannot
+        # each find the last place free.
+        if not self.store.insert_schedule(record, self.max_per_tenant):
+            raise ConflictError(
+                f"tenant '{tenant}' has {self.max_per_tenant} schedules, the most allowed "
+                "(max_schedules_per_tenant, set by the operator): delete one first")
+        return self.store.get_schedule(record.id)
 
+    def get(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:
+        """One schedule (NotFoundError for another tenant's)."""
+        return self.store.get_schedule(schedule_id, tenant)
 
-def _repeated(slot: datetime, zone: ZoneInfo) -> bool:
-    # A wall-clock time that also exists earlier with the summer offset (fold=0) is the repeat.
-    first = slot.replace(tzinfo=None).replace(tzinfo=zone, fold=0)
-    return first.utcoffset() != slot.utcoffset()
+    def list(self, tenant: str | None = None) -> list[ScheduleRecord]:
+        """The tenant's schedules (all, without one), oldest first."""
+        return self.store.list_schedules(tenant)
 
+    def delete(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:
+        """Remove a schedule; a run already submitted goes on, and its jobs keep its id."""
+        return self.store.delete_schedule(schedule_id, tenant)
 
-def decide(next_run_at: datetime | None, now: datetime, run_active: bool) -> Action:
-    """What to do with a schedule whose next slot is `next_run_at` (None: paused) at `now`."""
-    if next_run_at is None or now < next_run_at:
-        return Action.WAIT
-    return Action.SKIP if run_active else Action.FIRE
+    def pause(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:
+        """Stop firing; a run already submitted goes on."""
+        return self.store.set_schedule_enabled(schedule_id, tenant, False, None, self.now())
+
+    def resume(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:
+        """Fire again from the next slot after now: slots passed while paused are not run."""
+        current = self.store.get_schedule(schedule_id, tenant)
+        now = self.now()
+        return self.store.set_schedule_enabled(
+            schedule_id, tenant, True, next_slot(current.cron, current.timezone, now), now)
+
+    def run_now(self, schedule_id: str, tenant: str | None = None) -> JobRecord:
+        """Submit a run of the schedule now, besides its slots; ConflictError while a run of
+        it is active, and the submission's own error (quota, source) if it is refused."""
+        with self._firing:
+            claimed = self.store.claim_run_now(schedule_id, tenant, self.now(), uuid.uuid4().hex)
+            _, error = self._finish_claim(claimed)
+        if error is not None:
+            raise error
+        return self.store.get_job(claimed.last_job_id)
+
+    # --- firing --------------------------------------------------------------------------
+
+    def tick(self) -> list[ScheduleRecord]:
+        """Fire (or skip) every schedule due at the clock's time, and finish claims a crash
+        interrupted; returns the schedules this tick changed, as they now are."""
+        with self._firing:
+            now = self.now()
+            changed: dict[str, ScheduleRecord] = {}
+            for schedule in self.store.schedules_to_fire(now):
+                if schedule.last_outcome == Outcome.CLAIMED:
+                    settled, _ = self._finish_claim(schedule)
+                    if settled is None:
+                        continue  # left claimed: tried again next tick
+                    schedule = changed[schedule.id] = settled
+                if not (schedule.enabled and schedule.next_run_at is not None
+                        and schedule.next_run_at <= now):
+                    continue
+                claimed = self.store.claim_slot(schedule.id, schedule.next_run_at, now,
+                                                uuid.uuid4().hex)
+                if claimed is None:
+                    continue  # another claim took the slot, or it was paused meanwhile
+                action, schedule = claimed
+                if action == Action.FIRE:
+                    schedule = self._finish_claim(schedule)[0] or schedule
+                else:
+                    log.info("schedule %s (tenant %s): slot skipped, run %s still active",
+                             schedule.id, schedule.tenant, schedule.last_job_id)
+                changed[schedule.id] = schedule
+            return list(changed.values())
+
+    def _finish_claim(self, schedule: ScheduleRecord
+                      ) -> tuple[ScheduleRecord | None, Exception | None]:
+        """Submit the claimed run under its job id (unless a crash came after its job was
+        inserted) and record the outcome. (None, None) for an unexpected error: the claim
+        stays, and the next tick tries again."""
+        job_id = schedule.last_job_id
+        if job_id is None:  # every claim names its job; a row edited by hand may not
+            log.error("schedule %s is claimed without a job id", schedule.id)
+            return None, None
+        try:
+            self.store.get_job(job_id)
+        except NotFoundError:
+            pass
+        else:  # inserted before a crash that left the claim unsettled
+            return self.store.settle_claim(schedule.id, job_id, self.now()), None
+        try:
+            spec = JobSpec.model_validate(schedule.spec)
+            self._submit(schedule.tenant, spec, job_id=job_id, schedule_id=schedule.id)
+        except StoreUnavailableError:
+            raise  # not the run's fault: the tick fails, a later one fires it
+        except (EmbedscaleError, ValidationError) as exc:
+            log.warning("schedule %s (tenant %s): run refused: %s", schedule.id,
+                        schedule.tenant, exc)
+            settled = self.store.settle_claim(schedule.id, job_id, self.now(),
+                                              error=str(exc)[:MAX_ERROR_CHARS])
+            return settled, exc
+        except Exception:
+            log.exception("schedule %s (tenant %s): submitting run %s failed; retrying",
+                          schedule.id, schedule.tenant, job_id)
+            return None, None
+        log.info("schedule %s (tenant %s): fired job %s", schedule.id, schedule.tenant, job_id)
+        return self.store.settle_claim(schedule.id, job_id, self.now()), None
+
+    def start(self) -> None:
+        """Fire due schedules from now on: at once (slots missed while the service was down
+        run once), then every `poll_seconds`."""
+        self._loop.every_s = self.poll_seconds
+        self._loop.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop firing (a submission under way finishes first)."""
+        self._loop.stop(timeout)
+
+    @property
+    def firing(self) -> bool:
+        """Whether the loop runs."""
+        return self._loop.alive

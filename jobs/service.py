@@ -12,30 +12,31 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.cluster import Cluster
-from engine.documents import Skipped
-from engine.errors import EmbedscaleError, EmptySourceError, TableError, TableNotFoundError
-from engine.file_access import DEFAULT_MAX_DOCUMENT_BYTES, FileAccess, real_roots
-from engine.placement import GpuCount, plan_target
-from engine.search import Hit, search
-from engine.sink import ChunkTable
-from engine.sources import SourcePlan, plan_source, plan_texts
-from engine.storage import Location, StorageOptions, resolve_storage_options
-from engine.tables import TableInfo, describe_table, existing_table, list_tables
-from engine.tables import drop_table as remove_table
-from jobs.embedding_batcher import EmbeddingBatcher
-from jobs.embedding_requests import EmbeddingRequests, PendingEmbedding
-from jobs.endings import remove_job_rows
-from jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
-from jobs.events import EventBus
-from jobs.job_figures import FiguresSnapshot
-from jobs.quotas import CHARS_PER_TOKEN, check_admission, estimate_chunks
-from jobs.records import JobRecord, TenantRecord
-from jobs.retention import Retention
-from jobs.runner import Runner, RunnerConfig
-from jobs.schedule_firing import DEFAULT_POLL_SECONDS, Clock, Schedules
-from jobs.schedules import MAX_SCHEDULES_PER_TENANT
-from jobs.spec import (
+from embedscale.engine.cluster.placement import GpuCount, plan_target
+from embedscale.engine.cluster.start import Cluster
+from embedscale.engine.errors import (
+    EmbedscaleError,
+    EmptySourceError,
+    TableError,
+    TableNotFoundError,
+)
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.sources.documents import Skipped
+from embedscale.engine.sources.enumeration import SourcePlan, plan_source, plan_texts
+from embedscale.engine.sources.file_access import DEFAULT_MAX_DOCUMENT_BYTES, FileAccess, real_roots
+from embedscale.engine.storage.locations import Location, StorageOptions, resolve_storage_options
+from embedscale.engine.tables.catalog import TableInfo, describe_table, existing_table, list_tables
+from embedscale.engine.tables.catalog import drop_table as remove_table
+from embedscale.engine.tables.search import Hit, search
+from embedscale.jobs.embeddings.batcher import EmbeddingBatcher
+from embedscale.jobs.embeddings.requests import EmbeddingRequests, PendingEmbedding
+from embedscale.jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
+from embedscale.jobs.events import EventBus
+from embedscale.jobs.policies.schedules import MAX_SCHEDULES_PER_TENANT
+from embedscale.jobs.runner.endings import remove_job_rows
+from embedscale.jobs.runner.loop import Runner, RunnerConfig
+from embedscale.jobs.schedules import DEFAULT_POLL_SECONDS, Clock, Schedules
+from embedscale.jobs.spec import (
     JobSpec,
     as_recorded,
     check_model,
@@ -44,13 +45,17 @@ from jobs.spec import (
     model_spec,
     recorded_spec,
 )
-from jobs.states import TERMINAL, IllegalTransitionError, JobStatus
-from jobs.store import Store, utcnow
-from jobs.table_verify import VerifyReport, verify_table
-from jobs.tally import Tally
-from jobs.tenants import Tenants, Usage, tenant_data_dir
-from jobs.tiers import Tier, load_tiers
-from jobs.token_density import chars_per_token
+from embedscale.jobs.states import TERMINAL, IllegalTransitionError, JobStatus
+from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.job_figures import FiguresSnapshot
+from embedscale.jobs.store.records import JobRecord, TenantRecord
+from embedscale.jobs.store.retention import Retention
+from embedscale.jobs.table_verify import VerifyReport, verify_table
+from embedscale.jobs.tally import Tally
+from embedscale.jobs.tenants.accounts import Tenants, Usage, tenant_data_dir
+from embedscale.jobs.tenants.quotas import CHARS_PER_TOKEN, check_admission, estimate_chunks
+from embedscale.jobs.tenants.tiers import Tier, load_tiers
+from embedscale.jobs.token_density import chars_per_token
 
 DB_FILE = "embedscale.duckdb"
 
@@ -159,14 +164,14 @@ class JobService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- tenants (jobs.tenants.Tenants; these names are what callers use) -------------
+    # --- tenants (jobs.tenants.accounts.Tenants; these names are what callers use) -------------
 
     def tier_of(self, tenant: str) -> Tier:
         """The tenant's effective limits (cached; see Tenants.tier_of)."""
         return self.tenants.tier_of(tenant)
 
     def tenant_data_dir(self, tenant: str) -> Path | Location:
-        """Where the tenant's tables live (see jobs.tenants.tenant_data_dir)."""
+        """Where the tenant's tables live (see jobs.tenants.accounts.tenant_data_dir)."""
         return tenant_data_dir(self.tables_home, tenant)
 
     def get_tenant(self, name: str) -> TenantRecord:
@@ -231,7 +236,7 @@ class JobService:
 
         def admit(used: int, promised: int) -> None:
             # In the transaction that inserts the job: what is charged today and promised to
-            # the tenant's queued and running jobs (jobs/promises.py), with no other
+            # the tenant's queued and running jobs (jobs/store/promises.py), with no other
             # submission or charge in between.
             check_admission(tenant, tier, used, estimate, promised)
 
@@ -273,7 +278,7 @@ class JobService:
 
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
         # Planned for the cluster that runs it: its task slots, and larger partitions where
-        # its workers own GPUs (engine.placement).
+        # its workers own GPUs (engine.cluster.placement).
         # An adaptive cluster is planned for the size it may grow to.
         target = (plan_target(max(self.cluster.worker_threads(max_age=2.0),
                                   self.cluster.max_threads),
@@ -402,7 +407,7 @@ class JobService:
 
     def job_figures(self) -> FiguresSnapshot:
         """Jobs by status, what they embedded and the partitions waiting, from memory (kept
-        by the store with every job it writes: jobs/job_figures.py); never a store read."""
+        by the store with every job it writes: jobs/store/job_figures.py); never a store read."""
         return self.store.figures.snapshot()
 
     def job_counts(self) -> dict[JobStatus, int]:
@@ -425,7 +430,7 @@ class JobService:
     def embed(self, tenant: str, model: str, texts: list[str],
               dimensions: int | None = None) -> PendingEmbedding:
         """Embed `texts` with `model` on the cluster's warm workers, charged to the tenant (see
-        jobs.embedding_requests): checked and charged now, the vectors from `.result()`."""
+        jobs.embeddings.requests): checked and charged now, the vectors from `.result()`."""
         if self.embeddings is None:
             raise RuntimeError("attach a cluster before embedding texts")
         return self.embeddings.start(tenant, model, texts, dimensions)

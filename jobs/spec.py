@@ -8,21 +8,21 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine.chunking import ChunkSettings
-from engine.errors import ChunkingError, ModelError, TableError
-from engine.models.backend import ModelInfo
-from engine.models.limits import model_limits
-from engine.models.registry import (
+from embedscale.engine.chunking.chunker import ChunkSettings
+from embedscale.engine.errors import ChunkingError, ModelError, TableError
+from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.models.limits import model_limits
+from embedscale.engine.models.registry import (
     DEFAULT_MODEL,
     DEFAULT_PROVIDER,
     ModelSpec,
     provider_spec,
     registered_name,
 )
-from engine.sink import TABLE_NAME_PATTERN, validate_table_name
-from jobs.errors import InvalidFieldError
-from jobs.records import shown_spec
-from jobs.textcheck import NameStr, Utf8Json, Utf8Str
+from embedscale.engine.sink.lance_sink import TABLE_NAME_PATTERN, validate_table_name
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.store.records import shown_spec
+from embedscale.jobs.textcheck import NameStr, Utf8Json, Utf8Str
 
 Priority = Literal["low", "normal", "high", "critical"]
 Mode = Literal["append", "overwrite", "upsert", "sync"]
@@ -154,7 +154,7 @@ def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
 
 def _check_uri_allowed(source: str, allowed_roots: list[str]) -> str:
     """An object-store source (s3://bucket/docs/, globs too) under an allowed URI prefix."""
-    from engine.remote_files import RemoteRefused, check_allowed, glob_root
+    from embedscale.engine.sources.remote_files import RemoteRefused, check_allowed, glob_root
 
     try:
         check_allowed(source, None)  # no '.' or '..' segment anywhere, globs' tails too
@@ -217,7 +217,7 @@ def recorded_spec(spec: JobSpec) -> dict[str, Any]:
     without their ids and metadata, as listings show them. The texts are stored once, in the
     job's partitions, each with its id and metadata: the partitions are what runs (and what a
     resume reads), and the texts leave with them when the job's retention ends
-    (jobs/retention.py). Before, a job of 10,000 texts kept them twice in DuckDB, and once
+    (jobs/store/retention.py). Before, a job of 10,000 texts kept them twice in DuckDB, and once
     more in every record of it read into memory."""
     return shown_spec(spec.model_dump(mode="json"))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 
-from jobs.errors import ConflictError
+from embedscale.jobs.errors import ConflictError
 
 
 class JobStatus(StrEnum):

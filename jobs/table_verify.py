@@ -1,7 +1,7 @@
 """`embedscale verify`: one table held against the job ledger in DuckDB.
 
 The table's own checks (ids unique, vectors of its dimension and finite, one model) are
-engine/verify.py's; here each job's rows, counted in the same pass, are held against what the
+engine/tables/verify.py's; here each job's rows, counted in the same pass, are held against what the
 ledger records that job committed (its partitions marked done, with their chunks):
 
 - every committed row is there: a job has as many rows as its done partitions hold chunks,
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from engine.sink import ChunkTable
-from engine.verify import (
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.tables.verify import (
     ERROR,
     EXAMPLES,
     WARNING,
@@ -29,10 +29,10 @@ from engine.verify import (
     TableScan,
     scan_table,
 )
-from jobs.ledger import unrecorded_chunks
-from jobs.states import JobStatus
-from jobs.store import Store
-from jobs.store_reports import LedgerJob
+from embedscale.jobs.ledger import unrecorded_chunks
+from embedscale.jobs.states import JobStatus
+from embedscale.jobs.store.duckdb_store import Store
+from embedscale.jobs.store.reports import LedgerJob
 
 REPLACING_MODES = frozenset({"overwrite", "upsert", "sync"})  # they remove others' rows
 _FED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})  # their partitions may be committing

@@ -1,5 +1,5 @@
 """Characters per token of a job's own text, measured at submission on a small sample with the
-model's own tokenizer, for the quota estimate (jobs.quotas.estimate_chunks).
+model's own tokenizer, for the quota estimate (jobs.tenants.quotas.estimate_chunks).
 
 A fixed 4 characters a token suits plain English prose; Python's pydoc text measured 3.12 with
 all-MiniLM-L6-v2's tokenizer (4,903 chunks where 4 characters a token estimated 4,390), code and
@@ -12,12 +12,12 @@ local) the fixed figure stands.
 """
 from __future__ import annotations
 
-from engine.file_access import FileAccess, FileRefused
-from engine.models.limits import local_tokenizer
-from engine.models.registry import ModelSpec
-from engine.partitions import FileSlice, InlineText, Partition
-from engine.storage import is_uri
-from jobs.quotas import CHARS_PER_TOKEN
+from embedscale.engine.models.limits import local_tokenizer
+from embedscale.engine.models.registry import ModelSpec
+from embedscale.engine.sources.file_access import FileAccess, FileRefused
+from embedscale.engine.sources.partitions import FileSlice, InlineText, Partition
+from embedscale.engine.storage.locations import is_uri
+from embedscale.jobs.tenants.quotas import CHARS_PER_TOKEN
 
 SAMPLE_BYTES = 64 * 1024
 SAMPLE_FILES = 16  # spread over the job's files: one file's style says little of the others

@@ -25,9 +25,9 @@ tiers:
 
 def metrics_text(url: str) -> str:
     """GET /metrics as it stands after this moment: the server keeps its page up to
-    MAX_AGE_S (api/metrics_page.py), so the page asked for once that long has passed is a
+    MAX_AGE_S (api/server/metrics_page.py), so the page asked for once that long has passed is a
     new one (the tests ask one at a time)."""
-    from api.metrics_page import MAX_AGE_S
+    from embedscale.api.server.metrics_page import MAX_AGE_S
 
     time.sleep(MAX_AGE_S)
     response = httpx.get(f"{url}/metrics", timeout=30)
@@ -57,7 +57,7 @@ class Server:
             env["EMBEDSCALE_ADMIN_KEY"] = admin_key
         self.log = (workdir / "server.log").open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--port", str(self.port),
+            [sys.executable, "-m", "embedscale", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--allow-root", str(self.root),
              "--tiers", str(tiers), *extra],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,

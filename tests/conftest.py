@@ -19,7 +19,7 @@ SAMPLE_CORPUS = ROOT / "samples" / "corpus"
 @pytest.fixture(scope="session")
 def cluster():
     """Two single-threaded worker processes, as the default LocalCluster makes on 2 cores."""
-    from engine.cluster import ClusterSpec, start_cluster
+    from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 
     with start_cluster(ClusterSpec(n_workers=2, threads_per_worker=1,
                                    dashboard_address=":0")) as c:
@@ -38,7 +38,7 @@ def st_model():
 @pytest.fixture(scope="session")
 def model():
     """embedscale's own backend for the default model, loaded in the test process."""
-    from engine.models import get_model, resolve_model
+    from embedscale.engine.models import get_model, resolve_model
 
     return get_model(resolve_model("all-MiniLM-L6-v2"))
 
@@ -60,8 +60,8 @@ def small_corpus(tmp_path: Path) -> Path:
 
 def started_service(cluster, data_dir, **runner_config):
     """A started JobService on `cluster` (the caller closes it), retrying fast."""
-    from jobs.runner import RunnerConfig
-    from jobs.service import JobService
+    from embedscale.jobs.runner.loop import RunnerConfig
+    from embedscale.jobs.service import JobService
 
     runner_config.setdefault("backoff_seconds", 0.05)
     svc = JobService(data_dir, cluster, runner_config=RunnerConfig(**runner_config))

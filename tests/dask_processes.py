@@ -30,7 +30,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """`embedscale ARGS` in a process of its own, with `clean_env` plus `env`."""
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "embedscale", *args], cwd=cwd,
                           env=clean_env(**(env or {})), capture_output=True, text=True,
                           timeout=timeout)
 

@@ -16,7 +16,7 @@ class _WrapFragmentWriter(WorkerPlugin):
         self.marker = marker
 
     def setup(self, worker) -> None:
-        from engine import sink
+        from embedscale.engine.sink import lance_sink as sink
 
         self._original = original = sink.write_fragments
         plugin = self
@@ -33,7 +33,7 @@ class _WrapFragmentWriter(WorkerPlugin):
         sink.write_fragments = write_then_fault
 
     def teardown(self, worker) -> None:
-        from engine import sink
+        from embedscale.engine.sink import lance_sink as sink
 
         sink.write_fragments = self._original
 
@@ -62,7 +62,7 @@ class KillWorkerOnce(_WrapFragmentWriter):
 
 class KillHolderOnce(WorkerPlugin):
     """The first worker to be sent the next slice of a partition it holds mid-way
-    (engine.slices) dies before running it, once across the cluster: the slice runs on another
+    (engine.tasks.slices) dies before running it, once across the cluster: the slice runs on another
     worker, which has none of the partition's state."""
 
     name = "fault-kill-holder-once"
@@ -71,7 +71,7 @@ class KillHolderOnce(WorkerPlugin):
         self.marker = marker
 
     def setup(self, worker) -> None:
-        from engine import slices
+        from embedscale.engine.tasks import slices
 
         self._original = original = slices.STATES.take
         marker = self.marker
@@ -89,7 +89,7 @@ class KillHolderOnce(WorkerPlugin):
         slices.STATES.take = take_or_die
 
     def teardown(self, worker) -> None:
-        from engine import slices
+        from embedscale.engine.tasks import slices
 
         slices.STATES.take = self._original
 
@@ -105,7 +105,7 @@ class FailAlways(WorkerPlugin):
         self.kill = kill
 
     def setup(self, worker) -> None:
-        from engine import sink
+        from embedscale.engine.sink import lance_sink as sink
 
         self._original = original = sink.write_fragments
         needle, kill = self.needle, self.kill
@@ -120,7 +120,7 @@ class FailAlways(WorkerPlugin):
         sink.write_fragments = write_or_fail
 
     def teardown(self, worker) -> None:
-        from engine import sink
+        from embedscale.engine.sink import lance_sink as sink
 
         sink.write_fragments = self._original
 
@@ -191,7 +191,7 @@ class HoldWrites(WorkerPlugin):
             rejoin()
 
     def setup(self, worker) -> None:
-        from engine import sink
+        from embedscale.engine.sink import lance_sink as sink
 
         self._original = original = sink.write_fragments
         plugin = self
@@ -204,7 +204,7 @@ class HoldWrites(WorkerPlugin):
         sink.write_fragments = write_when_let_go
 
     def teardown(self, worker) -> None:
-        from engine import sink
+        from embedscale.engine.sink import lance_sink as sink
 
         sink.write_fragments = self._original
 

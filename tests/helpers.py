@@ -16,8 +16,8 @@ import httpx
 import lance
 import pyarrow as pa
 
-from engine.sink import ChunkTable
-from jobs.local_run import EmbedRequest, RunSummary, run_embedding
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.local_run import EmbedRequest, RunSummary, run_embedding
 
 
 def read_rows(data_dir: Path, table: str, columns: list[str] | None = None) -> pa.Table:
@@ -59,7 +59,7 @@ def verify(data_dir: str | Path, table: str, *args: str,
     """`embedscale verify TABLE --data-dir DATA_DIR ARGS --json` run in this process, with
     `env` added to the environment (object-store credentials): (exit status, the report,
     stderr)."""
-    from api.cli import main
+    from embedscale.api.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with mock.patch.dict(os.environ, env or {}), redirect_stdout(out), redirect_stderr(err):

@@ -266,8 +266,8 @@ def test_admin_can_rotate_keys_and_change_tiers(server):
 
 
 def test_no_admin_routes_without_an_admin_key(tmp_path):
-    from api.app import create_app
-    from api.settings import Settings
+    from embedscale.api.server.app import create_app
+    from embedscale.api.settings import Settings
 
     app = create_app(Settings(data_dir=tmp_path, admin_key=None, admin_key_file=None))
     paths = set(app.openapi()["paths"])

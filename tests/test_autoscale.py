@@ -10,9 +10,9 @@ import time
 import pytest
 import yaml
 
-from engine.autoscale import backlog_target, check_adaptive
-from engine.cluster import ClusterSpec, start_cluster
-from engine.errors import EmbedscaleError
+from embedscale.engine.cluster.autoscale import backlog_target, check_adaptive
+from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+from embedscale.engine.errors import EmbedscaleError
 from tests.conftest import SAMPLE_CORPUS
 from tests.helpers import read_rows, run, wait_done
 
@@ -84,7 +84,7 @@ def test_a_worker_retired_mid_job_loses_nothing(tmp_path, small_corpus):
                                                  kwargs={"workers": [workers[1]]}))
                 retiring[0].start()
 
-        from jobs.local_run import EmbedRequest, run_embedding
+        from embedscale.jobs.local_run import EmbedRequest, run_embedding
 
         retired = run_embedding(EmbedRequest(table="t", source=str(small_corpus),
                                              data_dir=str(retired_dir), chunk_tokens=64,
@@ -115,7 +115,7 @@ def test_adaptive_sections_are_checked():
 def test_the_target_follows_the_runner_backlog_which_dask_cannot_see():
     from distributed import LocalCluster
 
-    from engine.autoscale import BacklogAdaptive
+    from embedscale.engine.cluster.autoscale import BacklogAdaptive
 
     waiting = [0]
     with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as dask_cluster:
@@ -132,7 +132,7 @@ def test_the_target_follows_the_runner_backlog_which_dask_cannot_see():
 
 def test_managers_whose_adapt_takes_no_adaptive_class_scale_by_the_backlog_too():
     """As dask-kubernetes' operator KubeCluster: adapt(minimum, maximum) and scale(n) only."""
-    from engine.autoscale import start_adaptive
+    from embedscale.engine.cluster.autoscale import start_adaptive
 
     class OperatorLike:
         def __init__(self) -> None:

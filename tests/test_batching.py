@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.batching import embed_inputs, length_sorted_batches
-from engine.models.backend import ModelInfo
+from embedscale.engine.models.batching import embed_inputs, length_sorted_batches
+from embedscale.engine.models.info import ModelInfo
 
 
 def test_batches_are_sorted_and_fit_the_budget():

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.chunking import ChunkSettings, chunk_texts, window_bounds
-from engine.errors import ChunkingError
-from engine.models.backend import ModelInfo
+from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts, window_bounds
+from embedscale.engine.errors import ChunkingError
+from embedscale.engine.models.info import ModelInfo
 from tests.conftest import SAMPLE_CORPUS
 
 INFO = ModelInfo("m", 384, 256, 2)

@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-EMBEDSCALE = [sys.executable, "-m", "api.cli"]
+EMBEDSCALE = [sys.executable, "-m", "embedscale"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,7 +93,7 @@ def test_search_of_a_missing_table(tmp_path):
 
 
 def test_tenant_and_job_commands(tmp_path):
-    from jobs.service import JobService
+    from embedscale.jobs.service import JobService
 
     data = str(tmp_path / "data")
     created = embedscale("tenants", "create", "acme", "--tier", "free", "--data-dir", data,

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import pytest
-
-from api.client import ApiError, Client, JobCancelledError, JobFailedError
+from embedscale.api.client.service import ApiError, Client, JobCancelledError, JobFailedError
 
 pytestmark = pytest.mark.slow
 

@@ -3,9 +3,8 @@ alone, then `Job.wait()` and `Client.search` against the real server."""
 from __future__ import annotations
 
 import pytest
-
-from api.client import HIT_COLUMNS, Client
-from api.client_progress import ChunkBar, eta_text, expected_total
+from embedscale.api.client.progress import ChunkBar, eta_text, expected_total
+from embedscale.api.client.service import HIT_COLUMNS, Client
 
 
 def record(**changes):

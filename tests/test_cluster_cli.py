@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+from embedscale.engine.errors import EmbedscaleError
 
-from engine.cluster import ClusterSpec, start_cluster
-from engine.errors import EmbedscaleError
 from tests.api_server import free_port
 from tests.conftest import SAMPLE_CORPUS
 from tests.dask_processes import ROOT, clean_env, run_cli
@@ -51,7 +51,7 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
     spec.write_text(yaml.safe_dump({"kind": "local", "n_workers": 1, "threads_per_worker": 1,
                                     "dashboard_address": "none"}))
     log = (tmp_path / "up.log").open("w+")
-    up = subprocess.Popen([sys.executable, "-m", "api.cli", "cluster", "up", "--spec", str(spec),
+    up = subprocess.Popen([sys.executable, "-m", "embedscale", "cluster", "up", "--spec", str(spec),
                            "--port", str(port)], cwd=ROOT, env=clean_env(), stdout=log,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

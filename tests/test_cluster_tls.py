@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.cluster import ClusterSpec, start_cluster
-from engine.errors import EmbedscaleError
-from jobs.local_run import EmbedRequest, run_embedding
+from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+from embedscale.engine.errors import EmbedscaleError
+from embedscale.jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
 from tests.dask_processes import DaskProcesses, run_cli
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from jobs.conflicts import clashing
+from embedscale.jobs.policies.conflicts import clashing
 
 
 @dataclass

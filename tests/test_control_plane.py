@@ -7,11 +7,11 @@ import time
 import cloudpickle
 import lance
 import pytest
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.runner.loop import RunnerConfig
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
 
-from engine.sink import ChunkTable
-from jobs.runner import RunnerConfig
-from jobs.service import JobService
-from jobs.states import JobStatus
 from tests import faults
 from tests.corpora import jsonl_corpus
 
@@ -101,7 +101,7 @@ def test_a_small_high_priority_job_does_not_wait_for_a_large_low_one(service, cl
         wait_for(lambda: gate.held() == slots(service, cluster))  # big holds every slot
         # Two jobs wait, nothing of either in flight: an older low one for a slot, and a small
         # high one, which need not wait for a slot at all: it goes out on the express lane
-        # (jobs/feeder.py) and runs while every partition of big is still held.
+        # (jobs/runner/feeder.py) and runs while every partition of big is still held.
         later = service.submit("local", {"table": "big_too", "priority": "low", **SMALL,
                                          "source": str(jsonl_corpus(tmp_path / "l.jsonl", 32))})
         wait_for(lambda: known_to_runner(service, later.id))
@@ -218,7 +218,7 @@ def test_a_failing_step_is_reported_and_the_runner_goes_on(service):
 def test_a_job_whose_last_partition_is_refused_in_the_same_batch_fails(cluster, tmp_path):
     """Both remaining partitions finish together; the quota takes the first only. The job must
     end failed (quota_exhausted) with the first recorded, not succeeded."""
-    from engine.tasks import embed_partition
+    from embedscale.engine.tasks.partition_task import embed_partition
 
     # The runner's loop is not started: the batch is handed to it directly, each partition
     # embedded whole in this process.

@@ -1,13 +1,12 @@
-"""POST /v1/embeddings shares the cluster fairly (jobs/embedding_batcher.py): a big request is
+"""POST /v1/embeddings shares the cluster fairly (jobs/embeddings/batcher.py): a big request is
 cut into short pieces, and another tenant's small request goes out between them instead of
 waiting for the whole big one. On the real cluster, with the real model."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from engine.request_embedding import RequestEmbedded, RequestTooLong
-from jobs.embedding_batcher import EmbeddingBatcher, _Request, cut
+from embedscale.engine.tasks.request_embedding import RequestEmbedded, RequestTooLong
+from embedscale.jobs.embeddings.batcher import EmbeddingBatcher, _Request, cut
 
 pytestmark = pytest.mark.slow
 WORDS = ["cluster", "worker", "model", "batch", "token", "vector", "table", "quota", "tenant"]
@@ -36,7 +35,7 @@ def batcher(cluster):
 
 
 def test_a_small_request_goes_between_the_pieces_of_a_big_one(batcher, st_model):
-    from engine.models import resolve_model
+    from embedscale.engine.models import resolve_model
 
     spec = resolve_model("all-MiniLM-L6-v2")
     batcher.submit(spec, ["warm"], "warm").result(timeout=120)  # the model loaded
@@ -58,7 +57,7 @@ def test_a_small_request_goes_between_the_pieces_of_a_big_one(batcher, st_model)
 
 
 def test_an_input_too_long_in_a_later_piece_is_named_by_its_place_in_the_request(batcher):
-    from engine.models import resolve_model
+    from embedscale.engine.models import resolve_model
 
     spec = resolve_model("all-MiniLM-L6-v2")
     texts = sentences(600, seed=1)

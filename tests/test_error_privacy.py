@@ -13,10 +13,10 @@ import httpx
 import pytest
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from engine.errors import MAX_ERROR_CHARS, TableError, error_line
-from engine.models.openai_http import _describe
-from engine.worker_logs import ScrubTaskErrors
-from jobs.local_run import JobFailedError
+from embedscale.engine.cluster.worker_logs import ScrubTaskErrors
+from embedscale.engine.errors import MAX_ERROR_CHARS, TableError, error_line
+from embedscale.engine.models.openai_http import _describe
+from embedscale.jobs.local_run import JobFailedError
 from tests.helpers import assert_verified, logged, run
 
 MARKER = "SECRET-MARKER-123"
@@ -101,7 +101,7 @@ class LeakyChunker(WorkerPlugin):
     name = "fault-leaky-chunker"
 
     def setup(self, worker) -> None:
-        from engine import tasks
+        from embedscale.engine.tasks import partition_task as tasks
 
         self._original = original = tasks.chunk_texts
 
@@ -114,7 +114,7 @@ class LeakyChunker(WorkerPlugin):
         tasks.chunk_texts = chunk_or_quote
 
     def teardown(self, worker) -> None:
-        from engine import tasks
+        from embedscale.engine.tasks import partition_task as tasks
 
         tasks.chunk_texts = self._original
 

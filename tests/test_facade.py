@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import embedscale
-from api.client import HIT_COLUMNS
-from engine.errors import TableNotFoundError
-from engine.search import Hit
+from embedscale.api.client.service import HIT_COLUMNS
+from embedscale.engine.errors import TableNotFoundError
+from embedscale.engine.tables.search import Hit
 from tests.helpers import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +38,9 @@ def test_import_is_light_and_names_load_on_use():
 
 
 def test_exports_resolve_to_the_internals():
-    from api.client import Client
+    from embedscale.api.client.service import Client
+    from embedscale.jobs.local_run import JobFailedError
     from embedscale.local_jobs import run
-    from jobs.local_run import JobFailedError
 
     assert embedscale.Client is Client and embedscale.run is run
     assert embedscale.RunFailedError is JobFailedError

@@ -1,5 +1,5 @@
 """Small jobs beside a big one, on a real cluster: the big job's partitions run in slices
-(engine/slices.py), the runner continues them and commits each partition once, and a small job
+(engine/tasks/slices.py), the runner continues them and commits each partition once, and a small job
 of another tenant runs between two slices instead of after a whole partition."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from collections import Counter
 import cloudpickle
 import lance
 import pytest
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.policies.scheduling import JobView, dask_priority
+from embedscale.jobs.runner.loop import RunnerConfig
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
 
-from engine.sink import ChunkTable
-from jobs.runner import RunnerConfig
-from jobs.scheduling import JobView, dask_priority
-from jobs.service import JobService
-from jobs.states import JobStatus
 from tests import faults
 from tests.conftest import SAMPLE_CORPUS, started_service
 from tests.corpora import jsonl_corpus

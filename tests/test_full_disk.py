@@ -1,7 +1,7 @@
 """A full disk is survivable: on a real, size-limited filesystem (a tmpfs) as the data dir, a
 disk filled mid-job fails the job with the cause named, keeps what was committed, and the
-service reopens its store by itself once space returns (jobs/store_guard.py,
-jobs/store_outage.py). Mounting needs root; elsewhere these tests skip, saying so."""
+service reopens its store by itself once space returns (jobs/store/guard.py,
+jobs/runner/store_outage.py). Mounting needs root; elsewhere these tests skip, saying so."""
 from __future__ import annotations
 
 import os
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from embedscale.jobs.errors import StoreUnavailableError
+from embedscale.jobs.store.duckdb_store import Store
+from embedscale.jobs.tenants.accounts import tenant_data_dir
 
-from jobs.errors import StoreUnavailableError
-from jobs.store import Store
-from jobs.tenants import tenant_data_dir
 from tests import faults
 from tests.api_server import Server
 from tests.corpora import jsonl_corpus

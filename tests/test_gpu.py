@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from api.metrics import GPU_ONLY_METRICS, gpu_metrics
-from engine.gpu_stats import GpuReading, GpuSampler, read_gpus
+from embedscale.api.server.metrics import GPU_ONLY_METRICS, gpu_metrics
+from embedscale.engine.cluster.gpu_stats import GpuReading, GpuSampler, read_gpus
 
 
 def fake_pynvml(devices: list[tuple[int, int, int]]) -> types.ModuleType:
@@ -123,9 +123,9 @@ def require_cuda() -> None:
 @pytest.mark.gpu
 def test_half_precision_keeps_every_vector_of_fp32():
     require_cuda()
-    from engine.batching import embed_inputs
-    from engine.models.backend import SentenceTransformerModel
-    from engine.models.registry import resolve_model
+    from embedscale.engine.models.batching import embed_inputs
+    from embedscale.engine.models.registry import resolve_model
+    from embedscale.engine.models.sentence_transformer import SentenceTransformerModel
 
     spec = resolve_model("all-MiniLM-L6-v2")
     half = SentenceTransformerModel(spec, "cuda")
@@ -144,8 +144,8 @@ def test_half_precision_keeps_every_vector_of_fp32():
 @pytest.mark.gpu
 def test_real_gpu_embeds_like_the_cpu_and_reports_nvml():
     require_cuda()
-    from engine.models.backend import load_model
-    from engine.models.registry import resolve_model
+    from embedscale.engine.models.loading import load_model
+    from embedscale.engine.models.registry import resolve_model
 
     spec = resolve_model("all-MiniLM-L6-v2")
     gpu, cpu = load_model(spec, "cuda"), load_model(spec, "cpu")
@@ -163,16 +163,16 @@ def test_local_cuda_cluster_runs_a_job(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from engine.cluster import ClusterSpec, start_cluster
-    from engine.models.backend import default_device
-    from jobs.local_run import EmbedRequest, run_embedding
+    from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+    from embedscale.engine.models.devices import default_device
+    from embedscale.jobs.local_run import EmbedRequest, run_embedding
 
     with start_cluster(ClusterSpec(kind="local-cuda", dashboard_address=":0")) as cluster:
         summary = run_embedding(EmbedRequest(table="t", texts=["one", "two"],
                                              data_dir=str(tmp_path)), cluster)
         devices = cluster.client.run(default_device)
     assert summary.ok and summary.chunks == 2 and set(devices.values()) == {"cuda"}
-    from jobs.store import Store
+    from embedscale.jobs.store.duckdb_store import Store
 
     job = Store(tmp_path / "embedscale.duckdb").get_job(summary.job_id)
     assert job.gpu_peak_bytes > 0  # the worker's GPU held the model and its batches

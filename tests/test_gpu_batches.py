@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.batching import embed_inputs
-from engine.models.backend import ModelInfo, pad_batch
-from engine.models.memory import MAX_GPU_TOKEN_BUDGET, MIN_GPU_TOKEN_BUDGET, gpu_token_budget
+from embedscale.engine.models.batching import embed_inputs
+from embedscale.engine.models.info import ModelInfo, pad_batch
+from embedscale.engine.models.memory import (
+    MAX_GPU_TOKEN_BUDGET,
+    MIN_GPU_TOKEN_BUDGET,
+    gpu_token_budget,
+)
 
 
 def _loop_padding(batch, pad_id):

@@ -7,13 +7,18 @@ import time
 
 import pytest
 
-from engine.gpu_stats import DeviceBusy, gpu_busy_since, gpu_peak_bytes, nvml_device
-from engine.sources import plan_texts
-from engine.tasks import PartitionResult
-from jobs.commits import gpu_counts
-from jobs.records import JobRecord
-from jobs.states import JobStatus
-from jobs.store import Store, utcnow
+from embedscale.engine.cluster.gpu_stats import (
+    DeviceBusy,
+    gpu_busy_since,
+    gpu_peak_bytes,
+    nvml_device,
+)
+from embedscale.engine.sources.enumeration import plan_texts
+from embedscale.engine.tasks.partition_task import PartitionResult
+from embedscale.jobs.runner.commits import gpu_counts
+from embedscale.jobs.states import JobStatus
+from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.records import JobRecord
 
 
 def _job(job_id: str) -> JobRecord:
@@ -84,7 +89,7 @@ def test_cpu_partitions_sample_nothing():
 
 @pytest.mark.slow
 def test_a_real_job_on_the_cpu_records_its_device_and_no_gpu(cluster, tmp_path):
-    from jobs.local_run import EmbedRequest, run_embedding
+    from embedscale.jobs.local_run import EmbedRequest, run_embedding
 
     summary = run_embedding(EmbedRequest(table="t", texts=["one text", "another"],
                                          data_dir=str(tmp_path)), cluster)

@@ -8,12 +8,17 @@ import types
 
 import pytest
 
-from engine.errors import EmbedscaleError, ModelError
-from engine.models import backend, cache
-from engine.models.precision import choose_dtype
-from engine.models.registry import ModelSpec
-from engine.placement import MIN_GPU_PARTITION_BYTES, GpuCount, gpu_workers, plan_target
-from engine.sources import MIN_PARTITION_BYTES, plan_source
+from embedscale.engine.cluster.placement import (
+    MIN_GPU_PARTITION_BYTES,
+    GpuCount,
+    gpu_workers,
+    plan_target,
+)
+from embedscale.engine.errors import EmbedscaleError, ModelError
+from embedscale.engine.models import cache, devices, loading
+from embedscale.engine.models.precision import choose_dtype
+from embedscale.engine.models.registry import ModelSpec
+from embedscale.engine.sources.enumeration import MIN_PARTITION_BYTES, plan_source
 
 # --- dtype ---------------------------------------------------------------------------------
 
@@ -68,21 +73,21 @@ def cuda_present(monkeypatch):
 
 
 def test_plain_dask_workers_stay_on_the_cpu_of_a_gpu_machine(cuda_present, monkeypatch):
-    monkeypatch.setattr(backend, "_dask_worker", lambda: _worker("distributed.shuffle"))
-    assert backend.default_device() == "cpu"
+    monkeypatch.setattr(devices, "dask_worker", lambda: _worker("distributed.shuffle"))
+    assert devices.default_device() == "cpu"
 
 
 def test_dask_cuda_workers_use_their_gpu(cuda_present, monkeypatch):
-    monkeypatch.setattr(backend, "_dask_worker", lambda: _worker("dask_cuda.plugins"))
-    assert backend.default_device() == "cuda"
+    monkeypatch.setattr(devices, "dask_worker", lambda: _worker("dask_cuda.plugins"))
+    assert devices.default_device() == "cuda"
 
 
 def test_outside_a_worker_the_gpu_and_an_explicit_device_wins(cuda_present, monkeypatch):
-    monkeypatch.setattr(backend, "_dask_worker", lambda: None)
-    assert backend.default_device() == "cuda"
+    monkeypatch.setattr(devices, "dask_worker", lambda: None)
+    assert devices.default_device() == "cuda"
     monkeypatch.setenv("EMBEDSCALE_DEVICE", "cuda:3")
-    monkeypatch.setattr(backend, "_dask_worker", lambda: _worker("distributed.shuffle"))
-    assert backend.default_device() == "cuda:3"
+    monkeypatch.setattr(devices, "dask_worker", lambda: _worker("distributed.shuffle"))
+    assert devices.default_device() == "cuda:3"
 
 
 def test_no_cuda_means_the_cpu(monkeypatch):
@@ -90,19 +95,19 @@ def test_no_cuda_means_the_cpu(monkeypatch):
 
     monkeypatch.delenv("EMBEDSCALE_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(backend, "_dask_worker", lambda: _worker("dask_cuda.plugins"))
-    assert backend.default_device() == "cpu"
+    monkeypatch.setattr(devices, "dask_worker", lambda: _worker("dask_cuda.plugins"))
+    assert devices.default_device() == "cpu"
 
 
 def test_workers_of_a_real_local_cluster_run_on_the_cpu(cluster):
-    devices = cluster.client.run(backend.default_device)
-    assert set(devices.values()) == {"cpu"}
+    where = cluster.client.run(devices.default_device)
+    assert set(where.values()) == {"cpu"}
 
 
 def test_local_cuda_refuses_to_start_without_cuda(monkeypatch):
     import torch
 
-    from engine.cluster import ClusterSpec, start_cluster
+    from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(EmbedscaleError, match="needs a GPU that torch can use"):
@@ -203,7 +208,7 @@ def test_the_preload_plugin_frees_its_models_at_teardown(fake_cache):
 def test_search_embeds_its_query_on_the_cpu_of_a_gpu_machine(cluster, tmp_path, monkeypatch):
     import torch
 
-    from engine.search import search
+    from embedscale.engine.tables.search import search
     from tests.helpers import run
 
     assert run(cluster, table="t", texts=["GPUs embed partitions", "CPUs serve queries"],
@@ -212,7 +217,7 @@ def test_search_embeds_its_query_on_the_cpu_of_a_gpu_machine(cluster, tmp_path, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU box
     loads = []
     monkeypatch.setattr(cache, "load_model", lambda spec, device: loads.append(device) or
-                        backend.load_model(spec, device))
+                        loading.load_model(spec, device))
     monkeypatch.setattr(cache, "_models", {})
     hits = search(tmp_path, "t", "who serves queries?", k=1)
     assert hits and loads == ["cpu"]

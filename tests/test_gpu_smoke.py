@@ -35,15 +35,15 @@ def test_the_smoke_check_runs_on_the_cpu_and_prints_one_json_line():
 
 def test_the_smoke_path_imports_no_lancedb():
     code = ("import sys; sys.modules['lancedb'] = None; sys.modules['lance'] = None; "
-            "import benchmarks.gpu_smoke, engine.batching, engine.chunking, engine.cluster, "
-            "engine.models.cache, engine.gpu_stats")
+            "import benchmarks.gpu_smoke, embedscale.engine.models.batching, embedscale.engine.chunking.chunker, embedscale.engine.cluster.start, "
+            "embedscale.engine.models.cache, embedscale.engine.cluster.gpu_stats")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
 def test_the_carried_model_is_float16_and_embeds_like_the_packaged_one(tmp_path):
     from benchmarks.gpu_carry import packaged_model, save_fp16_model, tree_bytes
-    from engine.models.backend import SentenceTransformerModel
-    from engine.models.registry import ModelSpec
+    from embedscale.engine.models.registry import ModelSpec
+    from embedscale.engine.models.sentence_transformer import SentenceTransformerModel
 
     folder = save_fp16_model(packaged_model(), tmp_path / "model")
     assert tree_bytes(folder) < 50 << 20  # the float32 one is ~87 MB

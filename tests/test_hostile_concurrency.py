@@ -9,11 +9,11 @@ import time
 import cloudpickle
 import lance
 import pytest
+from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+from embedscale.engine.cluster.worker_recovery import WorkerRecovery
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.service import JobService
 
-from engine.cluster import ClusterSpec, start_cluster
-from engine.sink import ChunkTable
-from engine.worker_recovery import WorkerRecovery
-from jobs.service import JobService
 from tests import faults
 from tests.corpora import jsonl_corpus
 

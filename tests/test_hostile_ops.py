@@ -13,12 +13,12 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from embedscale.api.server.log_redaction import RedactSecrets, redact
+from embedscale.jobs.errors import InvalidFieldError, StoreDamagedError
+from embedscale.jobs.service import DB_FILE, JobService, tenant_data_dir
+from embedscale.jobs.store.duckdb_store import Store
 from fastapi.testclient import TestClient
 
-from api.log_redaction import RedactSecrets, redact
-from jobs.errors import InvalidFieldError, StoreDamagedError
-from jobs.service import DB_FILE, JobService, tenant_data_dir
-from jobs.store import Store
 from tests.api_server import ADMIN_KEY, ROOT, free_port
 
 KEY = "es_0123456789abcdefSECRET"
@@ -27,7 +27,7 @@ KEY = "es_0123456789abcdefSECRET"
 def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     env.pop("EMBEDSCALE_ADMIN_KEY", None)
-    return subprocess.run([sys.executable, "-m", "api.cli", *argv], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "embedscale", *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -75,9 +75,9 @@ def test_a_key_split_between_template_and_argument_is_redacted():
 # --- 8. the dashboard ------------------------------------------------------------------------
 
 def test_the_dashboard_binds_to_the_api_host(tmp_path):
-    from api.app import cluster_spec
-    from api.settings import Settings
-    from engine.cluster import dashboard_bind
+    from embedscale.api.server.app import cluster_spec
+    from embedscale.api.settings import Settings
+    from embedscale.engine.cluster.start import dashboard_bind
 
     assert cluster_spec(Settings(host="127.0.0.1")).dashboard_address == "127.0.0.1:8787"
     assert cluster_spec(Settings(host="10.1.2.3")).dashboard_address == "10.1.2.3:8787"
@@ -94,7 +94,7 @@ def test_the_dashboard_binds_to_the_api_host(tmp_path):
 
 @pytest.mark.slow
 def test_no_dashboard_no_link():
-    from engine.cluster import ClusterSpec, start_cluster
+    from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 
     with start_cluster(ClusterSpec(n_workers=1, dashboard_address="none")) as cluster:
         assert cluster.dashboard_link is None
@@ -110,8 +110,8 @@ class FakeCluster:
 
 @pytest.mark.parametrize("exposed", [False, True])
 def test_cluster_info_for_tenants(tmp_path, exposed):
-    from api.app import create_app
-    from api.settings import Settings
+    from embedscale.api.server.app import create_app
+    from embedscale.api.settings import Settings
 
     app = create_app(Settings(data_dir=tmp_path, expose_dashboard=exposed, admin_key=None))
     with JobService(tmp_path) as service:
@@ -127,7 +127,7 @@ def test_cluster_info_for_tenants(tmp_path, exposed):
 
 
 def test_job_output_carries_no_dashboard_link(tmp_path):
-    from api.routes.jobs import job_out
+    from embedscale.api.server.routes.jobs import job_out
 
     with JobService(tmp_path) as service:
         record = service.submit("local", {"table": "t", "texts": ["a"]})

@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from engine.file_access import FileAccess, real_roots
-from engine.partitions import FileSlice
-from engine.readers import RecordFields, read_item
-from engine.sources import plan_source
+from embedscale.engine.sources.enumeration import plan_source
+from embedscale.engine.sources.file_access import FileAccess, real_roots
+from embedscale.engine.sources.partitions import FileSlice
+from embedscale.engine.sources.readers import RecordFields, read_item
 
 SECRET = "canary-outside-the-root"
 OUTSIDE = "a link to a path outside the allowed roots"

@@ -14,16 +14,16 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
-from api.errors import validation_content
-from api.schemas import SearchRequest
-from engine.errors import TableError
-from engine.filters import check_filter, lance_filter
-from engine.models.limits import model_limits
-from engine.models.registry import resolve_model
-from engine.sink import validate_table_name
-from jobs.errors import InvalidFieldError
-from jobs.service import JobService
-from jobs.spec import JobSpec, check_model, check_model_allowed
+from embedscale.api.server.errors import validation_content
+from embedscale.api.server.schemas import SearchRequest
+from embedscale.engine.errors import TableError
+from embedscale.engine.models.limits import model_limits
+from embedscale.engine.models.registry import resolve_model
+from embedscale.engine.sink.lance_sink import validate_table_name
+from embedscale.engine.tables.filters import check_filter, lance_filter
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.service import JobService
+from embedscale.jobs.spec import JobSpec, check_model, check_model_allowed
 from tests.helpers import wait_done
 
 LONE = "\ud800"  # a lone surrogate: JSON can carry it, UTF-8 cannot encode it
@@ -175,10 +175,10 @@ def test_the_service_refuses_models_off_its_list(tmp_path):
 def test_serve_takes_allowed_models_from_flags_and_environment(monkeypatch):
     import uvicorn
 
-    import api.app
-    from api.cli import build_parser
-    from api.cli_serve import serve_command
-    from api.settings import Settings
+    import embedscale.api.server.app
+    from embedscale.api.cli.main import build_parser
+    from embedscale.api.cli.serve import serve_command
+    from embedscale.api.settings import Settings
 
     monkeypatch.setenv("EMBEDSCALE_ALLOWED_MODELS", '["org/a", "org/b"]')
     assert Settings().allowed_models == ["org/a", "org/b"]
@@ -188,9 +188,9 @@ def test_serve_takes_allowed_models_from_flags_and_environment(monkeypatch):
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(api.app, "create_app",
+    monkeypatch.setattr(embedscale.api.server.app, "create_app",
                         lambda settings, **kw: seen.setdefault("settings", settings))
-    monkeypatch.setattr(api.app, "open_service", lambda settings: NoService(), raising=False)
+    monkeypatch.setattr(embedscale.api.server.app, "open_service", lambda settings: NoService(), raising=False)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
     args = build_parser().parse_args(["serve", "--allow-model", "org/x", "--allow-model", "./m"])
     assert serve_command(args) == 0

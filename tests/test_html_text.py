@@ -1,4 +1,4 @@
-from engine.html_text import visible_text
+from embedscale.engine.sources.html_text import visible_text
 
 
 def test_keeps_visible_text_and_drops_scripts_styles_and_head():

@@ -8,9 +8,8 @@ from email.utils import format_datetime
 import httpx
 import numpy as np
 import pytest
-
-from engine.errors import ProviderError
-from engine.models.http_policy import (
+from embedscale.engine.errors import ProviderError
+from embedscale.engine.models.http_policy import (
     RETRYABLE_STATUSES,
     CircuitBreaker,
     is_retryable,
@@ -18,7 +17,7 @@ from engine.models.http_policy import (
     plan_batches,
     retry_delay,
 )
-from engine.models.openai_http import parse_embeddings
+from embedscale.engine.models.openai_http import parse_embeddings
 
 
 def test_batches_keep_order_and_respect_both_budgets():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from engine.sources import plan_texts
-from jobs.records import JobRecord
-from jobs.service import JobService
-from jobs.states import JobStatus
-from jobs.store import PartitionDone, Store, utcnow
+from embedscale.engine.sources.enumeration import plan_texts
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
+from embedscale.jobs.store.duckdb_store import PartitionDone, Store, utcnow
+from embedscale.jobs.store.records import JobRecord
 
 
 def new_job(job_id: str, tenant: str, model: str, n_partitions: int) -> JobRecord:

@@ -15,9 +15,9 @@ from collections import Counter
 import cloudpickle
 import lance
 import pytest
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.states import JobStatus
 
-from engine.sink import ChunkTable
-from jobs.states import JobStatus
 from tests import faults
 from tests.conftest import started_service
 from tests.helpers import assert_verified
@@ -141,7 +141,8 @@ def test_a_commit_cut_off_from_its_record_is_found_after_more_commits_than_the_w
         cluster, tmp_path, crash_at):
     """At the table's first commit the ledger has recorded nothing of it: the table's whole
     history is read. At a later one, only the commits after the newest recorded."""
-    from jobs.service import JobService
+    from embedscale.jobs.service import JobService
+
     from tests.corpora import jsonl_corpus
 
     data = tmp_path / "data"

@@ -6,16 +6,16 @@ import math
 import pytest
 from pydantic import ValidationError as PydanticValidationError
 
-from engine.chunking import ChunkSettings
-from engine.file_access import FileAccess
-from engine.models.limits import model_limits
-from engine.models.registry import DEFAULT_MODEL, resolve_model
-from engine.sources import plan_texts
-from jobs.errors import InvalidFieldError, QuotaExceededError
-from jobs.quotas import estimate_chunks, resets_at
-from jobs.service import JobService, tenant_data_dir
-from jobs.spec import JobSpec, check_source_allowed
-from jobs.token_density import chars_per_token
+from embedscale.engine.chunking.chunker import ChunkSettings
+from embedscale.engine.models.limits import model_limits
+from embedscale.engine.models.registry import DEFAULT_MODEL, resolve_model
+from embedscale.engine.sources.enumeration import plan_texts
+from embedscale.engine.sources.file_access import FileAccess
+from embedscale.jobs.errors import InvalidFieldError, QuotaExceededError
+from embedscale.jobs.service import JobService, tenant_data_dir
+from embedscale.jobs.spec import JobSpec, check_source_allowed
+from embedscale.jobs.tenants.quotas import estimate_chunks, resets_at
+from embedscale.jobs.token_density import chars_per_token
 
 
 def field_error(spec: dict) -> tuple[str, str]:
@@ -139,7 +139,7 @@ def test_the_python_run_request_carries_every_job_field_to_the_spec():
     on the way to the control plane's spec (a field added to JobSpec must be added here)."""
     import dataclasses
 
-    from jobs.local_run import EmbedRequest
+    from embedscale.jobs.local_run import EmbedRequest
 
     request = EmbedRequest(table="t", texts=["a"], mode="sync", allow_empty=True,
                            provider="openai", provider_url="http://127.0.0.1:9/v1",

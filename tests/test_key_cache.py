@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from jobs.key_cache import KeyCache
-from jobs.store import Store
-from jobs.tenants import Tenants
-from jobs.tiers import load_tiers
+from embedscale.jobs.store.duckdb_store import Store
+from embedscale.jobs.tenants.accounts import Tenants
+from embedscale.jobs.tenants.key_cache import KeyCache
+from embedscale.jobs.tenants.tiers import load_tiers
 
 
 class CountingStore:
@@ -44,7 +43,7 @@ def test_a_loop_of_one_bad_key_reads_the_store_once(tenants):
 
 
 def test_a_key_issued_after_it_was_found_missing_works_at_once(tenants, monkeypatch):
-    monkeypatch.setattr("jobs.tenants.new_api_key", lambda: "es_next")
+    monkeypatch.setattr("embedscale.jobs.tenants.accounts.new_api_key", lambda: "es_next")
     assert tenants.tenant_for_key("es_next") is None  # tried before it was issued: noted
     tenants.create("acme", "free")  # issues es_next
     assert tenants.tenant_for_key("es_next") == "acme"

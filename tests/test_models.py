@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.errors import ModelError
-from engine.models import get_model, resolve_model
-from engine.models.backend import load_model
-from engine.models.cache import load_count
+from embedscale.engine.errors import ModelError
+from embedscale.engine.models import get_model, resolve_model
+from embedscale.engine.models.cache import load_count
+from embedscale.engine.models.loading import load_model
 from tests.corpora import jsonl_corpus
 
 

@@ -8,12 +8,12 @@ DuckDB and Lance files."""
 from __future__ import annotations
 
 import pytest
+from embedscale.engine.sources.enumeration import plan_texts
+from embedscale.jobs.errors import PartitionsNotDoneError
+from embedscale.jobs.runner.feeder import Completed, Feeder
+from embedscale.jobs.states import JobStatus
+from embedscale.jobs.store.duckdb_store import PartitionDone, Store
 
-from engine.sources import plan_texts
-from jobs.errors import PartitionsNotDoneError
-from jobs.feeder import Completed, Feeder
-from jobs.states import JobStatus
-from jobs.store import PartitionDone, Store
 from tests.helpers import logged, read_rows
 from tests.test_store import new_job
 
@@ -30,7 +30,7 @@ def submit(service, corpus, **spec):
 
 def run_watched(service, corpus, **spec):
     """A job over `corpus` to its end, and the runner's lines saying it ran one again."""
-    with logged("jobs.runner") as lines:
+    with logged("embedscale.jobs.runner.loop") as lines:
         final = service.wait(submit(service, corpus, **spec).id, timeout=180)
     return final, [line for line in lines if RUN_AGAIN in line]
 
@@ -70,7 +70,7 @@ def test_a_task_the_client_cancels_puts_its_partition_back(service, small_corpus
 def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(service, small_corpus,
                                                                 tmp_path, monkeypatch, mode):
     """...nor, for a sync, a reason to delete the documents that partition read."""
-    from jobs import endings
+    from embedscale.jobs.runner import endings
 
     lost: list[int] = []
     done = Feeder.done
@@ -118,8 +118,8 @@ def test_a_partition_done_in_the_batch_of_its_jobs_cancel_is_not_committed(
         service, small_corpus, tmp_path, monkeypatch):
     """A partition's completion and its job's cancel reach the runner in one batch of events:
     the cancel is handled right after the completion, before the batch is committed."""
-    from jobs.runner import Runner
-    from jobs.runner_events import CancelRequested
+    from embedscale.jobs.runner.events import CancelRequested
+    from embedscale.jobs.runner.loop import Runner
 
     job = service.submit("local", {**SPEC, "source": str(small_corpus), "table": "c"},
                          partition_bytes=4096)
@@ -166,7 +166,7 @@ def test_an_outcome_that_cannot_be_read_runs_its_partition_again(service, small_
 
 
 def test_an_event_that_cannot_be_handled_fails_only_its_job(service, monkeypatch):
-    from jobs.runner import Runner
+    from embedscale.jobs.runner.loop import Runner
 
     texts = {"table": "e", "texts": ["one short text", "another"]}
     doomed, fine = (service.submit("local", {**texts, "table": name}) for name in ("e1", "e2"))
@@ -188,7 +188,7 @@ def test_a_commit_that_lands_but_reports_an_error_is_not_redone(service, small_c
                                                                 tmp_path, monkeypatch):
     """Object storage can lose the answer to a commit that landed: the table's version says it
     did, so the partitions count as committed, once, and nothing fails."""
-    from engine import sink
+    from embedscale.engine.sink import lance_sink as sink
 
     commit_replacing = sink.commit_replacing
     lost_answers: list[int] = []

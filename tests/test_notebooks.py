@@ -5,8 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from api.client import HIT_COLUMNS
+from embedscale.api.client.service import HIT_COLUMNS
 
 pytestmark = pytest.mark.slow
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

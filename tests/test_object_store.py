@@ -9,13 +9,13 @@ from pathlib import Path
 
 import lance
 import pytest
+from embedscale.engine.errors import EmbedscaleError
+from embedscale.engine.storage.locations import Location, StorageOptions, resolve_storage_options
+from embedscale.engine.tables.catalog import list_tables, read_table
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.service import JobService
+from embedscale.jobs.spec import JobSpec, check_source_allowed
 
-from engine.errors import EmbedscaleError
-from engine.storage import Location, StorageOptions, resolve_storage_options
-from engine.tables import list_tables, read_table
-from jobs.errors import InvalidFieldError
-from jobs.service import JobService
-from jobs.spec import JobSpec, check_source_allowed
 from tests.dask_processes import run_cli
 from tests.helpers import run
 
@@ -192,8 +192,8 @@ def test_object_store_sources_must_lie_under_an_allowed_prefix():
 
 
 def test_an_object_gone_or_forbidden_is_skipped_a_passing_failure_is_retried():
-    from engine.remote_files import RemoteRefused, _refusal
-    from engine.storage_errors import StoreUnavailable
+    from embedscale.engine.sources.remote_files import RemoteRefused, _refusal
+    from embedscale.engine.storage.errors import StoreUnavailable
 
     options = resolve_storage_options({"endpoint": "http://store:8333"}, environ={})
     assert isinstance(_refusal(FileNotFoundError("x"), "s3://b/k", options), RemoteRefused)
@@ -243,11 +243,11 @@ def test_commits_from_several_processes_to_one_s3_table_all_land(s3_store):
 def test_undo_puts_back_what_a_job_replaced_on_s3(cluster, s3_store, tmp_path):
     """A cancel's undo reads the job's ledger, the table's commits and old versions on the
     store."""
-    from engine.sink import ChunkTable
-    from engine.undo import undo_job
-    from jobs.ledger import job_ledger
-    from jobs.service import DB_FILE
-    from jobs.store import Store
+    from embedscale.engine.sink.lance_sink import ChunkTable
+    from embedscale.engine.tables.undo import undo_job
+    from embedscale.jobs.ledger import job_ledger
+    from embedscale.jobs.service import DB_FILE
+    from embedscale.jobs.store.duckdb_store import Store
 
     tables = f"s3://{s3_store.make_bucket()}/tables"
     kw = {"table": "t", "data_dir": str(tmp_path / "d"), "tables_uri": tables,
@@ -271,7 +271,7 @@ def test_undo_puts_back_what_a_job_replaced_on_s3(cluster, s3_store, tmp_path):
 
 def test_objects_outside_the_roots_too_large_or_not_objects_are_refused(s3_store):
     """A tenant's object-store source goes through the same FileAccess as a local file."""
-    from engine.file_access import FileAccess, FileRefused
+    from embedscale.engine.sources.file_access import FileAccess, FileRefused
 
     bucket = s3_store.make_bucket()
     fs = s3_store.filesystem()

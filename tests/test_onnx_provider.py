@@ -22,16 +22,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from engine.errors import ModelError, TableError
-from engine.models import onnx_export, onnx_model
-from engine.models.backend import ModelInfo, load_model
-from engine.models.cache import _key, get_model
-from engine.models.onnx_pipeline import read_pipeline
-from engine.models.registry import provider_spec, resolve_model
-from engine.schema import chunk_schema, table_provider
-from engine.search import query_model
-from engine.sink import ChunkTable
-from jobs.spec import JobSpec
+from embedscale.engine.errors import ModelError, TableError
+from embedscale.engine.models import onnx_export, onnx_model
+from embedscale.engine.models.cache import _key, get_model
+from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.models.loading import load_model
+from embedscale.engine.models.onnx_pipeline import read_pipeline
+from embedscale.engine.models.registry import provider_spec, resolve_model
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.sink.schema import chunk_schema, table_provider
+from embedscale.engine.tables.search import query_model
+from embedscale.jobs.spec import JobSpec
 from tests.api_server import ROOT
 from tests.helpers import logged, read_rows
 
@@ -367,7 +368,7 @@ def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpu
     data = str(tmp_path / "data")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
                               text=True, timeout=300, env=env, cwd=ROOT)
 
     done = cli("run", str(small_corpus), "--table", "docs", "--data-dir", data, "--workers", "1",
@@ -390,7 +391,7 @@ def test_cli_schedules_add_takes_the_provider_options(tmp_path, small_corpus):
     data = ["--data-dir", str(tmp_path / "data")]
 
     def add(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "api.cli", "schedules", "add", "@daily",
+        return subprocess.run([sys.executable, "-m", "embedscale", "schedules", "add", "@daily",
                                str(small_corpus), "--table", "t", *args, *data, "--json"],
                               capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
 

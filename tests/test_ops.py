@@ -12,10 +12,10 @@ import httpx
 import pytest
 import yaml
 from distributed import Client
+from embedscale.api.server.metrics import GPU_ONLY_METRICS
+from embedscale.api.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.metrics import GPU_ONLY_METRICS
-from api.settings import Settings
 from tests import faults
 from tests.api_server import ROOT, Server, metrics_text
 from tests.helpers import wait_done
@@ -179,7 +179,7 @@ def test_every_metric_of_the_dashboard_and_the_alerts_is_served(exercised):
     assert "embedscale_queue_depth" in used and "embedscale_workers" in used  # parsed at all
     missing = used - served - PROMETHEUS_SERIES
     # GPU metrics exist only where NVML reads a GPU: a name absent here passes only if
-    # api/metrics.py declares it GPU-only (tests/test_gpu.py checks that gpu_metrics serves
+    # api/server/metrics.py declares it GPU-only (tests/test_gpu.py checks that gpu_metrics serves
     # exactly those names, and a GPU machine's test run serves them for real).
     assert missing - set(GPU_ONLY_METRICS) == set(), "not in /metrics"
     assert missing <= set(GPU_ONLY_METRICS)
@@ -218,7 +218,7 @@ def test_json_log_lines_name_the_job_and_the_tenant(exercised, ops_server):
             assert line.get("job_id") == named.group(1) and line.get("tenant"), line
     about_job = [line for line in lines if line.get("job_id") == job_id]
     assert all(line["tenant"] == "ops-runner" for line in about_job)
-    retried = [line for line in about_job if line["logger"] == "jobs.runner"]
+    retried = [line for line in about_job if line["logger"] == "embedscale.jobs.runner.loop"]
     assert retried and "failed" in retried[0]["message"] and retried[0]["level"] == "WARNING"
     access = [line for line in about_job if line["logger"] == "uvicorn.access"]
     assert {(line["method"], line["status"]) for line in access} >= {("POST", 201),
@@ -248,12 +248,12 @@ def test_every_line_of_a_server_with_its_own_cluster_is_json(tmp_path):
              if line.strip()]
     assert any(line["logger"] == "distributed.worker" and line["level"] == "ERROR"
                for line in lines)
-    assert any(line["logger"] == "jobs.runner" and line.get("job_id") == job["id"]
+    assert any(line["logger"] == "embedscale.jobs.runner.loop" and line.get("job_id") == job["id"]
                and line.get("tenant") == "own" for line in lines)
 
 
 def test_text_stays_the_default_format(tmp_path: Path, monkeypatch):
-    from api.cli import build_parser
+    from embedscale.api.cli.main import build_parser
 
     monkeypatch.delenv("EMBEDSCALE_LOG_FORMAT", raising=False)
 

@@ -7,12 +7,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from engine.models.backend import ModelInfo
-from engine.readers import RecordFields, read_item
-from engine.sink import ChunkTable
-from engine.sources import plan_source
-from jobs.errors import InvalidFieldError
-from jobs.local_run import JobFailedError
+from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.sources.enumeration import plan_source
+from embedscale.engine.sources.readers import RecordFields, read_item
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.local_run import JobFailedError
 from tests.helpers import read_rows, run
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from jobs.admission import AdmissionQueue
-from jobs.policies import FinishedPartition, RetryPolicy, admissions, is_done, split_by_quota
+from embedscale.jobs.policies.decisions import (
+    FinishedPartition,
+    RetryPolicy,
+    admissions,
+    is_done,
+    split_by_quota,
+)
+from embedscale.jobs.runner.admission import AdmissionQueue
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

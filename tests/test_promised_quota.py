@@ -11,9 +11,8 @@ from datetime import datetime
 
 import httpx
 import pytest
-
-from jobs.errors import QuotaExceededError
-from jobs.service import JobService
+from embedscale.jobs.errors import QuotaExceededError
+from embedscale.jobs.service import JobService
 
 QUOTA = 100
 TEXTS_PER_JOB = 10  # short distinct texts: one chunk each, as estimated

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from engine.errors import TableError
-from engine.models.backend import ModelInfo
-from engine.models.cache import get_model
-from engine.models.openai_http import API_KEY_ENV, OpenAIHTTPModel
-from engine.models.registry import ModelSpec, provider_spec
-from engine.schema import MODEL_KEY, PROVIDER_KEY, chunk_schema, table_provider
-from engine.search import query_model
-from engine.sink import ChunkTable
-from jobs.errors import InvalidFieldError
-from jobs.spec import JobSpec, check_model, check_provider
-from jobs.tenants import tenant_data_dir
+from embedscale.engine.errors import TableError
+from embedscale.engine.models.cache import get_model
+from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.models.openai_http import API_KEY_ENV, OpenAIHTTPModel
+from embedscale.engine.models.registry import ModelSpec, provider_spec
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.sink.schema import MODEL_KEY, PROVIDER_KEY, chunk_schema, table_provider
+from embedscale.engine.tables.search import query_model
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.spec import JobSpec, check_model, check_provider
+from embedscale.jobs.tenants.accounts import tenant_data_dir
 from tests.api_server import ROOT, free_port
 from tests.helpers import read_rows
 
@@ -310,7 +310,7 @@ def cli(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
     env.pop(API_KEY_ENV, None)
     if key is not None:
         env[API_KEY_ENV] = key
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
                           text=True, timeout=300, env=env, cwd=ROOT)
 
 

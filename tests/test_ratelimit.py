@@ -2,9 +2,9 @@
 tiers that size them (reads_per_minute, derived where a tiers file names none)."""
 from __future__ import annotations
 
-from api.errors import RateLimitedError
-from api.ratelimit import RateLimiter
-from jobs.tiers import READS_PER_REQUEST, load_tiers, with_overrides
+from embedscale.api.server.errors import RateLimitedError
+from embedscale.api.server.ratelimit import RateLimiter
+from embedscale.jobs.tenants.tiers import READS_PER_REQUEST, load_tiers, with_overrides
 
 
 def test_a_bucket_holds_a_minute_and_costs_are_taken_whole():

@@ -4,10 +4,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from jobs.rates import expected_chunks, job_rates
-from jobs.records import JobRecord
-from jobs.states import JobStatus
+from embedscale.jobs.policies.rates import expected_chunks, job_rates
+from embedscale.jobs.states import JobStatus
+from embedscale.jobs.store.records import JobRecord
 
 
 def rates(done=0, tokens=0, seconds=10.0, running=True, estimated=100, p_done=1, p_total=4):

@@ -7,9 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from engine.partitions import FileSlice, InlineText
-from engine.readers import RecordFields, read_item
+from embedscale.engine.sources.partitions import FileSlice, InlineText
+from embedscale.engine.sources.readers import RecordFields, read_item
 
 FIELDS = RecordFields()
 

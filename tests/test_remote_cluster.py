@@ -10,10 +10,10 @@ import threading
 import lance
 import pytest
 
-from engine.cluster import ClusterSpec, start_cluster
-from engine.storage import Location, resolve_storage_options
-from engine.tables import read_table
-from jobs.local_run import EmbedRequest, run_embedding
+from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+from embedscale.engine.storage.locations import Location, resolve_storage_options
+from embedscale.engine.tables.catalog import read_table
+from embedscale.jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
 from tests.dask_processes import DaskProcesses, run_cli
 from tests.helpers import assert_verified, logged
@@ -85,7 +85,7 @@ def test_a_scheduler_restarted_mid_job_costs_nothing(small_corpus, tmp_path):
                     restarted.set()
                     procs.restart_scheduler()
 
-            with logged("jobs.runner") as lines:
+            with logged("embedscale.jobs.runner.loop") as lines:
                 summary = run_embedding(EmbedRequest(table="restarted", **job), cluster,
                                         restart_after_first_commit)
             assert restarted.is_set() and summary.ok, summary.error

@@ -13,9 +13,9 @@ import socket
 
 import httpx
 import pytest
+from embedscale.api.settings import DEFAULT_MAX_REQUEST_BYTES, Settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.settings import DEFAULT_MAX_REQUEST_BYTES, Settings
 from tests.api_server import metrics_text
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ from pathlib import Path
 import lance
 import pytest
 
-from jobs.local_run import EmbedRequest, run_embedding
-from jobs.store import Store
+from embedscale.jobs.local_run import EmbedRequest, run_embedding
+from embedscale.jobs.store.duckdb_store import Store
 from tests.corpora import jsonl_corpus
 from tests.helpers import assert_verified
 
@@ -23,7 +23,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "api.cli", *args]
+    return [sys.executable, "-m", "embedscale", *args]
 
 
 def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
@@ -74,7 +74,7 @@ class SimulatedCrash(BaseException):
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster, tmp_path):
-    from jobs.service import JobService
+    from embedscale.jobs.service import JobService
 
     data = tmp_path / "data"
     first = JobService(data, cluster)
@@ -112,7 +112,7 @@ def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster,
 
 
 def test_graceful_stop_records_in_flight_work_and_resumes_later(cluster, tmp_path):
-    from jobs.service import JobService
+    from embedscale.jobs.service import JobService
 
     data = tmp_path / "data"
     first = JobService(data, cluster)
@@ -128,8 +128,8 @@ def test_graceful_stop_records_in_flight_work_and_resumes_later(cluster, tmp_pat
     stopped = first.get(job.id)
     assert stopped.status == "running" and in_flight > 0
     assert stopped.partitions_done < stopped.partitions_total
-    from engine.commit_log import commits_after, committed_partitions
-    from engine.sink import ChunkTable
+    from embedscale.engine.sink.lance_sink import ChunkTable
+    from embedscale.engine.tables.commit_log import commits_after, committed_partitions
 
     table = ChunkTable(data, "t")
     recorded = {p.partition.index for p in first.store.partitions(job.id) if p.status == "done"}

@@ -1,4 +1,4 @@
-"""The schedules' pure policy (jobs/schedules.py): cron and time-zone checks, the next slot in
+"""The schedules' pure policy (jobs/policies/schedules.py): cron and time-zone checks, the next slot in
 a zone (across DST), and what a due slot becomes. No cluster, no database."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from jobs.errors import InvalidFieldError
-from jobs.schedules import (
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.policies.schedules import (
     Action,
     ScheduleRecord,
     check_cron,

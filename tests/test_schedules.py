@@ -15,10 +15,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from jobs.errors import ConflictError, InvalidFieldError, NotFoundError
-from jobs.schedule_firing import MAX_SCHEDULES_PER_TENANT
-from jobs.service import JobService
-from jobs.states import JobStatus
+from embedscale.jobs.errors import ConflictError, InvalidFieldError, NotFoundError
+from embedscale.jobs.schedules import MAX_SCHEDULES_PER_TENANT
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
 from tests.corpora import jsonl_corpus
 from tests.helpers import read_rows
 
@@ -182,7 +182,7 @@ def test_a_slot_is_claimed_once_across_restarts(tmp_path, clock):
 CRASH = """
 import os, signal, sys
 from datetime import datetime
-from jobs.service import JobService
+from embedscale.jobs.service import JobService
 
 data_dir, now, stage = sys.argv[1], datetime.fromisoformat(sys.argv[2]), sys.argv[3]
 service = JobService(data_dir, clock=lambda: now)
@@ -313,7 +313,7 @@ def test_run_now_is_one_more_run_and_waits_for_the_active_one(svc, clock):
 
 @pytest.mark.slow
 def test_the_loop_fires_runs_that_succeed(cluster, tmp_path, clock):
-    from jobs.runner import RunnerConfig
+    from embedscale.jobs.runner.loop import RunnerConfig
 
     service = JobService(tmp_path / "data", cluster, clock=clock, schedule_poll_seconds=0.05,
                          runner_config=RunnerConfig(backoff_seconds=0.05))
@@ -424,7 +424,7 @@ def test_http_schedules(server):
 
 @pytest.mark.slow
 def test_http_client_schedules(server):
-    from api.client import ApiError, Client
+    from embedscale.api.client.service import ApiError, Client
 
     with server.admin() as admin:
         key = admin.post("/v1/tenants", json={"name": "sched-carol", "tier": "premium"}
@@ -455,7 +455,7 @@ def test_http_client_schedules(server):
 
 def embedscale(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
                           text=True, timeout=300, env=env, cwd=ROOT)
 
 

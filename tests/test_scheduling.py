@@ -1,7 +1,7 @@
 """The scheduling policy, without a cluster or a database."""
 from collections import Counter
 
-from jobs.scheduling import JobView, choose, dask_priority, effective_priority
+from embedscale.jobs.policies.scheduling import JobView, choose, dask_priority, effective_priority
 
 
 def job(job_id, tenant="a", priority="normal", weight=1.0, submitted=0.0, runnable=100,

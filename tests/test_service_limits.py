@@ -14,14 +14,14 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from api.settings import DEFAULT_MAX_WEBSOCKETS_PER_TENANT
-from engine.sources import plan_texts
-from jobs.records import JobRecord
-from jobs.runner import RunnerConfig
-from jobs.schedules import MAX_SCHEDULES_PER_TENANT
-from jobs.service import JobService
-from jobs.states import JobStatus
-from jobs.store import Store, utcnow
+from embedscale.api.settings import DEFAULT_MAX_WEBSOCKETS_PER_TENANT
+from embedscale.engine.sources.enumeration import plan_texts
+from embedscale.jobs.policies.schedules import MAX_SCHEDULES_PER_TENANT
+from embedscale.jobs.runner.loop import RunnerConfig
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
+from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.records import JobRecord
 from tests.helpers import read_rows
 
 SOCKETS = DEFAULT_MAX_WEBSOCKETS_PER_TENANT

@@ -8,19 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from api.cli import build_parser, main
-from api.settings import DEFAULT_DATA_DIR, Settings
-from api.startup import cluster_spec
-from jobs.service import JobService
-from jobs.states import check_transition
+from embedscale.api.cli.main import build_parser, main
+from embedscale.api.settings import DEFAULT_DATA_DIR, Settings
+from embedscale.api.startup import cluster_spec
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import check_transition
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def embedscale(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSCALE_")}
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
                           text=True, timeout=120, cwd=cwd,
                           env={**environ, "PYTHONPATH": str(ROOT), **env})
 

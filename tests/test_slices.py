@@ -1,4 +1,4 @@
-"""Slices (engine/slices.py): a partition embedded a bounded amount at a time gives exactly the
+"""Slices (engine/tasks/slices.py): a partition embedded a bounded amount at a time gives exactly the
 rows it gives whole, whether its state stays on the worker or is read again; a source changed
 between slices is refused. The runner's side (continuations, one commit per partition, small
 jobs beside a big one) is in tests/test_fair_share.py."""
@@ -11,11 +11,17 @@ import lance
 import numpy as np
 import pytest
 
-from engine import slices
-from engine.slices import ModelRates, PartitionChanged, WorkerStates, chunking_digest, slice_stop
-from engine.tasks import embed_partition
-from jobs.service import JobService
-from jobs.states import JobStatus
+from embedscale.engine.tasks import slices
+from embedscale.engine.tasks.partition_task import embed_partition
+from embedscale.engine.tasks.slices import (
+    ModelRates,
+    PartitionChanged,
+    WorkerStates,
+    chunking_digest,
+    slice_stop,
+)
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
 from tests.corpora import jsonl_corpus
 
 # --- pure parts -------------------------------------------------------------------------------
@@ -132,8 +138,8 @@ def test_a_partition_in_slices_writes_exactly_its_whole_rows(prepared_job, monke
     whole = embed_partition(partition, dataclasses.replace(running.config, slice_seconds=None))
     assert whole.cursor is None and whole.chunks > 20
 
-    monkeypatch.setattr("engine.tasks.RATES", FixedSlices(1))  # a chunk a slice
-    monkeypatch.setattr("engine.tasks.FLUSH_ROWS", 8)  # a fragment every 8 chunks
+    monkeypatch.setattr("embedscale.engine.tasks.partition_task.RATES", FixedSlices(1))  # a chunk a slice
+    monkeypatch.setattr("embedscale.engine.tasks.partition_task.FLUSH_ROWS", 8)  # a fragment every 8 chunks
     sliced_config = dataclasses.replace(running.config, slice_seconds=1.0)
     sliced, n = run_in_slices(partition, sliced_config)
     assert n == whole.chunks
@@ -156,7 +162,7 @@ def in_slices(prepared_job, monkeypatch):
     """The prepared job's one partition, and a config that embeds it 100 tokens a slice."""
     running, source = prepared_job
     (index,) = running.pending
-    monkeypatch.setattr("engine.tasks.RATES", FixedSlices(100))
+    monkeypatch.setattr("embedscale.engine.tasks.partition_task.RATES", FixedSlices(100))
     return (running, source, running.partitions[index],
             dataclasses.replace(running.config, slice_seconds=1.0))
 

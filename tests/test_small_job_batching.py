@@ -6,11 +6,10 @@ import lance
 import pytest
 from distributed import wait
 from distributed.scheduler import KilledWorker
-
-from engine.sink import ChunkTable
-from jobs.runner_events import TaskDone
-from jobs.service import JobService
-from jobs.states import JobStatus
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.runner.events import TaskDone
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from engine.errors import SourceError
-from engine.partitions import FileSlice
-from engine.readers import RecordFields, read_item
-from engine.sources import plan_source, plan_texts
+from embedscale.engine.errors import SourceError
+from embedscale.engine.sources.enumeration import plan_source, plan_texts
+from embedscale.engine.sources.partitions import FileSlice
+from embedscale.engine.sources.readers import RecordFields, read_item
 
 
 def test_directory_is_listed_recursively_without_hidden_files(tmp_path):

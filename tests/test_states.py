@@ -2,8 +2,7 @@
 from itertools import product
 
 import pytest
-
-from jobs.states import (
+from embedscale.jobs.states import (
     ACTIVE,
     CANCELABLE,
     TERMINAL,

@@ -3,21 +3,20 @@ from __future__ import annotations
 
 import duckdb
 import pytest
-
-from engine.documents import Skipped
-from engine.sources import plan_texts
-from jobs.errors import (
+from embedscale.engine.sources.documents import Skipped
+from embedscale.engine.sources.enumeration import plan_texts
+from embedscale.jobs.errors import (
     ConflictError,
     InvalidFieldError,
     NotFoundError,
     StoreLockedError,
     StoreVersionError,
 )
-from jobs.migrations import LATEST_VERSION, MIGRATIONS
-from jobs.records import JobRecord
-from jobs.service import DB_FILE, JobService
-from jobs.states import IllegalTransitionError, JobStatus
-from jobs.store import Store, utcnow
+from embedscale.jobs.service import DB_FILE, JobService
+from embedscale.jobs.states import IllegalTransitionError, JobStatus
+from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.migrations import LATEST_VERSION, MIGRATIONS
+from embedscale.jobs.store.records import JobRecord
 
 
 def new_job(job_id: str, tenant: str = "acme") -> JobRecord:
@@ -96,8 +95,8 @@ def test_the_job_ledger_is_written_with_the_record_of_each_commit(tmp_path):
     """A committed partition's ledger row (the versions its commit read and made, the
     documents it read and replaced) is written with its record, once however often it is
     recorded; the end of a sync is recorded once and drops what its partitions read."""
-    from jobs.store import PartitionDone
-    from jobs.store_ledger import PARTITION, LedgerRow
+    from embedscale.jobs.store.duckdb_store import PartitionDone
+    from embedscale.jobs.store.ledger import PARTITION, LedgerRow
 
     store = Store(tmp_path / "s.duckdb")
     store.insert_job(new_job("j"), plan_texts(["a", "b", "c"], docs_per_partition=1).partitions)
@@ -167,7 +166,7 @@ class _NoDuckDB:
 
 
 def test_job_reads_come_from_memory_and_follow_every_write(tmp_path):
-    from jobs.store import PartitionDone
+    from embedscale.jobs.store.duckdb_store import PartitionDone
 
     store = Store(tmp_path / "s.duckdb")
     plan = plan_texts(["a", "b"], docs_per_partition=1)
@@ -281,7 +280,7 @@ def test_submissions_that_arrive_together_share_one_commit(tmp_path):
 def test_a_batch_of_many_jobs_partitions_is_recorded_exactly_once(tmp_path):
     """One call records partitions of several jobs and tenants: each job's counts, each
     tenant's charge, the jobs that finish succeed; recording the batch again changes nothing."""
-    from jobs.store import PartitionDone
+    from embedscale.jobs.store.duckdb_store import PartitionDone
 
     store = Store(tmp_path / "s.duckdb")
     for job_id, tenant in (("j1", "acme"), ("j2", "acme"), ("j3", "globex")):

@@ -11,10 +11,10 @@ from pathlib import Path
 import cloudpickle
 import lance
 import pytest
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.states import JobStatus
 
-from engine.sink import ChunkTable
-from jobs.errors import InvalidFieldError
-from jobs.states import JobStatus
 from tests import faults
 from tests.test_control_plane import held_writes, release, wait_for
 

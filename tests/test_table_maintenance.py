@@ -1,14 +1,14 @@
-"""Compaction beside the runner (jobs/table_maintenance.py): a table that small jobs splinter into
+"""Compaction beside the runner (jobs/runner/table_maintenance.py): a table that small jobs splinter into
 many fragments is compacted while jobs keep committing to it, and nothing is lost or doubled."""
 from __future__ import annotations
 
 import lance
 import pytest
 
-from engine.sink import ChunkTable
-from jobs.runner import RunnerConfig
-from jobs.service import JobService
-from jobs.states import JobStatus
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.runner.loop import RunnerConfig
+from embedscale.jobs.service import JobService
+from embedscale.jobs.states import JobStatus
 
 pytestmark = pytest.mark.slow
 

@@ -1,17 +1,23 @@
-"""A data dir's tables through engine.tables and the job service, and their errors' statuses."""
+"""A data dir's tables through engine.tables.catalog and the job service, and their errors' statuses."""
 from __future__ import annotations
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api.errors import install_error_handlers
-from engine.errors import TableError, TableNotFoundError
-from engine.models.backend import ModelInfo
-from engine.sink import ChunkTable
-from engine.tables import TableInfo, describe_table, existing_table, list_tables, table_names
-from jobs.errors import InvalidFieldError
-from jobs.service import JobService
+from embedscale.api.server.errors import install_error_handlers
+from embedscale.engine.errors import TableError, TableNotFoundError
+from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.tables.catalog import (
+    TableInfo,
+    describe_table,
+    existing_table,
+    list_tables,
+    table_names,
+)
+from embedscale.jobs.errors import InvalidFieldError
+from embedscale.jobs.service import JobService
 
 MODEL = ModelInfo("tiny", 4, 16, 2)
 

@@ -9,12 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from jobs.errors import InvalidFieldError, NotFoundError
-from jobs.service import JobService
-from jobs.store import Store
-from jobs.tenants import Tenants, check_tenant_name, tenant_data_dir
-from jobs.tiers import load_tiers
+from embedscale.jobs.errors import InvalidFieldError, NotFoundError
+from embedscale.jobs.service import JobService
+from embedscale.jobs.store.duckdb_store import Store
+from embedscale.jobs.tenants.accounts import Tenants, check_tenant_name, tenant_data_dir
+from embedscale.jobs.tenants.tiers import load_tiers
 
 
 class HookedStore:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import shutil
 
-from engine.chunking import ChunkSettings, chunk_texts
-from engine.file_access import FileAccess
-from engine.models import resolve_model
-from engine.sources import plan_source, plan_texts
-from jobs.quotas import CHARS_PER_TOKEN, estimate_chunks
-from jobs.token_density import chars_per_token
+from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
+from embedscale.engine.models import resolve_model
+from embedscale.engine.sources.enumeration import plan_source, plan_texts
+from embedscale.engine.sources.file_access import FileAccess
+from embedscale.jobs.tenants.quotas import CHARS_PER_TOKEN, estimate_chunks
+from embedscale.jobs.token_density import chars_per_token
+
 from tests.conftest import SAMPLE_CORPUS
 
 

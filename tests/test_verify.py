@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from embedscale.api.cli.main import main
+from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.jobs.store.duckdb_store import Store
 
-from api.cli import main
-from engine.sink import ChunkTable
-from jobs.store import Store
 from tests.conftest import SAMPLE_CORPUS
 from tests.helpers import assert_verified, read_rows, run, verify, wait_done
 

@@ -13,8 +13,9 @@ import threading
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from engine.models.backend import EmbeddingModel, ModelInfo, load_model
-from engine.models.registry import ModelSpec
+from embedscale.engine.models.info import EmbeddingModel, ModelInfo
+from embedscale.engine.models.loading import load_model
+from embedscale.engine.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -61,7 +62,7 @@ def _evict_over_budget(keep: tuple) -> None:
     sizes = {k: int(getattr(_models[k], "memory_bytes", 0) or 0) for k in same}
     if sum(sizes.values()) <= 0:
         return
-    from engine.models.memory import model_memory_budget
+    from embedscale.engine.models.memory import model_memory_budget
 
     budget = model_memory_budget(device)
     for k in sorted((k for k in same if k != keep), key=lambda k: _used.get(k, -1)):

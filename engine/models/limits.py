@@ -10,9 +10,9 @@ import functools
 import json
 from pathlib import Path
 
-from engine.models.backend import ModelInfo
-from engine.models.registry import ONNX_PROVIDERS, ModelSpec
-from engine.models.tokenization import special_affixes
+from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.models.registry import ONNX_PROVIDERS, ModelSpec
+from embedscale.engine.models.tokenization import special_affixes
 
 
 @functools.lru_cache(maxsize=64)

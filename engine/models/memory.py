@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from embedscale.engine.models.devices import dask_worker
+
 # Bounds of a GPU batch, in padded tokens. Below 4096 a GPU idles on launch overheads; above
 # 262144 (1024 inputs of 256) a batch no longer runs faster per token, while a partition's
 # batches pipeline worse (fewer of them). benchmarks/gpu_smoke.py sweeps batch sizes to check.
@@ -50,16 +52,14 @@ def device_token_budget(st, device: str, max_tokens: int, dtype: str) -> int:
 
 
 def _torch_dtype(name: str):
-    from engine.models.precision import torch_dtype
+    from embedscale.engine.models.precision import torch_dtype
 
     return torch_dtype(name)
 
 
 def worker_threads() -> int:
     """The Dask worker's thread count (tasks that may run a batch at once); 1 elsewhere."""
-    from engine.models.backend import _dask_worker
-
-    worker = _dask_worker()
+    worker = dask_worker()
     return int(getattr(getattr(worker, "state", None), "nthreads", 1) or 1) if worker else 1
 
 

@@ -24,8 +24,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.errors import ModelError
-from engine.models.onnx_pipeline import Pipeline
+from embedscale.engine.errors import ModelError
+from embedscale.engine.models.onnx_pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -24,18 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ModelError
-from engine.models.backend import (
-    EmbeddingModel,
-    ModelInfo,
-    SentenceTransformerModel,
-    _hub_offline,
-    default_device,
-)
-from engine.models.onnx_export import INPUTS, OUTPUT, exported_model
-from engine.models.onnx_pipeline import read_pipeline
-from engine.models.registry import ModelSpec
-from engine.models.tokenization import chunking_tokenizer
+from embedscale.engine.errors import ModelError
+from embedscale.engine.models.devices import default_device
+from embedscale.engine.models.info import EmbeddingModel, ModelInfo, hub_offline
+from embedscale.engine.models.onnx_export import INPUTS, OUTPUT, exported_model
+from embedscale.engine.models.onnx_pipeline import read_pipeline
+from embedscale.engine.models.registry import ModelSpec
+from embedscale.engine.models.sentence_transformer import SentenceTransformerModel
+from embedscale.engine.models.tokenization import chunking_tokenizer
 
 log = logging.getLogger(__name__)
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -76,7 +72,7 @@ class OnnxModel:
         path = exported_model(folder, pipeline,
                               "int8" if spec.backend == "onnx-int8" else "fp32")
         transformer = pipeline.transformer_folder(folder)
-        with _hub_offline(True):
+        with hub_offline(True):
             hf_tokenizer = AutoTokenizer.from_pretrained(str(transformer))
         chunking = chunking_tokenizer(hf_tokenizer, spec.name)  # as the torch backend's
         self.tokenizer = chunking.tokenizer
@@ -121,7 +117,7 @@ def _model_folder(spec: ModelSpec) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        with _hub_offline(spec.local):
+        with hub_offline(spec.local):
             return Path(snapshot_download(spec.location))
     except Exception as exc:
         raise ModelError(f"cannot load model '{spec.name}' from {spec.location}: "

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.errors import ModelError
+from embedscale.engine.errors import ModelError
 
 # sentence-transformers' pooling flags (its config files, old and new) -> our mode names.
 _POOLING_FLAGS = {

@@ -18,18 +18,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from engine.errors import ModelError, ProviderError, scrub_message
-from engine.models.backend import ModelInfo, _hub_offline
-from engine.models.http_policy import (
+from embedscale.engine.errors import ModelError, ProviderError, scrub_message
+from embedscale.engine.models.http_policy import (
     CircuitBreaker,
     is_retryable,
     parse_retry_after,
     plan_batches,
     retry_delay,
 )
-from engine.models.limits import model_limits
-from engine.models.registry import ModelSpec
-from engine.models.tokenization import special_affixes
+from embedscale.engine.models.info import ModelInfo, hub_offline
+from embedscale.engine.models.limits import model_limits
+from embedscale.engine.models.registry import ModelSpec
+from embedscale.engine.models.tokenization import special_affixes
 
 API_KEY_ENV = "EMBEDSCALE_PROVIDER_API_KEY"
 REQUEST_TOKENS = 8192  # per request: well under OpenAI's 300k, small enough to retry cheaply
@@ -48,7 +48,7 @@ def load_tokenizer(spec: ModelSpec):
     from tokenizers import Tokenizer
 
     try:
-        with _hub_offline(spec.local):
+        with hub_offline(spec.local):
             if spec.local:
                 tokenizer = Tokenizer.from_file(str(Path(spec.location) / "tokenizer.json"))
             else:

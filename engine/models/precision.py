@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from engine.errors import ModelError
+from embedscale.engine.errors import ModelError
 
 DTYPES = ("float32", "float16", "bfloat16")
 DTYPE_ENV = "EMBEDSCALE_DTYPE"

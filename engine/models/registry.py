@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from engine.errors import ModelError
+from embedscale.engine.errors import ModelError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Providers a job may name: where its vectors come from. "onnx" is the same sentence-transformers

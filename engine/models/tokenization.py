@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from engine.errors import ModelError
+from embedscale.engine.errors import ModelError
 
 
 @dataclass(frozen=True, slots=True)

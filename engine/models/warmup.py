@@ -7,9 +7,9 @@ import uuid
 
 from distributed import Client
 
-from engine.models.backend import ModelInfo
-from engine.models.cache import ModelPreloadPlugin, describe_model
-from engine.models.registry import ModelSpec
+from embedscale.engine.models.cache import ModelPreloadPlugin, describe_model
+from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.models.registry import ModelSpec
 
 WARM_UP_PRIORITY = 1_000_000
 # Models a worker that joins later loads at its start: those of the latest jobs. Older models'

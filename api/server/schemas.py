@@ -1,0 +1,161 @@
+"""Response schemas of the HTTP API (requests are jobs.spec.JobSpec and the models below)."""
+from __future__ import annotations
+
+from typing import Any
+
+from embedscale.engine.tables.search import Hit
+from embedscale.jobs.tenants.accounts import TENANT_NAME_PATTERN
+from embedscale.jobs.textcheck import NameStr, Utf8Str
+from pydantic import BaseModel, Field
+
+
+class Progress(BaseModel):
+    partitions: list[int] = Field(description="[done, total]")
+    documents: int
+    chunks: int
+    tokens: int
+    skipped: int
+
+
+class SkippedOut(BaseModel):
+    source: str
+    reason: str
+
+
+class JobOut(BaseModel):
+    """A job: what was asked, where it is, what it did."""
+
+    id: str
+    tenant: str
+    status: str
+    priority: str
+    table: str
+    spec: dict[str, Any]
+    history: list[list[str]]
+    created_at: str
+    updated_at: str
+    started_at: str | None
+    finished_at: str | None
+    estimated_chunks: int
+    partitions_total: int
+    partitions_done: int
+    documents_done: int
+    documents_unchanged: int
+    documents_changed: int = Field(0, description="of documents_done, those that replaced "
+                                                  "older content (upsert, sync)")
+    documents_deleted: int = Field(0, description="sync: documents gone from the source, "
+                                                  "deleted from the table")
+    chunks_done: int
+    tokens_done: int
+    skipped_count: int
+    progress: Progress
+    seconds: float | None
+    chunks_per_s: float = Field(description="chunks embedded per second of run time")
+    tokens_per_s: float = Field(description="tokens embedded per second of run time")
+    eta_seconds: float | None = Field(
+        description="seconds left at the rate so far, from the chunks still expected; null "
+                    "unless running with chunks done and chunks known to remain")
+    expected_chunks: int | None = Field(
+        description="the chunks the job will make in all: estimated_chunks until the job "
+                    "outgrows it, then extrapolated from its finished partitions; once every "
+                    "partition is in, chunks_done")
+    error: str | None
+    error_reason: str | None
+    dashboard_link: str | None
+    schedule_id: str | None = Field(None, description="the schedule whose run this job is")
+    gpu_busy_percent: float | None = Field(
+        None, description="how busy the GPUs were while the job's partitions ran on them "
+                          "(NVML, sampled on the workers); null off GPUs")
+    gpu_peak_memory_bytes: int | None = Field(
+        None, description="the most GPU memory a worker running the job held; null off GPUs")
+    skipped: list[SkippedOut] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class TableOut(BaseModel):
+    name: str
+    rows: int
+    model: str | None
+    dimension: int | None
+
+
+class TableList(BaseModel):
+    tables: list[TableOut]
+
+
+class SearchRequest(BaseModel):
+    # UTF-8 text only (a lone surrogate is a 422 here, not a 500 in the tokenizer); k strict.
+    query: Utf8Str = Field(min_length=1, max_length=10_000)
+    k: int = Field(10, ge=1, le=1000, strict=True)
+    filter: NameStr | None = Field(
+        None, max_length=2000,
+        description="one SQL condition on the table's columns, e.g. source = 'a.md'")
+
+
+class SearchResponse(BaseModel):
+    hits: list[Hit]  # the engine's own record of a hit: doc_id, score, text, metadata, ...
+
+
+class ProblemOut(BaseModel):
+    kind: str = Field(description="a stable name: duplicate_ids, missing_rows, ...")
+    message: str
+    count: int = Field(description="rows (or ids) concerned")
+    examples: list[str] = Field(description="a few of the row ids or job ids concerned")
+    severity: str = Field(description="error (the table is not sound) or warning")
+
+
+class VerifyOut(BaseModel):
+    """A table checked against itself and the job ledger (`embedscale verify`)."""
+
+    table: str
+    tenant: str
+    ok: bool = Field(description="no error among the problems")
+    rows: int
+    model: str | None
+    dimension: int | None
+    jobs: int = Field(description="jobs the ledger records for this table")
+    problems: list[ProblemOut]
+
+
+class TenantCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=64, pattern=TENANT_NAME_PATTERN)
+    tier: NameStr = Field(min_length=1, max_length=64)
+
+
+class TenantUpdate(BaseModel):
+    tier: NameStr | None = Field(None, min_length=1, max_length=64)
+    daily_chunks: int | None = Field(None, ge=0, strict=True,
+                                     description="override of the tier's quota")
+    max_concurrent_jobs: int | None = Field(None, ge=0, strict=True)
+
+
+class TenantOut(BaseModel):
+    name: str
+    tier: str
+    daily_chunks: int | None
+    max_concurrent_jobs: int | None
+    created_at: str
+
+
+class TenantCreated(TenantOut):
+    api_key: str = Field(description="shown once: only its hash is stored")
+
+
+class TenantKey(BaseModel):
+    name: str
+    api_key: str = Field(description="shown once; the tenant's older keys are revoked")
+
+
+class ClusterOut(BaseModel):
+    scheduler: str | None = Field(description="null unless the operator exposes the dashboard")
+    dashboard_link: str | None = Field(description="null unless the operator exposes it")
+    workers: int
+    threads: int
+
+
+class ErrorOut(BaseModel):
+    detail: Any

@@ -1,0 +1,1 @@
+"""Chunking: documents cut into token-sized chunks with the model's own tokenizer."""

@@ -1,0 +1,1 @@
+"""Clusters: starting or reaching Dask, specs, TLS, autoscaling, GPU placement and recovery."""

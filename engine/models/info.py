@@ -1,0 +1,71 @@
+"""What every embedding model is, whatever runs it: `ModelInfo` (what the driver knows of a
+model without loading it) and `EmbeddingModel` (what a loaded one does), and the helpers each
+provider shares."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the driver needs to know of a model without loading it: for the table schema and
+    for validating chunk sizes."""
+
+    name: str
+    dimension: int
+    max_tokens: int  # the longest input, special tokens included, the model accepts
+    special_tokens: int  # how many special tokens wrap every input ([CLS] ... [SEP] = 2)
+    provider: str = "sentence-transformers"  # where the vectors come from (ModelSpec.backend)
+    provider_url: str | None = None  # "openai": the endpoint's base URL
+    dtype: str = "float32"  # what the loaded model computes in (engine.models.precision)
+
+
+class EmbeddingModel(Protocol):
+    """A loaded model. `tokenizer` is a `tokenizers.Tokenizer` with no truncation, padding or
+    special tokens; `wrap` adds the special tokens the model expects."""
+
+    info: ModelInfo
+    tokenizer: object
+    device: str
+
+    def wrap(self, content_ids: np.ndarray) -> np.ndarray: ...
+
+    def embed_token_ids(self, batch: list[np.ndarray]) -> np.ndarray: ...
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+@contextmanager
+def hub_offline(enabled: bool) -> Iterator[None]:
+    # Local folders must never reach for the hub (there may be no network at all).
+    if not enabled:
+        yield
+        return
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def pad_batch(batch: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs of several lengths as one [rows, longest] id matrix (pad_id after each) and its
+    attention mask, with no per-row Python loop: one concatenate and one masked assignment
+    (row-major order fills each row's leading cells with that row's ids)."""
+    lengths = np.fromiter(map(len, batch), np.int64, len(batch))
+    width = int(lengths.max()) if len(batch) else 0
+    mask = np.arange(width) < lengths[:, None]
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    if len(batch):
+        input_ids[mask] = np.concatenate(batch)
+    return input_ids, mask.astype(np.int64)

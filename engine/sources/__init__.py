@@ -1,0 +1,1 @@
+"""Sources: listing files and object stores into partitions, and reading documents safely."""

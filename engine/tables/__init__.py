@@ -1,0 +1,1 @@
+"""Tables: schema, catalog, search, maintenance, and whole-table commits (undo, sync, verify)."""

@@ -1,0 +1,1 @@
+"""Tasks: what runs on a worker (a partition, a slice of one, an embedding request)."""

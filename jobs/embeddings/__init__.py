@@ -1,0 +1,1 @@
+"""POST /v1/embeddings in the control plane: requests checked and gathered into model calls."""

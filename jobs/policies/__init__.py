@@ -1,0 +1,1 @@
+"""The runner's pure policies: no cluster, no database, only decisions on data."""

@@ -1,0 +1,1 @@
+"""The runner: the one driver loop that feeds the cluster, commits and ends jobs."""

@@ -1,0 +1,40 @@
+"""How hard the runner pushes and how it retries: one settings object for the whole loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embedscale.jobs.policies.decisions import RetryPolicy
+from embedscale.jobs.runner.feeder import FeedConfig
+from embedscale.jobs.runner.table_maintenance import COMPACT_AFTER_FRAGMENTS
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How hard the runner pushes and how it retries."""
+
+    max_attempts: int = 3  # per partition, before the job fails
+    backoff_seconds: float = 1.0  # first retry delay; doubles each attempt
+    backoff_max_seconds: float = 60.0
+    slots_per_thread: int = FeedConfig.slots_per_thread
+    token_budget: int | None = None
+    prepare_threads: int = 2  # jobs warming their model / checking their table at once
+    small_partition_bytes: int = FeedConfig.small_partition_bytes
+    batch_partitions: int = FeedConfig.batch_partitions
+    batch_bytes: int = FeedConfig.batch_bytes
+    express_per_thread: int = FeedConfig.express_per_thread
+    # Seconds of model time a task spends on a partition before it yields its worker
+    # (engine.tasks.slices); None runs each partition whole in one task. What a small job waits
+    # behind a big one's running slice at most.
+    slice_seconds: float | None = 1.0
+    # Fragments a table takes from commits before it is compacted (jobs/runner/table_maintenance.py);
+    # None: never.
+    compact_after_fragments: int | None = COMPACT_AFTER_FRAGMENTS
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.max_attempts, self.backoff_seconds, self.backoff_max_seconds)
+
+    @property
+    def feed(self) -> FeedConfig:
+        return FeedConfig(self.slots_per_thread, self.small_partition_bytes,
+                          self.batch_partitions, self.batch_bytes, self.express_per_thread)

@@ -1,0 +1,326 @@
+"""The runner's hands on the cluster: which pending partitions go out as Dask tasks now, and
+what a finished task means for each partition it carried.
+
+At most `slots` tasks are in flight, chosen in the fair order of `jobs.policies.scheduling`. Small inline
+partitions of different jobs share one task, so their texts share the model's forward passes
+(engine.tasks.partition_task.embed_partitions); each still commits, charges and retries on its own.
+
+A task whose workers all died (Dask's KilledWorker) says nothing about which partition killed
+them: a worker runs one task and holds the next, and both are lost with it. So each partition
+of such a task becomes a suspect and runs again alone on the cluster, nothing beside it: one
+that kills its workers then is the culprit and fails its job; one that finishes was only
+standing beside it, and no attempt is counted against its job.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from distributed import Client, Future
+from distributed.scheduler import KilledWorker
+
+from embedscale.engine.errors import error_line
+from embedscale.engine.sources.partitions import InlineText, Partition
+from embedscale.engine.tasks.partition_task import (
+    PartitionFailed,
+    embed_partition,
+    embed_partitions,
+)
+from embedscale.jobs.policies.scheduling import JobView, choose, dask_priority
+from embedscale.jobs.runner.preparation import RunningJob
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A partition's task returned its result (engine.tasks.partition_task.PartitionResult)."""
+
+    job: RunningJob
+    index: int
+    result: object
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A partition failed: `exc` raised by its task, or `message` from a shared task."""
+
+    job: RunningJob
+    index: int
+    exc: BaseException | None
+    message: str | None = None
+
+    @property
+    def killed_workers_alone(self) -> bool:
+        """Its workers died while it ran alone: it killed them."""
+        return isinstance(self.exc, KilledWorker)
+
+
+Outcome = Completed | Failed
+
+
+def failure_line(exc: BaseException | None) -> str:
+    """The error recorded for a partition whose task raised `exc`."""
+    if isinstance(exc, KilledWorker):  # only a partition that ran alone is failed by it
+        return ("KilledWorker: each worker that ran this partition alone died (out of memory, "
+                "or crashed); it is not tried again")
+    return error_line(exc)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """How many tasks go out and which partitions share one."""
+
+    slots_per_thread: int = 2  # tasks in flight per worker thread: one running, one queued
+    # Inline partitions this small ride together in one task, up to `batch_partitions` of
+    # them (measured on bench_api_load: one task per few-sentence job left the model idle
+    # between Dask round trips).
+    small_partition_bytes: int = 16 * 1024
+    batch_partitions: int = 64
+    # ...and up to this many bytes of text in all, so that a shared task stays as short as
+    # a slice of a big partition (a worker must become free every few seconds).
+    batch_bytes: int = 64 * 1024
+    # Tasks per worker thread that small jobs with nothing in flight may send beyond the
+    # slots (the express lane): a small job need not wait for a slot held by a big job's
+    # queued slices; with a higher Dask priority it runs as soon as the running slice ends.
+    express_per_thread: int = 1
+
+
+class Feeder:
+    """Submits partitions of the runner's jobs and sorts out what comes back. Owned by the
+    runner's thread; `on_done` is called by Dask's callback thread (it only enqueues)."""
+
+    def __init__(self, client: Callable[[], Client], config: FeedConfig,
+                 on_done: Callable[[Future], None],
+                 workers: Callable[[], list[str]] = list) -> None:
+        self._client, self.config, self._on_done = client, config, on_done
+        self._workers = workers
+        self.tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
+        self._suspects: deque[tuple[str, int]] = deque()  # to run alone, in order
+        self._pinned: dict[str, str] = {}  # task key -> the worker it must run on
+        self._alone: str | None = None  # the key of the suspect running alone
+
+    def __len__(self) -> int:
+        """Tasks submitted and not yet handled."""
+        return len(self.tasks)
+
+    # --- sending --------------------------------------------------------------------------
+
+    def feed(self, jobs: Mapping[str, RunningJob], threads: int, now: float) -> None:
+        """Submit what fits: a suspect alone once the cluster is empty; or else the fair
+        order's picks for `slots_per_thread` tasks per worker thread (one running, one
+        queued), small ones sharing tasks; and then small jobs with nothing in flight on the
+        express lane, up to `express_per_thread` tasks per thread more, so they never wait
+        for a big job's queued slices to leave a slot."""
+        if self._alone is not None or self._run_a_suspect(jobs, now):
+            return
+        if not jobs:
+            return
+        slots = max(1, threads) * self.config.slots_per_thread
+        # A job may fill the whole cluster when it runs alone.
+        self._send(jobs, list(jobs.values()), slots - len(self.tasks), slots, now)
+        express = slots + max(1, threads) * self.config.express_per_thread - len(self.tasks)
+        small = [job for job in jobs.values() if self._express(job)]
+        if express > 0 and small:
+            self._send(jobs, small, express, 1, now)
+
+    def _express(self, job: RunningJob) -> bool:
+        """A small job waiting to start: nothing in flight, all it has left is small."""
+        return (not job.in_flight and bool(job.pending) and not job.progress
+                and len(job.pending) <= self.config.batch_partitions
+                and all(job.partitions[i].size_bytes <= self.config.small_partition_bytes
+                        for i in job.pending))
+
+    def _send(self, jobs: Mapping[str, RunningJob], candidates: list[RunningJob], free: int,
+              per_job_cap: int, now: float) -> None:
+        """Submit up to `free` tasks of `candidates`' pending partitions in the fair order."""
+        if free <= 0:
+            return
+        views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
+                                      j.tier.weight, j.submitted_at, len(j.pending),
+                                      len(j.in_flight), j.served_at) for j in candidates}
+        tenant_load: dict[str, int] = {}
+        for job in jobs.values():  # every job's tasks count toward its tenant's share
+            tenant_load[job.record.tenant] = (tenant_load.get(job.record.tenant, 0)
+                                              + len(job.in_flight))
+        # The policy's fair order, for more partitions than there are slots only when small
+        # ones can share a task.
+        sharing = any(job.pending and self._batchable(job, job.pending[0])
+                      for job in candidates)
+        picks = free * self.config.batch_partitions if sharing else free
+        order = choose(list(views.values()), picks, now, per_job_cap)
+        tasks: list[list[tuple[RunningJob, int, int]]] = []
+        batch: list[tuple[RunningJob, int, int]] = []
+        batch_bytes = 0
+        for job_id in order:
+            job = jobs[job_id]
+            index = job.pending[0]
+            size = job.partitions[index].size_bytes
+            small = self._batchable(job, index)
+            if small and batch and (len(batch) >= self.config.batch_partitions
+                                    or batch_bytes + size > self.config.batch_bytes
+                                    or batch[0][0].config.model != job.config.model):
+                tasks.append(batch)
+                batch, batch_bytes = [], 0
+            opens_a_task = not small or not batch
+            if opens_a_task and len(tasks) + (1 if batch else 0) >= free:
+                break
+            job.pending.popleft()
+            tenant = job.record.tenant
+            priority = dask_priority(views[job_id], now, tenant_load[tenant])
+            tenant_load[tenant] += 1
+            if small:
+                batch.append((job, index, priority))
+                batch_bytes += size
+            else:
+                tasks.append([(job, index, priority)])
+        if batch:
+            tasks.append(batch)
+        for members in tasks:
+            self._submit([(job, index) for job, index, _ in members],
+                         max(priority for _, _, priority in members))
+            for job, _, _ in members:
+                job.served_at = now
+
+    def _run_a_suspect(self, jobs: Mapping[str, RunningJob], now: float) -> bool:
+        """Whether suspects hold the cluster: nothing new goes out until they have run."""
+        while self._suspects and not self.tasks:
+            job_id, index = self._suspects.popleft()
+            job = jobs.get(job_id)
+            if job is None or index not in job.suspects:
+                continue  # its job ended meanwhile
+            job.suspects.discard(index)
+            self._alone = self._submit([(job, index)], priority=0)
+            return True
+        return bool(self._suspects)
+
+    def _batchable(self, job: RunningJob, index: int) -> bool:
+        part: Partition = job.partitions[index]
+        return (index not in job.solo and not job.attempts.get(index)
+                and part.size_bytes <= self.config.small_partition_bytes
+                and all(isinstance(i, InlineText) for i in part.items))
+
+    def _submit(self, members: list[tuple[RunningJob, int]], priority: int) -> str:
+        client = self._client()
+        if len(members) == 1:
+            job, index = members[0]
+            # The job, partition and attempt, for the dashboard; then a fresh part, as a
+            # partition that ran alone after its task died runs again on the same attempt.
+            key = (f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}-"
+                   f"{uuid.uuid4().hex[:8]}")
+            held = job.progress.get(index)
+            cursor = held.cursor if held is not None else None
+            # The next slice goes back to the worker that holds the partition's state
+            # (engine.tasks.slices), while it is alive; anywhere else it is read again.
+            holder = cursor.holder if cursor is not None else ""
+            pin = ({"workers": [holder], "allow_other_workers": True}
+                   if holder and holder in self._workers() else {})
+            future = client.submit(embed_partition, job.partitions[index], job.config, cursor,
+                                   pure=False, key=key, priority=priority, **pin)
+            if pin:
+                self._pinned[future.key] = holder
+        else:
+            key = f"embed-partitions-{uuid.uuid4().hex}"
+            future = client.submit(embed_partitions, [(job.partitions[i], job.config)
+                                                      for job, i in members],
+                                   pure=False, key=key, priority=priority)
+        self.tasks[future.key] = [(job.record.id, index) for job, index in members]
+        for job, index in members:
+            job.in_flight[index] = future
+        future.add_done_callback(self._on_done)
+        return future.key
+
+    # --- receiving ------------------------------------------------------------------------
+
+    def done(self, future: Future, jobs: Mapping[str, RunningJob]) -> list[Outcome]:
+        """What a finished task means for each live partition it carried. Partitions of a
+        task that failed as a whole are put back to run again, alone, with no attempt
+        counted: shared tasks go back to the queue, tasks whose workers died become
+        suspects."""
+        # Kept in `tasks` until sorted out: what the runner re-runs (`forget`) if this fails.
+        members = self.tasks.get(future.key, [])
+        ran_alone = future.key == self._alone
+        live: list[tuple[int, RunningJob, int]] = []
+        for position, (job_id, index) in enumerate(members):
+            job = jobs.get(job_id)
+            if job is not None and job.in_flight.get(index) is future:
+                del job.in_flight[index]
+                live.append((position, job, index))
+        outcomes: list[Outcome] = []
+        if future.status == "finished" and live:
+            results = future.result()
+            results = results if isinstance(results, list) else [results]
+            for position, job, index in live:
+                result = results[position]
+                if isinstance(result, PartitionFailed):
+                    outcomes.append(Failed(job, index, None, result.error))
+                    continue
+                held = job.progress.pop(index, None)
+                if held is not None:
+                    result = held.add_slice(result)
+                if result.cursor is not None:  # a slice: the rest waits its turn
+                    job.progress[index] = result
+                    job.pending.appendleft(index)
+                else:
+                    outcomes.append(Completed(job, index, result))
+        elif future.status == "cancelled":
+            # Not by this feeder: it forgets its own cancels' partitions before it cancels
+            # (cancel_for, unpin_lost). The client cancels every open future when it loses
+            # the scheduler and reconnects; the partitions go back, with any slices held.
+            for _, job, index in live:
+                job.pending.appendleft(index)
+        elif future.status != "finished":
+            exc = future.exception()
+            for _, job, index in live:
+                # The partition runs again from its start: the fragments of its earlier
+                # slices are never committed.
+                job.progress.pop(index, None)
+                if isinstance(exc, KilledWorker) and not ran_alone:
+                    job.suspects.add(index)
+                    self._suspects.append((job.record.id, index))
+                elif len(members) > 1:
+                    job.solo.add(index)
+                    job.pending.appendleft(index)
+                else:
+                    outcomes.append(Failed(job, index, exc))
+        self.forget(future)
+        return outcomes
+
+    def forget(self, future: Future) -> None:
+        """Stop tracking a task: sorted out, or its outcome could not be handled."""
+        self.tasks.pop(future.key, None)
+        self._pinned.pop(future.key, None)
+        if future.key == self._alone:
+            self._alone = None
+        future.release()
+
+    def unpin_lost(self, jobs: Mapping[str, RunningJob], alive: set[str]) -> None:
+        """Send again, to any worker, the slices pinned to a worker that is gone. Dask would
+        run them elsewhere while other workers live, but one that finds no worker alive
+        waits for its own for ever, even once new workers join (a one-worker cluster whose
+        worker restarted); the state it was sent to is lost with its worker anyway. No
+        workers known (the scheduler out of reach) says nothing: nothing is sent again."""
+        if not alive:
+            return
+        for key, holder in list(self._pinned.items()):
+            if holder in alive:
+                continue
+            del self._pinned[key]
+            for job_id, index in self.tasks.pop(key, []):
+                job = jobs.get(job_id)
+                future = job.in_flight.pop(index, None) if job is not None else None
+                if future is not None:
+                    future.cancel()
+                    job.pending.appendleft(index)
+
+    def cancel_for(self, job: RunningJob) -> None:
+        """Cancel a dropped job's tasks that carry no other job's partitions."""
+        for future in job.in_flight.values():
+            if len(self.tasks.get(future.key, ())) <= 1:
+                future.cancel()
+
+    def cancel_all(self, jobs: Mapping[str, RunningJob]) -> None:
+        """Cancel every task in flight (at stop: they run again after a restart)."""
+        for job in jobs.values():
+            for future in job.in_flight.values():
+                future.cancel()

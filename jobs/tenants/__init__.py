@@ -1,0 +1,1 @@
+"""Tenants: accounts, tiers, API keys, daily quotas and promised chunks."""
