@@ -1,5 +1,6 @@
 """embedscale's settings: one object, from command-line flags over EMBEDSCALE_* variables over
 the defaults, for every command (`run`, `jobs`, `tenants`, `search` and `serve`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,21 @@ DEFAULT_DATA_DIR = Path("./embedscale-data")
 # Flags of the `embedscale` commands (argparse dests) -> the setting each one sets. A flag not
 # given leaves the variable's value, or the default.
 FLAG_SETTINGS = {
-    "data_dir": "data_dir", "tables_uri": "tables_uri", "host": "host", "port": "port",
+    "data_dir": "data_dir",
+    "tables_uri": "tables_uri",
+    "host": "host",
+    "port": "port",
     "scheduler": "scheduler",
-    "cluster": "cluster", "workers": "workers", "allow_root": "allow_roots",
-    "tiers": "tiers_file", "max_document_bytes": "max_document_bytes",
-    "allow_model": "allowed_models", "dashboard_address": "dashboard_address",
+    "cluster": "cluster",
+    "workers": "workers",
+    "allow_root": "allow_roots",
+    "tiers": "tiers_file",
+    "max_document_bytes": "max_document_bytes",
+    "allow_model": "allowed_models",
+    "dashboard_address": "dashboard_address",
     "allow_provider_url": "allowed_provider_urls",
-    "expose_dashboard": "expose_dashboard", "log_format": "log_format",
+    "expose_dashboard": "expose_dashboard",
+    "log_format": "log_format",
     "max_request_bytes": "max_request_bytes",
     "max_websockets_per_tenant": "max_websockets_per_tenant",
     "max_schedules_per_tenant": "max_schedules_per_tenant",
@@ -95,8 +104,13 @@ class Settings(BaseSettings):
     def from_args(cls, args: argparse.Namespace) -> Settings:
         """The settings of a command: its flags (those it has and was given) over the
         EMBEDSCALE_* variables over the defaults."""
-        return cls(**{setting: getattr(args, flag) for flag, setting in FLAG_SETTINGS.items()
-                      if getattr(args, flag, None) is not None})
+        return cls(
+            **{
+                setting: getattr(args, flag)
+                for flag, setting in FLAG_SETTINGS.items()
+                if getattr(args, flag, None) is not None
+            }
+        )
 
     def resolved_admin_key(self) -> str | None:
         """The admin key from the variable or the file; None means no admin routes at all."""

@@ -1,5 +1,6 @@
 """What the settings start, the same for every command: the data dir's job service and the
 spec of the cluster jobs run on."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,9 @@ def cluster_spec(settings: Settings, worker_log_level: str | None = None) -> Clu
     _check_tables_reachable(settings, spec)
     if spec.kind == "address":
         return spec
-    address = (spec.dashboard_address if settings.dashboard_address is None
-               else settings.dashboard_address)
+    address = (
+        spec.dashboard_address if settings.dashboard_address is None else settings.dashboard_address
+    )
     return dataclasses.replace(
         spec,
         n_workers=spec.n_workers if settings.workers is None else settings.workers,
@@ -47,7 +49,8 @@ def _check_tables_reachable(settings: Settings, spec: ClusterSpec) -> None:
             f"--data-dir {settings.data_dir} is relative to this machine, but jobs run on the "
             f"remote cluster at {spec.address}, whose every worker must reach the tables: give "
             "--tables-uri s3://bucket/prefix (or EMBEDSCALE_TABLES_URI), or an absolute "
-            "--data-dir on a filesystem every worker mounts at the same path")
+            "--data-dir on a filesystem every worker mounts at the same path"
+        )
 
 
 def storage_options(settings: Settings) -> StorageOptions:
@@ -68,21 +71,26 @@ def tables_home(settings: Settings, check: bool = False) -> Path | Location:
     return home
 
 
-def open_service(settings: Settings, local_user: bool = False,
-                 parallelism: int | None = None) -> JobService:
+def open_service(
+    settings: Settings, local_user: bool = False, parallelism: int | None = None
+) -> JobService:
     """The job service of the settings' data dir, without a cluster yet: a locked or damaged
     DuckDB file fails here, before a cluster is started for nothing. `local_user`: the CLI's
     own user, who may read any path and load any model (the allow-lists are for tenants); the
     server's long-running service alone prunes ended jobs' inline texts (job_retention_days)."""
     home = tables_home(settings, check=True)
     return JobService(
-        settings.data_dir, None, settings.tiers_file,
+        settings.data_dir,
+        None,
+        settings.tiers_file,
         tables_uri=home.uri if isinstance(home, Location) else None,
         # Object-store sources use them too, tables on a local disk or not.
         storage=home.options if isinstance(home, Location) else storage_options(settings),
         allowed_roots=None if local_user else [str(r) for r in settings.allow_roots],
-        parallelism=parallelism, max_document_bytes=settings.max_document_bytes,
+        parallelism=parallelism,
+        max_document_bytes=settings.max_document_bytes,
         allowed_models=None if local_user else list(settings.allowed_models),
         allowed_provider_urls=None if local_user else list(settings.allowed_provider_urls),
         max_schedules_per_tenant=settings.max_schedules_per_tenant,
-        job_retention_days=None if local_user else settings.job_retention_days)
+        job_retention_days=None if local_user else settings.job_retention_days,
+    )

@@ -8,6 +8,7 @@ time, through plain `SentenceTransformer.encode` in this process, and the ratio 
 
     python benchmarks/bench_embeddings_api.py [--clients 16] [--seconds 30] [--workers 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,12 +33,17 @@ MODEL = "all-MiniLM-L6-v2"
 
 def make_request(rng: random.Random) -> list[str]:
     """1-8 short inputs (a sentence, with a number so that no two requests are alike)."""
-    return [f"{rng.choice(SENTENCES)} ({rng.randrange(10_000)})"
-            for _ in range(rng.randint(1, 8))]
+    return [f"{rng.choice(SENTENCES)} ({rng.randrange(10_000)})" for _ in range(rng.randint(1, 8))]
 
 
-async def client_loop(url: str, key: str, seed: int, until: float,
-                      sent: list[tuple[list[str], float]], errors: list[str]) -> None:
+async def client_loop(
+    url: str,
+    key: str,
+    seed: int,
+    until: float,
+    sent: list[tuple[list[str], float]],
+    errors: list[str],
+) -> None:
     rng = random.Random(seed)
     async with AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0) as client:
         while time.monotonic() < until:
@@ -58,13 +64,15 @@ def metric(url: str, name: str) -> float:
     return 0.0
 
 
-async def load(url: str, key: str, clients: int, seconds: float
-               ) -> tuple[list[tuple[list[str], float]], list[str], float]:
+async def load(
+    url: str, key: str, clients: int, seconds: float
+) -> tuple[list[tuple[list[str], float]], list[str], float]:
     sent: list[tuple[list[str], float]] = []
     errors: list[str] = []
     began = time.monotonic()
-    await asyncio.gather(*(client_loop(url, key, seed, began + seconds, sent, errors)
-                           for seed in range(clients)))
+    await asyncio.gather(
+        *(client_loop(url, key, seed, began + seconds, sent, errors) for seed in range(clients))
+    )
     return sent, errors, time.monotonic() - began
 
 
@@ -104,10 +112,18 @@ def main() -> None:
         try:
             wait_ready(url)
             admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-            key = httpx.post(f"{url}/v1/tenants", headers=admin, timeout=30, json={
-                "name": "bench", "tier": "enterprise"}).json()["api_key"]
-            httpx.patch(f"{url}/v1/tenants/bench", headers=admin, timeout=30,
-                        json={"daily_chunks": 10_000_000})
+            key = httpx.post(
+                f"{url}/v1/tenants",
+                headers=admin,
+                timeout=30,
+                json={"name": "bench", "tier": "enterprise"},
+            ).json()["api_key"]
+            httpx.patch(
+                f"{url}/v1/tenants/bench",
+                headers=admin,
+                timeout=30,
+                json={"daily_chunks": 10_000_000},
+            )
             asyncio.run(load(url, key, 2, 3.0))  # warm: both workers, the HTTP path
             calls0 = metric(url, "embedscale_embedding_model_calls")
             inputs0 = metric(url, "embedscale_embedding_inputs")
@@ -119,11 +135,15 @@ def main() -> None:
     latencies = [s for _, s in sent]
     texts = sum(len(t) for t, _ in sent)
     rps = len(sent) / wall
-    print(f"/v1/embeddings: {args.clients} clients, {args.workers} workers, {wall:.1f} s: "
-          f"{len(sent)} requests ({texts} inputs), {len(errors)} errors")
-    print(f"  {rps:.1f} requests/s, {texts / wall:.1f} inputs/s; latency p50 "
-          f"{pct(latencies, 50) * 1000:.0f} ms, p95 {pct(latencies, 95) * 1000:.0f} ms, "
-          f"p99 {pct(latencies, 99) * 1000:.0f} ms")
+    print(
+        f"/v1/embeddings: {args.clients} clients, {args.workers} workers, {wall:.1f} s: "
+        f"{len(sent)} requests ({texts} inputs), {len(errors)} errors"
+    )
+    print(
+        f"  {rps:.1f} requests/s, {texts / wall:.1f} inputs/s; latency p50 "
+        f"{pct(latencies, 50) * 1000:.0f} ms, p95 {pct(latencies, 95) * 1000:.0f} ms, "
+        f"p99 {pct(latencies, 99) * 1000:.0f} ms"
+    )
     print(f"  {calls:.0f} model calls (cluster tasks), {inputs / max(calls, 1):.1f} inputs each")
     # torch's default (every core) and one thread: on a shared machine the default's threads
     # wait on each other (p95 ten times p50, measured here), so the better one is the baseline.
@@ -131,10 +151,12 @@ def main() -> None:
     for threads in sorted({1, os.cpu_count() or 1}):
         base_wall, base_latencies = baseline([t for t, _ in sent], threads)
         best = max(best, len(sent) / base_wall)
-        print(f"baseline, SentenceTransformer.encode in process, one request at a time, "
-              f"{threads} torch thread(s): {len(sent) / base_wall:.1f} requests/s, latency p50 "
-              f"{pct(base_latencies, 50) * 1000:.0f} ms, p95 "
-              f"{pct(base_latencies, 95) * 1000:.0f} ms")
+        print(
+            f"baseline, SentenceTransformer.encode in process, one request at a time, "
+            f"{threads} torch thread(s): {len(sent) / base_wall:.1f} requests/s, latency p50 "
+            f"{pct(base_latencies, 50) * 1000:.0f} ms, p95 "
+            f"{pct(base_latencies, 95) * 1000:.0f} ms"
+        )
     print(f"ratio (API requests/s / the better baseline's): {rps / best:.2f}x")
 
 

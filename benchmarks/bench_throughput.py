@@ -12,6 +12,7 @@ checked against the torch rows: the minimum cosine over every row is printed.
     python benchmarks/bench_throughput.py [--chunks 2000] [--processes 2] [--corpus both]
         [--providers sentence-transformers,onnx]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,14 +68,16 @@ def chunk_corpus(corpus: Path) -> tuple[list[str], int]:
     settings = ChunkSettings.for_model(model.info)
     texts = [p.read_text() for p in sorted(corpus.glob("*.txt"))]
     chunks = chunk_texts(texts, model.tokenizer, settings)
-    pieces = [texts[d][s:e] for d, s, e in zip(chunks.doc_index, chunks.char_start,
-                                                chunks.char_end)]
+    pieces = [
+        texts[d][s:e] for d, s, e in zip(chunks.doc_index, chunks.char_start, chunks.char_end)
+    ]
     tokens = sum(len(ids) + settings.special_tokens for ids in chunks.content_ids)
     return pieces, tokens
 
 
-def embedscale_runs(corpus: Path, data_dir: Path, processes: int,
-                    providers: list[str]) -> dict[str, tuple]:
+def embedscale_runs(
+    corpus: Path, data_dir: Path, processes: int, providers: list[str]
+) -> dict[str, tuple]:
     """Per provider, (seconds, chunks, tokens) through the one driver loop, the job runner that
     `embedscale run`, the API and `run_embedding` all use, on one warm cluster; each provider
     writes its own table, `bench-<provider>`."""
@@ -85,12 +88,21 @@ def embedscale_runs(corpus: Path, data_dir: Path, processes: int,
     runs = {}
     with start_cluster(spec) as cluster:
         for provider in providers:  # every model loaded (and exported) before any timing
-            warm = EmbedRequest(table=f"warm-{provider}", texts=["warm up"],
-                                data_dir=str(data_dir), provider=provider)
+            warm = EmbedRequest(
+                table=f"warm-{provider}",
+                texts=["warm up"],
+                data_dir=str(data_dir),
+                provider=provider,
+            )
             run_embedding(warm, cluster)
         for provider in providers:
-            request = EmbedRequest(table=f"bench-{provider}", source=str(corpus),
-                                   data_dir=str(data_dir), mode="overwrite", provider=provider)
+            request = EmbedRequest(
+                table=f"bench-{provider}",
+                source=str(corpus),
+                data_dir=str(data_dir),
+                mode="overwrite",
+                provider=provider,
+            )
             summary = run_embedding(request, cluster)
             runs[f"embedscale {provider}"] = (summary.seconds, summary.chunks, summary.tokens)
     return runs
@@ -105,8 +117,11 @@ def min_cosine(data_dir: Path, table: str, reference: str) -> tuple[float, int]:
     from embedscale.engine.sink.lance_sink import ChunkTable
 
     def vectors(name: str) -> dict[str, np.ndarray]:
-        rows = lance.dataset(ChunkTable(data_dir, name).uri).to_table(
-            columns=["id", "vector"]).to_pylist()
+        rows = (
+            lance.dataset(ChunkTable(data_dir, name).uri)
+            .to_table(columns=["id", "vector"])
+            .to_pylist()
+        )
         return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     got, ref = vectors(table), vectors(reference)
@@ -129,43 +144,61 @@ def bench_corpus(kind: str, chunks: int, processes: int, providers: list[str]) -
             print(f"{kind}: no documents on this machine; skipped")
             return
         pieces, tokens = chunk_corpus(corpus)
-        print(f"{kind} corpus: {files} files, {len(pieces)} chunks, {tokens} tokens; "
-              f"{processes} processes x 1 thread")
+        print(
+            f"{kind} corpus: {files} files, {len(pieces)} chunks, {tokens} tokens; "
+            f"{processes} processes x 1 thread"
+        )
         # Baseline, embedscale, baseline again: these machines drift by 10-20% over minutes,
         # and the mean of the two baselines brackets embedscale's run in time.
         before = plain_encode(pieces, processes)
         runs = embedscale_runs(corpus, Path(tmp) / "data", processes, providers)
         after = plain_encode(pieces, processes)
-        checks = [(p, *min_cosine(Path(tmp) / "data", f"bench-{p}",
-                                  "bench-sentence-transformers"))
-                  for p in providers if p != "sentence-transformers"
-                  and "sentence-transformers" in providers]
+        checks = [
+            (p, *min_cosine(Path(tmp) / "data", f"bench-{p}", "bench-sentence-transformers"))
+            for p in providers
+            if p != "sentence-transformers" and "sentence-transformers" in providers
+        ]
     base_s = (before + after) / 2
     print(f"{'':34}{'seconds':>10}{'chunks/s':>12}{'tokens/s':>12}{'ratio':>8}")
-    for name, seconds in (("plain encode, before", before), ("plain encode, after", after),
-                          ("plain encode (baseline)", base_s)):
-        print(f"{name:34}{seconds:10.1f}{len(pieces) / seconds:12.1f}"
-              f"{tokens / seconds:12.0f}{base_s / seconds:8.3f}")
+    for name, seconds in (
+        ("plain encode, before", before),
+        ("plain encode, after", after),
+        ("plain encode (baseline)", base_s),
+    ):
+        print(
+            f"{name:34}{seconds:10.1f}{len(pieces) / seconds:12.1f}"
+            f"{tokens / seconds:12.0f}{base_s / seconds:8.3f}"
+        )
     for name, (seconds, n_chunks, n_tokens) in runs.items():
         assert n_chunks == len(pieces), (name, n_chunks, len(pieces))
-        print(f"{name:34}{seconds:10.1f}{n_chunks / seconds:12.1f}{n_tokens / seconds:12.0f}"
-              f"{base_s / seconds:8.3f}")
+        print(
+            f"{name:34}{seconds:10.1f}{n_chunks / seconds:12.1f}{n_tokens / seconds:12.0f}"
+            f"{base_s / seconds:8.3f}"
+        )
     for provider, cosine, rows in checks:
-        print(f"{provider} vs sentence-transformers: minimum cosine {cosine:.7f} over "
-              f"{rows} rows")
-    print("ratio: baseline seconds (mean of before and after) / seconds; embedscale's end to "
-          "end: plan, read, chunk, embed, write, commit\n")
+        print(f"{provider} vs sentence-transformers: minimum cosine {cosine:.7f} over {rows} rows")
+    print(
+        "ratio: baseline seconds (mean of before and after) / seconds; embedscale's end to "
+        "end: plan, read, chunk, embed, write, commit\n"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=2000, help="about this many chunks")
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--corpus", choices=[*BYTES_PER_CHUNK, "both"], default="both",
-                        help="pydoc: documents of mixed length; debian-docs: long documents "
-                             "(/usr/share/doc changelogs and READMEs)")
-    parser.add_argument("--providers", default="sentence-transformers,onnx",
-                        help="comma-separated embedscale providers to run, each end to end")
+    parser.add_argument(
+        "--corpus",
+        choices=[*BYTES_PER_CHUNK, "both"],
+        default="both",
+        help="pydoc: documents of mixed length; debian-docs: long documents "
+        "(/usr/share/doc changelogs and READMEs)",
+    )
+    parser.add_argument(
+        "--providers",
+        default="sentence-transformers,onnx",
+        help="comma-separated embedscale providers to run, each end to end",
+    )
     args = parser.parse_args()
     kinds = list(BYTES_PER_CHUNK) if args.corpus == "both" else [args.corpus]
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]

@@ -1,6 +1,7 @@
 """Real corpora for benchmarks, made on the spot from what every machine already has: the pydoc
 text of CPython's standard library (PSF licence), one .txt file per module, with documents of
 mixed length; and the Debian changelogs and READMEs under /usr/share/doc, long documents."""
+
 from __future__ import annotations
 
 import importlib
@@ -10,8 +11,21 @@ import sys
 import warnings
 from pathlib import Path
 
-SKIP = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3",
-        "ensurepip", "venv", "pydoc_data", "__main__", "xxsubtype"}
+SKIP = {
+    "antigravity",
+    "this",
+    "idlelib",
+    "tkinter",
+    "turtle",
+    "turtledemo",
+    "test",
+    "lib2to3",
+    "ensurepip",
+    "venv",
+    "pydoc_data",
+    "__main__",
+    "xxsubtype",
+}
 
 
 def stdlib_docs(target_bytes: int) -> list[tuple[str, str]]:
@@ -45,8 +59,12 @@ def debian_docs(target_bytes: int, root: Path = DEBIAN_DOCS) -> list[tuple[str, 
     import gzip
 
     docs, total = [], 0
-    paths = sorted(p for pattern in ("*/changelog*", "*/README*") for p in root.glob(pattern)
-                   if p.is_file() and not p.is_symlink())
+    paths = sorted(
+        p
+        for pattern in ("*/changelog*", "*/README*")
+        for p in root.glob(pattern)
+        if p.is_file() and not p.is_symlink()
+    )
     for path in paths:
         raw = path.read_bytes()
         try:

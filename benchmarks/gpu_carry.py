@@ -19,6 +19,7 @@ Then, on the host (the device tool's `carry` names `.gpucarry`):
         .gpucarry/whl/*.whl && PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_smoke.py \\
         --model .gpucarry/model
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,28 +33,61 @@ CARRY_LIMIT = 64 * 1024 * 1024
 # What the GPU host needs and lacks, pinned to what this project's lock resolves with
 # dask-cuda 26.10 (rapids-dask-dependency 26.10 pins dask and distributed to 2026.7.1).
 HOST_LACKS = [
-    "dask==2026.7.1", "distributed==2026.7.1", "dask-cuda==26.10.0",
-    "rapids-dask-dependency==26.10.0", "zict==3.0.0", "tornado==6.6.1", "tblib==3.2.2",
-    "partd==1.4.2", "locket==1.0.0",
+    "dask==2026.7.1",
+    "distributed==2026.7.1",
+    "dask-cuda==26.10.0",
+    "rapids-dask-dependency==26.10.0",
+    "zict==3.0.0",
+    "tornado==6.6.1",
+    "tblib==3.2.2",
+    "partd==1.4.2",
+    "locket==1.0.0",
 ]
 # dask-cuda imports cuda.core (>= 0.5.1) eagerly; the host's image has cuda-core and
 # cuda-bindings of its own. Should its cuda-core be older, --cuda-core carries these too
 # (about 7 MB more), still under the limit.
 CUDA_CORE = ["cuda-core==1.2.2", "cuda-pathfinder==1.9.1"]
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux1_x86_64", "any"]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+    "any",
+]
 # The model's files a sentence-transformers load reads; README and other formats stay here.
-MODEL_FILES = ["config.json", "config_sentence_transformers.json", "modules.json",
-               "sentence_bert_config.json", "special_tokens_map.json", "tokenizer.json",
-               "tokenizer_config.json", "vocab.txt", "1_Pooling/config.json"]
+MODEL_FILES = [
+    "config.json",
+    "config_sentence_transformers.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "1_Pooling/config.json",
+]
 
 
 def download_wheels(dest: Path, pins: list[str] = HOST_LACKS) -> list[Path]:
     """pip download each pin alone (no dependencies: the host has the rest) for CPython 3.12
     on x86-64 Linux."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--python-version", "3.12", "--implementation", "cp", "-d", str(dest), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        "-d",
+        str(dest),
+        "-q",
+    ]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     subprocess.run(cmd + pins, check=True)
@@ -71,8 +105,10 @@ def save_fp16_model(source: Path, dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / name, dest / name)
     tensors = load_file(str(source / "model.safetensors"))
-    half = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
-            for k, v in tensors.items()}
+    half = {
+        k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
+        for k, v in tensors.items()
+    }
     save_file(half, str(dest / "model.safetensors"), metadata={"format": "pt"})
     return dest
 
@@ -89,17 +125,25 @@ def tree_bytes(path: Path) -> int:
 
 def repo_bytes(root: Path) -> int:
     """What else travels: the repository's tracked and untracked-not-ignored files."""
-    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root,
-                           capture_output=True, check=True).stdout.split(b"\0")
-    return sum((root / n.decode()).stat().st_size for n in names
-               if n and (root / n.decode()).is_file())
+    names = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    return sum(
+        (root / n.decode()).stat().st_size for n in names if n and (root / n.decode()).is_file()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".gpucarry", help="the carry folder (git-ignored)")
-    parser.add_argument("--cuda-core", action="store_true",
-                        help="carry cuda-core too, for a host whose own is older than 0.5.1")
+    parser.add_argument(
+        "--cuda-core",
+        action="store_true",
+        help="carry cuda-core too, for a host whose own is older than 0.5.1",
+    )
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
     out = (root / args.out).resolve()

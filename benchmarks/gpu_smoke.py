@@ -21,6 +21,7 @@ benchmarks/gpu_carry.py prepared carried along:
         .gpucarry/whl/*.whl && PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_smoke.py \\
         --model .gpucarry/model
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["PYTHONPATH"] = os.pathsep.join(  # spawned Dask workers import engine too
-    [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
@@ -46,10 +48,24 @@ CHUNK_TOKENS = 256
 SIZES = {
     # cosine rows (GPU), cosine rows on the CPU, batch sweep, OOM rows, job tokens, partitions,
     # threads of the job's worker.
-    "gpu": {"cosine": 2048, "cpu_cosine": 256, "sweep": [64, 128, 256, 512, 1024, 2048],
-            "oom": 4096, "job_tokens": 16_000_000, "partitions": 16, "threads": 4},
-    "cpu": {"cosine": 24, "cpu_cosine": 8, "sweep": [4, 8], "oom": 16, "job_tokens": 30_000,
-            "partitions": 2, "threads": 1},
+    "gpu": {
+        "cosine": 2048,
+        "cpu_cosine": 256,
+        "sweep": [64, 128, 256, 512, 1024, 2048],
+        "oom": 4096,
+        "job_tokens": 16_000_000,
+        "partitions": 16,
+        "threads": 4,
+    },
+    "cpu": {
+        "cosine": 24,
+        "cpu_cosine": 8,
+        "sweep": [4, 8],
+        "oom": 16,
+        "job_tokens": 30_000,
+        "partitions": 2,
+        "threads": 1,
+    },
 }
 
 
@@ -64,8 +80,11 @@ class Smoke:
         self.errors: dict[str, str] = {}
         from embedscale.engine.models.registry import DEFAULT_MODEL, ModelSpec, resolve_model
 
-        self.spec = (ModelSpec(DEFAULT_MODEL, str(Path(model_dir).resolve()), local=True)
-                     if model_dir else resolve_model(DEFAULT_MODEL))
+        self.spec = (
+            ModelSpec(DEFAULT_MODEL, str(Path(model_dir).resolve()), local=True)
+            if model_dir
+            else resolve_model(DEFAULT_MODEL)
+        )
         self.device = "cpu" if cpu else "cuda"
 
     def step(self, name: str, fn) -> None:
@@ -76,8 +95,7 @@ class Smoke:
             self.checks.setdefault(name, False)
             self.errors[name] = f"{type(exc).__name__}: {exc}"[:500]
             traceback.print_exc(file=sys.stderr)
-        self.figures.setdefault("step_seconds", {})[name] = round(
-            time.perf_counter() - started, 2)
+        self.figures.setdefault("step_seconds", {})[name] = round(time.perf_counter() - started, 2)
 
     # --- the checks ---------------------------------------------------------------------
 
@@ -93,8 +111,16 @@ class Smoke:
         from importlib.metadata import PackageNotFoundError, version
 
         versions = {}
-        for name in ("dask", "distributed", "dask-cuda", "cuda-core", "cuda-bindings",
-                     "nvidia-ml-py", "sentence-transformers", "transformers"):
+        for name in (
+            "dask",
+            "distributed",
+            "dask-cuda",
+            "cuda-core",
+            "cuda-bindings",
+            "nvidia-ml-py",
+            "sentence-transformers",
+            "transformers",
+        ):
             try:
                 versions[name] = version(name)
             except PackageNotFoundError:
@@ -104,20 +130,25 @@ class Smoke:
     def load(self) -> None:
         from embedscale.engine.models.devices import default_device
         from embedscale.engine.models.sentence_transformer import SentenceTransformerModel
+
         driver_device = default_device()
         self.figures["driver_device"] = driver_device
         self.fast = SentenceTransformerModel(self.spec, self.device)  # the dtype it chooses
         self.ref = SentenceTransformerModel(self.spec, self.device, dtype="float32")
-        self.on_cpu = (self.ref if self.cpu else SentenceTransformerModel(self.spec, "cpu"))
-        self.figures.update(dtype=self.fast.dtype, cpu_dtype=self.on_cpu.dtype,
-                            token_budget=self.fast.token_budget,
-                            model_bytes=self.fast.memory_bytes)
+        self.on_cpu = self.ref if self.cpu else SentenceTransformerModel(self.spec, "cpu")
+        self.figures.update(
+            dtype=self.fast.dtype,
+            cpu_dtype=self.on_cpu.dtype,
+            token_budget=self.fast.token_budget,
+            model_bytes=self.fast.memory_bytes,
+        )
         self.checks["driver_device"] = driver_device.startswith(self.device)
-        self.checks["dtype"] = (self.on_cpu.dtype == "float32" and (
-            self.fast.dtype == "float32" if self.cpu
-            else self.fast.dtype in ("float16", "bfloat16")))
-        self.inputs = self._inputs(max(self.size["cosine"], self.size["oom"],
-                                       max(self.size["sweep"])))
+        self.checks["dtype"] = self.on_cpu.dtype == "float32" and (
+            self.fast.dtype == "float32" if self.cpu else self.fast.dtype in ("float16", "bfloat16")
+        )
+        self.inputs = self._inputs(
+            max(self.size["cosine"], self.size["oom"], max(self.size["sweep"]))
+        )
 
     def _inputs(self, n: int) -> list[np.ndarray]:
         from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
@@ -133,14 +164,16 @@ class Smoke:
     def cosine(self) -> None:
         from embedscale.engine.models.batching import embed_inputs
 
-        rows = self.inputs[:self.size["cosine"]]
+        rows = self.inputs[: self.size["cosine"]]
         fast, ref = embed_inputs(self.fast, rows), embed_inputs(self.ref, rows)
         few = self.size["cpu_cosine"]
         on_cpu = embed_inputs(self.on_cpu, rows[:few])
         self.figures["cosine_min_vs_fp32"] = round(float(_cosines(fast, ref).min()), 6)
         self.figures["cosine_min_vs_cpu"] = round(float(_cosines(fast[:few], on_cpu).min()), 6)
-        self.checks["cosine"] = (self.figures["cosine_min_vs_fp32"] >= 0.999
-                                 and self.figures["cosine_min_vs_cpu"] >= 0.999)
+        self.checks["cosine"] = (
+            self.figures["cosine_min_vs_fp32"] >= 0.999
+            and self.figures["cosine_min_vs_cpu"] >= 0.999
+        )
 
     def sweep(self) -> None:
         torch = _torch()
@@ -167,7 +200,7 @@ class Smoke:
     def oom_split(self) -> None:
         from embedscale.engine.models.batching import embed_inputs
 
-        rows = self.inputs[:self.size["oom"]]
+        rows = self.inputs[: self.size["oom"]]
         expected = embed_inputs(self.fast, rows)
         splits = _CountSplits()
         batching_log = logging.getLogger("embedscale.engine.models.batching")
@@ -176,8 +209,9 @@ class Smoke:
         batching_log.setLevel(logging.WARNING)  # the split's warning is what is counted
         try:
             if self.cpu:  # no memory cap on a CPU: a stand-in fails batches over 4 rows
-                got = embed_inputs(_FailAbove(self.fast, 4), rows,
-                                   token_budget=len(rows) * CHUNK_TOKENS)
+                got = embed_inputs(
+                    _FailAbove(self.fast, 4), rows, token_budget=len(rows) * CHUNK_TOKENS
+                )
             else:
                 got = self._capped(rows)
         finally:
@@ -208,8 +242,12 @@ class Smoke:
 
         from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
         from embedscale.engine.models.info import pad_batch
-        docs = make_docs(400 * CHUNK_TOKENS if not self.cpu else 20 * CHUNK_TOKENS,
-                         words_per_doc=4 * CHUNK_TOKENS, seed=2)
+
+        docs = make_docs(
+            400 * CHUNK_TOKENS if not self.cpu else 20 * CHUNK_TOKENS,
+            words_per_doc=4 * CHUNK_TOKENS,
+            seed=2,
+        )
         settings = ChunkSettings.for_model(self.fast.info, CHUNK_TOKENS, 0)
         t0 = time.perf_counter()
         chunks = chunk_texts(docs, self.fast.tokenizer, settings)
@@ -217,7 +255,7 @@ class Smoke:
         inputs = [self.fast.wrap(ids) for ids in chunks.content_ids]
         t2 = time.perf_counter()
         for i in range(0, len(inputs), 256):
-            pad_batch(inputs[i:i + 256], 0)
+            pad_batch(inputs[i : i + 256], 0)
         t3 = time.perf_counter()
         vectors = np.zeros((len(inputs), self.fast.info.dimension), np.float32)
         with tempfile.TemporaryDirectory() as tmp:
@@ -226,13 +264,16 @@ class Smoke:
         n = max(1, len(inputs))
         self.figures["cpu_us_per_chunk"] = {
             "tokenize_and_chunk": round((t1 - t0) / n * 1e6, 1),
-            "wrap": round((t2 - t1) / n * 1e6, 1), "pad": round((t3 - t2) / n * 1e6, 1),
-            "parquet_write": round((t4 - t3) / n * 1e6, 1)}
+            "wrap": round((t2 - t1) / n * 1e6, 1),
+            "pad": round((t3 - t2) / n * 1e6, 1),
+            "parquet_write": round((t4 - t3) / n * 1e6, 1),
+        }
         self.checks["cpu_side"] = len(inputs) > 0
 
     def placement(self) -> None:
         from embedscale.engine.cluster.start import ClusterSpec, start_cluster
         from embedscale.engine.models.devices import default_device
+
         if self.cpu:  # the job's own cluster is a plain one: checked there
             return
         spec = ClusterSpec(kind="local", n_workers=1, dashboard_address=None)
@@ -247,21 +288,33 @@ class Smoke:
         from embedscale.engine.models.cache import describe_model
         from embedscale.engine.models.devices import default_device
 
-        spec = (ClusterSpec(kind="local", n_workers=1, threads_per_worker=self.size["threads"],
-                            dashboard_address=None) if self.cpu else
-                ClusterSpec(kind="local-cuda", cuda_visible_devices="0",
-                            threads_per_worker=self.size["threads"], dashboard_address=None))
+        spec = (
+            ClusterSpec(
+                kind="local",
+                n_workers=1,
+                threads_per_worker=self.size["threads"],
+                dashboard_address=None,
+            )
+            if self.cpu
+            else ClusterSpec(
+                kind="local-cuda",
+                cuda_visible_devices="0",
+                threads_per_worker=self.size["threads"],
+                dashboard_address=None,
+            )
+        )
         with tempfile.TemporaryDirectory() as tmp, start_cluster(spec) as cluster:
             client = cluster.client
-            paths = write_partitions(Path(tmp), self.size["job_tokens"],
-                                     self.size["partitions"])
+            paths = write_partitions(Path(tmp), self.size["job_tokens"], self.size["partitions"])
             worker_devices = set(client.run(default_device).values())
             self.figures["job_worker_devices"] = sorted(worker_devices)
             client.gather([client.submit(describe_model, self.spec, pure=False)])  # warm
             with GpuSampler(0.1) as sampler:
                 started = time.perf_counter()
-                futures = [client.submit(embed_file, p, self.spec, f"{p}.parquet", pure=False)
-                           for p in paths]
+                futures = [
+                    client.submit(embed_file, p, self.spec, f"{p}.parquet", pure=False)
+                    for p in paths
+                ]
                 results = client.gather(futures)
                 seconds = time.perf_counter() - started
             import pyarrow.parquet as pq
@@ -272,39 +325,68 @@ class Smoke:
         chunks = sum(r["chunks"] for r in results)
         busy = sampler.busy_percent()
         self.figures.update(
-            job_tokens=tokens, job_chunks=chunks, job_seconds=round(seconds, 2),
+            job_tokens=tokens,
+            job_chunks=chunks,
+            job_seconds=round(seconds, 2),
             end_to_end_tokens_per_s=round(tokens / seconds),
             job_devices=sorted({r["device"] for r in results}),
             job_dtypes=sorted({r["dtype"] for r in results}),
-            job_embed_share=round(sum(r["embed_seconds"] for r in results)
-                                  / max(1e-9, sum(r["seconds"] for r in results)), 3),
-            gpu_busy_percent=busy.get(0), gpu_busy_samples=len(sampler.samples),
+            job_embed_share=round(
+                sum(r["embed_seconds"] for r in results)
+                / max(1e-9, sum(r["seconds"] for r in results)),
+                3,
+            ),
+            gpu_busy_percent=busy.get(0),
+            gpu_busy_samples=len(sampler.samples),
             gpu_peak_memory_bytes=sampler.peak_memory().get(0),
-            worker_peak_allocated_bytes=max(peaks.values()) if peaks else None)
+            worker_peak_allocated_bytes=max(peaks.values()) if peaks else None,
+        )
         self.checks["job"] = chunks > 0 and written == chunks
-        self.checks["job_on_device"] = (worker_devices == {self.device}
-                                        and {r["device"] for r in results} == {self.device})
+        self.checks["job_on_device"] = worker_devices == {self.device} and {
+            r["device"] for r in results
+        } == {self.device}
 
     def nvml(self) -> None:
         from embedscale.engine.cluster.gpu_stats import read_gpus
 
         readings = read_gpus()
-        self.figures["nvml"] = [{"gpu": g.index, "up": g.up, "busy": g.busy_percent,
-                                 "used": g.memory_used, "total": g.memory_total}
-                                for g in readings]
+        self.figures["nvml"] = [
+            {
+                "gpu": g.index,
+                "up": g.up,
+                "busy": g.busy_percent,
+                "used": g.memory_used,
+                "total": g.memory_total,
+            }
+            for g in readings
+        ]
         self.checks["nvml"] = self.cpu or any(g.up for g in readings)
 
     def run(self) -> dict:
-        for name in ("environment", "load", "cosine", "sweep", "oom_split", "cpu_side",
-                     "placement", "job", "nvml"):
+        for name in (
+            "environment",
+            "load",
+            "cosine",
+            "sweep",
+            "oom_split",
+            "cpu_side",
+            "placement",
+            "job",
+            "nvml",
+        ):
             if name != "environment" and name != "load" and not hasattr(self, "fast"):
                 self.errors.setdefault(name, "skipped: the model did not load")
                 self.checks[name] = False
                 continue
             self.step(name, getattr(self, name))
         ok = bool(self.checks) and all(self.checks.values()) and not self.errors
-        return {"ok": ok, "mode": "cpu" if self.cpu else "gpu", "checks": self.checks,
-                "figures": self.figures, "errors": self.errors}
+        return {
+            "ok": ok,
+            "mode": "cpu" if self.cpu else "gpu",
+            "checks": self.checks,
+            "figures": self.figures,
+            "errors": self.errors,
+        }
 
 
 # --- what runs on the job's worker ----------------------------------------------------------
@@ -322,16 +404,22 @@ def embed_file(path: str, spec, out: str) -> dict:
     started = time.perf_counter()
     model = get_model(spec)
     docs = Path(path).read_text().splitlines()
-    chunks = chunk_texts(docs, model.tokenizer, ChunkSettings.for_model(model.info,
-                                                                        CHUNK_TOKENS, 0))
+    chunks = chunk_texts(
+        docs, model.tokenizer, ChunkSettings.for_model(model.info, CHUNK_TOKENS, 0)
+    )
     inputs = [model.wrap(ids) for ids in chunks.content_ids]
     embed_started = time.perf_counter()
     vectors = embed_inputs(model, inputs)
     embed_seconds = time.perf_counter() - embed_started
     pq.write_table(_rows(chunks, inputs, vectors), out)
-    return {"tokens": int(sum(map(len, inputs))), "chunks": len(inputs),
-            "device": model.device, "dtype": model.info.dtype, "embed_seconds": embed_seconds,
-            "seconds": time.perf_counter() - started}
+    return {
+        "tokens": int(sum(map(len, inputs))),
+        "chunks": len(inputs),
+        "device": model.device,
+        "dtype": model.info.dtype,
+        "embed_seconds": embed_seconds,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def _worker_peak_memory() -> int | None:
@@ -344,10 +432,14 @@ def _rows(chunks, inputs: list[np.ndarray], vectors: np.ndarray):
     import pyarrow as pa
 
     n, dim = vectors.shape
-    return pa.table({
-        "doc_index": chunks.doc_index, "chunk_index": chunks.chunk_index,
-        "token_count": np.fromiter(map(len, inputs), np.int32, n),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)})
+    return pa.table(
+        {
+            "doc_index": chunks.doc_index,
+            "chunk_index": chunks.chunk_index,
+            "token_count": np.fromiter(map(len, inputs), np.int32, n),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+        }
+    )
 
 
 # --- corpus and helpers ----------------------------------------------------------------------
@@ -359,8 +451,11 @@ def _vocabulary() -> list[str]:
     words = []
     for folder in (os.environ.get("SMOKE_MODEL_DIR"), resolve_model("all-MiniLM-L6-v2").location):
         if folder and (Path(folder) / "vocab.txt").exists():
-            words = [w for w in (Path(folder) / "vocab.txt").read_text().split()
-                     if w.isalpha() and w.isascii() and len(w) > 1]
+            words = [
+                w
+                for w in (Path(folder) / "vocab.txt").read_text().split()
+                if w.isalpha() and w.isascii() and len(w) > 1
+            ]
             break
     return words or ["embedding", "partition", "worker", "cluster", "vector", "token"]
 
@@ -369,7 +464,7 @@ def make_docs(n_words: int, words_per_doc: int, seed: int) -> list[str]:
     """Documents of words from the model's vocabulary: about one token per word, offline."""
     rng = random.Random(seed)
     words = rng.choices(_vocabulary(), k=n_words)
-    return [" ".join(words[i:i + words_per_doc]) for i in range(0, n_words, words_per_doc)]
+    return [" ".join(words[i : i + words_per_doc]) for i in range(0, n_words, words_per_doc)]
 
 
 def write_partitions(folder: Path, tokens: int, partitions: int) -> list[str]:
@@ -436,8 +531,9 @@ class _FailAbove:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="GPU smoke check (one JSON line)")
     parser.add_argument("--cpu", action="store_true", help="the same path on the CPU, small")
-    parser.add_argument("--model", help="a sentence-transformers folder (default: the packaged "
-                        "all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--model", help="a sentence-transformers folder (default: the packaged all-MiniLM-L6-v2)"
+    )
     args = parser.parse_args(argv)
     if args.model:
         os.environ["SMOKE_MODEL_DIR"] = str(Path(args.model).resolve())

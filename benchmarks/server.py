@@ -1,5 +1,6 @@
 """A real `embedscale serve` for the API benchmarks: started in its own session with an admin
 key, waited for until ready, and the short sentences the benchmarks' clients send."""
+
 from __future__ import annotations
 
 import os
@@ -25,17 +26,38 @@ SENTENCES = [
 ]
 
 
-def start_server(data_dir: Path, port: int, workers: int,
-                 allow_roots: tuple[Path, ...] = ()) -> subprocess.Popen:
+def start_server(
+    data_dir: Path, port: int, workers: int, allow_roots: tuple[Path, ...] = ()
+) -> subprocess.Popen:
     """`embedscale serve` on 127.0.0.1:`port` with `workers` workers (quiet), reading sources
     under `allow_roots`."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "EMBEDSCALE_ADMIN_KEY": ADMIN_KEY,
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "EMBEDSCALE_ADMIN_KEY": ADMIN_KEY,
+        "PYTHONPATH": str(ROOT),
+    }
     roots = [arg for root in allow_roots for arg in ("--allow-root", str(root))]
-    return subprocess.Popen([sys.executable, "-m", "embedscale", "serve", "--port", str(port),
-                             "--data-dir", str(data_dir), "--workers", str(workers), *roots],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedscale",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            str(workers),
+            *roots,
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def wait_ready(url: str, timeout: float = 180) -> None:

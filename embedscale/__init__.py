@@ -15,6 +15,7 @@ Importing this package loads none of the engine (Dask, torch, LanceDB): each nam
 imported on first use, so `import embedscale` is quick and a machine with only the HTTP
 client's dependencies can use `embedscale.Client`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -39,9 +40,22 @@ _EXPORTS = {
     "read_table": "embedscale.local_tables",
     "Hit": "embedscale.engine.tables.search",
 }
-__all__ = ["ApiError", "Client", "Hit", "Job", "JobCancelledError", "JobFailedError",
-           "RunFailedError", "RunSummary", "cluster", "read_table", "run", "search", "shutdown",
-           "tables"]
+__all__ = [
+    "ApiError",
+    "Client",
+    "Hit",
+    "Job",
+    "JobCancelledError",
+    "JobFailedError",
+    "RunFailedError",
+    "RunSummary",
+    "cluster",
+    "read_table",
+    "run",
+    "search",
+    "shutdown",
+    "tables",
+]
 
 if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at run time
     from embedscale.api.client.service import (

@@ -5,6 +5,7 @@ same guarantees; this module only gives it a friendly signature, a progress bar 
 cluster that outlives one call: workers keep the model loaded between runs, so the second run
 of a session pays no model load.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -45,8 +46,10 @@ def cluster(**spec: Any) -> Cluster:
             _default = start_cluster(ClusterSpec(**{"dashboard_address": ":0", **spec}))
             atexit.register(shutdown)
         elif spec:
-            raise ValueError(f"the local cluster is already running; call "
-                             f"embedscale.shutdown() before starting one with {spec}")
+            raise ValueError(
+                f"the local cluster is already running; call "
+                f"embedscale.shutdown() before starting one with {spec}"
+            )
         return _default
 
 
@@ -59,11 +62,17 @@ def shutdown() -> None:
             _default = None
 
 
-def run(source: str | os.PathLike | Sequence[str], *, table: str, mode: str = "append",
-        data_dir: str | os.PathLike | None = None,
-        cluster: Cluster | ClusterSpec | str | None = None, progress: bool = True,
-        on_progress: Callable[[Progress], None] | None = None,
-        **options: Any) -> RunSummary:
+def run(
+    source: str | os.PathLike | Sequence[str],
+    *,
+    table: str,
+    mode: str = "append",
+    data_dir: str | os.PathLike | None = None,
+    cluster: Cluster | ClusterSpec | str | None = None,
+    progress: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+    **options: Any,
+) -> RunSummary:
     """Embed `source` into `table` and return the job's summary.
 
     `source`: a directory, file or glob (a str or path), or a list of texts. `mode`: append,
@@ -83,8 +92,9 @@ def run(source: str | os.PathLike | Sequence[str], *, table: str, mode: str = "a
         raise TypeError("source: a path (str) or a list of texts, not bytes")
     else:
         where = {"texts": list(source)}
-    request = EmbedRequest(table=table, mode=mode, data_dir=resolve_data_dir(data_dir),
-                           **where, **options)
+    request = EmbedRequest(
+        table=table, mode=mode, data_dir=resolve_data_dir(data_dir), **where, **options
+    )
     target, owned = _cluster_for(cluster)
     bar = _Bar(table) if progress else None
     try:
@@ -120,20 +130,43 @@ class _Bar:
         self._table = table
         self._bar = ChunkBar(self._record("starting", 0, 0, 0.0, 0.0, None))
 
-    def _record(self, status: str, done: int, expected: int | None, chunks_per_s: float,
-                tokens_per_s: float, eta: float | None) -> dict[str, Any]:
-        return {"table": self._table, "status": status, "chunks_done": done,
-                "estimated_chunks": 0, "expected_chunks": expected,
-                "chunks_per_s": chunks_per_s, "tokens_per_s": tokens_per_s, "eta_seconds": eta}
+    def _record(
+        self,
+        status: str,
+        done: int,
+        expected: int | None,
+        chunks_per_s: float,
+        tokens_per_s: float,
+        eta: float | None,
+    ) -> dict[str, Any]:
+        return {
+            "table": self._table,
+            "status": status,
+            "chunks_done": done,
+            "estimated_chunks": 0,
+            "expected_chunks": expected,
+            "chunks_per_s": chunks_per_s,
+            "tokens_per_s": tokens_per_s,
+            "eta_seconds": eta,
+        }
 
     def show(self, p: Progress) -> None:
-        self._bar.update(self._record("running", p.chunks, p.expected_chunks, p.chunks_per_s,
-                                      p.tokens_per_s, p.eta_seconds))
+        self._bar.update(
+            self._record(
+                "running",
+                p.chunks,
+                p.expected_chunks,
+                p.chunks_per_s,
+                p.tokens_per_s,
+                p.eta_seconds,
+            )
+        )
 
     def finish(self, s: RunSummary) -> None:
         tokens_per_s = s.tokens / s.seconds if s.seconds > 0 else 0.0
-        self._bar.update(self._record(s.status, s.chunks, s.chunks, s.chunks_per_s,
-                                      tokens_per_s, None))
+        self._bar.update(
+            self._record(s.status, s.chunks, s.chunks, s.chunks_per_s, tokens_per_s, None)
+        )
         self._bar.close()
 
 
@@ -147,4 +180,3 @@ def _both(bar: _Bar | None, callback: Callable[[Progress], None] | None):
             callback(p)
 
     return report
-

@@ -1,5 +1,6 @@
 """`embedscale.search`: the chunks of a local table nearest to a query, as hits or a
 DataFrame. Straight to the table, as `embedscale search` does: no service, no job store."""
+
 from __future__ import annotations
 
 import os
@@ -16,15 +17,23 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def search(table: str, query: str, k: int = 5, *, where: str | None = None,
-           data_dir: str | os.PathLike | None = None, tenant: str = LOCAL_TENANT,
-           as_dataframe: bool = False) -> list[Hit] | pd.DataFrame:
+def search(
+    table: str,
+    query: str,
+    k: int = 5,
+    *,
+    where: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    tenant: str = LOCAL_TENANT,
+    as_dataframe: bool = False,
+) -> list[Hit] | pd.DataFrame:
     """The `k` chunks of `table` nearest to `query`, best first (`score`: cosine similarity),
     optionally filtered by a SQL `where` on the table's columns. `as_dataframe`: a pandas
     DataFrame, one row per hit, instead of a list of Hit. `data_dir` as for `embedscale.run`;
     `tenant` reads a service tenant's tables in that data dir."""
-    hits = search_table(tenant_data_dir(resolve_data_dir(data_dir), tenant), table, query,
-                        k=k, where=where)
+    hits = search_table(
+        tenant_data_dir(resolve_data_dir(data_dir), tenant), table, query, k=k, where=where
+    )
     if not as_dataframe:
         return hits
     import pandas as pd

@@ -1,5 +1,6 @@
 """`embedscale.tables` and `embedscale.read_table`: a local data dir's tables and their rows,
 for looking at what a run wrote (vectors included) with pandas."""
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,20 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def tables(*, data_dir: str | os.PathLike | None = None,
-           tenant: str = LOCAL_TENANT) -> list[TableInfo]:
+def tables(
+    *, data_dir: str | os.PathLike | None = None, tenant: str = LOCAL_TENANT
+) -> list[TableInfo]:
     """The tables of a data dir (name, rows, model, dimension), by name."""
     return list_tables(tenant_data_dir(resolve_data_dir(data_dir), tenant))
 
 
-def read_table(table: str, columns: list[str] | None = None, *,
-               data_dir: str | os.PathLike | None = None,
-               tenant: str = LOCAL_TENANT) -> pd.DataFrame:
+def read_table(
+    table: str,
+    columns: list[str] | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    tenant: str = LOCAL_TENANT,
+) -> pd.DataFrame:
     """A table's rows as a pandas DataFrame, one row per chunk (`columns`: only those). The
     `vector` column holds one numpy array per chunk: `numpy.stack(df["vector"])` is the
     chunks-by-dimension matrix."""

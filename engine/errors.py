@@ -3,6 +3,7 @@
 The CLI and the API map these to one-line messages and status codes; nothing below them raises
 HTTP or exits the process.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,8 +62,10 @@ def _from_the_os(exc: BaseException) -> bool:
 MAX_ERROR_CHARS = 300  # another library's message in a job record or a log: one short line
 # A quoted value ('...', "...", b'...') in a message we did not write: the opening quote is not
 # inside a word, so that the apostrophe of "can't" opens nothing.
-_QUOTED = re.compile(r"""(?<![A-Za-z0-9])[bBrRuU]?"""
-                     r"""(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""")
+_QUOTED = re.compile(
+    r"""(?<![A-Za-z0-9])[bBrRuU]?"""
+    r"""(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+)
 # ...and a quote that opens and never closes on the line (a parser quoting a line it cut): the
 # rest of the line goes.
 _UNCLOSED = re.compile(r"""(?<![A-Za-z0-9])[bBrRuU]?['"].*$""")

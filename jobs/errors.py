@@ -1,4 +1,5 @@
 """Domain errors of the control plane; the API maps them to status codes, the CLI to one line."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -28,20 +29,33 @@ class QuotaExceededError(EmbedscaleError, RuntimeError):
     """A job needs more chunks than the tenant has left today, counting those already promised
     to its queued and running jobs (`promised`)."""
 
-    def __init__(self, tenant: str, needed: int, remaining: int, limit: int,
-                 resets_at: datetime, promised: int = 0) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        needed: int,
+        remaining: int,
+        limit: int,
+        resets_at: datetime,
+        promised: int = 0,
+    ) -> None:
         self.tenant, self.needed, self.remaining, self.limit = tenant, needed, remaining, limit
         self.resets_at, self.promised = resets_at, promised
-        owed = (f", counting the {promised} promised to its queued and running jobs"
-                if promised else "")
+        owed = (
+            f", counting the {promised} promised to its queued and running jobs" if promised else ""
+        )
         super().__init__(
             f"tenant '{tenant}' has {remaining} of {limit} chunks left today{owed}; this job "
             f"needs about {needed}; the quota resets at {resets_at.isoformat()}"
         )
 
     def figures(self) -> dict[str, Any]:
-        return {"needed": self.needed, "remaining": self.remaining, "limit": self.limit,
-                "promised": self.promised, "resets_at": self.resets_at.isoformat()}
+        return {
+            "needed": self.needed,
+            "remaining": self.remaining,
+            "limit": self.limit,
+            "promised": self.promised,
+            "resets_at": self.resets_at.isoformat(),
+        }
 
 
 class StoreLockedError(EmbedscaleError, RuntimeError):

@@ -1,6 +1,7 @@
 """In-process publish/subscribe of job events: the runner publishes, the API's WebSockets and
 the CLI's progress bar subscribe. Callbacks run on the publisher's thread, so subscribers hand
 events over to their own thread or loop (see `AsyncSubscription`)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,8 @@ class EventBus:
     def publish(self, job_id: str, event: Event) -> None:
         with self._lock:
             callbacks = list(self._subscribers.get(job_id, ())) + list(
-                self._subscribers.get(None, ()))
+                self._subscribers.get(None, ())
+            )
         for callback in callbacks:
             callback(event)
 

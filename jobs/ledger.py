@@ -9,6 +9,7 @@ are read from: a bound set by what happened since, not a window of recent commit
 table passes in minutes. Resume records what they show (`record_unrecorded`); sync and undo,
 which may run after a crash without a resume (the CLI's cancel), add them to what they read.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -62,8 +63,9 @@ def unrecorded_commits(store: Store, tenant: str, table: ChunkTable) -> list[Tab
 def job_ledger(store: Store, tenant: str, table: ChunkTable, job_id: str) -> JobLedger:
     """What `job_id` did to `table`: the store's ledger, with the table's unrecorded commits."""
     stored = store.job_ledger(job_id)
-    unrecorded = [c for c in unrecorded_commits(store, tenant, table)
-                  if c.version not in stored.versions]
+    unrecorded = [
+        c for c in unrecorded_commits(store, tenant, table) if c.version not in stored.versions
+    ]
     found = JobLedger(seen=stored.seen, sync_deleted=stored.sync_deleted)
     replaced = [(v, read, docs) for v, read, docs in stored.replaced]
     overwrite = stored.overwrite
@@ -79,8 +81,10 @@ def job_ledger(store: Store, tenant: str, table: ChunkTable, job_id: str) -> Job
     if overwrite is not None:
         read_version, version = overwrite
         if version is None:  # recorded before its commit only: did the commit land?
-            version = next((c.version for c in commits_after(table, read_version)
-                            if c.overwrite == job_id), None)
+            version = next(
+                (c.version for c in commits_after(table, read_version) if c.overwrite == job_id),
+                None,
+            )
         # Not the version it read: a commit landing in between is emptied by it too.
         found.overwritten_before = version - 1 if version is not None else None
     return found
@@ -108,8 +112,15 @@ def record_unrecorded(store: Store, tenant: str, table: ChunkTable) -> None:
             # The commit's documents are the job's, not a partition's: on its first row.
             seen, replaced = commit.seen.get(job_id), commit.replaced.get(job_id, [])
             for partition, counts in partitions.items():
-                row = LedgerRow(job_id, PARTITION, commit.version, commit.read_version,
-                                partition, seen, replaced)
+                row = LedgerRow(
+                    job_id,
+                    PARTITION,
+                    commit.version,
+                    commit.read_version,
+                    partition,
+                    seen,
+                    replaced,
+                )
                 done.append(PartitionDone(job_id, tenant, partition, counts, ledger=row))
                 seen, replaced = ([] if seen is not None else None), []
     if done:
@@ -117,13 +128,20 @@ def record_unrecorded(store: Store, tenant: str, table: ChunkTable) -> None:
         # A partition done already has its ledger row, unless an embedscale of before the
         # ledger recorded it (a job running across the upgrade): its commit is written now.
         recorded = store.recorded_commits({d.job_id for d in done})
-        store.add_ledger_rows([d.ledger for d in done if d.ledger is not None and (
-            d.job_id, d.partition, d.ledger.version) not in recorded])
+        store.add_ledger_rows(
+            [
+                d.ledger
+                for d in done
+                if d.ledger is not None
+                and (d.job_id, d.partition, d.ledger.version) not in recorded
+            ]
+        )
     for commit in unrecorded:
         for job_id in commit.sync_done:
             if ours(job_id):
-                store.record_sync_deleted(job_id, commit.read_version, commit.version,
-                                          commit.replaced.get(job_id, []))
+                store.record_sync_deleted(
+                    job_id, commit.read_version, commit.version, commit.replaced.get(job_id, [])
+                )
         if commit.overwrite and ours(commit.overwrite):
             store.record_overwrite(commit.overwrite, commit.read_version, commit.version)
 

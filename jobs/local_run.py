@@ -6,6 +6,7 @@ local tenant, and waits for the runner, the same loop that serves the API and th
 guarantee (exactly once, retries, resume after a crash with `embedscale jobs resume`, row-id
 uniqueness) holds here because it is proven there.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,7 @@ class JobFailedError(EmbedscaleError):
     """The job ended failed; `summary` says what it did before, `summary.error` why."""
 
     def __init__(self, summary: RunSummary) -> None:
-        super().__init__(f"job {summary.job_id} failed ({summary.error_reason}): "
-                         f"{summary.error}")
+        super().__init__(f"job {summary.job_id} failed ({summary.error_reason}): {summary.error}")
         self.summary = summary
 
 
@@ -67,15 +67,23 @@ class EmbedRequest:
     def spec(self) -> JobSpec:
         """The request as the control plane's job spec (validated: a bad field raises)."""
         return JobSpec(
-            table=self.table, source=self.source,
+            table=self.table,
+            source=self.source,
             texts=list(self.texts) if self.texts is not None else None,
             ids=list(self.ids) if self.ids is not None else None,
             metadata=list(self.metadata) if self.metadata is not None else None,
-            model=self.model, chunk_tokens=self.chunk_tokens,
-            overlap_tokens=self.overlap_tokens, mode=self.mode, priority=self.priority,
-            allow_empty=self.allow_empty, provider=self.provider,
-            provider_url=self.provider_url, tokenizer=self.tokenizer,
-            text_field=self.text_field, id_field=self.id_field)
+            model=self.model,
+            chunk_tokens=self.chunk_tokens,
+            overlap_tokens=self.overlap_tokens,
+            mode=self.mode,
+            priority=self.priority,
+            allow_empty=self.allow_empty,
+            provider=self.provider,
+            provider_url=self.provider_url,
+            tokenizer=self.tokenizer,
+            text_field=self.text_field,
+            id_field=self.id_field,
+        )
 
 
 @dataclass
@@ -138,8 +146,9 @@ class RunSummary:
         return data
 
 
-def run_embedding(request: EmbedRequest, cluster: Cluster,
-                  on_progress: Callable[[Progress], None] | None = None) -> RunSummary:
+def run_embedding(
+    request: EmbedRequest, cluster: Cluster, on_progress: Callable[[Progress], None] | None = None
+) -> RunSummary:
     """Run `request` on `cluster` through the control plane and return its summary. Raises
     JobFailedError when the job fails (the summary is on the error), and the control plane's
     own errors for a request it refuses (a bad field, a missing source)."""
@@ -148,8 +157,13 @@ def run_embedding(request: EmbedRequest, cluster: Cluster,
     storage = resolve_storage_options(request.storage_options)
     if request.tables_uri:
         check_reachable(request.tables_uri, storage)
-    with JobService(request.data_dir, cluster, runner_config=config,
-                    tables_uri=request.tables_uri, storage=storage) as service:
+    with JobService(
+        request.data_dir,
+        cluster,
+        runner_config=config,
+        tables_uri=request.tables_uri,
+        storage=storage,
+    ) as service:
         service.start()
         record = service.submit(LOCAL_TENANT, request.spec(), request.partition_bytes)
         unsubscribe = service.bus.subscribe(record.id, _reporter(on_progress, started))
@@ -158,12 +172,22 @@ def run_embedding(request: EmbedRequest, cluster: Cluster,
         finally:
             unsubscribe()
         summary = RunSummary(
-            final.id, str(final.status), final.table_name,
+            final.id,
+            str(final.status),
+            final.table_name,
             ChunkTable(service.tenant_data_dir(LOCAL_TENANT), final.table_name).uri,
-            final.spec.get("model", request.model), request.mode, final.documents_done,
-            final.documents_unchanged, final.chunks_done, final.tokens_done,
-            time.perf_counter() - started, final.partitions_total, service.skipped(final),
-            final.error, final.error_reason)
+            final.spec.get("model", request.model),
+            request.mode,
+            final.documents_done,
+            final.documents_unchanged,
+            final.chunks_done,
+            final.tokens_done,
+            time.perf_counter() - started,
+            final.partitions_total,
+            service.skipped(final),
+            final.error,
+            final.error_reason,
+        )
     if final.status == JobStatus.FAILED:
         raise JobFailedError(summary)
     return summary
@@ -174,10 +198,19 @@ def _reporter(on_progress: Callable[[Progress], None] | None, started: float):
         if on_progress is None or event.get("type") != "progress":
             return
         job = event["job"]
-        on_progress(Progress(job["partitions_done"], job["partitions_total"],
-                             job["documents_done"], job["documents_unchanged"],
-                             job["chunks_done"], job["tokens_done"], job["skipped_count"],
-                             time.perf_counter() - started, job["expected_chunks"],
-                             job["eta_seconds"]))
+        on_progress(
+            Progress(
+                job["partitions_done"],
+                job["partitions_total"],
+                job["documents_done"],
+                job["documents_unchanged"],
+                job["chunks_done"],
+                job["tokens_done"],
+                job["skipped_count"],
+                time.perf_counter() - started,
+                job["expected_chunks"],
+                job["eta_seconds"],
+            )
+        )
 
     return report

@@ -8,9 +8,11 @@ a worker thread (which gets a copy of the context, but the same dict), or the id
 request created, on uvicorn's access line written after the route returned.
 
 `LogContextFilter` copies the fields onto each record; the formatters print them (the JSON one
-as keys, see api/server/log_format.py). It is a handler filter, so records propagated from any logger
+as keys, see api/server/log_format.py). It is a handler filter, so records propagated from any
+logger
 get the fields too.
 """
+
 from __future__ import annotations
 
 import logging

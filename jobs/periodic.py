@@ -1,6 +1,7 @@
 """A step run on a daemon thread at once and then every few seconds, until stopped: the loops
 of the schedules and of retention. A failing step is logged and the next one tries again (a
 store outage, which passes, as one line rather than a traceback each time)."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,9 @@ from embedscale.jobs.errors import StoreUnavailableError
 class PeriodicThread:
     """Runs `step` now and every `every_s` seconds on a thread named `name`."""
 
-    def __init__(self, name: str, step: Callable[[], object], every_s: float,
-                 log: logging.Logger, what: str) -> None:
+    def __init__(
+        self, name: str, step: Callable[[], object], every_s: float, log: logging.Logger, what: str
+    ) -> None:
         self.name, self.step, self.every_s = name, step, every_s
         self._log, self._what = log, what  # what a failure is logged as: "schedules: tick"
         self._stop = threading.Event()

@@ -7,6 +7,7 @@ through the service, with the schedule's id: the job meets the same checks (allo
 models, the tenant's quota) and waits for the tenant's concurrency like any other. The clock is
 injectable and a tick can be called by hand, so tests move time instead of waiting for it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,17 +50,28 @@ MAX_ERROR_CHARS = 1000
 class Submit(Protocol):
     """JobService.submit, as the loop calls it."""
 
-    def __call__(self, tenant: str, spec: JobSpec, *, job_id: str | None = None,
-                 schedule_id: str | None = None) -> JobRecord: ...
+    def __call__(
+        self,
+        tenant: str,
+        spec: JobSpec,
+        *,
+        job_id: str | None = None,
+        schedule_id: str | None = None,
+    ) -> JobRecord: ...
 
 
 class Schedules:
     """A tenant's schedules, and the loop that fires them."""
 
-    def __init__(self, store: Store, check: Callable[[JobSpec], Any], submit: Submit,
-                 clock: Clock | None = None,
-                 poll_seconds: float = DEFAULT_POLL_SECONDS,
-                 max_per_tenant: int = MAX_SCHEDULES_PER_TENANT) -> None:
+    def __init__(
+        self,
+        store: Store,
+        check: Callable[[JobSpec], Any],
+        submit: Submit,
+        clock: Clock | None = None,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        max_per_tenant: int = MAX_SCHEDULES_PER_TENANT,
+    ) -> None:
         self.store = store
         self.max_per_tenant = max_per_tenant
         self._check = check  # a template is checked as a submission would be, nothing stored
@@ -67,8 +79,9 @@ class Schedules:
         self.clock: Clock = clock or utcnow
         self.poll_seconds = poll_seconds
         self._firing = threading.Lock()  # one tick or run-now at a time in this process
-        self._loop = PeriodicThread("embedscale-schedules", self.tick, poll_seconds, log,
-                                    "schedules: tick")
+        self._loop = PeriodicThread(
+            "embedscale-schedules", self.tick, poll_seconds, log, "schedules: tick"
+        )
 
     def now(self) -> datetime:
         """The clock's time (it must be time-zone aware)."""
@@ -79,8 +92,14 @@ class Schedules:
 
     # --- the tenant's schedules ----------------------------------------------------------
 
-    def create(self, tenant: str, cron: str, template: JobSpec | dict[str, Any],
-               timezone: str = "UTC", enabled: bool = True) -> ScheduleRecord:
+    def create(
+        self,
+        tenant: str,
+        cron: str,
+        template: JobSpec | dict[str, Any],
+        timezone: str = "UTC",
+        enabled: bool = True,
+    ) -> ScheduleRecord:
         """A new schedule, once the cron expression, the time zone and the job template all
         pass (InvalidFieldError naming `cron`, `timezone` or `template.<field>`); nothing is
         stored otherwise."""
@@ -94,15 +113,23 @@ class Schedules:
             raise InvalidFieldError(f"template.{exc.field}", str(exc)) from None
         now = self.now()
         record = ScheduleRecord(
-            id=uuid.uuid4().hex, tenant=tenant, cron=cron, timezone=timezone,
-            spec=template.model_dump(mode="json"), enabled=enabled, created_at=now,
-            updated_at=now, next_run_at=next_slot(cron, timezone, now) if enabled else None)
+            id=uuid.uuid4().hex,
+            tenant=tenant,
+            cron=cron,
+            timezone=timezone,
+            spec=template.model_dump(mode="json"),
+            enabled=enabled,
+            created_at=now,
+            updated_at=now,
+            next_run_at=next_slot(cron, timezone, now) if enabled else None,
+        )
         # The count and the insert are one transaction: creations arriving together cannot
         # each find the last place free.
         if not self.store.insert_schedule(record, self.max_per_tenant):
             raise ConflictError(
                 f"tenant '{tenant}' has {self.max_per_tenant} schedules, the most allowed "
-                "(max_schedules_per_tenant, set by the operator): delete one first")
+                "(max_schedules_per_tenant, set by the operator): delete one first"
+            )
         return self.store.get_schedule(record.id)
 
     def get(self, schedule_id: str, tenant: str | None = None) -> ScheduleRecord:
@@ -126,7 +153,8 @@ class Schedules:
         current = self.store.get_schedule(schedule_id, tenant)
         now = self.now()
         return self.store.set_schedule_enabled(
-            schedule_id, tenant, True, next_slot(current.cron, current.timezone, now), now)
+            schedule_id, tenant, True, next_slot(current.cron, current.timezone, now), now
+        )
 
     def run_now(self, schedule_id: str, tenant: str | None = None) -> JobRecord:
         """Submit a run of the schedule now, besides its slots; ConflictError while a run of
@@ -152,24 +180,33 @@ class Schedules:
                     if settled is None:
                         continue  # left claimed: tried again next tick
                     schedule = changed[schedule.id] = settled
-                if not (schedule.enabled and schedule.next_run_at is not None
-                        and schedule.next_run_at <= now):
+                if not (
+                    schedule.enabled
+                    and schedule.next_run_at is not None
+                    and schedule.next_run_at <= now
+                ):
                     continue
-                claimed = self.store.claim_slot(schedule.id, schedule.next_run_at, now,
-                                                uuid.uuid4().hex)
+                claimed = self.store.claim_slot(
+                    schedule.id, schedule.next_run_at, now, uuid.uuid4().hex
+                )
                 if claimed is None:
                     continue  # another claim took the slot, or it was paused meanwhile
                 action, schedule = claimed
                 if action == Action.FIRE:
                     schedule = self._finish_claim(schedule)[0] or schedule
                 else:
-                    log.info("schedule %s (tenant %s): slot skipped, run %s still active",
-                             schedule.id, schedule.tenant, schedule.last_job_id)
+                    log.info(
+                        "schedule %s (tenant %s): slot skipped, run %s still active",
+                        schedule.id,
+                        schedule.tenant,
+                        schedule.last_job_id,
+                    )
                 changed[schedule.id] = schedule
             return list(changed.values())
 
-    def _finish_claim(self, schedule: ScheduleRecord
-                      ) -> tuple[ScheduleRecord | None, Exception | None]:
+    def _finish_claim(
+        self, schedule: ScheduleRecord
+    ) -> tuple[ScheduleRecord | None, Exception | None]:
         """Submit the claimed run under its job id (unless a crash came after its job was
         inserted) and record the outcome. (None, None) for an unexpected error: the claim
         stays, and the next tick tries again."""
@@ -189,14 +226,20 @@ class Schedules:
         except StoreUnavailableError:
             raise  # not the run's fault: the tick fails, a later one fires it
         except (EmbedscaleError, ValidationError) as exc:
-            log.warning("schedule %s (tenant %s): run refused: %s", schedule.id,
-                        schedule.tenant, exc)
-            settled = self.store.settle_claim(schedule.id, job_id, self.now(),
-                                              error=str(exc)[:MAX_ERROR_CHARS])
+            log.warning(
+                "schedule %s (tenant %s): run refused: %s", schedule.id, schedule.tenant, exc
+            )
+            settled = self.store.settle_claim(
+                schedule.id, job_id, self.now(), error=str(exc)[:MAX_ERROR_CHARS]
+            )
             return settled, exc
         except Exception:
-            log.exception("schedule %s (tenant %s): submitting run %s failed; retrying",
-                          schedule.id, schedule.tenant, job_id)
+            log.exception(
+                "schedule %s (tenant %s): submitting run %s failed; retrying",
+                schedule.id,
+                schedule.tenant,
+                job_id,
+            )
             return None, None
         log.info("schedule %s (tenant %s): fired job %s", schedule.id, schedule.tenant, job_id)
         return self.store.settle_claim(schedule.id, job_id, self.now()), None

@@ -4,6 +4,7 @@ The CLI and the HTTP API both go through this class. It owns the DuckDB store, t
 and (given a cluster) the runner. Errors are domain errors (jobs.errors, engine.errors); the
 callers turn them into exit codes or HTTP statuses.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,20 +64,24 @@ DB_FILE = "embedscale.duckdb"
 class JobService:
     """Jobs and tenants of one data directory. With a cluster, `start()` runs jobs on it."""
 
-    def __init__(self, data_dir: str | Path, cluster: Cluster | None = None,
-                 tiers_file: str | Path | None = None,
-                 allowed_roots: list[str] | None = None,
-                 runner_config: RunnerConfig | None = None,
-                 parallelism: int | None = None,
-                 max_document_bytes: int | None = None,
-                 allowed_models: list[str] | None = None,
-                 allowed_provider_urls: list[str] | None = None,
-                 clock: Clock | None = None,
-                 schedule_poll_seconds: float = DEFAULT_POLL_SECONDS,
-                 tables_uri: str | None = None,
-                 storage: StorageOptions | None = None,
-                 max_schedules_per_tenant: int = MAX_SCHEDULES_PER_TENANT,
-                 job_retention_days: float | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        cluster: Cluster | None = None,
+        tiers_file: str | Path | None = None,
+        allowed_roots: list[str] | None = None,
+        runner_config: RunnerConfig | None = None,
+        parallelism: int | None = None,
+        max_document_bytes: int | None = None,
+        allowed_models: list[str] | None = None,
+        allowed_provider_urls: list[str] | None = None,
+        clock: Clock | None = None,
+        schedule_poll_seconds: float = DEFAULT_POLL_SECONDS,
+        tables_uri: str | None = None,
+        storage: StorageOptions | None = None,
+        max_schedules_per_tenant: int = MAX_SCHEDULES_PER_TENANT,
+        job_retention_days: float | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         # Tables live under the data dir, or on an object store (`tables_uri`, reached with
         # `storage`, default the AWS variables); job state always stays in the local data dir.
@@ -95,18 +100,29 @@ class JobService:
         # read up to a limit per document; checked again at every open, on the workers too.
         self.file_access = FileAccess(
             real_roots(allowed_roots) if allowed_roots is not None else None,
-            max_document_bytes or DEFAULT_MAX_DOCUMENT_BYTES, storage=self.storage)
+            max_document_bytes or DEFAULT_MAX_DOCUMENT_BYTES,
+            storage=self.storage,
+        )
         self.store = Store(self.data_dir / DB_FILE)
         self.bus = EventBus()
         self.quota_refusals = Tally()  # submissions refused for the daily quota, by tenant
         self.tenants = Tenants(self.store, self.tiers)
         # Cron-triggered runs: `clock` (an aware "now") is the tests' way to move time.
-        self.schedules = Schedules(self.store, self.check, self.submit, clock,
-                                   schedule_poll_seconds, max_schedules_per_tenant)
+        self.schedules = Schedules(
+            self.store,
+            self.check,
+            self.submit,
+            clock,
+            schedule_poll_seconds,
+            max_schedules_per_tenant,
+        )
         # Ended jobs' inline texts are removed after `job_retention_days` (None: kept; the
         # server's default is DEFAULT_RETENTION_DAYS, api/settings.py).
-        self.retention = (Retention(self.store, job_retention_days, clock or utcnow)
-                          if job_retention_days is not None else None)
+        self.retention = (
+            Retention(self.store, job_retention_days, clock or utcnow)
+            if job_retention_days is not None
+            else None
+        )
         self.cluster: Cluster | None = None
         self._gpus = GpuCount()  # GPU workers of the cluster, for planning partitions
         self.runner: Runner | None = None
@@ -118,15 +134,22 @@ class JobService:
     def attach(self, cluster: Cluster) -> None:
         """Run jobs on `cluster` (once `start()` is called)."""
         self.cluster = cluster
-        self.runner = Runner(self.store, cluster, self.bus, self.tier_of, self.tenant_data_dir,
-                             self.runner_config, self.file_access,
-                             self._check_model)
+        self.runner = Runner(
+            self.store,
+            cluster,
+            self.bus,
+            self.tier_of,
+            self.tenant_data_dir,
+            self.runner_config,
+            self.file_access,
+            self._check_model,
+        )
         # A spec with an adaptive section grows the cluster with what the runner has waiting.
         cluster.autoscale(self.runner.backlog)
-        batcher = EmbeddingBatcher(lambda: cluster.client,
-                                   lambda: cluster.worker_threads(max_age=2.0))
-        self.embeddings = EmbeddingRequests(self.store, self.tier_of, self.allowed_models,
-                                            batcher)
+        batcher = EmbeddingBatcher(
+            lambda: cluster.client, lambda: cluster.worker_threads(max_age=2.0)
+        )
+        self.embeddings = EmbeddingRequests(self.store, self.tier_of, self.allowed_models, batcher)
 
     def start(self, fire_schedules: bool = False) -> None:
         """Resume unfinished jobs and start running new ones (needs a cluster), and, given a
@@ -190,8 +213,9 @@ class JobService:
         """Move a tenant to another tier."""
         return self.tenants.set_tier(name, tier)
 
-    def set_limits(self, name: str, daily_chunks: int | None = None,
-                   max_concurrent_jobs: int | None = None) -> TenantRecord:
+    def set_limits(
+        self, name: str, daily_chunks: int | None = None, max_concurrent_jobs: int | None = None
+    ) -> TenantRecord:
         """Per-tenant overrides of the tier's limits (None: the tier's)."""
         return self.tenants.set_limits(name, daily_chunks, max_concurrent_jobs)
 
@@ -209,9 +233,15 @@ class JobService:
 
     # --- jobs -----------------------------------------------------------------------------
 
-    def submit(self, tenant: str, spec: JobSpec | dict[str, Any],
-               partition_bytes: int | None = None, *, job_id: str | None = None,
-               schedule_id: str | None = None) -> JobRecord:
+    def submit(
+        self,
+        tenant: str,
+        spec: JobSpec | dict[str, Any],
+        partition_bytes: int | None = None,
+        *,
+        job_id: str | None = None,
+        schedule_id: str | None = None,
+    ) -> JobRecord:
         """Validate, plan and admit a job (queued), or refuse it: a bad field, a source outside
         the allowed roots, or more chunks than the tenant has left today once those promised
         to its queued and running jobs are counted (checked in the transaction that inserts
@@ -223,14 +253,26 @@ class JobService:
         spec = as_recorded(spec)
         tier = self.tier_of(tenant)
         plan = self._plan(spec, partition_bytes)
-        estimate = estimate_chunks(plan.partitions, spec.chunk_tokens, spec.overlap_tokens,
-                                   limits, self._chars_per_token(spec, plan, limits))
+        estimate = estimate_chunks(
+            plan.partitions,
+            spec.chunk_tokens,
+            spec.overlap_tokens,
+            limits,
+            self._chars_per_token(spec, plan, limits),
+        )
         now = utcnow()
         record = JobRecord(
-            id=job_id or uuid.uuid4().hex, tenant=tenant, spec=recorded_spec(spec),
-            status=JobStatus.QUEUED, priority=spec.priority, table_name=spec.table,
-            history=[(str(JobStatus.QUEUED), now.isoformat())], created_at=now, updated_at=now,
-            estimated_chunks=estimate, partitions_total=len(plan.partitions),
+            id=job_id or uuid.uuid4().hex,
+            tenant=tenant,
+            spec=recorded_spec(spec),
+            status=JobStatus.QUEUED,
+            priority=spec.priority,
+            table_name=spec.table,
+            history=[(str(JobStatus.QUEUED), now.isoformat())],
+            created_at=now,
+            updated_at=now,
+            estimated_chunks=estimate,
+            partitions_total=len(plan.partitions),
             schedule_id=schedule_id,
         )
 
@@ -273,51 +315,71 @@ class JobService:
         if limits is None:
             return CHARS_PER_TOKEN
         resolved = model_spec(spec)
-        return chars_per_token(plan.partitions, resolved.tokenizer or resolved,
-                               self.file_access)
+        return chars_per_token(plan.partitions, resolved.tokenizer or resolved, self.file_access)
 
     def _plan(self, spec: JobSpec, partition_bytes: int | None = None) -> SourcePlan:
         # Planned for the cluster that runs it: its task slots, and larger partitions where
         # its workers own GPUs (engine.cluster.placement).
         # An adaptive cluster is planned for the size it may grow to.
-        target = (plan_target(max(self.cluster.worker_threads(max_age=2.0),
-                                  self.cluster.max_threads),
-                              self._gpus(self.cluster.client))
-                  if self.cluster is not None else plan_target(self.parallelism, 0))
+        target = (
+            plan_target(
+                max(self.cluster.worker_threads(max_age=2.0), self.cluster.max_threads),
+                self._gpus(self.cluster.client),
+            )
+            if self.cluster is not None
+            else plan_target(self.parallelism, 0)
+        )
         try:
             if spec.texts is not None:
                 return plan_texts(spec.texts, spec.ids, spec.metadata)
             source = check_source_allowed(spec.source, self.allowed_roots)
             try:
-                return plan_source(source, parallelism=target.parallelism,
-                                   access=self.file_access, partition_bytes=partition_bytes,
-                                   min_partition_bytes=target.min_partition_bytes)
+                return plan_source(
+                    source,
+                    parallelism=target.parallelism,
+                    access=self.file_access,
+                    partition_bytes=partition_bytes,
+                    min_partition_bytes=target.min_partition_bytes,
+                )
             except EmptySourceError as exc:
                 if spec.mode != "sync":
                     raise
                 if not spec.allow_empty:  # an unmounted folder must not wipe the table
-                    raise InvalidFieldError("source", (
-                        f"{exc}; a sync of a source that lists nothing would delete every "
-                        f"row of table '{spec.table}': pass allow_empty (--allow-empty) if "
-                        "that is what you want")) from None
+                    raise InvalidFieldError(
+                        "source",
+                        (
+                            f"{exc}; a sync of a source that lists nothing would delete every "
+                            f"row of table '{spec.table}': pass allow_empty (--allow-empty) if "
+                            "that is what you want"
+                        ),
+                    ) from None
                 return SourcePlan([], [], source, 0, 0)
         except EmbedscaleError as exc:
             if isinstance(exc, InvalidFieldError):
                 raise
-            raise InvalidFieldError("source" if spec.source is not None else "texts",
-                                    str(exc)) from None
+            raise InvalidFieldError(
+                "source" if spec.source is not None else "texts", str(exc)
+            ) from None
 
     def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
         return self.store.get_job(job_id, tenant)
 
-    def list(self, tenant: str | None = None, status: str | None = None,
-             table: str | None = None, limit: int = 50, cursor: str | None = None,
-             schedule: str | None = None) -> tuple[list[JobRecord], str | None]:
+    def list(
+        self,
+        tenant: str | None = None,
+        status: str | None = None,
+        table: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        schedule: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
         """A page of jobs, newest first, and the cursor of the next page (None at the end);
         `schedule`: only the runs of that schedule."""
         if status is not None and status not in {s.value for s in JobStatus}:
-            raise InvalidFieldError("status", f"unknown status {status!r}: use one of "
-                                              f"{', '.join(s.value for s in JobStatus)}")
+            raise InvalidFieldError(
+                "status",
+                f"unknown status {status!r}: use one of {', '.join(s.value for s in JobStatus)}",
+            )
         before = None
         if cursor:
             last = self.store.get_job(cursor, tenant)
@@ -359,11 +421,15 @@ class JobService:
         """Delete a tenant's table with all its rows; ConflictError while a job of the tenant
         still writes to it."""
         table = existing_table(self.tenant_data_dir(tenant), name)
-        busy = [j.id for j in self.store.unfinished_jobs()
-                if j.tenant == tenant and j.table_name == name]
+        busy = [
+            j.id
+            for j in self.store.unfinished_jobs()
+            if j.tenant == tenant and j.table_name == name
+        ]
         if busy:
-            raise ConflictError(f"table '{name}' is being written by job(s) {', '.join(busy)}; "
-                                "cancel them first")
+            raise ConflictError(
+                f"table '{name}' is being written by job(s) {', '.join(busy)}; cancel them first"
+            )
         remove_table(table)
         if self.runner is not None:
             self.runner.forget_table(table.uri)
@@ -379,15 +445,15 @@ class JobService:
     def verify_table(self, tenant: str, name: str) -> VerifyReport:
         """One of the tenant's tables checked against itself and the job ledger
         (`embedscale verify`); TableNotFoundError if it has none of that name."""
-        return verify_table(self.store, existing_table(self.tenant_data_dir(tenant), name),
-                            tenant)
+        return verify_table(self.store, existing_table(self.tenant_data_dir(tenant), name), tenant)
 
     def table_uri(self, tenant: str, name: str) -> str:
         """Where a tenant's table is (or would be) stored."""
         return ChunkTable(self.tenant_data_dir(tenant), name).uri
 
-    def search(self, tenant: str, name: str, query: str, k: int = 5,
-               where: str | None = None) -> list[Hit]:
+    def search(
+        self, tenant: str, name: str, query: str, k: int = 5, where: str | None = None
+    ) -> list[Hit]:
         """The `k` chunks of the tenant's table nearest to `query`, with the table's own model;
         a filter the engine refuses is an InvalidFieldError of `filter`."""
         data_dir = self.tenant_data_dir(tenant)
@@ -427,8 +493,9 @@ class JobService:
         """Jobs not yet ended (queued, running, cancelling), oldest first."""
         return self.store.unfinished_jobs()
 
-    def embed(self, tenant: str, model: str, texts: list[str],
-              dimensions: int | None = None) -> PendingEmbedding:
+    def embed(
+        self, tenant: str, model: str, texts: list[str], dimensions: int | None = None
+    ) -> PendingEmbedding:
         """Embed `texts` with `model` on the cluster's warm workers, charged to the tenant (see
         jobs.embeddings.requests): checked and charged now, the vectors from `.result()`."""
         if self.embeddings is None:
@@ -438,8 +505,9 @@ class JobService:
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job ends; returns its final record (TimeoutError after `timeout`)."""
         done = threading.Event()
-        unsubscribe = self.bus.subscribe(job_id, lambda e: e["job"]["status"] in
-                                         {s.value for s in TERMINAL} and done.set())
+        unsubscribe = self.bus.subscribe(
+            job_id, lambda e: e["job"]["status"] in {s.value for s in TERMINAL} and done.set()
+        )
         try:
             while self.store.get_job(job_id).status not in TERMINAL:
                 if self.runner is not None and not self.runner.alive:

@@ -1,4 +1,5 @@
 """What a tenant asks for: a job spec, validated field by field (pydantic)."""
+
 from __future__ import annotations
 
 import os
@@ -40,44 +41,76 @@ class JobSpec(BaseModel):
     # that says what a name may hold.
     # Every string is UTF-8 text (jobs.textcheck); names and paths hold no NUL either. Numbers
     # are strict: `true` or "10" is no chunk size.
-    table: NameStr = Field(description="the tenant's LanceDB table to write",
-                           json_schema_extra={"pattern": TABLE_NAME_PATTERN, "maxLength": 128})
-    source: NameStr | None = Field(None, max_length=4096,
-                                   description="directory, file or glob on the server")
-    texts: list[Utf8Str] | None = Field(None, max_length=MAX_INLINE_TEXTS,
-                                        description="inline documents, for small jobs")
+    table: NameStr = Field(
+        description="the tenant's LanceDB table to write",
+        json_schema_extra={"pattern": TABLE_NAME_PATTERN, "maxLength": 128},
+    )
+    source: NameStr | None = Field(
+        None, max_length=4096, description="directory, file or glob on the server"
+    )
+    texts: list[Utf8Str] | None = Field(
+        None, max_length=MAX_INLINE_TEXTS, description="inline documents, for small jobs"
+    )
     ids: list[Utf8Str] | None = Field(None, description="ids of the inline texts")
     metadata: list[Annotated[dict[str, Any], Utf8Json] | None] | None = Field(
-        None, description="metadata of each inline text")
-    model: NameStr = Field(DEFAULT_MODEL, min_length=1, max_length=512,
-                           description="the default model, or one the service allows")
-    provider: Provider = Field(DEFAULT_PROVIDER, description=(
-        "where vectors come from: sentence-transformers (torch on the cluster's workers), onnx "
-        "(the same model exported to ONNX, run by onnxruntime on the workers; its vectors may "
-        "share a table with sentence-transformers'), onnx-int8 (that export quantized: faster "
-        "on CPUs, cosine to fp32 0.976 at worst, its own tables) or openai (an "
-        "OpenAI-compatible endpoint at provider_url, key from the workers' "
-        "EMBEDSCALE_PROVIDER_API_KEY)"))
+        None, description="metadata of each inline text"
+    )
+    model: NameStr = Field(
+        DEFAULT_MODEL,
+        min_length=1,
+        max_length=512,
+        description="the default model, or one the service allows",
+    )
+    provider: Provider = Field(
+        DEFAULT_PROVIDER,
+        description=(
+            "where vectors come from: sentence-transformers (torch on the cluster's workers), onnx "
+            "(the same model exported to ONNX, run by onnxruntime on the workers; its vectors may "
+            "share a table with sentence-transformers'), onnx-int8 (that export quantized: faster "
+            "on CPUs, cosine to fp32 0.976 at worst, its own tables) or openai (an "
+            "OpenAI-compatible endpoint at provider_url, key from the workers' "
+            "EMBEDSCALE_PROVIDER_API_KEY)"
+        ),
+    )
     provider_url: NameStr | None = Field(
-        None, max_length=2048, validate_default=True,
-        description="provider openai: the endpoint's base URL, e.g. https://api.openai.com/v1")
-    tokenizer: NameStr | None = Field(None, min_length=1, max_length=512, description=(
-        "provider openai: the model whose tokenizer cuts chunks (default: the model itself, "
-        "when known locally); the job record names the one used"))
+        None,
+        max_length=2048,
+        validate_default=True,
+        description="provider openai: the endpoint's base URL, e.g. https://api.openai.com/v1",
+    )
+    tokenizer: NameStr | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description=(
+            "provider openai: the model whose tokenizer cuts chunks (default: the model itself, "
+            "when known locally); the job record names the one used"
+        ),
+    )
     chunk_tokens: int | None = Field(None, gt=0, le=1_000_000, strict=True)
     overlap_tokens: int | None = Field(None, ge=0, le=1_000_000, strict=True)
-    mode: Mode = Field("append", description=(
-        "append; overwrite (the table's rows are replaced by the job's); upsert (changed "
-        "documents replace their rows, unchanged ones are skipped); sync (upsert, and "
-        "documents gone from the source are deleted)"))
-    allow_empty: bool = Field(False, strict=True, description=(
-        "sync only: a source that lists no documents deletes every row (refused without "
-        "this, as an unmounted folder or an empty prefix looks the same)"))
+    mode: Mode = Field(
+        "append",
+        description=(
+            "append; overwrite (the table's rows are replaced by the job's); upsert (changed "
+            "documents replace their rows, unchanged ones are skipped); sync (upsert, and "
+            "documents gone from the source are deleted)"
+        ),
+    )
+    allow_empty: bool = Field(
+        False,
+        strict=True,
+        description=(
+            "sync only: a source that lists no documents deletes every row (refused without "
+            "this, as an unmounted folder or an empty prefix looks the same)"
+        ),
+    )
     priority: Priority = "normal"
     text_field: NameStr = Field("text", min_length=1, max_length=256)
     id_field: NameStr = Field("id", min_length=1, max_length=256)
-    labels: dict[Utf8Str, Utf8Str] = Field(default_factory=dict,
-                                           description="free-form job metadata")
+    labels: dict[Utf8Str, Utf8Str] = Field(
+        default_factory=dict, description="free-form job metadata"
+    )
 
     @field_validator("table")
     @classmethod
@@ -93,8 +126,10 @@ class JobSpec(BaseModel):
         provider = info.data.get("provider")
         if value is None:
             if provider == "openai":
-                raise ValueError("provider 'openai' needs provider_url, the endpoint's base URL "
-                                 "(e.g. https://api.openai.com/v1)")
+                raise ValueError(
+                    "provider 'openai' needs provider_url, the endpoint's base URL "
+                    "(e.g. https://api.openai.com/v1)"
+                )
             return None
         if provider != "openai":
             raise ValueError(f"provider_url goes with provider 'openai', not {provider!r}")
@@ -103,8 +138,10 @@ class JobSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         if self.tokenizer is not None and self.provider != "openai":
-            raise ValueError("'tokenizer' goes with provider 'openai' (the other providers "
-                             "chunk with their model's own tokenizer)")
+            raise ValueError(
+                "'tokenizer' goes with provider 'openai' (the other providers "
+                "chunk with their model's own tokenizer)"
+            )
         if (self.source is None) == (self.texts is None):
             raise ValueError("give exactly one of 'source' (a server-side path) or 'texts'")
         if self.texts is not None:
@@ -113,16 +150,22 @@ class JobSpec(BaseModel):
             for name in ("ids", "metadata"):
                 given = getattr(self, name)
                 if given is not None and len(given) != len(self.texts):
-                    raise ValueError(f"'{name}' has {len(given)} entries but 'texts' has "
-                                     f"{len(self.texts)}")
+                    raise ValueError(
+                        f"'{name}' has {len(given)} entries but 'texts' has {len(self.texts)}"
+                    )
             if self.ids is not None and len(set(self.ids)) != len(self.ids):
                 raise ValueError("'ids' are not unique")
         elif self.ids is not None or self.metadata is not None:
             raise ValueError("'ids' and 'metadata' go with 'texts', not with 'source'")
-        if (self.chunk_tokens is not None and self.overlap_tokens is not None
-                and self.overlap_tokens >= self.chunk_tokens):
-            raise ValueError(f"overlap_tokens={self.overlap_tokens} must be less than "
-                             f"chunk_tokens={self.chunk_tokens}")
+        if (
+            self.chunk_tokens is not None
+            and self.overlap_tokens is not None
+            and self.overlap_tokens >= self.chunk_tokens
+        ):
+            raise ValueError(
+                f"overlap_tokens={self.overlap_tokens} must be less than "
+                f"chunk_tokens={self.chunk_tokens}"
+            )
         return self
 
 
@@ -132,8 +175,11 @@ def check_source_allowed(source: str, allowed_roots: list[str] | None) -> str:
     if allowed_roots is None:
         return source
     if not allowed_roots:
-        raise InvalidFieldError("source", "this service accepts no source paths (started "
-                                          "without --allow-root); send 'texts' instead")
+        raise InvalidFieldError(
+            "source",
+            "this service accepts no source paths (started "
+            "without --allow-root); send 'texts' instead",
+        )
     if "://" in source:
         return _check_uri_allowed(source, allowed_roots)
     # Resolve links and '..' on the part before any glob character.
@@ -166,8 +212,10 @@ def _check_uri_allowed(source: str, allowed_roots: list[str]) -> str:
 
 # One text for every refused model, whatever the name: a tenant learns nothing of the server's
 # folders from it (a name is never looked up on disk before it is found allowed).
-MODEL_NOT_ALLOWED = ("model not offered by this service: use one of {names} (the operator "
-                     "offers others with `embedscale serve --allow-model NAME`)")
+MODEL_NOT_ALLOWED = (
+    "model not offered by this service: use one of {names} (the operator "
+    "offers others with `embedscale serve --allow-model NAME`)"
+)
 
 
 def check_model_allowed(name: str, allowed: list[str] | None) -> str:
@@ -193,8 +241,10 @@ def check_provider_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"provider_url {url!r} is not an http(s) URL with a host")
     if parts.username or parts.password:
-        raise ValueError("provider_url carries credentials; put the key in the workers' "
-                         "EMBEDSCALE_PROVIDER_API_KEY instead")
+        raise ValueError(
+            "provider_url carries credentials; put the key in the workers' "
+            "EMBEDSCALE_PROVIDER_API_KEY instead"
+        )
     return url
 
 
@@ -239,9 +289,12 @@ def check_provider(spec: JobSpec, allowed_urls: list[str] | None) -> None:
     if spec.provider != "openai" or allowed_urls is None:
         return
     if spec.provider_url.rstrip("/") not in {u.rstrip("/") for u in allowed_urls}:
-        raise InvalidFieldError("provider_url", "endpoint not offered by this service (the "
-                                "operator offers one with `embedscale serve "
-                                "--allow-provider-url URL`)")
+        raise InvalidFieldError(
+            "provider_url",
+            "endpoint not offered by this service (the "
+            "operator offers one with `embedscale serve "
+            "--allow-provider-url URL`)",
+        )
 
 
 def check_model_allowed_as(name: str, allowed: list[str] | None, field: str) -> str:

@@ -3,6 +3,7 @@
 Pure code: no I/O, testable without a cluster or a database (as distributed's scheduler keeps
 its task states as data). An illegal transition raises an error that carries the job's history.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -43,15 +44,17 @@ class IllegalTransitionError(ConflictError):
     """A status change the transition table does not allow (a conflict with the job's state:
     the CLI prints it as one line, the API answers 409)."""
 
-    def __init__(self, job_id: str, old: JobStatus, new: JobStatus,
-                 history: Sequence[tuple[str, str]] = ()) -> None:
+    def __init__(
+        self, job_id: str, old: JobStatus, new: JobStatus, history: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.job_id, self.old, self.new, self.history = job_id, old, new, list(history)
         steps = " -> ".join(status for status, _ in self.history) or str(old)
         super().__init__(f"job {job_id}: cannot go from {old} to {new} (history: {steps})")
 
 
-def check_transition(job_id: str, old: JobStatus | str, new: JobStatus | str,
-                     history: Sequence[tuple[str, str]] = ()) -> JobStatus:
+def check_transition(
+    job_id: str, old: JobStatus | str, new: JobStatus | str, history: Sequence[tuple[str, str]] = ()
+) -> JobStatus:
     """Return `new` as a JobStatus if `old -> new` is allowed, else raise with the history."""
     old, new = JobStatus(old), JobStatus(new)
     if (old, new) not in TRANSITIONS:

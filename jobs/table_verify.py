@@ -14,6 +14,7 @@ ledger records that job committed (its partitions marked done, with their chunks
   when the table's own commits after the newest the ledger recorded account for the rows;
 - rows of a job the ledger does not know (a table written from another data dir): a warning.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,16 +57,25 @@ class VerifyReport:
         return not any(p.severity == ERROR for p in self.problems)
 
     def to_dict(self) -> dict:
-        return {"table": self.table, "tenant": self.tenant, "ok": self.ok, "rows": self.rows,
-                "model": self.model, "dimension": self.dimension, "jobs": self.jobs,
-                "problems": [{**asdict(p), "examples": list(p.examples)}
-                             for p in self.problems]}
+        return {
+            "table": self.table,
+            "tenant": self.tenant,
+            "ok": self.ok,
+            "rows": self.rows,
+            "model": self.model,
+            "dimension": self.dimension,
+            "jobs": self.jobs,
+            "problems": [{**asdict(p), "examples": list(p.examples)} for p in self.problems],
+        }
 
     def lines(self) -> list[str]:
         """One line per problem, errors first: what is wrong, and a few ids to look up."""
         ordered = sorted(self.problems, key=lambda p: p.severity != ERROR)
-        return [f"{p.severity}: table '{self.table}' of tenant '{self.tenant}': {p.kind}: "
-                f"{p.message}{_examples(p)}" for p in ordered]
+        return [
+            f"{p.severity}: table '{self.table}' of tenant '{self.tenant}': {p.kind}: "
+            f"{p.message}{_examples(p)}"
+            for p in ordered
+        ]
 
 
 def _examples(problem: Problem) -> str:
@@ -80,13 +90,16 @@ def verify_table(store: Store, table: ChunkTable, tenant: str) -> VerifyReport:
     scan = scan_table(table)
     ledger = store.table_ledger(tenant, table.name)
     problems = list(scan.problems) + ledger_problems(
-        table, scan, ledger, lambda job_id: unrecorded_chunks(store, tenant, table, job_id))
-    return VerifyReport(table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger),
-                        problems)
+        table, scan, ledger, lambda job_id: unrecorded_chunks(store, tenant, table, job_id)
+    )
+    return VerifyReport(
+        table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger), problems
+    )
 
 
-def ledger_problems(table: ChunkTable, scan: TableScan, ledger: list[LedgerJob],
-                    unrecorded: Callable[[str], int]) -> list[Problem]:
+def ledger_problems(
+    table: ChunkTable, scan: TableScan, ledger: list[LedgerJob], unrecorded: Callable[[str], int]
+) -> list[Problem]:
     """Each job's rows in the table held against what the ledger records it committed;
     `unrecorded(job_id)`: the job's chunks the table's commits hold and the ledger does not
     record yet."""
@@ -113,41 +126,67 @@ def ledger_problems(table: ChunkTable, scan: TableScan, ledger: list[LedgerJob],
             kind = "unrecorded_rows"
             if job.status in _FED and rows <= job.chunks_done + unrecorded(job.id):
                 kind = "rows_ahead_of_ledger"
-            add(kind, job, rows - job.chunks_done, f"has {rows} rows; its ledger records "
-                f"{recorded}")
+            add(
+                kind, job, rows - job.chunks_done, f"has {rows} rows; its ledger records {recorded}"
+            )
         elif rows < job.chunks_done and not _replaceable(job, ledger, created):
-            add("missing_rows", job, job.chunks_done - rows, f"has {rows} rows; its ledger "
-                f"records {recorded} committed")
+            add(
+                "missing_rows",
+                job,
+                job.chunks_done - rows,
+                f"has {rows} rows; its ledger records {recorded} committed",
+            )
     known = {job.id for job in ledger}
     unknown = {j: n for j, n in scan.rows_by_job.items() if j not in known}
     problems = [_problem(kind, found[kind], counts[kind]) for kind in _KINDS if kind in found]
     if unknown:
-        problems.append(Problem(
-            "unknown_job_rows", f"{sum(unknown.values())} rows of {_jobs(len(unknown))} this data "
-            "dir's ledger does not know for this table (written from another data dir?)",
-            sum(unknown.values()), tuple(sorted(unknown)[:EXAMPLES]), WARNING))
+        problems.append(
+            Problem(
+                "unknown_job_rows",
+                f"{sum(unknown.values())} rows of {_jobs(len(unknown))} this data "
+                "dir's ledger does not know for this table (written from another data dir?)",
+                sum(unknown.values()),
+                tuple(sorted(unknown)[:EXAMPLES]),
+                WARNING,
+            )
+        )
     return problems
 
 
 # kind -> (severity, what it means and what to do)
 _KINDS: dict[str, tuple[str, str]] = {
     "missing_rows": (ERROR, "rows the ledger records committed are not in the table"),
-    "unrecorded_rows": (ERROR, "more rows than the ledger records committed (a partition "
-                               "committed twice, or rows of a failed commit)"),
+    "unrecorded_rows": (
+        ERROR,
+        "more rows than the ledger records committed (a partition "
+        "committed twice, or rows of a failed commit)",
+    ),
     "cancelled_job_rows": (ERROR, "rows of cancelled jobs are still in the table"),
-    "cancelling_job_rows": (WARNING, "rows of jobs being cancelled (their cancel removes "
-                                     "them; `embedscale jobs resume` after a crash)"),
-    "rows_ahead_of_ledger": (WARNING, "rows of running jobs committed but not yet recorded "
-                                      "(recorded next, or by `embedscale jobs resume`)"),
+    "cancelling_job_rows": (
+        WARNING,
+        "rows of jobs being cancelled (their cancel removes "
+        "them; `embedscale jobs resume` after a crash)",
+    ),
+    "rows_ahead_of_ledger": (
+        WARNING,
+        "rows of running jobs committed but not yet recorded "
+        "(recorded next, or by `embedscale jobs resume`)",
+    ),
 }
 
 
 def _problem(kind: str, jobs: list[str], rows: int) -> Problem:
     severity, meaning = _KINDS[kind]
-    shown = "; ".join(jobs[:EXAMPLES]) + (f"; ... {len(jobs)} jobs in all"
-                                          if len(jobs) > EXAMPLES else "")
-    return Problem(kind, f"{meaning}: {rows} rows of {_jobs(len(jobs))}: job {shown}", rows,
-                   tuple(j.split(" ", 1)[0] for j in jobs[:EXAMPLES]), severity)
+    shown = "; ".join(jobs[:EXAMPLES]) + (
+        f"; ... {len(jobs)} jobs in all" if len(jobs) > EXAMPLES else ""
+    )
+    return Problem(
+        kind,
+        f"{meaning}: {rows} rows of {_jobs(len(jobs))}: job {shown}",
+        rows,
+        tuple(j.split(" ", 1)[0] for j in jobs[:EXAMPLES]),
+        severity,
+    )
 
 
 def _jobs(n: int) -> str:
@@ -161,9 +200,13 @@ def _replaceable(job: LedgerJob, ledger: list[LedgerJob], created: _Created) -> 
     if job.first_done_at is None:
         return True
     for other in ledger:
-        if (other.id != job.id and other.mode in REPLACING_MODES and other.started_at is not None
-                and other.status != JobStatus.CANCELLED
-                and (other.finished_at is None or other.finished_at >= job.first_done_at)):
+        if (
+            other.id != job.id
+            and other.mode in REPLACING_MODES
+            and other.started_at is not None
+            and other.status != JobStatus.CANCELLED
+            and (other.finished_at is None or other.finished_at >= job.first_done_at)
+        ):
             return True
     made = created.at()
     return made is not None and job.last_done_at is not None and job.last_done_at < made

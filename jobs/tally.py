@@ -1,6 +1,7 @@
 """Counts of events by key, kept where the events happen (a quota refusal in the service, a
 partition failure in the runner) and read by /metrics as counters. The control plane stays
 free of Prometheus: api/server/metrics.py turns these into metric families at scrape time."""
+
 from __future__ import annotations
 
 import threading

@@ -5,6 +5,7 @@ downstream can write: DuckDB, Lance, the tokenizer and the JSON of a response al
 Such a string is refused where it arrives, naming its field, instead of failing later inside a
 job or a /metrics scrape. A NUL byte cannot be part of a file path, so names refuse it too.
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -28,8 +29,10 @@ def check_name(value: str) -> str:
     """`value` if it is UTF-8 text without NUL: for names, paths and SQL."""
     check_utf8(value)
     if "\x00" in value:
-        raise ValueError(f"a NUL character at character {value.index(chr(0))}: names, paths "
-                         "and filters cannot hold one")
+        raise ValueError(
+            f"a NUL character at character {value.index(chr(0))}: names, paths "
+            "and filters cannot hold one"
+        )
     return value
 
 

@@ -10,6 +10,7 @@ texts), so a submission stays quick; where no
 sample can be had (object-store sources, structured formats, a model whose tokenizer is not
 local) the fixed figure stands.
 """
+
 from __future__ import annotations
 
 from embedscale.engine.models.limits import local_tokenizer
@@ -28,8 +29,9 @@ TEXT_FORMATS = frozenset({"text", "markdown"})  # read as they are: their bytes 
 DENSITY_BOUNDS = (1.5, 8.0)
 
 
-def chars_per_token(partitions: list[Partition], model: ModelSpec | None,
-                    access: FileAccess) -> float:
+def chars_per_token(
+    partitions: list[Partition], model: ModelSpec | None, access: FileAccess
+) -> float:
     """The sample's characters per token (without special tokens), or CHARS_PER_TOKEN."""
     if model is None or not model.local:
         return CHARS_PER_TOKEN
@@ -47,8 +49,11 @@ def chars_per_token(partitions: list[Partition], model: ModelSpec | None,
 def _sample(partitions: list[Partition], access: FileAccess) -> str:
     items = [item for partition in partitions for item in partition.items]
     texts = [i.text for i in items if isinstance(i, InlineText)]
-    files = [i for i in items if isinstance(i, FileSlice) and i.fmt in TEXT_FORMATS
-             and not is_uri(i.path)]
+    files = [
+        i
+        for i in items
+        if isinstance(i, FileSlice) and i.fmt in TEXT_FORMATS and not is_uri(i.path)
+    ]
     parts, left = [], SAMPLE_BYTES
     for text in texts:
         if left <= 0:

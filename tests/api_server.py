@@ -1,4 +1,5 @@
 """A real `embedscale serve` (uvicorn, FastAPI, its own LocalCluster) in a subprocess."""
+
 from __future__ import annotations
 
 import os
@@ -57,11 +58,27 @@ class Server:
             env["EMBEDSCALE_ADMIN_KEY"] = admin_key
         self.log = (workdir / "server.log").open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "embedscale", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), "--allow-root", str(self.root),
-             "--tiers", str(tiers), *extra],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "embedscale",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--allow-root",
+                str(self.root),
+                "--tiers",
+                str(tiers),
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -88,8 +105,9 @@ class Server:
         self.log.close()
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60,
-                            headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        return httpx.Client(
+            base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
 
     def hold_in_queue(self, tenant: str, held: bool = True) -> None:
         """Allow the tenant no running job (its jobs wait in `queued`, however fast the
@@ -104,5 +122,8 @@ class Server:
         with self.admin() as admin:
             created = admin.post("/v1/tenants", json={"name": name, "tier": tier})
             assert created.status_code == 201, created.text
-        return httpx.Client(base_url=self.url, timeout=60,
-                            headers={"Authorization": f"Bearer {created.json()['api_key']}"})
+        return httpx.Client(
+            base_url=self.url,
+            timeout=60,
+            headers={"Authorization": f"Bearer {created.json()['api_key']}"},
+        )

@@ -1,4 +1,5 @@
 """Shared fixtures: a real LocalCluster of worker processes, the real model, a small corpus."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ def cluster():
     """Two single-threaded worker processes, as the default LocalCluster makes on 2 cores."""
     from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 
-    with start_cluster(ClusterSpec(n_workers=2, threads_per_worker=1,
-                                   dashboard_address=":0")) as c:
+    with start_cluster(ClusterSpec(n_workers=2, threads_per_worker=1, dashboard_address=":0")) as c:
         yield c
 
 
@@ -52,8 +52,10 @@ def small_corpus(tmp_path: Path) -> Path:
         shutil.copy(SAMPLE_CORPUS / "stdlib" / name, src / name)
     shutil.copy(SAMPLE_CORPUS / "notes" / "chunking.md", src / "chunking.md")
     shutil.copy(SAMPLE_CORPUS / "html" / "sched.html", src / "sched.html")
-    rows = [json.loads(line) for line in
-            (SAMPLE_CORPUS / "records" / "modules.jsonl").read_text().splitlines()[:6]]
+    rows = [
+        json.loads(line)
+        for line in (SAMPLE_CORPUS / "records" / "modules.jsonl").read_text().splitlines()[:6]
+    ]
     (src / "modules.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return src
 
@@ -89,8 +91,7 @@ def server(cluster, tmp_path_factory):
     other."""
     from tests.api_server import Server
 
-    srv = Server(tmp_path_factory.mktemp("server"), "--scheduler",
-                 cluster.client.scheduler.address)
+    srv = Server(tmp_path_factory.mktemp("server"), "--scheduler", cluster.client.scheduler.address)
     yield srv
     srv.stop()
 

@@ -1,4 +1,5 @@
 """Test corpora made from the bundled sample's real text."""
+
 from __future__ import annotations
 
 import json
@@ -16,5 +17,5 @@ def jsonl_corpus(path: Path, rows: int, chars: int = 1000) -> Path:
     with path.open("w") as f:
         for i in range(rows):
             start = (i * 997) % (len(_TEXT) - chars)
-            f.write(json.dumps({"id": f"doc-{i}", "text": _TEXT[start:start + chars]}) + "\n")
+            f.write(json.dumps({"id": f"doc-{i}", "text": _TEXT[start : start + chars]}) + "\n")
     return path

@@ -2,6 +2,7 @@
 `dask worker` started from the command line on 127.0.0.1, each in its own session, so a test can
 kill a worker and its nanny together, as a lost host), and `embedscale` commands run the same
 way."""
+
 from __future__ import annotations
 
 import os
@@ -27,29 +28,47 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **extra}
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
-            timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`embedscale ARGS` in a process of its own, with `clean_env` plus `env`."""
-    return subprocess.run([sys.executable, "-m", "embedscale", *args], cwd=cwd,
-                          env=clean_env(**(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "embedscale", *args],
+        cwd=cwd,
+        env=clean_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class DaskProcesses:
     """A scheduler and named workers, each its own process group; `address` to connect."""
 
-    def __init__(self, workdir: Path, workers: int = 2, scheme: str = "tcp",
-                 security_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        workers: int = 2,
+        scheme: str = "tcp",
+        security_args: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.address = f"{scheme}://127.0.0.1:{self.port}"
         self.security_args = security_args
         self.processes: dict[str, subprocess.Popen] = {}
-        self._scheduler_command = [dask_command(), "scheduler", "--host", "127.0.0.1",
-                                   "--port", str(self.port), "--no-dashboard",
-                                   *(["--protocol", scheme] if scheme != "tcp" else []),
-                                   *security_args]
+        self._scheduler_command = [
+            dask_command(),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-dashboard",
+            *(["--protocol", scheme] if scheme != "tcp" else []),
+            *security_args,
+        ]
         self._start("scheduler", self._scheduler_command)
         for n in range(1, workers + 1):
             self.start_worker(f"w{n}")
@@ -73,14 +92,36 @@ class DaskProcesses:
         # Workers start in a folder of their own: no path relative to the test's works there.
         cwd = self.workdir / name
         cwd.mkdir(exist_ok=True)
-        self.processes[name] = subprocess.Popen(command, cwd=cwd, env=clean_env(), stdout=log,
-                                                stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=clean_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_worker(self, name: str) -> None:
-        self._start(name, [dask_command(), "worker", self.address, "--name", name,
-                           "--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1",
-                           "--memory-limit", "4GiB", "--no-dashboard", *self.security_args])
+        self._start(
+            name,
+            [
+                dask_command(),
+                "worker",
+                self.address,
+                "--name",
+                name,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--memory-limit",
+                "4GiB",
+                "--no-dashboard",
+                *self.security_args,
+            ],
+        )
 
     def wait_for_workers(self, client, count: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

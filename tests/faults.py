@@ -2,6 +2,7 @@
 exactly-once faults make the first write in the whole cluster fail after its files are written
 (the worst moment: orphan fragments exist); a marker file makes it happen once across processes
 and worker restarts. HoldWrites holds a job's partitions until the test lets them go."""
+
 from __future__ import annotations
 
 import os

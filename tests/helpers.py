@@ -1,5 +1,6 @@
 """Small helpers for tests: reading back what a job wrote, waiting for a job over HTTP, and
 `embedscale verify` after a fault test."""
+
 from __future__ import annotations
 
 import io
@@ -34,7 +35,10 @@ def wait_done(client: httpx.Client, job_id: str, timeout: float = 120.0) -> dict
     """A job's record once it has ended, polled through the API."""
     deadline = time.monotonic() + timeout
     while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-            "succeeded", "failed", "cancelled"):
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
     return job
@@ -54,8 +58,9 @@ def logged(logger_name: str) -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
-def verify(data_dir: str | Path, table: str, *args: str,
-           env: dict[str, str] | None = None) -> tuple[int, dict, str]:
+def verify(
+    data_dir: str | Path, table: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, dict, str]:
     """`embedscale verify TABLE --data-dir DATA_DIR ARGS --json` run in this process, with
     `env` added to the environment (object-store credentials): (exit status, the report,
     stderr)."""
@@ -67,8 +72,9 @@ def verify(data_dir: str | Path, table: str, *args: str,
     return status, (json.loads(out.getvalue()) if out.getvalue() else {}), err.getvalue()
 
 
-def assert_verified(data_dir: str | Path, table: str, *args: str,
-                    env: dict[str, str] | None = None) -> dict:
+def assert_verified(
+    data_dir: str | Path, table: str, *args: str, env: dict[str, str] | None = None
+) -> dict:
     """What a fault test ends with: the table matches its ledger (`embedscale verify` exits 0
     with no problem at all, warnings included). The data dir's DuckDB file must be closed."""
     status, report, err = verify(data_dir, table, *args, env=env)

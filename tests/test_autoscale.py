@@ -1,6 +1,7 @@
 """Autoscaling on the runner's backlog (a spec's `adaptive` section): a real server's cluster
 grows from 1 worker to 2 around a burst of work and shrinks back, seen through GET /v1/cluster
 and the embedscale_workers gauge; a worker retired mid-job loses nothing."""
+
 from __future__ import annotations
 
 import shutil
@@ -30,23 +31,40 @@ def test_the_cluster_grows_with_the_backlog_and_shrinks_back(tmp_path):
     from tests.api_server import Server
 
     spec = tmp_path / "adaptive.yaml"
-    spec.write_text(yaml.safe_dump({
-        "kind": "local", "threads_per_worker": 1, "dashboard_address": "none",
-        "adaptive": {"minimum": 1, "maximum": 2, "partitions_per_worker": 2,
-                     "interval": "500ms", "wait_count": 4}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "local",
+                "threads_per_worker": 1,
+                "dashboard_address": "none",
+                "adaptive": {
+                    "minimum": 1,
+                    "maximum": 2,
+                    "partitions_per_worker": 2,
+                    "interval": "500ms",
+                    "wait_count": 4,
+                },
+            }
+        )
+    )
     server = Server(tmp_path / "srv", "--cluster", str(spec))
     try:
         shutil.copytree(SAMPLE_CORPUS / "stdlib", server.root / "stdlib")
         with server.tenant("burst") as client:
             assert client.get("/v1/cluster").json()["workers"] == 1
-            job = client.post("/v1/jobs", json={"table": "t", "chunk_tokens": 64,
-                                                "source": str(server.root / "stdlib")})
+            job = client.post(
+                "/v1/jobs",
+                json={"table": "t", "chunk_tokens": 64, "source": str(server.root / "stdlib")},
+            )
             assert job.status_code in (200, 201, 202), job.text
             job_id = job.json()["id"]
             sizes, gauges = [], []
             deadline = time.monotonic() + 300
             while (record := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
-                    "succeeded", "failed", "cancelled"):
+                "succeeded",
+                "failed",
+                "cancelled",
+            ):
                 assert time.monotonic() < deadline
                 sizes.append(client.get("/v1/cluster").json()["workers"])
                 gauges.append(workers_gauge(client))
@@ -73,23 +91,39 @@ def test_a_worker_retired_mid_job_loses_nothing(tmp_path, small_corpus):
     """What scale-down does to a worker (Dask's graceful retirement), forced mid-job."""
     clean_dir, retired_dir = tmp_path / "clean", tmp_path / "retired"
     with start_cluster(ClusterSpec(n_workers=2, dashboard_address=":0")) as cluster:
-        clean = run(cluster, table="t", source=str(small_corpus), data_dir=str(clean_dir),
-                    partition_bytes=2048)
+        clean = run(
+            cluster,
+            table="t",
+            source=str(small_corpus),
+            data_dir=str(clean_dir),
+            partition_bytes=2048,
+        )
         workers = list(cluster.client.scheduler_info(n_workers=-1)["workers"])
         retiring: list[threading.Thread] = []
 
         def retire_one(progress) -> None:
             if not retiring:
-                retiring.append(threading.Thread(target=cluster.client.retire_workers,
-                                                 kwargs={"workers": [workers[1]]}))
+                retiring.append(
+                    threading.Thread(
+                        target=cluster.client.retire_workers, kwargs={"workers": [workers[1]]}
+                    )
+                )
                 retiring[0].start()
 
         from embedscale.jobs.local_run import EmbedRequest, run_embedding
 
-        retired = run_embedding(EmbedRequest(table="t", source=str(small_corpus),
-                                             data_dir=str(retired_dir), chunk_tokens=64,
-                                             overlap_tokens=8, partition_bytes=2048),
-                                cluster, retire_one)
+        retired = run_embedding(
+            EmbedRequest(
+                table="t",
+                source=str(small_corpus),
+                data_dir=str(retired_dir),
+                chunk_tokens=64,
+                overlap_tokens=8,
+                partition_bytes=2048,
+            ),
+            cluster,
+            retire_one,
+        )
         retiring[0].join(timeout=60)
         assert len(cluster.client.scheduler_info(n_workers=-1)["workers"]) == 1
     assert retired.ok and retired.chunks == clean.chunks
@@ -101,12 +135,13 @@ def test_a_worker_retired_mid_job_loses_nothing(tmp_path, small_corpus):
 def test_adaptive_sections_are_checked():
     assert backlog_target(0, 4) == 0 and backlog_target(9, 4) == 3
     check_adaptive({"minimum": 0, "maximum": 10, "partitions_per_worker": 4})
-    for bad, message in [({"minimum": 1}, "maximum is required"),
-                         ({"maximum": 2, "minimum": 3}, "minimum 3 is above maximum 2"),
-                         ({"maximum": 0}, "maximum must be a whole number >= 1"),
-                         ({"maximum": 2, "wait": 1}, "unknown keys ['wait']")]:
-        with pytest.raises(EmbedscaleError, match=message.replace("[", r"\[")
-                           .replace("]", r"\]")):
+    for bad, message in [
+        ({"minimum": 1}, "maximum is required"),
+        ({"maximum": 2, "minimum": 3}, "minimum 3 is above maximum 2"),
+        ({"maximum": 0}, "maximum must be a whole number >= 1"),
+        ({"maximum": 2, "wait": 1}, "unknown keys ['wait']"),
+    ]:
+        with pytest.raises(EmbedscaleError, match=message.replace("[", r"\[").replace("]", r"\]")):
             check_adaptive(bad)
     with pytest.raises(EmbedscaleError, match="adaptive needs a cluster embedscale starts"):
         ClusterSpec(kind="address", address="tcp://h:8786", adaptive={"maximum": 2}).checked()
@@ -119,9 +154,14 @@ def test_the_target_follows_the_runner_backlog_which_dask_cannot_see():
 
     waiting = [0]
     with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as dask_cluster:
-        adaptive = dask_cluster.adapt(Adaptive=BacklogAdaptive, backlog=lambda: waiting[0],
-                                      partitions_per_worker=4, minimum=1, maximum=3,
-                                      interval=0)  # no periodic adapting: asked directly
+        adaptive = dask_cluster.adapt(
+            Adaptive=BacklogAdaptive,
+            backlog=lambda: waiting[0],
+            partitions_per_worker=4,
+            minimum=1,
+            maximum=3,
+            interval=0,
+        )  # no periodic adapting: asked directly
         assert dask_cluster.sync(adaptive.target) == 0  # no task on the scheduler, no backlog
         assert dask_cluster.sync(adaptive.safe_target) == 1  # the minimum
         waiting[0] = 10  # ten partitions the runner holds back: the scheduler has no task
@@ -145,9 +185,11 @@ def test_managers_whose_adapt_takes_no_adaptive_class_scale_by_the_backlog_too()
             self.asked.append(n)
 
     manager, waiting = OperatorLike(), [0]
-    loop = start_adaptive(manager, lambda: waiting[0], {
-        "minimum": 1, "maximum": 5, "partitions_per_worker": 2, "interval": "1h",
-        "wait_count": 2})
+    loop = start_adaptive(
+        manager,
+        lambda: waiting[0],
+        {"minimum": 1, "maximum": 5, "partitions_per_worker": 2, "interval": "1h", "wait_count": 2},
+    )
     try:
         assert manager.asked == [1]
         waiting[0] = 7

@@ -1,4 +1,5 @@
 """Length-sorted, token-budgeted batches, and splitting a batch that runs out of memory."""
+
 from __future__ import annotations
 
 import numpy as np

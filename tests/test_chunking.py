@@ -1,4 +1,5 @@
 """Chunking with the real model's tokenizer: limits, coverage, word boundaries, one tokenization."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +69,7 @@ def test_chunks_fit_the_model_and_cover_the_text(model, chunk_tokens, overlap):
         assert list(chunks.chunk_index[mine]) == list(range(len(mine)))
         covered = np.zeros(len(text), dtype=bool)
         for i in mine:
-            covered[chunks.char_start[i]:chunks.char_end[i]] = True
+            covered[chunks.char_start[i] : chunks.char_end[i]] = True
         uncovered = "".join(c for c, ok in zip(text, covered) if not ok)
         assert uncovered.strip() == "", f"doc {d} has text outside every chunk: {uncovered!r}"
 
@@ -80,8 +81,9 @@ def test_chunk_ids_are_what_the_tokenizer_makes_of_the_chunk_text(model):
     texts = corpus_texts()
     chunks = chunk_texts(texts, model.tokenizer, settings)
     mismatches = 0
-    for d, s, e, ids in zip(chunks.doc_index, chunks.char_start, chunks.char_end,
-                            chunks.content_ids):
+    for d, s, e, ids in zip(
+        chunks.doc_index, chunks.char_start, chunks.char_end, chunks.content_ids
+    ):
         again = model.tokenizer.encode(texts[d][s:e], add_special_tokens=False).ids
         mismatches += list(ids) != again
     assert mismatches == 0

@@ -1,7 +1,9 @@
 """The Python client against the real server."""
+
 from __future__ import annotations
 
 import pytest
+
 from embedscale.api.client.service import ApiError, Client, JobCancelledError, JobFailedError
 
 pytestmark = pytest.mark.slow
@@ -15,8 +17,11 @@ def client(server):
 
 
 def test_submit_wait_search(client):
-    job = client.submit("notes", texts=["LanceDB stores the vectors.", "Dask runs the tasks."],
-                        ids=["lance", "dask"])
+    job = client.submit(
+        "notes",
+        texts=["LanceDB stores the vectors.", "Dask runs the tasks."],
+        ids=["lance", "dask"],
+    )
     record = job.wait(timeout=60)
     assert record["status"] == "succeeded" and job.status() == "succeeded"
     hits = client.search("notes", "which database keeps vectors?", k=2)

@@ -1,21 +1,34 @@
 """The client's progress bar in chunks, and search results as a DataFrame: the bar's arithmetic
 alone, then `Job.wait()` and `Client.search` against the real server."""
+
 from __future__ import annotations
 
 import pytest
+
 from embedscale.api.client.progress import ChunkBar, eta_text, expected_total
 from embedscale.api.client.service import HIT_COLUMNS, Client
 
 
 def record(**changes):
-    base = {"table": "notes", "status": "running", "chunks_done": 5, "estimated_chunks": 20,
-            "chunks_per_s": 2.5, "tokens_per_s": 310.0, "eta_seconds": 6.0}
+    base = {
+        "table": "notes",
+        "status": "running",
+        "chunks_done": 5,
+        "estimated_chunks": 20,
+        "chunks_per_s": 2.5,
+        "tokens_per_s": 310.0,
+        "eta_seconds": 6.0,
+    }
     return {**base, **changes}
 
 
 def test_eta_text():
-    assert [eta_text(None), eta_text(0.4), eta_text(61.6), eta_text(3725)] == \
-        ["?", "0:00:00", "0:01:02", "1:02:05"]
+    assert [eta_text(None), eta_text(0.4), eta_text(61.6), eta_text(3725)] == [
+        "?",
+        "0:00:00",
+        "0:01:02",
+        "1:02:05",
+    ]
 
 
 def test_the_bar_is_as_long_as_the_chunks_expected():
@@ -32,8 +45,10 @@ def test_the_bar_shows_rates_and_eta_then_ends_full(capsys):
     bar.update(record(status="succeeded", chunks_done=18, chunks_per_s=3.0))
     bar.close()
     frames = capsys.readouterr().err.split("\r")
-    assert any("5/20 chunks" in f and "2.5 chunks/s · 310 tokens/s · running · ETA 0:00:06"
-               in f for f in frames)
+    assert any(
+        "5/20 chunks" in f and "2.5 chunks/s · 310 tokens/s · running · ETA 0:00:06" in f
+        for f in frames
+    )
     assert any("10/20 chunks" in f and "ETA ?" in f for f in frames)
     assert "notes: 100%" in frames[-1] and "18/18 chunks" in frames[-1]
     assert "3.0 chunks/s" in frames[-1] and "ETA" not in frames[-1]

@@ -1,5 +1,6 @@
 """`embedscale cluster up` / `cluster status`, the example specs, and the `manager` kind (any
 class with Dask's Cluster interface, as dask-kubernetes and dask-jobqueue provide)."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 from embedscale.engine.errors import EmbedscaleError
-
 from tests.api_server import free_port
 from tests.conftest import SAMPLE_CORPUS
 from tests.dask_processes import ROOT, clean_env, run_cli
@@ -33,12 +34,18 @@ def test_every_example_spec_loads(path):
 
 
 def test_a_manager_spec_starts_its_class_and_runs_a_job(tmp_path):
-    spec = ClusterSpec(kind="manager", manager="distributed.LocalCluster", manager_options={
-        "n_workers": 1, "threads_per_worker": 1, "processes": True,
-        "dashboard_address": None})
+    spec = ClusterSpec(
+        kind="manager",
+        manager="distributed.LocalCluster",
+        manager_options={
+            "n_workers": 1,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        },
+    )
     with start_cluster(spec) as cluster:
-        summary = run(cluster, table="t", texts=["from a cluster manager"],
-                      data_dir=str(tmp_path))
+        summary = run(cluster, table="t", texts=["from a cluster manager"], data_dir=str(tmp_path))
         assert summary.ok and summary.chunks == 1
     with pytest.raises(EmbedscaleError, match="pip install dask-jobqueue"):
         start_cluster(ClusterSpec(kind="manager", manager="dask_jobqueue.NoSuchCluster"))
@@ -48,17 +55,35 @@ def test_a_manager_spec_starts_its_class_and_runs_a_job(tmp_path):
 def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
     port = free_port()
     spec = tmp_path / "up.yaml"
-    spec.write_text(yaml.safe_dump({"kind": "local", "n_workers": 1, "threads_per_worker": 1,
-                                    "dashboard_address": "none"}))
+    spec.write_text(
+        yaml.safe_dump(
+            {"kind": "local", "n_workers": 1, "threads_per_worker": 1, "dashboard_address": "none"}
+        )
+    )
     log = (tmp_path / "up.log").open("w+")
-    up = subprocess.Popen([sys.executable, "-m", "embedscale", "cluster", "up", "--spec", str(spec),
-                           "--port", str(port)], cwd=ROOT, env=clean_env(), stdout=log,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedscale",
+            "cluster",
+            "up",
+            "--spec",
+            str(spec),
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while "Ctrl-C" not in Path(log.name).read_text():
-            assert up.poll() is None and time.monotonic() < deadline, \
-                Path(log.name).read_text()
+            assert up.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
             time.sleep(0.25)
         printed = Path(log.name).read_text()
         address = f"tcp://127.0.0.1:{port}"
@@ -70,11 +95,21 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
         assert [(w["threads"], w["gpus"], w["models"]) for w in workers] == [(1, 0, [])]
         assert workers[0]["memory_limit"] > 0
 
-        done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--scheduler", address,
-                    "--data-dir", str(tmp_path / "data"), "--json")
+        done = run_cli(
+            "run",
+            str(SAMPLE_CORPUS / "notes"),
+            "--table",
+            "t",
+            "--scheduler",
+            address,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--json",
+        )
         assert done.returncode == 0, done.stderr
-        after = json.loads(run_cli("cluster", "status", "--scheduler", address,
-                                "--json").stdout)["workers"]
+        after = json.loads(run_cli("cluster", "status", "--scheduler", address, "--json").stdout)[
+            "workers"
+        ]
         assert after[0]["models"] == ["all-MiniLM-L6-v2"]
         table = run_cli("cluster", "status", "--scheduler", address)
         assert "all-MiniLM-L6-v2" in table.stdout and "1 workers, 1 threads" in table.stdout
@@ -91,8 +126,11 @@ def test_cluster_up_refuses_an_address_spec(tmp_path):
 
 def test_a_manager_spec_with_tls_and_a_busy_port_are_one_line(tmp_path):
     with pytest.raises(EmbedscaleError, match="give its security in manager_options"):
-        ClusterSpec(kind="manager", manager="distributed.LocalCluster",
-                    tls={"ca_file": "a", "cert_file": "b", "key_file": "c"}).checked()
+        ClusterSpec(
+            kind="manager",
+            manager="distributed.LocalCluster",
+            tls={"ca_file": "a", "cert_file": "b", "key_file": "c"},
+        ).checked()
     import socket
 
     with socket.socket() as taken:

@@ -1,6 +1,7 @@
 """TLS between scheduler, workers and embedscale's client, from a cluster spec's `tls` section:
 throwaway certificates (trustme), a job over tls:// on a LocalCluster we start and on separate
 `dask scheduler`/`dask worker` processes, and a plain-TCP client refused with a clear error."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ def tls_files(tmp_path) -> dict[str, str]:
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
-    files = {"ca_file": tmp_path / "ca.pem", "cert_file": tmp_path / "cert.pem",
-             "key_file": tmp_path / "key.pem"}
+    files = {
+        "ca_file": tmp_path / "ca.pem",
+        "cert_file": tmp_path / "cert.pem",
+        "key_file": tmp_path / "key.pem",
+    }
     ca.cert_pem.write_to_path(str(files["ca_file"]))
     cert.cert_chain_pems[0].write_to_path(str(files["cert_file"]))
     cert.private_key_pem.write_to_path(str(files["key_file"]))
@@ -33,12 +37,13 @@ def tls_files(tmp_path) -> dict[str, str]:
 
 
 def test_a_job_runs_on_a_local_cluster_over_tls(tls_files, tmp_path):
-    with start_cluster(ClusterSpec(n_workers=1, dashboard_address=":0",
-                                   tls=tls_files)) as cluster:
+    with start_cluster(ClusterSpec(n_workers=1, dashboard_address=":0", tls=tls_files)) as cluster:
         address = cluster.client.scheduler.address
         assert address.startswith("tls://")
-        summary = run_embedding(EmbedRequest(table="t", texts=["over tls", "encrypted"],
-                                             data_dir=str(tmp_path / "d")), cluster)
+        summary = run_embedding(
+            EmbedRequest(table="t", texts=["over tls", "encrypted"], data_dir=str(tmp_path / "d")),
+            cluster,
+        )
         assert summary.ok and summary.chunks == 2
 
         # A client without the certificates gets a clear error, whatever address it uses.
@@ -52,15 +57,29 @@ def test_a_job_runs_on_a_local_cluster_over_tls(tls_files, tmp_path):
 
 
 def test_run_over_tls_on_separate_scheduler_and_worker_processes(tls_files, tmp_path):
-    security = ("--tls-ca-file", tls_files["ca_file"], "--tls-cert", tls_files["cert_file"],
-                "--tls-key", tls_files["key_file"])
+    security = (
+        "--tls-ca-file",
+        tls_files["ca_file"],
+        "--tls-cert",
+        tls_files["cert_file"],
+        "--tls-key",
+        tls_files["key_file"],
+    )
     procs = DaskProcesses(tmp_path / "dask", workers=1, scheme="tls", security_args=security)
     spec = tmp_path / "remote-tls.yaml"
-    spec.write_text(yaml.safe_dump({"kind": "address", "address": procs.address,
-                                    "tls": tls_files}))
+    spec.write_text(yaml.safe_dump({"kind": "address", "address": procs.address, "tls": tls_files}))
     try:
-        done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--cluster",
-                       str(spec), "--data-dir", str(tmp_path / "d"), "--json")
+        done = run_cli(
+            "run",
+            str(SAMPLE_CORPUS / "notes"),
+            "--table",
+            "t",
+            "--cluster",
+            str(spec),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--json",
+        )
     finally:
         procs.stop()
     assert done.returncode == 0, done.stderr
@@ -69,11 +88,25 @@ def test_run_over_tls_on_separate_scheduler_and_worker_processes(tls_files, tmp_
 
 def test_a_tls_file_that_does_not_exist_is_one_line(tls_files, tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text(yaml.safe_dump({"kind": "local", "tls": {
-        **tls_files, "cert_file": str(tmp_path / "missing.pem")}}))
-    done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--cluster", str(spec),
-                   "--data-dir", str(tmp_path / "d"), timeout=120)
+    spec.write_text(
+        yaml.safe_dump(
+            {"kind": "local", "tls": {**tls_files, "cert_file": str(tmp_path / "missing.pem")}}
+        )
+    )
+    done = run_cli(
+        "run",
+        str(SAMPLE_CORPUS / "notes"),
+        "--table",
+        "t",
+        "--cluster",
+        str(spec),
+        "--data-dir",
+        str(tmp_path / "d"),
+        timeout=120,
+    )
     assert done.returncode == 1
-    assert done.stderr.strip() == (f"embedscale: error: cluster spec {spec}: tls: cert_file "
-                                   f"{tmp_path / 'missing.pem'} does not exist")
+    assert done.stderr.strip() == (
+        f"embedscale: error: cluster spec {spec}: tls: cert_file "
+        f"{tmp_path / 'missing.pem'} does not exist"
+    )
     assert not Path(tmp_path / "d").exists()

@@ -1,4 +1,5 @@
 """The commit-time rule that keeps row ids unique within a table (pure, no cluster)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """The control plane on a real cluster: limits, quotas, priority, fair share, retry, cancel."""
+
 from __future__ import annotations
 
 import threading
@@ -7,11 +8,11 @@ import time
 import cloudpickle
 import lance
 import pytest
+
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.jobs.runner.loop import RunnerConfig
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import JobStatus
-
 from tests import faults
 from tests.corpora import jsonl_corpus
 
@@ -96,17 +97,38 @@ def known_to_runner(service, job_id: str) -> bool:
 def test_a_small_high_priority_job_does_not_wait_for_a_large_low_one(service, cluster, tmp_path):
     gate = held_writes(cluster, tmp_path, "/big")  # the tables big and big_too
     try:
-        big = service.submit("local", {"table": "big", "priority": "low", **SMALL,
-                                       "source": str(jsonl_corpus(tmp_path / "big.jsonl", 112))})
+        big = service.submit(
+            "local",
+            {
+                "table": "big",
+                "priority": "low",
+                **SMALL,
+                "source": str(jsonl_corpus(tmp_path / "big.jsonl", 112)),
+            },
+        )
         wait_for(lambda: gate.held() == slots(service, cluster))  # big holds every slot
         # Two jobs wait, nothing of either in flight: an older low one for a slot, and a small
         # high one, which need not wait for a slot at all: it goes out on the express lane
         # (jobs/runner/feeder.py) and runs while every partition of big is still held.
-        later = service.submit("local", {"table": "big_too", "priority": "low", **SMALL,
-                                         "source": str(jsonl_corpus(tmp_path / "l.jsonl", 32))})
+        later = service.submit(
+            "local",
+            {
+                "table": "big_too",
+                "priority": "low",
+                **SMALL,
+                "source": str(jsonl_corpus(tmp_path / "l.jsonl", 32)),
+            },
+        )
         wait_for(lambda: known_to_runner(service, later.id))
-        small = service.submit("local", {"table": "small", "priority": "high", **SMALL,
-                                         "texts": ["urgent one", "urgent two", "urgent three"]})
+        small = service.submit(
+            "local",
+            {
+                "table": "small",
+                "priority": "high",
+                **SMALL,
+                "texts": ["urgent one", "urgent two", "urgent three"],
+            },
+        )
         small_final = service.wait(small.id, timeout=120)
         big_now, later_now = service.get(big.id), service.get(later.id)
     finally:
@@ -139,8 +161,12 @@ def test_two_equal_tenants_share_the_cluster_evenly(service, cluster, tmp_path):
         # Each slot that frees goes to the tenant with fewer partitions in flight; once even,
         # a tenant gets back the slot it freed.
         jobs = {"alpha": alpha, "beta": beta}
-        for tenant, then in [("alpha", (3, 1)), ("alpha", (2, 2)), ("alpha", (2, 2)),
-                             ("beta", (2, 2))]:
+        for tenant, then in [
+            ("alpha", (3, 1)),
+            ("alpha", (2, 2)),
+            ("alpha", (2, 2)),
+            ("beta", (2, 2)),
+        ]:
             done = service.get(jobs[tenant].id).partitions_done
             gate.let_one(f"/{tenant}/")
             wait_for(lambda j=jobs[tenant], d=done: service.get(j.id).partitions_done == d + 1)
@@ -155,8 +181,9 @@ def test_a_failing_partition_is_retried_then_succeeds(service, cluster, tmp_path
     plugin = faults.FailOnce(str(tmp_path / "failed-once"))
     cluster.client.register_plugin(plugin)
     try:
-        job = service.submit("local", {"table": "r", **SMALL,
-                                       "source": str(jsonl_corpus(tmp_path / "r.jsonl", 48))})
+        job = service.submit(
+            "local", {"table": "r", **SMALL, "source": str(jsonl_corpus(tmp_path / "r.jsonl", 48))}
+        )
         final = service.wait(job.id, timeout=120)
     finally:
         cluster.client.unregister_worker_plugin(plugin.name)
@@ -166,8 +193,9 @@ def test_a_failing_partition_is_retried_then_succeeds(service, cluster, tmp_path
     assert len(ids) == len(set(ids)) == final.chunks_done
 
 
-def test_a_partition_that_keeps_failing_fails_the_job_after_its_attempts(service, cluster,
-                                                                         tmp_path):
+def test_a_partition_that_keeps_failing_fails_the_job_after_its_attempts(
+    service, cluster, tmp_path
+):
     plugin = faults.FailAlways("doomed")
     cluster.client.register_plugin(plugin)
     try:
@@ -184,8 +212,10 @@ def test_cancel_mid_job_removes_its_rows(service, cluster, tmp_path):
     assert service.wait(keep.id, timeout=60).status == "succeeded"
     gate = held_writes(cluster, tmp_path, "/shared.lance")
     try:
-        job = service.submit("local", {"table": "shared", **SMALL,
-                                       "source": str(jsonl_corpus(tmp_path / "x.jsonl", 240))})
+        job = service.submit(
+            "local",
+            {"table": "shared", **SMALL, "source": str(jsonl_corpus(tmp_path / "x.jsonl", 240))},
+        )
         gate.let_one()
         wait_for(lambda: service.get(job.id).partitions_done == 1)
         assert {r["job_id"] for r in table_rows(service, "local", "shared")} == {keep.id, job.id}
@@ -222,12 +252,12 @@ def test_a_job_whose_last_partition_is_refused_in_the_same_batch_fails(cluster, 
 
     # The runner's loop is not started: the batch is handed to it directly, each partition
     # embedded whole in this process.
-    service = JobService(tmp_path / "data", cluster,
-                         runner_config=RunnerConfig(slice_seconds=None))
+    service = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(slice_seconds=None))
     runner = service.runner
     service.create_tenant("acme", "premium")
-    job = service.submit("acme", {"table": "t", **SMALL,
-                                  "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=40))})
+    job = service.submit(
+        "acme", {"table": "t", **SMALL, "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=40))}
+    )
     assert job.partitions_total >= 2
     record = service.store.set_status(job.id, JobStatus.RUNNING)
     running = runner._preparer.prepare(record, resumed=False)

@@ -1,10 +1,12 @@
 """POST /v1/embeddings shares the cluster fairly (jobs/embeddings/batcher.py): a big request is
 cut into short pieces, and another tenant's small request goes out between them instead of
 waiting for the whole big one. On the real cluster, with the real model."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from embedscale.engine.tasks.request_embedding import RequestEmbedded, RequestTooLong
 from embedscale.jobs.embeddings.batcher import EmbeddingBatcher, _Request, cut
 
@@ -20,9 +22,15 @@ def sentences(n: int, seed: int = 0) -> list[str]:
 def test_a_request_is_cut_by_characters_and_inputs():
     request = _Request(spec=None, texts=["a" * 10, "b" * 10, "c" * 25, "d", "e"])
     assert [(p.start, p.stop) for p in cut(request, max_chars=20, max_inputs=10)] == [
-        (0, 2), (2, 3), (3, 5)]  # an input over the limit is a piece of its own
+        (0, 2),
+        (2, 3),
+        (3, 5),
+    ]  # an input over the limit is a piece of its own
     assert [(p.start, p.stop) for p in cut(request, max_chars=1000, max_inputs=2)] == [
-        (0, 2), (2, 4), (4, 5)]
+        (0, 2),
+        (2, 4),
+        (4, 5),
+    ]
     assert [(p.start, p.stop) for p in cut(_Request(None, ["x"]), 1, 1)] == [(0, 1)]
 
 

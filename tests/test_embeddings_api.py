@@ -1,5 +1,6 @@
 """POST /v1/embeddings against the real server, with the official `openai` package as the client
 (unchanged), checked against plain sentence-transformers on the same texts."""
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,9 @@ def client_for(server, key: str, **options) -> OpenAI:
 
 
 def usage(server, key: str) -> dict:
-    return httpx.get(f"{server.url}/v1/usage", headers={"Authorization": f"Bearer {key}"},
-                     timeout=30).json()
+    return httpx.get(
+        f"{server.url}/v1/usage", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ).json()
 
 
 def tokens(st_model, texts: list[str]) -> int:
@@ -57,8 +59,11 @@ def test_string_list_and_base64_match_sentence_transformers(server, st_model):
     assert_same_vectors([answer.data[0].embedding], st_model, [one])
     assert answer.usage.prompt_tokens == answer.usage.total_tokens == tokens(st_model, [one])
 
-    texts = ["LanceDB stores vectors in fragments.", "DuckDB keeps the job ledger.",
-             "Quotas are charged per chunk; 日本語のテキストも埋め込める。"]
+    texts = [
+        "LanceDB stores vectors in fragments.",
+        "DuckDB keeps the job ledger.",
+        "Quotas are charged per chunk; 日本語のテキストも埋め込める。",
+    ]
     floats = client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
     assert [d.index for d in floats.data] == [0, 1, 2]
     assert all(isinstance(x, float) for x in floats.data[0].embedding)
@@ -66,11 +71,13 @@ def test_string_list_and_base64_match_sentence_transformers(server, st_model):
     assert floats.usage.prompt_tokens == tokens(st_model, texts)
 
     raw = client.embeddings.create(model=MODEL, input=texts, encoding_format="base64")
-    decoded = [np.frombuffer(base64.b64decode(d.embedding), dtype="<f4")
-               for d in raw.data]  # asked for explicitly, the client hands the string over
+    decoded = [
+        np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in raw.data
+    ]  # asked for explicitly, the client hands the string over
     np.testing.assert_allclose(decoded, [d.embedding for d in floats.data], atol=1e-6)
-    same = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2",
-                                    input=one, dimensions=DIM)  # an alias, the model's own dim
+    same = client.embeddings.create(
+        model="sentence-transformers/all-MiniLM-L6-v2", input=one, dimensions=DIM
+    )  # an alias, the model's own dim
     assert same.model == MODEL and len(same.data[0].embedding) == DIM
 
     used = usage(server, key)
@@ -91,8 +98,11 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
     def create(**fields):
         return lambda: client.embeddings.create(**{"model": MODEL, "input": "x", **fields})
 
-    bad_key = status_error(lambda: client_for(server, "not-a-key", max_retries=0)
-                           .embeddings.create(model=MODEL, input="x"))
+    bad_key = status_error(
+        lambda: client_for(server, "not-a-key", max_retries=0).embeddings.create(
+            model=MODEL, input="x"
+        )
+    )
     assert isinstance(bad_key, openai.AuthenticationError) and bad_key.status_code == 401
     assert bad_key.code == "invalid_api_key" and "invalid API key" in bad_key.message
 
@@ -121,9 +131,12 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
         assert err.type == "invalid_request_error"
 
     # An unknown field is refused, as OpenAI does; a `user` is accepted.
-    plain = httpx.post(f"{server.url}/v1/embeddings", timeout=30,
-                       headers={"Authorization": f"Bearer {key}"},
-                       json={"model": MODEL, "input": "x", "user": "u-1", "dimension": 3})
+    plain = httpx.post(
+        f"{server.url}/v1/embeddings",
+        timeout=30,
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": MODEL, "input": "x", "user": "u-1", "dimension": 3},
+    )
     assert plain.status_code == 400 and plain.json()["error"]["param"] == "dimension"
     # Nothing refused was charged; the rest of the API keeps its own error shape.
     assert usage(server, key)["used_chunks"] == 0
@@ -133,8 +146,9 @@ def test_bad_requests_are_openai_errors_naming_the_field(server):
 
 def test_quota_and_rate_limit(server):
     key = tenant_key(server, "oai-quota")
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-                      timeout=30) as admin:
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    ) as admin:
         assert admin.patch("/v1/tenants/oai-quota", json={"daily_chunks": 5}).status_code == 200
     client = client_for(server, key)  # default retries: the answer must stop them
     assert len(client.embeddings.create(model=MODEL, input=["a", "b", "c", "d"]).data) == 4
@@ -145,8 +159,9 @@ def test_quota_and_rate_limit(server):
     assert usage(server, key)["used_chunks"] == 4  # the refused request charged nothing
     assert len(client.embeddings.create(model=MODEL, input="g").data) == 1  # the last one
 
-    limited = client_for(server, tenant_key(server, "oai-limited", tier="limited"),
-                         max_retries=0)  # 2 requests a minute
+    limited = client_for(
+        server, tenant_key(server, "oai-limited", tier="limited"), max_retries=0
+    )  # 2 requests a minute
     for _ in range(2):
         limited.embeddings.create(model=MODEL, input="x")
     err = status_error(lambda: limited.embeddings.create(model=MODEL, input="x"))
@@ -156,18 +171,41 @@ def test_quota_and_rate_limit(server):
 
 def model_calls(server) -> dict[str, float]:
     text = metrics_text(server.url)
-    return {f.name: f.samples[0].value for f in text_string_to_metric_families(text)
-            if f.name.startswith("embedscale_embedding_")}
+    return {
+        f.name: f.samples[0].value
+        for f in text_string_to_metric_families(text)
+        if f.name.startswith("embedscale_embedding_")
+    }
 
 
 def test_concurrent_requests_share_model_calls(server, st_model):
     key = tenant_key(server, "oai-many", tier="enterprise")
     client = client_for(server, key)
     rng = np.random.default_rng(7)
-    words = ["cluster", "worker", "model", "batch", "token", "vector", "table", "quota",
-             "tenant", "chunk", "partition", "scheduler", "commit", "fragment", "search"]
-    requests = [[" ".join(rng.choice(words, size=int(rng.integers(3, 12))))
-                 for _ in range(int(rng.integers(1, 9)))] for _ in range(48)]
+    words = [
+        "cluster",
+        "worker",
+        "model",
+        "batch",
+        "token",
+        "vector",
+        "table",
+        "quota",
+        "tenant",
+        "chunk",
+        "partition",
+        "scheduler",
+        "commit",
+        "fragment",
+        "search",
+    ]
+    requests = [
+        [
+            " ".join(rng.choice(words, size=int(rng.integers(3, 12))))
+            for _ in range(int(rng.integers(1, 9)))
+        ]
+        for _ in range(48)
+    ]
     before = model_calls(server)
     start = threading.Barrier(len(requests))
 
@@ -186,8 +224,7 @@ def test_concurrent_requests_share_model_calls(server, st_model):
     after = model_calls(server)
     sent = after["embedscale_embedding_requests"] - before["embedscale_embedding_requests"]
     inputs = after["embedscale_embedding_inputs"] - before["embedscale_embedding_inputs"]
-    calls = (after["embedscale_embedding_model_calls"]
-             - before["embedscale_embedding_model_calls"])
+    calls = after["embedscale_embedding_model_calls"] - before["embedscale_embedding_model_calls"]
     assert (sent, inputs) == (len(requests), len(flat))
     # Two worker threads: at most two tasks in flight, so the others' requests ride together.
     assert calls <= len(requests) / 3, (calls, sent)

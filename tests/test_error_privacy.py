@@ -3,6 +3,7 @@ error, never the document's text. Documents that trip each reader (a malformed J
 UTF-8, a CSV field over csv's limit, a file that is no parquet) and a task whose exception quotes
 its input each carry a secret marker; it shows up in no skipped reason, job error, runner log or
 worker log."""
+
 from __future__ import annotations
 
 import logging
@@ -30,29 +31,44 @@ def test_an_error_line_keeps_our_words_and_drops_what_another_library_quotes():
     quoting = ValueError(f'Expected 2 fields in line 3, saw 3: "{MARKER}, a, b"\nmore')
     assert error_line(quoting) == "ValueError: Expected 2 fields in line 3, saw 3: '…'"
     assert error_line(ValueError("can't parse it's input")) == (
-        "ValueError: can't parse it's input")  # apostrophes open no quote
+        "ValueError: can't parse it's input"
+    )  # apostrophes open no quote
     cut = ValueError(f'JSON parse error in line 7: "{MARKER} and the rest of the line')
     assert error_line(cut) == "ValueError: JSON parse error in line 7: '…'"  # never closed
     try:
         (MARKER.encode() + b"\xff tail").decode("utf-8")
     except UnicodeDecodeError as exc:  # its repr holds every byte
-        assert error_line(exc) == "UnicodeDecodeError: cannot decode utf-8 at byte 17: " \
-                                  "invalid start byte"
+        assert (
+            error_line(exc) == "UnicodeDecodeError: cannot decode utf-8 at byte 17: "
+            "invalid start byte"
+        )
     assert len(error_line(RuntimeError("x" * 5000))) < MAX_ERROR_CHARS + 20
     ours = TableError("table 'docs' holds vectors of model 'm'")
     assert error_line(ours) == "TableError: table 'docs' holds vectors of model 'm'"
     disk = OSError(28, "No space left on device", "/data/t.lance/data/x.lance")
-    assert error_line(disk) == ("OSError: [Errno 28] No space left on device: "
-                                "'/data/t.lance/data/x.lance'")
+    assert error_line(disk) == (
+        "OSError: [Errno 28] No space left on device: '/data/t.lance/data/x.lance'"
+    )
 
 
 def test_an_endpoints_answer_quoting_its_input_is_scrubbed():
     url = "http://embedder.internal/v1/embeddings"
-    fastapi = httpx.Response(422, json={"detail": [
-        {"type": "string_too_long", "loc": ["body", "input", 0],
-         "msg": "String should have at most 8 characters", "input": MARKER}]})
-    openai = httpx.Response(400, json={"error": {"message": f"bad input '{MARKER}'",
-                                                 "code": "invalid_input"}})
+    fastapi = httpx.Response(
+        422,
+        json={
+            "detail": [
+                {
+                    "type": "string_too_long",
+                    "loc": ["body", "input", 0],
+                    "msg": "String should have at most 8 characters",
+                    "input": MARKER,
+                }
+            ]
+        },
+    )
+    openai = httpx.Response(
+        400, json={"error": {"message": f"bad input '{MARKER}'", "code": "invalid_input"}}
+    )
     plain = httpx.Response(500, text=f'could not embed "{MARKER}"')
     lines = [_describe(url, r) for r in (fastapi, openai, plain)]
     assert all(MARKER not in line for line in lines), lines
@@ -62,10 +78,20 @@ def test_an_endpoints_answer_quoting_its_input_is_scrubbed():
 
 def test_dasks_compute_failed_line_is_scrubbed():
     record = logging.LogRecord(
-        "distributed.worker", logging.ERROR, __file__, 1,
-        "Compute Failed\nKey:       %s\nState:     %s\nTask:  %s\nException: %r\n"
-        "Traceback: %r\n", ("embed_partition-1", "executing", "<Task ...>",
-                            repr(ValueError(f"cannot chunk '{MARKER}'")), "  File ...\n"), None)
+        "distributed.worker",
+        logging.ERROR,
+        __file__,
+        1,
+        "Compute Failed\nKey:       %s\nState:     %s\nTask:  %s\nException: %r\nTraceback: %r\n",
+        (
+            "embed_partition-1",
+            "executing",
+            "<Task ...>",
+            repr(ValueError(f"cannot chunk '{MARKER}'")),
+            "  File ...\n",
+        ),
+        None,
+    )
     assert ScrubTaskErrors().filter(record)
     message = record.getMessage()
     assert MARKER not in message and "ValueError(" in message and "embed_partition-1" in message
@@ -76,8 +102,9 @@ def test_documents_that_trip_the_readers_are_named_without_their_text(cluster, t
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "good.txt").write_text("A plain document about the tides of the estuary.")
-    (corpus / "rows.jsonl").write_text('{"text": "a fine row"}\n'
-                                       f'{{"text": "{MARKER} never closed\n')
+    (corpus / "rows.jsonl").write_text(
+        f'{{"text": "a fine row"}}\n{{"text": "{MARKER} never closed\n'
+    )
     (corpus / "invalid.txt").write_bytes(MARKER.encode() + b" \xff\xfe the rest")
     (corpus / "wide.csv").write_text(f'text\n"{MARKER} {"x" * 140_000}"\n')
     (corpus / "fake.parquet").write_text(f"{MARKER} is no parquet file")
@@ -125,8 +152,13 @@ def test_a_task_whose_error_quotes_its_document_leaks_it_nowhere(cluster, tmp_pa
     cluster.client.register_plugin(plugin)
     try:
         with logged("jobs") as lines, pytest.raises(JobFailedError) as failed:
-            run(cluster, texts=[f"{MARKER} is in this document"], table="leaky",
-                data_dir=str(tmp_path / "data"), max_attempts=1)
+            run(
+                cluster,
+                texts=[f"{MARKER} is in this document"],
+                table="leaky",
+                data_dir=str(tmp_path / "data"),
+                max_attempts=1,
+            )
     finally:
         cluster.client.unregister_worker_plugin(plugin.name)
     error = failed.value.summary.error

@@ -1,4 +1,5 @@
 """A retried partition never appears twice: a task that fails once, a worker killed mid-task."""
+
 from __future__ import annotations
 
 import cloudpickle
@@ -15,22 +16,33 @@ cloudpickle.register_pickle_by_value(faults)
 
 @pytest.fixture
 def reference_ids(cluster, small_corpus, data_dir):
-    run(cluster, source=str(small_corpus), table="reference", data_dir=str(data_dir),
-        partition_bytes=4096)
+    run(
+        cluster,
+        source=str(small_corpus),
+        table="reference",
+        data_dir=str(data_dir),
+        partition_bytes=4096,
+    )
     ids = read_rows(data_dir, "reference").column("id").to_pylist()
     assert len(ids) == len(set(ids)) > 20
     return sorted(ids)
 
 
 @pytest.mark.parametrize("plugin_class", [faults.FailOnce, faults.KillWorkerOnce])
-def test_exact_ids_after_a_fault(cluster, small_corpus, data_dir, tmp_path, reference_ids,
-                                 plugin_class):
+def test_exact_ids_after_a_fault(
+    cluster, small_corpus, data_dir, tmp_path, reference_ids, plugin_class
+):
     marker = tmp_path / "fault-happened"
     plugin = plugin_class(str(marker))
     cluster.client.register_plugin(plugin)
     try:
-        summary = run(cluster, source=str(small_corpus), table="faulty", data_dir=str(data_dir),
-                      partition_bytes=4096)
+        summary = run(
+            cluster,
+            source=str(small_corpus),
+            table="faulty",
+            data_dir=str(data_dir),
+            partition_bytes=4096,
+        )
     finally:
         cluster.client.unregister_worker_plugin(plugin.name)
     assert marker.exists(), "the fault was never injected"

@@ -1,5 +1,6 @@
 """`import embedscale`: the public facade. Light to import; `run` and `search` on the real
 model and a real cluster, as a notebook uses them."""
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,21 @@ HEAVY = ["dask", "distributed", "torch", "lancedb", "lance", "duckdb", "pandas",
 
 def test_import_is_light_and_names_load_on_use():
     # A fresh interpreter: this one has long imported everything.
-    code = ("import sys, json, embedscale\n"
-            "before = [m for m in sys.argv[1:] if m in sys.modules]\n"
-            "embedscale.Client\n"
-            "after_client = [m for m in sys.argv[1:] if m in sys.modules]\n"
-            "print(json.dumps([before, after_client, sorted(dir(embedscale))]))\n")
-    done = subprocess.run([sys.executable, "-c", code, *HEAVY], capture_output=True, text=True,
-                          cwd=ROOT, check=True, timeout=120)
+    code = (
+        "import sys, json, embedscale\n"
+        "before = [m for m in sys.argv[1:] if m in sys.modules]\n"
+        "embedscale.Client\n"
+        "after_client = [m for m in sys.argv[1:] if m in sys.modules]\n"
+        "print(json.dumps([before, after_client, sorted(dir(embedscale))]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *HEAVY],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+    )
     before, after_client, names = json.loads(done.stdout)
     assert before == [] and after_client == []  # the HTTP client needs none of the engine
     assert {"Client", "run", "search", "read_table", "tables", "cluster"} <= set(names)
@@ -55,11 +64,14 @@ def test_hit_columns_are_the_hit_fields():
 
 @pytest.mark.slow
 def test_run_texts_then_search(cluster, tmp_path, capsys):
-    texts = ["LanceDB stores the vectors and their metadata.",
-             "Dask schedules the embedding tasks on workers.",
-             "DuckDB keeps the job records and the usage ledger."]
-    summary = embedscale.run(texts, table="notes", ids=["lance", "dask", "duck"],
-                             data_dir=tmp_path, cluster=cluster)
+    texts = [
+        "LanceDB stores the vectors and their metadata.",
+        "Dask schedules the embedding tasks on workers.",
+        "DuckDB keeps the job records and the usage ledger.",
+    ]
+    summary = embedscale.run(
+        texts, table="notes", ids=["lance", "dask", "duck"], data_dir=tmp_path, cluster=cluster
+    )
     assert summary.ok and (summary.documents, summary.chunks) == (3, 3)
     assert read_rows(tmp_path, "notes").num_rows == 3
     bar = capsys.readouterr().err  # tqdm's text bar, outside Jupyter
@@ -68,13 +80,15 @@ def test_run_texts_then_search(cluster, tmp_path, capsys):
 
     hits = embedscale.search("notes", "where do job records live?", k=2, data_dir=tmp_path)
     assert [type(h) for h in hits] == [Hit, Hit] and hits[0].doc_id == "duck"
-    frame = embedscale.search("notes", "which database keeps vectors?", k=3,
-                              data_dir=tmp_path, as_dataframe=True)
+    frame = embedscale.search(
+        "notes", "which database keeps vectors?", k=3, data_dir=tmp_path, as_dataframe=True
+    )
     assert list(frame.columns) == HIT_COLUMNS and len(frame) == 3
     assert frame["doc_id"].iloc[0] == "lance"
     assert frame["score"].is_monotonic_decreasing
-    filtered = embedscale.search("notes", "vectors", data_dir=tmp_path, as_dataframe=True,
-                                 where="doc_id = 'dask'")
+    filtered = embedscale.search(
+        "notes", "vectors", data_dir=tmp_path, as_dataframe=True, where="doc_id = 'dask'"
+    )
     assert filtered["doc_id"].tolist() == ["dask"]
 
     [info] = embedscale.tables(data_dir=tmp_path)
@@ -89,12 +103,20 @@ def test_run_texts_then_search(cluster, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_source_reports_progress_and_upserts(cluster, small_corpus, tmp_path,
-                                                 monkeypatch, capsys):
+def test_run_source_reports_progress_and_upserts(
+    cluster, small_corpus, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("EMBEDSCALE_DATA_DIR", str(tmp_path))  # the default data dir
     seen = []
-    summary = embedscale.run(small_corpus, table="docs", chunk_tokens=128, cluster=cluster,
-                             partition_bytes=4_000, progress=False, on_progress=seen.append)
+    summary = embedscale.run(
+        small_corpus,
+        table="docs",
+        chunk_tokens=128,
+        cluster=cluster,
+        partition_bytes=4_000,
+        progress=False,
+        on_progress=seen.append,
+    )
     assert summary.ok and summary.partitions > 1 and summary.table_uri.startswith(str(tmp_path))
     assert capsys.readouterr().err == ""  # progress=False draws nothing
     done = [p.partitions_done for p in seen]  # after each commit (some commit together)
@@ -103,8 +125,9 @@ def test_run_source_reports_progress_and_upserts(cluster, small_corpus, tmp_path
     assert all(p.tokens_per_s > p.chunks_per_s > 0 for p in seen)
     assert seen[-1].eta_seconds is None  # every partition in: nothing left to wait for
 
-    again = embedscale.run(str(small_corpus), table="docs", mode="upsert", chunk_tokens=128,
-                           cluster=cluster)
+    again = embedscale.run(
+        str(small_corpus), table="docs", mode="upsert", chunk_tokens=128, cluster=cluster
+    )
     assert (again.documents, again.unchanged) == (0, summary.documents)
     bar = capsys.readouterr().err  # nothing embedded, still a finished bar
     assert "docs: no chunks to embed" in bar and "succeeded" in bar

@@ -1,6 +1,7 @@
 """Small jobs beside a big one, on a real cluster: the big job's partitions run in slices
 (engine/tasks/slices.py), the runner continues them and commits each partition once, and a small job
 of another tenant runs between two slices instead of after a whole partition."""
+
 from __future__ import annotations
 
 import time
@@ -9,12 +10,12 @@ from collections import Counter
 import cloudpickle
 import lance
 import pytest
+
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.jobs.policies.scheduling import JobView, dask_priority
 from embedscale.jobs.runner.loop import RunnerConfig
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import JobStatus
-
 from tests import faults
 from tests.conftest import SAMPLE_CORPUS, started_service
 from tests.corpora import jsonl_corpus
@@ -61,8 +62,14 @@ def test_a_small_job_runs_between_the_slices_of_a_big_jobs_partitions(service, t
     big = service.submit("whale", {"table": "big", "source": str(big_documents(tmp_path / "b"))})
     runner = service.runner
     # Every worker busy with the big job, which has already gone past a first slice.
-    wait_for(lambda: big.id in runner._jobs and runner._jobs[big.id].progress
-             and len(runner._jobs[big.id].in_flight) >= 2, what="the big job's slices")
+    wait_for(
+        lambda: (
+            big.id in runner._jobs
+            and runner._jobs[big.id].progress
+            and len(runner._jobs[big.id].in_flight) >= 2
+        ),
+        what="the big job's slices",
+    )
     small = service.submit("minnow", {"table": "small", "texts": ["a quick one", "and another"]})
     final = service.wait(small.id, timeout=120)
     big_now = service.get(big.id)
@@ -74,8 +81,7 @@ def test_a_small_job_runs_between_the_slices_of_a_big_jobs_partitions(service, t
     assert service.wait(big.id, timeout=120).status == JobStatus.CANCELLED
 
 
-def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(cluster,
-                                                                              tmp_path):
+def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(cluster, tmp_path):
     """Whole, in slices, and in slices with the worker that holds a partition mid-way killed
     (its next slice runs on the other worker, which reads the partition again and embeds from
     the last flush): the same ids, each once, one commit per partition at most."""
@@ -83,12 +89,16 @@ def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(c
     spec = {"table": "t", "source": str(source), "chunk_tokens": 48}
     ids: dict[str, Counter] = {}
     marker = tmp_path / "holder-killed"
-    for name, slice_seconds, fault in (("whole", None, None), ("sliced", 0.01, None),
-                                       ("killed", 0.01, faults.KillHolderOnce(str(marker)))):
+    for name, slice_seconds, fault in (
+        ("whole", None, None),
+        ("sliced", 0.01, None),
+        ("killed", 0.01, faults.KillHolderOnce(str(marker))),
+    ):
         if fault is not None:
             cluster.client.register_plugin(fault)
-        service = JobService(tmp_path / name, cluster,
-                             runner_config=RunnerConfig(slice_seconds=slice_seconds))
+        service = JobService(
+            tmp_path / name, cluster, runner_config=RunnerConfig(slice_seconds=slice_seconds)
+        )
         service.start()
         try:
             job = service.submit("local", spec)
@@ -129,10 +139,10 @@ def test_on_a_worker_the_task_of_a_tenant_with_less_in_flight_runs_first():
 def test_a_job_being_fed_does_not_age_above_new_small_jobs():
     """Ageing counts from a job's last task sent: a big job fed for an hour stays in its
     band, where fair share puts the small jobs first."""
-    fed = JobView("big", "whale", "normal", 4.0, submitted_at=0.0, runnable=9, in_flight=4,
-                  served_at=3_599.0)
-    fresh = JobView("small", "minnow", "normal", 1.0, submitted_at=3_599.0, runnable=1,
-                    in_flight=0)
+    fed = JobView(
+        "big", "whale", "normal", 4.0, submitted_at=0.0, runnable=9, in_flight=4, served_at=3_599.0
+    )
+    fresh = JobView("small", "minnow", "normal", 1.0, submitted_at=3_599.0, runnable=1, in_flight=0)
     assert dask_priority(fresh, 3_600.0, 0) > dask_priority(fed, 3_600.0, 4)
     starved = JobView("low", "minnow", "low", 1.0, submitted_at=0.0, runnable=1, in_flight=0)
     assert dask_priority(starved, 3_600.0, 0) > dask_priority(fed, 3_600.0, 4)

@@ -2,6 +2,7 @@
 disk filled mid-job fails the job with the cause named, keeps what was committed, and the
 service reopens its store by itself once space returns (jobs/store/guard.py,
 jobs/runner/store_outage.py). Mounting needs root; elsewhere these tests skip, saying so."""
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from embedscale.jobs.errors import StoreUnavailableError
 from embedscale.jobs.store.duckdb_store import Store
 from embedscale.jobs.tenants.accounts import tenant_data_dir
-
 from tests import faults
 from tests.api_server import Server
 from tests.corpora import jsonl_corpus
@@ -34,8 +35,11 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a size-limited tmpfs needs root and mount(8); not available here")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                              str(folder)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"mounting a tmpfs is not permitted here: {mounted.stderr.strip()}")
     try:
@@ -128,11 +132,17 @@ def wait_for(check, what: str, timeout: float = 30.0):
     return value
 
 
-def test_a_full_disk_fails_the_job_in_flight_and_the_service_reopens(disk_server, cluster,
-                                                                      tmp_path):
+def test_a_full_disk_fails_the_job_in_flight_and_the_service_reopens(
+    disk_server, cluster, tmp_path
+):
     server, client = disk_server, disk_server.tenant("filler")
-    first = client.post("/v1/jobs", json={"table": "docs", "texts": [
-        "The tide came in slowly over the flats.", "A heron waited by the channel."]}).json()
+    first = client.post(
+        "/v1/jobs",
+        json={
+            "table": "docs",
+            "texts": ["The tide came in slowly over the flats.", "A heron waited by the channel."],
+        },
+    ).json()
     first = wait_done(client, first["id"])
     assert first["status"] == "succeeded" and first["chunks_done"] > 0
 
@@ -141,18 +151,27 @@ def test_a_full_disk_fails_the_job_in_flight_and_the_service_reopens(disk_server
     cluster.client.register_plugin(gate)
     filler = None
     try:
-        big = client.post("/v1/jobs", json={"table": "docs", "source": str(corpus),
-                                            "chunk_tokens": 32}).json()
+        big = client.post(
+            "/v1/jobs", json={"table": "docs", "source": str(corpus), "chunk_tokens": 32}
+        ).json()
         gate.let_one()  # one partition is committed; the others wait to write
-        committed = wait_for(lambda: (j := client.get(f"/v1/jobs/{big['id']}").json())
-                             ["partitions_done"] == 1 and j, "the first commit")
+        committed = wait_for(
+            lambda: (j := client.get(f"/v1/jobs/{big['id']}").json())["partitions_done"] == 1 and j,
+            "the first commit",
+        )
         assert committed["partitions_total"] > 1
 
         filler = fill(server.data_dir)
         gate.open()  # the rest write to a full disk
         # Unready, the cause named, until space returns; the runner met it too.
-        unready = wait_for(lambda: (r := readyz(server)).status_code == 503
-                           and "runner" in r.json()["checks"] and r.json(), "unready")
+        unready = wait_for(
+            lambda: (
+                (r := readyz(server)).status_code == 503
+                and "runner" in r.json()["checks"]
+                and r.json()
+            ),
+            "unready",
+        )
         assert NO_SPACE in unready["checks"]["duckdb"]
         assert NO_SPACE in unready["checks"]["runner"]
         refused = client.post("/v1/jobs", json={"table": "docs", "texts": ["not now"]})
@@ -172,17 +191,24 @@ def test_a_full_disk_fails_the_job_in_flight_and_the_service_reopens(disk_server
     assert NO_SPACE in failed["error"]
     assert failed["partitions_done"] >= 1  # the commit before the disk filled is kept
 
-    after = client.post("/v1/jobs", json={"table": "docs", "texts": [
-        "Space came back and the work went on."]}).json()
+    after = client.post(
+        "/v1/jobs", json={"table": "docs", "texts": ["Space came back and the work went on."]}
+    ).json()
     after = wait_done(client, after["id"])
     assert after["status"] == "succeeded"
 
     # Nothing committed was lost, and the ledger matches the rows, job by job.
     assert client.get(f"/v1/jobs/{first['id']}").json() == first
-    rows = Counter(read_rows(tenant_data_dir(server.data_dir, "filler"), "docs",
-                             ["job_id"])["job_id"].to_pylist())
-    assert rows == {first["id"]: first["chunks_done"], big["id"]: failed["chunks_done"],
-                    after["id"]: after["chunks_done"]}
+    rows = Counter(
+        read_rows(tenant_data_dir(server.data_dir, "filler"), "docs", ["job_id"])[
+            "job_id"
+        ].to_pylist()
+    )
+    assert rows == {
+        first["id"]: first["chunks_done"],
+        big["id"]: failed["chunks_done"],
+        after["id"]: after["chunks_done"],
+    }
     assert client.get("/v1/tables/docs").json()["rows"] == sum(rows.values())
     with server.admin() as admin:  # the failed job's committed rows are its to keep
         assert_verified_by_api(admin, "docs", "filler")

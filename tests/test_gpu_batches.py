@@ -1,6 +1,7 @@
 """GPU batch paths that run the same on a CPU: padding without a per-row loop, the prefetch of
 the next batch giving the very vectors of the plain path, the token budget sized from free
 memory, and an out-of-memory split remembered for the rest of a partition."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,8 +43,10 @@ def _inputs(model, n: int) -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     words = ["vector", "partition", "worker", "tokenizer", "embedding", "cluster", "GPU"]
     texts = [" ".join(rng.choice(words, size=int(rng.integers(3, 120)))) for _ in range(n)]
-    return [model.wrap(np.asarray(e.ids, dtype=np.int64))
-            for e in model.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    return [
+        model.wrap(np.asarray(e.ids, dtype=np.int64))
+        for e in model.tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
 
 
 class _NoPrefetch:
@@ -77,14 +80,14 @@ def test_vectors_are_those_of_the_per_row_padding(model):
 
 
 def test_token_budget_follows_free_memory_threads_and_bounds():
-    minilm = {"hidden": 384, "intermediate": 1536, "heads": 12, "max_tokens": 256,
-              "dtype_bytes": 2}
+    minilm = {"hidden": 384, "intermediate": 1536, "heads": 12, "max_tokens": 256, "dtype_bytes": 2}
     small = gpu_token_budget(2 << 30, **minilm)
     assert MIN_GPU_TOKEN_BUDGET < small < MAX_GPU_TOKEN_BUDGET
     assert gpu_token_budget(1 << 30, **minilm) == pytest.approx(small / 2, rel=0.01)
     assert gpu_token_budget(2 << 30, threads=2, **minilm) == pytest.approx(small / 2, rel=0.01)
     assert gpu_token_budget(2 << 30, **{**minilm, "dtype_bytes": 4}) == pytest.approx(
-        small / 2, rel=0.01)
+        small / 2, rel=0.01
+    )
     assert gpu_token_budget(140 << 30, **minilm) == MAX_GPU_TOKEN_BUDGET  # an H200's
     assert gpu_token_budget(1 << 20, **minilm) == MIN_GPU_TOKEN_BUDGET
 

@@ -2,6 +2,7 @@
 on the CPU), the dtype choice, local-cuda refusing a machine without CUDA, partitions planned for
 GPU clusters, and the model cache's least-recently-used eviction and plugin teardown. No GPU
 here: CUDA's presence is stood in for where the rule only asks torch whether there is one."""
+
 from __future__ import annotations
 
 import types
@@ -124,18 +125,26 @@ def test_partitions_are_planned_for_gpus(tmp_path):
     gpu = plan_target(threads=2, gpus=1)
     assert cpu.min_partition_bytes == MIN_PARTITION_BYTES
     assert gpu.min_partition_bytes == MIN_GPU_PARTITION_BYTES >= 4 << 20
-    on_cpus = plan_source(tmp_path, parallelism=cpu.parallelism,
-                          min_partition_bytes=cpu.min_partition_bytes)
-    on_gpu = plan_source(tmp_path, parallelism=gpu.parallelism,
-                         min_partition_bytes=gpu.min_partition_bytes)
+    on_cpus = plan_source(
+        tmp_path, parallelism=cpu.parallelism, min_partition_bytes=cpu.min_partition_bytes
+    )
+    on_gpu = plan_source(
+        tmp_path, parallelism=gpu.parallelism, min_partition_bytes=gpu.min_partition_bytes
+    )
     assert len(on_cpus.partitions) == 12
     assert len(on_gpu.partitions) == 3
     assert all(p.size_bytes >= MIN_GPU_PARTITION_BYTES for p in on_gpu.partitions)
 
 
 def test_gpu_workers_are_counted_from_their_resource():
-    info = {"workers": {"a": {"resources": {"GPU": 1}}, "b": {"resources": {}},
-                        "c": {"resources": {"GPU": 1.0}}, "d": {}}}
+    info = {
+        "workers": {
+            "a": {"resources": {"GPU": 1}},
+            "b": {"resources": {}},
+            "c": {"resources": {"GPU": 1.0}},
+            "d": {},
+        }
+    }
     assert gpu_workers(info) == 2
 
     class Client:
@@ -211,13 +220,20 @@ def test_search_embeds_its_query_on_the_cpu_of_a_gpu_machine(cluster, tmp_path, 
     from embedscale.engine.tables.search import search
     from tests.helpers import run
 
-    assert run(cluster, table="t", texts=["GPUs embed partitions", "CPUs serve queries"],
-               data_dir=str(tmp_path)).ok
+    assert run(
+        cluster,
+        table="t",
+        texts=["GPUs embed partitions", "CPUs serve queries"],
+        data_dir=str(tmp_path),
+    ).ok
     monkeypatch.delenv("EMBEDSCALE_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU box
     loads = []
-    monkeypatch.setattr(cache, "load_model", lambda spec, device: loads.append(device) or
-                        loading.load_model(spec, device))
+    monkeypatch.setattr(
+        cache,
+        "load_model",
+        lambda spec, device: loads.append(device) or loading.load_model(spec, device),
+    )
     monkeypatch.setattr(cache, "_models", {})
     hits = search(tmp_path, "t", "who serves queries?", k=1)
     assert hits and loads == ["cpu"]

@@ -1,5 +1,6 @@
 """The GPU host check runs here on the CPU (its --cpu mode, the same code), the model it carries
 is the packaged one stored in float16, and the gpu extras are the ones that resolve at once."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_the_smoke_check_runs_on_the_cpu_and_prints_one_json_line():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--cpu"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py"), "--cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1, done.stdout + done.stderr[-3000:]
     report = json.loads(lines[0])
@@ -28,15 +34,24 @@ def test_the_smoke_check_runs_on_the_cpu_and_prints_one_json_line():
     assert figures["dtype"] == figures["cpu_dtype"] == "float32"
     assert figures["job_devices"] == ["cpu"] and figures["job_chunks"] > 0
     assert figures["oom_splits"] > 0 and figures["oom_cosine_min"] >= 0.9999
-    for key in ("end_to_end_tokens_per_s", "forward_tokens_per_s_best", "cpu_us_per_chunk",
-                "gpu_busy_percent", "gpu_peak_memory_bytes", "cosine_min_vs_cpu"):
+    for key in (
+        "end_to_end_tokens_per_s",
+        "forward_tokens_per_s_best",
+        "cpu_us_per_chunk",
+        "gpu_busy_percent",
+        "gpu_peak_memory_bytes",
+        "cosine_min_vs_cpu",
+    ):
         assert key in figures
 
 
 def test_the_smoke_path_imports_no_lancedb():
-    code = ("import sys; sys.modules['lancedb'] = None; sys.modules['lance'] = None; "
-            "import benchmarks.gpu_smoke, embedscale.engine.models.batching, embedscale.engine.chunking.chunker, embedscale.engine.cluster.start, "
-            "embedscale.engine.models.cache, embedscale.engine.cluster.gpu_stats")
+    code = (
+        "import sys; sys.modules['lancedb'] = None; sys.modules['lance'] = None; "
+        "import benchmarks.gpu_smoke, embedscale.engine.models.batching, "
+        "embedscale.engine.chunking.chunker, embedscale.engine.cluster.start, "
+        "embedscale.engine.models.cache, embedscale.engine.cluster.gpu_stats"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
@@ -56,8 +71,10 @@ def test_the_carried_model_is_float16_and_embeds_like_the_packaged_one(tmp_path)
     packaged = SentenceTransformerModel(ModelSpec("m", str(packaged_model()), local=True), "cpu")
     assert carried.info.dtype == "float32"  # computed in fp32 on the CPU whatever is stored
     texts = ["a GPU worker runs the model on its GPU", "short", "partitions " * 60]
-    inputs = [carried.wrap(np.asarray(e.ids, dtype=np.int64))
-              for e in carried.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    inputs = [
+        carried.wrap(np.asarray(e.ids, dtype=np.int64))
+        for e in carried.tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
     a, b = carried.embed_token_ids(inputs), packaged.embed_token_ids(inputs)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() >= 0.9999
@@ -71,6 +88,7 @@ def test_gpu_extras_are_the_ones_that_resolve_at_once():
         assert any(d.startswith("dask-cuda>=26.10") for d in deps)
         assert any(d.startswith("nvidia-ml-py") for d in deps)
         assert not any(d.startswith("pynvml") or "[cu" in d for d in deps), deps
-    assert any(d.startswith("dask[distributed]") and "<2026.7.2" in d
-               for d in project["dependencies"])
+    assert any(
+        d.startswith("dask[distributed]") and "<2026.7.2" in d for d in project["dependencies"]
+    )
     assert "torch>=2.5" in project["dependencies"]  # torch.OutOfMemoryError

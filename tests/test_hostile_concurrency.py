@@ -1,5 +1,6 @@
 """Many tenants' jobs at once on one cluster: unique row ids, table creation races, a poison
 partition that kills its workers, and workers that do not come back by themselves."""
+
 from __future__ import annotations
 
 import os
@@ -9,19 +10,21 @@ import time
 import cloudpickle
 import lance
 import pytest
+
 from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 from embedscale.engine.cluster.worker_recovery import WorkerRecovery
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.jobs.service import JobService
-
 from tests import faults
 from tests.corpora import jsonl_corpus
 
 pytestmark = pytest.mark.slow
 cloudpickle.register_pickle_by_value(faults)
-TEXTS = ["the heap invariant keeps the smallest item first",
-         "a deque appends and pops at both ends in constant time",
-         "a priority queue orders work by urgency"]
+TEXTS = [
+    "the heap invariant keeps the smallest item first",
+    "a deque appends and pops at both ends in constant time",
+    "a priority queue orders work by urgency",
+]
 
 
 def rows(service, tenant, table):
@@ -48,11 +51,14 @@ def test_concurrent_inline_jobs_on_one_new_table_keep_row_ids_unique(service):
 def test_upsert_of_a_text_without_id_replaces_only_that_text(service):
     first = service.submit("local", {"table": "u", "texts": TEXTS})
     assert service.wait(first.id, timeout=120).status == "succeeded"
-    again = service.wait(service.submit("local", {"table": "u", "texts": ["new text"],
-                                                  "mode": "upsert"}).id, timeout=120)
+    again = service.wait(
+        service.submit("local", {"table": "u", "texts": ["new text"], "mode": "upsert"}).id,
+        timeout=120,
+    )
     assert again.status == "succeeded"
     assert sorted(r["job_id"] for r in rows(service, "local", "u")) == sorted(
-        [first.id] * 3 + [again.id])
+        [first.id] * 3 + [again.id]
+    )
 
 
 def test_a_partition_that_kills_its_workers_fails_its_job_and_spares_the_others(tmp_path):
@@ -91,13 +97,19 @@ def after_running_tasks(cluster) -> None:
     only when its worker's thread is free."""
     threads = cluster.client.nthreads()
     assert set(threads.values()) == {1}
-    cluster.client.gather([cluster.client.submit(os.getpid, workers=[w], pure=False,
-                                                 allow_other_workers=False, priority=-10**9)
-                           for w in threads])
+    cluster.client.gather(
+        [
+            cluster.client.submit(
+                os.getpid, workers=[w], pure=False, allow_other_workers=False, priority=-(10**9)
+            )
+            for w in threads
+        ]
+    )
 
 
-def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(service, cluster,
-                                                                          tmp_path):
+def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(
+    service, cluster, tmp_path
+):
     """The folder vanishes under a running job (an operator's rm -rf): the job fails saying
     so, nothing is charged for rows that are not there, and no data folder is left behind."""
     service.create_tenant("acme", "enterprise")
@@ -110,8 +122,7 @@ def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(servic
             deleted.append(True)
             shutil.rmtree(table.uri)
 
-    job = service.submit("acme", {"table": "doomed", "source": str(corpus),
-                                  "chunk_tokens": 32})
+    job = service.submit("acme", {"table": "doomed", "source": str(corpus), "chunk_tokens": 32})
     service.bus.subscribe(job.id, delete_after_first_commit)
     final = service.wait(job.id, timeout=180)
     assert final.status == "failed" and "deleted while a job was writing" in final.error

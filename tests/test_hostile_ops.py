@@ -1,5 +1,6 @@
 """Operations against hostile tenants and damaged state (issue 7): no key in a log line, no
 dashboard for tenants, one line for a damaged or locked data dir, no tenant name as a path."""
+
 from __future__ import annotations
 
 import logging
@@ -13,12 +14,12 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
+
 from embedscale.api.server.log_redaction import RedactSecrets, redact
 from embedscale.jobs.errors import InvalidFieldError, StoreDamagedError
 from embedscale.jobs.service import DB_FILE, JobService, tenant_data_dir
 from embedscale.jobs.store.duckdb_store import Store
-from fastapi.testclient import TestClient
-
 from tests.api_server import ADMIN_KEY, ROOT, free_port
 
 KEY = "es_0123456789abcdefSECRET"
@@ -27,8 +28,14 @@ KEY = "es_0123456789abcdefSECRET"
 def cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     env.pop("EMBEDSCALE_ADMIN_KEY", None)
-    return subprocess.run([sys.executable, "-m", "embedscale", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "embedscale", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -42,14 +49,18 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
 
 # --- 7. secrets in logs ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    (f"GET /v1/jobs/x/events?token={KEY} HTTP/1.1", "GET /v1/jobs/x/events?token=*** HTTP/1.1"),
-    (f"/a?x=1&api_key={KEY}&y=2", "/a?x=1&api_key=***&y=2"),
-    (f"/a?key={KEY}#frag", "/a?key=***#frag"),
-    (f"/a?ACCESS_TOKEN={KEY}", "/a?ACCESS_TOKEN=***"),
-    (f"Authorization: Bearer {KEY}", "Authorization: Bearer ***"),
-    ("/a?monkey=banana&tokens=3", "/a?monkey=banana&tokens=3"),  # not secrets
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (f"GET /v1/jobs/x/events?token={KEY} HTTP/1.1", "GET /v1/jobs/x/events?token=*** HTTP/1.1"),
+        (f"/a?x=1&api_key={KEY}&y=2", "/a?x=1&api_key=***&y=2"),
+        (f"/a?key={KEY}#frag", "/a?key=***#frag"),
+        (f"/a?ACCESS_TOKEN={KEY}", "/a?ACCESS_TOKEN=***"),
+        (f"Authorization: Bearer {KEY}", "Authorization: Bearer ***"),
+        ("/a?monkey=banana&tokens=3", "/a?monkey=banana&tokens=3"),  # not secrets
+    ],
+)
 def test_redact(text, expected):
     assert redact(text) == expected
 
@@ -57,22 +68,30 @@ def test_redact(text, expected):
 def test_the_access_log_formatter_still_works_on_redacted_records():
     from uvicorn.logging import AccessFormatter
 
-    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
-                               '%s - "%s %s HTTP/%s" %d',
-                               ("1.2.3.4:5", "GET", f"/v1/jobs?token={KEY}", "1.1", 200), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("1.2.3.4:5", "GET", f"/v1/jobs?token={KEY}", "1.1", 200),
+        None,
+    )
     assert RedactSecrets().filter(record)
     line = AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s').format(record)
     assert line == '1.2.3.4:5 - "GET /v1/jobs?token=*** HTTP/1.1" 200 OK'
 
 
 def test_a_key_split_between_template_and_argument_is_redacted():
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "Authorization: Bearer %s",
-                               (KEY,), None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "Authorization: Bearer %s", (KEY,), None
+    )
     RedactSecrets().filter(record)
     assert record.getMessage() == "Authorization: Bearer ***"
 
 
 # --- 8. the dashboard ------------------------------------------------------------------------
+
 
 def test_the_dashboard_binds_to_the_api_host(tmp_path):
     from embedscale.api.server.app import cluster_spec
@@ -84,8 +103,9 @@ def test_the_dashboard_binds_to_the_api_host(tmp_path):
     local_yaml = str(ROOT / "cluster_specs" / "local.yaml")  # says ':8787'
     assert cluster_spec(Settings(cluster=local_yaml)).dashboard_address == "127.0.0.1:8787"
     assert cluster_spec(Settings(dashboard_address="none")).dashboard_address is None
-    assert cluster_spec(Settings(dashboard_address="0.0.0.0:9000")).dashboard_address \
-        == "0.0.0.0:9000"
+    assert (
+        cluster_spec(Settings(dashboard_address="0.0.0.0:9000")).dashboard_address == "0.0.0.0:9000"
+    )
     # `embedscale run` and any spec: a bare port is loopback, not every interface
     assert dashboard_bind(":8787") == "127.0.0.1:8787"
     assert dashboard_bind(":0", "::1") == "127.0.0.1:0"
@@ -104,8 +124,8 @@ class FakeCluster:
     dashboard_link = "http://127.0.0.1:8787/status"
     client = SimpleNamespace(
         scheduler=SimpleNamespace(address="tcp://127.0.0.1:40000"),
-        scheduler_info=lambda n_workers: {"workers": {"a": {"nthreads": 2},
-                                                      "b": {"nthreads": 1}}})
+        scheduler_info=lambda n_workers: {"workers": {"a": {"nthreads": 2}, "b": {"nthreads": 1}}},
+    )
 
 
 @pytest.mark.parametrize("exposed", [False, True])
@@ -120,7 +140,8 @@ def test_cluster_info_for_tenants(tmp_path, exposed):
         info = TestClient(app).get("/v1/cluster", headers={"Authorization": f"Bearer {key}"})
     assert info.status_code == 200, info.text
     assert info.json() == {
-        "workers": 2, "threads": 3,
+        "workers": 2,
+        "threads": 3,
         "scheduler": "tcp://127.0.0.1:40000" if exposed else None,
         "dashboard_link": FakeCluster.dashboard_link if exposed else None,
     }
@@ -137,6 +158,7 @@ def test_job_output_carries_no_dashboard_link(tmp_path):
 
 # --- 13. a damaged or locked state file ------------------------------------------------------
 
+
 @pytest.fixture
 def healthy_db(tmp_path) -> Path:
     """A store with a tenant and a job in it, closed."""
@@ -148,8 +170,7 @@ def healthy_db(tmp_path) -> Path:
 
 def damage(db: Path, how: str) -> None:
     data = db.read_bytes()
-    damaged = {"half": data[:len(data) // 2], "empty": b"",
-               "random": os.urandom(len(data))}[how]
+    damaged = {"half": data[: len(data) // 2], "empty": b"", "random": os.urandom(len(data))}[how]
     db.write_bytes(damaged)
 
 
@@ -170,7 +191,7 @@ def test_a_store_that_opens_can_be_read(healthy_db):
     block = 256 * 1024
     refused = 0
     for offset in range(4096, len(data), block // 4):
-        healthy_db.write_bytes(data[:offset] + b"\xff" * 64 + data[offset + 64:])
+        healthy_db.write_bytes(data[:offset] + b"\xff" * 64 + data[offset + 64 :])
         try:
             store = Store(healthy_db)
         except StoreDamagedError:
@@ -190,19 +211,23 @@ def test_a_store_that_opens_can_be_read(healthy_db):
 
 def test_cli_commands_on_a_damaged_store_print_one_line(healthy_db):
     damage(healthy_db, "half")
-    assert_one_line_error(cli("jobs", "list", "--data-dir", str(healthy_db.parent)),
-                          str(healthy_db), "damaged")
+    assert_one_line_error(
+        cli("jobs", "list", "--data-dir", str(healthy_db.parent)), str(healthy_db), "damaged"
+    )
     started = time.monotonic()
-    served = cli("serve", "--data-dir", str(healthy_db.parent), "--port", str(free_port()),
-                 "--workers", "1")
+    served = cli(
+        "serve", "--data-dir", str(healthy_db.parent), "--port", str(free_port()), "--workers", "1"
+    )
     assert time.monotonic() - started < 20
     assert_one_line_error(served, str(healthy_db), "damaged")
 
 
 # --- 14. a tenant name never becomes a path --------------------------------------------------
 
-@pytest.mark.parametrize("name", ["../x", "../tenants/x", "a/b", "", ".", "Upper", "a\n",
-                                  "/abs", "a" * 65])
+
+@pytest.mark.parametrize(
+    "name", ["../x", "../tenants/x", "a/b", "", ".", "Upper", "a\n", "/abs", "a" * 65]
+)
 def test_tenant_data_dir_refuses_names_outside_the_rule(tmp_path, name):
     with pytest.raises(InvalidFieldError, match="invalid tenant name") as caught:
         tenant_data_dir(tmp_path, name)
@@ -221,6 +246,7 @@ def test_cli_search_refuses_a_tenant_name_that_is_a_path(tmp_path):
 
 
 # --- against a real server -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -283,7 +309,15 @@ def test_the_dashboard_listens_on_the_api_host_only_and_tenants_get_no_link(serv
 @pytest.mark.slow
 def test_a_second_serve_on_a_locked_data_dir_fails_before_starting_a_cluster(server):
     started = time.monotonic()
-    second = cli("serve", "--data-dir", str(server.data_dir), "--port", str(free_port()),
-                 "--workers", "1", timeout=120)
+    second = cli(
+        "serve",
+        "--data-dir",
+        str(server.data_dir),
+        "--port",
+        str(free_port()),
+        "--workers",
+        "1",
+        timeout=120,
+    )
     assert time.monotonic() - started < 20
     assert_one_line_error(second, str(server.data_dir / DB_FILE), "in use")

@@ -1,6 +1,7 @@
 """Hostile sources: links out of the allowed roots, FIFOs, devices, endless and huge files. Each
 is skipped with its reason, on the driver while planning and on the worker when opening; none
 hangs or exhausts a process."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from embedscale.engine.sources.enumeration import plan_source
 from embedscale.engine.sources.file_access import FileAccess, real_roots
 from embedscale.engine.sources.partitions import FileSlice
@@ -47,8 +49,9 @@ def test_links_out_of_the_root_are_skipped_when_walking(tree):
     assert reasons_of(plan) == {"docs/leak.txt": OUTSIDE, "dirlink": OUTSIDE}
 
 
-@pytest.mark.parametrize("pattern", ["*/*.txt", "**/*.txt", "dirlink*/x.txt", "*/secret.txt",
-                                     "docs/../dirlink/*.txt"])
+@pytest.mark.parametrize(
+    "pattern", ["*/*.txt", "**/*.txt", "dirlink*/x.txt", "*/secret.txt", "docs/../dirlink/*.txt"]
+)
 def test_links_out_of_the_root_are_skipped_by_globs(tree, pattern):
     root, _ = tree
     try:
@@ -88,12 +91,18 @@ def test_fifos_and_devices_are_never_opened_for_reading(tmp_path):
     (tmp_path / "ok.md").write_text("# fine")
     plan = plan_source(tmp_path)
     assert files_of(plan) == ["ok.md"]
-    assert reasons_of(plan) == {"pipe.txt": "a FIFO, not a regular file",
-                                "zero.txt": "a character device, not a regular file"}
+    assert reasons_of(plan) == {
+        "pipe.txt": "a FIFO, not a regular file",
+        "zero.txt": "a character device, not a regular file",
+    }
     # A worker handed either (swapped in after planning) refuses it at once instead of
     # blocking on the FIFO or reading /dev/zero until the worker is killed.
-    for name, fmt in (("pipe.txt", "text"), ("zero.txt", "text"), ("zero.txt", "jsonl"),
-                      ("pipe.txt", "parquet")):
+    for name, fmt in (
+        ("pipe.txt", "text"),
+        ("zero.txt", "text"),
+        ("zero.txt", "jsonl"),
+        ("pipe.txt", "parquet"),
+    ):
         docs, skipped = read_item(FileSlice(str(tmp_path / name), name, fmt, 0), RecordFields())
         assert docs == [] and "not a regular file" in skipped[0].reason
 
@@ -121,7 +130,8 @@ def test_documents_over_the_size_limit_are_skipped_with_their_size(tmp_path):
     assert skipped == {
         "big.txt": "2,000 bytes, over the limit of 1,000 bytes per document (max_document_bytes)",
         "rows.jsonl#0": "more bytes, over the limit of 1,000 bytes per document "
-                        "(max_document_bytes)"}
+        "(max_document_bytes)",
+    }
 
 
 def test_proc_files_without_a_size_are_still_bounded(tmp_path):
@@ -150,8 +160,9 @@ def test_a_tenant_cannot_read_outside_the_roots_or_stall_the_service(server, tmp
     (folder / "zero.txt").symlink_to("/dev/zero")
     client = server.tenant("prowler")
     reasons = {}
-    for n, source in enumerate([str(folder), str(folder / "**" / "*.txt"),
-                                str(folder / "dirlink*" / "*.txt")]):
+    for n, source in enumerate(
+        [str(folder), str(folder / "**" / "*.txt"), str(folder / "dirlink*" / "*.txt")]
+    ):
         created = client.post("/v1/jobs", json={"table": f"h{n}", "source": source})
         if created.status_code == 422:  # nothing left to read once the traps are skipped
             assert n == 2 and "no supported files" in created.text, created.text
@@ -162,11 +173,16 @@ def test_a_tenant_cannot_read_outside_the_roots_or_stall_the_service(server, tmp
         reasons.update({s["source"].split("/")[-1]: s["reason"] for s in job["skipped"]})
         hits = client.post(f"/v1/tables/h{n}/search", json={"query": "root:x:0:0", "k": 10})
         assert hits.status_code == 200
-        assert all(SECRET not in h["text"] and "root:" not in h["text"]
-                   for h in hits.json()["hits"])
-    assert reasons == {"leak.txt": OUTSIDE, "passwd.txt": OUTSIDE, "dirlink": OUTSIDE,
-                       "pipe.txt": "a FIFO, not a regular file",
-                       "zero.txt": "a character device, not a regular file"}
+        assert all(
+            SECRET not in h["text"] and "root:" not in h["text"] for h in hits.json()["hits"]
+        )
+    assert reasons == {
+        "leak.txt": OUTSIDE,
+        "passwd.txt": OUTSIDE,
+        "dirlink": OUTSIDE,
+        "pipe.txt": "a FIFO, not a regular file",
+        "zero.txt": "a character device, not a regular file",
+    }
     # Another tenant's small job still goes through at once.
     other = server.tenant("bystander")
     created = other.post("/v1/jobs", json={"table": "t", "texts": ["still fine"]}).json()

@@ -1,5 +1,6 @@
 """The HTTP provider's policies as pure functions: batches, retry delays, the circuit breaker,
 and what a 200 answer must hold (no network: answers are built in the test)."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -8,6 +9,7 @@ from email.utils import format_datetime
 import httpx
 import numpy as np
 import pytest
+
 from embedscale.engine.errors import ProviderError
 from embedscale.engine.models.http_policy import (
     RETRYABLE_STATUSES,
@@ -42,10 +44,10 @@ def test_retry_after_seconds_and_http_dates():
     now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("7", now) == 7.0
     assert parse_retry_after(" 0.5 ", now) == 0.5
-    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True),
-                             now) == 30.0
-    assert parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True),
-                             now) == 0.0  # a date gone by: no wait
+    assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
+    assert (
+        parse_retry_after(format_datetime(now - timedelta(seconds=30), usegmt=True), now) == 0.0
+    )  # a date gone by: no wait
     assert parse_retry_after("-3", now) == 0.0
     for unusable in (None, "", "soon", "Mon, 99 Foo"):
         assert parse_retry_after(unusable, now) is None
@@ -92,15 +94,24 @@ def answer(data: list[dict], status: int = 200) -> httpx.Response:
 
 def test_an_answer_must_give_one_vector_per_input_in_index_order():
     url = "http://h/v1/embeddings"
-    got = parse_embeddings(answer([{"index": 1, "embedding": [3.0, 4.0]},
-                                   {"index": 0, "embedding": [1.0, 2.0]}]), 2, url)
+    got = parse_embeddings(
+        answer([{"index": 1, "embedding": [3.0, 4.0]}, {"index": 0, "embedding": [1.0, 2.0]}]),
+        2,
+        url,
+    )
     assert got.dtype == np.float32 and got.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     for data, count, message in [
         ([{"index": 0, "embedding": [1.0]}], 2, "returned 1 vectors for 2 inputs"),
-        ([{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}], 2,
-         "returned 2 vectors for 2 inputs"),  # an index twice: one input has no vector
-        ([{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [1.0, 2.0]}], 2,
-         "unequal or unknown length"),
+        (
+            [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}],
+            2,
+            "returned 2 vectors for 2 inputs",
+        ),  # an index twice: one input has no vector
+        (
+            [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [1.0, 2.0]}],
+            2,
+            "unequal or unknown length",
+        ),
         ([{"index": 0, "embedding": "AAAA"}], 1, "unequal or unknown length"),
         ([{"index": 0, "embedding": ["x"]}], 1, "not numbers"),
         ([{"index": 0, "embedding": []}], 1, "unequal or unknown length"),

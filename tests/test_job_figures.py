@@ -1,5 +1,6 @@
 """The figures /metrics reports about jobs come from memory: they follow every write the store
 makes, equal what the file says (also once reopened), and are read without DuckDB or its lock."""
+
 from __future__ import annotations
 
 import threading
@@ -13,9 +14,18 @@ from embedscale.jobs.store.records import JobRecord
 
 def new_job(job_id: str, tenant: str, model: str, n_partitions: int) -> JobRecord:
     now = utcnow()
-    return JobRecord(job_id, tenant, {"table": "t", "model": model}, JobStatus.QUEUED, "normal",
-                     "t", [("queued", now.isoformat())], now, now,
-                     partitions_total=n_partitions)
+    return JobRecord(
+        job_id,
+        tenant,
+        {"table": "t", "model": model},
+        JobStatus.QUEUED,
+        "normal",
+        "t",
+        [("queued", now.isoformat())],
+        now,
+        now,
+        partitions_total=n_partitions,
+    )
 
 
 def insert(store: Store, job_id: str, tenant: str, model: str, n_partitions: int) -> None:
@@ -30,14 +40,21 @@ def partitions(n: int):
 
 
 def done(job_id: str, tenant: str, partition: int, chunks: int) -> PartitionDone:
-    return PartitionDone(job_id, tenant, partition, {"documents": 1, "chunks": chunks,
-                                                     "tokens": 10 * chunks, "skipped": 0})
+    return PartitionDone(
+        job_id,
+        tenant,
+        partition,
+        {"documents": 1, "chunks": chunks, "tokens": 10 * chunks, "skipped": 0},
+    )
 
 
 def in_memory(store: Store) -> tuple:
     figures = store.figures.snapshot()
-    return ({s.value: n for s, n in figures.by_status.items() if n},
-            sorted(figures.embedded), figures.waiting)
+    return (
+        {s.value: n for s, n in figures.by_status.items() if n},
+        sorted(figures.embedded),
+        figures.waiting,
+    )
 
 
 def in_file(store: Store) -> tuple:
@@ -52,20 +69,27 @@ def test_the_figures_follow_every_write_and_equal_the_file(tmp_path):
     insert(store, "j2", "acme", "m2", 2)
     insert(store, "j3", "beta", "m1", 1)
     insert(store, "j4", "beta", "m1", 0)
-    assert in_memory(store) == in_file(store) == (
-        {"queued": 4}, [("acme", "m1", 0, 0), ("acme", "m2", 0, 0), ("beta", "m1", 0, 0)], 6)
+    assert (
+        in_memory(store)
+        == in_file(store)
+        == ({"queued": 4}, [("acme", "m1", 0, 0), ("acme", "m2", 0, 0), ("beta", "m1", 0, 0)], 6)
+    )
     store.start_jobs(["j1", "j2", "j3"])
     store.record_partitions_done([done("j1", "acme", 0, 4), done("j2", "acme", 0, 2)])
     store.record_partitions_done([done("j1", "acme", 0, 4)])  # again: counted once
     assert in_memory(store) == in_file(store)
-    store.record_partitions_done([done("j1", "acme", 1, 1), done("j1", "acme", 2, 5)],
-                                 succeeded=["j1"])
+    store.record_partitions_done(
+        [done("j1", "acme", 1, 1), done("j1", "acme", 2, 5)], succeeded=["j1"]
+    )
     store.set_status("j2", JobStatus.CANCELLING)
     store.set_status("j2", JobStatus.CANCELLED)
     store.finish("j3", JobStatus.FAILED, error="a partition failed")
     store.set_status("j4", JobStatus.CANCELLED)
-    expected = ({"succeeded": 1, "cancelled": 2, "failed": 1},
-                [("acme", "m1", 10, 100), ("acme", "m2", 2, 20), ("beta", "m1", 0, 0)], 0)
+    expected = (
+        {"succeeded": 1, "cancelled": 2, "failed": 1},
+        [("acme", "m1", 10, 100), ("acme", "m2", 2, 20), ("beta", "m1", 0, 0)],
+        0,
+    )
     assert in_memory(store) == in_file(store) == expected
     store.close()
     reopened = Store(path)  # read from the file once, when it opens
@@ -89,8 +113,11 @@ def test_the_figures_are_read_without_duckdb_or_its_lock(tmp_path):
     read = []
     connection, service.store._con = service.store._con, None  # any query would fail
     try:
-        reader = threading.Thread(target=lambda: read.append((
-            service.job_counts(), service.embedded_totals(), service.pending_partitions())))
+        reader = threading.Thread(
+            target=lambda: read.append(
+                (service.job_counts(), service.embedded_totals(), service.pending_partitions())
+            )
+        )
         reader.start()
         reader.join(3)
     finally:

@@ -6,6 +6,7 @@ what reads it: the end of a sync, the undo of a cancel, a resume after a crash b
 commit and its record. The commits are real, made as cheaply as Lance allows (an empty Append
 each, on the dataset object: ~2 ms apiece on this project's 2-core machine, so 10,001 take ~20 s;
 on a path string each reopens the table and they took three times as long)."""
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,9 @@ from collections import Counter
 import cloudpickle
 import lance
 import pytest
+
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.jobs.states import JobStatus
-
 from tests import faults
 from tests.conftest import started_service
 from tests.helpers import assert_verified
@@ -35,20 +36,25 @@ def commits_past_the_window(uri: str) -> int:
     returns the table's version after them."""
     ds = lance.dataset(uri)
     for _ in range(OLD_WINDOW + 1):
-        ds = lance.LanceDataset.commit(ds, lance.Transaction(
-            read_version=ds.version, operation=lance.LanceOperation.Append([])))
+        ds = lance.LanceDataset.commit(
+            ds,
+            lance.Transaction(read_version=ds.version, operation=lance.LanceOperation.Append([])),
+        )
     return ds.version
 
 
 def test_a_sync_with_more_commits_than_the_window_deletes_exactly_the_gone(cluster, tmp_path):
     data = tmp_path / "data"
     service = started_service(cluster, data)
-    docs = {name: f"document {name} about heaps, queues and the order of things"
-            for name in "abcdef"}
+    docs = {
+        name: f"document {name} about heaps, queues and the order of things" for name in "abcdef"
+    }
     src = write_docs(tmp_path / "src", docs)
     try:
-        first = service.wait(service.submit("local", {"table": "s", "source": str(src),
-                                                      "mode": "sync"}).id, timeout=240)
+        first = service.wait(
+            service.submit("local", {"table": "s", "source": str(src), "mode": "sync"}).id,
+            timeout=240,
+        )
         assert first.status == "succeeded", first.error
         uri = ChunkTable(service.tenant_data_dir("local"), "s").uri
         del docs["f"]
@@ -65,14 +71,15 @@ def test_a_sync_with_more_commits_than_the_window_deletes_exactly_the_gone(clust
             return records
 
         service.store.record_partitions_done = commits_after_the_first_partition
-        job = service.submit("local", {"table": "s", "source": str(src), "mode": "sync"},
-                             partition_bytes=64)
+        job = service.submit(
+            "local", {"table": "s", "source": str(src), "mode": "sync"}, partition_bytes=64
+        )
         final = service.wait(job.id, timeout=300)
     finally:
         service.close()
     assert final.status == JobStatus.SUCCEEDED, final.error
     assert final.partitions_total > 2  # partitions on both sides of the commits
-    (before, after), = made
+    ((before, after),) = made
     assert after - before > OLD_WINDOW
     assert final.documents_deleted == 1 and final.documents_changed == 1
     assert sorted(docs_in(uri)) == ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"]
@@ -82,8 +89,13 @@ def test_a_sync_with_more_commits_than_the_window_deletes_exactly_the_gone(clust
 def test_a_sync_keeps_the_documents_of_every_source_its_planner_skipped(service, tmp_path):
     """job_skipped keeps a job's first 1,000 skipped documents (for people to read); what a
     sync keeps is the ledger's, in full: the 1,001st unreadable source keeps its document."""
-    src = write_docs(tmp_path / "src", {"keep": "a document that stays readable",
-                                        "zzz": "a document whose file becomes unreadable"})
+    src = write_docs(
+        tmp_path / "src",
+        {
+            "keep": "a document that stays readable",
+            "zzz": "a document whose file becomes unreadable",
+        },
+    )
     run(service, {"table": "k", "source": str(src), "mode": "sync"})
     for i in range(1000):  # skipped by the planner (a type it does not read), before zzz.txt
         (src / f"a{i:04}.bin").write_bytes(b"")
@@ -92,27 +104,34 @@ def test_a_sync_keeps_the_documents_of_every_source_its_planner_skipped(service,
     final = run(service, {"table": "k", "source": str(src), "mode": "sync"})
     assert final.skipped_count == 1001 and final.documents_deleted == 0
     assert sorted(docs_in(ChunkTable(service.tenant_data_dir("local"), "k").uri)) == [
-        "keep.txt", "zzz.txt"]
+        "keep.txt",
+        "zzz.txt",
+    ]
 
 
 @pytest.mark.parametrize("mode", ["upsert", "overwrite"])
 def test_an_undo_after_more_commits_than_the_window_restores_what_was_replaced(
-        cluster, tmp_path, mode):
+    cluster, tmp_path, mode
+):
     data = tmp_path / "data"
     service = started_service(cluster, data)
     corpus = tmp_path / "docs.jsonl"
     gate = None
     try:
-        first = service.wait(service.submit("local", {"table": "r", "source": str(
-            write_jsonl(corpus, "v1"))}).id, timeout=240)
+        first = service.wait(
+            service.submit("local", {"table": "r", "source": str(write_jsonl(corpus, "v1"))}).id,
+            timeout=240,
+        )
         assert first.status == "succeeded", first.error
         uri = ChunkTable(service.tenant_data_dir("local"), "r").uri
         before = docs_in(uri)
         rows_before = lance.dataset(uri).count_rows()
         gate = held_writes(cluster, tmp_path, "/r.lance")
-        job = service.submit("local", {"table": "r", "mode": mode,
-                                       "source": str(write_jsonl(corpus, "v2"))},
-                             partition_bytes=8 * 1024)
+        job = service.submit(
+            "local",
+            {"table": "r", "mode": mode, "source": str(write_jsonl(corpus, "v2"))},
+            partition_bytes=8 * 1024,
+        )
         gate.let_one()
         wait_for(lambda: service.get(job.id).partitions_done == 1)
         assert docs_in(uri) != before  # some documents are v2 now (or gone: overwrite)
@@ -138,11 +157,11 @@ class SimulatedCrash(BaseException):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("crash_at", [1, 2], ids=["first-commit", "a-later-commit"])
 def test_a_commit_cut_off_from_its_record_is_found_after_more_commits_than_the_window(
-        cluster, tmp_path, crash_at):
+    cluster, tmp_path, crash_at
+):
     """At the table's first commit the ledger has recorded nothing of it: the table's whole
     history is read. At a later one, only the commits after the newest recorded."""
     from embedscale.jobs.service import JobService
-
     from tests.corpora import jsonl_corpus
 
     data = tmp_path / "data"
@@ -160,9 +179,15 @@ def test_a_commit_cut_off_from_its_record_is_found_after_more_commits_than_the_w
 
     first.store.record_partitions_done = crash_after_a_commit
     first.start()
-    job = first.submit("local", {"table": "t", "chunk_tokens": 32,
-                                 "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64))},
-                       partition_bytes=4096)
+    job = first.submit(
+        "local",
+        {
+            "table": "t",
+            "chunk_tokens": 32,
+            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64)),
+        },
+        partition_bytes=4096,
+    )
     deadline = time.monotonic() + 120
     while first.runner.alive:
         assert time.monotonic() < deadline

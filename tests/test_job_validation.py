@@ -1,4 +1,5 @@
 """Bad input to the control plane is refused with a message naming the field."""
+
 from __future__ import annotations
 
 import math
@@ -25,29 +26,38 @@ def field_error(spec: dict) -> tuple[str, str]:
     return ".".join(str(p) for p in first["loc"]), first["msg"]
 
 
-@pytest.mark.parametrize("spec,field,message", [
-    ({"table": "t", "source": "x", "priority": "urgent"}, "priority", "'low', 'normal'"),
-    ({"table": "t", "source": "x", "mode": "merge"}, "mode", "'append', 'overwrite'"),
-    ({"table": "t", "source": "x", "chunk_tokens": -5}, "chunk_tokens", "greater than 0"),
-    ({"table": "t", "source": "x", "overlap_tokens": -1}, "overlap_tokens", "greater than or"),
-    ({"table": "../x", "source": "x"}, "table", "invalid table name"),
-    ({"table": "a/b", "source": "x"}, "table", "invalid table name"),
-    ({"table": "", "source": "x"}, "table", "invalid table name"),
-    ({"table": "t", "source": "x", "colour": "red"}, "colour", "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    "spec,field,message",
+    [
+        ({"table": "t", "source": "x", "priority": "urgent"}, "priority", "'low', 'normal'"),
+        ({"table": "t", "source": "x", "mode": "merge"}, "mode", "'append', 'overwrite'"),
+        ({"table": "t", "source": "x", "chunk_tokens": -5}, "chunk_tokens", "greater than 0"),
+        ({"table": "t", "source": "x", "overlap_tokens": -1}, "overlap_tokens", "greater than or"),
+        ({"table": "../x", "source": "x"}, "table", "invalid table name"),
+        ({"table": "a/b", "source": "x"}, "table", "invalid table name"),
+        ({"table": "", "source": "x"}, "table", "invalid table name"),
+        ({"table": "t", "source": "x", "colour": "red"}, "colour", "Extra inputs"),
+    ],
+)
 def test_bad_fields_are_named(spec, field, message):
     loc, msg = field_error(spec)
     assert loc == field and message in msg
 
 
-@pytest.mark.parametrize("spec,message", [
-    ({"table": "t", "source": "x", "chunk_tokens": 64, "overlap_tokens": 64}, "overlap_tokens=64"),
-    ({"table": "t"}, "exactly one of 'source'"),
-    ({"table": "t", "source": "x", "texts": ["a"]}, "exactly one of 'source'"),
-    ({"table": "t", "texts": []}, "'texts' is empty"),
-    ({"table": "t", "texts": ["a", "b"], "ids": ["1"]}, "'ids' has 1 entries"),
-    ({"table": "t", "texts": ["a", "b"], "ids": ["1", "1"]}, "not unique"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        (
+            {"table": "t", "source": "x", "chunk_tokens": 64, "overlap_tokens": 64},
+            "overlap_tokens=64",
+        ),
+        ({"table": "t"}, "exactly one of 'source'"),
+        ({"table": "t", "source": "x", "texts": ["a"]}, "exactly one of 'source'"),
+        ({"table": "t", "texts": []}, "'texts' is empty"),
+        ({"table": "t", "texts": ["a", "b"], "ids": ["1"]}, "'ids' has 1 entries"),
+        ({"table": "t", "texts": ["a", "b"], "ids": ["1", "1"]}, "not unique"),
+    ],
+)
 def test_inconsistent_specs_are_refused(spec, message):
     assert message in field_error(spec)[1]
 
@@ -117,19 +127,29 @@ def test_missing_source_is_a_source_field_error(tmp_path):
 
 # The default model takes 256 tokens, 2 of them special: its chunks advance by the text tokens
 # less the overlap (32 by default, at most a quarter of the text tokens).
-@pytest.mark.parametrize("chunk_tokens,overlap,step", [
-    (None, None, 254 - 32), (64, None, 62 - 15), (128, 8, 126 - 8), (64, 0, 62)])
+@pytest.mark.parametrize(
+    "chunk_tokens,overlap,step",
+    [(None, None, 254 - 32), (64, None, 62 - 15), (128, 8, 126 - 8), (64, 0, 62)],
+)
 def test_the_estimate_advances_by_chunkings_step(tmp_path, chunk_tokens, overlap, step):
     info = model_limits(resolve_model(DEFAULT_MODEL))
     settings = ChunkSettings.for_model(info, chunk_tokens, overlap)
     assert settings.content_tokens - settings.overlap_tokens == step
     text = "word " * 20_000
     with JobService(tmp_path) as service:
-        job = service.submit("local", {"table": "t", "texts": [text],
-                                       "chunk_tokens": chunk_tokens, "overlap_tokens": overlap})
+        job = service.submit(
+            "local",
+            {
+                "table": "t",
+                "texts": [text],
+                "chunk_tokens": chunk_tokens,
+                "overlap_tokens": overlap,
+            },
+        )
     # "word " is a token in five characters, as the estimate's sample of the text measures.
-    density = chars_per_token(plan_texts([text]).partitions, resolve_model(DEFAULT_MODEL),
-                              FileAccess())
+    density = chars_per_token(
+        plan_texts([text]).partitions, resolve_model(DEFAULT_MODEL), FileAccess()
+    )
     assert density == pytest.approx(5.0, rel=1e-3)
     assert job.estimated_chunks == math.ceil(len(text) / (density * step))
 
@@ -141,13 +161,25 @@ def test_the_python_run_request_carries_every_job_field_to_the_spec():
 
     from embedscale.jobs.local_run import EmbedRequest
 
-    request = EmbedRequest(table="t", texts=["a"], mode="sync", allow_empty=True,
-                           provider="openai", provider_url="http://127.0.0.1:9/v1",
-                           tokenizer=DEFAULT_MODEL, priority="high")
+    request = EmbedRequest(
+        table="t",
+        texts=["a"],
+        mode="sync",
+        allow_empty=True,
+        provider="openai",
+        provider_url="http://127.0.0.1:9/v1",
+        tokenizer=DEFAULT_MODEL,
+        priority="high",
+    )
     spec = request.spec()
-    assert (spec.mode, spec.allow_empty, spec.provider, spec.provider_url, spec.tokenizer,
-            spec.priority) == ("sync", True, "openai", "http://127.0.0.1:9/v1", DEFAULT_MODEL,
-                               "high")
+    assert (
+        spec.mode,
+        spec.allow_empty,
+        spec.provider,
+        spec.provider_url,
+        spec.tokenizer,
+        spec.priority,
+    ) == ("sync", True, "openai", "http://127.0.0.1:9/v1", DEFAULT_MODEL, "high")
     runner_only = {"data_dir", "partition_bytes", "token_budget", "max_attempts"}
     request_fields = {f.name for f in dataclasses.fields(EmbedRequest)} - runner_only
     assert set(JobSpec.model_fields) - request_fields == {"labels"}

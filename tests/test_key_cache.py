@@ -1,10 +1,12 @@
 """Keys found missing are remembered briefly: a loop of bad keys costs no store read, a key
 issued later is never refused from the note, and the notes are bounded in number."""
+
 from __future__ import annotations
 
 import time
 
 import pytest
+
 from embedscale.jobs.store.duckdb_store import Store
 from embedscale.jobs.tenants.accounts import Tenants
 from embedscale.jobs.tenants.key_cache import KeyCache

@@ -1,4 +1,5 @@
 """The model registry and the sentence-transformers backend on the packaged model."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,10 +38,15 @@ def test_backend_info(model):
 
 
 def test_embedding_token_ids_equals_encode(model, st_model):
-    texts = ["A short sentence.", "Dask runs task graphs on a cluster of worker processes, "
-             "and LanceDB stores the vectors they compute."]
-    ids = [model.wrap(np.asarray(model.tokenizer.encode(t, add_special_tokens=False).ids))
-           for t in texts]
+    texts = [
+        "A short sentence.",
+        "Dask runs task graphs on a cluster of worker processes, "
+        "and LanceDB stores the vectors they compute.",
+    ]
+    ids = [
+        model.wrap(np.asarray(model.tokenizer.encode(t, add_special_tokens=False).ids))
+        for t in texts
+    ]
     ours = model.embed_token_ids(ids)
     reference = st_model.encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(ours, reference, atol=1e-5)
@@ -56,8 +62,17 @@ def test_model_is_loaded_once_per_process():
 def test_two_jobs_load_the_model_once_on_each_worker(service, cluster, tmp_path):
     """Asked on the workers themselves: however many partitions of however many jobs ran
     there, each worker process loaded the default model exactly once."""
-    jobs = [service.submit("local", {"table": f"t{i}", "chunk_tokens": 32, "source": str(
-        jsonl_corpus(tmp_path / f"c{i}.jsonl", rows=48))}) for i in range(2)]
+    jobs = [
+        service.submit(
+            "local",
+            {
+                "table": f"t{i}",
+                "chunk_tokens": 32,
+                "source": str(jsonl_corpus(tmp_path / f"c{i}.jsonl", rows=48)),
+            },
+        )
+        for i in range(2)
+    ]
     finals = [service.wait(j.id, timeout=180) for j in jobs]
     assert [f.status for f in finals] == ["succeeded"] * 2
     assert all(f.partitions_total >= 2 for f in finals)

@@ -5,15 +5,16 @@ bookkeeping runs again instead of being called a success; a partition that finis
 batch as its job's cancel is not committed and not charged; an event that fails to be handled
 does not take the rest of its batch with it. On the shared cluster of worker processes, real
 DuckDB and Lance files."""
+
 from __future__ import annotations
 
 import pytest
+
 from embedscale.engine.sources.enumeration import plan_texts
 from embedscale.jobs.errors import PartitionsNotDoneError
 from embedscale.jobs.runner.feeder import Completed, Feeder
 from embedscale.jobs.states import JobStatus
 from embedscale.jobs.store.duckdb_store import PartitionDone, Store
-
 from tests.helpers import logged, read_rows
 from tests.test_store import new_job
 
@@ -24,8 +25,7 @@ RUN_AGAIN = "preparing it again"  # what the runner logs when the store refuses 
 
 
 def submit(service, corpus, **spec):
-    return service.submit("local", {**SPEC, "source": str(corpus), **spec},
-                          partition_bytes=4096)
+    return service.submit("local", {**SPEC, "source": str(corpus), **spec}, partition_bytes=4096)
 
 
 def run_watched(service, corpus, **spec):
@@ -47,8 +47,9 @@ def assert_whole(service, final, data_dir):
     assert report.ok and not report.to_dict()["problems"], report.to_dict()
 
 
-def test_a_task_the_client_cancels_puts_its_partition_back(service, small_corpus, tmp_path,
-                                                           monkeypatch):
+def test_a_task_the_client_cancels_puts_its_partition_back(
+    service, small_corpus, tmp_path, monkeypatch
+):
     cancelled: list[str] = []
     submit_task = Feeder._submit
 
@@ -67,8 +68,9 @@ def test_a_task_the_client_cancels_puts_its_partition_back(service, small_corpus
 
 
 @pytest.mark.parametrize("mode", ["append", "sync"])
-def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(service, small_corpus,
-                                                                tmp_path, monkeypatch, mode):
+def test_a_partition_lost_by_the_bookkeeping_is_never_a_success(
+    service, small_corpus, tmp_path, monkeypatch, mode
+):
     """...nor, for a sync, a reason to delete the documents that partition read."""
     from embedscale.jobs.runner import endings
 
@@ -104,8 +106,9 @@ def test_the_store_refuses_a_success_with_a_partition_not_done(tmp_path):
     store.insert_job(new_job("j"), plan_texts(["a", "b"], docs_per_partition=1).partitions)
     store.set_status("j", JobStatus.RUNNING)
     counts = {"documents": 1, "chunks": 3, "tokens": 9, "skipped": 0}
-    records = store.record_partitions_done([PartitionDone("j", "acme", 0, counts)],
-                                           succeeded=["j"])  # partition 1 is not done
+    records = store.record_partitions_done(
+        [PartitionDone("j", "acme", 0, counts)], succeeded=["j"]
+    )  # partition 1 is not done
     assert records["j"].status == store.get_job("j").status == JobStatus.RUNNING
     with pytest.raises(PartitionsNotDoneError):
         store.finish("j", JobStatus.SUCCEEDED)
@@ -115,14 +118,16 @@ def test_the_store_refuses_a_success_with_a_partition_not_done(tmp_path):
 
 
 def test_a_partition_done_in_the_batch_of_its_jobs_cancel_is_not_committed(
-        service, small_corpus, tmp_path, monkeypatch):
+    service, small_corpus, tmp_path, monkeypatch
+):
     """A partition's completion and its job's cancel reach the runner in one batch of events:
     the cancel is handled right after the completion, before the batch is committed."""
     from embedscale.jobs.runner.events import CancelRequested
     from embedscale.jobs.runner.loop import Runner
 
-    job = service.submit("local", {**SPEC, "source": str(small_corpus), "table": "c"},
-                         partition_bytes=4096)
+    job = service.submit(
+        "local", {**SPEC, "source": str(small_corpus), "table": "c"}, partition_bytes=4096
+    )
     together: list[int] = []
     on_task_done = Runner._on_task_done
 
@@ -145,8 +150,9 @@ def test_a_partition_done_in_the_batch_of_its_jobs_cancel_is_not_committed(
     assert read_rows(tmp_path / "data", "c", ["id"]).num_rows == 0  # nothing committed
 
 
-def test_an_outcome_that_cannot_be_read_runs_its_partition_again(service, small_corpus,
-                                                                 tmp_path, monkeypatch):
+def test_an_outcome_that_cannot_be_read_runs_its_partition_again(
+    service, small_corpus, tmp_path, monkeypatch
+):
     """A passing error while the runner sorts out a finished task (reading its result over a
     connection that dropped) costs that partition an attempt, not the job its partition."""
     failed: list[str] = []
@@ -184,8 +190,9 @@ def test_an_event_that_cannot_be_handled_fails_only_its_job(service, monkeypatch
     assert "a bug in the runner" in failed.error
 
 
-def test_a_commit_that_lands_but_reports_an_error_is_not_redone(service, small_corpus,
-                                                                tmp_path, monkeypatch):
+def test_a_commit_that_lands_but_reports_an_error_is_not_redone(
+    service, small_corpus, tmp_path, monkeypatch
+):
     """Object storage can lose the answer to a commit that landed: the table's version says it
     did, so the partitions count as committed, once, and nothing fails."""
     from embedscale.engine.sink import lance_sink as sink

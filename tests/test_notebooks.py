@@ -1,10 +1,12 @@
 """The notebooks run: their code cells, in order, as a reader would run them."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+
 from embedscale.api.client.service import HIT_COLUMNS
 
 pytestmark = pytest.mark.slow
@@ -28,8 +30,9 @@ def test_quickstart(tmp_path, monkeypatch, capsys):
     summary = ns["summary"]
     assert summary.ok and summary.chunks > 100
     bar = capsys.readouterr().err.split("\r")  # tqdm's text bar: no kernel here
-    assert any("sample: 100%" in f and f"{summary.chunks}/{summary.chunks} chunks" in f
-               for f in bar)
+    assert any(
+        "sample: 100%" in f and f"{summary.chunks}/{summary.chunks} chunks" in f for f in bar
+    )
     assert list(ns["hits"].columns) == HIT_COLUMNS and len(ns["hits"]) == 5
     assert ns["hits"]["doc_id"].iloc[0] == "notes/exactly-once.md"
     # The plots: one point per chunk in the projection, the job's commits over time.

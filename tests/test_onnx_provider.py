@@ -5,6 +5,7 @@ The tests' workers and this process share one export cache (a session folder), s
 export runs once per session; the cache's mechanics (reuse, keys, the host lock) are checked
 with a stand-in exporter where a real one would only cost minutes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,6 +84,7 @@ def fp32_exports(cache: Path) -> list[Path]:
 
 # --- the model: the torch model's vectors -----------------------------------------------------
 
+
 def test_onnx_vectors_match_torch_on_every_row(onnx, model):
     assert onnx.info == dataclasses.replace(model.info, provider="onnx")
     assert 80 << 20 < onnx.memory_bytes < 100 << 20  # fp32 weights: the model cache's budget
@@ -106,6 +108,7 @@ def test_torch_and_onnx_of_one_model_are_two_cached_instances():
 
 
 # --- the export cache -------------------------------------------------------------------------
+
 
 def test_a_second_load_reuses_the_export(onnx, onnx_cache, monkeypatch):
     before = fp32_exports(onnx_cache)
@@ -155,16 +158,14 @@ def test_concurrent_loads_on_one_host_export_once(tmp_path):
     cache = tmp_path / "host" / "cache"
     ctx = mp.get_context("spawn")  # three processes, as three workers of one host
     start = ctx.Barrier(3)
-    procs = [ctx.Process(target=_race, args=(str(cache), TORCH.location, start))
-             for _ in range(3)]
+    procs = [ctx.Process(target=_race, args=(str(cache), TORCH.location, start)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert len((tmp_path / "host" / "runs").read_text().split()) == 1
-    assert len(exports(cache)) == 1 and not [p for p in cache.iterdir()
-                                             if p.name.startswith(".")]
+    assert len(exports(cache)) == 1 and not [p for p in cache.iterdir() if p.name.startswith(".")]
 
 
 def test_a_failed_export_leaves_nothing_and_names_the_model(tmp_path, monkeypatch):
@@ -183,21 +184,28 @@ def test_a_failed_export_leaves_nothing_and_names_the_model(tmp_path, monkeypatc
 
 # --- onnx-int8: opt-in, its own vectors ------------------------------------------------------
 
+
 def test_int8_is_the_fp32_export_quantized_with_the_documented_accuracy(onnx, onnx_cache):
     int8 = get_model(INT8, device="cpu")
     assert int8.info == dataclasses.replace(onnx.info, provider="onnx-int8")
     ids = [onnx.tokenizer.encode(t, add_special_tokens=False).ids for t in TEXTS]
-    batch = [onnx.wrap(np.asarray(i[s:s + 126], dtype=np.int64))
-             for i in ids for s in range(0, max(len(i) - 8, 1), 64)]
+    batch = [
+        onnx.wrap(np.asarray(i[s : s + 126], dtype=np.int64))
+        for i in ids
+        for s in range(0, max(len(i) - 8, 1), 64)
+    ]
     cos = (int8.embed_token_ids(batch) * onnx.embed_token_ids(batch)).sum(axis=1)
     # README: 0.992 on average, 0.976 at worst over 128 chunks of real text.
     assert cos.mean() >= 0.98 and cos.min() >= 0.95, cos
     assert cos.min() < 0.9999  # other vectors indeed: kept out of fp32 tables
-    fp32, quantized = fp32_exports(onnx_cache), [p for p in exports(onnx_cache)
-                                                 if "-int8" in p.name]
+    fp32, quantized = (
+        fp32_exports(onnx_cache),
+        [p for p in exports(onnx_cache) if "-int8" in p.name],
+    )
     assert len(quantized) == 1 and quantized[0].name.startswith(fp32[0].name + "-int8-ort")
-    assert query_model(chunk_schema("all-MiniLM-L6-v2", 384, "onnx-int8"),
-                       "all-MiniLM-L6-v2") == INT8
+    assert (
+        query_model(chunk_schema("all-MiniLM-L6-v2", 384, "onnx-int8"), "all-MiniLM-L6-v2") == INT8
+    )
     assert JobSpec(table="t", texts=["a"], provider="onnx-int8").provider == "onnx-int8"
 
 
@@ -225,25 +233,46 @@ def test_an_export_killed_midway_leaves_no_folder_for_good(tmp_path, monkeypatch
 
 # --- pipelines it cannot reproduce are refused ------------------------------------------------
 
+
 def _pipeline_folder(tmp_path: Path, modules: list[str], pooling: dict) -> Path:
     folder = tmp_path / "st"
     (folder / "1_Pooling").mkdir(parents=True)
-    (folder / "modules.json").write_text(json.dumps(
-        [{"idx": i, "name": str(i), "path": ["", "1_Pooling", "2_x"][i],
-          "type": f"sentence_transformers.models.{kind}"} for i, kind in enumerate(modules)]))
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 8, **pooling}))
+    (folder / "modules.json").write_text(
+        json.dumps(
+            [
+                {
+                    "idx": i,
+                    "name": str(i),
+                    "path": ["", "1_Pooling", "2_x"][i],
+                    "type": f"sentence_transformers.models.{kind}",
+                }
+                for i, kind in enumerate(modules)
+            ]
+        )
+    )
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 8, **pooling})
+    )
     return folder
 
 
-@pytest.mark.parametrize("modules,pooling,message", [
-    (["Transformer", "Pooling", "Dense"], {"pooling_mode_mean_tokens": True},
-     "Transformer -> Pooling -> Dense"),
-    (["Transformer", "Pooling"], {"pooling_mode_weightedmean_tokens": True}, "weightedmean"),
-    (["Transformer", "Pooling"], {"pooling_mode_cls_token": True,
-                                  "pooling_mode_max_tokens": True}, "cls + max"),
-    (["Transformer", "Pooling"], {"pooling_mode": "lasttoken"}, "lasttoken"),
-])
+@pytest.mark.parametrize(
+    "modules,pooling,message",
+    [
+        (
+            ["Transformer", "Pooling", "Dense"],
+            {"pooling_mode_mean_tokens": True},
+            "Transformer -> Pooling -> Dense",
+        ),
+        (["Transformer", "Pooling"], {"pooling_mode_weightedmean_tokens": True}, "weightedmean"),
+        (
+            ["Transformer", "Pooling"],
+            {"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True},
+            "cls + max",
+        ),
+        (["Transformer", "Pooling"], {"pooling_mode": "lasttoken"}, "lasttoken"),
+    ],
+)
 def test_a_pipeline_it_cannot_reproduce_is_refused(tmp_path, modules, pooling, message):
     with pytest.raises(ModelError) as err:
         read_pipeline(_pipeline_folder(tmp_path, modules, pooling))
@@ -252,14 +281,20 @@ def test_a_pipeline_it_cannot_reproduce_is_refused(tmp_path, modules, pooling, m
 
 def test_pipelines_it_reproduces(tmp_path):
     pipeline = read_pipeline(Path(TORCH.location))
-    assert (pipeline.pooling, pipeline.normalize, pipeline.dimension,
-            pipeline.max_seq_length) == ("mean", True, 384, 256)
-    cls = read_pipeline(_pipeline_folder(tmp_path, ["Transformer", "Pooling"],
-                                         {"pooling_mode": "cls"}))
+    assert (pipeline.pooling, pipeline.normalize, pipeline.dimension, pipeline.max_seq_length) == (
+        "mean",
+        True,
+        384,
+        256,
+    )
+    cls = read_pipeline(
+        _pipeline_folder(tmp_path, ["Transformer", "Pooling"], {"pooling_mode": "cls"})
+    )
     assert (cls.pooling, cls.normalize, cls.max_seq_length) == ("cls", False, None)
 
 
 # --- selection, validation, the device --------------------------------------------------------
+
 
 def test_unknown_provider_is_a_clear_error_naming_the_field():
     with pytest.raises(ValidationError) as err:
@@ -276,8 +311,11 @@ def test_cuda_without_the_cuda_provider_falls_back_to_torch_saying_so(monkeypatc
 
     loaded = []
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    monkeypatch.setattr(onnx_model, "SentenceTransformerModel",
-                        lambda spec, device: loaded.append((spec, device)) or "torch model")
+    monkeypatch.setattr(
+        onnx_model,
+        "SentenceTransformerModel",
+        lambda spec, device: loaded.append((spec, device)) or "torch model",
+    )
     with logged(onnx_model.__name__) as lines:
         assert load_model(ONNX, device="cuda:1") == "torch model"
     assert loaded == [(TORCH, "cuda:1")]
@@ -287,6 +325,7 @@ def test_cuda_without_the_cuda_provider_falls_back_to_torch_saying_so(monkeypatc
 
 
 # --- tables: one vector space for torch and ONNX fp32 of one model ----------------------------
+
 
 def test_torch_and_onnx_tables_take_each_others_vectors_but_no_other_model(tmp_path):
     torch_info = ModelInfo("all-MiniLM-L6-v2", 384, 256, 2)
@@ -298,8 +337,10 @@ def test_torch_and_onnx_tables_take_each_others_vectors_but_no_other_model(tmp_p
         assert table_provider(lance.dataset(table.uri).schema)[0] == first.provider
         with pytest.raises(TableError, match="holds vectors of model 'all-MiniLM-L6-v2'"):
             table.prepare(dataclasses.replace(second, name="/models/other"), "append")
-        for other in (dataclasses.replace(second, provider="openai", provider_url="http://h/v1"),
-                      dataclasses.replace(second, provider="onnx-int8")):
+        for other in (
+            dataclasses.replace(second, provider="openai", provider_url="http://h/v1"),
+            dataclasses.replace(second, provider="onnx-int8"),
+        ):
             with pytest.raises(TableError, match="provider"):
                 table.prepare(other, "append")
     int8 = ChunkTable(tmp_path, "t-int8")
@@ -308,54 +349,75 @@ def test_torch_and_onnx_tables_take_each_others_vectors_but_no_other_model(tmp_p
         with pytest.raises(TableError, match="holds vectors of provider 'onnx-int8'"):
             int8.prepare(fp32, "append")
     # Queries of an ONNX table are embedded by the ONNX provider.
-    assert query_model(chunk_schema("all-MiniLM-L6-v2", 384, "onnx"),
-                       "all-MiniLM-L6-v2") == ONNX
+    assert query_model(chunk_schema("all-MiniLM-L6-v2", 384, "onnx"), "all-MiniLM-L6-v2") == ONNX
 
 
 @pytest.mark.slow
 def test_an_onnx_job_end_to_end_and_into_a_torch_table(service, onnx_cache, st_model):
-    torch_job = service.wait(service.submit("local", {"table": "mixed", "texts": TEXTS[:2]}).id,
-                             timeout=180)
+    torch_job = service.wait(
+        service.submit("local", {"table": "mixed", "texts": TEXTS[:2]}).id, timeout=180
+    )
     assert torch_job.status == "succeeded", torch_job.error
-    job = service.wait(service.submit("local", {
-        "table": "mixed", "texts": TEXTS, "ids": [f"o{i}" for i in range(len(TEXTS))],
-        "provider": "onnx", "chunk_tokens": 64}).id, timeout=300)
+    job = service.wait(
+        service.submit(
+            "local",
+            {
+                "table": "mixed",
+                "texts": TEXTS,
+                "ids": [f"o{i}" for i in range(len(TEXTS))],
+                "provider": "onnx",
+                "chunk_tokens": 64,
+            },
+        ).id,
+        timeout=300,
+    )
     assert job.status == "succeeded", job.error
     assert job.spec["provider"] == "onnx"  # the record names the provider
     assert len(fp32_exports(onnx_cache)) == 1  # both workers loaded one export of the host
 
-    rows = [r for r in read_rows(service.tenant_data_dir("local"), "mixed").to_pylist()
-            if r["job_id"] == job.id]
+    rows = [
+        r
+        for r in read_rows(service.tenant_data_dir("local"), "mixed").to_pylist()
+        if r["job_id"] == job.id
+    ]
     assert len(rows) == job.chunks_done > len(TEXTS)  # the long text became several chunks
-    expected = st_model.encode([r["text"] for r in rows], convert_to_numpy=True,
-                               normalize_embeddings=True)
+    expected = st_model.encode(
+        [r["text"] for r in rows], convert_to_numpy=True, normalize_embeddings=True
+    )
     got = np.asarray([r["vector"] for r in rows], dtype=np.float32)
     assert (got * expected).sum(axis=1).min() >= 0.9999
     hits = service.search("local", "mixed", "smallest item of a heap", k=1)
     assert "heap" in hits[0].text
 
     # An ONNX job's own table, then a torch job into it: accepted, and the table says ONNX.
-    fresh = service.wait(service.submit("local", {"table": "from-onnx", "texts": TEXTS[:1],
-                                                  "provider": "onnx"}).id, timeout=180)
+    fresh = service.wait(
+        service.submit("local", {"table": "from-onnx", "texts": TEXTS[:1], "provider": "onnx"}).id,
+        timeout=180,
+    )
     assert fresh.status == "succeeded", fresh.error
     uri = service.table_uri("local", "from-onnx")
     assert table_provider(lance.dataset(uri).schema) == ("onnx", None)
-    back = service.wait(service.submit("local", {"table": "from-onnx", "texts": TEXTS[1:2]}).id,
-                        timeout=180)
+    back = service.wait(
+        service.submit("local", {"table": "from-onnx", "texts": TEXTS[1:2]}).id, timeout=180
+    )
     assert back.status == "succeeded", back.error
     assert lance.dataset(uri).count_rows() == 2
 
 
 @pytest.mark.slow
 def test_an_onnx_job_of_another_model_into_the_table_is_refused(service, onnx_cache, tmp_path):
-    done = service.wait(service.submit("local", {"table": "one", "texts": TEXTS[:1]}).id,
-                        timeout=180)
+    done = service.wait(
+        service.submit("local", {"table": "one", "texts": TEXTS[:1]}).id, timeout=180
+    )
     assert done.status == "succeeded", done.error
     other = tmp_path / "other-model"
     shutil.copytree(TORCH.location, other)  # the same files: the host's export is reused
-    job = service.wait(service.submit("local", {"table": "one", "texts": ["x y z"],
-                                                "provider": "onnx", "model": str(other)}).id,
-                       timeout=180)
+    job = service.wait(
+        service.submit(
+            "local", {"table": "one", "texts": ["x y z"], "provider": "onnx", "model": str(other)}
+        ).id,
+        timeout=180,
+    )
     assert job.status == "failed"
     assert "holds vectors of model 'all-MiniLM-L6-v2'" in job.error and str(other) in job.error
     assert lance.dataset(service.table_uri("local", "one")).count_rows() == 1
@@ -363,24 +425,56 @@ def test_an_onnx_job_of_another_model_into_the_table_is_refused(service, onnx_ca
 
 @pytest.mark.slow
 def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpus, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           onnx_export.CACHE_ENV: str(onnx_cache)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        onnx_export.CACHE_ENV: str(onnx_cache),
+    }
     data = str(tmp_path / "data")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
-                              text=True, timeout=300, env=env, cwd=ROOT)
+        return subprocess.run(
+            [sys.executable, "-m", "embedscale", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=ROOT,
+        )
 
-    done = cli("run", str(small_corpus), "--table", "docs", "--data-dir", data, "--workers", "1",
-               "--provider", "onnx", "--chunk-tokens", "128", "--json")
+    done = cli(
+        "run",
+        str(small_corpus),
+        "--table",
+        "docs",
+        "--data-dir",
+        data,
+        "--workers",
+        "1",
+        "--provider",
+        "onnx",
+        "--chunk-tokens",
+        "128",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["chunks"] > 12
-    found = cli("search", "docs", "heap queue algorithm, priority queue", "-k", "1",
-                "--data-dir", data, "--json")
+    found = cli(
+        "search",
+        "docs",
+        "heap queue algorithm, priority queue",
+        "-k",
+        "1",
+        "--data-dir",
+        data,
+        "--json",
+    )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["doc_id"] == "heapq.txt"
-    bad = cli("run", str(small_corpus), "--table", "t", "--data-dir", data,
-              "--provider", "tensorrt")
+    bad = cli(
+        "run", str(small_corpus), "--table", "t", "--data-dir", data, "--provider", "tensorrt"
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "--provider" in bad.stderr and "'onnx'" in bad.stderr
 
@@ -391,19 +485,46 @@ def test_cli_schedules_add_takes_the_provider_options(tmp_path, small_corpus):
     data = ["--data-dir", str(tmp_path / "data")]
 
     def add(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "embedscale", "schedules", "add", "@daily",
-                               str(small_corpus), "--table", "t", *args, *data, "--json"],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "embedscale",
+                "schedules",
+                "add",
+                "@daily",
+                str(small_corpus),
+                "--table",
+                "t",
+                *args,
+                *data,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+            cwd=ROOT,
+        )
 
     onnx_run = add("--provider", "onnx")
     assert onnx_run.returncode == 0, onnx_run.stderr
     assert json.loads(onnx_run.stdout)["template"]["provider"] == "onnx"
-    remote = add("--provider", "openai", "--provider-url", "http://127.0.0.1:9/v1",
-                 "--tokenizer", "all-MiniLM-L6-v2")
+    remote = add(
+        "--provider",
+        "openai",
+        "--provider-url",
+        "http://127.0.0.1:9/v1",
+        "--tokenizer",
+        "all-MiniLM-L6-v2",
+    )
     assert remote.returncode == 0, remote.stderr
     template = json.loads(remote.stdout)["template"]
     assert (template["provider"], template["provider_url"], template["tokenizer"]) == (
-        "openai", "http://127.0.0.1:9/v1", "all-MiniLM-L6-v2")
+        "openai",
+        "http://127.0.0.1:9/v1",
+        "all-MiniLM-L6-v2",
+    )
     bad = add("--provider", "tensorrt")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("embedscale: error: --provider:") and "'onnx'" in bad.stderr

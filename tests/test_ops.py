@@ -1,6 +1,7 @@
 """Operators: the Grafana dashboard and the alert rules use only metrics a real server serves,
 the rules have Prometheus's shape, and `serve --log-format json` writes JSON lines that name
 the job and tenant they are about."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ import httpx
 import pytest
 import yaml
 from distributed import Client
-from embedscale.api.server.metrics import GPU_ONLY_METRICS
-from embedscale.api.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
 
+from embedscale.api.server.metrics import GPU_ONLY_METRICS
+from embedscale.api.settings import Settings
 from tests import faults
 from tests.api_server import ROOT, Server, metrics_text
 from tests.helpers import wait_done
@@ -26,8 +27,21 @@ OPS = ROOT / "ops"
 PROMETHEUS_SERIES = {"up"}
 # PromQL words that look like identifiers but select nothing (functions and aggregations are
 # told apart by the parenthesis that follows them).
-KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
-            "unless", "bool", "offset", "inf", "nan"}
+KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -44,7 +58,7 @@ def metric_names(expr: str) -> set[str]:
         text = token.group()
         if text[0].isdigit() or text.lower() in KEYWORDS:
             continue
-        if expr[token.end():].lstrip().startswith("("):
+        if expr[token.end() :].lstrip().startswith("("):
             continue
         names.add(text)
     return names
@@ -75,10 +89,13 @@ def alert_rules() -> list[dict]:
 
 # --- without a server --------------------------------------------------------------------
 
+
 def test_metric_names_reads_promql():
-    expr = ('histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{status=~"5..", '
-            'x="by (y) z"}[5m] offset 1h))) / on (instance) group_left(gpu) b_total and c '
-            'unless ignoring(z) d > bool 1e3 or rate(e[$__rate_interval]) * 0.5')
+    expr = (
+        'histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{status=~"5..", '
+        'x="by (y) z"}[5m] offset 1h))) / on (instance) group_left(gpu) b_total and c '
+        "unless ignoring(z) d > bool 1e3 or rate(e[$__rate_interval]) * 0.5"
+    )
     assert metric_names(expr) == {"a_bucket", "b_total", "c", "d", "e"}
 
 
@@ -112,9 +129,14 @@ def test_alert_rules_have_prometheus_shape():
     assert len(names) == len(set(names))
     covered = {n for rule in alert_rules() for n in metric_names(rule["expr"])}
     # What an operator on call is woken for: each has a rule.
-    assert {"embedscale_up", "embedscale_workers", "embedscale_queue_depth",
-            "embedscale_jobs_ended_total", "embedscale_quota_refusals_total",
-            "embedscale_gpu_utilization_percent"} <= covered
+    assert {
+        "embedscale_up",
+        "embedscale_workers",
+        "embedscale_queue_depth",
+        "embedscale_jobs_ended_total",
+        "embedscale_quota_refusals_total",
+        "embedscale_gpu_utilization_percent",
+    } <= covered
 
 
 def test_log_format_is_a_setting(monkeypatch):
@@ -129,12 +151,18 @@ def test_log_format_is_a_setting(monkeypatch):
 
 # --- against a real server ---------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ops_server(cluster, tmp_path_factory):
     """`serve --log-format json` on the tests' cluster, where a worker plugin can make a
     partition fail once."""
-    srv = Server(tmp_path_factory.mktemp("ops"), "--scheduler",
-                 cluster.client.scheduler.address, "--log-format", "json")
+    srv = Server(
+        tmp_path_factory.mktemp("ops"),
+        "--scheduler",
+        cluster.client.scheduler.address,
+        "--log-format",
+        "json",
+    )
     yield srv
     srv.stop()
 
@@ -159,13 +187,17 @@ def exercised(ops_server, cluster, tmp_path_factory):
     texts = [f"text {i}" for i in range(8)]  # 8 chunks needed, 5 left
     assert thrifty.post("/v1/jobs", json={"table": "t", "texts": texts}).status_code == 429
     chatty = ops_server.tenant("ops-chatty", tier="limited")  # 2 job creations a minute
-    codes = [chatty.post("/v1/jobs", json={"table": "t", "texts": ["x"]}).status_code
-             for _ in range(3)]
+    codes = [
+        chatty.post("/v1/jobs", json={"table": "t", "texts": ["x"]}).status_code for _ in range(3)
+    ]
     assert codes == [201, 201, 429]
     assert httpx.get(f"{ops_server.url}/v1/jobs?token=leaky-secret-key").status_code == 401
     text = metrics_text(ops_server.url)
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     return job.json()["id"], samples
 
 
@@ -194,15 +226,25 @@ def test_refusals_failures_and_latency_are_counted(exercised):
 
     assert value("embedscale_quota_refusals_total", tenant="ops-thrifty") == 1
     assert value("embedscale_quota_refusals_total", tenant="ops-runner") == 0
-    assert value("embedscale_rate_limited_total", tenant="ops-chatty",
-                 bucket="job creation") == 1
+    assert value("embedscale_rate_limited_total", tenant="ops-chatty", bucket="job creation") == 1
     assert value("embedscale_partition_failures_total", kind="error") >= 1
     assert value("embedscale_jobs_ended_total", status="succeeded", reason="") >= 1
     assert value("embedscale_job_seconds_count", status="succeeded") >= 1
-    assert value("embedscale_http_request_seconds_count", method="GET",
-                 route="/v1/jobs/{job_id}", status="200") >= 1
-    assert value("embedscale_http_request_seconds_count", method="POST", route="/v1/jobs",
-                 status="429") == 2
+    assert (
+        value(
+            "embedscale_http_request_seconds_count",
+            method="GET",
+            route="/v1/jobs/{job_id}",
+            status="200",
+        )
+        >= 1
+    )
+    assert (
+        value(
+            "embedscale_http_request_seconds_count", method="POST", route="/v1/jobs", status="429"
+        )
+        == 2
+    )
     for component in ("duckdb", "scheduler", "runner"):
         assert value("embedscale_up", component=component) == 1
 
@@ -221,21 +263,32 @@ def test_json_log_lines_name_the_job_and_the_tenant(exercised, ops_server):
     retried = [line for line in about_job if line["logger"] == "embedscale.jobs.runner.loop"]
     assert retried and "failed" in retried[0]["message"] and retried[0]["level"] == "WARNING"
     access = [line for line in about_job if line["logger"] == "uvicorn.access"]
-    assert {(line["method"], line["status"]) for line in access} >= {("POST", 201),
-                                                                      ("GET", 200)}
-    refused = [line for line in lines if line.get("tenant") == "ops-thrifty"
-               and line["logger"] == "uvicorn.access"]
+    assert {(line["method"], line["status"]) for line in access} >= {("POST", 201), ("GET", 200)}
+    refused = [
+        line
+        for line in lines
+        if line.get("tenant") == "ops-thrifty" and line["logger"] == "uvicorn.access"
+    ]
     assert refused and refused[0]["status"] == 429 and "job_id" not in refused[0]
     assert "leaky-secret-key" not in text and any(
-        "token=***" in line.get("path", "") for line in lines)
+        "token=***" in line.get("path", "") for line in lines
+    )
 
 
 @pytest.mark.slow
 def test_every_line_of_a_server_with_its_own_cluster_is_json(tmp_path):
     # The cluster's worker processes write to the server's stderr: their lines (here the
     # worker's error for a partition that fails once) are JSON too.
-    srv = Server(tmp_path, "--workers", "1", "--log-format", "json", "--expose-dashboard",
-                 "--dashboard-address", ":0")
+    srv = Server(
+        tmp_path,
+        "--workers",
+        "1",
+        "--log-format",
+        "json",
+        "--expose-dashboard",
+        "--dashboard-address",
+        ":0",
+    )
     try:
         client = srv.tenant("own")
         with Client(client.get("/v1/cluster").json()["scheduler"]) as dask_client:
@@ -244,12 +297,20 @@ def test_every_line_of_a_server_with_its_own_cluster_is_json(tmp_path):
             assert wait_done(client, job["id"])["status"] == "succeeded"
     finally:
         srv.stop()
-    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines()
-             if line.strip()]
-    assert any(line["logger"] == "distributed.worker" and line["level"] == "ERROR"
-               for line in lines)
-    assert any(line["logger"] == "embedscale.jobs.runner.loop" and line.get("job_id") == job["id"]
-               and line.get("tenant") == "own" for line in lines)
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "server.log").read_text().splitlines()
+        if line.strip()
+    ]
+    assert any(
+        line["logger"] == "distributed.worker" and line["level"] == "ERROR" for line in lines
+    )
+    assert any(
+        line["logger"] == "embedscale.jobs.runner.loop"
+        and line.get("job_id") == job["id"]
+        and line.get("tenant") == "own"
+        for line in lines
+    )
 
 
 def test_text_stays_the_default_format(tmp_path: Path, monkeypatch):

@@ -1,5 +1,6 @@
 """The runner's pure policies: admission, the quota split of a batch, retry/backoff, the done
 rule. No cluster, no database."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -27,9 +28,13 @@ class Queued:
 
 
 def test_admission_takes_priority_then_age_and_keeps_each_tenant_within_its_limit():
-    queued = [Queued("a1", "a", created_at=T0), Queued("b1", "b", "low"),
-              Queued("a2", "a", "high", T0 + timedelta(seconds=5)),
-              Queued("a3", "a", created_at=T0 + timedelta(seconds=1)), Queued("c1", "c")]
+    queued = [
+        Queued("a1", "a", created_at=T0),
+        Queued("b1", "b", "low"),
+        Queued("a2", "a", "high", T0 + timedelta(seconds=5)),
+        Queued("a3", "a", created_at=T0 + timedelta(seconds=1)),
+        Queued("c1", "c"),
+    ]
     limits = {"a": 2, "b": None, "c": 0}
     admitted = admissions(queued, {"a": 1}, limits.get)
     # a has one running and a limit of two: only its best queued job starts (a2, high);
@@ -57,14 +62,19 @@ def test_the_admission_queue_frees_a_slot_when_a_job_ends_and_hands_over_its_pla
 
 
 def test_the_quota_split_stops_a_job_at_its_first_partition_that_does_not_fit():
-    finished = [FinishedPartition("j1", "t", 0, 40), FinishedPartition("j2", "t", 0, 50),
-                FinishedPartition("j1", "t", 1, 5), FinishedPartition("j3", "u", 0, 999)]
+    finished = [
+        FinishedPartition("j1", "t", 0, 40),
+        FinishedPartition("j2", "t", 0, 50),
+        FinishedPartition("j1", "t", 1, 5),
+        FinishedPartition("j3", "u", 0, 999),
+    ]
     limits = {"t": 100, "u": None}
     accepted, exhausted = split_by_quota(finished, {"t": 20}, limits.get)
     # t has 80 left: j1's 40 fit, j2's 50 do not (and j2 ends), j1's next 5 still fit.
     assert accepted == [0, 2, 3]
-    assert exhausted == {"j2": "daily chunk quota exhausted: partition 0 needs 50 chunks, "
-                                "40 of 100 left today"}
+    assert exhausted == {
+        "j2": "daily chunk quota exhausted: partition 0 needs 50 chunks, 40 of 100 left today"
+    }
     # With 5 left, j1's first partition does not fit: its later one (which would) is not
     # committed either, since the job has ended.
     accepted, exhausted = split_by_quota(finished[:3], {"t": 95}, limits.get)

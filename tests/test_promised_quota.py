@@ -2,6 +2,7 @@
 today's usage plus the chunks its queued and running jobs are still expected to embed, in the
 transaction that inserts the job, so a burst of submissions never takes more than the daily
 quota, and the concurrent-job limit holds under the same burst."""
+
 from __future__ import annotations
 
 import threading
@@ -11,6 +12,7 @@ from datetime import datetime
 
 import httpx
 import pytest
+
 from embedscale.jobs.errors import QuotaExceededError
 from embedscale.jobs.service import JobService
 
@@ -79,8 +81,10 @@ def test_submissions_at_once_are_admitted_within_the_quota(tmp_path):
 
 def most_running_at_once(jobs: list[dict]) -> int:
     """The most jobs running at one instant, from the jobs' started_at and finished_at."""
-    spans = [(datetime.fromisoformat(j["started_at"]), datetime.fromisoformat(j["finished_at"]))
-             for j in jobs]
+    spans = [
+        (datetime.fromisoformat(j["started_at"]), datetime.fromisoformat(j["finished_at"]))
+        for j in jobs
+    ]
     return max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
 
 
@@ -111,12 +115,16 @@ def test_a_burst_over_http_never_charges_or_writes_past_the_quota(server):
     for job in admitted:
         deadline = time.monotonic() + 180
         while (final := client.get(f"/v1/jobs/{job['id']}").json())["status"] not in (
-                "succeeded", "failed", "cancelled"):
+            "succeeded",
+            "failed",
+            "cancelled",
+        ):
             assert time.monotonic() < deadline, final
             time.sleep(0.2)
         finals.append(final)
     assert [(f["status"], f["error_reason"]) for f in finals] == [("succeeded", None)] * len(
-        admitted)
+        admitted
+    )
     used = client.get("/v1/usage").json()
     rows = client.get("/v1/tables/burst").json()["rows"]
     assert rows == used["used_chunks"] == sum(f["chunks_done"] for f in finals) <= QUOTA

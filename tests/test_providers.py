@@ -2,6 +2,7 @@
 provider's real path runs against a real `embedscale serve` and its /v1/embeddings, through
 the control plane on the tests' cluster; the key reaches the workers through their environment.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,6 +52,7 @@ def _set_key(value: str | None) -> None:
 def worker_key(cluster):
     """Sets the key in the environment of the tests' workers, as an operator would before
     starting them; unset again after the test."""
+
     def set_key(value: str | None) -> None:
         cluster.client.run(_set_key, value)
 
@@ -63,8 +65,14 @@ def tenant_key(server, name: str, tier: str = "premium") -> str:
 
 
 def openai_job(server_url: str, table: str, **fields) -> dict:
-    return {"table": table, "texts": TEXTS, "provider": "openai",
-            "provider_url": server_url + "/v1", "chunk_tokens": 64, **fields}
+    return {
+        "table": table,
+        "texts": TEXTS,
+        "provider": "openai",
+        "provider_url": server_url + "/v1",
+        "chunk_tokens": 64,
+        **fields,
+    }
 
 
 def server_log(server) -> str:
@@ -78,20 +86,39 @@ def no_secret(key: str, *texts: str) -> None:
 
 # --- selection and validation (no cluster) ----------------------------------------------------
 
-@pytest.mark.parametrize("body,field,message", [
-    ({"provider": "tensorrt"}, "provider", "'sentence-transformers', 'onnx', 'onnx-int8' or "
-     "'openai'"),
-    ({"provider": "openai"}, "provider_url", "needs provider_url"),
-    ({"provider_url": "http://h/v1"}, "provider_url", "goes with provider 'openai'"),
-    ({"provider": "openai", "provider_url": "http://u:secret@h/v1"}, "provider_url",
-     "carries credentials"),
-    ({"provider": "openai", "provider_url": "file:///etc/passwd"}, "provider_url",
-     "not an http(s) URL"),
-    ({"provider": "openai", "provider_url": "http://h:99999/v1"}, "provider_url",
-     "not a valid URL"),
-    ({"provider": "openai", "provider_url": "http://[::1/v1"}, "provider_url",
-     "not a valid URL"),
-])
+
+@pytest.mark.parametrize(
+    "body,field,message",
+    [
+        (
+            {"provider": "tensorrt"},
+            "provider",
+            "'sentence-transformers', 'onnx', 'onnx-int8' or 'openai'",
+        ),
+        ({"provider": "openai"}, "provider_url", "needs provider_url"),
+        ({"provider_url": "http://h/v1"}, "provider_url", "goes with provider 'openai'"),
+        (
+            {"provider": "openai", "provider_url": "http://u:secret@h/v1"},
+            "provider_url",
+            "carries credentials",
+        ),
+        (
+            {"provider": "openai", "provider_url": "file:///etc/passwd"},
+            "provider_url",
+            "not an http(s) URL",
+        ),
+        (
+            {"provider": "openai", "provider_url": "http://h:99999/v1"},
+            "provider_url",
+            "not a valid URL",
+        ),
+        (
+            {"provider": "openai", "provider_url": "http://[::1/v1"},
+            "provider_url",
+            "not a valid URL",
+        ),
+    ],
+)
 def test_bad_provider_fields_are_named(body, field, message):
     with pytest.raises(ValidationError) as err:
         JobSpec.model_validate({"table": "t", "texts": ["a"], **body})
@@ -102,8 +129,13 @@ def test_bad_provider_fields_are_named(body, field, message):
 def test_tokenizer_goes_with_openai_and_must_be_known_locally():
     with pytest.raises(ValidationError, match="'tokenizer' goes with provider 'openai'"):
         JobSpec.model_validate({"table": "t", "texts": ["a"], "tokenizer": "all-MiniLM-L6-v2"})
-    remote = JobSpec(table="t", texts=["a"], provider="openai", provider_url="http://h/v1",
-                     model="text-embedding-3-small")
+    remote = JobSpec(
+        table="t",
+        texts=["a"],
+        provider="openai",
+        provider_url="http://h/v1",
+        model="text-embedding-3-small",
+    )
     with pytest.raises(InvalidFieldError) as err:
         check_model(remote, None)
     assert err.value.field == "model" and "name a tokenizer" in str(err.value)
@@ -125,8 +157,11 @@ def test_a_service_sends_its_key_only_to_endpoints_it_offers():
 
 
 def test_old_tables_count_as_sentence_transformers_and_a_provider_is_kept(tmp_path):
-    legacy = chunk_schema("all-MiniLM-L6-v2", 384).remove_metadata().with_metadata(
-        {MODEL_KEY: b"all-MiniLM-L6-v2"})
+    legacy = (
+        chunk_schema("all-MiniLM-L6-v2", 384)
+        .remove_metadata()
+        .with_metadata({MODEL_KEY: b"all-MiniLM-L6-v2"})
+    )
     assert PROVIDER_KEY not in legacy.metadata
     assert table_provider(legacy) == ("sentence-transformers", None)
     assert query_model(legacy, "all-MiniLM-L6-v2").backend == "sentence-transformers"
@@ -137,20 +172,23 @@ def test_old_tables_count_as_sentence_transformers_and_a_provider_is_kept(tmp_pa
     table = ChunkTable(tmp_path, "t")
     table.prepare(ModelInfo("all-MiniLM-L6-v2", 384, 256, 2), "append")
     with pytest.raises(TableError) as err:
-        table.prepare(ModelInfo("all-MiniLM-L6-v2", 384, 256, 2, "openai", "http://h/v1"),
-                      "append")
+        table.prepare(ModelInfo("all-MiniLM-L6-v2", 384, 256, 2, "openai", "http://h/v1"), "append")
     assert "provider 'sentence-transformers'" in str(err.value)
     assert "provider is 'openai'" in str(err.value)
 
 
 def test_a_table_made_before_providers_takes_sentence_transformers_jobs(service):
     uri = ChunkTable(service.tenant_data_dir("local"), "legacy").uri
-    legacy = chunk_schema("all-MiniLM-L6-v2", 384).remove_metadata().with_metadata(
-        {MODEL_KEY: b"all-MiniLM-L6-v2"})
+    legacy = (
+        chunk_schema("all-MiniLM-L6-v2", 384)
+        .remove_metadata()
+        .with_metadata({MODEL_KEY: b"all-MiniLM-L6-v2"})
+    )
     Path(uri).parent.mkdir(parents=True)
     lance.write_dataset(legacy.empty_table(), uri, schema=legacy, mode="create")
-    job = service.wait(service.submit("local", {"table": "legacy", "texts": TEXTS[:2]}).id,
-                       timeout=120)
+    job = service.wait(
+        service.submit("local", {"table": "legacy", "texts": TEXTS[:2]}).id, timeout=120
+    )
     assert job.status == "succeeded", job.error
     assert lance.dataset(uri).count_rows() == 2
     assert table_provider(lance.dataset(uri).schema) == ("sentence-transformers", None)
@@ -158,8 +196,10 @@ def test_a_table_made_before_providers_takes_sentence_transformers_jobs(service)
 
 # --- the real path: embedscale serve's /v1/embeddings as the provider --------------------------
 
-def test_openai_provider_job_matches_sentence_transformers(server, service, worker_key,
-                                                           st_model, monkeypatch):
+
+def test_openai_provider_job_matches_sentence_transformers(
+    server, service, worker_key, st_model, monkeypatch
+):
     key = tenant_key(server, "provider-ok")
     worker_key(key)
     job = service.submit("local", openai_job(server.url, "remote"))
@@ -185,8 +225,9 @@ def test_openai_provider_job_matches_sentence_transformers(server, service, work
     assert "heap" in hits[0].text
 
     # A sentence-transformers job into the HTTP provider's table is refused, nothing written.
-    other = service.wait(service.submit("local", {"table": "remote", "texts": ["x y z"]}).id,
-                         timeout=120)
+    other = service.wait(
+        service.submit("local", {"table": "remote", "texts": ["x y z"]}).id, timeout=120
+    )
     assert other.status == "failed"
     assert "provider 'openai'" in other.error and "'sentence-transformers'" in other.error
     assert lance.dataset(uri).count_rows() == len(rows)
@@ -216,8 +257,9 @@ def test_a_named_tokenizer_folder_gets_its_own_instance(server, monkeypatch, tmp
 def test_unreachable_endpoint_fails_the_job_naming_it(service, worker_key):
     worker_key("sk-unused-key-123456")
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    job = service.wait(service.submit("local", {**openai_job("", "nowhere"),
-                                                "provider_url": url}).id, timeout=120)
+    job = service.wait(
+        service.submit("local", {**openai_job("", "nowhere"), "provider_url": url}).id, timeout=120
+    )
     assert job.status == "failed"
     assert url in job.error and "cannot reach" in job.error
     assert not ChunkTable(service.tenant_data_dir("local"), "nowhere").exists()
@@ -227,8 +269,7 @@ def test_unreachable_endpoint_fails_the_job_naming_it(service, worker_key):
 def test_missing_or_wrong_key_fails_clearly_without_rows(server, service, worker_key):
     for key in (None, "sk-not-a-tenant-key-987654"):
         worker_key(key)
-        job = service.wait(service.submit("local", openai_job(server.url, "nokey")).id,
-                           timeout=120)
+        job = service.wait(service.submit("local", openai_job(server.url, "nokey")).id, timeout=120)
         assert job.status == "failed"
         assert "answered 401" in job.error and API_KEY_ENV in job.error
         table = ChunkTable(service.tenant_data_dir("local"), "nokey")
@@ -237,8 +278,7 @@ def test_missing_or_wrong_key_fails_clearly_without_rows(server, service, worker
             no_secret(key, json.dumps(job.to_dict()), server_log(server))
 
 
-def test_a_dimension_other_than_the_tables_is_refused_before_writing(server, service,
-                                                                     worker_key):
+def test_a_dimension_other_than_the_tables_is_refused_before_writing(server, service, worker_key):
     worker_key(tenant_key(server, "provider-dim"))
     table = ChunkTable(service.tenant_data_dir("local"), "dims")
     url = server.url + "/v1"
@@ -249,13 +289,13 @@ def test_a_dimension_other_than_the_tables_is_refused_before_writing(server, ser
     assert lance.dataset(table.uri).count_rows() == 0
 
 
-def test_an_openai_error_body_fails_the_job_naming_its_cause_at_once(server, service,
-                                                                     worker_key):
+def test_an_openai_error_body_fails_the_job_naming_its_cause_at_once(server, service, worker_key):
     # A spent quota: a 429 whose x-should-retry says no retry can help today.
     worker_key(tenant_key(server, "provider-quota"))
     with server.admin() as admin:
-        assert admin.patch("/v1/tenants/provider-quota",
-                           json={"daily_chunks": 3}).status_code == 200
+        assert (
+            admin.patch("/v1/tenants/provider-quota", json={"daily_chunks": 3}).status_code == 200
+        )
     started = time.monotonic()
     job = service.wait(service.submit("local", openai_job(server.url, "quota")).id, timeout=120)
     assert job.status == "failed"
@@ -286,7 +326,8 @@ def test_search_of_a_table_whose_endpoint_is_down_is_a_502_naming_it(server):
     closed = f"http://127.0.0.1:{free_port()}/v1"
     with server.tenant("provider-search") as client:
         ChunkTable(tenant_data_dir(server.data_dir, "provider-search"), "gone").prepare(
-            ModelInfo("all-MiniLM-L6-v2", 384, 256, 2, "openai", closed), "append")
+            ModelInfo("all-MiniLM-L6-v2", 384, 256, 2, "openai", closed), "append"
+        )
         response = client.post("/v1/tables/gone/search", json={"query": "heap", "k": 1})
     assert response.status_code == 502, response.text
     assert closed in response.json()["detail"] and "cannot reach" in response.json()["detail"]
@@ -294,10 +335,11 @@ def test_search_of_a_table_whose_endpoint_is_down_is_a_502_naming_it(server):
 
 def test_the_api_refuses_bad_providers_with_the_field(server):
     with server.tenant("provider-api") as client:
-        for body, field in [({"provider": "tensorrt"}, "provider"),
-                            ({"provider": "openai"}, "provider_url"),
-                            ({"provider": "openai", "provider_url": server.url + "/v1"},
-                             "provider_url")]:  # not offered by this server
+        for body, field in [
+            ({"provider": "tensorrt"}, "provider"),
+            ({"provider": "openai"}, "provider_url"),
+            ({"provider": "openai", "provider_url": server.url + "/v1"}, "provider_url"),
+        ]:  # not offered by this server
             response = client.post("/v1/jobs", json={"table": "t", "texts": ["a"], **body})
             assert response.status_code == 422, response.text
             assert field in response.text
@@ -305,30 +347,60 @@ def test_the_api_refuses_bad_providers_with_the_field(server):
 
 # --- the CLI: the key reaches the workers the CLI starts through their environment ------------
 
+
 def cli(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop(API_KEY_ENV, None)
     if key is not None:
         env[API_KEY_ENV] = key
-    return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "embedscale", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_cli_run_and_search_with_the_openai_provider(server, small_corpus, tmp_path):
     key = tenant_key(server, "provider-cli")
     data = str(tmp_path / "data")
-    done = cli("run", str(small_corpus), "--table", "docs", "--data-dir", data, "--workers", "1",
-               "--provider", "openai", "--provider-url", server.url + "/v1",
-               "--chunk-tokens", "128", "--json", key=key)
+    done = cli(
+        "run",
+        str(small_corpus),
+        "--table",
+        "docs",
+        "--data-dir",
+        data,
+        "--workers",
+        "1",
+        "--provider",
+        "openai",
+        "--provider-url",
+        server.url + "/v1",
+        "--chunk-tokens",
+        "128",
+        "--json",
+        key=key,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["chunks"] > 12
-    found = cli("search", "docs", "heap queue algorithm, priority queue", "-k", "1",
-                "--data-dir", data, "--json", key=key)
+    found = cli(
+        "search",
+        "docs",
+        "heap queue algorithm, priority queue",
+        "-k",
+        "1",
+        "--data-dir",
+        data,
+        "--json",
+        key=key,
+    )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["doc_id"] == "heapq.txt"
     no_secret(key, done.stdout, done.stderr, found.stdout, found.stderr, server_log(server))
 
-    bad = cli("run", str(small_corpus), "--table", "t", "--data-dir", data,
-              "--provider", "openai")
+    bad = cli("run", str(small_corpus), "--table", "t", "--data-dir", data, "--provider", "openai")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "embedscale: error: --provider-url: provider 'openai' needs provider_url" in bad.stderr

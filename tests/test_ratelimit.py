@@ -1,5 +1,6 @@
 """Token buckets: a minute's worth each, costs, looking without taking, a bounded number; and the
 tiers that size them (reads_per_minute, derived where a tiers file names none)."""
+
 from __future__ import annotations
 
 from embedscale.api.server.errors import RateLimitedError
@@ -31,21 +32,26 @@ def test_buckets_are_bounded_in_number():
 
 def test_the_refusal_names_the_limit():
     error = RateLimitedError("acme", "reads", 2.2, 1200)
-    assert str(error) == "tenant 'acme' is over its rate limit for reads (1200 a minute); " \
-                         "retry in 3 s"
+    assert (
+        str(error) == "tenant 'acme' is over its rate limit for reads (1200 a minute); retry in 3 s"
+    )
 
 
 def test_reads_are_sized_by_the_tier(tmp_path):
     tiers = load_tiers()
     assert [tiers[t].reads_per_minute for t in ("free", "premium", "enterprise")] == [
-        1200, 6000, 30000]
+        1200,
+        6000,
+        30000,
+    ]
     assert tiers["unlimited"].reads_per_minute is None
     assert with_overrides(tiers["free"], 5, None).reads_per_minute == 1200
     older = tmp_path / "tiers.yaml"  # a tiers file written before reads_per_minute
-    older.write_text("tiers:\n  basic: {daily_chunks: 10, max_concurrent_jobs: 1, "
-                     "requests_per_minute: 7}\n  open: {daily_chunks: null, "
-                     "max_concurrent_jobs: null}\n")
+    older.write_text(
+        "tiers:\n  basic: {daily_chunks: 10, max_concurrent_jobs: 1, "
+        "requests_per_minute: 7}\n  open: {daily_chunks: null, "
+        "max_concurrent_jobs: null}\n"
+    )
     loaded = load_tiers(older)
     assert loaded["basic"].reads_per_minute == 7 * READS_PER_REQUEST
     assert loaded["open"].reads_per_minute is None
-

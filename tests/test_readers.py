@@ -1,4 +1,5 @@
 """Each format reader, on real files, with the bad inputs the engine must skip and report."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from embedscale.engine.sources.partitions import FileSlice, InlineText
 from embedscale.engine.sources.readers import RecordFields, read_item
 
@@ -27,12 +29,15 @@ def test_text_file_is_one_document_with_path_id(tmp_path):
     assert len(d.content_hash) == 64
 
 
-@pytest.mark.parametrize("content,reason", [
-    (b"\x00\x01\x02\x03 binary", "binary file"),
-    (b"caf\xe9 au lait", "invalid UTF-8 at byte 3"),
-    (b"   \n\t \n", "empty document"),
-    (b"", "empty document"),
-])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"\x00\x01\x02\x03 binary", "binary file"),
+        (b"caf\xe9 au lait", "invalid UTF-8 at byte 3"),
+        (b"   \n\t \n", "empty document"),
+        (b"", "empty document"),
+    ],
+)
 def test_bad_text_files_are_skipped_with_reason(tmp_path, content, reason):
     p = tmp_path / "bad.txt"
     p.write_bytes(content)
@@ -49,16 +54,21 @@ def test_vanished_file_is_skipped_not_fatal(tmp_path):
 
 def test_jsonl_rows_ids_metadata_and_bad_lines(tmp_path):
     p = tmp_path / "rows.jsonl"
-    p.write_text("\n".join([
-        json.dumps({"id": 7, "text": "seven", "lang": "en"}),
-        json.dumps({"text": "no id here"}),
-        "{not json",
-        json.dumps({"id": "x", "body": "wrong field"}),
-        "",
-        json.dumps({"id": "y", "text": 12}),
-        json.dumps(["a", "list"]),
-        json.dumps({"id": "z", "text": "  "}),
-    ]) + "\n")
+    p.write_text(
+        "\n".join(
+            [
+                json.dumps({"id": 7, "text": "seven", "lang": "en"}),
+                json.dumps({"text": "no id here"}),
+                "{not json",
+                json.dumps({"id": "x", "body": "wrong field"}),
+                "",
+                json.dumps({"id": "y", "text": 12}),
+                json.dumps(["a", "list"]),
+                json.dumps({"id": "z", "text": "  "}),
+            ]
+        )
+        + "\n"
+    )
     docs, skipped = read_item(slice_of(p, "jsonl"), FIELDS)
     assert [(d.doc_id, d.text) for d in docs] == [("7", "seven"), ("rows.jsonl#1", "no id here")]
     assert docs[0].metadata == {"lang": "en", "path": "rows.jsonl", "row": 0}
@@ -105,8 +115,10 @@ def test_csv_rows_and_missing_column(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text('id,text,kind\n1,"multi\nline, quoted",a\n,second,b\n')
     docs, _ = read_item(slice_of(p, "csv"), FIELDS)
-    assert [(d.doc_id, d.text) for d in docs] == [("1", "multi\nline, quoted"),
-                                                  ("t.csv#1", "second")]
+    assert [(d.doc_id, d.text) for d in docs] == [
+        ("1", "multi\nline, quoted"),
+        ("t.csv#1", "second"),
+    ]
     assert docs[1].metadata["kind"] == "b"
     q = tmp_path / "q.csv"
     q.write_text("a,b\n1,2\n")
@@ -115,8 +127,11 @@ def test_csv_rows_and_missing_column(tmp_path):
 
 def test_parquet_row_range_across_row_groups(tmp_path):
     p = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"id": [f"d{i}" for i in range(10)],
-                             "text": [f"text {i}" for i in range(10)]}), p, row_group_size=3)
+    pq.write_table(
+        pa.table({"id": [f"d{i}" for i in range(10)], "text": [f"text {i}" for i in range(10)]}),
+        p,
+        row_group_size=3,
+    )
     docs, _ = read_item(slice_of(p, "parquet", start=2, stop=7), FIELDS)
     assert [d.doc_id for d in docs] == ["d2", "d3", "d4", "d5", "d6"]
     assert docs[0].metadata["row"] == 2

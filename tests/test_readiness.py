@@ -1,4 +1,5 @@
 """Readiness follows the cluster: a server on an external scheduler goes red when it dies."""
+
 from __future__ import annotations
 
 import os
@@ -17,18 +18,38 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def test_readiness_goes_red_when_the_scheduler_is_gone(tmp_path):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    scheduler = start("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
-                      str(port), "--dashboard-address", ":0")
-    worker = start("distributed.cli.dask_worker", address, "--nthreads", "1",
-                   "--dashboard-address", ":0", "--death-timeout", "60")
+    scheduler = start(
+        "distributed.cli.dask_scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dashboard-address",
+        ":0",
+    )
+    worker = start(
+        "distributed.cli.dask_worker",
+        address,
+        "--nthreads",
+        "1",
+        "--dashboard-address",
+        ":0",
+        "--death-timeout",
+        "60",
+    )
     server = None
     try:
         server = Server(tmp_path, "--scheduler", address)  # waits for readyz 200

@@ -2,6 +2,7 @@
 as on separate hosts (their own folders, no AWS credentials of their own), with tables and
 sources on a real S3 server. A worker killed mid-job costs nothing: the job ends with exactly
 the ids of a clean run."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,22 @@ def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
             procs.wait_for_workers(cluster.client, 2)
 
             # A clean run, through the CLI and --scheduler.
-            done = run_cli("run", source, "--table", "clean", "--scheduler", procs.address,
-                           "--tables-uri", tables, "--data-dir", str(tmp_path / "cli"),
-                           "--chunk-tokens", "64", "--json", env=s3_store.env)
+            done = run_cli(
+                "run",
+                source,
+                "--table",
+                "clean",
+                "--scheduler",
+                procs.address,
+                "--tables-uri",
+                tables,
+                "--data-dir",
+                str(tmp_path / "cli"),
+                "--chunk-tokens",
+                "64",
+                "--json",
+                env=s3_store.env,
+            )
             assert done.returncode == 0, done.stderr
             clean = json.loads(done.stdout)
             assert clean["status"] == "succeeded" and clean["chunks"] > 0
@@ -51,10 +65,19 @@ def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
                     killed.set()
                     procs.kill("w2")
 
-            summary = run_embedding(EmbedRequest(
-                table="killed", source=source, tables_uri=tables,
-                storage_options=s3_store.options, data_dir=str(tmp_path / "k"),
-                chunk_tokens=64, partition_bytes=4096), cluster, kill_after_first_commit)
+            summary = run_embedding(
+                EmbedRequest(
+                    table="killed",
+                    source=source,
+                    tables_uri=tables,
+                    storage_options=s3_store.options,
+                    data_dir=str(tmp_path / "k"),
+                    chunk_tokens=64,
+                    partition_bytes=4096,
+                ),
+                cluster,
+                kill_after_first_commit,
+            )
             assert killed.is_set() and summary.ok
             assert summary.partitions > 2  # work was spread, so w2 held some when it died
             left = cluster.client.scheduler_info(n_workers=-1)["workers"].values()
@@ -72,8 +95,12 @@ def test_a_scheduler_restarted_mid_job_costs_nothing(small_corpus, tmp_path):
     their partitions back and the job ends with exactly the clean run's ids."""
     procs = DaskProcesses(tmp_path / "dask", workers=2)
     data_dir = tmp_path / "data"
-    job = {"source": str(small_corpus), "data_dir": str(data_dir), "chunk_tokens": 64,
-           "partition_bytes": 2048}
+    job = {
+        "source": str(small_corpus),
+        "data_dir": str(data_dir),
+        "chunk_tokens": 64,
+        "partition_bytes": 2048,
+    }
     try:
         with start_cluster(ClusterSpec(kind="address", address=procs.address)) as cluster:
             procs.wait_for_workers(cluster.client, 2)
@@ -86,8 +113,9 @@ def test_a_scheduler_restarted_mid_job_costs_nothing(small_corpus, tmp_path):
                     procs.restart_scheduler()
 
             with logged("embedscale.jobs.runner.loop") as lines:
-                summary = run_embedding(EmbedRequest(table="restarted", **job), cluster,
-                                        restart_after_first_commit)
+                summary = run_embedding(
+                    EmbedRequest(table="restarted", **job), cluster, restart_after_first_commit
+                )
             assert restarted.is_set() and summary.ok, summary.error
             # Put back when cancelled, not found missing later (tests/test_never_lose_work.py).
             assert not [line for line in lines if "preparing it again" in line]
@@ -102,8 +130,17 @@ def test_a_scheduler_restarted_mid_job_costs_nothing(small_corpus, tmp_path):
 
 
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
-    done = run_cli("run", str(SAMPLE_CORPUS / "notes"), "--table", "t", "--scheduler",
-                   "tcp://127.0.0.1:9", "--data-dir", str(tmp_path / "d"), timeout=120)
+    done = run_cli(
+        "run",
+        str(SAMPLE_CORPUS / "notes"),
+        "--table",
+        "t",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        "--data-dir",
+        str(tmp_path / "d"),
+        timeout=120,
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in lines[0]

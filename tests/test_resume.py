@@ -1,4 +1,5 @@
 """Kill -9 the process that owns a job mid-run; starting again finishes it exactly once."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,26 @@ def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
     uri = data / "lancedb" / "docs.lance"
     # The driver and its worker processes share a new process group: kill them all at once,
     # as a machine losing power would.
-    proc = subprocess.Popen(cli("run", str(corpus), "--table", "docs", "--data-dir", str(data),
-                                "--workers", "2", "--chunk-tokens", "32", "--json"),
-                            env=ENV, cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cli(
+            "run",
+            str(corpus),
+            "--table",
+            "docs",
+            "--data-dir",
+            str(data),
+            "--workers",
+            "2",
+            "--chunk-tokens",
+            "32",
+            "--json",
+        ),
+        env=ENV,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 180
     while not (uri.exists() and lance.dataset(str(uri)).version >= 4):  # created + 3 commits
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -45,17 +62,25 @@ def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
     proc.wait()
     rows_at_kill = lance.dataset(str(uri)).count_rows()
 
-    resumed = subprocess.run(cli("jobs", "resume", "--data-dir", str(data), "--workers", "2",
-                                 "--json"), env=ENV, cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        cli("jobs", "resume", "--data-dir", str(data), "--workers", "2", "--json"),
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert summary["status"] == "succeeded"
 
     ids = lance.dataset(str(uri)).to_table(columns=["id"]).column("id").to_pylist()
-    reference = run_embedding(EmbedRequest(table="reference", source=str(corpus),
-                                           chunk_tokens=32, data_dir=str(tmp_path / "ref")),
-                              cluster)
+    reference = run_embedding(
+        EmbedRequest(
+            table="reference", source=str(corpus), chunk_tokens=32, data_dir=str(tmp_path / "ref")
+        ),
+        cluster,
+    )
     ref_ids = lance.dataset(reference.table_uri).to_table(columns=["id"]).column("id")
     assert sorted(ids) == sorted(ref_ids.to_pylist())  # nothing lost, nothing doubled
     assert 0 < rows_at_kill < len(ids)
@@ -89,8 +114,14 @@ def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster,
 
     first.store.record_partitions_done = crash_after_the_first_commit
     first.start()
-    job = first.submit("local", {"table": "t", "chunk_tokens": 32,
-                                 "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64))})
+    job = first.submit(
+        "local",
+        {
+            "table": "t",
+            "chunk_tokens": 32,
+            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64)),
+        },
+    )
     deadline = time.monotonic() + 120
     while first.runner.alive:
         assert time.monotonic() < deadline
@@ -117,8 +148,14 @@ def test_graceful_stop_records_in_flight_work_and_resumes_later(cluster, tmp_pat
     data = tmp_path / "data"
     first = JobService(data, cluster)
     first.start()
-    job = first.submit("local", {"table": "t", "chunk_tokens": 32,
-                                 "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=200))})
+    job = first.submit(
+        "local",
+        {
+            "table": "t",
+            "chunk_tokens": 32,
+            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=200)),
+        },
+    )
     deadline = time.monotonic() + 120
     while first.get(job.id).partitions_done < 2:
         assert time.monotonic() < deadline

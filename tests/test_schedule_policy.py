@@ -1,5 +1,7 @@
-"""The schedules' pure policy (jobs/policies/schedules.py): cron and time-zone checks, the next slot in
+"""The schedules' pure policy (jobs/policies/schedules.py): cron and time-zone checks, the next
+slot in
 a zone (across DST), and what a due slot becomes. No cluster, no database."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -17,25 +19,31 @@ from embedscale.jobs.policies.schedules import (
 )
 
 
-@pytest.mark.parametrize("expression,expected", [
-    ("*/5 * * * *", "*/5 * * * *"),
-    ("  0   2 * *  mon-fri ", "0 2 * * mon-fri"),
-    ("@daily", "@daily"),
-])
+@pytest.mark.parametrize(
+    "expression,expected",
+    [
+        ("*/5 * * * *", "*/5 * * * *"),
+        ("  0   2 * *  mon-fri ", "0 2 * * mon-fri"),
+        ("@daily", "@daily"),
+    ],
+)
 def test_cron_accepted(expression, expected):
     assert check_cron(expression) == expected
 
 
-@pytest.mark.parametrize("expression,says", [
-    ("61 * * * *", "out of range"),
-    ("* * *", "give five fields"),
-    ("* * * * * *", "give five fields"),  # croniter would read seconds: runs are minutes apart
-    ("", "empty"),
-    ("a b c d e", "invalid cron expression"),
-    ("0 0 30 2 *", "names no date that exists"),
-    ("@reboot", "invalid cron expression"),
-    (5, "empty"),
-])
+@pytest.mark.parametrize(
+    "expression,says",
+    [
+        ("61 * * * *", "out of range"),
+        ("* * *", "give five fields"),
+        ("* * * * * *", "give five fields"),  # croniter would read seconds: runs are minutes apart
+        ("", "empty"),
+        ("a b c d e", "invalid cron expression"),
+        ("0 0 30 2 *", "names no date that exists"),
+        ("@reboot", "invalid cron expression"),
+        (5, "empty"),
+    ],
+)
 def test_cron_refused_names_the_field(expression, says):
     with pytest.raises(InvalidFieldError) as refused:
         check_cron(expression)
@@ -47,8 +55,10 @@ def test_timezone_accepted(name):
     assert check_timezone(name) == name
 
 
-@pytest.mark.parametrize("name", ["Mars/Base", "", "../../etc/passwd", "/etc/localtime",
-                                  "Europe/Berlin\x00", "x" * 65, None])
+@pytest.mark.parametrize(
+    "name",
+    ["Mars/Base", "", "../../etc/passwd", "/etc/localtime", "Europe/Berlin\x00", "x" * 65, None],
+)
 def test_timezone_refused_names_the_field(name):
     with pytest.raises(InvalidFieldError) as refused:
         check_timezone(name)
@@ -75,8 +85,9 @@ def test_a_daily_slot_in_the_repeated_hour_fires_once():
     before = datetime(2026, 10, 24, 12, 0, tzinfo=UTC)
     first = next_slot("30 2 * * *", "Europe/Berlin", before)
     assert first == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
-    assert next_slot("30 2 * * *", "Europe/Berlin", first) == datetime(2026, 10, 26, 1, 30,
-                                                                        tzinfo=UTC)
+    assert next_slot("30 2 * * *", "Europe/Berlin", first) == datetime(
+        2026, 10, 26, 1, 30, tzinfo=UTC
+    )
 
 
 def test_an_hourly_schedule_across_the_change_has_one_slot_per_wall_clock_hour():
@@ -114,9 +125,16 @@ def test_missed_slots_collapse_into_one_run():
 
 def test_record_shows_inline_texts_as_a_count():
     at = datetime(2026, 1, 1, tzinfo=UTC)
-    record = ScheduleRecord(id="s", tenant="t", cron="@daily", timezone="UTC", enabled=True,
-                            spec={"table": "x", "texts": ["a", "b"], "ids": ["1", "2"]},
-                            created_at=at, next_run_at=at)
+    record = ScheduleRecord(
+        id="s",
+        tenant="t",
+        cron="@daily",
+        timezone="UTC",
+        enabled=True,
+        spec={"table": "x", "texts": ["a", "b"], "ids": ["1", "2"]},
+        created_at=at,
+        next_run_at=at,
+    )
     data = record.to_dict()
     assert data["template"] == {"table": "x", "texts": 2} and "spec" not in data
     assert data["created_at"] == data["next_run_at"] == "2026-01-01T00:00:00+00:00"

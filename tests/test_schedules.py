@@ -1,6 +1,7 @@
 """Schedules end to end: the job service with real DuckDB files and a clock the tests move, the
 firing loop on a real cluster, kill -9 between a claim and its job, the HTTP routes on a real
 uvicorn server, and the CLI in subprocesses."""
+
 from __future__ import annotations
 
 import json
@@ -52,11 +53,14 @@ def roots(tmp_path: Path) -> Path:
     return root
 
 
-def open_service(tmp_path: Path, clock: Clock, roots: Path | None = None,
-                 **kw) -> JobService:
+def open_service(tmp_path: Path, clock: Clock, roots: Path | None = None, **kw) -> JobService:
     """A control plane without a cluster: its jobs are queued and stay queued (active)."""
-    return JobService(tmp_path / "data", clock=clock,
-                      allowed_roots=[str(roots)] if roots is not None else None, **kw)
+    return JobService(
+        tmp_path / "data",
+        clock=clock,
+        allowed_roots=[str(roots)] if roots is not None else None,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -73,18 +77,27 @@ def runs(service: JobService, schedule_id: str, tenant: str | None = None) -> li
 # --- validation: nothing stored ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"cron": "61 * * * *"}, "cron"),
-    ({"cron": "* * * * * *"}, "cron"),
-    ({"timezone": "Mars/Olympus_Mons"}, "timezone"),
-    ({"template": {"table": "t", "source": "/etc"}}, "template.source"),
-    ({"template": {"table": "t", "source": "{root}/missing"}}, "template.source"),
-    ({"template": {"table": "t", "texts": ["a"], "model": "some/other-model"}},
-     "template.model"),
-])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "* * * * * *"}, "cron"),
+        ({"timezone": "Mars/Olympus_Mons"}, "timezone"),
+        ({"template": {"table": "t", "source": "/etc"}}, "template.source"),
+        ({"template": {"table": "t", "source": "{root}/missing"}}, "template.source"),
+        (
+            {"template": {"table": "t", "texts": ["a"], "model": "some/other-model"}},
+            "template.model",
+        ),
+    ],
+)
 def test_a_bad_schedule_names_its_field_and_stores_nothing(svc, roots, change, field):
-    request = {"cron": "*/5 * * * *", "timezone": "UTC",
-               "template": {"table": "t", "source": str(roots / "feed")}, **change}
+    request = {
+        "cron": "*/5 * * * *",
+        "timezone": "UTC",
+        "template": {"table": "t", "source": str(roots / "feed")},
+        **change,
+    }
     if isinstance(request["template"].get("source"), str):
         request["template"]["source"] = request["template"]["source"].format(root=roots)
     svc.allowed_models = []  # only the default model, as a server offers by default
@@ -96,8 +109,7 @@ def test_a_bad_schedule_names_its_field_and_stores_nothing(svc, roots, change, f
 
 def test_a_template_is_a_job_spec(svc):
     with pytest.raises(ValidationError) as refused:
-        svc.schedules.create("local", "@daily", {"table": "t", "texts": ["a"],
-                                                 "chunk_tokens": 0})
+        svc.schedules.create("local", "@daily", {"table": "t", "texts": ["a"], "chunk_tokens": 0})
     assert [e["loc"] for e in refused.value.errors()] == [("chunk_tokens",)]
     with pytest.raises(ValidationError):
         svc.schedules.create("local", "@daily", {"table": "../t", "texts": ["a"]})
@@ -116,9 +128,12 @@ def test_a_tenant_has_a_bounded_number_of_schedules(svc):
 
 
 def test_a_due_slot_fires_a_job_with_the_schedule_id(svc, clock, roots):
-    schedule = svc.schedules.create("local", "*/5 * * * *",
-                                    {"table": "feed", "source": str(roots / "feed")},
-                                    timezone="Europe/Berlin")
+    schedule = svc.schedules.create(
+        "local",
+        "*/5 * * * *",
+        {"table": "feed", "source": str(roots / "feed")},
+        timezone="Europe/Berlin",
+    )
     assert schedule.next_run_at == datetime(2030, 1, 7, 9, 5, tzinfo=UTC)
     assert svc.schedules.tick() == [] and runs(svc, schedule.id) == []
     clock.advance(minutes=5)
@@ -200,15 +215,19 @@ sys.exit(3)  # not reached
 
 
 @pytest.mark.parametrize("stage", ["before-insert", "after-insert"])
-def test_kill_9_between_the_claim_and_its_job_runs_the_slot_exactly_once(tmp_path, clock,
-                                                                         stage):
+def test_kill_9_between_the_claim_and_its_job_runs_the_slot_exactly_once(tmp_path, clock, stage):
     with open_service(tmp_path, clock) as service:
         schedule = service.schedules.create("local", "*/5 * * * *", TEXTS)
     clock.advance(minutes=5)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    killed = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path / "data"),
-                             clock.now.isoformat(), stage], env=env, cwd=ROOT, timeout=300,
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", CRASH, str(tmp_path / "data"), clock.now.isoformat(), stage],
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -9, killed.stderr
     with open_service(tmp_path, clock) as service:
         claimed = service.schedules.get(schedule.id)
@@ -260,8 +279,13 @@ def test_another_tenants_schedule_is_not_found(svc):
     svc.create_tenant("alice", "premium")
     svc.create_tenant("bob", "premium")
     schedule = svc.schedules.create("alice", "@daily", TEXTS)
-    for action in (svc.schedules.get, svc.schedules.pause, svc.schedules.resume,
-                   svc.schedules.run_now, svc.schedules.delete):
+    for action in (
+        svc.schedules.get,
+        svc.schedules.pause,
+        svc.schedules.resume,
+        svc.schedules.run_now,
+        svc.schedules.delete,
+    ):
         with pytest.raises(NotFoundError):
             action(schedule.id, "bob")
     assert svc.schedules.list("bob") == []
@@ -286,8 +310,7 @@ def test_a_run_over_the_quota_is_refused_and_recorded(svc, clock):
 
 def test_a_source_gone_since_creation_is_refused_at_fire_time(svc, clock, roots):
     source = roots / "feed"
-    schedule = svc.schedules.create("local", "*/5 * * * *",
-                                    {"table": "t", "source": str(source)})
+    schedule = svc.schedules.create("local", "*/5 * * * *", {"table": "t", "source": str(source)})
     (source / "rows.jsonl").rename(roots / "elsewhere.jsonl")
     clock.advance(minutes=5)
     [refused] = svc.schedules.tick()
@@ -315,12 +338,18 @@ def test_run_now_is_one_more_run_and_waits_for_the_active_one(svc, clock):
 def test_the_loop_fires_runs_that_succeed(cluster, tmp_path, clock):
     from embedscale.jobs.runner.loop import RunnerConfig
 
-    service = JobService(tmp_path / "data", cluster, clock=clock, schedule_poll_seconds=0.05,
-                         runner_config=RunnerConfig(backoff_seconds=0.05))
+    service = JobService(
+        tmp_path / "data",
+        cluster,
+        clock=clock,
+        schedule_poll_seconds=0.05,
+        runner_config=RunnerConfig(backoff_seconds=0.05),
+    )
     try:
         service.start(fire_schedules=True)
-        schedule = service.schedules.create("local", "*/5 * * * *",
-                                            {**TEXTS, "mode": "upsert", "ids": ["a", "b"]})
+        schedule = service.schedules.create(
+            "local", "*/5 * * * *", {**TEXTS, "mode": "upsert", "ids": ["a", "b"]}
+        )
         for n in (1, 2):  # the loop fires each slot by itself; each run ends before the next
             clock.advance(minutes=5)
             deadline = time.monotonic() + 120
@@ -344,23 +373,34 @@ def _schedule_body(server, **change) -> dict:
     feed = server.root / "schedules" / "feed"
     if not feed.exists():
         jsonl_corpus(feed / "rows.jsonl", rows=3, chars=300)
-    return {"cron": "0 3 * * *", "timezone": "Europe/Berlin",
-            "template": {"table": "feed", "source": str(feed), "mode": "upsert"}, **change}
+    return {
+        "cron": "0 3 * * *",
+        "timezone": "Europe/Berlin",
+        "template": {"table": "feed", "source": str(feed), "mode": "upsert"},
+        **change,
+    }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("change,loc", [
-    ({"cron": "0 25 * * *"}, ["body", "cron"]),
-    ({"cron": ""}, ["body", "cron"]),
-    ({"timezone": "Europe/Atlantis"}, ["body", "timezone"]),
-    ({"template": {"table": "feed", "source": "/etc"}}, ["body", "template", "source"]),
-    ({"template": {"table": "feed", "texts": ["a"], "model": "x/y"}},
-     ["body", "template", "model"]),
-    ({"template": {"table": "feed", "texts": ["a"], "chunk_tokens": 0}},
-     ["body", "template", "chunk_tokens"]),
-    ({"template": None}, ["body", "template"]),
-    ({"every": "day"}, ["body", "every"]),
-])
+@pytest.mark.parametrize(
+    "change,loc",
+    [
+        ({"cron": "0 25 * * *"}, ["body", "cron"]),
+        ({"cron": ""}, ["body", "cron"]),
+        ({"timezone": "Europe/Atlantis"}, ["body", "timezone"]),
+        ({"template": {"table": "feed", "source": "/etc"}}, ["body", "template", "source"]),
+        (
+            {"template": {"table": "feed", "texts": ["a"], "model": "x/y"}},
+            ["body", "template", "model"],
+        ),
+        (
+            {"template": {"table": "feed", "texts": ["a"], "chunk_tokens": 0}},
+            ["body", "template", "chunk_tokens"],
+        ),
+        ({"template": None}, ["body", "template"]),
+        ({"every": "day"}, ["body", "every"]),
+    ],
+)
 def test_http_bad_schedule_is_422_naming_the_field(server, change, loc):
     client = server.tenant(f"s{abs(hash(json.dumps(change))) % 10**8}")
     answer = client.post("/v1/schedules", json=_schedule_body(server, **change))
@@ -372,8 +412,15 @@ def test_http_bad_schedule_is_422_naming_the_field(server, change, loc):
 @pytest.mark.slow
 def test_http_schedules(server):
     anonymous = httpx.Client(base_url=server.url)
-    for method, path in (("GET", ""), ("POST", ""), ("GET", "/x"), ("DELETE", "/x"),
-                         ("POST", "/x/pause"), ("POST", "/x/resume"), ("POST", "/x/run")):
+    for method, path in (
+        ("GET", ""),
+        ("POST", ""),
+        ("GET", "/x"),
+        ("DELETE", "/x"),
+        ("POST", "/x/pause"),
+        ("POST", "/x/resume"),
+        ("POST", "/x/run"),
+    ):
         answer = anonymous.request(method, f"/v1/schedules{path}", json={})
         assert answer.status_code == 401, (method, path, answer.text)
     alice, bob = server.tenant("sched-alice"), server.tenant("sched-bob")
@@ -388,8 +435,13 @@ def test_http_schedules(server):
 
     # Another tenant sees nothing and can change nothing.
     assert bob.get("/v1/schedules").json() == {"schedules": []}
-    for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/pause"), ("POST", "/resume"),
-                         ("POST", "/run")):
+    for method, path in (
+        ("GET", ""),
+        ("DELETE", ""),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
+        ("POST", "/run"),
+    ):
         assert bob.request(method, f"/v1/schedules/{sid}{path}").status_code == 404
 
     paused = alice.post(f"/v1/schedules/{sid}/pause").json()
@@ -412,7 +464,10 @@ def test_http_schedules(server):
     assert again.status_code == 409 and job["id"] in again.json()["detail"]
     shown = alice.get(f"/v1/schedules/{sid}").json()
     assert (shown["last_job_id"], shown["last_outcome"], shown["runs_fired"]) == (
-        job["id"], "fired", 1)
+        job["id"],
+        "fired",
+        1,
+    )
 
     server.hold_in_queue("sched-alice", held=False)
     alice.delete(f"/v1/jobs/{job['id']}")
@@ -427,12 +482,18 @@ def test_http_client_schedules(server):
     from embedscale.api.client.service import ApiError, Client
 
     with server.admin() as admin:
-        key = admin.post("/v1/tenants", json={"name": "sched-carol", "tier": "premium"}
-                         ).json()["api_key"]
+        key = admin.post("/v1/tenants", json={"name": "sched-carol", "tier": "premium"}).json()[
+            "api_key"
+        ]
     body = _schedule_body(server)
     with Client(server.url, key) as client:
-        schedule = client.schedules.add("*/10 * * * *", "feed", source=body["template"]["source"],
-                                        timezone="Asia/Tokyo", mode="upsert")
+        schedule = client.schedules.add(
+            "*/10 * * * *",
+            "feed",
+            source=body["template"]["source"],
+            timezone="Asia/Tokyo",
+            mode="upsert",
+        )
         assert schedule["timezone"] == "Asia/Tokyo" and schedule["cron"] == "*/10 * * * *"
         assert [s["id"] for s in client.schedules.list()] == [schedule["id"]]
         assert not client.schedules.pause(schedule["id"])["enabled"]
@@ -455,16 +516,35 @@ def test_http_client_schedules(server):
 
 def embedscale(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "embedscale", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.slow
 def test_cli_schedules(tmp_path, roots):
     data = ["--data-dir", str(tmp_path / "data")]
-    added = embedscale("schedules", "add", "30 2 * * *", str(roots / "feed"), "--table",
-                       "feed", "--mode", "upsert", "--timezone", "Europe/Berlin",
-                       "--chunk-tokens", "64", *data, "--json")
+    added = embedscale(
+        "schedules",
+        "add",
+        "30 2 * * *",
+        str(roots / "feed"),
+        "--table",
+        "feed",
+        "--mode",
+        "upsert",
+        "--timezone",
+        "Europe/Berlin",
+        "--chunk-tokens",
+        "64",
+        *data,
+        "--json",
+    )
     assert added.returncode == 0, added.stderr
     schedule = json.loads(added.stdout)
     sid = schedule["id"]
@@ -491,12 +571,13 @@ def test_cli_schedules(tmp_path, roots):
     assert removed.returncode == 0 and removed.stdout.strip() == f"schedule {sid} removed"
     assert json.loads(embedscale("schedules", "list", *data, "--json").stdout) == []
 
-    for args, says in ((["61 * * * *", str(roots)], "invalid cron expression '61 * * * *'"),
-                       (["@daily", str(roots), "--timezone", "Nowhere/City"],
-                        "unknown time zone 'Nowhere/City'"),
-                       (["@daily", str(roots / "missing")], "source not found"),
-                       (["@daily", str(roots), "--chunk-tokens", "0"], "--chunk-tokens:"),
-                       (["@daily", str(roots), "--tenant", "ghost"], "no tenant 'ghost'")):
+    for args, says in (
+        (["61 * * * *", str(roots)], "invalid cron expression '61 * * * *'"),
+        (["@daily", str(roots), "--timezone", "Nowhere/City"], "unknown time zone 'Nowhere/City'"),
+        (["@daily", str(roots / "missing")], "source not found"),
+        (["@daily", str(roots), "--chunk-tokens", "0"], "--chunk-tokens:"),
+        (["@daily", str(roots), "--tenant", "ghost"], "no tenant 'ghost'"),
+    ):
         bad = embedscale("schedules", "add", *args, "--table", "t", *data)
         assert bad.returncode == 1 and "Traceback" not in bad.stderr
         assert bad.stderr.startswith("embedscale: error:") and says in bad.stderr, bad.stderr

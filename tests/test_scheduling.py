@@ -1,11 +1,13 @@
 """The scheduling policy, without a cluster or a database."""
+
 from collections import Counter
 
 from embedscale.jobs.policies.scheduling import JobView, choose, dask_priority, effective_priority
 
 
-def job(job_id, tenant="a", priority="normal", weight=1.0, submitted=0.0, runnable=100,
-        in_flight=0):
+def job(
+    job_id, tenant="a", priority="normal", weight=1.0, submitted=0.0, runnable=100, in_flight=0
+):
     return JobView(job_id, tenant, priority, weight, submitted, runnable, in_flight)
 
 
@@ -13,7 +15,11 @@ def test_higher_priority_band_takes_the_free_slots():
     big_low = job("big", "a", "low", runnable=1000, in_flight=2)
     small_high = job("small", "b", "high", submitted=10.0, runnable=3)
     assert choose([big_low, small_high], 4, now=20.0, per_job_cap=8) == [
-        "small", "small", "small", "big"]
+        "small",
+        "small",
+        "small",
+        "big",
+    ]
 
 
 def test_equal_tenants_alternate_and_share_evenly():

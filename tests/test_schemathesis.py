@@ -3,6 +3,7 @@
 Driven through schemathesis's Python API (each operation's Hypothesis strategy) rather than its
 pytest plugin, whose `from_fixture` integration fails on pytest 9 (`Function._nodeid`).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,10 @@ def poisoned(body: Any, target: int) -> Any:
 def test_no_input_makes_the_server_fail(server):
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     tenant = server.tenant("fuzzer", tier="enterprise")
-    headers = {"tenant": {"Authorization": tenant.headers["authorization"]},
-               "admin": {"Authorization": f"Bearer {ADMIN_KEY}"}}
+    headers = {
+        "tenant": {"Authorization": tenant.headers["authorization"]},
+        "admin": {"Authorization": f"Bearer {ADMIN_KEY}"},
+    }
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 14
     calls = []
@@ -60,8 +63,12 @@ def test_no_input_makes_the_server_fail(server):
 
     def fuzz(operation, auth: dict[str, str]) -> None:
         @given(case=operation.as_strategy(), poison=st.none() | st.integers(0, 1000))
-        @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case, poison: int | None) -> None:
             if isinstance(case.body, dict | list):
                 bodied.add((operation.method.upper(), operation.path))
@@ -69,26 +76,32 @@ def test_no_input_makes_the_server_fail(server):
                 # Sent by hand: schemathesis validates a body it sends, and its validator
                 # cannot encode the surrogate either. json.dumps writes it as "\ud800".
                 response = httpx.request(
-                    case.method, server.url + case.formatted_path, params=case.query,
+                    case.method,
+                    server.url + case.formatted_path,
+                    params=case.query,
                     headers={**auth, "content-type": "application/json"},
-                    content=json.dumps(poisoned(case.body, poison)), timeout=60)
+                    content=json.dumps(poisoned(case.body, poison)),
+                    timeout=60,
+                )
                 assert response.status_code < 500, (case.method, case.path, response.text)
                 surrogates.add((operation.method.upper(), operation.path))
             else:
-                response = case.call_and_validate(base_url=server.url, headers=auth,
-                                                  checks=[not_a_server_error])
+                response = case.call_and_validate(
+                    base_url=server.url, headers=auth, checks=[not_a_server_error]
+                )
             calls.append((operation.method.upper(), operation.path, response.status_code))
 
         run()
 
     for operation in operations:
-        fuzz(operation, headers["admin" if operation.path.startswith("/v1/tenants")
-                                else "tenant"])
+        fuzz(operation, headers["admin" if operation.path.startswith("/v1/tenants") else "tenant"])
     assert len(calls) >= len(operations)
     assert all(code < 500 for _, _, code in calls)
     # Every operation with a JSON body was also sent one with a lone surrogate in a string.
-    assert surrogates == bodied and {("POST", "/v1/jobs"),
-                                     ("POST", "/v1/tables/{name}/search")} <= bodied, bodied
+    assert (
+        surrogates == bodied
+        and {("POST", "/v1/jobs"), ("POST", "/v1/tables/{name}/search")} <= bodied
+    ), bodied
     # Every operation was reached with the right credentials (not only refused at the door).
     reached = {(method, path) for method, path, code in calls if code != 401}
     assert reached == {(op.method.upper(), op.path) for op in operations}

@@ -1,6 +1,7 @@
 """Limits on the service process (issue 16, item 8): progress sockets and schedules per tenant,
 each refused with a 4xx naming its limit while other tenants go on; and inline texts stored
 once, removed when their job's retention ends."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,7 @@ def queued_job(server, client: httpx.Client, name: str) -> str:
 
 
 def open_socket(server, client: httpx.Client, job_id: str):
-    socket = connect(events_url(server, job_id), additional_headers=auth(client),
-                     open_timeout=30)
+    socket = connect(events_url(server, job_id), additional_headers=auth(client), open_timeout=30)
     assert json.loads(socket.recv(timeout=30))["job"]["status"] == "queued"
     return socket
 
@@ -129,17 +129,24 @@ def occurrences(store: Store, needle: str) -> dict[str, int]:
     """How often `needle` is in the job records and in the partitions, in the file."""
     count = "sum((length({c}) - length(replace({c}, ?, ''))) // length(?))"
     with store._lock:
-        return {table: store._con.execute(
-            f"SELECT coalesce({count.format(c=column)}, 0) FROM {table}",
-            [needle, needle]).fetchone()[0]
-            for table, column in (("jobs", "spec"), ("job_partitions", "items"))}
+        return {
+            table: store._con.execute(
+                f"SELECT coalesce({count.format(c=column)}, 0) FROM {table}", [needle, needle]
+            ).fetchone()[0]
+            for table, column in (("jobs", "spec"), ("job_partitions", "items"))
+        }
 
 
 @pytest.mark.slow
 def test_inline_texts_are_stored_once_and_leave_when_the_retention_ends(cluster, tmp_path):
     clock = Clock()
-    service = JobService(tmp_path / "data", cluster, clock=clock, job_retention_days=30,
-                         runner_config=RunnerConfig(backoff_seconds=0.05))
+    service = JobService(
+        tmp_path / "data",
+        cluster,
+        clock=clock,
+        job_retention_days=30,
+        runner_config=RunnerConfig(backoff_seconds=0.05),
+    )
     service.retention.every_s = 0.1  # the real loop, passing often
     service.start()
     try:
@@ -147,8 +154,12 @@ def test_inline_texts_are_stored_once_and_leave_when_the_retention_ends(cluster,
         texts = [f"retained-text {i}: the heap keeps its smallest item first" for i in range(6)]
         metadata = [{"secret": f"retained-meta {i}"} for i in range(6)]
         ids = [f"doc-{i}" for i in range(6)]
-        done = service.wait(service.submit("acme", {"table": "t", "texts": texts, "ids": ids,
-                                                    "metadata": metadata}).id, timeout=180)
+        done = service.wait(
+            service.submit(
+                "acme", {"table": "t", "texts": texts, "ids": ids, "metadata": metadata}
+            ).id,
+            timeout=180,
+        )
         assert done.status == "succeeded"
         service.set_limits("acme", max_concurrent_jobs=0)
         waiting = service.submit("acme", {"table": "t", "texts": ["retained-text waiting"]})
@@ -190,10 +201,17 @@ def test_records_that_kept_their_texts_lose_them_too(tmp_path):
     texts = ["old-style text one", "old-style text two"]
     for job_id in ("ended", "queued"):
         now = utcnow()
-        record = JobRecord(job_id, "acme", {"table": "t", "texts": texts, "ids": ["a", "b"],
-                                            "metadata": [None, None]},
-                           JobStatus.QUEUED, "normal", "t", [("queued", now.isoformat())],
-                           now, now)
+        record = JobRecord(
+            job_id,
+            "acme",
+            {"table": "t", "texts": texts, "ids": ["a", "b"], "metadata": [None, None]},
+            JobStatus.QUEUED,
+            "normal",
+            "t",
+            [("queued", now.isoformat())],
+            now,
+            now,
+        )
         store.insert_job(record, plan_texts(texts, ["a", "b"]).partitions)
     store.set_status("ended", JobStatus.CANCELLED)
     assert store.get_job("ended").spec["texts"] == texts

@@ -1,4 +1,5 @@
 """One configuration for every command: flags over EMBEDSCALE_* variables over the defaults."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from embedscale.api.cli.main import build_parser, main
 from embedscale.api.settings import DEFAULT_DATA_DIR, Settings
 from embedscale.api.startup import cluster_spec
@@ -19,19 +21,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def embedscale(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSCALE_")}
-    return subprocess.run([sys.executable, "-m", "embedscale", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd,
-                          env={**environ, "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "embedscale", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**environ, "PYTHONPATH": str(ROOT), **env},
+    )
 
 
 def test_the_data_dir_variable_holds_for_tenants_and_jobs(tmp_path):
     data = tmp_path / "from-env"
     tiers = tmp_path / "tiers.yaml"
-    tiers.write_text("tiers:\n  gold: {daily_chunks: 5, max_concurrent_jobs: 1}\n"
-                     "  unlimited: {daily_chunks: null, max_concurrent_jobs: null}\n")
+    tiers.write_text(
+        "tiers:\n  gold: {daily_chunks: 5, max_concurrent_jobs: 1}\n"
+        "  unlimited: {daily_chunks: null, max_concurrent_jobs: null}\n"
+    )
     env = {"EMBEDSCALE_DATA_DIR": str(data), "EMBEDSCALE_TIERS_FILE": str(tiers)}
-    created = embedscale("tenants", "create", "acme", "--tier", "gold", "--json",
-                         cwd=tmp_path, **env)
+    created = embedscale(
+        "tenants", "create", "acme", "--tier", "gold", "--json", cwd=tmp_path, **env
+    )
     assert created.returncode == 0, created.stderr
     assert (data / "embedscale.duckdb").is_file()
     assert not (tmp_path / DEFAULT_DATA_DIR).exists()  # the default was not used
@@ -43,11 +53,14 @@ def test_the_data_dir_variable_holds_for_tenants_and_jobs(tmp_path):
     assert [j["id"] for j in json.loads(listed.stdout)] == [job.id]
     tenants = embedscale("tenants", "list", "--json", cwd=tmp_path, **env)
     assert {t["name"]: t["remaining_chunks"] for t in json.loads(tenants.stdout)} == {
-        "acme": 5, "local": None}
+        "acme": 5,
+        "local": None,
+    }
 
     # A flag wins over the variable.
-    elsewhere = embedscale("tenants", "list", "--json", "--data-dir", str(tmp_path / "other"),
-                           cwd=tmp_path, **env)
+    elsewhere = embedscale(
+        "tenants", "list", "--json", "--data-dir", str(tmp_path / "other"), cwd=tmp_path, **env
+    )
     assert [t["name"] for t in json.loads(elsewhere.stdout)] == ["local"]
 
 
@@ -55,13 +68,20 @@ def test_every_command_reads_its_settings_the_same_way(monkeypatch, tmp_path):
     monkeypatch.setenv("EMBEDSCALE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("EMBEDSCALE_WORKERS", "3")
     parser = build_parser()
-    for argv in (["run", "src", "--table", "t"], ["search", "t", "q"], ["jobs", "list"],
-                 ["tenants", "list"], ["jobs", "resume"], ["serve"]):
+    for argv in (
+        ["run", "src", "--table", "t"],
+        ["search", "t", "q"],
+        ["jobs", "list"],
+        ["tenants", "list"],
+        ["jobs", "resume"],
+        ["serve"],
+    ):
         assert Settings.from_args(parser.parse_args(argv)).data_dir == tmp_path, argv
     run = Settings.from_args(parser.parse_args(["run", "src", "--table", "t"]))
     assert cluster_spec(run).n_workers == 3
-    flagged = Settings.from_args(parser.parse_args(["run", "src", "--table", "t",
-                                                    "--workers", "1"]))
+    flagged = Settings.from_args(
+        parser.parse_args(["run", "src", "--table", "t", "--workers", "1"])
+    )
     assert cluster_spec(flagged).n_workers == 1
     assert cluster_spec(flagged, "critical").log_level == "critical"
     assert cluster_spec(flagged).dashboard_address == "127.0.0.1:8787"
@@ -76,14 +96,14 @@ def test_a_bad_setting_is_one_line(monkeypatch, capsys):
 
 def test_an_illegal_transition_is_one_line(monkeypatch, tmp_path, capsys):
     def cancel(self, job_id, tenant=None):
-        check_transition(job_id, "succeeded", "cancelling", [("queued", "t0"),
-                                                             ("succeeded", "t1")])
+        check_transition(job_id, "succeeded", "cancelling", [("queued", "t0"), ("succeeded", "t1")])
 
     monkeypatch.setattr(JobService, "cancel", cancel)
     assert main(["jobs", "cancel", "j1", "--data-dir", str(tmp_path)]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "embedscale: error: job j1: cannot go from succeeded to cancelling "
-        "(history: queued -> succeeded)"]
+        "(history: queued -> succeeded)"
+    ]
 
 
 @pytest.mark.parametrize("argv", [["jobs", "list", "--status", "done"]])

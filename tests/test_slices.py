@@ -1,7 +1,9 @@
-"""Slices (engine/tasks/slices.py): a partition embedded a bounded amount at a time gives exactly the
+"""Slices (engine/tasks/slices.py): a partition embedded a bounded amount at a time gives exactly
+the
 rows it gives whole, whether its state stays on the worker or is read again; a source changed
 between slices is refused. The runner's side (continuations, one commit per partition, small
 jobs beside a big one) is in tests/test_fair_share.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -127,8 +129,9 @@ def run_in_slices(partition, config, between=lambda: None):
 def committed(running, result) -> dict[str, np.ndarray]:
     running.table.commit({running.record.id: [result]})
     rows = lance.dataset(running.table.uri).to_table(columns=["id", "vector"])
-    return dict(zip(rows.column("id").to_pylist(),
-                    rows.column("vector").to_numpy(zero_copy_only=False)))
+    return dict(
+        zip(rows.column("id").to_pylist(), rows.column("vector").to_numpy(zero_copy_only=False))
+    )
 
 
 def test_a_partition_in_slices_writes_exactly_its_whole_rows(prepared_job, monkeypatch):
@@ -138,13 +141,21 @@ def test_a_partition_in_slices_writes_exactly_its_whole_rows(prepared_job, monke
     whole = embed_partition(partition, dataclasses.replace(running.config, slice_seconds=None))
     assert whole.cursor is None and whole.chunks > 20
 
-    monkeypatch.setattr("embedscale.engine.tasks.partition_task.RATES", FixedSlices(1))  # a chunk a slice
-    monkeypatch.setattr("embedscale.engine.tasks.partition_task.FLUSH_ROWS", 8)  # a fragment every 8 chunks
+    monkeypatch.setattr(
+        "embedscale.engine.tasks.partition_task.RATES", FixedSlices(1)
+    )  # a chunk a slice
+    monkeypatch.setattr(
+        "embedscale.engine.tasks.partition_task.FLUSH_ROWS", 8
+    )  # a fragment every 8 chunks
     sliced_config = dataclasses.replace(running.config, slice_seconds=1.0)
     sliced, n = run_in_slices(partition, sliced_config)
     assert n == whole.chunks
     assert (sliced.chunks, sliced.tokens, sliced.documents, sorted(sliced.doc_ids)) == (
-        whole.chunks, whole.tokens, whole.documents, sorted(whole.doc_ids))
+        whole.chunks,
+        whole.tokens,
+        whole.documents,
+        sorted(whole.doc_ids),
+    )
     assert len(sliced.fragments) == -(-whole.chunks // 8)  # flushed every 8, then the rest
     assert len(slices.STATES) == 0  # the worker forgot the partition once it was done
 
@@ -163,8 +174,12 @@ def in_slices(prepared_job, monkeypatch):
     running, source = prepared_job
     (index,) = running.pending
     monkeypatch.setattr("embedscale.engine.tasks.partition_task.RATES", FixedSlices(100))
-    return (running, source, running.partitions[index],
-            dataclasses.replace(running.config, slice_seconds=1.0))
+    return (
+        running,
+        source,
+        running.partitions[index],
+        dataclasses.replace(running.config, slice_seconds=1.0),
+    )
 
 
 def test_a_slice_whose_state_is_gone_reads_the_partition_again(in_slices):

@@ -1,11 +1,13 @@
 """Small inline jobs arriving together share one Dask task (and the model's forward passes),
 yet each is committed, charged and finished as its own job, exactly once."""
+
 from __future__ import annotations
 
 import lance
 import pytest
 from distributed import wait
 from distributed.scheduler import KilledWorker
+
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.jobs.runner.events import TaskDone
 from embedscale.jobs.service import JobService
@@ -16,12 +18,14 @@ pytestmark = pytest.mark.slow
 
 def test_small_jobs_of_several_tenants_share_a_task_and_are_charged_apart(cluster, tmp_path):
     service = JobService(tmp_path / "data", cluster)  # the loop is not started: each step
-    runner = service.runner                           # of it is taken here, by hand
+    runner = service.runner  # of it is taken here, by hand
     for tenant in ("acme", "globex"):
         service.create_tenant(tenant, "enterprise")
-    texts = {("acme", 0): ["heaps keep the smallest item first"],
-             ("acme", 1): ["deques pop at both ends", "queues order work"],
-             ("globex", 0): ["a priority queue orders work by urgency"]}
+    texts = {
+        ("acme", 0): ["heaps keep the smallest item first"],
+        ("acme", 1): ["deques pop at both ends", "queues order work"],
+        ("globex", 0): ["a priority queue orders work by urgency"],
+    }
     jobs = {}
     for (tenant, n), batch in texts.items():
         record = service.submit(tenant, {"table": f"t{n}", "texts": batch})
@@ -48,8 +52,9 @@ def test_small_jobs_of_several_tenants_share_a_task_and_are_charged_apart(cluste
 def test_a_shared_task_that_fails_as_a_whole_runs_its_partitions_alone(cluster, tmp_path):
     service = JobService(tmp_path / "data", cluster)
     runner = service.runner
-    ids = [prepared_by_hand(service, {"table": "t", "texts": [f"text number {n}"]})
-           for n in range(2)]
+    ids = [
+        prepared_by_hand(service, {"table": "t", "texts": [f"text number {n}"]}) for n in range(2)
+    ]
     runner._feed()
     [real] = {job.in_flight[0] for job in runner._jobs.values()}
     lost = _LostTask()  # what a task lost with its worker looks like to the runner
@@ -57,8 +62,7 @@ def test_a_shared_task_that_fails_as_a_whole_runs_its_partitions_alone(cluster, 
     for job in runner._jobs.values():
         job.in_flight[0] = lost
     runner.handle(TaskDone(lost))
-    assert all(runner._jobs[i].solo == {0} and list(runner._jobs[i].pending) == [0]
-               for i in ids)
+    assert all(runner._jobs[i].solo == {0} and list(runner._jobs[i].pending) == [0] for i in ids)
     assert all(runner._jobs[i].attempts == {} for i in ids)  # no attempt counted
     runner._feed()
     assert sorted(len(m) for m in runner._feeder.tasks.values()) == [1, 1]  # now each alone
@@ -70,8 +74,9 @@ def test_partitions_of_a_task_whose_workers_died_run_alone_one_at_a_time(cluster
     nothing beside it, and one that then finishes is committed with no attempt counted."""
     service = JobService(tmp_path / "data", cluster)
     runner = service.runner
-    ids = [prepared_by_hand(service, {"table": "t", "texts": [f"text number {n}"]})
-           for n in range(2)]
+    ids = [
+        prepared_by_hand(service, {"table": "t", "texts": [f"text number {n}"]}) for n in range(2)
+    ]
     third = service.submit("local", {"table": "t", "texts": ["a later job"]})
     third = service.store.set_status(third.id, JobStatus.RUNNING)
     runner._feed()

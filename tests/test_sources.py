@@ -1,4 +1,5 @@
 """Planning a source into partitions: listing, splitting large files, errors."""
+
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from embedscale.engine.errors import SourceError
 from embedscale.engine.sources.enumeration import plan_source, plan_texts
 from embedscale.engine.sources.partitions import FileSlice
@@ -24,7 +26,8 @@ def test_directory_is_listed_recursively_without_hidden_files(tmp_path):
     rels = [i.relpath for p in plan.partitions for i in p.items]
     assert rels == ["a.txt", "sub/b.md"]
     assert [(s.source, s.reason) for s in plan.skipped] == [
-        ("image.png", "unsupported file type '.png'")]
+        ("image.png", "unsupported file type '.png'")
+    ]
 
 
 def test_glob_and_single_file(tmp_path):
@@ -37,11 +40,14 @@ def test_glob_and_single_file(tmp_path):
     assert [i.relpath for p in single.partitions for i in p.items] == ["c.md"]
 
 
-@pytest.mark.parametrize("setup,message", [
-    (lambda p: p / "missing", "source not found"),
-    (lambda p: p, "source is empty"),
-    (lambda p: str(p / "*.nothing"), "source glob matches no files"),
-])
+@pytest.mark.parametrize(
+    "setup,message",
+    [
+        (lambda p: p / "missing", "source not found"),
+        (lambda p: p, "source is empty"),
+        (lambda p: str(p / "*.nothing"), "source glob matches no files"),
+    ],
+)
 def test_bad_sources_raise(tmp_path, setup, message):
     with pytest.raises(SourceError, match=message):
         plan_source(setup(tmp_path))
@@ -67,15 +73,20 @@ def test_large_jsonl_is_split_by_rows_and_every_row_is_read_once(tmp_path):
     p.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(500)))
     plan = plan_source(p, partition_bytes=2000)
     assert len(plan.partitions) > 5
-    docs = [d for part in plan.partitions for item in part.items
-            for d in read_item(item, RecordFields())[0]]
+    docs = [
+        d
+        for part in plan.partitions
+        for item in part.items
+        for d in read_item(item, RecordFields())[0]
+    ]
     assert [d.doc_id for d in docs] == [f"big.jsonl#{i}" for i in range(500)]
 
 
 def test_large_parquet_is_split_by_row_ranges(tmp_path):
     p = tmp_path / "big.parquet"
-    pq.write_table(pa.table({"text": [f"row {i} " * 20 for i in range(1000)]}), p,
-                   row_group_size=100)
+    pq.write_table(
+        pa.table({"text": [f"row {i} " * 20 for i in range(1000)]}), p, row_group_size=100
+    )
     plan = plan_source(p, partition_bytes=p.stat().st_size // 4)
     slices = [i for part in plan.partitions for i in part.items]
     assert all(isinstance(s, FileSlice) for s in slices)
@@ -103,9 +114,12 @@ def test_inline_texts_without_ids_get_ids_from_their_content():
     again = plan_texts(["beta"])  # another job, sent later
     [items] = [p.items for p in first.partitions]
     expected = {t: "text-" + hashlib.sha256(t.encode()).hexdigest()[:32] for t in ("alpha", "beta")}
-    assert [(i.doc_id, i.text) for i in items] == [(expected["alpha"], "alpha"),
-                                                  (expected["beta"], "beta")]
+    assert [(i.doc_id, i.text) for i in items] == [
+        (expected["alpha"], "alpha"),
+        (expected["beta"], "beta"),
+    ]
     assert [(s.source, s.reason) for s in first.skipped] == [
-        (expected["alpha"], "same text as texts[0]")]
+        (expected["alpha"], "same text as texts[0]")
+    ]
     assert again.partitions[0].items[0].doc_id == expected["beta"]
     assert plan_texts(["x", "y"], ids=["0", "1"]).partitions[0].items[1].doc_id == "1"

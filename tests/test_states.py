@@ -1,7 +1,9 @@
 """The job state machine, as pure data, checked against an expectation written out here."""
+
 from itertools import product
 
 import pytest
+
 from embedscale.jobs.states import (
     ACTIVE,
     CANCELABLE,

@@ -1,8 +1,10 @@
 """The DuckDB store: migrations, tenants and hashed keys, the ledger, pagination."""
+
 from __future__ import annotations
 
 import duckdb
 import pytest
+
 from embedscale.engine.sources.documents import Skipped
 from embedscale.engine.sources.enumeration import plan_texts
 from embedscale.jobs.errors import (
@@ -21,8 +23,17 @@ from embedscale.jobs.store.records import JobRecord
 
 def new_job(job_id: str, tenant: str = "acme") -> JobRecord:
     now = utcnow()
-    return JobRecord(job_id, tenant, {"table": "t"}, JobStatus.QUEUED, "normal", "t",
-                     [("queued", now.isoformat())], now, now)
+    return JobRecord(
+        job_id,
+        tenant,
+        {"table": "t"},
+        JobStatus.QUEUED,
+        "normal",
+        "t",
+        [("queued", now.isoformat())],
+        now,
+        now,
+    )
 
 
 def test_an_older_file_is_migrated_forward(tmp_path):
@@ -54,9 +65,17 @@ def test_a_file_owned_by_another_process_is_refused(tmp_path):
     import sys
 
     path = tmp_path / "x.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; "
-                               f"c = duckdb.connect({str(path)!r}); print('ok', flush=True); "
-                               f"time.sleep(30)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; "
+            f"c = duckdb.connect({str(path)!r}); print('ok', flush=True); "
+            f"time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ok"
         with pytest.raises(StoreLockedError, match="in use by another embedscale process"):
@@ -104,8 +123,14 @@ def test_the_job_ledger_is_written_with_the_record_of_each_commit(tmp_path):
     counts = {"documents": 1, "chunks": 1, "tokens": 10}
 
     def done(partition, version, seen, replaced):
-        return PartitionDone("j", "acme", partition, counts, (), LedgerRow(
-            "j", PARTITION, version, version - 1, partition, seen, replaced))
+        return PartitionDone(
+            "j",
+            "acme",
+            partition,
+            counts,
+            (),
+            LedgerRow("j", PARTITION, version, version - 1, partition, seen, replaced),
+        )
 
     batch = [done(0, 5, ["a"], ["a"]), done(1, 5, ["b", "it's"], [])]
     for _ in range(2):  # recorded twice: one row each
@@ -172,8 +197,13 @@ def test_job_reads_come_from_memory_and_follow_every_write(tmp_path):
     plan = plan_texts(["a", "b"], docs_per_partition=1)
     store.insert_job(new_job("j1"), plan.partitions)
     store.set_status("j1", JobStatus.RUNNING)
-    store.record_partitions_done([PartitionDone("j1", "acme", 0, {
-        "documents": 1, "chunks": 3, "tokens": 9, "skipped": 0}, ())])
+    store.record_partitions_done(
+        [
+            PartitionDone(
+                "j1", "acme", 0, {"documents": 1, "chunks": 3, "tokens": 9, "skipped": 0}, ()
+            )
+        ]
+    )
     connection, store._con = store._con, _NoDuckDB()
     try:
         job = store.get_job("j1", "acme")
@@ -182,8 +212,14 @@ def test_job_reads_come_from_memory_and_follow_every_write(tmp_path):
             store.get_job("j1", "another-tenant")  # others' jobs stay invisible
     finally:
         store._con = connection
-    store.record_partitions_done([PartitionDone("j1", "acme", 1, {
-        "documents": 1, "chunks": 2, "tokens": 5, "skipped": 0}, ())], succeeded=["j1"])
+    store.record_partitions_done(
+        [
+            PartitionDone(
+                "j1", "acme", 1, {"documents": 1, "chunks": 2, "tokens": 5, "skipped": 0}, ()
+            )
+        ],
+        succeeded=["j1"],
+    )
     # The record in memory is the file's, field for field.
     assert store.get_job("j1") == Store._get_job(store._con, "j1")
     assert store.get_job("j1").status == "succeeded"
@@ -195,10 +231,11 @@ def test_tenant_rows_are_read_and_written_by_column_name(tmp_path):
     # The tables as a later migration could leave them: columns in another order, one more.
     con = duckdb.connect(str(path))
     for table, columns in (
-            ("tenants", "created_at, max_concurrent_jobs, daily_chunks, tier, name"),
-            ("api_keys", "revoked_at, created_at, prefix, tenant, key_hash"),
-            ("usage", "tokens, chunks, day, tenant"),
-            ("job_skipped", "reason, source, partition, job_id")):
+        ("tenants", "created_at, max_concurrent_jobs, daily_chunks, tier, name"),
+        ("api_keys", "revoked_at, created_at, prefix, tenant, key_hash"),
+        ("usage", "tokens, chunks, day, tenant"),
+        ("job_skipped", "reason, source, partition, job_id"),
+    ):
         con.execute(f"CREATE TABLE moved AS SELECT 'later' AS note, {columns} FROM {table}")
         con.execute(f"DROP TABLE {table}")
         con.execute(f"ALTER TABLE moved RENAME TO {table}")
@@ -209,8 +246,10 @@ def test_tenant_rows_are_read_and_written_by_column_name(tmp_path):
         record, key = service.create_tenant("acme", "free")
         assert (record.name, record.tier, record.daily_chunks) == ("acme", "free", None)
         assert service.set_limits("acme", daily_chunks=9).daily_chunks == 9
-        assert [(t.name, t.tier) for t in store.list_tenants()] == [("acme", "free"),
-                                                                    ("local", "unlimited")]
+        assert [(t.name, t.tier) for t in store.list_tenants()] == [
+            ("acme", "free"),
+            ("local", "unlimited"),
+        ]
         assert service.tenant_for_key(key) == "acme"
         store.insert_job(new_job("j1"), plan_texts(["a"]).partitions)
         store.add_skipped("j1", [Skipped("x.bin", "binary")])
@@ -231,8 +270,7 @@ def test_update_tenant_takes_only_its_known_columns(tmp_path):
     with pytest.raises(NotFoundError, match="no tenant 'nobody'"):
         store.update_tenant("nobody", tier="premium")
     updated = store.update_tenant("acme", tier="premium", max_concurrent_jobs=3)
-    assert (updated.tier, updated.daily_chunks, updated.max_concurrent_jobs) == ("premium",
-                                                                                None, 3)
+    assert (updated.tier, updated.daily_chunks, updated.max_concurrent_jobs) == ("premium", None, 3)
     assert store.get_tenant("acme") == updated
 
 
@@ -258,9 +296,12 @@ def test_submissions_that_arrive_together_share_one_commit(tmp_path):
     insert_jobs = store._insert_jobs
     store._insert_jobs = lambda batch: (commits.append(len(batch)), insert_jobs(batch))
     with store._lock:  # busy with something else while five submissions arrive
-        threads = [threading.Thread(target=store.insert_job,
-                                    args=(new_job(f"j{i}"), plan_texts(["a"]).partitions))
-                   for i in range(5)]
+        threads = [
+            threading.Thread(
+                target=store.insert_job, args=(new_job(f"j{i}"), plan_texts(["a"]).partitions)
+            )
+            for i in range(5)
+        ]
         for t in threads:
             t.start()
         while len(store._inserts) < 5:
@@ -284,23 +325,35 @@ def test_a_batch_of_many_jobs_partitions_is_recorded_exactly_once(tmp_path):
 
     store = Store(tmp_path / "s.duckdb")
     for job_id, tenant in (("j1", "acme"), ("j2", "acme"), ("j3", "globex")):
-        store.insert_job(new_job(job_id, tenant),
-                         plan_texts(["a", "b", "c"], docs_per_partition=1).partitions)
+        store.insert_job(
+            new_job(job_id, tenant), plan_texts(["a", "b", "c"], docs_per_partition=1).partitions
+        )
         store.set_status(job_id, JobStatus.RUNNING)
 
     def done(job_id, tenant, partition, chunks):
-        return PartitionDone(job_id, tenant, partition, {
-            "documents": 1, "unchanged": 0, "chunks": chunks, "tokens": 10 * chunks,
-            "skipped": 1}, (Skipped(f"{job_id}-{partition}", "empty"),))
+        return PartitionDone(
+            job_id,
+            tenant,
+            partition,
+            {"documents": 1, "unchanged": 0, "chunks": chunks, "tokens": 10 * chunks, "skipped": 1},
+            (Skipped(f"{job_id}-{partition}", "empty"),),
+        )
 
     batch = [done("j1", "acme", p, 2) for p in range(3)] + [
-        done("j2", "acme", 0, 5), done("j3", "globex", 1, 7), done("j3", "globex", 2, 1)]
+        done("j2", "acme", 0, 5),
+        done("j3", "globex", 1, 7),
+        done("j3", "globex", 2, 1),
+    ]
     for _ in range(2):
         records = store.record_partitions_done(batch, succeeded=["j1"])
-        assert {j: (r.status, r.partitions_done, r.chunks_done, r.tokens_done, r.skipped_count)
-                for j, r in records.items()} == {
-            "j1": ("succeeded", 3, 6, 60, 3), "j2": ("running", 1, 5, 50, 1),
-            "j3": ("running", 2, 8, 80, 2)}
+        assert {
+            j: (r.status, r.partitions_done, r.chunks_done, r.tokens_done, r.skipped_count)
+            for j, r in records.items()
+        } == {
+            "j1": ("succeeded", 3, 6, 60, 3),
+            "j2": ("running", 1, 5, 50, 1),
+            "j3": ("running", 2, 8, 80, 2),
+        }
         assert store.usage("acme") == (11, 110) and store.usage("globex") == (8, 80)
         assert [p.status for p in store.partitions("j3")] == ["pending", "done", "done"]
         assert len(store.skipped("j1")) == 3
@@ -318,8 +371,13 @@ def test_a_page_of_jobs_never_carries_their_inline_texts(tmp_path):
     store = Store(path)
     texts = [f"text {i}" for i in range(3000)]
     record = new_job("big")
-    record.spec = {"table": "t", "texts": texts, "ids": [str(i) for i in range(3000)],
-                   "metadata": [None] * 3000, "model": "m"}
+    record.spec = {
+        "table": "t",
+        "texts": texts,
+        "ids": [str(i) for i in range(3000)],
+        "metadata": [None] * 3000,
+        "model": "m",
+    }
     store.insert_job(record, plan_texts(texts[:2], docs_per_partition=1).partitions)
     store.insert_job(new_job("small"), [])
     store.set_status("big", JobStatus.CANCELLED)

@@ -1,6 +1,7 @@
 """mode=sync, atomic replacement and cancels that restore: a reader never sees a document
 missing or doubled, documents gone from the source are deleted (never because the source
 suddenly lists nothing), and cancelling an overwrite, upsert or sync puts back what it replaced."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ from pathlib import Path
 import cloudpickle
 import lance
 import pytest
+
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.jobs.errors import InvalidFieldError
 from embedscale.jobs.states import JobStatus
-
 from tests import faults
 from tests.test_control_plane import held_writes, release, wait_for
 
@@ -35,9 +36,18 @@ def write_docs(folder: Path, docs: dict[str, str]) -> Path:
 
 def write_jsonl(path: Path, version: str, rows: int = 48) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"id": f"doc-{i}", "text": f"{version} document {i} "
-                                        + "about heaps and queues " * 30}) + "\n"
-                            for i in range(rows)))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"doc-{i}",
+                    "text": f"{version} document {i} " + "about heaps and queues " * 30,
+                }
+            )
+            + "\n"
+            for i in range(rows)
+        )
+    )
     return path
 
 
@@ -49,8 +59,9 @@ def docs_in(uri: str, version: int | None = None) -> dict[str, set[str]]:
     """doc_id -> its content hashes, at `version` (default: the latest)."""
     rows = lance.dataset(uri, version=version).to_table(columns=["doc_id", "content_hash"])
     found: dict[str, set[str]] = {}
-    for doc_id, h in zip(rows.column("doc_id").to_pylist(),
-                         rows.column("content_hash").to_pylist()):
+    for doc_id, h in zip(
+        rows.column("doc_id").to_pylist(), rows.column("content_hash").to_pylist()
+    ):
         found.setdefault(doc_id, set()).add(h)
     return found
 
@@ -68,17 +79,28 @@ def run(service, spec, **kwargs):
 
 
 def test_sync_counts_new_changed_unchanged_and_deleted(service, tmp_path):
-    src = write_docs(tmp_path / "src", {"a": "alpha text about heaps",
-                                        "b": "beta text about queues",
-                                        "c": "gamma text about stacks"})
+    src = write_docs(
+        tmp_path / "src",
+        {
+            "a": "alpha text about heaps",
+            "b": "beta text about queues",
+            "c": "gamma text about stacks",
+        },
+    )
     first = run(service, {"table": "s", "source": str(src), "mode": "sync"})
     assert (first.documents_done, first.documents_changed, first.documents_deleted) == (3, 0, 0)
-    write_docs(src, {"a": "alpha text about heaps", "b": "beta text, rewritten",
-                     "d": "delta text about tries"})
+    write_docs(
+        src,
+        {"a": "alpha text about heaps", "b": "beta text, rewritten", "d": "delta text about tries"},
+    )
     second = run(service, {"table": "s", "source": str(src), "mode": "sync"})
     new = second.documents_done - second.documents_changed
-    assert (new, second.documents_changed, second.documents_unchanged,
-            second.documents_deleted) == (1, 1, 1, 1)
+    assert (
+        new,
+        second.documents_changed,
+        second.documents_unchanged,
+        second.documents_deleted,
+    ) == (1, 1, 1, 1)
     uri = table(service, "s").uri
     after = docs_in(uri)
     assert sorted(after) == ["a.txt", "b.txt", "d.txt"] and chunk_ids_unique(uri)
@@ -97,8 +119,7 @@ def test_a_sync_of_a_source_that_lists_nothing_is_refused_unless_allowed(service
         service.submit("local", {"table": "s", "source": str(src), "mode": "sync"})
     assert refused.value.field == "source" and "allow_empty" in str(refused.value)
     assert sorted(docs_in(table(service, "s").uri)) == ["a.txt", "b.txt"]  # untouched
-    emptied = run(service, {"table": "s", "source": str(src), "mode": "sync",
-                            "allow_empty": True})
+    emptied = run(service, {"table": "s", "source": str(src), "mode": "sync", "allow_empty": True})
     assert emptied.documents_deleted == 2 and docs_in(table(service, "s").uri) == {}
 
 
@@ -120,8 +141,11 @@ def test_an_upsert_replaces_each_document_in_one_commit(service, tmp_path):
     run(service, {"table": "u", "source": str(write_jsonl(corpus, "v1"))})
     uri = table(service, "u").uri
     start = lance.dataset(uri).version
-    final = run(service, {"table": "u", "source": str(write_jsonl(corpus, "v2")),
-                          "mode": "upsert"}, partition_bytes=8 * 1024)
+    final = run(
+        service,
+        {"table": "u", "source": str(write_jsonl(corpus, "v2")), "mode": "upsert"},
+        partition_bytes=8 * 1024,
+    )
     assert final.partitions_total > 2 and final.documents_changed == 48
     versions = [v["version"] for v in lance.dataset(uri).versions() if v["version"] >= start]
     assert len(versions) > 2
@@ -132,8 +156,7 @@ def test_an_upsert_replaces_each_document_in_one_commit(service, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["upsert", "sync", "overwrite"])
-def test_cancelling_a_replacing_job_puts_back_what_it_replaced(service, cluster, tmp_path,
-                                                                mode):
+def test_cancelling_a_replacing_job_puts_back_what_it_replaced(service, cluster, tmp_path, mode):
     corpus = tmp_path / "docs.jsonl"
     run(service, {"table": "r", "source": str(write_jsonl(corpus, "v1"))})
     uri = table(service, "r").uri
@@ -141,9 +164,11 @@ def test_cancelling_a_replacing_job_puts_back_what_it_replaced(service, cluster,
     rows_before = lance.dataset(uri).count_rows()
     gate = held_writes(cluster, tmp_path, "/r.lance")
     try:
-        job = service.submit("local", {"table": "r", "mode": mode,
-                                       "source": str(write_jsonl(corpus, "v2"))},
-                             partition_bytes=8 * 1024)
+        job = service.submit(
+            "local",
+            {"table": "r", "mode": mode, "source": str(write_jsonl(corpus, "v2"))},
+            partition_bytes=8 * 1024,
+        )
         gate.let_one()
         wait_for(lambda: service.get(job.id).partitions_done == 1)
         replaced = docs_in(uri)  # mid-job: some documents are v2 now
@@ -164,10 +189,12 @@ def test_cancelling_a_replacing_job_puts_back_what_it_replaced(service, cluster,
 def test_a_sync_deletes_exactly_the_gone_ids_whatever_characters_they_hold(service):
     """Document ids are the tenant's text and go into Lance filters: quotes, SQL and
     non-ASCII ids are matched literally, and only the one gone is deleted."""
-    ids = ["plain", "it's", "x') OR (1=1", "back\\slash", "ünïcode-文書", "a\"b"]
+    ids = ["plain", "it's", "x') OR (1=1", "back\\slash", "ünïcode-文書", 'a"b']
     texts = [f"document number {i} about queues" for i in range(len(ids))]
     run(service, {"table": "q", "texts": texts, "ids": ids, "mode": "sync"})
-    final = run(service, {"table": "q", "texts": texts[:2] + texts[3:],
-                          "ids": ids[:2] + ids[3:], "mode": "sync"})
+    final = run(
+        service,
+        {"table": "q", "texts": texts[:2] + texts[3:], "ids": ids[:2] + ids[3:], "mode": "sync"},
+    )
     assert final.documents_deleted == 1 and final.documents_unchanged == 5
     assert sorted(docs_in(table(service, "q").uri)) == sorted(ids[:2] + ids[3:])

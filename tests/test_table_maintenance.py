@@ -1,5 +1,7 @@
-"""Compaction beside the runner (jobs/runner/table_maintenance.py): a table that small jobs splinter into
+"""Compaction beside the runner (jobs/runner/table_maintenance.py): a table that small jobs
+splinter into
 many fragments is compacted while jobs keep committing to it, and nothing is lost or doubled."""
+
 from __future__ import annotations
 
 import lance
@@ -14,12 +16,16 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_splintered_table_is_compacted_while_jobs_commit(cluster, tmp_path):
-    service = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(
-        compact_after_fragments=6, batch_partitions=1))  # a task, a fragment, per small job
+    service = JobService(
+        tmp_path / "data",
+        cluster,
+        runner_config=RunnerConfig(compact_after_fragments=6, batch_partitions=1),
+    )  # a task, a fragment, per small job
     service.start()
     try:
-        texts = [[f"document {i} of a small job", f"its second line, number {i}"]
-                 for i in range(40)]
+        texts = [
+            [f"document {i} of a small job", f"its second line, number {i}"] for i in range(40)
+        ]
         jobs = [service.submit("local", {"table": "t", "texts": t}) for t in texts]
         finals = [service.wait(j.id, timeout=300) for j in jobs]
         assert {f.status for f in finals} == {JobStatus.SUCCEEDED}

@@ -1,4 +1,6 @@
-"""A data dir's tables through engine.tables.catalog and the job service, and their errors' statuses."""
+"""A data dir's tables through engine.tables.catalog and the job service, and their errors'
+statuses."""
+
 from __future__ import annotations
 
 import pytest
@@ -72,11 +74,14 @@ def test_the_service_reaches_tables_per_tenant(tmp_path):
             service.drop_table("acme", "mine")
 
 
-@pytest.mark.parametrize("error,status", [
-    (TableNotFoundError("no table 'x' (tables: none)"), 404),
-    (TableError("invalid table name 'a/b'"), 422),
-    (InvalidFieldError("filter", "invalid filter"), 422),
-])
+@pytest.mark.parametrize(
+    "error,status",
+    [
+        (TableNotFoundError("no table 'x' (tables: none)"), 404),
+        (TableError("invalid table name 'a/b'"), 422),
+        (InvalidFieldError("filter", "invalid filter"), 422),
+    ],
+)
 def test_table_errors_become_their_statuses(error, status):
     app = FastAPI()
     install_error_handlers(app)

@@ -3,12 +3,14 @@
 Each race is made deterministic with a store whose calls run another request's read at the
 exact moment in question (no threads, no sleeps).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from embedscale.jobs.errors import InvalidFieldError, NotFoundError
 from embedscale.jobs.service import JobService
 from embedscale.jobs.store.duckdb_store import Store
@@ -19,8 +21,9 @@ from embedscale.jobs.tenants.tiers import load_tiers
 class HookedStore:
     """A real Store whose `method` runs `hook` first (before) or last (after), once."""
 
-    def __init__(self, store: Store, method: str, hook: Callable[[], Any],
-                 after: bool = False) -> None:
+    def __init__(
+        self, store: Store, method: str, hook: Callable[[], Any], after: bool = False
+    ) -> None:
         self._store, self._method, self._hook, self._after = store, method, hook, after
 
     def __getattr__(self, name: str) -> Any:
@@ -68,9 +71,9 @@ def test_a_read_that_began_before_the_write_is_not_cached_after_it(tenants):
     real = tenants.store
     # The read fetches the old row; the write (and its cache clear) happens before the read
     # stores what it fetched: that old tier must not be cached.
-    tenants.store = HookedStore(real, "get_tenant",
-                                lambda: Tenants.set_tier(tenants, "acme", "enterprise"),
-                                after=True)
+    tenants.store = HookedStore(
+        real, "get_tenant", lambda: Tenants.set_tier(tenants, "acme", "enterprise"), after=True
+    )
     assert tenants.tier_of("acme").name == "free"  # what it read: the write came after
     tenants.store = real
     assert tenants.tier_of("acme").name == "enterprise"
@@ -80,9 +83,12 @@ def test_a_key_looked_up_during_its_rotation_is_not_cached(tenants):
     real = tenants.store
     _, key = tenants.create("beta", "free")
     new_keys = []
-    tenants.store = HookedStore(real, "tenant_for_key_hash",
-                                lambda: new_keys.append(Tenants.rotate_key(tenants, "beta")),
-                                after=True)
+    tenants.store = HookedStore(
+        real,
+        "tenant_for_key_hash",
+        lambda: new_keys.append(Tenants.rotate_key(tenants, "beta")),
+        after=True,
+    )
     assert tenants.tenant_for_key(key) == "beta"  # read before the revocation
     tenants.store = real
     assert tenants.tenant_for_key(key) is None  # revoked: not served from a cache

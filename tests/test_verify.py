@@ -2,6 +2,7 @@
 clean, and each way of breaking it by hand (with lance, or in the ledger) is named, with exit
 status 1: a duplicated row, a NaN vector, rows of a cancelled job, a committed partition's rows
 gone. Rows of a job another data dir ran are only a warning."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,17 +13,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+
 from embedscale.api.cli.main import main
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.jobs.store.duckdb_store import Store
-
 from tests.conftest import SAMPLE_CORPUS
 from tests.helpers import assert_verified, read_rows, run, verify, wait_done
 
 pytestmark = pytest.mark.slow
 
-TEXTS = ["The tide came in slowly over the flats.", "A heron waited by the channel.",
-         "Gulls argued over the harbour wall at dawn."]
+TEXTS = [
+    "The tide came in slowly over the flats.",
+    "A heron waited by the channel.",
+    "Gulls argued over the harbour wall at dawn.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,9 @@ def built(cluster, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     for name in ["heapq.txt", "json.txt", "argparse.txt", "csv.txt"]:
         shutil.copy(SAMPLE_CORPUS / "stdlib" / name, corpus / name)
     data_dir = root / "data"
-    files = run(cluster, source=str(corpus), table="t", data_dir=str(data_dir),
-                partition_bytes=2048)
+    files = run(
+        cluster, source=str(corpus), table="t", data_dir=str(data_dir), partition_bytes=2048
+    )
     texts = run(cluster, texts=TEXTS, ids=["a", "b", "c"], table="t", data_dir=str(data_dir))
     assert files.partitions > 1 and files.ok and texts.ok
     return data_dir, {"files": files.job_id, "texts": texts.job_id}
@@ -90,8 +95,11 @@ def test_a_nan_vector_is_named(data):
     victim = row["id"][0].as_py()
     vector = np.full((1, 384), np.nan, np.float32)
     vector[0, 1:] = 0.5
-    nan_row = row.set_column(row.schema.get_field_index("vector"), row.schema.field("vector"),
-                             pa.FixedSizeListArray.from_arrays(pa.array(vector.ravel()), 384))
+    nan_row = row.set_column(
+        row.schema.get_field_index("vector"),
+        row.schema.field("vector"),
+        pa.FixedSizeListArray.from_arrays(pa.array(vector.ravel()), 384),
+    )
     ds.delete(f"id = '{victim}'")  # the same row, its vector now NaN: counts unchanged
     lance.write_dataset(nan_row, ds.uri, mode="append")
     status, report, err = verify(data_dir, "t")
@@ -104,8 +112,7 @@ def test_rows_of_a_cancelled_job_are_named(data):
     store = Store(data_dir / "embedscale.duckdb")
     try:  # a cancel whose removal of rows was lost: the ledger says cancelled, rows remain
         with store._lock:
-            store._con.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?",
-                               [jobs["texts"]])
+            store._con.execute("UPDATE jobs SET status = 'cancelled' WHERE id = ?", [jobs["texts"]])
     finally:
         store.close()
     status, report, err = verify(data_dir, "t")
@@ -128,8 +135,14 @@ def test_a_committed_partitions_rows_gone_are_named(data):
 
 def test_rows_replaced_by_a_later_upsert_are_not_missing(data, cluster):
     data_dir, _ = data
-    changed = run(cluster, texts=["The tide went out again."], ids=["a"], table="t",
-                  data_dir=str(data_dir), mode="upsert")
+    changed = run(
+        cluster,
+        texts=["The tide went out again."],
+        ids=["a"],
+        table="t",
+        data_dir=str(data_dir),
+        mode="upsert",
+    )
     assert changed.ok and changed.chunks == 1
     assert_verified(data_dir, "t")  # the texts job has a row fewer than it committed: rightly
 
@@ -147,10 +160,12 @@ def test_rows_of_a_job_the_ledger_does_not_know_are_a_warning(data):
     data_dir, _ = data
     ds = dataset(data_dir)
     rows = ds.to_table(limit=2)
-    rows = rows.set_column(rows.schema.get_field_index("id"), "id",
-                           pc.binary_join_element_wise(rows["id"], "x", ""))
-    rows = rows.set_column(rows.schema.get_field_index("job_id"), "job_id",
-                           pa.array(["elsewhere"] * 2))
+    rows = rows.set_column(
+        rows.schema.get_field_index("id"), "id", pc.binary_join_element_wise(rows["id"], "x", "")
+    )
+    rows = rows.set_column(
+        rows.schema.get_field_index("job_id"), "job_id", pa.array(["elsewhere"] * 2)
+    )
     lance.write_dataset(rows.cast(ds.schema), ds.uri, mode="append")
     status, report, err = verify(data_dir, "t")
     assert status == 0 and report["ok"]
@@ -172,10 +187,8 @@ def test_the_admin_verifies_a_tenants_table_over_http(server):
     with server.admin() as admin:
         report = admin.get("/v1/tables/notes/verify", params={"tenant": "verified"}).json()
         assert report["ok"] and report["problems"] == [] and report["jobs"] == 1
-        assert admin.get("/v1/tables/nope/verify",
-                         params={"tenant": "verified"}).status_code == 404
-        assert admin.get("/v1/tables/notes/verify",
-                         params={"tenant": "../x"}).status_code == 422
+        assert admin.get("/v1/tables/nope/verify", params={"tenant": "verified"}).status_code == 404
+        assert admin.get("/v1/tables/notes/verify", params={"tenant": "../x"}).status_code == 422
         # Broken by hand: its report is still a 200, saying what is wrong.
         uri = ChunkTable(server.data_dir / "tenants" / "verified", "notes").uri
         lance.write_dataset(lance.dataset(uri).to_table(limit=1), uri, mode="append")

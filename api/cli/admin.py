@@ -1,5 +1,6 @@
 """`embedscale jobs list|show|cancel` and `embedscale tenants ...`: the control plane's records,
 read and changed in the data dir's DuckDB file (when no other process owns it)."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,12 +8,13 @@ import dataclasses
 import json
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from embedscale.api.settings import Settings
 from embedscale.api.startup import open_service
 from embedscale.jobs.service import JobService
 from embedscale.jobs.store.records import TenantRecord
-from rich.console import Console
-from rich.table import Table
 
 
 def admin_command(args: argparse.Namespace) -> int:
@@ -25,17 +27,26 @@ def admin_command(args: argparse.Namespace) -> int:
 
 def _jobs(service: JobService, args: argparse.Namespace) -> int:
     if args.jobs_command == "list":
-        jobs, _ = service.list(tenant=args.tenant, status=args.status, limit=args.limit,
-                               schedule=args.schedule)
+        jobs, _ = service.list(
+            tenant=args.tenant, status=args.status, limit=args.limit, schedule=args.schedule
+        )
         if args.json:
             _print_json([j.to_dict() for j in jobs])
             return 0
-        table = Table("id", "tenant", "table", "status", "priority", "partitions", "chunks",
-                      "created")
+        table = Table(
+            "id", "tenant", "table", "status", "priority", "partitions", "chunks", "created"
+        )
         for j in jobs:
-            table.add_row(j.id, j.tenant, j.table_name, str(j.status), j.priority,
-                          f"{j.partitions_done}/{j.partitions_total}", str(j.chunks_done),
-                          j.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+            table.add_row(
+                j.id,
+                j.tenant,
+                j.table_name,
+                str(j.status),
+                j.priority,
+                f"{j.partitions_done}/{j.partitions_total}",
+                str(j.chunks_done),
+                j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            )
         Console().print(table)
         return 0
     if args.jobs_command == "show":
@@ -67,7 +78,8 @@ def _tenants(service: JobService, args: argparse.Namespace) -> int:
     if command == "rotate-key":
         key = service.rotate_key(args.name)
         _print_json({"name": args.name, "api_key": key}) if args.json else print(
-            f"new api key for {args.name} (old keys revoked; shown once): {key}")
+            f"new api key for {args.name} (old keys revoked; shown once): {key}"
+        )
         return 0
     if command == "set-tier":
         tenant = service.set_tier(args.name, args.tier)
@@ -79,16 +91,25 @@ def _tenants(service: JobService, args: argparse.Namespace) -> int:
         return 0
     table = Table("name", "tier", "chunks today", "remaining", "active jobs")
     for r in rows:
-        table.add_row(r["name"], r["tier"], str(r["used_chunks"]),
-                      "unlimited" if r["remaining_chunks"] is None else str(r["remaining_chunks"]),
-                      str(r["active_jobs"]))
+        table.add_row(
+            r["name"],
+            r["tier"],
+            str(r["used_chunks"]),
+            "unlimited" if r["remaining_chunks"] is None else str(r["remaining_chunks"]),
+            str(r["active_jobs"]),
+        )
     Console().print(table)
     return 0
 
 
 def _tenant(t: TenantRecord) -> dict[str, Any]:
-    return {"name": t.name, "tier": t.tier, "daily_chunks": t.daily_chunks,
-            "max_concurrent_jobs": t.max_concurrent_jobs, "created_at": t.created_at.isoformat()}
+    return {
+        "name": t.name,
+        "tier": t.tier,
+        "daily_chunks": t.daily_chunks,
+        "max_concurrent_jobs": t.max_concurrent_jobs,
+        "created_at": t.created_at.isoformat(),
+    }
 
 
 def _usage(service: JobService, name: str) -> dict[str, Any]:

@@ -1,22 +1,26 @@
 """The `embedscale` command: run jobs, watch and cancel them, manage tenants, search and verify
 tables."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError as PydanticValidationError
+
 from embedscale.api.cli.cluster import add_cluster_commands
 from embedscale.api.cli.schedules import add_schedule_commands
 from embedscale.api.settings import DEFAULT_DATA_DIR
 from embedscale.engine.errors import EmbedscaleError
 from embedscale.jobs.states import JobStatus
-from pydantic import ValidationError as PydanticValidationError
 
 DATA_DIR_HELP = f"default: $EMBEDSCALE_DATA_DIR, else {DEFAULT_DATA_DIR}"
-TABLES_URI_HELP = ("keep tables on an object store, e.g. s3://bucket/prefix (default: "
-                   "$EMBEDSCALE_TABLES_URI, else in the data dir); endpoint and credentials "
-                   "from the AWS_* variables or the cluster spec's storage_options")
+TABLES_URI_HELP = (
+    "keep tables on an object store, e.g. s3://bucket/prefix (default: "
+    "$EMBEDSCALE_TABLES_URI, else in the data dir); endpoint and credentials "
+    "from the AWS_* variables or the cluster spec's storage_options"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,32 +30,52 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="embed a directory, file or glob of documents into a table")
     run.add_argument("source", help="directory (recursive), file or glob of documents")
     run.add_argument("--table", required=True, help="LanceDB table to write")
-    run.add_argument("--model", default="all-MiniLM-L6-v2",
-                     help="registered name, sentence-transformers hub id or local folder")
-    run.add_argument("--provider", default="sentence-transformers",
-                     choices=["sentence-transformers", "onnx", "onnx-int8", "openai"],
-                     help="where vectors come from: sentence-transformers (default, torch on "
-                          "the workers), onnx (the same model run by onnxruntime on the "
-                          "workers, exported once per host), onnx-int8 (quantized: faster on "
-                          "CPUs, other vectors, its own tables) or openai (an OpenAI-compatible "
-                          "endpoint, --provider-url; key from EMBEDSCALE_PROVIDER_API_KEY in "
-                          "the workers' environment)")
-    run.add_argument("--provider-url", metavar="URL",
-                     help="provider openai: the endpoint's base URL, e.g. "
-                          "https://api.openai.com/v1")
-    run.add_argument("--tokenizer", metavar="NAME",
-                     help="provider openai: the model whose tokenizer cuts chunks (default: "
-                          "--model, when it is a registered name or a local folder)")
+    run.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="registered name, sentence-transformers hub id or local folder",
+    )
+    run.add_argument(
+        "--provider",
+        default="sentence-transformers",
+        choices=["sentence-transformers", "onnx", "onnx-int8", "openai"],
+        help="where vectors come from: sentence-transformers (default, torch on "
+        "the workers), onnx (the same model run by onnxruntime on the "
+        "workers, exported once per host), onnx-int8 (quantized: faster on "
+        "CPUs, other vectors, its own tables) or openai (an OpenAI-compatible "
+        "endpoint, --provider-url; key from EMBEDSCALE_PROVIDER_API_KEY in "
+        "the workers' environment)",
+    )
+    run.add_argument(
+        "--provider-url",
+        metavar="URL",
+        help="provider openai: the endpoint's base URL, e.g. https://api.openai.com/v1",
+    )
+    run.add_argument(
+        "--tokenizer",
+        metavar="NAME",
+        help="provider openai: the model whose tokenizer cuts chunks (default: "
+        "--model, when it is a registered name or a local folder)",
+    )
     run.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
     run.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
-    run.add_argument("--mode", default="append",
-                     help="append (default), overwrite, upsert, or sync (upsert, and delete "
-                          "documents gone from the source)")
-    run.add_argument("--allow-empty", action="store_true",
-                     help="sync: let a source that lists nothing delete every row")
+    run.add_argument(
+        "--mode",
+        default="append",
+        help="append (default), overwrite, upsert, or sync (upsert, and delete "
+        "documents gone from the source)",
+    )
+    run.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="sync: let a source that lists nothing delete every row",
+    )
     run.add_argument("--priority", default="normal", help="low, normal (default), high, critical")
-    run.add_argument("--tenant", default="local", help="run as this tenant (default: local, "
-                                                       "unlimited); its quotas apply")
+    run.add_argument(
+        "--tenant",
+        default="local",
+        help="run as this tenant (default: local, unlimited); its quotas apply",
+    )
     run.add_argument("--text-field", default="text", help="text field of json/jsonl/csv/parquet")
     run.add_argument("--id-field", default="id", help="id field of json/jsonl/csv/parquet")
     _cluster_args(run)
@@ -61,14 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("table")
     search.add_argument("query")
     search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
-    search.add_argument("--where",
-                        help="SQL filter on the table's columns, e.g. \"source = 'a.md'\"")
+    search.add_argument(
+        "--where", help="SQL filter on the table's columns, e.g. \"source = 'a.md'\""
+    )
     search.add_argument("--tenant", default="local", help="whose table (default: local)")
     _common_args(search)
 
-    verify = sub.add_parser("verify", help="check a table against the job ledger: ids unique, "
-                            "committed rows present, none of cancelled jobs, vectors finite, "
-                            "one model; exit status 1 naming each problem")
+    verify = sub.add_parser(
+        "verify",
+        help="check a table against the job ledger: ids unique, "
+        "committed rows present, none of cancelled jobs, vectors finite, "
+        "one model; exit status 1 naming each problem",
+    )
     verify.add_argument("table")
     verify.add_argument("--tenant", default="local", help="whose table (default: local)")
     _common_args(verify)
@@ -78,44 +106,85 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default 8000")
     serve.add_argument("--data-dir", help=DATA_DIR_HELP)
     serve.add_argument("--tables-uri", metavar="URI", help=TABLES_URI_HELP)
-    serve.add_argument("--allow-root", action="append", metavar="DIR",
-                       help="a folder whose files jobs may read (repeatable; none by default)")
-    serve.add_argument("--max-document-bytes", type=int, metavar="N",
-                       help="skip (and report) documents larger than this (default 32 MiB)")
-    serve.add_argument("--max-request-bytes", type=int, metavar="N",
-                       help="refuse (413) request bodies larger than this (default 16 MiB)")
-    serve.add_argument("--max-websockets-per-tenant", type=int, metavar="N",
-                       help="progress sockets a tenant may hold open at once; more are "
-                            "refused (429) (default 20)")
-    serve.add_argument("--max-schedules-per-tenant", type=int, metavar="N",
-                       help="schedules a tenant may have; another is refused (409) "
-                            "(default 100)")
-    serve.add_argument("--job-retention-days", type=float, metavar="DAYS",
-                       help="remove the inline texts of jobs ended this long ago (default 30)")
+    serve.add_argument(
+        "--allow-root",
+        action="append",
+        metavar="DIR",
+        help="a folder whose files jobs may read (repeatable; none by default)",
+    )
+    serve.add_argument(
+        "--max-document-bytes",
+        type=int,
+        metavar="N",
+        help="skip (and report) documents larger than this (default 32 MiB)",
+    )
+    serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        metavar="N",
+        help="refuse (413) request bodies larger than this (default 16 MiB)",
+    )
+    serve.add_argument(
+        "--max-websockets-per-tenant",
+        type=int,
+        metavar="N",
+        help="progress sockets a tenant may hold open at once; more are refused (429) (default 20)",
+    )
+    serve.add_argument(
+        "--max-schedules-per-tenant",
+        type=int,
+        metavar="N",
+        help="schedules a tenant may have; another is refused (409) (default 100)",
+    )
+    serve.add_argument(
+        "--job-retention-days",
+        type=float,
+        metavar="DAYS",
+        help="remove the inline texts of jobs ended this long ago (default 30)",
+    )
     serve.add_argument("--tiers", help="tiers YAML (default: jobs/tenants/tiers.yaml)")
     _cluster_args(serve, with_verbose=False)
-    serve.add_argument("--allow-model", action="append", metavar="NAME",
-                       help="a model tenants may use besides the default all-MiniLM-L6-v2: "
-                            "registered name, hub id or local folder (repeatable)")
-    serve.add_argument("--allow-provider-url", action="append", metavar="URL",
-                       help="an OpenAI-compatible endpoint jobs may name with provider openai "
-                            "(repeatable; the workers send it EMBEDSCALE_PROVIDER_API_KEY)")
-    serve.add_argument("--dashboard-address", metavar="HOST:PORT",
-                       help="where the Dask dashboard listens (default: --host, port 8787; "
-                            "'none': no dashboard)")
-    serve.add_argument("--expose-dashboard", action="store_true", default=None,
-                       help="give tenants the dashboard's link and the scheduler's address in "
-                            "GET /v1/cluster (the dashboard has no authentication)")
-    serve.add_argument("--log-format", choices=["text", "json"],
-                       help="text lines (default) or one JSON object a line with job_id and "
-                            "tenant (default: $EMBEDSCALE_LOG_FORMAT, else text)")
+    serve.add_argument(
+        "--allow-model",
+        action="append",
+        metavar="NAME",
+        help="a model tenants may use besides the default all-MiniLM-L6-v2: "
+        "registered name, hub id or local folder (repeatable)",
+    )
+    serve.add_argument(
+        "--allow-provider-url",
+        action="append",
+        metavar="URL",
+        help="an OpenAI-compatible endpoint jobs may name with provider openai "
+        "(repeatable; the workers send it EMBEDSCALE_PROVIDER_API_KEY)",
+    )
+    serve.add_argument(
+        "--dashboard-address",
+        metavar="HOST:PORT",
+        help="where the Dask dashboard listens (default: --host, port 8787; 'none': no dashboard)",
+    )
+    serve.add_argument(
+        "--expose-dashboard",
+        action="store_true",
+        default=None,
+        help="give tenants the dashboard's link and the scheduler's address in "
+        "GET /v1/cluster (the dashboard has no authentication)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="text lines (default) or one JSON object a line with job_id and "
+        "tenant (default: $EMBEDSCALE_LOG_FORMAT, else text)",
+    )
 
     jobs = sub.add_parser("jobs", help="list, show, cancel or resume jobs").add_subparsers(
-        dest="jobs_command", required=True)
+        dest="jobs_command", required=True
+    )
     listing = jobs.add_parser("list", help="jobs, newest first")
     listing.add_argument("--tenant", help="only this tenant's")
-    listing.add_argument("--status", choices=[s.value for s in JobStatus],
-                         help="only jobs in this status")
+    listing.add_argument(
+        "--status", choices=[s.value for s in JobStatus], help="only jobs in this status"
+    )
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--schedule", metavar="ID", help="only the runs of this schedule")
     _common_args(listing)
@@ -123,13 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = jobs.add_parser(name, help=text)
         p.add_argument("job_id")
         _common_args(p)
-    resume = jobs.add_parser("resume", help="finish the unfinished jobs of a data dir (after "
-                                            "a crash)")
+    resume = jobs.add_parser(
+        "resume", help="finish the unfinished jobs of a data dir (after a crash)"
+    )
     _cluster_args(resume)
     _common_args(resume)
 
     tenants = sub.add_parser("tenants", help="create and manage tenants").add_subparsers(
-        dest="tenants_command", required=True)
+        dest="tenants_command", required=True
+    )
     create = tenants.add_parser("create", help="a new tenant; prints its API key once")
     create.add_argument("name")
     create.add_argument("--tier", required=True, help="free, premium, enterprise, ...")
@@ -161,9 +232,12 @@ def _cluster_args(p: argparse.ArgumentParser, with_verbose: bool = True) -> None
     p.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     if not with_verbose:  # serve logs to its own log
         return
-    p.add_argument("--verbose", action="store_true",
-                   help="show the local workers' warnings and errors (hidden by default: the "
-                        "summary reports what failed)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the local workers' warnings and errors (hidden by default: the "
+        "summary reports what failed)",
+    )
 
 
 def describe_validation_error(exc: PydanticValidationError) -> str:

@@ -1,5 +1,6 @@
 """`embedscale run` and `embedscale jobs resume`: jobs through the control plane, on a local or
 existing Dask cluster, with a progress bar and a summary."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,9 @@ import sys
 from collections import Counter
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from embedscale.api.client.progress import eta_text
 from embedscale.api.settings import Settings
 from embedscale.api.startup import cluster_spec, open_service
@@ -17,8 +21,6 @@ from embedscale.jobs.service import JobService
 from embedscale.jobs.spec import JobSpec
 from embedscale.jobs.states import TERMINAL, JobStatus
 from embedscale.jobs.store.records import JobRecord
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 def _cluster_spec(args: argparse.Namespace, settings: Settings) -> ClusterSpec:
@@ -29,10 +31,19 @@ def _cluster_spec(args: argparse.Namespace, settings: Settings) -> ClusterSpec:
 
 def run_command(args: argparse.Namespace) -> int:
     spec = JobSpec(
-        table=args.table, source=args.source, model=args.model, provider=args.provider,
-        provider_url=args.provider_url, tokenizer=args.tokenizer, chunk_tokens=args.chunk_tokens,
-        overlap_tokens=args.overlap_tokens, mode=args.mode, priority=args.priority,
-        text_field=args.text_field, id_field=args.id_field, allow_empty=args.allow_empty,
+        table=args.table,
+        source=args.source,
+        model=args.model,
+        provider=args.provider,
+        provider_url=args.provider_url,
+        tokenizer=args.tokenizer,
+        chunk_tokens=args.chunk_tokens,
+        overlap_tokens=args.overlap_tokens,
+        mode=args.mode,
+        priority=args.priority,
+        text_field=args.text_field,
+        id_field=args.id_field,
+        allow_empty=args.allow_empty,
     )
     settings = Settings.from_args(args)
     cluster_config = _cluster_spec(args, settings)
@@ -78,26 +89,46 @@ def resume_command(args: argparse.Namespace) -> int:
         return max(_report(service, job, args.json, link) for job in finals)
 
 
-def _watch(service: JobService, jobs: list[JobRecord], console: Console,
-           quiet: bool) -> list[JobRecord]:
+def _watch(
+    service: JobService, jobs: list[JobRecord], console: Console, quiet: bool
+) -> list[JobRecord]:
     """Show a progress bar per job until every one of them ends; returns their final records."""
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("partitions · {task.fields[documents]} docs · {task.fields[chunks]} chunks · "
-                   "{task.fields[rate]:.1f} chunks/s · ETA {task.fields[eta]}"),
-        TimeElapsedColumn(), console=console, disable=quiet,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "partitions · {task.fields[documents]} docs · {task.fields[chunks]} chunks · "
+            "{task.fields[rate]:.1f} chunks/s · ETA {task.fields[eta]}"
+        ),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
     ) as bar:
-        tasks = {j.id: bar.add_task(j.table_name, total=j.partitions_total,
-                                    completed=j.partitions_done, documents=j.documents_done,
-                                    chunks=j.chunks_done, rate=0.0, eta=eta_text(None))
-                 for j in jobs}
+        tasks = {
+            j.id: bar.add_task(
+                j.table_name,
+                total=j.partitions_total,
+                completed=j.partitions_done,
+                documents=j.documents_done,
+                chunks=j.chunks_done,
+                rate=0.0,
+                eta=eta_text(None),
+            )
+            for j in jobs
+        }
 
         def show(event: dict[str, Any]) -> None:
             job = event["job"]
             if job["id"] in tasks:
-                bar.update(tasks[job["id"]], completed=job["partitions_done"],
-                           documents=job["documents_done"], chunks=job["chunks_done"],
-                           rate=job["chunks_per_s"], eta=eta_text(job["eta_seconds"]))
+                bar.update(
+                    tasks[job["id"]],
+                    completed=job["partitions_done"],
+                    documents=job["documents_done"],
+                    chunks=job["chunks_done"],
+                    rate=job["chunks_per_s"],
+                    eta=eta_text(job["eta_seconds"]),
+                )
 
         unsubscribe = service.bus.subscribe(None, show)
         try:
@@ -110,7 +141,9 @@ def job_summary(service: JobService, job: JobRecord) -> dict[str, Any]:
     """What a run reports: the job's figures, skipped documents with reasons, where it went."""
     data = job.to_dict()
     data.update(
-        documents=job.documents_done, unchanged=job.documents_unchanged, chunks=job.chunks_done,
+        documents=job.documents_done,
+        unchanged=job.documents_unchanged,
+        chunks=job.chunks_done,
         tokens=job.tokens_done,
         skipped=[dataclasses.asdict(s) for s in service.skipped(job)],
         table_uri=service.table_uri(job.tenant, job.table_name),
@@ -118,8 +151,9 @@ def job_summary(service: JobService, job: JobRecord) -> dict[str, Any]:
     return data
 
 
-def _report(service: JobService, job: JobRecord, as_json: bool,
-            dashboard_link: str | None = None) -> int:
+def _report(
+    service: JobService, job: JobRecord, as_json: bool, dashboard_link: str | None = None
+) -> int:
     summary = job_summary(service, job)
     # The CLI's user runs the cluster: its dashboard is theirs (job records never carry it).
     summary["dashboard_link"] = dashboard_link
@@ -129,19 +163,26 @@ def _report(service: JobService, job: JobRecord, as_json: bool,
         _print_summary(summary)
     if job.status != JobStatus.SUCCEEDED:
         assert job.status in TERMINAL
-        print(f"embedscale: error: job {job.id} {job.status}"
-              + (f" ({job.error_reason}): {job.error}" if job.error else ""), file=sys.stderr)
+        print(
+            f"embedscale: error: job {job.id} {job.status}"
+            + (f" ({job.error_reason}): {job.error}" if job.error else ""),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
 
 def _print_summary(s: dict[str, Any]) -> None:
     print(f"job:            {s['id']} ({s['status']})")
-    print(f"documents read: {s['documents']}" + (
-        f" (unchanged, not re-embedded: {s['unchanged']})" if s["unchanged"] else ""))
+    print(
+        f"documents read: {s['documents']}"
+        + (f" (unchanged, not re-embedded: {s['unchanged']})" if s["unchanged"] else "")
+    )
     if s["documents_changed"] or s["documents_deleted"]:
-        print(f"replaced:       {s['documents_changed']} changed, "
-              f"{s['documents_deleted']} deleted (gone from the source)")
+        print(
+            f"replaced:       {s['documents_changed']} changed, "
+            f"{s['documents_deleted']} deleted (gone from the source)"
+        )
     print(f"skipped:        {s['skipped_count']}")
     reasons = Counter(x["reason"] for x in s["skipped"])
     for reason, n in reasons.most_common():

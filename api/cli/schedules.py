@@ -1,6 +1,7 @@
 """`embedscale schedules add|list|remove|pause|resume|run`: cron-triggered runs, kept in the data
 dir's DuckDB file (when no server owns it; through a running server, use /v1/schedules). The
 server (`embedscale serve`) fires them; these commands only manage them."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,36 +9,62 @@ import json
 from typing import Any
 
 # Options of `add` that go into the job template, as JobSpec names them (None: the default).
-_TEMPLATE_OPTIONS = ("model", "provider", "provider_url", "tokenizer", "chunk_tokens",
-                     "overlap_tokens", "mode", "priority", "text_field", "id_field", "allow_empty")
+_TEMPLATE_OPTIONS = (
+    "model",
+    "provider",
+    "provider_url",
+    "tokenizer",
+    "chunk_tokens",
+    "overlap_tokens",
+    "mode",
+    "priority",
+    "text_field",
+    "id_field",
+    "allow_empty",
+)
 
 
 def add_schedule_commands(sub: Any, common_args: Any) -> None:
     """The `schedules` command and its subcommands, on the top-level subparsers `sub`."""
     schedules = sub.add_parser(
-        "schedules", help="cron-triggered runs that `embedscale serve` fires").add_subparsers(
-        dest="schedules_command", required=True)
+        "schedules", help="cron-triggered runs that `embedscale serve` fires"
+    ).add_subparsers(dest="schedules_command", required=True)
     add = schedules.add_parser("add", help="a new schedule: a cron expression and a job")
     add.add_argument("cron", help="five fields, e.g. '0 2 * * *' (02:00 every day), or @daily")
     add.add_argument("source", help="directory (recursive), file or glob each run embeds")
     add.add_argument("--table", required=True, help="LanceDB table each run writes")
-    add.add_argument("--timezone", default="UTC",
-                     help="IANA time zone the cron expression is read in (default UTC)")
+    add.add_argument(
+        "--timezone",
+        default="UTC",
+        help="IANA time zone the cron expression is read in (default UTC)",
+    )
     add.add_argument("--tenant", default="local", help="whose schedule (default: local)")
     add.add_argument("--model", help="default all-MiniLM-L6-v2")
-    add.add_argument("--provider", help="sentence-transformers (default), onnx, onnx-int8, or "
-                                        "openai (an OpenAI-compatible endpoint at "
-                                        "--provider-url)")
-    add.add_argument("--provider-url", metavar="URL",
-                     help="provider openai: the endpoint's base URL")
-    add.add_argument("--tokenizer", metavar="NAME",
-                     help="provider openai: the model whose tokenizer cuts chunks")
+    add.add_argument(
+        "--provider",
+        help="sentence-transformers (default), onnx, onnx-int8, or "
+        "openai (an OpenAI-compatible endpoint at "
+        "--provider-url)",
+    )
+    add.add_argument(
+        "--provider-url", metavar="URL", help="provider openai: the endpoint's base URL"
+    )
+    add.add_argument(
+        "--tokenizer", metavar="NAME", help="provider openai: the model whose tokenizer cuts chunks"
+    )
     add.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
     add.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
-    add.add_argument("--mode", help="append (default), overwrite, upsert, or sync (upsert, "
-                                    "and delete documents gone from the source)")
-    add.add_argument("--allow-empty", action="store_true", default=None,
-                     help="sync: let a source that lists nothing delete every row")
+    add.add_argument(
+        "--mode",
+        help="append (default), overwrite, upsert, or sync (upsert, "
+        "and delete documents gone from the source)",
+    )
+    add.add_argument(
+        "--allow-empty",
+        action="store_true",
+        default=None,
+        help="sync: let a source that lists nothing delete every row",
+    )
     add.add_argument("--priority", help="low, normal (default), high, critical")
     add.add_argument("--text-field", help="text field of json/jsonl/csv/parquet")
     add.add_argument("--id-field", help="id field of json/jsonl/csv/parquet")
@@ -46,10 +73,12 @@ def add_schedule_commands(sub: Any, common_args: Any) -> None:
     listing = schedules.add_parser("list", help="schedules with their next and latest runs")
     listing.add_argument("--tenant", help="only this tenant's")
     common_args(listing)
-    for name, text in (("remove", "remove a schedule (a run under way goes on)"),
-                       ("pause", "stop firing a schedule until resumed"),
-                       ("resume", "fire again from the next slot after now"),
-                       ("run", "submit a run of the schedule now (the server runs it)")):
+    for name, text in (
+        ("remove", "remove a schedule (a run under way goes on)"),
+        ("pause", "stop firing a schedule until resumed"),
+        ("resume", "fire again from the next slot after now"),
+        ("run", "submit a run of the schedule now (the server runs it)"),
+    ):
         p = schedules.add_parser(name, help=text)
         p.add_argument("schedule_id")
         common_args(p)
@@ -66,12 +95,17 @@ def schedules_command(args: argparse.Namespace) -> int:
         if command == "add":
             service.get_tenant(args.tenant)  # NotFoundError: no such tenant
             template = {"table": args.table, "source": args.source}
-            template.update({k: getattr(args, k) for k in _TEMPLATE_OPTIONS
-                             if getattr(args, k) is not None})
-            record = schedules.create(args.tenant, args.cron, template, args.timezone,
-                                      enabled=not args.paused)
-            _show(record.to_dict(), args.json, f"schedule {record.id} added; next run "
-                                               f"{_when(record.next_run_at)}")
+            template.update(
+                {k: getattr(args, k) for k in _TEMPLATE_OPTIONS if getattr(args, k) is not None}
+            )
+            record = schedules.create(
+                args.tenant, args.cron, template, args.timezone, enabled=not args.paused
+            )
+            _show(
+                record.to_dict(),
+                args.json,
+                f"schedule {record.id} added; next run {_when(record.next_run_at)}",
+            )
             return 0
         if command == "list":
             _list([s.to_dict() for s in schedules.list(args.tenant)], args.json)
@@ -80,12 +114,17 @@ def schedules_command(args: argparse.Namespace) -> int:
             job = schedules.run_now(args.schedule_id)
             _show(job.to_dict(), args.json, f"job {job.id} queued (the server runs it)")
             return 0
-        action = {"remove": schedules.delete, "pause": schedules.pause,
-                  "resume": schedules.resume}[command]
+        action = {"remove": schedules.delete, "pause": schedules.pause, "resume": schedules.resume}[
+            command
+        ]
         record = action(args.schedule_id)
         done = {"remove": "removed", "pause": "paused", "resume": "resumed"}[command]
-        _show(record.to_dict(), args.json, f"schedule {record.id} {done}" + (
-            f"; next run {_when(record.next_run_at)}" if command == "resume" else ""))
+        _show(
+            record.to_dict(),
+            args.json,
+            f"schedule {record.id} {done}"
+            + (f"; next run {_when(record.next_run_at)}" if command == "resume" else ""),
+        )
         return 0
 
 
@@ -104,13 +143,34 @@ def _list(rows: list[dict[str, Any]], as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "tenant", "cron", "timezone", "table", "source", "enabled", "next run",
-                  "last outcome", "fired", "skipped", "refused")
+    table = Table(
+        "id",
+        "tenant",
+        "cron",
+        "timezone",
+        "table",
+        "source",
+        "enabled",
+        "next run",
+        "last outcome",
+        "fired",
+        "skipped",
+        "refused",
+    )
     for r in rows:
         template = r["template"]
-        table.add_row(r["id"], r["tenant"], r["cron"], r["timezone"], template["table"],
-                      str(template.get("source") or f"{template.get('texts')} texts"),
-                      "yes" if r["enabled"] else "paused", r["next_run_at"] or "-",
-                      r["last_outcome"] or "-", str(r["runs_fired"]), str(r["runs_skipped"]),
-                      str(r["runs_refused"]))
+        table.add_row(
+            r["id"],
+            r["tenant"],
+            r["cron"],
+            r["timezone"],
+            template["table"],
+            str(template.get("source") or f"{template.get('texts')} texts"),
+            "yes" if r["enabled"] else "paused",
+            r["next_run_at"] or "-",
+            r["last_outcome"] or "-",
+            str(r["runs_fired"]),
+            str(r["runs_skipped"]),
+            str(r["runs_refused"]),
+        )
     Console(width=200).print(table)

@@ -1,4 +1,5 @@
 """`embedscale search`: the chunks nearest to a query, with the table's own model."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,7 @@ def search_command(args: argparse.Namespace) -> int:
     """Print the hits of `embedscale search`; the exit status."""
     # Straight to the table, not through the job service: its DuckDB file may be owned by a
     # running `serve`, and a search needs none of it.
-    data_dir = tenant_data_dir(tables_home(Settings.from_args(args), check=True),
-                               args.tenant)
+    data_dir = tenant_data_dir(tables_home(Settings.from_args(args), check=True), args.tenant)
     hits = search(data_dir, args.table, args.query, k=args.k, where=args.where)
     if args.json:
         print(json.dumps([asdict(h) for h in hits], ensure_ascii=False))

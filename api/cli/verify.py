@@ -1,5 +1,6 @@
 """`embedscale verify TABLE`: one table checked against itself and the job ledger
 (jobs/table_verify.py); exit status 0 when it is sound, 1 naming each problem on stderr."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ def verify_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), default=str))
     elif report.ok:
-        print(f"table '{report.table}' of tenant '{report.tenant}': ok ({report.rows} rows of "
-              f"{report.jobs} jobs, model {report.model}, {report.dimension} dimensions)")
+        print(
+            f"table '{report.table}' of tenant '{report.tenant}': ok ({report.rows} rows of "
+            f"{report.jobs} jobs, model {report.model}, {report.dimension} dimensions)"
+        )
     for line in report.lines():
         print(line, file=sys.stderr)
     return 0 if report.ok else 1

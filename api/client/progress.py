@@ -5,6 +5,7 @@ Chunks, not documents or partitions: they are what the model spends its time on,
 service's rates (`chunks_per_s`, `tokens_per_s`) and `eta_seconds` are computed in. Like the
 client, this module stands alone: nothing of the engine or the control plane.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -40,8 +41,13 @@ class ChunkBar:
         # Chosen when first drawn, not when the client is imported: the kernel decides.
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=expected_total(record), desc=record["table"], unit="chunk",
-                         bar_format=_FORMAT, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=expected_total(record),
+            desc=record["table"],
+            unit="chunk",
+            bar_format=_FORMAT,
+            dynamic_ncols=True,
+        )
         self.update(record)
 
     def update(self, record: dict[str, Any]) -> None:
@@ -51,9 +57,12 @@ class ChunkBar:
         if self._bar.total == 0 and record["status"] in ("succeeded", "failed", "cancelled"):
             self._bar.bar_format = _NOTHING
         eta = "" if record["status"] != "running" else f" · ETA {eta_text(record['eta_seconds'])}"
-        self._bar.set_postfix_str(f"{record['chunks_per_s']:.1f} chunks/s · "
-                                  f"{record['tokens_per_s']:.0f} tokens/s · {record['status']}"
-                                  f"{eta}", refresh=True)
+        self._bar.set_postfix_str(
+            f"{record['chunks_per_s']:.1f} chunks/s · "
+            f"{record['tokens_per_s']:.0f} tokens/s · {record['status']}"
+            f"{eta}",
+            refresh=True,
+        )
 
     def close(self) -> None:
         self._bar.close()

@@ -13,6 +13,7 @@ mode="upsert", timezone="Europe/Berlin")`, then `client.jobs(schedule=schedule["
 `Job.status()` never raises; `Job.wait()` follows the job's WebSocket and raises on an
 unsuccessful end. HTTP errors become `ApiError` with the status code and the server's detail.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
 from embedscale.api.client.progress import ChunkBar
 
 if TYPE_CHECKING:
@@ -52,8 +54,17 @@ class JobCancelledError(RuntimeError):
 
 _TERMINAL = {"succeeded", "failed", "cancelled"}
 # A search hit's fields, in the order a table of hits shows them (the API's Hit schema).
-HIT_COLUMNS = ["score", "doc_id", "chunk_index", "text", "source", "metadata", "char_start",
-               "char_end", "id"]
+HIT_COLUMNS = [
+    "score",
+    "doc_id",
+    "chunk_index",
+    "text",
+    "source",
+    "metadata",
+    "char_start",
+    "char_end",
+    "id",
+]
 
 
 class Job:
@@ -86,8 +97,9 @@ class Job:
                     try:
                         event = json.loads(ws.recv(timeout=left))
                     except TimeoutError:
-                        raise TimeoutError(f"job {self.id} still running after {timeout} s") \
-                            from None
+                        raise TimeoutError(
+                            f"job {self.id} still running after {timeout} s"
+                        ) from None
                     self.record = event["job"]
                     if progress and bar is None:
                         bar = ChunkBar(self.record)
@@ -119,9 +131,17 @@ class Schedules:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def add(self, cron: str, table: str, *, source: str | None = None,
-            texts: list[str] | None = None, timezone: str = "UTC", enabled: bool = True,
-            **options: Any) -> dict[str, Any]:
+    def add(
+        self,
+        cron: str,
+        table: str,
+        *,
+        source: str | None = None,
+        texts: list[str] | None = None,
+        timezone: str = "UTC",
+        enabled: bool = True,
+        **options: Any,
+    ) -> dict[str, Any]:
         """A new schedule: `cron` (five fields, read in `timezone`) submits a job into
         `table` from `source` or `texts`, with `options` as in Client.submit."""
         template = {"table": table, **options}
@@ -153,8 +173,7 @@ class Schedules:
 
     def run(self, schedule_id: str) -> Job:
         """Submit a run now, besides the slots (ApiError 409 while a run is active)."""
-        return Job(self._client,
-                   self._client._request("POST", f"/v1/schedules/{schedule_id}/run"))
+        return Job(self._client, self._client._request("POST", f"/v1/schedules/{schedule_id}/run"))
 
 
 class Client:
@@ -185,10 +204,17 @@ class Client:
             raise ApiError(response.status_code, detail)
         return response.json() if response.content else None
 
-    def submit(self, table: str, *, source: str | None = None,
-               texts: list[str] | None = None, provider: str | None = None,
-               provider_url: str | None = None, tokenizer: str | None = None,
-               **options: Any) -> Job:
+    def submit(
+        self,
+        table: str,
+        *,
+        source: str | None = None,
+        texts: list[str] | None = None,
+        provider: str | None = None,
+        provider_url: str | None = None,
+        tokenizer: str | None = None,
+        **options: Any,
+    ) -> Job:
         """Create a job from a server-side `source` path or inline `texts`. `provider`:
         "sentence-transformers" (the default), "onnx" (the same model on onnxruntime, vectors
         that may share a table with sentence-transformers') or "openai", an endpoint at
@@ -206,11 +232,24 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job(self, self._request("GET", f"/v1/jobs/{job_id}"))
 
-    def jobs(self, status: str | None = None, table: str | None = None,
-             limit: int = 50, schedule: str | None = None) -> list[Job]:
+    def jobs(
+        self,
+        status: str | None = None,
+        table: str | None = None,
+        limit: int = 50,
+        schedule: str | None = None,
+    ) -> list[Job]:
         """The tenant's jobs, newest first (all pages); `schedule`: that schedule's runs."""
-        params = {k: v for k, v in {"status": status, "table": table, "limit": limit,
-                                    "schedule": schedule}.items() if v is not None}
+        params = {
+            k: v
+            for k, v in {
+                "status": status,
+                "table": table,
+                "limit": limit,
+                "schedule": schedule,
+            }.items()
+            if v is not None
+        }
         found: list[Job] = []
         while True:
             page = self._request("GET", "/v1/jobs", params=params)
@@ -219,8 +258,14 @@ class Client:
                 return found
             params["cursor"] = page["next_cursor"]
 
-    def search(self, table: str, query: str, k: int = 10, filter: str | None = None,
-               as_dataframe: bool = False) -> list[dict[str, Any]] | pd.DataFrame:
+    def search(
+        self,
+        table: str,
+        query: str,
+        k: int = 10,
+        filter: str | None = None,
+        as_dataframe: bool = False,
+    ) -> list[dict[str, Any]] | pd.DataFrame:
         """The `k` chunks of `table` nearest to `query`, best first; `as_dataframe`: as a
         pandas DataFrame, one row per hit (score, doc_id, chunk_index, text, ...)."""
         body = {"query": query, "k": k, **({"filter": filter} if filter else {})}

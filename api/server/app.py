@@ -1,11 +1,15 @@
 """The FastAPI app: starts (or connects to) the Dask cluster, owns the DuckDB file through the
 job service, and serves the routes. Shutdown is graceful: the runner stops feeding, lets
 in-flight partitions finish and commit, and records everything before the cluster closes."""
+
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 
 from embedscale.api.server.errors import install_error_handlers
 from embedscale.api.server.metrics import Metrics
@@ -18,14 +22,15 @@ from embedscale.api.settings import Settings
 from embedscale.api.startup import cluster_spec, open_service
 from embedscale.engine.cluster.start import Cluster, start_cluster
 from embedscale.jobs.service import JobService
-from fastapi import FastAPI
-from fastapi.concurrency import run_in_threadpool
 
 log = logging.getLogger("embedscale.api")
 
 
-def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
-               service: JobService | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    cluster: Cluster | None = None,
+    service: JobService | None = None,
+) -> FastAPI:
     """The app for `settings`; with `cluster`, that cluster is used (and not closed); with
     `service` (from open_service), that job service is run and closed on shutdown."""
     settings = settings or Settings()
@@ -54,8 +59,12 @@ def create_app(settings: Settings | None = None, cluster: Cluster | None = None,
             if own_cluster:
                 await run_in_threadpool(running.close)
 
-    app = FastAPI(title="embedscale", version="0.1.0", lifespan=lifespan,
-                  description="Batch embedding jobs into LanceDB, on Dask.")
+    app = FastAPI(
+        title="embedscale",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Batch embedding jobs into LanceDB, on Dask.",
+    )
     app.state.settings, app.state.admin_key = settings, admin_key
     app.state.limiter = RateLimiter()
     app.state.sockets = OpenSockets(settings.max_websockets_per_tenant)

@@ -3,9 +3,11 @@
 `CurrentTenant` is the authenticated tenant with one read spent from its reads bucket (every
 route of a tenant's that has no bucket of its own); `rate_limit(bucket)` is the tenant with a
 token of that bucket spent instead. Both run on the event loop, answered from memory: the key
-was checked at the door (api/server/request_gate.py) and the tier is cached; only a miss waits on the
+was checked at the door (api/server/request_gate.py) and the tier is cached; only a miss waits on
+the
 store, in a worker thread.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -23,8 +25,11 @@ from embedscale.jobs.tenants.keys import same_key
 from embedscale.jobs.tenants.tiers import Tier
 
 _bearer = HTTPBearer(auto_error=False, description="a tenant's API key")
-_admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminKey",
-                           description="the service's admin key (EMBEDSCALE_ADMIN_KEY)")
+_admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminKey",
+    description="the service's admin key (EMBEDSCALE_ADMIN_KEY)",
+)
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
@@ -39,8 +44,9 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 def tenant_for(service: JobService, key: str | None) -> str:
     """The tenant a key belongs to; 401 for a missing or unknown key."""
     if not key:
-        raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'",
-                            headers=_UNAUTHORIZED)
+        raise HTTPException(
+            401, "missing API key: send 'Authorization: Bearer <key>'", headers=_UNAUTHORIZED
+        )
     tenant = service.tenant_for_key(key)
     if tenant is None:
         raise HTTPException(401, "invalid API key", headers=_UNAUTHORIZED)
@@ -63,8 +69,7 @@ AuthenticatedTenant = Annotated[str, Depends(get_tenant)]
 
 async def tier_of(service: JobService, tenant: str) -> Tier:
     """The tenant's effective tier: from memory, or read in a worker thread."""
-    return service.tenants.cached_tier(tenant) or await run_in_threadpool(
-        service.tier_of, tenant)
+    return service.tenants.cached_tier(tenant) or await run_in_threadpool(service.tier_of, tenant)
 
 
 async def spend(app: FastAPI, tenant: str, bucket: str, cost: int = 1) -> None:
@@ -87,21 +92,26 @@ async def reading_tenant(request: Request, tenant: AuthenticatedTenant) -> str:
 CurrentTenant = Annotated[str, Depends(reading_tenant)]
 
 
-def require_admin(request: Request, credentials: Annotated[
-        HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]) -> None:
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+) -> None:
     expected = request.app.state.admin_key
     if credentials is None or not same_key(credentials.credentials, expected):
         raise HTTPException(401, "admin key required", headers=_UNAUTHORIZED)
 
 
-def require_admin_over_tenants(request: Request, credentials: Annotated[
-        HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]) -> None:
+def require_admin_over_tenants(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)],
+) -> None:
     """An admin route among a tenant's routes (GET /v1/tables/{name}/verify): the admin key
     passes, a tenant's key is a 403 (the door answered a missing or wrong key with a 401)."""
     expected = request.app.state.admin_key
     if credentials is None or not expected or not same_key(credentials.credentials, expected):
-        raise HTTPException(403, "this route needs the service's admin key "
-                                 "(EMBEDSCALE_ADMIN_KEY), not a tenant's")
+        raise HTTPException(
+            403, "this route needs the service's admin key (EMBEDSCALE_ADMIN_KEY), not a tenant's"
+        )
 
 
 AdminOnly = Annotated[None, Depends(require_admin_over_tenants)]

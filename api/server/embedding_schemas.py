@@ -1,12 +1,14 @@
 """Request and response schemas of POST /v1/embeddings, shaped as OpenAI's embeddings API so
 that OpenAI's own clients work against it unchanged."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from embedscale.engine.models.registry import DEFAULT_MODEL
 from embedscale.jobs.textcheck import NameStr, Utf8Str, check_utf8
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_INPUTS = 2048  # per request, as OpenAI's own limit
 # Characters of one input and of a request: bounds on what one request can make a worker
@@ -28,21 +30,29 @@ def _texts(value: Any) -> list[str]:
     total = 0
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            token_ids = isinstance(text, int) or (isinstance(text, list) and all(
-                isinstance(t, int) for t in text))
+            token_ids = isinstance(text, int) or (
+                isinstance(text, list) and all(isinstance(t, int) for t in text)
+            )
             raise ValueError(
                 f"input[{i}] is {type(text).__name__}: "
-                + ("token ids are not accepted (they are another tokenizer's); send text"
-                   if token_ids else "send a string or a list of strings"))
+                + (
+                    "token ids are not accepted (they are another tokenizer's); send text"
+                    if token_ids
+                    else "send a string or a list of strings"
+                )
+            )
         if not text:
             raise ValueError(f"input[{i}] is an empty string: send text to embed")
         if len(text) > MAX_INPUT_CHARS:
-            raise ValueError(f"input[{i}] has {len(text)} characters; at most "
-                             f"{MAX_INPUT_CHARS} are accepted")
+            raise ValueError(
+                f"input[{i}] has {len(text)} characters; at most {MAX_INPUT_CHARS} are accepted"
+            )
         total += len(text)
         if total > MAX_REQUEST_CHARS:
-            raise ValueError(f"the texts up to input[{i}] have {total} characters; send at "
-                             f"most {MAX_REQUEST_CHARS} a request")
+            raise ValueError(
+                f"the texts up to input[{i}] have {total} characters; send at "
+                f"most {MAX_REQUEST_CHARS} a request"
+            )
         try:
             check_utf8(text)
         except ValueError as exc:
@@ -55,15 +65,24 @@ class EmbeddingCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: NameStr = Field(min_length=1, max_length=512, examples=[DEFAULT_MODEL],
-                           description="the default model, or one the service allows")
-    input: str | list[str] = Field(description=(
-        f"a text or a list of up to {MAX_INPUTS} texts, each one within the model's token "
-        "limit (longer ones are refused, never truncated)"))
+    model: NameStr = Field(
+        min_length=1,
+        max_length=512,
+        examples=[DEFAULT_MODEL],
+        description="the default model, or one the service allows",
+    )
+    input: str | list[str] = Field(
+        description=(
+            f"a text or a list of up to {MAX_INPUTS} texts, each one within the model's token "
+            "limit (longer ones are refused, never truncated)"
+        )
+    )
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64: each vector as little-endian float32 bytes")
-    dimensions: int | None = Field(None, gt=0, strict=True,
-                                   description="the model's own dimension (no other is made)")
+        "float", description="base64: each vector as little-endian float32 bytes"
+    )
+    dimensions: int | None = Field(
+        None, gt=0, strict=True, description="the model's own dimension (no other is made)"
+    )
     user: Utf8Str | None = Field(None, max_length=256, description="accepted and ignored")
 
     @field_validator("input", mode="before")

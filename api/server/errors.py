@@ -1,5 +1,6 @@
 """Domain errors -> HTTP statuses. The layers below never raise HTTPException; this module is
 where their errors become 4xx answers that name the field."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,10 @@ import logging
 import math
 from datetime import UTC, datetime
 from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from embedscale.engine.errors import (
     ChunkingError,
@@ -26,21 +31,26 @@ from embedscale.jobs.errors import (
     StoreLockedError,
     StoreUnavailableError,
 )
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 
 
 class RateLimitedError(EmbedscaleError):
     """Too many requests of one kind from one tenant (or, for requests without a valid key,
     from one client address): the message names the limit."""
 
-    def __init__(self, tenant: str, bucket: str, retry_after: float,
-                 per_minute: int | None = None, who: str | None = None) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        bucket: str,
+        retry_after: float,
+        per_minute: int | None = None,
+        who: str | None = None,
+    ) -> None:
         self.retry_after = retry_after
         limit = f" ({per_minute} a minute)" if per_minute is not None else ""
-        super().__init__(f"{who or f'tenant {tenant!r}'} is over its rate limit for "
-                         f"{bucket}{limit}; retry in {max(1, math.ceil(retry_after))} s")
+        super().__init__(
+            f"{who or f'tenant {tenant!r}'} is over its rate limit for "
+            f"{bucket}{limit}; retry in {max(1, math.ceil(retry_after))} s"
+        )
 
 
 # What an error answer may echo of a request: a 422 for 50,000 texts or a 1 MB query says
@@ -113,9 +123,18 @@ def _text(exc: Exception) -> str:
 
 def _field_error(field: str, message: str, location: str = "body") -> JSONResponse:
     # A dotted field is nested: 'template.source' is loc [body, template, source].
-    return JSONResponse(status_code=422, content={"detail": [
-        {"loc": [location, *field.split(".")], "msg": clip(message, 1000),
-         "type": "value_error"}]})
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": [
+                {
+                    "loc": [location, *field.split(".")],
+                    "msg": clip(message, 1000),
+                    "type": "value_error",
+                }
+            ]
+        },
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -141,13 +160,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QuotaExceededError)
     async def _quota(_: Request, exc: QuotaExceededError) -> JSONResponse:
         wait = max(1, math.ceil((exc.resets_at - datetime.now(UTC)).total_seconds()))
-        return JSONResponse(status_code=429, headers={"Retry-After": str(wait)},
-                            content={"detail": str(exc), "quota": exc.figures()})
+        return JSONResponse(
+            status_code=429,
+            headers={"Retry-After": str(wait)},
+            content={"detail": str(exc), "quota": exc.figures()},
+        )
 
     @app.exception_handler(RateLimitedError)
     async def _rate(_: Request, exc: RateLimitedError) -> JSONResponse:
-        return JSONResponse(status_code=429, content={"detail": str(exc)},
-                            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+        return JSONResponse(
+            status_code=429,
+            content={"detail": str(exc)},
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+        )
 
     @app.exception_handler(ProviderError)  # a table's embedding endpoint failed a query
     async def _provider(_: Request, exc: ProviderError) -> JSONResponse:
@@ -162,20 +187,31 @@ def install_error_handlers(app: FastAPI) -> None:
         # The operator's log (and /readyz) has the file and what to do; a tenant learns the
         # cause and to come back: the store reopens by itself (jobs/store/guard.py).
         log.error("%s", exc)
-        return JSONResponse(status_code=503, headers={"Retry-After": "5"}, content={
-            "detail": f"the job store is unavailable ({exc.reason}); try again later"})
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": "5"},
+            content={"detail": f"the job store is unavailable ({exc.reason}); try again later"},
+        )
 
     @app.exception_handler(StorageError)  # the tables' object store is down or refuses us
     async def _storage(_: Request, exc: StorageError) -> JSONResponse:
         # The operator's log has the store's endpoint and what to fix; a tenant learns only
         # that it is the service's side, and to come back.
         log.error("object store error: %s", exc)
-        return JSONResponse(status_code=503, headers={"Retry-After": "30"}, content={
-            "detail": "the table store is unavailable; try again later"})
+        return JSONResponse(
+            status_code=503,
+            headers={"Retry-After": "30"},
+            content={"detail": "the table store is unavailable; try again later"},
+        )
 
     # Engine errors that reach the API come from a request's own values.
-    for error, field in ((TableError, "table"), (ChunkingError, "chunk_tokens"),
-                         (ModelError, "model"), (SourceError, "source")):
+    for error, field in (
+        (TableError, "table"),
+        (ChunkingError, "chunk_tokens"),
+        (ModelError, "model"),
+        (SourceError, "source"),
+    ):
+
         def handler(_: Request, exc: Exception, field: str = field) -> JSONResponse:
             return _field_error(field, str(exc))
 

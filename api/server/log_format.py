@@ -7,6 +7,7 @@ reaches a line) and LogContextFilter (the job and tenant a line is about, jobs/l
 In JSON each line has `time`, `level`, `logger`, `message`, then `job_id` and `tenant` where
 they apply, `exception` for a traceback, and uvicorn's access lines their request's parts.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,11 @@ class JsonFormatter(logging.Formatter):
         for name in FIELDS:
             if (value := getattr(record, name, None)) is not None:
                 line[name] = value
-        if (record.name == "uvicorn.access" and isinstance(record.args, tuple)
-                and len(record.args) == len(_ACCESS_ARGS)):
+        if (
+            record.name == "uvicorn.access"
+            and isinstance(record.args, tuple)
+            and len(record.args) == len(_ACCESS_ARGS)
+        ):
             line.update(zip(_ACCESS_ARGS, record.args, strict=True))
         if record.exc_info:
             # RedactSecrets sees the message, not the traceback: redact that here.
@@ -85,15 +89,27 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
 # Dask's "new style" logging config (a logging.dictConfig) for worker processes: JSON lines,
 # keys redacted; the levels are Dask's defaults.
 WORKER_LOGGING = {
-    "version": 1, "disable_existing_loggers": False,
+    "version": 1,
+    "disable_existing_loggers": False,
     "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
     "filters": {"redact_secrets": {"()": "embedscale.api.server.log_redaction.RedactSecrets"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                            "filters": ["redact_secrets"]}},
-    "loggers": {name: {"level": level, "handlers": ["stderr"], "propagate": False}
-                for name, level in (("distributed", "INFO"), ("distributed.client", "WARNING"),
-                                    ("bokeh", "ERROR"), ("tornado", "CRITICAL"),
-                                    ("tornado.application", "ERROR"))},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["redact_secrets"],
+        }
+    },
+    "loggers": {
+        name: {"level": level, "handlers": ["stderr"], "propagate": False}
+        for name, level in (
+            ("distributed", "INFO"),
+            ("distributed.client", "WARNING"),
+            ("bokeh", "ERROR"),
+            ("tornado", "CRITICAL"),
+            ("tornado.application", "ERROR"),
+        )
+    },
 }
 
 
@@ -105,6 +121,5 @@ def uvicorn_log_config(base: dict[str, Any], log_format: LogFormat) -> dict[str,
     for handler in config["handlers"].values():
         handler["filters"] = [*handler["filters"], "log_context"]
     if log_format == "json":
-        config["formatters"] = {name: {"()": JsonFormatter}
-                                for name in base.get("formatters", {})}
+        config["formatters"] = {name: {"()": JsonFormatter} for name in base.get("formatters", {})}
     return config

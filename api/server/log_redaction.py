@@ -5,6 +5,7 @@ uvicorn's access log keeps the request path in `record.args` (its formatter unpa
 the filter rewrites each argument and the message template, keeping the shape of args; only a
 key split between the two ('Bearer %s', key) makes it format the message itself.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,7 @@ from typing import Any
 
 REDACTED = "***"
 SECRET_PARAMS = ("token", "api_key", "key", "access_token")
-_QUERY_SECRET = re.compile(
-    r"(?i)([?&;](?:" + "|".join(SECRET_PARAMS) + r")=)[^&;#\s\"']+")
+_QUERY_SECRET = re.compile(r"(?i)([?&;](?:" + "|".join(SECRET_PARAMS) + r")=)[^&;#\s\"']+")
 _BEARER = re.compile(r"(?i)(\bbearer\s+)(?!%)[^\s\"',;]+")  # not a '%s' of a template
 
 
@@ -50,9 +50,12 @@ def _redact_arg(value: Any) -> Any:
 def log_config(base: dict[str, Any]) -> dict[str, Any]:
     """A copy of a logging dictConfig (uvicorn's LOGGING_CONFIG) with RedactSecrets on every
     handler."""
-    config = {**base, "filters": {**base.get("filters", {}),
-                                  "redact_secrets": {"()": RedactSecrets}}}
+    config = {
+        **base,
+        "filters": {**base.get("filters", {}), "redact_secrets": {"()": RedactSecrets}},
+    }
     config["handlers"] = {
         name: {**handler, "filters": [*handler.get("filters", []), "redact_secrets"]}
-        for name, handler in base.get("handlers", {}).items()}
+        for name, handler in base.get("handlers", {}).items()
+    }
     return config

@@ -7,6 +7,7 @@ Prometheus scrape every few seconds loses nothing to a page up to MAX_AGE_S old;
 within that time gets the same bytes, and while a new page is being made the last one is
 served rather than a second render started.
 """
+
 from __future__ import annotations
 
 import asyncio

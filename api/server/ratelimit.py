@@ -8,6 +8,7 @@ tenant pays for a bigger allowance, and no tenant's loop of requests can take th
 time from the others. Buckets of client addresses are sized by the settings
 (api/settings.py, unauthenticated_per_minute).
 """
+
 from __future__ import annotations
 
 import threading
@@ -35,20 +36,21 @@ class RateLimiter:
         # (owner, bucket) -> (tokens, last refill, monotonic)
         self._buckets: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
 
-    def acquire(self, owner: str, bucket: str, per_minute: int | None,
-                cost: int = 1) -> float | None:
+    def acquire(
+        self, owner: str, bucket: str, per_minute: int | None, cost: int = 1
+    ) -> float | None:
         """Take `cost` tokens; returns None if allowed, else the seconds until they are
         there (and takes nothing). A cost over a minute's worth costs a minute's worth."""
         return self._take(owner, bucket, per_minute, cost, take=True)
 
-    def check(self, owner: str, bucket: str, per_minute: int | None,
-              cost: int = 1) -> float | None:
+    def check(self, owner: str, bucket: str, per_minute: int | None, cost: int = 1) -> float | None:
         """As acquire, without taking: None if `cost` tokens are there now, else the seconds
         until they are."""
         return self._take(owner, bucket, per_minute, cost, take=False)
 
-    def _take(self, owner: str, bucket: str, per_minute: int | None, cost: int,
-              take: bool) -> float | None:
+    def _take(
+        self, owner: str, bucket: str, per_minute: int | None, cost: int, take: bool
+    ) -> float | None:
         if per_minute is None:
             return None
         if per_minute <= 0:

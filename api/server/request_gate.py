@@ -24,12 +24,19 @@ second (api/server/metrics_page.py), which costs no more to send than a 429 woul
 
 Refusals of /v1/embeddings come in OpenAI's error shape, as that route's own do.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from typing import Any
 from urllib.parse import parse_qs
+
+from fastapi import HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute, APIWebSocketRoute
+from starlette.responses import JSONResponse
+from starlette.routing import Match
 
 from embedscale.api.server.errors import RateLimitedError
 from embedscale.api.server.openai_errors import openai_error
@@ -43,11 +50,6 @@ from embedscale.api.server.ratelimit import (
 from embedscale.api.settings import Settings
 from embedscale.jobs.log_context import add_log_fields
 from embedscale.jobs.tenants.keys import same_key
-from fastapi import HTTPException
-from fastapi.concurrency import run_in_threadpool
-from fastapi.routing import APIRoute, APIWebSocketRoute
-from starlette.responses import JSONResponse
-from starlette.routing import Match
 
 TENANT_SCOPE_KEY = "embedscale.tenant"  # the tenant the door found, for api/server/deps.py
 OPENAI_PREFIX = "/v1/embeddings"
@@ -65,8 +67,14 @@ class Refusal(Exception):
     """An answer the door gives instead of the route: status, message, headers, the reason
     counted in /metrics, and the OpenAI error code for /v1/embeddings."""
 
-    def __init__(self, status: int, message: str, reason: str,
-                 headers: dict[str, str] | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        reason: str,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.reason = status, message, reason
         self.headers, self.code = headers or {}, code
@@ -106,8 +114,13 @@ class RequestGate:
             return  # the admin routes check it again; tenant routes refuse it
         if not key:
             self._spend_unauthenticated(scope)
-            raise Refusal(401, "missing API key: send 'Authorization: Bearer <key>'",
-                          "missing_key", _UNAUTHORIZED, "invalid_api_key")
+            raise Refusal(
+                401,
+                "missing API key: send 'Authorization: Bearer <key>'",
+                "missing_key",
+                _UNAUTHORIZED,
+                "invalid_api_key",
+            )
         tenants = app.state.service.tenants
         known, tenant = tenants.cached_tenant_for_key(key)
         if not known:
@@ -115,8 +128,7 @@ class RequestGate:
             tenant = await run_in_threadpool(tenants.tenant_for_key, key)
         if tenant is None:
             self._spend_unauthenticated(scope)
-            raise Refusal(401, "invalid API key", "invalid_key", _UNAUTHORIZED,
-                          "invalid_api_key")
+            raise Refusal(401, "invalid API key", "invalid_key", _UNAUTHORIZED, "invalid_api_key")
         scope[TENANT_SCOPE_KEY] = tenant
         add_log_fields(tenant=tenant)  # the request's scope (api/server/request_observer.py)
         await self._check_bucket(scope, tenant)
@@ -134,29 +146,39 @@ class RequestGate:
         spend = limiter.acquire if take else limiter.check
         wait = spend(address, UNAUTHENTICATED, per_minute)
         if wait is not None:
-            error = RateLimitedError(address, UNAUTHENTICATED, wait, per_minute,
-                                     who=f"client {address}")
-            raise Refusal(429, str(error), "address_rate_limited", _retry_after(wait),
-                          "rate_limit_exceeded")
+            error = RateLimitedError(
+                address, UNAUTHENTICATED, wait, per_minute, who=f"client {address}"
+            )
+            raise Refusal(
+                429, str(error), "address_rate_limited", _retry_after(wait), "rate_limit_exceeded"
+            )
 
     async def _check_bucket(self, scope: dict, tenant: str) -> None:
         """A submission whose bucket is empty is refused before its body is read."""
         if scope["type"] != "http":
             return
-        bucket = next((name for method, pattern, name in BODY_BUCKETS
-                       if scope["method"] == method and pattern.fullmatch(scope["path"])), None)
+        bucket = next(
+            (
+                name
+                for method, pattern, name in BODY_BUCKETS
+                if scope["method"] == method and pattern.fullmatch(scope["path"])
+            ),
+            None,
+        )
         if bucket is None:
             return
         app = scope["app"]
         service = app.state.service
         tier = service.tenants.cached_tier(tenant) or await run_in_threadpool(
-            service.tier_of, tenant)
+            service.tier_of, tenant
+        )
         wait = app.state.limiter.check(tenant, bucket, tier.requests_per_minute)
         if wait is not None:
             app.state.metrics.rate_limited.labels(tenant, bucket).inc()
             error = RateLimitedError(tenant, bucket, wait, tier.requests_per_minute)
-            raise Refusal(429, str(error), "tenant_rate_limited", _retry_after(wait),
-                          "rate_limit_exceeded")
+            raise Refusal(
+                429, str(error), "tenant_rate_limited", _retry_after(wait), "rate_limit_exceeded"
+            )
 
     # --- the body -------------------------------------------------------------------------
 
@@ -184,9 +206,11 @@ class RequestGate:
 
     def _too_large(self, length: int | None) -> str:
         size = f" of {length} bytes" if length is not None else ""
-        return (f"the request body{size} is over the limit of {self.max_body} bytes "
-                f"({self.max_body / 2 ** 20:.4g} MiB, max_request_bytes): send fewer or "
-                "shorter texts a request, or give a job a server-side source")
+        return (
+            f"the request body{size} is over the limit of {self.max_body} bytes "
+            f"({self.max_body / 2**20:.4g} MiB, max_request_bytes): send fewer or "
+            "shorter texts a request, or give a job a server-side source"
+        )
 
     # --- answers --------------------------------------------------------------------------
 
@@ -196,16 +220,19 @@ class RequestGate:
         if route is not None:  # labelled by its route in /metrics, as the routes' answers are
             scope["route"] = route
         if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008,
-                        "reason": refusal.message[:120]})
+            await send({"type": "websocket.close", "code": 1008, "reason": refusal.message[:120]})
             return
         if scope["path"].startswith(OPENAI_PREFIX):
             kind = "requests" if refusal.status == 429 else "invalid_request_error"
-            response = openai_error(refusal.status, refusal.message, kind, code=refusal.code,
-                                    headers=refusal.headers)
+            response = openai_error(
+                refusal.status, refusal.message, kind, code=refusal.code, headers=refusal.headers
+            )
         else:
-            response = JSONResponse(status_code=refusal.status, headers=refusal.headers,
-                                    content={"detail": refusal.message})
+            response = JSONResponse(
+                status_code=refusal.status,
+                headers=refusal.headers,
+                content={"detail": refusal.message},
+            )
         await response(scope, receive, send)
 
 

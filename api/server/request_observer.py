@@ -5,6 +5,7 @@ A pure ASGI middleware, not Starlette's BaseHTTPMiddleware: the route runs in th
 as the middleware, so the scope opened here is the one the route's dependencies fill in (the
 tenant, in api/server/deps.py) and the one uvicorn's access line is written in.
 """
+
 from __future__ import annotations
 
 import time
@@ -50,5 +51,4 @@ def _observe(scope: dict, status: int, seconds: float) -> None:
         return
     route = scope.get("route")
     # The template (/v1/jobs/{job_id}), never the path: a label per job id would grow forever.
-    metrics.observe_request(scope["method"], getattr(route, "path", "unmatched"), status,
-                            seconds)
+    metrics.observe_request(scope["method"], getattr(route, "path", "unmatched"), status, seconds)

@@ -1,5 +1,6 @@
 """Request and response schemas of /v1/schedules (the job template is a jobs.spec.JobSpec,
 validated exactly as the body of POST /v1/jobs)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,11 +17,17 @@ class ScheduleCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cron: NameStr = Field(max_length=MAX_CRON_LENGTH, examples=["0 2 * * *"],
-                          description="five fields (minute hour day-of-month month "
-                                      "day-of-week) or an alias such as @daily")
-    timezone: NameStr = Field("UTC", max_length=MAX_TIMEZONE_LENGTH,
-                              description="IANA time zone the cron expression is read in")
+    cron: NameStr = Field(
+        max_length=MAX_CRON_LENGTH,
+        examples=["0 2 * * *"],
+        description="five fields (minute hour day-of-month month "
+        "day-of-week) or an alias such as @daily",
+    )
+    timezone: NameStr = Field(
+        "UTC",
+        max_length=MAX_TIMEZONE_LENGTH,
+        description="IANA time zone the cron expression is read in",
+    )
     template: JobSpec = Field(description="the job each run submits: a POST /v1/jobs body")
     enabled: bool = Field(True, description="false: created paused")
 
@@ -41,7 +48,8 @@ class ScheduleOut(BaseModel):
     last_job_id: str | None
     last_outcome: str | None = Field(
         description="of the latest due slot: fired, skipped (the previous run was still "
-                    "active), refused (see last_error) or claimed (being submitted)")
+        "active), refused (see last_error) or claimed (being submitted)"
+    )
     last_outcome_at: str | None
     last_error: str | None = Field(description="why the latest run was refused")
     runs_fired: int

@@ -1,12 +1,14 @@
 """Response schemas of the HTTP API (requests are jobs.spec.JobSpec and the models below)."""
+
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from embedscale.engine.tables.search import Hit
 from embedscale.jobs.tenants.accounts import TENANT_NAME_PATTERN
 from embedscale.jobs.textcheck import NameStr, Utf8Str
-from pydantic import BaseModel, Field
 
 
 class Progress(BaseModel):
@@ -41,10 +43,12 @@ class JobOut(BaseModel):
     partitions_done: int
     documents_done: int
     documents_unchanged: int
-    documents_changed: int = Field(0, description="of documents_done, those that replaced "
-                                                  "older content (upsert, sync)")
-    documents_deleted: int = Field(0, description="sync: documents gone from the source, "
-                                                  "deleted from the table")
+    documents_changed: int = Field(
+        0, description="of documents_done, those that replaced older content (upsert, sync)"
+    )
+    documents_deleted: int = Field(
+        0, description="sync: documents gone from the source, deleted from the table"
+    )
     chunks_done: int
     tokens_done: int
     skipped_count: int
@@ -54,20 +58,25 @@ class JobOut(BaseModel):
     tokens_per_s: float = Field(description="tokens embedded per second of run time")
     eta_seconds: float | None = Field(
         description="seconds left at the rate so far, from the chunks still expected; null "
-                    "unless running with chunks done and chunks known to remain")
+        "unless running with chunks done and chunks known to remain"
+    )
     expected_chunks: int | None = Field(
         description="the chunks the job will make in all: estimated_chunks until the job "
-                    "outgrows it, then extrapolated from its finished partitions; once every "
-                    "partition is in, chunks_done")
+        "outgrows it, then extrapolated from its finished partitions; once every "
+        "partition is in, chunks_done"
+    )
     error: str | None
     error_reason: str | None
     dashboard_link: str | None
     schedule_id: str | None = Field(None, description="the schedule whose run this job is")
     gpu_busy_percent: float | None = Field(
-        None, description="how busy the GPUs were while the job's partitions ran on them "
-                          "(NVML, sampled on the workers); null off GPUs")
+        None,
+        description="how busy the GPUs were while the job's partitions ran on them "
+        "(NVML, sampled on the workers); null off GPUs",
+    )
     gpu_peak_memory_bytes: int | None = Field(
-        None, description="the most GPU memory a worker running the job held; null off GPUs")
+        None, description="the most GPU memory a worker running the job held; null off GPUs"
+    )
     skipped: list[SkippedOut] | None = None
 
 
@@ -92,8 +101,10 @@ class SearchRequest(BaseModel):
     query: Utf8Str = Field(min_length=1, max_length=10_000)
     k: int = Field(10, ge=1, le=1000, strict=True)
     filter: NameStr | None = Field(
-        None, max_length=2000,
-        description="one SQL condition on the table's columns, e.g. source = 'a.md'")
+        None,
+        max_length=2000,
+        description="one SQL condition on the table's columns, e.g. source = 'a.md'",
+    )
 
 
 class SearchResponse(BaseModel):
@@ -128,8 +139,9 @@ class TenantCreate(BaseModel):
 
 class TenantUpdate(BaseModel):
     tier: NameStr | None = Field(None, min_length=1, max_length=64)
-    daily_chunks: int | None = Field(None, ge=0, strict=True,
-                                     description="override of the tier's quota")
+    daily_chunks: int | None = Field(
+        None, ge=0, strict=True, description="override of the tier's quota"
+    )
     max_concurrent_jobs: int | None = Field(None, ge=0, strict=True)
 
 

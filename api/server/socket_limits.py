@@ -11,6 +11,7 @@ for it. A socket gives its place back when it closes, whoever closes it.
 Used from the event loop only (the route is async and takes and gives back without awaiting in
 between), so a plain dict needs no lock.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -43,8 +44,10 @@ class OpenSockets:
 
     def refusal(self, tenant: str) -> str:
         """What a socket over the limit is told."""
-        return (f"tenant '{tenant}' has {self.limit} progress sockets open, the most allowed "
-                "(max_websockets_per_tenant): close one, or poll GET /v1/jobs/{job_id}")
+        return (
+            f"tenant '{tenant}' has {self.limit} progress sockets open, the most allowed "
+            "(max_websockets_per_tenant): close one, or poll GET /v1/jobs/{job_id}"
+        )
 
 
 async def refuse_over_limit(websocket: WebSocket, message: str) -> None:
@@ -53,6 +56,7 @@ async def refuse_over_limit(websocket: WebSocket, message: str) -> None:
     violation) and as much of the message as a close frame holds."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(
-            JSONResponse(status_code=429, content={"detail": message}))
+            JSONResponse(status_code=429, content={"detail": message})
+        )
     else:
         await websocket.close(code=1008, reason=message.encode()[:123].decode(errors="ignore"))

@@ -6,6 +6,7 @@ counted in tokens. The window's token ids become the model's input directly, and
 offsets give each chunk's exact character span in its document. No chunk is ever longer than
 the model accepts, so nothing is silently truncated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,12 @@ from embedscale.engine.models.info import ModelInfo
 DEFAULT_OVERLAP_TOKENS = 32
 
 
-def chunk_geometry(max_tokens: int, special_tokens: int, chunk_tokens: int | None = None,
-                   overlap_tokens: int | None = None) -> tuple[int, int, int]:
+def chunk_geometry(
+    max_tokens: int,
+    special_tokens: int,
+    chunk_tokens: int | None = None,
+    overlap_tokens: int | None = None,
+) -> tuple[int, int, int]:
     """(size, overlap, step) in tokens for a model's limits and the requested values: size is
     the model input (special tokens included, the model's maximum by default), overlap the
     tokens neighbours share (32 by default, at most a quarter of the text), step how far each
@@ -27,8 +32,9 @@ def chunk_geometry(max_tokens: int, special_tokens: int, chunk_tokens: int | Non
     quota estimate applies the same rule to values a job checks only when it starts."""
     size = max_tokens if chunk_tokens is None else chunk_tokens
     content = size - special_tokens
-    overlap = (min(DEFAULT_OVERLAP_TOKENS, content // 4) if overlap_tokens is None
-               else overlap_tokens)
+    overlap = (
+        min(DEFAULT_OVERLAP_TOKENS, content // 4) if overlap_tokens is None else overlap_tokens
+    )
     return size, overlap, content - overlap
 
 
@@ -50,8 +56,9 @@ class ChunkSettings:
         cls, model: ModelInfo, chunk_tokens: int | None = None, overlap_tokens: int | None = None
     ) -> ChunkSettings:
         """Defaults (chunk_geometry's) and validation against the model."""
-        size, overlap, _ = chunk_geometry(model.max_tokens, model.special_tokens,
-                                          chunk_tokens, overlap_tokens)
+        size, overlap, _ = chunk_geometry(
+            model.max_tokens, model.special_tokens, chunk_tokens, overlap_tokens
+        )
         if size > model.max_tokens:
             raise ChunkingError(
                 f"chunk_tokens={size} exceeds what model '{model.name}' accepts "
@@ -129,8 +136,9 @@ def chunk_texts(texts: list[str], tokenizer, settings: ChunkSettings) -> Chunks:
         starts_word = np.empty(len(ids), dtype=bool)
         starts_word[0] = True
         starts_word[1:] = (words[1:] != words[:-1]) | (words[1:] < 0)
-        for c, (s, e) in enumerate(window_bounds(starts_word, settings.content_tokens,
-                                                  settings.overlap_tokens)):
+        for c, (s, e) in enumerate(
+            window_bounds(starts_word, settings.content_tokens, settings.overlap_tokens)
+        ):
             doc_index.append(d)
             chunk_index.append(c)
             char_start.append(int(offsets[s, 0]))

@@ -14,6 +14,7 @@ consecutive recommendations): a retiring worker takes no new task, and a partiti
 running on it is handed to another worker. Exactly once still holds: a partition's fragments
 become visible only through the one result the runner commits.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -25,6 +26,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 from distributed.deploy.adaptive import Adaptive
+
 from embedscale.engine.errors import EmbedscaleError
 
 ADAPTIVE_KEYS = ("minimum", "maximum", "partitions_per_worker", "interval", "wait_count")
@@ -40,19 +42,26 @@ def check_adaptive(options: dict[str, Any]) -> None:
         raise EmbedscaleError("adaptive: expected minimum, maximum, ...")
     unknown = set(options) - set(ADAPTIVE_KEYS)
     if unknown:
-        raise EmbedscaleError(f"adaptive: unknown keys {sorted(unknown)}; "
-                              f"known: {list(ADAPTIVE_KEYS)}")
+        raise EmbedscaleError(
+            f"adaptive: unknown keys {sorted(unknown)}; known: {list(ADAPTIVE_KEYS)}"
+        )
     for key in ("minimum", "maximum", "partitions_per_worker", "wait_count"):
         value = options.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < (1 if key != "minimum" else 0)):
-            raise EmbedscaleError(f"adaptive: {key} must be a whole number "
-                                  f"{'>= 0' if key == 'minimum' else '>= 1'}, not {value!r}")
+        if value is not None and (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < (1 if key != "minimum" else 0)
+        ):
+            raise EmbedscaleError(
+                f"adaptive: {key} must be a whole number "
+                f"{'>= 0' if key == 'minimum' else '>= 1'}, not {value!r}"
+            )
     if "maximum" not in options:
         raise EmbedscaleError("adaptive: maximum is required (the most workers to start)")
     if options.get("minimum", 0) > options["maximum"]:
-        raise EmbedscaleError(f"adaptive: minimum {options['minimum']} is above maximum "
-                              f"{options['maximum']}")
+        raise EmbedscaleError(
+            f"adaptive: minimum {options['minimum']} is above maximum {options['maximum']}"
+        )
 
 
 def backlog_target(backlog: int, partitions_per_worker: int) -> int:
@@ -63,9 +72,13 @@ def backlog_target(backlog: int, partitions_per_worker: int) -> int:
 class BacklogAdaptive(Adaptive):
     """Dask's Adaptive, with the target raised to what the runner's backlog needs."""
 
-    def __init__(self, cluster: Any, backlog: Callable[[], int],
-                 partitions_per_worker: int = DEFAULT_PARTITIONS_PER_WORKER,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        cluster: Any,
+        backlog: Callable[[], int],
+        partitions_per_worker: int = DEFAULT_PARTITIONS_PER_WORKER,
+        **kwargs: Any,
+    ) -> None:
         self.backlog = backlog
         self.partitions_per_worker = partitions_per_worker
         super().__init__(cluster, **kwargs)
@@ -85,8 +98,16 @@ class ScaleLoop:
     view): a thread that asks for `scale(n)`, at once to grow, after `wait_count` lower
     targets in a row to shrink (the manager retires the workers gracefully)."""
 
-    def __init__(self, cluster: Any, backlog: Callable[[], int], partitions_per_worker: int,
-                 minimum: int, maximum: int, interval_s: float, wait_count: int) -> None:
+    def __init__(
+        self,
+        cluster: Any,
+        backlog: Callable[[], int],
+        partitions_per_worker: int,
+        minimum: int,
+        maximum: int,
+        interval_s: float,
+        wait_count: int,
+    ) -> None:
         self.cluster, self.backlog = cluster, backlog
         self.partitions_per_worker = partitions_per_worker
         self.minimum, self.maximum = minimum, maximum
@@ -107,8 +128,9 @@ class ScaleLoop:
             waiting = self.backlog()
         except Exception:
             waiting = 0
-        target = min(self.maximum, max(self.minimum,
-                                       backlog_target(waiting, self.partitions_per_worker)))
+        target = min(
+            self.maximum, max(self.minimum, backlog_target(waiting, self.partitions_per_worker))
+        )
         if target >= self.requested:
             self._lower = 0
         else:
@@ -131,8 +153,9 @@ class ScaleLoop:
         self._stop.set()
 
 
-def start_adaptive(cluster: Any, backlog: Callable[[], int],
-                   options: dict[str, Any]) -> Adaptive | ScaleLoop:
+def start_adaptive(
+    cluster: Any, backlog: Callable[[], int], options: dict[str, Any]
+) -> Adaptive | ScaleLoop:
     """Make `cluster` (a LocalCluster or any cluster manager with Dask's `adapt`, or at least
     `scale`) follow the backlog within the options' bounds; returns what scales it."""
     check_adaptive(options)
@@ -142,11 +165,25 @@ def start_adaptive(cluster: Any, backlog: Callable[[], int],
     wait_count = options.get("wait_count", DEFAULT_WAIT_COUNT)
     try:
         if "Adaptive" in inspect.signature(cluster.adapt).parameters:
-            return cluster.adapt(Adaptive=BacklogAdaptive, backlog=backlog,
-                                 partitions_per_worker=per_worker, minimum=minimum,
-                                 maximum=maximum, interval=interval, wait_count=wait_count)
-        return ScaleLoop(cluster, backlog, per_worker, minimum, maximum,
-                         parse_timedelta(interval, "seconds"), wait_count).start()
+            return cluster.adapt(
+                Adaptive=BacklogAdaptive,
+                backlog=backlog,
+                partitions_per_worker=per_worker,
+                minimum=minimum,
+                maximum=maximum,
+                interval=interval,
+                wait_count=wait_count,
+            )
+        return ScaleLoop(
+            cluster,
+            backlog,
+            per_worker,
+            minimum,
+            maximum,
+            parse_timedelta(interval, "seconds"),
+            wait_count,
+        ).start()
     except Exception as exc:
-        raise EmbedscaleError(f"cannot autoscale {type(cluster).__name__}: "
-                              f"{type(exc).__name__}: {exc}") from None
+        raise EmbedscaleError(
+            f"cannot autoscale {type(cluster).__name__}: {type(exc).__name__}: {exc}"
+        ) from None

@@ -4,6 +4,7 @@ bus, reset, or a MIG slice without utilisation counters) hides no other and fail
 `read_gpus` is what /metrics serves (api.server.metrics); `GpuSampler` samples it in the background
 during a job so a job can report how busy its GPUs were (benchmarks/gpu_smoke.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,9 @@ class GpuSampler:
         self._thread: threading.Thread | None = None
 
     def start(self) -> GpuSampler:
-        self._thread = threading.Thread(target=self._run, name="embedscale-gpu-sampler",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="embedscale-gpu-sampler", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -130,8 +132,9 @@ def nvml_device(device: str) -> int | str:
     CUDA_VISIBLE_DEVICES lists at torch's ordinal (dask-cuda lists the worker's own GPU
     first), else the ordinal itself."""
     ordinal = int(device.split(":")[1]) if ":" in device else 0
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-               if v.strip()]
+    visible = [
+        v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()
+    ]
     if ordinal < len(visible):
         entry = visible[ordinal]
         return int(entry) if entry.isdigit() else entry
@@ -146,8 +149,7 @@ class DeviceBusy:
         self.interval = interval
         self._read = read or _nvml_busy_reader(device)
         self.samples: deque[tuple[float, float]] = deque(maxlen=20_000)  # (perf_counter, %)
-        self._thread = threading.Thread(target=self._run, name="embedscale-gpu-busy",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="embedscale-gpu-busy", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -169,8 +171,11 @@ def _nvml_busy_reader(device: int | str):
         import pynvml
 
         pynvml.nvmlInit()  # kept initialised for the process's sampler
-        handle = (pynvml.nvmlDeviceGetHandleByIndex(device) if isinstance(device, int)
-                  else pynvml.nvmlDeviceGetHandleByUUID(device))
+        handle = (
+            pynvml.nvmlDeviceGetHandleByIndex(device)
+            if isinstance(device, int)
+            else pynvml.nvmlDeviceGetHandleByUUID(device)
+        )
     except Exception:
         log.debug("NVML cannot read GPU %s: no busy figures", device, exc_info=True)
         return lambda: None

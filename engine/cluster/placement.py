@@ -9,6 +9,7 @@ Partitions for GPU workers are larger: a GPU embeds all-MiniLM-L6-v2 hundreds of
 than one CPU thread, so a partition sized for CPUs (down to 16 KiB, ~16 chunks) would leave it
 idle between tiny batches and commit for every few milliseconds of work.
 """
+
 from __future__ import annotations
 
 import time
@@ -41,8 +42,11 @@ def plan_target(threads: int, gpus: int) -> PlanTarget:
 
 def gpu_workers(scheduler_info: dict) -> int:
     """Workers of a `Client.scheduler_info()` answer that hold the GPU resource."""
-    return sum(1 for w in scheduler_info.get("workers", {}).values()
-               if (w.get("resources") or {}).get(GPU_RESOURCE, 0) > 0)
+    return sum(
+        1
+        for w in scheduler_info.get("workers", {}).values()
+        if (w.get("resources") or {}).get(GPU_RESOURCE, 0) > 0
+    )
 
 
 class GpuCount:
@@ -62,4 +66,3 @@ class GpuCount:
                 self._value = 0
             self._at = now
         return self._value
-

@@ -6,6 +6,7 @@ One certificate serves every role here (scheduler, worker, client), as in Dask's
 so a plain-TCP peer is refused. Certificates are files, never inline in the spec, so a spec can
 be shared without its secrets.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,16 @@ def security_of(tls: dict[str, Any] | None):
     from distributed.security import Security
 
     ca, cert, key = (os.path.abspath(os.path.expanduser(str(tls[k]))) for k in TLS_KEYS)
-    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key,
-                    tls_scheduler_cert=cert, tls_scheduler_key=key,
-                    tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+    return Security(
+        tls_ca_file=ca,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        require_encryption=True,
+    )
 
 
 def connect_error(address: str | None, security: Any | None, exc: BaseException) -> str:
@@ -50,8 +58,10 @@ def connect_error(address: str | None, security: Any | None, exc: BaseException)
     handshake."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if security is None and str(address).startswith("tcp://"):
-        hint = ("; if that scheduler uses TLS, give the cluster spec a tls section (ca_file, "
-                "cert_file, key_file) and its tls:// address")
+        hint = (
+            "; if that scheduler uses TLS, give the cluster spec a tls section (ca_file, "
+            "cert_file, key_file) and its tls:// address"
+        )
     elif security is not None and not str(address).startswith("tls://"):
         hint = "; with a tls section the scheduler's address must start with tls://"
     else:

@@ -1,6 +1,7 @@
 """What a cluster spec (cluster_specs/*.yaml) says: where jobs run, and how that cluster is
 reached, secured, sized and given its object-store options. Read and checked here; started by
 engine.cluster.start."""
+
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
 from embedscale.engine.errors import EmbedscaleError
 
 ClusterKind = Literal["local", "local-cuda", "address", "manager"]
@@ -60,8 +62,9 @@ class ClusterSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise EmbedscaleError(f"cluster spec {path}: unknown keys {sorted(unknown)}; "
-                                  f"known: {sorted(known)}")
+            raise EmbedscaleError(
+                f"cluster spec {path}: unknown keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         try:
             return cls(**data).checked()
         except EmbedscaleError as exc:
@@ -78,17 +81,23 @@ class ClusterSpec:
         if self.kind == "address" and not self.address:
             raise EmbedscaleError("kind 'address' needs an address")
         if self.kind == "manager" and not self.manager:
-            raise EmbedscaleError("kind 'manager' needs manager: the cluster manager's class, "
-                                  "e.g. dask_jobqueue.SLURMCluster")
+            raise EmbedscaleError(
+                "kind 'manager' needs manager: the cluster manager's class, "
+                "e.g. dask_jobqueue.SLURMCluster"
+            )
         if self.kind == "manager" and self.tls is not None:
-            raise EmbedscaleError("tls is not applied to a cluster manager's own scheduler: "
-                                  "give its security in manager_options (e.g. security: a "
-                                  "dask Security, as its documentation says) and leave tls out")
+            raise EmbedscaleError(
+                "tls is not applied to a cluster manager's own scheduler: "
+                "give its security in manager_options (e.g. security: a "
+                "dask Security, as its documentation says) and leave tls out"
+            )
         if self.adaptive is not None:
             if self.kind == "address":
-                raise EmbedscaleError("adaptive needs a cluster embedscale starts (local, "
-                                      "local-cuda, manager): a cluster reached by its address "
-                                      "is sized by whoever runs it")
+                raise EmbedscaleError(
+                    "adaptive needs a cluster embedscale starts (local, "
+                    "local-cuda, manager): a cluster reached by its address "
+                    "is sized by whoever runs it"
+                )
             check_adaptive(self.adaptive)
         if self.tls is not None:
             check_tls(self.tls)

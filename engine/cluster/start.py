@@ -1,4 +1,5 @@
 """Start or connect to a Dask cluster from a spec (cluster_specs/*.yaml)."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,15 @@ from distributed import Client
 from embedscale.engine.cluster.spec import KINDS, ClusterKind, ClusterSpec, dashboard_bind
 from embedscale.engine.errors import EmbedscaleError, error_line
 
-__all__ = ["KINDS", "WORKER_DASK_CONFIG", "Cluster", "ClusterKind", "ClusterSpec",
-           "dashboard_bind", "start_cluster"]
+__all__ = [
+    "KINDS",
+    "WORKER_DASK_CONFIG",
+    "Cluster",
+    "ClusterKind",
+    "ClusterSpec",
+    "dashboard_bind",
+    "start_cluster",
+]
 
 # Dask's nannies give workers MALLOC_TRIM_THRESHOLD_=65536 to return memory to the OS sooner.
 # Setting it switches off glibc's dynamic mmap threshold, so every batch's activation buffers
@@ -40,8 +48,14 @@ WORKER_DASK_CONFIG = {
 class Cluster:
     """A connected client, and the cluster it started if any (closed with it)."""
 
-    def __init__(self, client: Client, cluster: Any | None, dashboard: bool = True,
-                 adaptive: dict[str, Any] | None = None, threads_per_worker: int = 1) -> None:
+    def __init__(
+        self,
+        client: Client,
+        cluster: Any | None,
+        dashboard: bool = True,
+        adaptive: dict[str, Any] | None = None,
+        threads_per_worker: int = 1,
+    ) -> None:
         self.client = client
         self._cluster = cluster
         self._dashboard = dashboard
@@ -123,9 +137,14 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
         return _scrubbing(Cluster(client, None))
     if spec.kind == "manager":
         cluster = _managed_cluster(spec)
-        return _scrubbing(Cluster(Client(cluster, security=security), cluster,
-                                  adaptive=spec.adaptive,
-                                  threads_per_worker=spec.threads_per_worker))
+        return _scrubbing(
+            Cluster(
+                Client(cluster, security=security),
+                cluster,
+                adaptive=spec.adaptive,
+                threads_per_worker=spec.threads_per_worker,
+            )
+        )
     if spec.adaptive is not None:
         # Workers an adaptive cluster adds later are made on its event loop, long after a
         # `with dask.config.set(...)` would have ended: they must see the same config, so it
@@ -136,9 +155,15 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
             cluster = _local_cuda_cluster(spec, security)
         else:
             cluster = _local_cluster(spec, security)
-    return _scrubbing(Cluster(Client(cluster, security=security), cluster,
-                              dashboard_bind(spec.dashboard_address) is not None,
-                              adaptive=spec.adaptive, threads_per_worker=spec.threads_per_worker))
+    return _scrubbing(
+        Cluster(
+            Client(cluster, security=security),
+            cluster,
+            dashboard_bind(spec.dashboard_address) is not None,
+            adaptive=spec.adaptive,
+            threads_per_worker=spec.threads_per_worker,
+        )
+    )
 
 
 def _scrubbing(cluster: Cluster) -> Cluster:
@@ -152,7 +177,9 @@ def _scrubbing(cluster: Cluster) -> Cluster:
     except Exception as exc:
         logging.getLogger(__name__).warning(
             "the workers did not take embedscale's log scrubbing (%s): their logs of failed "
-            "tasks may quote documents", error_line(exc))
+            "tasks may quote documents",
+            error_line(exc),
+        )
     return cluster
 
 
@@ -177,16 +204,18 @@ def _managed_cluster(spec: ClusterSpec) -> Any:
         manager_class = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as exc:
         package = module_name.split(".")[0].replace("_", "-")
-        raise EmbedscaleError(f"cannot load cluster manager {spec.manager!r} ({exc}): "
-                              f"pip install {package}") from None
+        raise EmbedscaleError(
+            f"cannot load cluster manager {spec.manager!r} ({exc}): pip install {package}"
+        ) from None
     try:
         cluster = manager_class(**(spec.manager_options or {}))
         if spec.n_workers:
             cluster.scale(spec.n_workers)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise EmbedscaleError(f"cannot start cluster manager {spec.manager}: "
-                              f"{type(exc).__name__}: {reason}") from None
+        raise EmbedscaleError(
+            f"cannot start cluster manager {spec.manager}: {type(exc).__name__}: {reason}"
+        ) from None
     return cluster
 
 
@@ -217,8 +246,9 @@ def _local_cluster(spec: ClusterSpec, security: Any | None = None) -> Any:
 def _log_level(spec: ClusterSpec) -> int:
     level = logging.getLevelName(spec.log_level.upper())
     if not isinstance(level, int):
-        raise EmbedscaleError(f"unknown log_level {spec.log_level!r}: use debug, info, warning, "
-                              "error or critical")
+        raise EmbedscaleError(
+            f"unknown log_level {spec.log_level!r}: use debug, info, warning, error or critical"
+        )
     return level
 
 
@@ -236,7 +266,8 @@ def _local_cuda_cluster(spec: ClusterSpec, security: Any | None = None) -> Any:
             f"the local-cuda cluster needs a GPU that torch can use, and {build} "
             f"(CUDA {getattr(getattr(torch, 'version', None), 'cuda', None) or 'none'}) sees "
             "none: install a CUDA build of torch for your driver (see the README's GPU "
-            "section) or use the local cluster (cluster_specs/local.yaml)")
+            "section) or use the local cluster (cluster_specs/local.yaml)"
+        )
     try:
         from dask_cuda import LocalCUDACluster
     except ImportError:

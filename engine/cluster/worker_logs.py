@@ -6,6 +6,7 @@ short line); the task's own repr names document references only (engine.sources.
 WorkerPlugin installs the filter on every worker, of a cluster we start or one we connect to,
 and on workers that join later.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,12 @@ class ScrubTaskErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if (isinstance(record.msg, str) and record.msg.startswith(_TASK_FAILED)
-                and isinstance(args, tuple) and len(args) > _EXCEPTION_ARG):
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith(_TASK_FAILED)
+            and isinstance(args, tuple)
+            and len(args) > _EXCEPTION_ARG
+        ):
             scrubbed = list(args)
             scrubbed[_EXCEPTION_ARG] = scrub_message(str(args[_EXCEPTION_ARG]))
             record.args = tuple(scrubbed)

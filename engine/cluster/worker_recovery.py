@@ -7,6 +7,7 @@ of memory): the cluster then stays short of workers, down to none, and every job
 restart takes and starts them afresh from the cluster's own worker spec. A cluster reached by
 its address is somebody else's to manage: there it only reports.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,12 @@ class WorkerRecovery:
         self._missing_since = {n: self._missing_since.get(n, now) for n in missing}
         due = [n for n, since in self._missing_since.items() if now - since >= self.grace_s]
         if due:
-            log.warning("workers %s gone for over %.0f s and not restarted by their nannies; "
-                        "starting them afresh", due, self.grace_s)
+            log.warning(
+                "workers %s gone for over %.0f s and not restarted by their nannies; "
+                "starting them afresh",
+                due,
+                self.grace_s,
+            )
             self._restart(due)
             self.restarted += len(due)
             for name in due:
@@ -62,8 +67,7 @@ class WorkerRecovery:
                     try:
                         await nanny.close(timeout=5)
                     except Exception:  # already dead: nothing to close
-                        log.debug("closing the old nanny of worker %s failed", name,
-                                  exc_info=True)
+                        log.debug("closing the old nanny of worker %s failed", name, exc_info=True)
             await manager._correct_state()  # starts what worker_spec has and workers lacks
 
         manager.sync(restart)

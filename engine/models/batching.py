@@ -1,6 +1,7 @@
 """Batches for the model: sorted by length so padding is small, sized by a token budget so a
 batch of long inputs is as heavy as one of short inputs, and split in half when it runs out of
 memory (as crossfit does) instead of failing the partition."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,9 @@ MAX_BATCH = 512
 MAX_BATCH_ON = {"cuda": 1024}  # inputs per batch: short inputs fill a GPU only in numbers
 
 
-def length_sorted_batches(lengths: np.ndarray, token_budget: int,
-                          max_batch: int = MAX_BATCH) -> list[np.ndarray]:
+def length_sorted_batches(
+    lengths: np.ndarray, token_budget: int, max_batch: int = MAX_BATCH
+) -> list[np.ndarray]:
     """Index arrays of batches, longest inputs first; each batch's padded size fits the budget."""
     plan, batches = BatchPlan(lengths, token_budget, max_batch), []
     while (idx := plan.take()) is not None:
@@ -37,12 +39,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text
-                                              or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
-def embed_inputs(model: EmbeddingModel, inputs: list[np.ndarray],
-                 token_budget: int | None = None) -> np.ndarray:
+def embed_inputs(
+    model: EmbeddingModel, inputs: list[np.ndarray], token_budget: int | None = None
+) -> np.ndarray:
     """Embed full model inputs (special tokens included); float32 [len(inputs), dim], in order.
 
     The budget is `token_budget`, else the model's own (sized from its GPU's free memory),
@@ -55,8 +59,11 @@ def embed_inputs(model: EmbeddingModel, inputs: list[np.ndarray],
     if not inputs:
         return out
     device = model.device.split(":")[0]
-    budget = (token_budget or getattr(model, "token_budget", None)
-              or DEFAULT_TOKEN_BUDGET.get(device, 4096))
+    budget = (
+        token_budget
+        or getattr(model, "token_budget", None)
+        or DEFAULT_TOKEN_BUDGET.get(device, 4096)
+    )
     lengths = np.fromiter(map(len, inputs), np.int64, len(inputs))
     plan = BatchPlan(lengths, budget, MAX_BATCH_ON.get(device, MAX_BATCH))
     if not callable(getattr(model, "prepare", None)):
@@ -88,8 +95,7 @@ class BatchPlan:
     """Length-sorted batches cut on demand, longest inputs first, each fitting the current
     token budget, which an out-of-memory split lowers for the batches still to come."""
 
-    def __init__(self, lengths: np.ndarray, token_budget: int,
-                 max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, lengths: np.ndarray, token_budget: int, max_batch: int = MAX_BATCH) -> None:
         self.lengths = np.asarray(lengths)
         self.order = np.argsort(-self.lengths, kind="stable")
         self.budget = int(token_budget)
@@ -102,7 +108,7 @@ class BatchPlan:
             return None
         longest = int(self.lengths[self.order[self.position]])
         size = max(1, min(self.max_batch, self.budget // max(longest, 1)))
-        idx = self.order[self.position:self.position + size]
+        idx = self.order[self.position : self.position + size]
         self.position += len(idx)
         return idx
 
@@ -120,8 +126,7 @@ def padded_tokens(batch: list[np.ndarray]) -> int:
     return len(batch) * max(map(len, batch))
 
 
-def _run_prepared(model, features: Future, batch: list[np.ndarray],
-                  plan: BatchPlan) -> np.ndarray:
+def _run_prepared(model, features: Future, batch: list[np.ndarray], plan: BatchPlan) -> np.ndarray:
     try:
         return model.forward(features.result())
     except Exception as exc:
@@ -132,8 +137,9 @@ def _run_prepared(model, features: Future, batch: list[np.ndarray],
     return _split(model, batch, plan)
 
 
-def _embed_splitting_on_oom(model: EmbeddingModel, batch: list[np.ndarray],
-                            plan: BatchPlan | None = None) -> np.ndarray:
+def _embed_splitting_on_oom(
+    model: EmbeddingModel, batch: list[np.ndarray], plan: BatchPlan | None = None
+) -> np.ndarray:
     if plan is not None and len(batch) > 1 and padded_tokens(batch) > plan.budget:
         return _split(model, batch, plan, failed=False)  # a size known to fail: skip to halves
     try:
@@ -144,16 +150,21 @@ def _embed_splitting_on_oom(model: EmbeddingModel, batch: list[np.ndarray],
     return _split(model, batch, plan)
 
 
-def _split(model, batch: list[np.ndarray], plan: BatchPlan | None,
-           failed: bool = True) -> np.ndarray:
+def _split(
+    model, batch: list[np.ndarray], plan: BatchPlan | None, failed: bool = True
+) -> np.ndarray:
     if failed:
         _release_cached_memory()
         log.warning("batch of %d ran out of memory; splitting it in two", len(batch))
         if plan is not None:
             plan.lower(padded_tokens(batch))
     half = len(batch) // 2
-    return np.concatenate([_embed_splitting_on_oom(model, batch[:half], plan),
-                           _embed_splitting_on_oom(model, batch[half:], plan)])
+    return np.concatenate(
+        [
+            _embed_splitting_on_oom(model, batch[:half], plan),
+            _embed_splitting_on_oom(model, batch[half:], plan),
+        ]
+    )
 
 
 def _release_cached_memory() -> None:

@@ -4,6 +4,7 @@ Models are never shipped through the task graph: tasks carry a small ModelSpec a
 model up here. ModelPreloadPlugin loads models when a worker starts, so the first job on a
 fresh cluster does not pay the load inside its first partition.
 """
+
 from __future__ import annotations
 
 import gc

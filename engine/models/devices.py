@@ -1,4 +1,5 @@
 """Where a model runs in this process: the CPU, or the GPU dask-cuda gave this worker."""
+
 from __future__ import annotations
 
 import os
@@ -39,5 +40,6 @@ def dask_worker():
 
 def is_dask_cuda_worker(worker) -> bool:
     """dask-cuda gives each of its workers a CPUAffinity plugin for the GPU it owns."""
-    return any(type(p).__module__.startswith("dask_cuda")
-               for p in getattr(worker, "plugins", {}).values())
+    return any(
+        type(p).__module__.startswith("dask_cuda") for p in getattr(worker, "plugins", {}).values()
+    )

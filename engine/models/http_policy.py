@@ -3,6 +3,7 @@ how long to wait before a retry, and when to stop calling an endpoint that keeps
 
 No I/O here (time is passed in), so each rule is tested without a network or a clock.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,7 @@ def is_retryable(status: int, should_retry: str | None = None) -> bool:
     return status in RETRYABLE_STATUSES
 
 
-def plan_batches(token_counts: list[int], token_budget: int, max_inputs: int
-                 ) -> list[list[int]]:
+def plan_batches(token_counts: list[int], token_budget: int, max_inputs: int) -> list[list[int]]:
     """Indices of the chunks, grouped into requests of at most `max_inputs` inputs and at most
     `token_budget` tokens, in order; a chunk larger than the budget goes alone (the chunker
     already keeps each chunk within the model's limit, so it is never split or dropped)."""
@@ -69,7 +69,7 @@ def retry_delay(attempt: int, retry_after: float | None, base: float, cap: float
     header cannot park a worker for hours), else exponential backoff base * 2**attempt."""
     if retry_after is not None:
         return min(retry_after, cap)
-    return min(base * (2 ** attempt), cap)
+    return min(base * (2**attempt), cap)
 
 
 @dataclass

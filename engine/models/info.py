@@ -1,6 +1,7 @@
 """What every embedding model is, whatever runs it: `ModelInfo` (what the driver knows of a
 model without loading it) and `EmbeddingModel` (what a loaded one does), and the helpers each
 provider shares."""
+
 from __future__ import annotations
 
 import os

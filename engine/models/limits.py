@@ -4,6 +4,7 @@ Lets a job's chunk sizes be checked when the job is submitted (through ChunkSett
 the same rule the job applies when it starts) instead of failing after it was accepted. Only a
 local sentence-transformers folder can say; for a hub id the job finds out when it starts.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,17 +30,20 @@ def model_limits(spec: ModelSpec) -> ModelInfo | None:
     folder = Path(spec.location)
     try:
         max_tokens = json.loads((folder / "sentence_bert_config.json").read_text())[
-            "max_seq_length"]
+            "max_seq_length"
+        ]
         dimension = json.loads((folder / "1_Pooling" / "config.json").read_text())[
-            "word_embedding_dimension"]
+            "word_embedding_dimension"
+        ]
         tokenizer = local_tokenizer(spec)
         prefix, suffix = special_affixes(tokenizer)
     except Exception:  # missing or unusual files: the job checks when it loads the model
         return None
     if not isinstance(max_tokens, int) or not isinstance(dimension, int):
         return None
-    return ModelInfo(spec.name, dimension, max_tokens, len(prefix) + len(suffix),
-                     provider=spec.backend)
+    return ModelInfo(
+        spec.name, dimension, max_tokens, len(prefix) + len(suffix), provider=spec.backend
+    )
 
 
 @functools.lru_cache(maxsize=64)

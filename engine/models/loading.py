@@ -1,5 +1,6 @@
 """Loading a model with the provider its spec names. The providers' own dependencies (torch,
 onnxruntime, httpx) are imported on their path only, so an HTTP provider never loads torch."""
+
 from __future__ import annotations
 
 from embedscale.engine.errors import ModelError

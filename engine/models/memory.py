@@ -1,6 +1,7 @@
 """How much memory a model and its batches take: the token budget of a batch on a GPU, sized
 from the device's free memory and the model's shape, and a model's own size (what the
 per-process cache counts against its budget)."""
+
 from __future__ import annotations
 
 import os
@@ -18,9 +19,17 @@ GPU_MEMORY_SHARE = 0.5
 MODEL_MEMORY_ENV = "EMBEDSCALE_MODEL_MEMORY"
 
 
-def gpu_token_budget(free_bytes: int, *, hidden: int, intermediate: int, heads: int,
-                     max_tokens: int, dtype_bytes: int, threads: int = 1,
-                     share: float = GPU_MEMORY_SHARE) -> int:
+def gpu_token_budget(
+    free_bytes: int,
+    *,
+    hidden: int,
+    intermediate: int,
+    heads: int,
+    max_tokens: int,
+    dtype_bytes: int,
+    threads: int = 1,
+    share: float = GPU_MEMORY_SHARE,
+) -> int:
     """Padded tokens per forward pass that fit in `share` of `free_bytes`, split between the
     worker's `threads` (each may run a batch at once).
 
@@ -44,11 +53,14 @@ def device_token_budget(st, device: str, max_tokens: int, dtype: str) -> int:
     config = getattr(getattr(st[0], "auto_model", None), "config", None)
     hidden = int(getattr(config, "hidden_size", 1024))
     return gpu_token_budget(
-        free, hidden=hidden,
+        free,
+        hidden=hidden,
         intermediate=int(getattr(config, "intermediate_size", 4 * hidden)),
-        heads=int(getattr(config, "num_attention_heads", 16)), max_tokens=max_tokens,
+        heads=int(getattr(config, "num_attention_heads", 16)),
+        max_tokens=max_tokens,
         dtype_bytes=torch.empty((), dtype=_torch_dtype(dtype)).element_size(),
-        threads=worker_threads())
+        threads=worker_threads(),
+    )
 
 
 def _torch_dtype(name: str):

@@ -10,6 +10,7 @@ whole or not at all (exported into a temporary folder, then renamed), and an exc
 the host (fcntl.flock) makes concurrent loads export once: the others wait, then find it.
 The opt-in int8 variant is the fp32 export quantized, cached the same way beside it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,8 +57,13 @@ def export_key(folder: Path, pipeline: Pipeline) -> str:
     import transformers
 
     digest = hashlib.sha256()
-    for token in (EXPORT_FORMAT, str(OPSET), torch.__version__, transformers.__version__,
-                  json.dumps(pipeline.as_dict(), sort_keys=True)):
+    for token in (
+        EXPORT_FORMAT,
+        str(OPSET),
+        torch.__version__,
+        transformers.__version__,
+        json.dumps(pipeline.as_dict(), sort_keys=True),
+    ):
         digest.update(token.encode() + b"\0")
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
@@ -78,8 +84,11 @@ def exported_model(folder: Path, pipeline: Pipeline, precision: str = "fp32") ->
     if precision == "int8":
         import onnxruntime  # its quantizer makes the file: another version, another entry
 
-        return _cached(f"{key}-int8-ort{onnxruntime.__version__}",
-                       lambda target: quantize(fp32, target), pipeline)
+        return _cached(
+            f"{key}-int8-ort{onnxruntime.__version__}",
+            lambda target: quantize(fp32, target),
+            pipeline,
+        )
     raise ModelError(f"unknown ONNX precision {precision!r}: use fp32 or int8")
 
 
@@ -92,8 +101,10 @@ def _cached(key: str, make: Callable[[Path], None], pipeline: Pipeline) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelError(f"cannot create the ONNX cache folder {root}: {exc}; set "
-                         f"{CACHE_ENV} to a writable folder") from None
+        raise ModelError(
+            f"cannot create the ONNX cache folder {root}: {exc}; set "
+            f"{CACHE_ENV} to a writable folder"
+        ) from None
     with _host_lock(root / f"{key}.lock"):
         if not (final / MODEL_FILE).is_file():  # another process may have made it meanwhile
             # Only the lock's holder makes temporary folders: any here now were left by a
@@ -138,12 +149,19 @@ def quantize(source: Path, target: Path) -> None:
     root = logging.getLogger()
     root.addFilter(quiet)  # one root-logger warning per export, about static quantization
     try:
-        quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"],
-                         per_channel=True, weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(source),
+            str(target),
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+        )
     except Exception as exc:
-        raise ModelError(f"cannot quantize {source} to int8: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}; use provider "
-                         "onnx") from None
+        raise ModelError(
+            f"cannot quantize {source} to int8: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}; use provider "
+            "onnx"
+        ) from None
     finally:
         root.removeFilter(quiet)
 
@@ -167,12 +185,16 @@ def export(folder: Path, pipeline: Pipeline, target: Path) -> None:
     hf_logging.disable_progress_bar()  # a bar per weight load: noise in a worker's log
     try:
         # Eager attention: the SDPA path traces into ops that do not export with dynamic axes.
-        transformer = AutoModel.from_pretrained(str(pipeline.transformer_folder(folder)),
-                                                attn_implementation="eager",
-                                                dtype=torch.float32)
+        transformer = AutoModel.from_pretrained(
+            str(pipeline.transformer_folder(folder)),
+            attn_implementation="eager",
+            dtype=torch.float32,
+        )
     except Exception as exc:
-        raise ModelError(f"cannot load {folder} for the ONNX export: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise ModelError(
+            f"cannot load {folder} for the ONNX export: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     module = _embedder(transformer, pipeline)
     # On the wrapper itself: torch.onnx.export restores the wrapper's training flag afterwards,
     # which would leave the whole model in train mode (dropout on) and export nothing useful.
@@ -186,13 +208,22 @@ def export(folder: Path, pipeline: Pipeline, target: Path) -> None:
         # transformers' mask code); the graph is checked against torch in the tests.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, (ids, mask), str(target), input_names=list(INPUTS),
-                              output_names=[OUTPUT], dynamic_axes=dynamic,
-                              opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                module,
+                (ids, mask),
+                str(target),
+                input_names=list(INPUTS),
+                output_names=[OUTPUT],
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
         except Exception as exc:
-            raise ModelError(f"cannot export {folder} to ONNX: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}; use provider "
-                             "sentence-transformers for this model") from None
+            raise ModelError(
+                f"cannot export {folder} to ONNX: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}; use provider "
+                "sentence-transformers for this model"
+            ) from None
 
 
 def _embedder_class():
@@ -208,8 +239,9 @@ def _embedder_class():
             self.normalize = pipeline.normalize
 
         def forward(self, input_ids, attention_mask):
-            tokens = self.transformer(input_ids=input_ids,
-                                      attention_mask=attention_mask).last_hidden_state
+            tokens = self.transformer(
+                input_ids=input_ids, attention_mask=attention_mask
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
             if self.pooling == "cls":
                 pooled = tokens[:, 0]

@@ -14,6 +14,7 @@ its use is a torch-free, portable runtime with the same vectors. ORT's offline t
 optimizer fuses every attention layer but gains nothing over ORT_ENABLE_ALL at session start,
 so the session's own optimizer is all that is used.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,19 +44,27 @@ def load_onnx_model(spec: ModelSpec, device: str | None = None) -> EmbeddingMode
     on the CPU (its vectors are its own: torch cannot stand in for it)."""
     device = device or default_device()
     if spec.backend == "onnx-int8" and device.startswith("cuda"):
-        log.warning("provider onnx-int8: model '%s' runs on the CPU, not on %s (int8 is a CPU "
-                    "variant; use provider onnx or sentence-transformers on GPUs)",
-                    spec.name, device)
+        log.warning(
+            "provider onnx-int8: model '%s' runs on the CPU, not on %s (int8 is a CPU "
+            "variant; use provider onnx or sentence-transformers on GPUs)",
+            spec.name,
+            device,
+        )
         device = "cpu"
     if device.startswith("cuda"):
         import onnxruntime
 
         if CUDA_PROVIDER not in onnxruntime.get_available_providers():
-            log.warning("provider onnx: onnxruntime here has no %s (install onnxruntime-gpu); "
-                        "model '%s' runs on torch on %s instead, with the same vectors",
-                        CUDA_PROVIDER, spec.name, device)
+            log.warning(
+                "provider onnx: onnxruntime here has no %s (install onnxruntime-gpu); "
+                "model '%s' runs on torch on %s instead, with the same vectors",
+                CUDA_PROVIDER,
+                spec.name,
+                device,
+            )
             return SentenceTransformerModel(
-                dataclasses.replace(spec, backend="sentence-transformers"), device)
+                dataclasses.replace(spec, backend="sentence-transformers"), device
+            )
     return OnnxModel(spec, device)
 
 
@@ -69,8 +78,7 @@ class OnnxModel:
         self.device = device or default_device()
         folder = _model_folder(spec)
         pipeline = read_pipeline(folder)
-        path = exported_model(folder, pipeline,
-                              "int8" if spec.backend == "onnx-int8" else "fp32")
+        path = exported_model(folder, pipeline, "int8" if spec.backend == "onnx-int8" else "fp32")
         transformer = pipeline.transformer_folder(folder)
         with hub_offline(True):
             hf_tokenizer = AutoTokenizer.from_pretrained(str(transformer))
@@ -78,13 +86,17 @@ class OnnxModel:
         self.tokenizer = chunking.tokenizer
         self._prefix, self._suffix, self._pad_id = chunking.prefix, chunking.suffix, chunking.pad_id
         self._session = onnxruntime.InferenceSession(
-            str(path), _session_options(), providers=_providers(self.device))
+            str(path), _session_options(), providers=_providers(self.device)
+        )
         # For the process's model memory budget (engine.models.cache): the weights are the file.
         self.memory_bytes = path.stat().st_size
         self.info = ModelInfo(
-            name=spec.name, dimension=pipeline.dimension,
+            name=spec.name,
+            dimension=pipeline.dimension,
             max_tokens=pipeline.max_seq_length or _model_limit(transformer, hf_tokenizer),
-            special_tokens=len(self._prefix) + len(self._suffix), provider=spec.backend)
+            special_tokens=len(self._prefix) + len(self._suffix),
+            provider=spec.backend,
+        )
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray:
         """The model's input for one chunk: its special tokens around the content ids."""
@@ -104,8 +116,10 @@ class OnnxModel:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embed short texts such as search queries (truncated to the model's limit)."""
         room = self.info.max_tokens - self.info.special_tokens
-        batch = [self.wrap(np.asarray(e.ids[:room], dtype=np.int64))
-                 for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        batch = [
+            self.wrap(np.asarray(e.ids[:room], dtype=np.int64))
+            for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        ]
         return self.embed_token_ids(batch)
 
 
@@ -120,9 +134,10 @@ def _model_folder(spec: ModelSpec) -> Path:
         with hub_offline(spec.local):
             return Path(snapshot_download(spec.location))
     except Exception as exc:
-        raise ModelError(f"cannot load model '{spec.name}' from {spec.location}: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                         ) from None
+        raise ModelError(
+            f"cannot load model '{spec.name}' from {spec.location}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 def _model_limit(transformer: Path, hf_tokenizer) -> int:

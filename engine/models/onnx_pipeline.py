@@ -5,6 +5,7 @@ Transformer, one Pooling of a mode it reproduces, and optionally Normalize. Anyt
 Dense layer, several pooling modes, weighted-mean or last-token pooling) is refused with a
 ModelError naming the step, rather than exported into vectors that differ from the model's.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,25 +50,35 @@ def read_pipeline(folder: Path) -> Pipeline:
     try:
         modules = json.loads((folder / "modules.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ModelError(f"{folder} has no readable modules.json ({exc}): the ONNX provider "
-                         "exports sentence-transformers models only; use provider "
-                         "sentence-transformers") from None
+        raise ModelError(
+            f"{folder} has no readable modules.json ({exc}): the ONNX provider "
+            "exports sentence-transformers models only; use provider "
+            "sentence-transformers"
+        ) from None
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
-        raise ModelError(f"model {folder} has the pipeline {' -> '.join(kinds)}; the ONNX "
-                         "provider reproduces Transformer -> Pooling [-> Normalize] only: use "
-                         "provider sentence-transformers for this model")
+        raise ModelError(
+            f"model {folder} has the pipeline {' -> '.join(kinds)}; the ONNX "
+            "provider reproduces Transformer -> Pooling [-> Normalize] only: use "
+            "provider sentence-transformers for this model"
+        )
     transformer_path = str(modules[0].get("path") or "")
     pooling_config = _read_json(folder / modules[1]["path"] / "config.json")
     pooling = _pooling_mode(pooling_config, folder)
-    dimension = pooling_config.get("word_embedding_dimension",
-                                   pooling_config.get("embedding_dimension"))
+    dimension = pooling_config.get(
+        "word_embedding_dimension", pooling_config.get("embedding_dimension")
+    )
     if not isinstance(dimension, int):
         raise ModelError(f"model {folder}: its pooling config names no embedding dimension")
     st_config = folder / transformer_path / "sentence_bert_config.json"
     max_seq = _read_json(st_config).get("max_seq_length") if st_config.is_file() else None
-    return Pipeline(transformer_path, pooling, len(kinds) == 3, dimension,
-                    max_seq if isinstance(max_seq, int) else None)
+    return Pipeline(
+        transformer_path,
+        pooling,
+        len(kinds) == 3,
+        dimension,
+        max_seq if isinstance(max_seq, int) else None,
+    )
 
 
 def _pooling_mode(config: dict, folder: Path) -> str:
@@ -78,9 +89,11 @@ def _pooling_mode(config: dict, folder: Path) -> str:
         modes = [mode] if isinstance(mode, str) else list(mode)
     modes = [_MODE_NAMES.get(m, m) for m in modes]
     if len(modes) != 1 or modes[0] not in SUPPORTED_POOLING:
-        raise ModelError(f"model {folder} pools with {' + '.join(modes) or 'no mode'}; the ONNX "
-                         f"provider reproduces one of {', '.join(SUPPORTED_POOLING)}: use "
-                         "provider sentence-transformers for this model")
+        raise ModelError(
+            f"model {folder} pools with {' + '.join(modes) or 'no mode'}; the ONNX "
+            f"provider reproduces one of {', '.join(SUPPORTED_POOLING)}: use "
+            "provider sentence-transformers for this model"
+        )
     return modes[0]
 
 

@@ -7,6 +7,7 @@ text. The API key is read from EMBEDSCALE_PROVIDER_API_KEY in the environment of
 that sends the request (each worker), at each request: it is never part of a spec, a task, a
 log line or an error.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,9 +55,10 @@ def load_tokenizer(spec: ModelSpec):
             else:
                 tokenizer = Tokenizer.from_pretrained(spec.location)
     except Exception as exc:
-        raise ModelError(f"cannot load the tokenizer of '{spec.name}' from {spec.location}: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                         ) from None
+        raise ModelError(
+            f"cannot load the tokenizer of '{spec.name}' from {spec.location}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     tokenizer.no_truncation()
     tokenizer.no_padding()
     return tokenizer
@@ -89,9 +91,14 @@ class OpenAIHTTPModel:
         # many of its threads run partitions.
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="embedscale-http")
         dimension = self._request([_PROBE]).shape[1]
-        self.info = ModelInfo(spec.name, int(dimension), int(max_tokens),
-                              len(self._prefix) + len(self._suffix), provider="openai",
-                              provider_url=spec.location)
+        self.info = ModelInfo(
+            spec.name,
+            int(dimension),
+            int(max_tokens),
+            len(self._prefix) + len(self._suffix),
+            provider="openai",
+            provider_url=spec.location,
+        )
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray:
         """The chunk's ids with the tokenizer's special tokens, as the endpoint's model will see
@@ -112,13 +119,14 @@ class OpenAIHTTPModel:
         if not texts:
             return np.zeros((0, self.info.dimension), dtype=np.float32)
         batches = plan_batches(token_counts, REQUEST_TOKENS, REQUEST_INPUTS)
-        parts = list(self._pool.map(lambda idx: self._request([texts[i] for i in idx]),
-                                    batches))
+        parts = list(self._pool.map(lambda idx: self._request([texts[i] for i in idx]), batches))
         vectors = np.concatenate(parts)
         if vectors.shape[1] != self.info.dimension:
-            raise ProviderError(f"provider {self.url} returned vectors of {vectors.shape[1]} "
-                                f"dimensions for model '{self.spec.name}'; it gave "
-                                f"{self.info.dimension} when the job started")
+            raise ProviderError(
+                f"provider {self.url} returned vectors of {vectors.shape[1]} "
+                f"dimensions for model '{self.spec.name}'; it gave "
+                f"{self.info.dimension} when the job started"
+            )
         return vectors
 
     def _request(self, texts: list[str]) -> np.ndarray:
@@ -130,12 +138,15 @@ class OpenAIHTTPModel:
                     raise ProviderError(
                         f"provider {self.url} failed {self._breaker.failures} times in a row "
                         f"(last: {failure or 'in an earlier request'}); not calling it for "
-                        f"{self._breaker.cooldown:.0f} s")
+                        f"{self._breaker.cooldown:.0f} s"
+                    )
             retry_after = None
             try:
-                response = self._http.post(self.url, json={
-                    "model": self.spec.name, "input": texts, "encoding_format": "float"},
-                    headers=_auth_headers())
+                response = self._http.post(
+                    self.url,
+                    json={"model": self.spec.name, "input": texts, "encoding_format": "float"},
+                    headers=_auth_headers(),
+                )
             except httpx.TransportError as exc:  # refused, reset, timed out, bad name
                 failure = f"cannot reach provider {self.url}: {type(exc).__name__}"
             else:
@@ -144,20 +155,17 @@ class OpenAIHTTPModel:
                     self._record(True)
                     return vectors
                 failure = _describe(self.url, response)
-                if not is_retryable(response.status_code,
-                                    response.headers.get("x-should-retry")):
+                if not is_retryable(response.status_code, response.headers.get("x-should-retry")):
                     raise ProviderError(failure)  # the same answer would come again
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             self._record(False)
             if attempt + 1 < MAX_ATTEMPTS:
-                time.sleep(retry_delay(attempt, retry_after, BACKOFF_SECONDS,
-                                       BACKOFF_CAP_SECONDS))
+                time.sleep(retry_delay(attempt, retry_after, BACKOFF_SECONDS, BACKOFF_CAP_SECONDS))
         raise ProviderError(f"{failure} (after {MAX_ATTEMPTS} attempts)")
 
     def _record(self, ok: bool) -> None:
         with self._breaker_lock:
             self._breaker.record(ok, time.monotonic())
-
 
 
 def parse_embeddings(response: httpx.Response, count: int, url: str) -> np.ndarray:
@@ -168,14 +176,17 @@ def parse_embeddings(response: httpx.Response, count: int, url: str) -> np.ndarr
         data = sorted(response.json()["data"], key=lambda d: d["index"])
         vectors = [d["embedding"] for d in data]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ProviderError(f"provider {url} answered 200 without an OpenAI embeddings body "
-                            f"({type(exc).__name__})") from None
+        raise ProviderError(
+            f"provider {url} answered 200 without an OpenAI embeddings body ({type(exc).__name__})"
+        ) from None
     if len(vectors) != count or sorted(d["index"] for d in data) != list(range(count)):
-        raise ProviderError(f"provider {url} returned {len(vectors)} vectors for {count} "
-                            "inputs")
+        raise ProviderError(f"provider {url} returned {len(vectors)} vectors for {count} inputs")
     # A base64 string here would be the server ignoring encoding_format="float".
-    if (not all(isinstance(v, list) for v in vectors)
-            or len(lengths := {len(v) for v in vectors}) != 1 or 0 in lengths):
+    if (
+        not all(isinstance(v, list) for v in vectors)
+        or len(lengths := {len(v) for v in vectors}) != 1
+        or 0 in lengths
+    ):
         raise ProviderError(f"provider {url} returned vectors of unequal or unknown length")
     try:
         return np.asarray(vectors, dtype=np.float32).reshape(count, -1)

@@ -11,6 +11,7 @@ On the CPU, fp32: CPU kernels for half types are slower, not faster.
 `EMBEDSCALE_TF32=1` lets fp32 matrix products use TF32 tensor cores on CUDA (faster, ~1e-3
 relative error: an option, never the default).
 """
+
 from __future__ import annotations
 
 import os
@@ -22,21 +23,28 @@ DTYPE_ENV = "EMBEDSCALE_DTYPE"
 TF32_ENV = "EMBEDSCALE_TF32"
 
 
-def choose_dtype(device: str, requested: str | None = None, *,
-                 checkpoint_dtype: str | None = None,
-                 bf16_supported: bool | None = None) -> str:
+def choose_dtype(
+    device: str,
+    requested: str | None = None,
+    *,
+    checkpoint_dtype: str | None = None,
+    bf16_supported: bool | None = None,
+) -> str:
     """The dtype a model runs in on `device`: `requested` (or $EMBEDSCALE_DTYPE) unless it is
     'auto' or unset; else fp32 on the CPU and fp16 on CUDA (bf16 for a bf16 checkpoint on a GPU
     that supports it). `bf16_supported` None asks torch."""
     requested = (requested or os.environ.get(DTYPE_ENV) or "auto").strip().lower()
     if requested not in ("auto", *DTYPES):
-        raise ModelError(f"unknown dtype {requested!r} (from {DTYPE_ENV} or the request): "
-                         f"use auto, {', '.join(DTYPES)}")
+        raise ModelError(
+            f"unknown dtype {requested!r} (from {DTYPE_ENV} or the request): "
+            f"use auto, {', '.join(DTYPES)}"
+        )
     on_cuda = device.split(":")[0] == "cuda"
     if requested != "auto":
         if requested == "bfloat16" and on_cuda and not _bf16_supported(bf16_supported, device):
-            raise ModelError(f"dtype bfloat16 asked for, but {device} does not support it: "
-                             "use float16 or auto")
+            raise ModelError(
+                f"dtype bfloat16 asked for, but {device} does not support it: use float16 or auto"
+            )
         return requested
     if not on_cuda:
         return "float32"
@@ -76,5 +84,4 @@ def torch_dtype(name: str):
     """The torch dtype of one of DTYPES."""
     import torch
 
-    return {"float32": torch.float32, "float16": torch.float16,
-            "bfloat16": torch.bfloat16}[name]
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]

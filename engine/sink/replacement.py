@@ -6,6 +6,7 @@ Deleting is done the way Lance's own delete does it, one fragment at a time: a f
 rows all go is removed; one that keeps some gets a new deletion file (written now, invisible
 until the commit references it).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -23,26 +24,36 @@ def sql_string(value: str) -> str:
 def doc_predicate(doc_ids: Sequence[str], column: str = "doc_id") -> str:
     """A Lance filter matching rows whose `column` is one of `doc_ids` (not empty)."""
     step = DOC_IDS_PER_CLAUSE
-    lists = [", ".join(sql_string(d) for d in doc_ids[i:i + step])
-             for i in range(0, len(doc_ids), step)]
+    lists = [
+        ", ".join(sql_string(d) for d in doc_ids[i : i + step])
+        for i in range(0, len(doc_ids), step)
+    ]
     return " OR ".join(f"({column} IN ({values}))" for values in lists)
 
 
-def commit_replacing(uri: str, ds: lance.LanceDataset, predicate: str | None,
-                     new_fragments: Sequence, properties: Mapping[str, str],
-                     storage_options: dict[str, str] | None = None) -> int:
+def commit_replacing(
+    uri: str,
+    ds: lance.LanceDataset,
+    predicate: str | None,
+    new_fragments: Sequence,
+    properties: Mapping[str, str],
+    storage_options: dict[str, str] | None = None,
+) -> int:
     """Delete the rows of `ds` (the version read) matching `predicate` (None: none) and add
     `new_fragments`, in one commit carrying `properties`; returns the new version.
     `storage_options` reach a table on an object store (engine.storage.locations)."""
     removed, updated = _deletions(ds, predicate) if predicate else ([], [])
     if removed or updated:
-        operation = lance.LanceOperation.Update(removed_fragment_ids=removed,
-                                                updated_fragments=updated,
-                                                new_fragments=list(new_fragments))
+        operation = lance.LanceOperation.Update(
+            removed_fragment_ids=removed,
+            updated_fragments=updated,
+            new_fragments=list(new_fragments),
+        )
     else:
         operation = lance.LanceOperation.Append(list(new_fragments))
-    tx = lance.Transaction(read_version=ds.version, operation=operation,
-                           transaction_properties=dict(properties))
+    tx = lance.Transaction(
+        read_version=ds.version, operation=operation, transaction_properties=dict(properties)
+    )
     return lance.LanceDataset.commit(uri, tx, storage_options=storage_options).version
 
 
@@ -51,8 +62,7 @@ def _deletions(ds: lance.LanceDataset, predicate: str) -> tuple[list[int], list]
     Only the fragments holding a matching row are touched: their ids come from the row
     addresses of one filtered scan (the fragment id is the address's upper 32 bits)."""
     hits = ds.to_table(columns=["doc_id"], filter=predicate, with_row_address=True)
-    fragment_ids = sorted({address >> 32 for address in
-                           hits.column("_rowaddr").to_pylist()})
+    fragment_ids = sorted({address >> 32 for address in hits.column("_rowaddr").to_pylist()})
     removed, updated = [], []
     for fragment_id in fragment_ids:
         metadata = ds.get_fragment(fragment_id).delete(predicate)
@@ -63,9 +73,12 @@ def _deletions(ds: lance.LanceDataset, predicate: str) -> tuple[list[int], list]
     return removed, updated
 
 
-def rows_of_version(uri: str, version: int, predicate: str | None = None,
-                    storage_options: dict[str, str] | None = None):
+def rows_of_version(
+    uri: str,
+    version: int,
+    predicate: str | None = None,
+    storage_options: dict[str, str] | None = None,
+):
     """The rows of an earlier version of the table (all, or those matching `predicate`)."""
     ds = lance.dataset(uri, version=version, storage_options=storage_options)
     return ds.to_table(filter=predicate)
-

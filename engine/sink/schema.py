@@ -1,4 +1,5 @@
 """The Arrow schema of a chunk table (one row per chunk) and the metadata that pins its model."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -14,8 +15,9 @@ PROVIDER_URL_KEY = b"embedscale.provider_url"  # "openai": the endpoint search a
 LEGACY_PROVIDER = "sentence-transformers"
 
 
-def chunk_schema(model: str, dimension: int, provider: str = LEGACY_PROVIDER,
-                 provider_url: str | None = None) -> pa.Schema:
+def chunk_schema(
+    model: str, dimension: int, provider: str = LEGACY_PROVIDER, provider_url: str | None = None
+) -> pa.Schema:
     """Schema of the rows of a table embedded with `model` (vectors of `dimension` floats) by
     `provider` (at `provider_url`, for an HTTP provider)."""
     extra = {PROVIDER_URL_KEY: provider_url.encode()} if provider_url else {}

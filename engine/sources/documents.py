@@ -1,5 +1,6 @@
 """What a source yields: documents with stable ids and content hashes, and the reasons others
 were skipped."""
+
 from __future__ import annotations
 
 import hashlib

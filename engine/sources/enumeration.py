@@ -5,6 +5,7 @@ planner looks at file names and sizes only; large row-oriented files (jsonl, par
 into row ranges, so one huge file still spreads over the cluster. The corpus itself is read on
 the workers (engine.sources.readers).
 """
+
 from __future__ import annotations
 
 import glob
@@ -46,8 +47,12 @@ class SourcePlan:
 
 
 def plan_source(
-    source: str | os.PathLike, *, parallelism: int = 1, partition_bytes: int | None = None,
-    access: FileAccess = UNRESTRICTED, min_partition_bytes: int = MIN_PARTITION_BYTES,
+    source: str | os.PathLike,
+    *,
+    parallelism: int = 1,
+    partition_bytes: int | None = None,
+    access: FileAccess = UNRESTRICTED,
+    min_partition_bytes: int = MIN_PARTITION_BYTES,
 ) -> SourcePlan:
     """Plan a directory, file or glob into partitions of about `partition_bytes` each.
 
@@ -84,10 +89,10 @@ def plan_source(
             f"supported: {kinds})"
         )
     total = sum(c[3] for c in candidates)
-    target = partition_bytes or _default_partition_bytes(total, parallelism,
-                                                         min_partition_bytes)
-    slices = [s for c in candidates
-              for s in _slices(*c, target=target, skipped=skipped, access=access)]
+    target = partition_bytes or _default_partition_bytes(total, parallelism, min_partition_bytes)
+    slices = [
+        s for c in candidates for s in _slices(*c, target=target, skipped=skipped, access=access)
+    ]
     return SourcePlan(_pack(slices, target), skipped, root, len(candidates), total)
 
 
@@ -135,8 +140,9 @@ def inline_doc_id(text: str) -> str:
     return "text-" + content_hash(text)[:32]
 
 
-def _default_partition_bytes(total: int, parallelism: int,
-                             minimum: int = MIN_PARTITION_BYTES) -> int:
+def _default_partition_bytes(
+    total: int, parallelism: int, minimum: int = MIN_PARTITION_BYTES
+) -> int:
     per_partition = total // max(1, parallelism * PARTITIONS_PER_WORKER)
     return max(minimum, min(max(minimum, MAX_PARTITION_BYTES), per_partition))
 
@@ -151,8 +157,7 @@ def _list_objects(source: str, access: FileAccess) -> tuple[str, dict[str, int]]
     return list_objects(source, access.storage)
 
 
-def _list_files(source: str, access: FileAccess,
-                skipped: list[Skipped]) -> tuple[str, list[str]]:
+def _list_files(source: str, access: FileAccess, skipped: list[Skipped]) -> tuple[str, list[str]]:
     """The root that relative paths start from, and the files of the source, sorted. What is
     not a folder (a file, a FIFO, a device) is listed: the planner decides what to read."""
     if glob.has_magic(source):
@@ -182,7 +187,7 @@ def _glob(root: str, pattern: str) -> Iterator[str]:
     """Matches of `pattern` below `root`, without hidden names. pathlib's `**` does not follow
     links to folders (glob.glob's does: two links to '.' make its walk exponential)."""
     parts = Path(pattern).parts
-    rest = parts[len(list(_until_magic(parts))):]
+    rest = parts[len(list(_until_magic(parts))) :]
     for match in Path(root).glob(str(Path(*rest))):
         if not any(part.startswith(".") for part in match.relative_to(root).parts):
             yield os.path.abspath(match)
@@ -206,9 +211,11 @@ def _walk(root: str, access: FileAccess, skipped: list[Skipped]) -> Iterator[str
             full = os.path.join(dirpath, d)
             if os.path.islink(full):
                 where = os.path.realpath(full)
-                reason = ("a link to a path outside the allowed roots"
-                          if access.roots is not None and not is_inside(where, access.roots)
-                          else "a link to a folder: not followed")
+                reason = (
+                    "a link to a path outside the allowed roots"
+                    if access.roots is not None and not is_inside(where, access.roots)
+                    else "a link to a folder: not followed"
+                )
                 skipped.append(Skipped(os.path.relpath(full, root), reason))
             else:
                 kept.append(d)
@@ -219,7 +226,13 @@ def _walk(root: str, access: FileAccess, skipped: list[Skipped]) -> Iterator[str
 
 
 def _slices(
-    path: str, rel: str, fmt: str, size: int, *, target: int, skipped: list[Skipped],
+    path: str,
+    rel: str,
+    fmt: str,
+    size: int,
+    *,
+    target: int,
+    skipped: list[Skipped],
     access: FileAccess,
 ) -> list[FileSlice]:
     try:
@@ -240,8 +253,9 @@ def _slices(
     return [FileSlice(path, rel, fmt, size)]
 
 
-def _jsonl_slices(path: str, rel: str, size: int, target: int,
-                  access: FileAccess) -> Iterator[FileSlice]:
+def _jsonl_slices(
+    path: str, rel: str, size: int, target: int, access: FileAccess
+) -> Iterator[FileSlice]:
     """Cut at line ends into ranges of about `target` bytes, counting rows for doc ids."""
     start = pos = 0
     first_row = row = 0
@@ -256,8 +270,9 @@ def _jsonl_slices(path: str, rel: str, size: int, target: int,
         yield FileSlice(path, rel, "jsonl", pos - start, start, pos, first_row)
 
 
-def _parquet_slices(path: str, rel: str, size: int, target: int,
-                    access: FileAccess) -> Iterator[FileSlice]:
+def _parquet_slices(
+    path: str, rel: str, size: int, target: int, access: FileAccess
+) -> Iterator[FileSlice]:
     import pyarrow.parquet as pq
 
     with access.open(path) as f:

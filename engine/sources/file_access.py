@@ -12,12 +12,14 @@ machine that opens it (the driver while planning, a worker while reading):
 - Reads stop at a limit: a document larger than `max_document_bytes` (a file read whole, a
   JSON line) is refused with its size instead of filling a worker's memory.
 
-Objects on an object store (`s3://...`, engine.sources.remote_files) follow the same rules: inside the
+Objects on an object store (`s3://...`, engine.sources.remote_files) follow the same rules: inside
+the
 allowed roots (URI prefixes), objects only, bounded reads.
 
 A refusal is a `FileRefused` with a reason; the readers turn it into a skipped document, and
 the job goes on.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,10 +32,14 @@ from embedscale.engine.storage.locations import NO_OPTIONS, StorageOptions, is_u
 
 DEFAULT_MAX_DOCUMENT_BYTES = 32 * 1024 * 1024  # ~8M tokens: far beyond any one real document
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024 * 1024  # a json/csv file is parsed whole: cap that too
-_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR,
-          "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(
-    os, "O_CLOEXEC", 0)
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class FileRefused(Exception):
@@ -80,7 +86,8 @@ class FileAccess:
 
             try:
                 return remote_files.object_size(
-                    remote_files.check_allowed(path, self.roots), self.storage)
+                    remote_files.check_allowed(path, self.roots), self.storage
+                )
             except remote_files.RemoteRefused as exc:
                 raise FileRefused(exc.reason) from None
         try:

@@ -1,19 +1,59 @@
 """Visible text of an HTML document: what a reader sees, without scripts, styles or markup."""
+
 from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
 
 # Elements whose content is never shown as text.
-_INVISIBLE = frozenset({
-    "script", "style", "head", "template", "noscript", "svg", "iframe", "object",
-})
+_INVISIBLE = frozenset(
+    {
+        "script",
+        "style",
+        "head",
+        "template",
+        "noscript",
+        "svg",
+        "iframe",
+        "object",
+    }
+)
 # Elements that start a new line of text when rendered.
-_BLOCKS = frozenset({
-    "p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer",
-    "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "dd", "dt", "hr", "title", "main",
-    "nav", "aside", "figure", "figcaption", "td", "th",
-})
+_BLOCKS = frozenset(
+    {
+        "p",
+        "div",
+        "br",
+        "li",
+        "ul",
+        "ol",
+        "tr",
+        "table",
+        "section",
+        "article",
+        "header",
+        "footer",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "pre",
+        "blockquote",
+        "dd",
+        "dt",
+        "hr",
+        "title",
+        "main",
+        "nav",
+        "aside",
+        "figure",
+        "figcaption",
+        "td",
+        "th",
+    }
+)
 _SPACES = re.compile(r"[ \t\r\f\v]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 

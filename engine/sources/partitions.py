@@ -1,6 +1,7 @@
 """Partitions: the unit of work, retry and commit. They carry references to documents (a file,
 a row range of a file, or a few inline texts), never the corpus itself, so the driver and the
 scheduler stay small whatever the corpus size."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -3,6 +3,7 @@
 A bad file or row never fails the partition: it becomes a `Skipped` with its reason (binary,
 invalid UTF-8, empty, malformed JSON, missing text field) and the rest is read.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,11 +21,15 @@ from embedscale.engine.sources.partitions import FileSlice, InlineText
 
 # File extension -> format name.
 EXTENSIONS = {
-    ".txt": "text", ".text": "text",
-    ".md": "markdown", ".markdown": "markdown",
-    ".html": "html", ".htm": "html",
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
     ".json": "json",
-    ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
     ".csv": "csv",
     ".parquet": "parquet",
 }
@@ -44,8 +49,9 @@ ReadResult = tuple[list[Document], list[Skipped]]
 _WHOLE_FILE_FORMATS = frozenset({"json", "csv"})  # parsed whole: bounded by max_file_bytes
 
 
-def read_item(item: FileSlice | InlineText, fields: RecordFields,
-              access: FileAccess = UNRESTRICTED) -> ReadResult:
+def read_item(
+    item: FileSlice | InlineText, fields: RecordFields, access: FileAccess = UNRESTRICTED
+) -> ReadResult:
     """Read one partition item into documents, and the reasons for what was skipped. Files are
     opened through `access`: a refused file (not regular, outside the roots, too large) is
     skipped with its reason."""
@@ -207,8 +213,9 @@ def _read_parquet_file(f: BinaryIO, item: FileSlice, fields: RecordFields) -> Re
     try:
         pf = pq.ParquetFile(f)
     except Exception as exc:  # pyarrow raises ArrowInvalid for a file that is not parquet
-        return [], [Skipped(item.relpath,
-                            f"not a readable parquet file: {scrub_message(str(exc))}")]
+        return [], [
+            Skipped(item.relpath, f"not a readable parquet file: {scrub_message(str(exc))}")
+        ]
     if fields.text_field not in pf.schema_arrow.names:
         return [], [Skipped(item.relpath, f"no '{fields.text_field}' column")]
     start = item.start or 0

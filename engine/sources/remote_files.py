@@ -5,6 +5,7 @@ or parquet file is cut into row ranges); the workers open their own objects and 
 byte ranges. The rules of local files hold: only objects inside the allowed roots (URI prefixes)
 are read, hidden names are left out, and a document over the size limit is refused.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,9 @@ def normalised(uri: str) -> str:
 
 def is_inside_prefix(uri: str, roots: tuple[str, ...]) -> bool:
     """Whether `uri` is one of the URI `roots` or lies below one."""
-    return any(uri == r.rstrip("/") or uri.startswith(r.rstrip("/") + "/")
-               for r in roots if "://" in r)
+    return any(
+        uri == r.rstrip("/") or uri.startswith(r.rstrip("/") + "/") for r in roots if "://" in r
+    )
 
 
 def check_allowed(uri: str, roots: tuple[str, ...] | None) -> str:
@@ -81,8 +83,9 @@ def open_object(uri: str, storage: StorageOptions) -> BinaryIO:
     try:
         # fsspec's file lacks readline(limit), which the jsonl reader bounds lines with: a
         # BufferedReader over it has the whole io interface.
-        return io.BufferedReader(filesystem(uri, storage).open(strip_scheme(uri), "rb"),
-                                 buffer_size=_READ_BUFFER)
+        return io.BufferedReader(
+            filesystem(uri, storage).open(strip_scheme(uri), "rb"), buffer_size=_READ_BUFFER
+        )
     except Exception as exc:
         raise _refusal(exc, uri, storage) from None
 
@@ -107,9 +110,11 @@ def list_objects(source: str, storage: StorageOptions) -> tuple[str, dict[str, i
                     found = {info["name"]: info}
     except Exception as exc:
         raise SourceError(describe_storage_error(exc, source, storage.endpoint)) from None
-    objects = {with_scheme(source, name): int(info.get("size") or 0)
-               for name, info in found.items()
-               if info.get("type") == "file" and not _hidden(name, root)}
+    objects = {
+        with_scheme(source, name): int(info.get("size") or 0)
+        for name, info in found.items()
+        if info.get("type") == "file" and not _hidden(name, root)
+    }
     if not objects:
         what = "glob matches no objects" if any(m in path for m in _MAGIC) else "no objects under"
         raise (EmptySourceError if found else SourceError)(f"source {what}: {source}")
@@ -118,8 +123,11 @@ def list_objects(source: str, storage: StorageOptions) -> tuple[str, dict[str, i
 
 def relative(uri: str, root: str) -> str:
     """`uri` relative to `root` (both URIs): part of doc ids and the `source` column."""
-    return uri[len(root.rstrip("/")) + 1:] if uri.startswith(root.rstrip("/") + "/") else \
-        posixpath.basename(uri)
+    return (
+        uri[len(root.rstrip("/")) + 1 :]
+        if uri.startswith(root.rstrip("/") + "/")
+        else posixpath.basename(uri)
+    )
 
 
 def glob_root(path: str) -> str:
@@ -133,7 +141,7 @@ def glob_root(path: str) -> str:
 
 
 def _hidden(name: str, root: str) -> bool:
-    rest = name[len(root):].lstrip("/") if name.startswith(root) else name
+    rest = name[len(root) :].lstrip("/") if name.startswith(root) else name
     return any(part.startswith(".") for part in rest.split("/"))
 
 

@@ -8,6 +8,7 @@ and a cluster spec's `storage_options` section, and shipped to workers inside ea
 config, so workers of a remote cluster need no credentials of their own. The options never
 print: `StorageOptions`' repr names the endpoint and hides every secret.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -112,8 +113,9 @@ def is_uri(location: str | os.PathLike) -> bool:
     return "://" in str(location)
 
 
-def resolve_storage_options(spec: Mapping[str, Any] | None = None,
-                            environ: Mapping[str, str] | None = None) -> StorageOptions:
+def resolve_storage_options(
+    spec: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> StorageOptions:
     """The options for object stores: the standard AWS variables, overridden by a spec's
     `storage_options` section. An http:// endpoint needs no separate `allow_http`: naming it is
     the consent. Unknown keys in the spec are an error naming the known ones."""
@@ -126,8 +128,9 @@ def resolve_storage_options(spec: Mapping[str, Any] | None = None,
     for key, value in (spec or {}).items():
         canonical = _CANONICAL.get(str(key).lower())
         if canonical is None:
-            raise EmbedscaleError(f"unknown storage option {key!r}: use one of "
-                                  f"{', '.join(sorted(_ALIASES))}")
+            raise EmbedscaleError(
+                f"unknown storage option {key!r}: use one of {', '.join(sorted(_ALIASES))}"
+            )
         if value is not None:
             options[canonical] = str(value).lower() if isinstance(value, bool) else str(value)
     if options.get("aws_endpoint", "").startswith("http://"):
@@ -167,17 +170,25 @@ def _filesystem(scheme: str, options: StorageOptions):
             client["region_name"] = options["aws_region"]
         if options.endpoint:
             client["endpoint_url"] = options.endpoint
-        kwargs = {"client_kwargs": client,
-                  # An endpoint that does not answer fails in seconds, not after minutes of
-                  # botocore's default retries.
-                  "config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
-                                    "retries": {"max_attempts": 3, "mode": "standard"}},
-                  # Listings change under us (tables created and dropped by other jobs): a
-                  # cached listing would report a dropped table as present.
-                  "use_listings_cache": False, "skip_instance_cache": True}
+        kwargs = {
+            "client_kwargs": client,
+            # An endpoint that does not answer fails in seconds, not after minutes of
+            # botocore's default retries.
+            "config_kwargs": {
+                "connect_timeout": 5,
+                "read_timeout": 60,
+                "retries": {"max_attempts": 3, "mode": "standard"},
+            },
+            # Listings change under us (tables created and dropped by other jobs): a
+            # cached listing would report a dropped table as present.
+            "use_listings_cache": False,
+            "skip_instance_cache": True,
+        }
         if "aws_access_key_id" in options:
-            kwargs |= {"key": options["aws_access_key_id"],
-                       "secret": options.get("aws_secret_access_key")}
+            kwargs |= {
+                "key": options["aws_access_key_id"],
+                "secret": options.get("aws_secret_access_key"),
+            }
             if "aws_session_token" in options:
                 kwargs["token"] = options["aws_session_token"]
     try:
@@ -262,10 +273,8 @@ def check_reachable(uri: str, options: StorageOptions) -> None:
     fs = filesystem(uri, options)
     try:
         if hasattr(fs, "call_s3"):  # one short listing, within the prefix a policy may allow
-            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/",
-                       MaxKeys=1)
+            fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
         else:
             fs.ls(bucket, detail=False)
     except Exception as exc:
         raise StorageError(describe_storage_error(exc, uri, options.endpoint)) from None
-

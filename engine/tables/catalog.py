@@ -4,6 +4,7 @@ The control plane and the API reach Lance only through here (and engine.tables.s
 `<name>.lance` folder under the data dir's `lancedb/`, committed at least once (see
 engine.sink.lance_sink.ChunkTable.exists).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,13 +36,17 @@ def table_names(data_dir: str | Path, storage: StorageOptions | None = None) -> 
     `data_dir` may be an object-store URI, reached with `storage` (default: the AWS
     variables), as everywhere in this module."""
     probe = ChunkTable(data_dir, "probe", storage)
-    names = [n.removesuffix(".lance") for n in child_names(str(probe.root), probe.storage)
-             if n.endswith(".lance")]
+    names = [
+        n.removesuffix(".lance")
+        for n in child_names(str(probe.root), probe.storage)
+        if n.endswith(".lance")
+    ]
     return [n for n in names if ChunkTable(data_dir, n, probe.storage).exists()]
 
 
-def existing_table(data_dir: str | Path, name: str,
-                   storage: StorageOptions | None = None) -> ChunkTable:
+def existing_table(
+    data_dir: str | Path, name: str, storage: StorageOptions | None = None
+) -> ChunkTable:
     """The table `name` of a data dir; TableNotFoundError (naming those that exist) if there
     is none, TableError for a name no table can have."""
     table = ChunkTable(data_dir, name, storage)
@@ -53,8 +58,9 @@ def existing_table(data_dir: str | Path, name: str,
     return table
 
 
-def describe_table(data_dir: str | Path, name: str,
-                   storage: StorageOptions | None = None) -> TableInfo:
+def describe_table(
+    data_dir: str | Path, name: str, storage: StorageOptions | None = None
+) -> TableInfo:
     """Rows, model and dimension of one table (TableNotFoundError if there is none)."""
     return _describe(existing_table(data_dir, name, storage))
 
@@ -73,8 +79,12 @@ def list_tables(data_dir: str | Path, storage: StorageOptions | None = None) -> 
     return infos
 
 
-def read_table(data_dir: str | Path, name: str, columns: list[str] | None = None,
-               storage: StorageOptions | None = None) -> pa.Table:
+def read_table(
+    data_dir: str | Path,
+    name: str,
+    columns: list[str] | None = None,
+    storage: StorageOptions | None = None,
+) -> pa.Table:
     """A table's rows (all columns, or `columns`) as Arrow, as of its latest commit."""
     return existing_table(data_dir, name, storage).dataset().to_table(columns=columns)
 

@@ -2,11 +2,13 @@
 
 The ledger of what each job did lives in the control plane (DuckDB), written just after each
 Lance commit. A crash between the two leaves a commit that only the table knows; every commit
-carries its proof as transaction properties (engine.sink.lance_sink, engine.tables.sync), read here. The control
+carries its proof as transaction properties (engine.sink.lance_sink, engine.tables.sync), read
+here. The control
 plane reads only the commits after the newest version its ledger recorded, so the read is
 bounded by what happened since, not by a window of recent commits that a busy table passes in
 minutes (tens of commits a second under small-job load).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +39,9 @@ class TableCommit:
 
     def jobs(self) -> set[str]:
         """The jobs this commit names."""
-        return ({*self.partitions, *self.replaced, *self.seen, *self.sync_done}
-                | ({self.overwrite} if self.overwrite else set()))
+        return {*self.partitions, *self.replaced, *self.seen, *self.sync_done} | (
+            {self.overwrite} if self.overwrite else set()
+        )
 
 
 def commits_after(table: ChunkTable, version: int) -> list[TableCommit]:
@@ -46,8 +49,9 @@ def commits_after(table: ChunkTable, version: int) -> list[TableCommit]:
     if not table.exists():
         return []
     ds = table.dataset()
-    return _decoded(ds.version, ds.get_transactions(ds.version - version)
-                    if ds.version > version else [])
+    return _decoded(
+        ds.version, ds.get_transactions(ds.version - version) if ds.version > version else []
+    )
 
 
 def commit_at(table: ChunkTable, version: int) -> TableCommit | None:
@@ -84,17 +88,22 @@ def _decoded(newest: int, transactions: list) -> list[TableCommit]:
         if not any(key in props for key in _KEYS):
             continue
         commits = json.loads(props.get(COMMITS_PROPERTY, "{}"))
-        found.append(TableCommit(
-            newest - offset, tx.read_version,
-            {job: {int(p): counts for p, counts in parts.items()}
-             for job, parts in commits.items()},
-            json.loads(props.get(REPLACED_PROPERTY, "{}")),
-            json.loads(props.get(SEEN_PROPERTY, "{}")),
-            json.loads(props[OVERWRITE_PROPERTY]) if OVERWRITE_PROPERTY in props else None,
-            json.loads(props.get(SYNC_DONE_PROPERTY, "{}"))))
+        found.append(
+            TableCommit(
+                newest - offset,
+                tx.read_version,
+                {
+                    job: {int(p): counts for p, counts in parts.items()}
+                    for job, parts in commits.items()
+                },
+                json.loads(props.get(REPLACED_PROPERTY, "{}")),
+                json.loads(props.get(SEEN_PROPERTY, "{}")),
+                json.loads(props[OVERWRITE_PROPERTY]) if OVERWRITE_PROPERTY in props else None,
+                json.loads(props.get(SYNC_DONE_PROPERTY, "{}")),
+            )
+        )
     found.reverse()
     return found
 
 
-_KEYS = (COMMITS_PROPERTY, REPLACED_PROPERTY, SEEN_PROPERTY, OVERWRITE_PROPERTY,
-         SYNC_DONE_PROPERTY)
+_KEYS = (COMMITS_PROPERTY, REPLACED_PROPERTY, SEEN_PROPERTY, OVERWRITE_PROPERTY, SYNC_DONE_PROPERTY)

@@ -20,6 +20,7 @@ filter in parentheses, each on its own line (a trailing `-- comment` cannot swal
 one). Were Lance's grammar to end the condition earlier than DuckDB's, it meets the closing
 parenthesis too early and fails, rather than dropping the rest.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ import threading
 from typing import Any
 
 import duckdb
+
 from embedscale.engine.errors import TableError
 
 _PREFIX = "SELECT 1 FROM t WHERE "
@@ -46,8 +48,11 @@ def _tree(sql: str) -> dict[str, Any]:
 def _shape(node: Any) -> Any:
     # The tree without positions (they move with the filter's length) or the WHERE clause.
     if isinstance(node, dict):
-        return {k: _shape(v) for k, v in node.items()
-                if k != "where_clause" and not k.startswith("query_location")}
+        return {
+            k: _shape(v)
+            for k, v in node.items()
+            if k != "where_clause" and not k.startswith("query_location")
+        }
     if isinstance(node, list):
         return [_shape(v) for v in node]
     return node
@@ -85,8 +90,10 @@ def check_filter(where: str) -> str:
         elif _shape(tree) != _REFERENCE:
             problem = "something follows the condition (ORDER BY, LIMIT, a parameter, ...)"
     if problem is not None:
-        raise TableError(f"invalid filter {where!r}: {problem}; give one condition on the "
-                         "table's columns, e.g. source = 'a.md' AND chunk_index < 3")
+        raise TableError(
+            f"invalid filter {where!r}: {problem}; give one condition on the "
+            "table's columns, e.g. source = 'a.md' AND chunk_index < 3"
+        )
     return where
 
 

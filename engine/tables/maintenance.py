@@ -9,11 +9,13 @@ ids and every older version stay as they were.
 Only the caller knows what else writes to the table; it must not commit deletions to the table
 while a compaction runs (jobs/runner/table_maintenance.py keeps the runner's own writes apart).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import lance
+
 from embedscale.engine.storage.locations import NO_OPTIONS, StorageOptions, lance_options
 
 

@@ -3,6 +3,7 @@
 Runs in the API or CLI process: a query model there stays on the CPU (the GPUs belong to the
 workers, and one query needs none).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,17 @@ from embedscale.engine.storage.locations import StorageOptions
 from embedscale.engine.tables.catalog import existing_table
 from embedscale.engine.tables.filters import lance_filter
 
-_COLUMNS = ["id", "doc_id", "chunk_index", "text", "source", "metadata", "char_start", "char_end",
-            "_distance"]
+_COLUMNS = [
+    "id",
+    "doc_id",
+    "chunk_index",
+    "text",
+    "source",
+    "metadata",
+    "char_start",
+    "char_end",
+    "_distance",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +54,14 @@ class Hit:
     id: str
 
 
-def search(data_dir: str | Path, name: str, query: str, k: int = 5,
-           where: str | None = None, storage: StorageOptions | None = None) -> list[Hit]:
+def search(
+    data_dir: str | Path,
+    name: str,
+    query: str,
+    k: int = 5,
+    where: str | None = None,
+    storage: StorageOptions | None = None,
+) -> list[Hit]:
     """The `k` chunks nearest to `query`, best first, optionally filtered by a SQL `where`.
     `storage` reaches tables on an object store (default: the AWS variables)."""
     if k < 1:
@@ -53,13 +69,15 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
     # Checked whole before anything is loaded: Lance alone would drop what follows a condition.
     lance_where = lance_filter(where) if where else None
     table = existing_table(data_dir, name, storage)
-    lance_table = lancedb.connect(str(table.root), storage_options=table.storage_options
-                                  ).open_table(name)
+    lance_table = lancedb.connect(
+        str(table.root), storage_options=table.storage_options
+    ).open_table(name)
     model_name, _ = table_model(lance_table.schema)
     if model_name is None:
         raise TableError(f"table '{name}' has no embedscale model metadata")
-    vector = get_model(query_model(lance_table.schema, model_name), device="cpu"
-                       ).embed_texts([query])[0]
+    vector = get_model(query_model(lance_table.schema, model_name), device="cpu").embed_texts(
+        [query]
+    )[0]
     query_builder = lance_table.search(vector).distance_type("cosine").limit(k).select(_COLUMNS)
     if lance_where:
         query_builder = query_builder.where(lance_where, prefilter=True)
@@ -70,8 +88,17 @@ def search(data_dir: str | Path, name: str, query: str, k: int = 5,
             raise
         raise TableError(f"invalid filter {where!r}: {str(exc).splitlines()[0]}") from None
     return [
-        Hit(r["doc_id"], r["chunk_index"], 1.0 - float(r["_distance"]), r["text"], r["source"],
-            json.loads(r["metadata"] or "{}"), r["char_start"], r["char_end"], r["id"])
+        Hit(
+            r["doc_id"],
+            r["chunk_index"],
+            1.0 - float(r["_distance"]),
+            r["text"],
+            r["source"],
+            json.loads(r["metadata"] or "{}"),
+            r["char_start"],
+            r["char_end"],
+            r["id"],
+        )
         for r in rows
     ]
 
@@ -87,6 +114,8 @@ def query_model(schema, model_name: str) -> ModelSpec:
         return provider_spec(provider, model_name)
     if provider == "openai" and url:
         return ModelSpec(model_name, url, "openai")
-    raise TableError(f"table of model '{model_name}' names provider {provider!r}"
-                     f"{' without an endpoint URL' if provider == 'openai' else ''}: "
-                     "this embedscale cannot embed its queries")
+    raise TableError(
+        f"table of model '{model_name}' names provider {provider!r}"
+        f"{' without an endpoint URL' if provider == 'openai' else ''}: "
+        "this embedscale cannot embed its queries"
+    )

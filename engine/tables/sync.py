@@ -9,6 +9,7 @@ names the job and how many it deleted (SYNC_DONE_PROPERTY), and the documents it
 (sink.REPLACED_PROPERTY, what a cancel puts back), so that a crash before the control plane
 records it neither deletes twice nor loses the count (engine/tables/commit_log.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ class Deletion:
     gone: list[str]
 
 
-def delete_gone(table: ChunkTable, job_id: str, seen: Collection[str],
-                kept_sources: Collection[str] = ()) -> Deletion:
+def delete_gone(
+    table: ChunkTable, job_id: str, seen: Collection[str], kept_sources: Collection[str] = ()
+) -> Deletion:
     """Delete the documents of `table` that sync job `job_id` did not read from its source
     (`seen`: the documents and skipped sources its partitions read), except those whose source
     or id is in `kept_sources`; one commit, made even when nothing is gone (it records that
@@ -40,13 +42,27 @@ def delete_gone(table: ChunkTable, job_id: str, seen: Collection[str],
     kept = set(kept_sources)
     ds = table.dataset()
     rows = ds.to_table(columns=["doc_id", "source"])
-    gone = sorted({doc_id for doc_id, source in zip(rows.column("doc_id").to_pylist(),
-                                                     rows.column("source").to_pylist())
-                   if doc_id not in seen and source not in seen
-                   and doc_id not in kept and source not in kept})
+    gone = sorted(
+        {
+            doc_id
+            for doc_id, source in zip(
+                rows.column("doc_id").to_pylist(), rows.column("source").to_pylist()
+            )
+            if doc_id not in seen
+            and source not in seen
+            and doc_id not in kept
+            and source not in kept
+        }
+    )
     properties = {SYNC_DONE_PROPERTY: json.dumps({job_id: len(gone)})}
     if gone:
         properties[REPLACED_PROPERTY] = json.dumps({job_id: gone})
-    version = commit_replacing(table.uri, ds, doc_predicate(gone) if gone else None, [],
-                               properties, storage_options=table.storage_options)
+    version = commit_replacing(
+        table.uri,
+        ds,
+        doc_predicate(gone) if gone else None,
+        [],
+        properties,
+        storage_options=table.storage_options,
+    )
     return Deletion(Commit(ds.version, version), gone)

@@ -7,6 +7,7 @@ versions are the table's own: Lance keeps them (nothing here cleans them up). A 
 only if no other job has since written its document: what others wrote after the cancelled job
 is theirs to keep.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from lance.fragment import write_fragments
+
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sink.replacement import (
     commit_replacing,
@@ -21,14 +24,16 @@ from embedscale.engine.sink.replacement import (
     rows_of_version,
     sql_string,
 )
-from lance.fragment import write_fragments
 
 UNDO_PROPERTY = "embedscale.undo"  # the job whose rows a commit removed and restored
 
 
-def undo_job(table: ChunkTable, job_id: str,
-             replaced: Sequence[tuple[int, Sequence[str]]] = (),
-             overwritten_before: int | None = None) -> int:
+def undo_job(
+    table: ChunkTable,
+    job_id: str,
+    replaced: Sequence[tuple[int, Sequence[str]]] = (),
+    overwritten_before: int | None = None,
+) -> int:
     """Remove every row `job_id` wrote to `table` and put back the rows it replaced, in one
     commit; returns how many rows came back. `replaced`: (the version a commit of the job read,
     the documents whose rows that commit deleted), in the order of the commits;
@@ -44,19 +49,32 @@ def undo_job(table: ChunkTable, job_id: str,
         taken = set(others.to_pylist())
         keep = [d not in taken for d in restored.column("doc_id").to_pylist()]
         restored = restored.filter(pa.array(keep, pa.bool_()))
-    fragments = (write_fragments(restored, table.uri, schema=ds.schema,
-                                 storage_options=table.storage_options)
-                 if restored is not None and restored.num_rows else [])
+    fragments = (
+        write_fragments(
+            restored, table.uri, schema=ds.schema, storage_options=table.storage_options
+        )
+        if restored is not None and restored.num_rows
+        else []
+    )
     if not fragments and not ds.count_rows(filter=own):
         return 0
-    commit_replacing(table.uri, ds, own, fragments, {UNDO_PROPERTY: json.dumps(job_id)},
-                     storage_options=table.storage_options)
+    commit_replacing(
+        table.uri,
+        ds,
+        own,
+        fragments,
+        {UNDO_PROPERTY: json.dumps(job_id)},
+        storage_options=table.storage_options,
+    )
     return sum(f.physical_rows for f in fragments)
 
 
-def _replaced_rows(table: ChunkTable, job_id: str,
-                   replaced: Sequence[tuple[int, Sequence[str]]],
-                   overwritten_before: int | None) -> pa.Table | None:
+def _replaced_rows(
+    table: ChunkTable,
+    job_id: str,
+    replaced: Sequence[tuple[int, Sequence[str]]],
+    overwritten_before: int | None,
+) -> pa.Table | None:
     """The rows the job's commits replaced, as they were before, or None when it replaced
     nothing."""
     parts: list[pa.Table] = []
@@ -65,8 +83,9 @@ def _replaced_rows(table: ChunkTable, job_id: str,
         parts.append(rows_of_version(uri, overwritten_before, storage_options=options))
     for before, doc_ids in replaced:
         if doc_ids:
-            rows = rows_of_version(uri, before, doc_predicate(sorted(set(doc_ids))),
-                                   storage_options=options)
+            rows = rows_of_version(
+                uri, before, doc_predicate(sorted(set(doc_ids))), storage_options=options
+            )
             rows = rows.filter(pc.not_equal(rows.column("job_id"), job_id))
             parts.append(rows)
     if not parts:

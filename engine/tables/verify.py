@@ -7,6 +7,7 @@ Memory stays bounded whatever the table's size: rows are read a batch at a time 
 that repeat are confirmed by a second pass over the ids alone, so a collision of keys is never
 reported as a duplicate.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,15 +60,18 @@ def scan_table(table: ChunkTable) -> TableScan:
     declared = (ds.schema.metadata or {}).get(DIMENSION_KEY)
     expected_dim = int(declared) if declared else dimension
     if declared and dimension is not None and dimension != expected_dim:
-        scan.problems.append(Problem(
-            "wrong_dimension", f"the vector column holds {dimension} floats a row, but the "
-            f"table was made for {expected_dim}: rebuild it with --mode overwrite",
-            ds.count_rows()))
+        scan.problems.append(
+            Problem(
+                "wrong_dimension",
+                f"the vector column holds {dimension} floats a row, but the "
+                f"table was made for {expected_dim}: rebuild it with --mode overwrite",
+                ds.count_rows(),
+            )
+        )
     keys: list[np.ndarray] = []
     models: Counter[str] = Counter()
     bad_vectors = _Examples()
-    for batch in ds.to_batches(columns=["id", "job_id", "model", "vector"],
-                               batch_size=BATCH_ROWS):
+    for batch in ds.to_batches(columns=["id", "job_id", "model", "vector"], batch_size=BATCH_ROWS):
         ids = batch.column("id")
         scan.rows += batch.num_rows
         keys.append(id_keys(ids))
@@ -77,18 +81,29 @@ def scan_table(table: ChunkTable) -> TableScan:
         if bad.any():
             bad_vectors.add(int(bad.sum()), ids.filter(pa.array(bad)))
     if bad_vectors.count:
-        scan.problems.append(Problem(
-            "invalid_vectors", f"{bad_vectors.count} rows have a vector that is missing, not of "
-            f"{expected_dim} floats, or not finite (NaN or infinity): re-embed their documents "
-            "(upsert) or delete them", bad_vectors.count, bad_vectors.shown()))
+        scan.problems.append(
+            Problem(
+                "invalid_vectors",
+                f"{bad_vectors.count} rows have a vector that is missing, not of "
+                f"{expected_dim} floats, or not finite (NaN or infinity): re-embed their documents "
+                "(upsert) or delete them",
+                bad_vectors.count,
+                bad_vectors.shown(),
+            )
+        )
     scan.problems += _model_problems(models, model)
     duplicate = _duplicates(ds, np.concatenate(keys) if keys else np.empty(0, np.uint64))
     if duplicate:
         extra = sum(duplicate.values()) - len(duplicate)
-        scan.problems.append(Problem(
-            "duplicate_ids", f"{len(duplicate)} row ids appear more than once ({extra} rows "
-            "too many; a partition committed twice?)", len(duplicate),
-            tuple(sorted(duplicate)[:EXAMPLES])))
+        scan.problems.append(
+            Problem(
+                "duplicate_ids",
+                f"{len(duplicate)} row ids appear more than once ({extra} rows "
+                "too many; a partition committed twice?)",
+                len(duplicate),
+                tuple(sorted(duplicate)[:EXAMPLES]),
+            )
+        )
     return scan
 
 
@@ -118,8 +133,13 @@ def id_keys(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
             shifts = np.arange(7, -1, -1, dtype=np.uint64) * np.uint64(8)
             return (((high << np.uint64(4)) | low) << shifts).sum(axis=1, dtype=np.uint64)
     # Another kind of id (a table written by hand): hashed one by one, the slow way.
-    return np.array([int.from_bytes(hashlib.blake2b(v or b"", digest_size=8).digest(), "big")
-                     for v in ids.to_pylist()], np.uint64)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(v or b"", digest_size=8).digest(), "big")
+            for v in ids.to_pylist()
+        ],
+        np.uint64,
+    )
 
 
 def _duplicates(ds, keys: np.ndarray) -> dict[str, int]:
@@ -142,6 +162,7 @@ def _duplicates(ds, keys: np.ndarray) -> dict[str, int]:
 
 # --- vectors and models ----------------------------------------------------------------------
 
+
 def _bad_vectors(vectors: pa.Array, dimension: int | None) -> np.ndarray:
     """A mask of the rows whose vector is null, holds a NaN or an infinity, or (a column of
     lists of any length) is not of `dimension` floats."""
@@ -163,17 +184,23 @@ def _model_problems(models: Counter[str], model: str | None) -> list[Problem]:
         return []
     shown = ", ".join(f"'{m}' ({n} rows)" for m, n in sorted(others.items())[:EXAMPLES])
     rows = sum(others.values())
-    return [Problem("other_model", f"{rows} rows name another model than the table's "
-                    f"'{model}': {shown}; a table holds one model's vectors",
-                    rows, tuple(sorted(others)[:EXAMPLES]))]
+    return [
+        Problem(
+            "other_model",
+            f"{rows} rows name another model than the table's "
+            f"'{model}': {shown}; a table holds one model's vectors",
+            rows,
+            tuple(sorted(others)[:EXAMPLES]),
+        )
+    ]
 
 
 # --- counting --------------------------------------------------------------------------------
 
+
 def _count(into: dict[str, int] | Counter[str], column: pa.Array) -> None:
     counted = pc.value_counts(column)
-    for value, n in zip(counted.field("values").to_pylist(),
-                        counted.field("counts").to_pylist()):
+    for value, n in zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()):
         into[value] = into.get(value, 0) + n
 
 

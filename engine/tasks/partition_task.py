@@ -4,6 +4,7 @@ The stages run fused in one task so a partition's text, token ids and vectors ne
 worker's memory, and a retry redoes the whole partition from its references. Only the small
 PartitionResult (fragment metadata and counts) goes back to the driver.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,7 +54,8 @@ class TaskConfig:
     fields: RecordFields = field(default_factory=RecordFields)
     token_budget: int | None = None
     access: FileAccess = field(default_factory=FileAccess)  # checked again at every open
-    # Reaches a table on an object store (engine.storage.locations): the driver's options travel with
+    # Reaches a table on an object store (engine.storage.locations): the driver's options travel
+    # with
     # the job, so workers of a remote cluster need no credentials of their own.
     storage: StorageOptions = NO_OPTIONS
     # Seconds of model time one task may take on a partition (engine.tasks.slices): a longer
@@ -128,20 +130,24 @@ class _Prepared:
     device: str = ""
 
 
-def embed_partition(partition: Partition, config: TaskConfig,
-                    cursor: SliceCursor | None = None) -> PartitionResult:
+def embed_partition(
+    partition: Partition, config: TaskConfig, cursor: SliceCursor | None = None
+) -> PartitionResult:
     """Embed a partition on this worker, or its next slice when `config.slice_seconds` is set
     (engine.tasks.slices): the result's `cursor` then says where the next one starts, None once the
     partition is done. Bad documents are skipped, not fatal."""
     if config.slice_seconds is None and cursor is None:
         prepared = _prepare(partition, config)
-        return _write(prepared, _embed(get_model(config.model), prepared.inputs,
-                                       prepared.texts, config.token_budget))
+        return _write(
+            prepared,
+            _embed(get_model(config.model), prepared.inputs, prepared.texts, config.token_budget),
+        )
     return _embed_slice(partition, config, cursor)
 
 
-def _embed_slice(partition: Partition, config: TaskConfig,
-                 cursor: SliceCursor | None) -> PartitionResult:
+def _embed_slice(
+    partition: Partition, config: TaskConfig, cursor: SliceCursor | None
+) -> PartitionResult:
     started = time.perf_counter()
     state = STATES.take(cursor) if cursor is not None else None
     if state is None:
@@ -157,10 +163,14 @@ def _embed_slice(partition: Partition, config: TaskConfig,
     stop = slice_stop(lengths, start, budget) if start < state.total else start
     if stop > start:
         embed_started = time.perf_counter()
-        state.unwritten.append(_embed(model, prepared.inputs[start:stop],
-                                      prepared.texts[start:stop], config.token_budget))
-        RATES.record(config.model, int(lengths[start:stop].sum()),
-                     time.perf_counter() - embed_started)
+        state.unwritten.append(
+            _embed(
+                model, prepared.inputs[start:stop], prepared.texts[start:stop], config.token_budget
+            )
+        )
+        RATES.record(
+            config.model, int(lengths[start:stop].sum()), time.perf_counter() - embed_started
+        )
         state.embedded = stop
     # A slice that had to read its partition again writes what it embedded at once: were
     # the state lost at every slice, the partition would otherwise never get past its last
@@ -173,29 +183,33 @@ def _embed_slice(partition: Partition, config: TaskConfig,
     result.gpu_busy_percent = gpu_busy_since(prepared.device, started)
     result.gpu_peak_bytes = gpu_peak_bytes(prepared.device)
     if state.embedded < state.total:
-        result.cursor = SliceCursor(state.run, state.written, state.embedded, state.total,
-                                    state.digest, worker_address())
+        result.cursor = SliceCursor(
+            state.run, state.written, state.embedded, state.total, state.digest, worker_address()
+        )
         STATES.keep(state)
     else:
         result.cursor = None
     return result
 
 
-def _slice_state(partition: Partition, config: TaskConfig,
-                 cursor: SliceCursor | None) -> SliceState:
+def _slice_state(
+    partition: Partition, config: TaskConfig, cursor: SliceCursor | None
+) -> SliceState:
     """A partition read and chunked on this worker: afresh for its first slice, or again for a
     later one whose state is not here (embedding resumes after the rows already written)."""
     prepared = _prepare(partition, config)
     lengths = np.fromiter(map(len, prepared.inputs), np.int64, len(prepared.inputs))
-    digest = chunking_digest([d.doc_id for d in prepared.docs],
-                             [d.content_hash for d in prepared.docs], lengths)
+    digest = chunking_digest(
+        [d.doc_id for d in prepared.docs], [d.content_hash for d in prepared.docs], lengths
+    )
     if cursor is None:
         return SliceState(uuid.uuid4().hex, prepared, digest)
     STATES.misses += 1  # read again: its holder died, or Dask ran the slice elsewhere
     if digest != cursor.digest or cursor.total != len(lengths):
         raise PartitionChanged(
             f"partition {partition.index} changed since its first slice (a document was "
-            "edited, or committed by another job, meanwhile); it runs again from its start")
+            "edited, or committed by another job, meanwhile); it runs again from its start"
+        )
     return SliceState(cursor.run, prepared, digest, cursor.written, cursor.written, reread=True)
 
 
@@ -206,27 +220,40 @@ def _flush(state: SliceState, result: PartitionResult, lengths: np.ndarray) -> N
     if stop > start:
         vectors = np.concatenate(state.unwritten)
         chunks = prepared.chunks
-        part = Chunks(chunks.doc_index[start:stop], chunks.chunk_index[start:stop],
-                      chunks.char_start[start:stop], chunks.char_end[start:stop],
-                      chunks.content_ids[start:stop])
-        rows = _rows(prepared.docs, part, prepared.inputs[start:stop],
-                     prepared.texts[start:stop], vectors, prepared.config)
-        result.fragments = sink.write_fragments(prepared.config.table_uri, rows,
-                                                prepared.config.storage)
+        part = Chunks(
+            chunks.doc_index[start:stop],
+            chunks.chunk_index[start:stop],
+            chunks.char_start[start:stop],
+            chunks.char_end[start:stop],
+            chunks.content_ids[start:stop],
+        )
+        rows = _rows(
+            prepared.docs,
+            part,
+            prepared.inputs[start:stop],
+            prepared.texts[start:stop],
+            vectors,
+            prepared.config,
+        )
+        result.fragments = sink.write_fragments(
+            prepared.config.table_uri, rows, prepared.config.storage
+        )
     result.chunks = stop - start
     result.tokens = int(lengths[start:stop].sum())
     state.written, state.unwritten = stop, []
 
 
-def embed_partitions(batch: list[tuple[Partition, TaskConfig]]
-                     ) -> list[PartitionResult | PartitionFailed]:
+def embed_partitions(
+    batch: list[tuple[Partition, TaskConfig]],
+) -> list[PartitionResult | PartitionFailed]:
     """Several small partitions (of one or many jobs, one model) in one task: their inputs
     share the model's forward passes, and each partition still gets its own fragments and
     result, so the runner commits, charges and retries each on its own. A partition that
     fails is reported as PartitionFailed; the others go on."""
     outcomes: list[PartitionResult | PartitionFailed | _Prepared] = [
         _isolated(partition, config, lambda p=partition, c=config: _prepare(p, c))
-        for partition, config in batch]
+        for partition, config in batch
+    ]
     ready = [i for i, o in enumerate(outcomes) if isinstance(o, _Prepared)]
     if ready:
         config = outcomes[ready[0]].config
@@ -236,15 +263,17 @@ def embed_partitions(batch: list[tuple[Partition, TaskConfig]]
         start = 0
         for i in ready:
             prepared = outcomes[i]
-            share = vectors[start:start + len(prepared.inputs)]
+            share = vectors[start : start + len(prepared.inputs)]
             start += len(prepared.inputs)
-            outcomes[i] = _isolated(batch[i][0], prepared.config,
-                                    lambda p=prepared, v=share: _write(p, v))
+            outcomes[i] = _isolated(
+                batch[i][0], prepared.config, lambda p=prepared, v=share: _write(p, v)
+            )
     return outcomes  # type: ignore[return-value]
 
 
-def _embed(model, inputs: list[np.ndarray], texts: list[str],
-           token_budget: int | None) -> np.ndarray:
+def _embed(
+    model, inputs: list[np.ndarray], texts: list[str], token_budget: int | None
+) -> np.ndarray:
     """Vectors of the chunks: from their token ids (local models: one tokenization), or from
     their texts for a provider that takes texts (HTTP), each text's token count its weight."""
     if getattr(model, "takes_texts", False):
@@ -273,8 +302,9 @@ def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
     result.doc_ids = [d.doc_id for i, d in enumerate(docs) if i not in no_tokens]
     result.documents = len(docs) - len(no_tokens)
     inputs = [model.wrap(ids) for ids in chunks.content_ids]
-    texts = [docs[d].text[s:e]
-             for d, s, e in zip(chunks.doc_index, chunks.char_start, chunks.char_end)]
+    texts = [
+        docs[d].text[s:e] for d, s, e in zip(chunks.doc_index, chunks.char_start, chunks.char_end)
+    ]
     device = "" if getattr(model, "takes_texts", False) else str(getattr(model, "device", ""))
     watch_gpu(device)  # samples this GPU's busy from now on (a no-op on the CPU)
     return _Prepared(config, result, docs, chunks, inputs, texts, started, device)
@@ -283,8 +313,9 @@ def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
 def _write(prepared: _Prepared, vectors: np.ndarray) -> PartitionResult:
     result, config = prepared.result, prepared.config
     if len(prepared.chunks):
-        rows = _rows(prepared.docs, prepared.chunks, prepared.inputs, prepared.texts,
-                     vectors, config)
+        rows = _rows(
+            prepared.docs, prepared.chunks, prepared.inputs, prepared.texts, vectors, config
+        )
         result.fragments = sink.write_fragments(config.table_uri, rows, config.storage)
     result.chunks = len(prepared.chunks)
     result.tokens = int(sum(len(x) for x in prepared.inputs))
@@ -311,28 +342,41 @@ def _read(partition: Partition, config: TaskConfig) -> tuple[list[Document], lis
     return docs, skipped
 
 
-def _changed_only(docs: list[Document], config: TaskConfig,
-                  skipped: list[Skipped]) -> tuple[list[Document], int, list[str]]:
+def _changed_only(
+    docs: list[Document], config: TaskConfig, skipped: list[Skipped]
+) -> tuple[list[Document], int, list[str]]:
     """Documents to embed, how many are already in the table unchanged, and (upsert) which
     have rows to replace. Row ids are unique within a table in every mode: a document whose id
     is in the table with the same content is not embedded again; with other content, upsert
     replaces it and the other modes skip it with the reason. (The runner checks again at
     commit time, against what other jobs committed meanwhile.)"""
-    existing = sink.existing_hashes(config.table_uri, [d.doc_id for d in docs],
-                                    config.storage)
+    existing = sink.existing_hashes(config.table_uri, [d.doc_id for d in docs], config.storage)
     changed = [d for d in docs if existing.get(d.doc_id) != {d.content_hash}]
     if config.mode in sink.REPLACING_MODES:
-        return changed, len(docs) - len(changed), [d.doc_id for d in changed
-                                                   if d.doc_id in existing]
+        return (
+            changed,
+            len(docs) - len(changed),
+            [d.doc_id for d in changed if d.doc_id in existing],
+        )
     new = [d for d in changed if d.doc_id not in existing]
-    skipped.extend(Skipped(d.doc_id, "id already in the table with other content; use mode "
-                                     "upsert to replace it")
-                   for d in changed if d.doc_id in existing)
+    skipped.extend(
+        Skipped(
+            d.doc_id, "id already in the table with other content; use mode upsert to replace it"
+        )
+        for d in changed
+        if d.doc_id in existing
+    )
     return new, len(docs) - len(changed), []
 
 
-def _rows(docs: list[Document], chunks: Chunks, inputs: list[np.ndarray], texts: list[str],
-          vectors: np.ndarray, config: TaskConfig) -> pa.Table:
+def _rows(
+    docs: list[Document],
+    chunks: Chunks,
+    inputs: list[np.ndarray],
+    texts: list[str],
+    vectors: np.ndarray,
+    config: TaskConfig,
+) -> pa.Table:
     model = config.model.name
     d_idx = chunks.doc_index
     doc_ids = [docs[i].doc_id for i in d_idx]
@@ -340,8 +384,9 @@ def _rows(docs: list[Document], chunks: Chunks, inputs: list[np.ndarray], texts:
     n, dim = vectors.shape
     now = datetime.now(UTC)
     spec = config.model
-    schema = chunk_schema(model, dim, spec.backend,
-                          spec.location if spec.backend == "openai" else None)
+    schema = chunk_schema(
+        model, dim, spec.backend, spec.location if spec.backend == "openai" else None
+    )
     columns = {
         "id": [chunk_id(doc, int(c), model) for doc, c in zip(doc_ids, chunks.chunk_index)],
         "doc_id": doc_ids,

@@ -6,11 +6,13 @@ inputs by length and sizes batches by tokens), and each request keeps its own ou
 input is longer than the model accepts is refused on its own, the others are embedded. Nothing
 is truncated, as nothing is in a job's chunks either.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
 from embedscale.engine.models.batching import embed_inputs
 from embedscale.engine.models.cache import get_model
 from embedscale.engine.models.registry import ModelSpec
@@ -37,8 +39,9 @@ class RequestTooLong:
 RequestOutcome = RequestEmbedded | RequestTooLong
 
 
-def embed_request_texts(spec: ModelSpec, requests: list[list[str]],
-                        token_budget: int | None = None) -> list[RequestOutcome]:
+def embed_request_texts(
+    spec: ModelSpec, requests: list[list[str]], token_budget: int | None = None
+) -> list[RequestOutcome]:
     """Tokenize every request's texts with the model's own tokenizer, refuse the requests with an
     input over the model's limit, and embed the inputs of all the others in shared batches."""
     model = get_model(spec)
@@ -50,7 +53,7 @@ def embed_request_texts(spec: ModelSpec, requests: list[list[str]],
     kept: list[tuple[int, int, int]] = []  # (request, first input, inputs)
     start = 0
     for number, texts in enumerate(requests):
-        mine = inputs[start:start + len(texts)]
+        mine = inputs[start : start + len(texts)]
         too_long = next((i for i, x in enumerate(mine) if len(x) > limit), None)
         if too_long is None:
             outcomes.append(None)
@@ -58,11 +61,12 @@ def embed_request_texts(spec: ModelSpec, requests: list[list[str]],
         else:
             outcomes.append(RequestTooLong(too_long, len(mine[too_long]), limit))
         start += len(texts)
-    vectors = embed_inputs(model, [x for _, first, n in kept for x in inputs[first:first + n]],
-                           token_budget)
+    vectors = embed_inputs(
+        model, [x for _, first, n in kept for x in inputs[first : first + n]], token_budget
+    )
     offset = 0
     for number, first, n in kept:
-        tokens = int(sum(len(x) for x in inputs[first:first + n]))
-        outcomes[number] = RequestEmbedded(vectors[offset:offset + n], tokens)
+        tokens = int(sum(len(x) for x in inputs[first : first + n]))
+        outcomes[number] = RequestEmbedded(vectors[offset : offset + n], tokens)
         offset += n
     return outcomes  # type: ignore[return-value]

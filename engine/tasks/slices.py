@@ -18,6 +18,7 @@ and chunks the partition again, embeds from the last flush and writes what it em
 first slice's (`digest`); if the source changed meanwhile, PartitionChanged fails the slice and the
 runner runs the partition again from its start.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -125,8 +126,9 @@ class ModelRates:
             return
         rate = tokens / seconds
         old = self._rates.get(model)
-        self._rates[model] = rate if old is None else (
-            RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * old)
+        self._rates[model] = (
+            rate if old is None else (RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * old)
+        )
 
     def get(self, model: Hashable) -> float | None:
         return self._rates.get(model)
@@ -146,8 +148,9 @@ def slice_stop(lengths: np.ndarray, start: int, budget_tokens: int) -> int:
     return min(len(lengths), start + max(1, fits))
 
 
-def chunking_digest(doc_ids: Sequence[str], content_hashes: Sequence[str],
-                    lengths: np.ndarray) -> str:
+def chunking_digest(
+    doc_ids: Sequence[str], content_hashes: Sequence[str], lengths: np.ndarray
+) -> str:
     """A fingerprint of a partition as chunked: its documents, their content, and each chunk's
     token count. Two reads that agree on it cut the same chunks in the same order."""
     h = hashlib.blake2b(digest_size=16)

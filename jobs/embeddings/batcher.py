@@ -9,11 +9,13 @@ arriving pieces queue and leave together in the next task, so under load the bat
 instead of the queue of tasks. Each request's future is resolved once all its pieces are back;
 the model never runs in the API's process.
 
-Tenants share fairly, as jobs do (jobs.policies.scheduling): a task is filled from the tenant with the
+Tenants share fairly, as jobs do (jobs.policies.scheduling): a task is filled from the tenant with
+the
 fewest pieces in flight for its tier's weight first, and its Dask priority is the fair
 priority of that share, so one tenant's 2,048-input requests neither go ahead of another
 tenant's small request nor ahead of its small jobs' tasks on the workers.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,16 +69,18 @@ class _Request:
         if len(self.parts) < self.pieces or self.future.done():
             return
         ordered = [self.parts[s] for s in sorted(self.parts)]
-        refused = [(s, o) for s, o in sorted(self.parts.items())
-                   if isinstance(o, RequestTooLong)]
+        refused = [(s, o) for s, o in sorted(self.parts.items()) if isinstance(o, RequestTooLong)]
         if refused:
             start, first = refused[0]
-            self.future.set_result(RequestTooLong(start + first.index, first.tokens,
-                                                  first.max_tokens))
+            self.future.set_result(
+                RequestTooLong(start + first.index, first.tokens, first.max_tokens)
+            )
         else:
-            self.future.set_result(RequestEmbedded(
-                np.concatenate([o.vectors for o in ordered]),
-                sum(o.tokens for o in ordered)))
+            self.future.set_result(
+                RequestEmbedded(
+                    np.concatenate([o.vectors for o in ordered]), sum(o.tokens for o in ordered)
+                )
+            )
 
 
 @dataclass(slots=True)
@@ -89,7 +93,7 @@ class _Piece:
 
     @property
     def texts(self) -> list[str]:
-        return self.request.texts[self.start:self.stop]
+        return self.request.texts[self.start : self.stop]
 
     @property
     def chars(self) -> int:
@@ -124,10 +128,14 @@ class EmbeddingBatcher:
     """Gathers requests and submits them in shared tasks through `client()`; `slots()` is how
     many tasks may be in flight (the cluster's worker threads)."""
 
-    def __init__(self, client: Callable[[], Client], slots: Callable[[], int],
-                 max_wait: float = DEFAULT_MAX_WAIT_S,
-                 max_inputs: int = DEFAULT_MAX_INPUTS,
-                 max_chars: int = DEFAULT_MAX_CHARS) -> None:
+    def __init__(
+        self,
+        client: Callable[[], Client],
+        slots: Callable[[], int],
+        max_wait: float = DEFAULT_MAX_WAIT_S,
+        max_inputs: int = DEFAULT_MAX_INPUTS,
+        max_chars: int = DEFAULT_MAX_CHARS,
+    ) -> None:
         self._client, self._slots = client, slots
         self.max_wait, self.max_inputs, self.max_chars = max_wait, max_inputs, max_chars
         self.counts = BatcherCounts()
@@ -139,8 +147,9 @@ class EmbeddingBatcher:
         self._thread = threading.Thread(target=self._loop, name="embedding-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, spec: ModelSpec, texts: list[str], tenant: str = "",
-               weight: float = 1.0) -> Future:
+    def submit(
+        self, spec: ModelSpec, texts: list[str], tenant: str = "", weight: float = 1.0
+    ) -> Future:
         """A future of the request's RequestOutcome (or the exception a task of it raised);
         `tenant` and its tier's `weight` decide its share of the cluster."""
         request = _Request(spec, list(texts), tenant, weight)
@@ -163,8 +172,11 @@ class EmbeddingBatcher:
             self._cond.notify_all()
         for piece in waiting:
             if not piece.request.future.done():
-                piece.request.future.set_exception(RuntimeError(
-                    "the service stopped before the request was embedded; send it again"))
+                piece.request.future.set_exception(
+                    RuntimeError(
+                        "the service stopped before the request was embedded; send it again"
+                    )
+                )
         self._thread.join(timeout=5)
 
     # --- the gathering thread -------------------------------------------------------------
@@ -187,14 +199,16 @@ class EmbeddingBatcher:
         """Under the lock: wait for a free slot and a piece, linger for company, then take
         pieces of the first one's model, fairly across tenants, up to max_inputs inputs and
         max_chars characters (at least one piece)."""
-        while not self._closed and (not self._waiting
-                                    or self._in_flight >= max(1, self._slots())):
+        while not self._closed and (not self._waiting or self._in_flight >= max(1, self._slots())):
             self._cond.wait(timeout=0.5)  # slots may grow without a notification
         if self._closed:
             return None
         deadline = self._waiting[0].request.arrived + self.max_wait
-        while (not self._closed and sum(p.stop - p.start for p in self._waiting)
-               < self.max_inputs and (left := deadline - time.monotonic()) > 0):
+        while (
+            not self._closed
+            and sum(p.stop - p.start for p in self._waiting) < self.max_inputs
+            and (left := deadline - time.monotonic()) > 0
+        ):
             self._cond.wait(timeout=left)
         if self._closed:
             return None
@@ -212,8 +226,7 @@ class EmbeddingBatcher:
                 break
             piece = min(ready, key=lambda ps: self._turn(ps[0], load))[0]
             size = piece.stop - piece.start
-            if batch and (inputs + size > self.max_inputs or chars + piece.chars
-                          > self.max_chars):
+            if batch and (inputs + size > self.max_inputs or chars + piece.chars > self.max_chars):
                 break
             by_tenant[piece.request.tenant].pop(0)
             self._waiting.remove(piece)
@@ -232,23 +245,35 @@ class EmbeddingBatcher:
         """Under the lock: the task's Dask priority, the fair priority of its most deserving
         piece (jobs.policies.scheduling.dask_priority, as a normal job of the tenant's tier)."""
         now = time.monotonic()
-        return max(dask_priority(JobView("", p.request.tenant, "normal", p.request.weight,
-                                         p.request.arrived, 1, 0, now), now,
-                                 self._tenant_in_flight.get(p.request.tenant, 0))
-                   for p in batch)
+        return max(
+            dask_priority(
+                JobView(
+                    "", p.request.tenant, "normal", p.request.weight, p.request.arrived, 1, 0, now
+                ),
+                now,
+                self._tenant_in_flight.get(p.request.tenant, 0),
+            )
+            for p in batch
+        )
 
     def _send(self, batch: list[_Piece], priority: int) -> None:
         try:
             future = self._client().submit(
-                embed_request_texts, batch[0].request.spec, [p.texts for p in batch],
-                pure=False, key=f"embed-requests-{uuid.uuid4().hex}", priority=priority)
+                embed_request_texts,
+                batch[0].request.spec,
+                [p.texts for p in batch],
+                pure=False,
+                key=f"embed-requests-{uuid.uuid4().hex}",
+                priority=priority,
+            )
         except Exception as exc:  # the scheduler is out of reach
             self._finished(batch, None, exc)
             return
         future.add_done_callback(lambda f: self._finished(batch, f))
 
-    def _finished(self, batch: list[_Piece], future: DaskFuture | None,
-                  error: BaseException | None = None) -> None:
+    def _finished(
+        self, batch: list[_Piece], future: DaskFuture | None, error: BaseException | None = None
+    ) -> None:
         """Resolve the requests of a finished task's pieces (on Dask's callback thread: cheap
         work only; the requests' owners charge and answer in their own threads)."""
         try:
@@ -258,8 +283,11 @@ class EmbeddingBatcher:
                     for piece, outcome in zip(batch, outcomes):
                         piece.request.piece_done(piece.start, outcome)
                     return
-                error = future.exception() if future.status == "error" else RuntimeError(
-                    f"the embedding task was {future.status}")
+                error = (
+                    future.exception()
+                    if future.status == "error"
+                    else RuntimeError(f"the embedding task was {future.status}")
+                )
             for piece in batch:
                 if not piece.request.future.done():
                     piece.request.future.set_exception(error)

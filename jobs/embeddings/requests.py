@@ -7,6 +7,7 @@ The chunks are reserved first, in one transaction with the check (Store.charge_u
 requests sent at once can never pass the quota together; a request that then fails (an input
 too long, a task that failed) gets its chunks back.
 """
+
 from __future__ import annotations
 
 import threading
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
+
 from embedscale.engine.errors import ModelError
 from embedscale.engine.models.limits import model_limits
 from embedscale.engine.models.registry import ModelSpec, resolve_model
@@ -41,8 +43,16 @@ class PendingEmbedding:
     """A request charged and sent to the cluster. `ready` completes (with None, never an error)
     once its task is back; `result()` then charges the tokens or refunds the chunks, once."""
 
-    def __init__(self, store: Store, tenant: str, day: date, chunks: int, spec: ModelSpec,
-                 dimensions: int | None, future: Future) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tenant: str,
+        day: date,
+        chunks: int,
+        spec: ModelSpec,
+        dimensions: int | None,
+        future: Future,
+    ) -> None:
         self._store, self._tenant, self._day, self._chunks = store, tenant, day, chunks
         self._spec, self._dimensions, self._future = spec, dimensions, future
         self._lock = threading.Lock()
@@ -67,10 +77,14 @@ class PendingEmbedding:
     def _settle(self) -> Embeddings:
         outcome = self._future.result()
         if isinstance(outcome, RequestTooLong):
-            raise InvalidFieldError("input", (
-                f"input[{outcome.index}] is {outcome.tokens} tokens long (special tokens "
-                f"included); model '{self._spec.name}' reads at most {outcome.max_tokens}: "
-                "shorten or split it (nothing is truncated)"))
+            raise InvalidFieldError(
+                "input",
+                (
+                    f"input[{outcome.index}] is {outcome.tokens} tokens long (special tokens "
+                    f"included); model '{self._spec.name}' reads at most {outcome.max_tokens}: "
+                    "shorten or split it (nothing is truncated)"
+                ),
+            )
         embedded: RequestEmbedded = outcome
         dimension = embedded.vectors.shape[1]
         if self._dimensions is not None and self._dimensions != dimension:  # limits unknown
@@ -82,21 +96,31 @@ class PendingEmbedding:
 def dimensions_error(spec: ModelSpec, asked: int, dimension: int) -> InvalidFieldError:
     """Why `dimensions` other than the model's own are refused: shortening a vector is sound
     only for models trained for it (Matryoshka), which the default model is not."""
-    return InvalidFieldError("dimensions", (
-        f"dimensions={asked}: model '{spec.name}' makes vectors of {dimension} dimensions "
-        f"only; omit the field or send {dimension}"))
+    return InvalidFieldError(
+        "dimensions",
+        (
+            f"dimensions={asked}: model '{spec.name}' makes vectors of {dimension} dimensions "
+            f"only; omit the field or send {dimension}"
+        ),
+    )
 
 
 class EmbeddingRequests:
     """Checks, charges and sends embedding requests for the tenants of one store."""
 
-    def __init__(self, store: Store, tier_of: Callable[[str], Tier],
-                 allowed_models: list[str] | None, batcher: EmbeddingBatcher) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tier_of: Callable[[str], Tier],
+        allowed_models: list[str] | None,
+        batcher: EmbeddingBatcher,
+    ) -> None:
         self.store, self.tier_of, self.allowed_models = store, tier_of, allowed_models
         self.batcher = batcher
 
-    def start(self, tenant: str, model: str, texts: list[str],
-              dimensions: int | None = None) -> PendingEmbedding:
+    def start(
+        self, tenant: str, model: str, texts: list[str], dimensions: int | None = None
+    ) -> PendingEmbedding:
         """Check the model and `dimensions`, charge one chunk per text (QuotaExceededError
         when they do not fit what the tenant has left today) and send the texts."""
         check_model_allowed(model, self.allowed_models)
@@ -111,8 +135,14 @@ class EmbeddingRequests:
         limit = self.tier_of(tenant).daily_chunks
         if self.store.charge_usage(tenant, len(texts), 0, limit, day) is None:
             used, promised = self.store.usage(tenant, day)[0], self.store.promised(tenant)
-            raise QuotaExceededError(tenant, len(texts), remaining_today(
-                self.tier_of(tenant), used + promised) or 0, limit or 0, resets_at(), promised)
+            raise QuotaExceededError(
+                tenant,
+                len(texts),
+                remaining_today(self.tier_of(tenant), used + promised) or 0,
+                limit or 0,
+                resets_at(),
+                promised,
+            )
         try:
             future = self.batcher.submit(spec, texts, tenant, self.tier_of(tenant).weight)
         except BaseException:

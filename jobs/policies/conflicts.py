@@ -7,6 +7,7 @@ already holds, and `clashing` says which results must not be committed: their fr
 invisible and the partition runs again, and the worker then finds those documents in the table
 (unchanged, replaced by an upsert, or skipped with the reason). Pure: tested without a cluster.
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence

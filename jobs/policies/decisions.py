@@ -3,6 +3,7 @@ partitions fit their tenants' quotas, whether and when a failed partition runs a
 is done. No cluster, no database: each is
 tested on its own (tests/test_policies.py); the runner only does the I/O around them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -20,8 +21,9 @@ class QueuedJob(Protocol):
     created_at: datetime
 
 
-def admissions(queued: Sequence[QueuedJob], active: Mapping[str, int],
-               limit_of: Callable[[str], int | None]) -> list[QueuedJob]:
+def admissions(
+    queued: Sequence[QueuedJob], active: Mapping[str, int], limit_of: Callable[[str], int | None]
+) -> list[QueuedJob]:
     """The queued jobs that may start now, in order: highest priority first, then oldest,
     while each tenant stays within its concurrent-job limit (None: no limit). A job over the
     limit is not refused: it waits in `queued` until one of its tenant's jobs ends."""
@@ -46,9 +48,11 @@ class FinishedPartition:
     chunks: int
 
 
-def split_by_quota(finished: Sequence[FinishedPartition], used_today: Mapping[str, int],
-                   daily_limit_of: Callable[[str], int | None]
-                   ) -> tuple[list[int], dict[str, str]]:
+def split_by_quota(
+    finished: Sequence[FinishedPartition],
+    used_today: Mapping[str, int],
+    daily_limit_of: Callable[[str], int | None],
+) -> tuple[list[int], dict[str, str]]:
     """Positions of the partitions that fit their tenants' daily chunk quotas, taken in order,
     and the jobs (with the reason) whose next partition does not: nothing more of those is
     committed in this batch, and they fail with `quota_exhausted`."""
@@ -63,7 +67,8 @@ def split_by_quota(finished: Sequence[FinishedPartition], used_today: Mapping[st
         if limit is not None and spent + p.chunks > limit:
             exhausted[p.job_id] = (
                 f"daily chunk quota exhausted: partition {p.partition} needs {p.chunks} "
-                f"chunks, {max(0, limit - spent)} of {limit} left today")
+                f"chunks, {max(0, limit - spent)} of {limit} left today"
+            )
             continue
         used[p.tenant] = spent + p.chunks
         accepted.append(position)

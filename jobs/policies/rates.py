@@ -4,6 +4,7 @@ Documents differ in length by orders of magnitude, chunks far less, so chunks ar
 model's time follows. An estimate nobody can stand behind is `None`, never a made-up number:
 nothing done yet (no rate), or nothing known to remain.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ class Rates:
     expected_chunks: int | None = None
 
 
-def expected_chunks(estimated: int, done: int, partitions_done: int,
-                    partitions_total: int) -> int | None:
+def expected_chunks(
+    estimated: int, done: int, partitions_done: int, partitions_total: int
+) -> int | None:
     """The chunks the job will have made in all, as well as can be told now.
 
     Admission's estimate (from bytes) until the job outgrows it; then the chunks per finished
@@ -36,8 +38,16 @@ def expected_chunks(estimated: int, done: int, partitions_done: int,
     return None
 
 
-def job_rates(chunks_done: int, tokens_done: int, seconds: float | None, *, running: bool,
-              estimated_chunks: int, partitions_done: int, partitions_total: int) -> Rates:
+def job_rates(
+    chunks_done: int,
+    tokens_done: int,
+    seconds: float | None,
+    *,
+    running: bool,
+    estimated_chunks: int,
+    partitions_done: int,
+    partitions_total: int,
+) -> Rates:
     """Rates over `seconds` of run time, the chunks expected in all (what a progress bar is
     as long as), and the ETA of a running job at its rate so far."""
     total = expected_chunks(estimated_chunks, chunks_done, partitions_done, partitions_total)

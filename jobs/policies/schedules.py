@@ -10,6 +10,7 @@ A slot is one instant the cron expression names in its zone. The rules:
 - A schedule fires once per wall-clock time of its zone: when clocks go back, the repeated
   hour's second occurrence of a time is not a slot (croniter would name both).
 """
+
 from __future__ import annotations
 
 import enum
@@ -91,21 +92,28 @@ def check_cron(expression: object) -> str:
     """`expression` if it is a five-field cron expression (or an alias such as @daily) that
     names at least one future time; else InvalidFieldError("cron")."""
     if not isinstance(expression, str) or not expression.strip():
-        raise InvalidFieldError("cron", "cron expression is empty: give five fields, "
-                                        "e.g. '0 2 * * *' (every day at 02:00)")
+        raise InvalidFieldError(
+            "cron",
+            "cron expression is empty: give five fields, e.g. '0 2 * * *' (every day at 02:00)",
+        )
     expression = " ".join(expression.split())
     if len(expression) > MAX_CRON_LENGTH:
-        raise InvalidFieldError("cron", f"cron expression is longer than {MAX_CRON_LENGTH} "
-                                        "characters")
+        raise InvalidFieldError(
+            "cron", f"cron expression is longer than {MAX_CRON_LENGTH} characters"
+        )
     # croniter also reads a sixth (seconds) and seventh (year) field; runs are minutes apart.
     if not expression.startswith("@") and len(expression.split(" ")) != 5:
-        raise InvalidFieldError("cron", f"invalid cron expression {expression!r}: give five "
-                                        "fields (minute hour day-of-month month day-of-week)")
+        raise InvalidFieldError(
+            "cron",
+            f"invalid cron expression {expression!r}: give five "
+            "fields (minute hour day-of-month month day-of-week)",
+        )
     try:
         next_slot(expression, "UTC", datetime.now(UTC))
     except (CroniterError, ValueError, KeyError) as exc:
-        raise InvalidFieldError("cron", f"invalid cron expression {expression!r}: "
-                                        f"{_reason(exc)}") from None
+        raise InvalidFieldError(
+            "cron", f"invalid cron expression {expression!r}: {_reason(exc)}"
+        ) from None
     return expression
 
 
@@ -119,15 +127,18 @@ def _reason(exc: BaseException) -> str:
 def check_timezone(name: object) -> str:
     """`name` if it is an IANA time zone (Europe/Berlin, UTC); else
     InvalidFieldError("timezone")."""
-    if (not isinstance(name, str) or not name or len(name) > MAX_TIMEZONE_LENGTH
-            or "\x00" in name):
-        raise InvalidFieldError("timezone", f"unknown time zone {name!r}: use an IANA name "
-                                            "such as 'UTC' or 'Europe/Berlin'")
+    if not isinstance(name, str) or not name or len(name) > MAX_TIMEZONE_LENGTH or "\x00" in name:
+        raise InvalidFieldError(
+            "timezone",
+            f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'",
+        )
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: a path, not a key
-        raise InvalidFieldError("timezone", f"unknown time zone {name!r}: use an IANA name "
-                                            "such as 'UTC' or 'Europe/Berlin'") from None
+        raise InvalidFieldError(
+            "timezone",
+            f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'",
+        ) from None
     return name
 
 

@@ -14,6 +14,7 @@ The same order reaches the workers through Dask's task priority (`dask_priority`
 runs the highest-priority task it holds next, so a small job's task sent while a big job's
 slices wait there goes ahead of them.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,13 +75,16 @@ def choose(jobs: list[JobView], free_slots: int, now: float, per_job_cap: int) -
         ready = [j for j in jobs if runnable[j.job_id] > 0 and in_flight[j.job_id] < per_job_cap]
         if not ready:
             break
-        best = min(ready, key=lambda j: (
-            -bands[j.job_id],
-            tenant_load[j.tenant] / j.tier_weight,
-            in_flight[j.job_id],
-            j.submitted_at,
-            j.job_id,
-        ))
+        best = min(
+            ready,
+            key=lambda j: (
+                -bands[j.job_id],
+                tenant_load[j.tenant] / j.tier_weight,
+                in_flight[j.job_id],
+                j.submitted_at,
+                j.job_id,
+            ),
+        )
         picks.append(best.job_id)
         in_flight[best.job_id] += 1
         runnable[best.job_id] -= 1

@@ -2,6 +2,7 @@
 the partitions a job was planned with, all in memory (loaded from the store at start), so no
 submission or admission scans the jobs table. Which waiting jobs start is the pure policy
 `jobs.policies.decisions.admissions`."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -53,8 +54,9 @@ class AdmissionQueue:
         active = Counter(self._active.values())
         return admissions(list(self._queued.values()), active, limit_of)
 
-    def started(self, admitted: list[JobRecord], running: list[JobRecord]
-                ) -> list[tuple[JobRecord, list[Partition] | None]]:
+    def started(
+        self, admitted: list[JobRecord], running: list[JobRecord]
+    ) -> list[tuple[JobRecord, list[Partition] | None]]:
         """`admitted` left the queue; those of them now `running` (the others were cancelled
         while they waited) hold slots. Returns each running job with its planned
         partitions."""

@@ -7,6 +7,7 @@ and its ledger row (the versions its commit read and made, the documents it read
 jobs/store/ledger.py). A crash in between is repaired at resume from the table's own commits
 after the newest the ledger recorded (jobs/ledger.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,11 +58,17 @@ def commit_batch(store: Store, tier_of, results: list[Finished]) -> CommitOutcom
         job.tier = tiers.setdefault(job.record.tenant, tier_of(job.record.tenant))
     used = {t: store.usage(t)[0] for t, tier in tiers.items() if tier.daily_chunks is not None}
     accepted_at, exhausted = split_by_quota(
-        [FinishedPartition(j.record.id, j.record.tenant, r.partition, r.chunks)
-         for j, r in results], used, lambda tenant: tiers[tenant].daily_chunks)
+        [
+            FinishedPartition(j.record.id, j.record.tenant, r.partition, r.chunks)
+            for j, r in results
+        ],
+        used,
+        lambda tenant: tiers[tenant].daily_chunks,
+    )
     accepted = [results[i] for i in accepted_at]
-    outcome.failed.update({job_id: ("quota_exhausted", error)
-                           for job_id, error in exhausted.items()})
+    outcome.failed.update(
+        {job_id: ("quota_exhausted", error) for job_id, error in exhausted.items()}
+    )
     by_table: dict[str, tuple[ChunkTable, dict[str, list[PartitionResult]]]] = {}
     for job, result in accepted:
         _, per_job = by_table.setdefault(job.table.uri, (job.table, {}))
@@ -71,9 +78,15 @@ def commit_batch(store: Store, tier_of, results: list[Finished]) -> CommitOutcom
             commit = table.commit(per_job)
         except Exception as exc:  # the table vanished, its disk failed, its store is down
             _remove_orphans(table)
-            outcome.failed.update({job_id: ("commit_failed", f"commit to table "
-                                            f"'{table.name}' failed: {error_line(exc)}")
-                                   for job_id in per_job})
+            outcome.failed.update(
+                {
+                    job_id: (
+                        "commit_failed",
+                        f"commit to table '{table.name}' failed: {error_line(exc)}",
+                    )
+                    for job_id in per_job
+                }
+            )
             continue
         if commit is not None:
             outcome.commits[table.uri] = commit
@@ -89,8 +102,7 @@ def _remove_orphans(table: ChunkTable) -> None:
     try:
         table.remove_orphan_files()
     except Exception:
-        log.warning("could not remove the orphaned files of table %r", table.name,
-                    exc_info=True)
+        log.warning("could not remove the orphaned files of table %r", table.name, exc_info=True)
 
 
 def _record(store: Store, outcome: CommitOutcome) -> None:
@@ -101,10 +113,19 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
     finishing = [job.record.id for job in done if job.config.mode != "sync"]
     outcome.sync_due = [job for job in done if job.config.mode == "sync"]
     outcome.records = store.record_partitions_done(
-        [PartitionDone(job.record.id, job.record.tenant, result.partition,
-                       {**partition_counts(result), **gpu_counts(result)},
-                       tuple(result.skipped), _ledger_row(job, result, outcome.commits))
-         for job, result in outcome.committed], succeeded=finishing)
+        [
+            PartitionDone(
+                job.record.id,
+                job.record.tenant,
+                result.partition,
+                {**partition_counts(result), **gpu_counts(result)},
+                tuple(result.skipped),
+                _ledger_row(job, result, outcome.commits),
+            )
+            for job, result in outcome.committed
+        ],
+        succeeded=finishing,
+    )
     for job in jobs.values():
         job.record = outcome.records[job.record.id]
     for job_id in finishing:
@@ -115,14 +136,22 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
             outcome.unconfirmed.append(jobs[job_id])
 
 
-def _ledger_row(job: RunningJob, result: PartitionResult,
-                commits: dict[str, Commit]) -> LedgerRow | None:
+def _ledger_row(
+    job: RunningJob, result: PartitionResult, commits: dict[str, Commit]
+) -> LedgerRow | None:
     """What the partition's commit did, for the ledger (None: nothing was committed)."""
     commit = commits.get(job.table.uri)
     if commit is None:
         return None
-    return LedgerRow(job.record.id, PARTITION, commit.version, commit.read_version,
-                     result.partition, result.seen_doc_ids, result.replaced_doc_ids)
+    return LedgerRow(
+        job.record.id,
+        PARTITION,
+        commit.version,
+        commit.read_version,
+        result.partition,
+        result.seen_doc_ids,
+        result.replaced_doc_ids,
+    )
 
 
 def gpu_counts(result: PartitionResult) -> dict[str, float]:
@@ -130,9 +159,11 @@ def gpu_counts(result: PartitionResult) -> dict[str, float]:
     could read, the part of it the GPU was busy, and the worker's peak GPU memory."""
     if result.gpu_busy_percent is None:
         return {"gpu_peak_bytes": result.gpu_peak_bytes or 0}
-    return {"gpu_seconds": result.seconds,
-            "gpu_busy_seconds": result.seconds * result.gpu_busy_percent / 100.0,
-            "gpu_peak_bytes": result.gpu_peak_bytes or 0}
+    return {
+        "gpu_seconds": result.seconds,
+        "gpu_busy_seconds": result.seconds * result.gpu_busy_percent / 100.0,
+        "gpu_peak_bytes": result.gpu_peak_bytes or 0,
+    }
 
 
 def _without_clashes(results: list[Finished]) -> list[Finished]:
@@ -154,8 +185,12 @@ def _without_clashes(results: list[Finished]) -> list[Finished]:
             if position not in rerun:
                 keep.append((job, result))
                 continue
-            log.info("job %s partition %d wrote documents committed meanwhile by other work; "
-                     "running it again", job.record.id, result.partition,
-                     extra={"job_id": job.record.id, "tenant": job.record.tenant})
+            log.info(
+                "job %s partition %d wrote documents committed meanwhile by other work; "
+                "running it again",
+                job.record.id,
+                result.partition,
+                extra={"job_id": job.record.id, "tenant": job.record.tenant},
+            )
             job.pending.appendleft(result.partition)
     return keep

@@ -1,4 +1,5 @@
 """How hard the runner pushes and how it retries: one settings object for the whole loop."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ class RunnerConfig:
     # (engine.tasks.slices); None runs each partition whole in one task. What a small job waits
     # behind a big one's running slice at most.
     slice_seconds: float | None = 1.0
-    # Fragments a table takes from commits before it is compacted (jobs/runner/table_maintenance.py);
+    # Fragments a table takes from commits before it is compacted
+    # (jobs/runner/table_maintenance.py);
     # None: never.
     compact_after_fragments: int | None = COMPACT_AFTER_FRAGMENTS
 
@@ -36,5 +38,10 @@ class RunnerConfig:
 
     @property
     def feed(self) -> FeedConfig:
-        return FeedConfig(self.slots_per_thread, self.small_partition_bytes,
-                          self.batch_partitions, self.batch_bytes, self.express_per_thread)
+        return FeedConfig(
+            self.slots_per_thread,
+            self.small_partition_bytes,
+            self.batch_partitions,
+            self.batch_bytes,
+            self.express_per_thread,
+        )

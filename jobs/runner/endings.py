@@ -3,6 +3,7 @@ replaced come back, engine/tables/undo.py); a sync job whose partitions are all 
 documents gone from its source before it succeeds (engine/tables/sync.py). What the job did to the
 table (the documents it read, the rows it replaced, the version before its overwrite) is the
 job ledger's word (jobs/ledger.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,13 +48,15 @@ def completion(store: Store, job: RunningJob) -> tuple[JobStatus, dict[str, Any]
         if ledger.sync_deleted is None:
             kept = {s.source for s in store.skipped(record.id)}  # a store of before the ledger
             deletion = delete_gone(job.table, record.id, ledger.seen, kept)
-            store.record_sync_deleted(record.id, deletion.commit.read_version,
-                                      deletion.commit.version, deletion.gone)
+            store.record_sync_deleted(
+                record.id, deletion.commit.read_version, deletion.commit.version, deletion.gone
+            )
             ledger.sync_deleted = len(deletion.gone)
     except StoreUnavailableError:  # the runner's to handle: the job is not what failed
         raise
     except Exception as exc:  # the table vanished or its disk failed
         return JobStatus.FAILED, {
             "error_reason": "commit_failed",
-            "error": f"deleting documents gone from the source failed: {error_line(exc)}"}
+            "error": f"deleting documents gone from the source failed: {error_line(exc)}",
+        }
     return JobStatus.SUCCEEDED, {"documents_deleted": ledger.sync_deleted}

@@ -7,6 +7,7 @@ reason. A task's completion is not handled twice (its bookkeeping may be
 half done): its partitions that were not accounted for run again as a failed attempt, so the
 retry policy and its limit apply to them as to any failed partition.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

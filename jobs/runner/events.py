@@ -1,5 +1,6 @@
 """The events the runner reacts to, one inbox for all: the API's threads, Dask's callbacks
 and the preparation pool only ever put one of these; the runner's thread alone acts on them."""
+
 from __future__ import annotations
 
 import queue
@@ -77,8 +78,8 @@ class Inbox:
     def take(self, timeout: float) -> list[Event]:
         """The next event, waiting no longer than `timeout` seconds (a WakeUp when none
         came), and all those queued behind it, up to `max_batch`."""
-        events: list[Event] = self._returned[:self.max_batch]
-        del self._returned[:self.max_batch]
+        events: list[Event] = self._returned[: self.max_batch]
+        del self._returned[: self.max_batch]
         if not events:
             try:
                 events.append(self._queue.get(timeout=timeout))

@@ -1,7 +1,8 @@
 """The runner's hands on the cluster: which pending partitions go out as Dask tasks now, and
 what a finished task means for each partition it carried.
 
-At most `slots` tasks are in flight, chosen in the fair order of `jobs.policies.scheduling`. Small inline
+At most `slots` tasks are in flight, chosen in the fair order of `jobs.policies.scheduling`. Small
+inline
 partitions of different jobs share one task, so their texts share the model's forward passes
 (engine.tasks.partition_task.embed_partitions); each still commits, charges and retries on its own.
 
@@ -11,6 +12,7 @@ of such a task becomes a suspect and runs again alone on the cluster, nothing be
 that kills its workers then is the culprit and fails its job; one that finishes was only
 standing beside it, and no attempt is counted against its job.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -62,8 +64,10 @@ Outcome = Completed | Failed
 def failure_line(exc: BaseException | None) -> str:
     """The error recorded for a partition whose task raised `exc`."""
     if isinstance(exc, KilledWorker):  # only a partition that ran alone is failed by it
-        return ("KilledWorker: each worker that ran this partition alone died (out of memory, "
-                "or crashed); it is not tried again")
+        return (
+            "KilledWorker: each worker that ran this partition alone died (out of memory, "
+            "or crashed); it is not tried again"
+        )
     return error_line(exc)
 
 
@@ -90,9 +94,13 @@ class Feeder:
     """Submits partitions of the runner's jobs and sorts out what comes back. Owned by the
     runner's thread; `on_done` is called by Dask's callback thread (it only enqueues)."""
 
-    def __init__(self, client: Callable[[], Client], config: FeedConfig,
-                 on_done: Callable[[Future], None],
-                 workers: Callable[[], list[str]] = list) -> None:
+    def __init__(
+        self,
+        client: Callable[[], Client],
+        config: FeedConfig,
+        on_done: Callable[[Future], None],
+        workers: Callable[[], list[str]] = list,
+    ) -> None:
         self._client, self.config, self._on_done = client, config, on_done
         self._workers = workers
         self.tasks: dict[str, list[tuple[str, int]]] = {}  # task key -> (job, partition)s
@@ -126,27 +134,49 @@ class Feeder:
 
     def _express(self, job: RunningJob) -> bool:
         """A small job waiting to start: nothing in flight, all it has left is small."""
-        return (not job.in_flight and bool(job.pending) and not job.progress
-                and len(job.pending) <= self.config.batch_partitions
-                and all(job.partitions[i].size_bytes <= self.config.small_partition_bytes
-                        for i in job.pending))
+        return (
+            not job.in_flight
+            and bool(job.pending)
+            and not job.progress
+            and len(job.pending) <= self.config.batch_partitions
+            and all(
+                job.partitions[i].size_bytes <= self.config.small_partition_bytes
+                for i in job.pending
+            )
+        )
 
-    def _send(self, jobs: Mapping[str, RunningJob], candidates: list[RunningJob], free: int,
-              per_job_cap: int, now: float) -> None:
+    def _send(
+        self,
+        jobs: Mapping[str, RunningJob],
+        candidates: list[RunningJob],
+        free: int,
+        per_job_cap: int,
+        now: float,
+    ) -> None:
         """Submit up to `free` tasks of `candidates`' pending partitions in the fair order."""
         if free <= 0:
             return
-        views = {j.record.id: JobView(j.record.id, j.record.tenant, j.record.priority,
-                                      j.tier.weight, j.submitted_at, len(j.pending),
-                                      len(j.in_flight), j.served_at) for j in candidates}
+        views = {
+            j.record.id: JobView(
+                j.record.id,
+                j.record.tenant,
+                j.record.priority,
+                j.tier.weight,
+                j.submitted_at,
+                len(j.pending),
+                len(j.in_flight),
+                j.served_at,
+            )
+            for j in candidates
+        }
         tenant_load: dict[str, int] = {}
         for job in jobs.values():  # every job's tasks count toward its tenant's share
-            tenant_load[job.record.tenant] = (tenant_load.get(job.record.tenant, 0)
-                                              + len(job.in_flight))
+            tenant_load[job.record.tenant] = tenant_load.get(job.record.tenant, 0) + len(
+                job.in_flight
+            )
         # The policy's fair order, for more partitions than there are slots only when small
         # ones can share a task.
-        sharing = any(job.pending and self._batchable(job, job.pending[0])
-                      for job in candidates)
+        sharing = any(job.pending and self._batchable(job, job.pending[0]) for job in candidates)
         picks = free * self.config.batch_partitions if sharing else free
         order = choose(list(views.values()), picks, now, per_job_cap)
         tasks: list[list[tuple[RunningJob, int, int]]] = []
@@ -157,9 +187,15 @@ class Feeder:
             index = job.pending[0]
             size = job.partitions[index].size_bytes
             small = self._batchable(job, index)
-            if small and batch and (len(batch) >= self.config.batch_partitions
-                                    or batch_bytes + size > self.config.batch_bytes
-                                    or batch[0][0].config.model != job.config.model):
+            if (
+                small
+                and batch
+                and (
+                    len(batch) >= self.config.batch_partitions
+                    or batch_bytes + size > self.config.batch_bytes
+                    or batch[0][0].config.model != job.config.model
+                )
+            ):
                 tasks.append(batch)
                 batch, batch_bytes = [], 0
             opens_a_task = not small or not batch
@@ -177,8 +213,10 @@ class Feeder:
         if batch:
             tasks.append(batch)
         for members in tasks:
-            self._submit([(job, index) for job, index, _ in members],
-                         max(priority for _, _, priority in members))
+            self._submit(
+                [(job, index) for job, index, _ in members],
+                max(priority for _, _, priority in members),
+            )
             for job, _, _ in members:
                 job.served_at = now
 
@@ -196,9 +234,12 @@ class Feeder:
 
     def _batchable(self, job: RunningJob, index: int) -> bool:
         part: Partition = job.partitions[index]
-        return (index not in job.solo and not job.attempts.get(index)
-                and part.size_bytes <= self.config.small_partition_bytes
-                and all(isinstance(i, InlineText) for i in part.items))
+        return (
+            index not in job.solo
+            and not job.attempts.get(index)
+            and part.size_bytes <= self.config.small_partition_bytes
+            and all(isinstance(i, InlineText) for i in part.items)
+        )
 
     def _submit(self, members: list[tuple[RunningJob, int]], priority: int) -> str:
         client = self._client()
@@ -206,24 +247,41 @@ class Feeder:
             job, index = members[0]
             # The job, partition and attempt, for the dashboard; then a fresh part, as a
             # partition that ran alone after its task died runs again on the same attempt.
-            key = (f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}-"
-                   f"{uuid.uuid4().hex[:8]}")
+            key = (
+                f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}-"
+                f"{uuid.uuid4().hex[:8]}"
+            )
             held = job.progress.get(index)
             cursor = held.cursor if held is not None else None
             # The next slice goes back to the worker that holds the partition's state
             # (engine.tasks.slices), while it is alive; anywhere else it is read again.
             holder = cursor.holder if cursor is not None else ""
-            pin = ({"workers": [holder], "allow_other_workers": True}
-                   if holder and holder in self._workers() else {})
-            future = client.submit(embed_partition, job.partitions[index], job.config, cursor,
-                                   pure=False, key=key, priority=priority, **pin)
+            pin = (
+                {"workers": [holder], "allow_other_workers": True}
+                if holder and holder in self._workers()
+                else {}
+            )
+            future = client.submit(
+                embed_partition,
+                job.partitions[index],
+                job.config,
+                cursor,
+                pure=False,
+                key=key,
+                priority=priority,
+                **pin,
+            )
             if pin:
                 self._pinned[future.key] = holder
         else:
             key = f"embed-partitions-{uuid.uuid4().hex}"
-            future = client.submit(embed_partitions, [(job.partitions[i], job.config)
-                                                      for job, i in members],
-                                   pure=False, key=key, priority=priority)
+            future = client.submit(
+                embed_partitions,
+                [(job.partitions[i], job.config) for job, i in members],
+                pure=False,
+                key=key,
+                priority=priority,
+            )
         self.tasks[future.key] = [(job.record.id, index) for job, index in members]
         for job, index in members:
             job.in_flight[index] = future

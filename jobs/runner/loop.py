@@ -4,11 +4,14 @@ commits what completes, retries what fails, cancels on request, and resumes afte
 One thread owns all the state and reacts to one inbox of typed events (jobs/runner/events.py):
 a job submitted, a job prepared, a task done, a cancel, a drain or stop, and the timers of
 retries and worker checks as the inbox's wait. Every decision is a pure policy
-(jobs/policies/decisions.py, jobs/policies/scheduling.py, jobs/policies/conflicts.py); this module does the I/O.
+(jobs/policies/decisions.py, jobs/policies/scheduling.py, jobs/policies/conflicts.py); this module
+does the I/O.
 
 Partitions wait here, not in the Dask scheduler: at most `slots_per_thread` tasks per worker
-thread are in flight, submitted by jobs/runner/feeder.py in the order `jobs.policies.scheduling` chooses.
+thread are in flight, submitted by jobs/runner/feeder.py in the order `jobs.policies.scheduling`
+chooses.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,18 +73,28 @@ THREADS_MAX_AGE_S = 2.0  # the cluster's thread count, asked of the scheduler at
 class Runner:
     """Runs the jobs of a Store on a Cluster. `start()` resumes unfinished jobs."""
 
-    def __init__(self, store: Store, cluster: Cluster, bus: EventBus,
-                 tier_of: Callable[[str], Tier], data_dir_of: Callable[[str], Path | Location],
-                 config: RunnerConfig | None = None, access: FileAccess | None = None,
-                 check_spec: Callable[[JobSpec], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cluster: Cluster,
+        bus: EventBus,
+        tier_of: Callable[[str], Tier],
+        data_dir_of: Callable[[str], Path | Location],
+        config: RunnerConfig | None = None,
+        access: FileAccess | None = None,
+        check_spec: Callable[[JobSpec], None] | None = None,
+    ) -> None:
         self.store, self.cluster, self.bus = store, cluster, bus
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.config = config or RunnerConfig()
         self._inbox = Inbox(max_batch=512)  # events handled before a commit of their batch
         self._jobs: dict[str, RunningJob] = {}
-        self._feeder = Feeder(lambda: cluster.client, self.config.feed,
-                              lambda f: self._inbox.put(TaskDone(f)),
-                              lambda: cluster.worker_addresses(THREADS_MAX_AGE_S))
+        self._feeder = Feeder(
+            lambda: cluster.client,
+            self.config.feed,
+            lambda f: self._inbox.put(TaskDone(f)),
+            lambda: cluster.worker_addresses(THREADS_MAX_AGE_S),
+        )
         self._preparing: set[str] = set()
         self._admission = AdmissionQueue()
         self._cancel_when_prepared: set[str] = set()
@@ -89,16 +102,24 @@ class Runner:
         self._draining = False
         self._next_recovery_check = 0.0
         self._stopping = threading.Event()
-        self._preparer = JobPreparer(store, cluster, tier_of, data_dir_of,
-                                     self.config.token_budget, access or FileAccess(),
-                                     check_spec, self.config.slice_seconds)
+        self._preparer = JobPreparer(
+            store,
+            cluster,
+            tier_of,
+            data_dir_of,
+            self.config.token_budget,
+            access or FileAccess(),
+            check_spec,
+            self.config.slice_seconds,
+        )
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.recovery = WorkerRecovery(cluster)
         self._outage = StoreOutage(store, data_dir_of, self._publish)
         # Compacts the tables as commits add fragments; wakes the loop to commit what waited.
-        self.maintenance = TableMaintenance(lambda: self._inbox.put(WakeUp()),
-                                            self.config.compact_after_fragments)
+        self.maintenance = TableMaintenance(
+            lambda: self._inbox.put(WakeUp()), self.config.compact_after_fragments
+        )
         self._event_retries = EventRetries()
         self.error: BaseException | None = None
         # Failed partition attempts by kind ('error', 'killed_worker'), for /metrics.
@@ -119,8 +140,9 @@ class Runner:
                 self._inbox.put(CancelRequested(job.id))
         self._thread.start()
 
-    def wake(self, record: JobRecord | None = None,
-             partitions: list[Partition] | None = None) -> None:
+    def wake(
+        self, record: JobRecord | None = None, partitions: list[Partition] | None = None
+    ) -> None:
         """A job was submitted (`record`, queued, with its planned `partitions`)."""
         self._inbox.put(Submitted(record, partitions))
 
@@ -159,10 +181,12 @@ class Runner:
     def backlog(self) -> int:
         """Partitions not yet done, across all jobs: waiting to be fed, on the cluster, waiting
         for a retry, and those of jobs queued for a slot. What autoscaling sizes the cluster
-        from (engine.cluster.autoscale): the cluster only ever sees the few the feeder hands it. Read
+        from (engine.cluster.autoscale): the cluster only ever sees the few the feeder hands it.
+        Read
         from another thread; a figure a moment old is good enough there."""
-        running = sum(len(j.pending) + len(j.in_flight) + len(j.retry_at)
-                      for j in list(self._jobs.values()))
+        running = sum(
+            len(j.pending) + len(j.in_flight) + len(j.retry_at) for j in list(self._jobs.values())
+        )
         return running + self._admission.queued_partitions(self._slots_of)
 
     @property
@@ -184,7 +208,7 @@ class Runner:
                         self.handle(event)
                         self._event_retries.handled(event)
                     except StoreUnavailableError:
-                        self._inbox.put_back(self._outage.unhandled(event, events[position + 1:]))
+                        self._inbox.put_back(self._outage.unhandled(event, events[position + 1 :]))
                         raise
                     except Exception as exc:  # this event's failure: the others go on
                         if self._event_failed(event, exc):
@@ -210,8 +234,9 @@ class Runner:
                 raise
 
     def _until_next_timer(self) -> float:
-        timers = [self._next_recovery_check] + [due for job in self._jobs.values()
-                                                for due in job.retry_at.values()]
+        timers = [self._next_recovery_check] + [
+            due for job in self._jobs.values() for due in job.retry_at.values()
+        ]
         return max(0.0, min(timers) - time.monotonic())
 
     def handle(self, event: Event) -> None:
@@ -278,20 +303,28 @@ class Runner:
             self._publish(record)
             self._start_preparing(record, resumed=False, partitions=partitions)
 
-    def _start_preparing(self, record: JobRecord, resumed: bool,
-                         partitions: list[Partition] | None = None) -> None:
+    def _start_preparing(
+        self, record: JobRecord, resumed: bool, partitions: list[Partition] | None = None
+    ) -> None:
         self._preparing.add(record.id)
-        future = self._pool.submit(call_with_log_fields, {"job_id": record.id,
-                                                          "tenant": record.tenant},
-                                   self._preparer.prepare, record, resumed, partitions)
-        future.add_done_callback(lambda f: self._inbox.put(
-            JobPrepared(record.id, f.exception() or f.result())))
+        future = self._pool.submit(
+            call_with_log_fields,
+            {"job_id": record.id, "tenant": record.tenant},
+            self._preparer.prepare,
+            record,
+            resumed,
+            partitions,
+        )
+        future.add_done_callback(
+            lambda f: self._inbox.put(JobPrepared(record.id, f.exception() or f.result()))
+        )
 
     def _on_prepared(self, job_id: str, outcome: RunningJob | BaseException) -> None:
         self._preparing.discard(job_id)
         if isinstance(outcome, BaseException):
-            self._finish(job_id, JobStatus.FAILED, error=error_line(outcome),
-                         error_reason="start_failed")
+            self._finish(
+                job_id, JobStatus.FAILED, error=error_line(outcome), error_reason="start_failed"
+            )
             return
         self._jobs[job_id] = outcome
         if job_id in self._cancel_when_prepared:
@@ -303,25 +336,30 @@ class Runner:
     # --- the cluster ---------------------------------------------------------------------
 
     def _feed(self) -> None:
-        self._feeder.feed(self._jobs, self.cluster.worker_threads(THREADS_MAX_AGE_S),
-                          time.time())
+        self._feeder.feed(self._jobs, self.cluster.worker_threads(THREADS_MAX_AGE_S), time.time())
 
     def _event_failed(self, event: Event, exc: Exception) -> bool:
         """A failure to handle `event`: whether to handle it again; otherwise the job it
         concerns ends failed (a task's partitions not accounted for run again instead)."""
-        log.error("runner: handling %s failed: %s", type(event).__name__, error_line(exc),
-                  exc_info=exc)
+        log.error(
+            "runner: handling %s failed: %s", type(event).__name__, error_line(exc), exc_info=exc
+        )
         if self._event_retries.again(event, exc):
             return True
         job_id = job_of(event)
         if job_id is not None:
-            self._finish(job_id, JobStatus.FAILED, error_reason=RUNNER_ERROR,
-                         error=f"the runner could not handle this job's "
-                               f"{type(event).__name__} event: {error_line(exc)}")
+            self._finish(
+                job_id,
+                JobStatus.FAILED,
+                error_reason=RUNNER_ERROR,
+                error=f"the runner could not handle this job's "
+                f"{type(event).__name__} event: {error_line(exc)}",
+            )
         return False
 
-    def _task_unaccounted(self, future: Future, members: list[tuple[str, int]],
-                          exc: Exception) -> None:
+    def _task_unaccounted(
+        self, future: Future, members: list[tuple[str, int]], exc: Exception
+    ) -> None:
         """A finished task whose outcome could not be handled: each of its partitions that
         is neither finished, queued, waiting for a retry nor running again counts a failed
         attempt (and is retried, or fails its job, by the retry policy)."""
@@ -329,9 +367,14 @@ class Runner:
         finished = {(job.record.id, result.partition) for job, result in self._finished}
         for job_id, index in members:
             job = self._jobs.get(job_id)
-            if job is None or (job_id, index) in finished or index in job.pending \
-                    or index in job.retry_at or index in job.suspects \
-                    or (index in job.in_flight and job.in_flight[index] is not future):
+            if (
+                job is None
+                or (job_id, index) in finished
+                or index in job.pending
+                or index in job.retry_at
+                or index in job.suspects
+                or (index in job.in_flight and job.in_flight[index] is not future)
+            ):
                 continue
             job.in_flight.pop(index, None)
             job.progress.pop(index, None)  # from its start: the held slices are not trusted
@@ -345,19 +388,22 @@ class Runner:
                 if isinstance(outcome, Completed):
                     self._finished.append((outcome.job, outcome.result))
                 elif outcome.job.record.id in self._jobs:  # not failed by an earlier outcome
-                    with log_fields(job_id=outcome.job.record.id,
-                                    tenant=outcome.job.record.tenant):
-                        self._on_error(outcome.job, outcome.index, outcome.exc,
-                                       outcome.message)
+                    with log_fields(job_id=outcome.job.record.id, tenant=outcome.job.record.tenant):
+                        self._on_error(outcome.job, outcome.index, outcome.exc, outcome.message)
         except StoreUnavailableError:
             raise
         except Exception as exc:  # e.g. its result could not be read: its partitions run again
-            log.error("runner: the outcome of task %s could not be handled: %s", future.key,
-                      error_line(exc), exc_info=exc)
+            log.error(
+                "runner: the outcome of task %s could not be handled: %s",
+                future.key,
+                error_line(exc),
+                exc_info=exc,
+            )
             self._task_unaccounted(future, members, exc)
 
-    def _on_error(self, job: RunningJob, index: int, exc: BaseException | None,
-                  message: str | None = None) -> None:
+    def _on_error(
+        self, job: RunningJob, index: int, exc: BaseException | None, message: str | None = None
+    ) -> None:
         attempts = job.attempts[index] = job.attempts.get(index, 0) + 1
         self.partition_failures.add("killed_worker" if isinstance(exc, KilledWorker) else "error")
         # Only a partition that ran alone reaches here with KilledWorker (jobs/runner/feeder.py).
@@ -365,11 +411,21 @@ class Runner:
         error = message or failure_line(exc)
         self.store.record_attempt_failed(job.record.id, index, attempts, error, delay is None)
         if delay is None:
-            self._finish(job.record.id, JobStatus.FAILED, error_reason="partition_failed",
-                         error=f"partition {index} failed after {attempts} attempts: {error}")
+            self._finish(
+                job.record.id,
+                JobStatus.FAILED,
+                error_reason="partition_failed",
+                error=f"partition {index} failed after {attempts} attempts: {error}",
+            )
             return
-        log.warning("job %s partition %d failed (%s); retry %d in %.1fs", job.record.id, index,
-                    error, attempts, delay)
+        log.warning(
+            "job %s partition %d failed (%s); retry %d in %.1fs",
+            job.record.id,
+            index,
+            error,
+            attempts,
+            delay,
+        )
         job.retry_at[index] = time.monotonic() + delay
 
     def _commit(self, results: list[Finished]) -> None:
@@ -425,8 +481,7 @@ class Runner:
         bookkeeping. The store decides: it succeeds if every partition is recorded done,
         and otherwise runs again what is not."""
         waiting = {job.record.id for job, _ in self._finished}
-        for job in [j for j in self._jobs.values() if is_done(j)
-                    and j.record.id not in waiting]:
+        for job in [j for j in self._jobs.values() if is_done(j) and j.record.id not in waiting]:
             self._succeed(job)
 
     def _run_again_unfinished(self, job: RunningJob) -> None:
@@ -434,8 +489,11 @@ class Runner:
         partition went missing from the bookkeeping here. Never call it a success; prepare
         it again as after a restart, which runs what the store and the table do not show
         committed (and records what the table does)."""
-        log.error("job %s: no work was left for it here, but the store shows partitions not "
-                  "done; preparing it again to run them", job.record.id)
+        log.error(
+            "job %s: no work was left for it here, but the store shows partitions not "
+            "done; preparing it again to run them",
+            job.record.id,
+        )
         self._jobs.pop(job.record.id, None)
         self._feeder.cancel_for(job)
         self._admission.hold(job.record.id, job.record.tenant)  # still its tenant's slot
@@ -463,4 +521,3 @@ class Runner:
 
     def _publish(self, record: JobRecord, kind: str = "status", **extra: Any) -> None:
         self.bus.publish(record.id, {"type": kind, "job": record.to_dict(), **extra})
-

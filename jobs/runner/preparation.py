@@ -5,6 +5,7 @@ its table already holds as done.
 Keeps what is already known (warm models, tables checked for a model) so that small jobs on a
 warm model and an existing table start without any round trip.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,11 +63,17 @@ class RunningJob:
 class JobPreparer:
     """Prepares jobs for the runner; safe to call from several threads."""
 
-    def __init__(self, store: Store, cluster: Cluster, tier_of: Callable[[str], Tier],
-                 data_dir_of: Callable[[str], Path | Location], token_budget: int | None = None,
-                 access: FileAccess | None = None,
-                 check_spec: Callable[[JobSpec], None] | None = None,
-                 slice_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cluster: Cluster,
+        tier_of: Callable[[str], Tier],
+        data_dir_of: Callable[[str], Path | Location],
+        token_budget: int | None = None,
+        access: FileAccess | None = None,
+        check_spec: Callable[[JobSpec], None] | None = None,
+        slice_seconds: float | None = None,
+    ) -> None:
         self.store, self.cluster = store, cluster
         self.slice_seconds = slice_seconds
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
@@ -92,10 +99,12 @@ class JobPreparer:
         """A table was dropped: the next job on that name prepares it afresh."""
         with self._lock_for(("table", uri)):
             self._checked_tables.difference_update(
-                [c for c in list(self._checked_tables) if c[0] == uri])
+                [c for c in list(self._checked_tables) if c[0] == uri]
+            )
 
-    def prepare(self, record: JobRecord, resumed: bool,
-                planned: list[Partition] | None = None) -> RunningJob:
+    def prepare(
+        self, record: JobRecord, resumed: bool, planned: list[Partition] | None = None
+    ) -> RunningJob:
         """A running job for `record`, with its pending partitions, largest first. A job
         just submitted in this process comes with its `planned` partitions: none is done yet,
         and the store need not be read for them."""
@@ -121,11 +130,23 @@ class JobPreparer:
         if resumed:
             self._reconcile(record, table)
         # Object-store credentials travel in a task only where it reaches an object store.
-        access = (self.access if spec.source and is_uri(spec.source)
-                  else dataclasses.replace(self.access, storage=NO_OPTIONS))
-        config = TaskConfig(record.id, model, chunking, table.uri, spec.mode,
-                            RecordFields(spec.text_field, spec.id_field), self.token_budget,
-                            access, table.storage, self.slice_seconds)
+        access = (
+            self.access
+            if spec.source and is_uri(spec.source)
+            else dataclasses.replace(self.access, storage=NO_OPTIONS)
+        )
+        config = TaskConfig(
+            record.id,
+            model,
+            chunking,
+            table.uri,
+            spec.mode,
+            RecordFields(spec.text_field, spec.id_field),
+            self.token_budget,
+            access,
+            table.storage,
+            self.slice_seconds,
+        )
         if planned is not None and not resumed:
             partitions = {p.index: p for p in planned}
             todo = list(partitions)
@@ -136,11 +157,17 @@ class JobPreparer:
             record = self.store.get_job(record.id)
         # Largest first (LPT): a big partition started last would run alone at the end.
         pending = deque(sorted(todo, key=lambda i: -partitions[i].size_bytes))
-        return RunningJob(record, self.tier_of(record.tenant), table, config, partitions,
-                          pending, record.created_at.timestamp())
+        return RunningJob(
+            record,
+            self.tier_of(record.tenant),
+            table,
+            config,
+            partitions,
+            pending,
+            record.created_at.timestamp(),
+        )
 
-    def _prepare_table(self, table: ChunkTable, info: ModelInfo, mode: str,
-                       job_id: str) -> None:
+    def _prepare_table(self, table: ChunkTable, info: ModelInfo, mode: str, job_id: str) -> None:
         """Create, empty or check the job's table. The ledger records an overwrite before its
         commit, with the version it starts from, and again with the version it made: a
         crash in between is settled from the table's commits after that version, however

@@ -11,6 +11,7 @@ whose record failed) are recorded first, as a resume after a crash does, so that
 matches the rows and nothing committed is lost; then the job ends. A job cancelled or ended
 meanwhile keeps that ending (Store.finish decides).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,12 @@ STORE_UNAVAILABLE = "store_unavailable"  # the error_reason of the jobs an outag
 class StoreOutage:
     """The endings owed to jobs an outage of the store stopped, written once it is back."""
 
-    def __init__(self, store: Store, data_dir_of: Callable[[str], Path | Location],
-                 publish: Callable[[JobRecord], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        data_dir_of: Callable[[str], Path | Location],
+        publish: Callable[[JobRecord], None],
+    ) -> None:
         self.store, self.data_dir_of, self.publish = store, data_dir_of, publish
         self._owed: dict[str, tuple[JobStatus, dict[str, Any]]] = {}
 
@@ -52,19 +57,31 @@ class StoreOutage:
             self._owed[job_id] = (status, fields)
             raise
 
-    def stop(self, outage: StoreUnavailableError, jobs: Mapping[str, object],
-             drop: Callable[[str], None]) -> None:
+    def stop(
+        self, outage: StoreUnavailableError, jobs: Mapping[str, object], drop: Callable[[str], None]
+    ) -> None:
         """Stop each of `jobs` (`drop` cancels its tasks and frees its slot); each is owed a
         failure that names the outage's cause."""
         for job_id in list(jobs):
-            self._owed.setdefault(job_id, (JobStatus.FAILED, {
-                "error_reason": STORE_UNAVAILABLE,
-                "error": f"stopped: the job store could not record this job's progress "
-                         f"({outage.reason}); what it committed before is kept"}))
+            self._owed.setdefault(
+                job_id,
+                (
+                    JobStatus.FAILED,
+                    {
+                        "error_reason": STORE_UNAVAILABLE,
+                        "error": f"stopped: the job store could not record this job's progress "
+                        f"({outage.reason}); what it committed before is kept",
+                    },
+                ),
+            )
             drop(job_id)
         if jobs:
-            log.error("the job store is unavailable (%s): %d running job(s) stopped; they "
-                      "fail once it is back", outage.reason, len(jobs))
+            log.error(
+                "the job store is unavailable (%s): %d running job(s) stopped; they "
+                "fail once it is back",
+                outage.reason,
+                len(jobs),
+            )
 
     @staticmethod
     def unhandled(failed: Event, rest: Iterable[Event]) -> list[Event]:
@@ -83,17 +100,23 @@ class StoreOutage:
                 except StoreUnavailableError:
                     raise
                 except Exception:  # the table is gone or unreadable: the job fails all the same
-                    log.warning("job %s: its table's commits could not be read", job_id,
-                                exc_info=True)
+                    log.warning(
+                        "job %s: its table's commits could not be read", job_id, exc_info=True
+                    )
             ended = self.store.finish(job_id, status, **fields)
             del self._owed[job_id]
             if ended is not None:
-                log.info("job %s %s after the job store came back", job_id, ended.status,
-                         extra={"job_id": job_id, "tenant": ended.tenant})
+                log.info(
+                    "job %s %s after the job store came back",
+                    job_id,
+                    ended.status,
+                    extra={"job_id": job_id, "tenant": ended.tenant},
+                )
                 self.publish(ended)
 
     def _record_committed(self, record: JobRecord) -> None:
         """Record the partitions the job's table holds and the store does not, as a resume
         does, charged to the tenant as usual."""
-        record_committed(self.store, record,
-                         ChunkTable(self.data_dir_of(record.tenant), record.table_name))
+        record_committed(
+            self.store, record, ChunkTable(self.data_dir_of(record.tenant), record.table_name)
+        )

@@ -2,12 +2,14 @@
 
 The runner counts the fragments its commits add to each table (a partition's rows are one or a
 few fragments); once a table has taken `after_fragments` since its last compaction, one
-compaction of it runs on this module's own thread (engine.tables.maintenance). One at a time per table,
+compaction of it runs on this module's own thread (engine.tables.maintenance). One at a time per
+table,
 and apart from the runner's own writes to it: while a table is being compacted, the runner
 keeps that table's finished partitions for its next commit instead of committing them
 (`busy`), and waits for the compaction before it deletes rows there (`exclusive`: a cancel, the
 end of a sync), since a deletion and a rewrite of the same fragments cannot both commit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +29,9 @@ class TableMaintenance:
     """Compacts the runner's tables as their fragments add up; `on_done` is called (from the
     maintenance thread) after each compaction, so the runner commits what waited."""
 
-    def __init__(self, on_done: Callable[[], None],
-                 after_fragments: int | None = COMPACT_AFTER_FRAGMENTS) -> None:
+    def __init__(
+        self, on_done: Callable[[], None], after_fragments: int | None = COMPACT_AFTER_FRAGMENTS
+    ) -> None:
         self.on_done, self.after_fragments = on_done, after_fragments
         self.compactions = 0  # done since start, for tests and operators
         self._added: dict[str, int] = {}  # fragments since the last compaction, per table
@@ -74,8 +77,13 @@ class TableMaintenance:
         try:
             done = compact(table.uri, table.storage)
             self.compactions += 1
-            log.info("table %r compacted: %d fragments -> %d (version %d)", table.name,
-                     done.fragments_before, done.fragments_after, done.version)
+            log.info(
+                "table %r compacted: %d fragments -> %d (version %d)",
+                table.name,
+                done.fragments_before,
+                done.fragments_after,
+                done.version,
+            )
         except Exception as exc:  # dropped meanwhile, a store error: the next one tries again
             log.warning("table %r: compaction failed: %s", table.name, exc)
         finally:

@@ -3,6 +3,7 @@ newer one with a clear way out), its migrations, and the lock and transactions t
 threads and the runner's thread share. The lock is a StoreGuard (jobs/store/guard.py): a
 storage failure (a full disk) takes the store out with StoreUnavailableError, and it reopens
 the file by itself once the disk takes writes again."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
+
 from embedscale.jobs.errors import StoreDamagedError, StoreLockedError, StoreVersionError
 from embedscale.jobs.store.guard import StoreGuard
 from embedscale.jobs.store.migrations import LATEST_VERSION, MIGRATIONS
@@ -27,7 +29,8 @@ class Connected:
             if "could not set lock" in str(exc).lower():
                 raise StoreLockedError(
                     f"{self.path} is in use by another embedscale process; stop it or use its "
-                    "API (one process owns a data directory)") from None
+                    "API (one process owns a data directory)"
+                ) from None
             raise self._damaged(exc) from None
         except duckdb.Error as exc:  # e.g. "Corrupt database file: computed checksum ..."
             raise self._damaged(exc) from None
@@ -47,8 +50,9 @@ class Connected:
         con = self._con
         # (The file's size against PRAGMA database_size is no test: a healthy file reopened
         # after a clean close can be shorter than its block count says.)
-        tables = con.execute("SELECT table_name FROM duckdb_tables() "
-                             "WHERE database_name = current_database()").fetchall()
+        tables = con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+        ).fetchall()
         for (table,) in tables:
             con.execute(f'SELECT count(hash(t)) FROM "{table}" AS t').fetchone()
 
@@ -57,7 +61,8 @@ class Connected:
         return StoreDamagedError(
             f"{self.path} is damaged and cannot be opened ({reason}): restore it from a "
             f"backup, or move it aside (mv {self.path} {self.path}.damaged) to start with an "
-            "empty control plane (tenants, keys and job history are then lost)")
+            "empty control plane (tenants, keys and job history are then lost)"
+        )
 
     def close(self) -> None:
         with self._lock.lock:  # not the guard: closing never reopens
@@ -114,7 +119,8 @@ class Connected:
             if version > LATEST_VERSION:
                 raise StoreVersionError(
                     f"{self.path} has schema version {version}, newer than this embedscale's "
-                    f"{LATEST_VERSION}: upgrade embedscale to open it")
+                    f"{LATEST_VERSION}: upgrade embedscale to open it"
+                )
             for number in range(version + 1, LATEST_VERSION + 1):
                 con.execute(MIGRATIONS[number - 1])
                 con.execute("INSERT INTO schema_version (version) VALUES (?)", [number])

@@ -7,6 +7,7 @@ jobs/store/tenants.py, schedules jobs/store/schedules.py, reports jobs/store/rep
 mapping jobs/store/rows.py and the recording of committed partitions
 jobs/store/progress.py; jobs, their partitions and usage are here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,7 +75,8 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         # a page: an ended job never changes, so a page of old jobs is parsed once, not at
         # each listing (a spec with 10,000 texts is megabytes of JSON for DuckDB to read).
         self._listed = JobCache(LISTED_CAPACITY)
-        # What /metrics reports about jobs, moved on by every job written (jobs/store/job_figures.py).
+        # What /metrics reports about jobs, moved on by every job written
+        # (jobs/store/job_figures.py).
         self.figures = JobFigures()
         self.figures.load(*self.figures_from_file())
         self._inserts: list[_Insert] = []  # jobs waiting for the next group commit
@@ -98,8 +100,9 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
 
     # --- jobs -----------------------------------------------------------------------------
 
-    def insert_job(self, job: JobRecord, partitions: Sequence[Partition],
-                   admit: Admit | None = None) -> None:
+    def insert_job(
+        self, job: JobRecord, partitions: Sequence[Partition], admit: Admit | None = None
+    ) -> None:
         """A new job and its planned partitions, in one transaction. `admit(used, promised)`,
         given, decides in that transaction (under the store's lock) whether the job may be
         inserted: it is called with the tenant's chunks charged today and those promised to
@@ -128,15 +131,22 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         now = utcnow()
         try:
             with self._tx() as con:
-                con.executemany(f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES "
-                                f"({', '.join('?' for _ in JOB_COLUMNS)})",
-                                [job_values(r.job) for r in batch])
-                rows = [[r.job.id, p.index, partition_to_json(p), p.size_bytes, now]
-                        for r in batch for p in r.partitions]
+                con.executemany(
+                    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES "
+                    f"({', '.join('?' for _ in JOB_COLUMNS)})",
+                    [job_values(r.job) for r in batch],
+                )
+                rows = [
+                    [r.job.id, p.index, partition_to_json(p), p.size_bytes, now]
+                    for r in batch
+                    for p in r.partitions
+                ]
                 if rows:
                     con.executemany(
                         "INSERT INTO job_partitions (job_id, partition, items, size_bytes, "
-                        "status, updated_at) VALUES (?, ?, ?, ?, 'pending', ?)", rows)
+                        "status, updated_at) VALUES (?, ?, ?, ?, 'pending', ?)",
+                        rows,
+                    )
         except Exception as exc:  # nothing of the batch was written: each caller is told
             for r in batch:
                 r.error, r.done = exc, True
@@ -157,13 +167,13 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
             tenant = r.job.tenant
             if r.admit is not None:
                 try:
-                    r.admit(self.usage(tenant)[0], self._promises.of(tenant)
-                            + ahead.get(tenant, 0))
+                    r.admit(self.usage(tenant)[0], self._promises.of(tenant) + ahead.get(tenant, 0))
                 except Exception as exc:
                     r.error, r.done = exc, True
                     continue
             ahead[tenant] = ahead.get(tenant, 0) + promised_chunks(
-                r.job.status, r.job.estimated_chunks, r.job.chunks_done)
+                r.job.status, r.job.estimated_chunks, r.job.chunks_done
+            )
             admitted.append(r)
         return admitted
 
@@ -186,26 +196,36 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         return record
 
     @staticmethod
-    def _get_job(con: duckdb.DuckDBPyConnection, job_id: str,
-                 tenant: str | None = None) -> JobRecord:
+    def _get_job(
+        con: duckdb.DuckDBPyConnection, job_id: str, tenant: str | None = None
+    ) -> JobRecord:
         row = con.execute(
-            f"{JOB_SELECT} WHERE id = ?"
-            + (" AND tenant = ?" if tenant is not None else ""),
-            [job_id] + ([tenant] if tenant is not None else [])).fetchone()
+            f"{JOB_SELECT} WHERE id = ?" + (" AND tenant = ?" if tenant is not None else ""),
+            [job_id] + ([tenant] if tenant is not None else []),
+        ).fetchone()
         if row is None:
             raise NotFoundError(f"no job '{job_id}'")
         return job_from_row(row)
 
-    def list_jobs(self, tenant: str | None = None, status: str | None = None,
-                  table: str | None = None, limit: int = 50,
-                  before: tuple[datetime, str] | None = None,
-                  schedule_id: str | None = None) -> list[JobRecord]:
+    def list_jobs(
+        self,
+        tenant: str | None = None,
+        status: str | None = None,
+        table: str | None = None,
+        limit: int = 50,
+        before: tuple[datetime, str] | None = None,
+        schedule_id: str | None = None,
+    ) -> list[JobRecord]:
         """Jobs newest first, for listings; `before` is the (created_at, id) of the last job
         of a page; `schedule_id`: only the runs of that schedule. A record read for a listing
         may carry its spec as shown (inline texts counted: jobs.store.records.shown_spec)."""
         where, args = ["1=1"], []
-        for column, value in (("tenant", tenant), ("status", status), ("table_name", table),
-                              ("schedule_id", schedule_id)):
+        for column, value in (
+            ("tenant", tenant),
+            ("status", status),
+            ("table_name", table),
+            ("schedule_id", schedule_id),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -217,17 +237,25 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         # JobCache has them, and the rest in one read of their listing columns (a job's
         # inline texts counted in DuckDB, never carried into Python: see JOB_LIST_SELECT).
         with self._lock:
-            ids = [row[0] for row in self._con.execute(
-                f"SELECT id FROM jobs WHERE {' AND '.join(where)} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?", args + [limit]).fetchall()]
-        found = {job_id: record for job_id in ids
-                 if (record := self._cache.get(job_id) or self._listed.get(job_id)) is not None}
+            ids = [
+                row[0]
+                for row in self._con.execute(
+                    f"SELECT id FROM jobs WHERE {' AND '.join(where)} "
+                    "ORDER BY created_at DESC, id DESC LIMIT ?",
+                    args + [limit],
+                ).fetchall()
+            ]
+        found = {
+            job_id: record
+            for job_id in ids
+            if (record := self._cache.get(job_id) or self._listed.get(job_id)) is not None
+        }
         missing = [job_id for job_id in ids if job_id not in found]
         if missing:
             with self._lock:
                 rows = self._con.execute(
-                    f"{JOB_LIST_SELECT} WHERE id IN ({', '.join('?' for _ in missing)})",
-                    missing).fetchall()
+                    f"{JOB_LIST_SELECT} WHERE id IN ({', '.join('?' for _ in missing)})", missing
+                ).fetchall()
                 for record in map(job_from_row, rows):
                     found[record.id] = record
                     if record.status in TERMINAL:  # under the lock: no write in between
@@ -239,16 +267,20 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
             rows = self._con.execute(
                 f"{JOB_SELECT} WHERE status IN "
                 f"({', '.join('?' for _ in UNFINISHED)}) ORDER BY created_at",
-                [str(s) for s in UNFINISHED]).fetchall()
+                [str(s) for s in UNFINISHED],
+            ).fetchall()
         return [job_from_row(r) for r in rows]
 
     def active_job_counts(self) -> dict[str, int]:
         """Jobs holding a concurrency slot (the ACTIVE statuses), by tenant."""
         with self._lock:
-            return dict(self._con.execute(
-                f"SELECT tenant, count(*) FROM jobs WHERE status IN "
-                f"({', '.join('?' for _ in ACTIVE)}) GROUP BY tenant",
-                [str(s) for s in ACTIVE]).fetchall())
+            return dict(
+                self._con.execute(
+                    f"SELECT tenant, count(*) FROM jobs WHERE status IN "
+                    f"({', '.join('?' for _ in ACTIVE)}) GROUP BY tenant",
+                    [str(s) for s in ACTIVE],
+                ).fetchall()
+            )
 
     def set_status(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord:
         """Move a job to `new` (checked against the transition table) and set other fields."""
@@ -268,8 +300,9 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         self._figures_follow(self.figures.changed, records)
 
     @staticmethod
-    def _figures_follow(move: Callable[[Iterable[JobRecord]], None],
-                        records: Iterable[JobRecord]) -> None:
+    def _figures_follow(
+        move: Callable[[Iterable[JobRecord]], None], records: Iterable[JobRecord]
+    ) -> None:
         """Move the figures of /metrics on: a report, which must never fail a write that is
         committed already."""
         try:
@@ -304,8 +337,11 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
                 if job.status != JobStatus.RUNNING:
                     return None
                 # Success is the store's word: written only if every partition is done.
-                condition = (ALL_PARTITIONS_DONE.format(job="jobs.id")
-                             if new == JobStatus.SUCCEEDED else None)
+                condition = (
+                    ALL_PARTITIONS_DONE.format(job="jobs.id")
+                    if new == JobStatus.SUCCEEDED
+                    else None
+                )
                 record = self._transition(con, job, new, condition, **fields)
                 if record is None:
                     raise PartitionsNotDoneError(job_id)
@@ -313,16 +349,23 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
             return record
 
     @staticmethod
-    def _transition(con: duckdb.DuckDBPyConnection, job: JobRecord, new: JobStatus,
-                    condition: str | None = None, **fields: Any) -> JobRecord | None:
+    def _transition(
+        con: duckdb.DuckDBPyConnection,
+        job: JobRecord,
+        new: JobStatus,
+        condition: str | None = None,
+        **fields: Any,
+    ) -> JobRecord | None:
         """Write `job`'s move to `new`; with `condition` (SQL on `jobs`) only where it holds
         (None when it does not)."""
         check_transition(job.id, job.status, new, job.history)
         changes = transition_changes(job, new, utcnow(), **fields)
         values = stored(changes)
         where = f"id = ? AND {condition}" if condition else "id = ?"
-        moved = con.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE "
-                            f"{where} RETURNING id", [*values.values(), job.id]).fetchall()
+        moved = con.execute(
+            f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE {where} RETURNING id",
+            [*values.values(), job.id],
+        ).fetchall()
         return dataclasses.replace(job, **changes) if moved else None
 
     def drop_inline_texts(self, before: datetime, since: datetime | None = None) -> set[str]:
@@ -333,10 +376,13 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         args = [before] + ([since] if since is not None else [])
         with self._lock:
             with self._tx() as con:
-                pruned = {row[0] for row in con.execute(
-                    PRUNE_PARTITIONS.format(ended=ended), args).fetchall()}
-                pruned |= {row[0] for row in con.execute(
-                    PRUNE_SPECS.format(ended=ended), args).fetchall()}
+                pruned = {
+                    row[0]
+                    for row in con.execute(PRUNE_PARTITIONS.format(ended=ended), args).fetchall()
+                }
+                pruned |= {
+                    row[0] for row in con.execute(PRUNE_SPECS.format(ended=ended), args).fetchall()
+                }
             for job_id in pruned:  # after the write, under the lock
                 self._cache.drop(job_id)
                 self._listed.drop(job_id)
@@ -348,34 +394,51 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         with self._lock:
             rows = self._con.execute(
                 "SELECT partition, items, status, attempts, chunks, error FROM job_partitions "
-                "WHERE job_id = ? ORDER BY partition", [job_id]).fetchall()
-        return [StoredPartition(partition_from_json(p, items), status, attempts, chunks, error)
-                for p, items, status, attempts, chunks, error in rows]
+                "WHERE job_id = ? ORDER BY partition",
+                [job_id],
+            ).fetchall()
+        return [
+            StoredPartition(partition_from_json(p, items), status, attempts, chunks, error)
+            for p, items, status, attempts, chunks, error in rows
+        ]
 
     def partitions_left(self, job_id: str) -> int:
         """How many planned partitions of a job the store does not show done."""
         with self._lock:
-            return self._con.execute("SELECT count(*) FROM job_partitions WHERE job_id = ? "
-                                     "AND status <> 'done'", [job_id]).fetchone()[0]
+            return self._con.execute(
+                "SELECT count(*) FROM job_partitions WHERE job_id = ? AND status <> 'done'",
+                [job_id],
+            ).fetchone()[0]
 
-    def record_attempt_failed(self, job_id: str, partition: int, attempts: int,
-                              error: str, final: bool) -> None:
+    def record_attempt_failed(
+        self, job_id: str, partition: int, attempts: int, error: str, final: bool
+    ) -> None:
         with self._tx() as con:
-            con.execute("UPDATE job_partitions SET attempts = ?, error = ?, status = ?, "
-                        "updated_at = ? WHERE job_id = ? AND partition = ?",
-                        [attempts, error, "failed" if final else "pending", utcnow(), job_id,
-                         partition])
+            con.execute(
+                "UPDATE job_partitions SET attempts = ?, error = ?, status = ?, "
+                "updated_at = ? WHERE job_id = ? AND partition = ?",
+                [attempts, error, "failed" if final else "pending", utcnow(), job_id, partition],
+            )
 
-    def record_partition_done(self, job_id: str, tenant: str, partition: int,
-                              counts: dict[str, int], skipped: Sequence[Skipped] = (),
-                              day: date | None = None) -> JobRecord:
+    def record_partition_done(
+        self,
+        job_id: str,
+        tenant: str,
+        partition: int,
+        counts: dict[str, int],
+        skipped: Sequence[Skipped] = (),
+        day: date | None = None,
+    ) -> JobRecord:
         """Record one committed partition (see record_partitions_done)."""
         done = PartitionDone(job_id, tenant, partition, counts, tuple(skipped))
         return self.record_partitions_done([done], day=day)[job_id]
 
-    def record_partitions_done(self, done: Sequence[PartitionDone],
-                               succeeded: Collection[str] = (),
-                               day: date | None = None) -> dict[str, JobRecord]:
+    def record_partitions_done(
+        self,
+        done: Sequence[PartitionDone],
+        succeeded: Collection[str] = (),
+        day: date | None = None,
+    ) -> dict[str, JobRecord]:
         """Mark committed partitions done, add their counts to their jobs, charge their chunks
         to their tenants' usage for `day` (UTC today), and move the jobs in `succeeded` (all
         their partitions done) to succeeded: all in one transaction. A partition already done
@@ -401,16 +464,22 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         with self._lock:
             with self._tx() as con:
                 insert_skipped(con, job_id, None, skipped)
-                insert_ledger(con, [LedgerRow(job_id, SKIPPED, None, None,
-                                              seen=[s.source for s in skipped])])
-                con.execute("UPDATE jobs SET skipped_count = skipped_count + ? WHERE id = ?",
-                            [len(skipped), job_id])
+                insert_ledger(
+                    con, [LedgerRow(job_id, SKIPPED, None, None, seen=[s.source for s in skipped])]
+                )
+                con.execute(
+                    "UPDATE jobs SET skipped_count = skipped_count + ? WHERE id = ?",
+                    [len(skipped), job_id],
+                )
             self._cache.drop(job_id)
 
     def skipped(self, job_id: str) -> list[Skipped]:
         with self._lock:
-            rows = self._con.execute("SELECT source, reason FROM job_skipped WHERE job_id = ? "
-                                     "ORDER BY partition NULLS FIRST, source", [job_id]).fetchall()
+            rows = self._con.execute(
+                "SELECT source, reason FROM job_skipped WHERE job_id = ? "
+                "ORDER BY partition NULLS FIRST, source",
+                [job_id],
+            ).fetchall()
         return [Skipped(*r) for r in rows]
 
     def usage(self, tenant: str, day: date | None = None) -> tuple[int, int]:
@@ -421,13 +490,20 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         if found is not None:
             return found
         with self._lock:
-            row = self._con.execute("SELECT chunks, tokens FROM usage WHERE tenant = ? AND "
-                                    "day = ?", list(key)).fetchone()
+            row = self._con.execute(
+                "SELECT chunks, tokens FROM usage WHERE tenant = ? AND day = ?", list(key)
+            ).fetchone()
             found = self._usage[key] = (row[0], row[1]) if row else (0, 0)
         return found
 
-    def charge_usage(self, tenant: str, chunks: int, tokens: int, limit: int | None = None,
-                     day: date | None = None) -> tuple[int, int] | None:
+    def charge_usage(
+        self,
+        tenant: str,
+        chunks: int,
+        tokens: int,
+        limit: int | None = None,
+        day: date | None = None,
+    ) -> tuple[int, int] | None:
         """Add `chunks` and `tokens` (negative: a refund) to the tenant's usage of `day` (UTC
         today), unless its chunks, with those promised to its queued and running jobs
         (jobs/store/promises.py), would then pass `limit` (None: no limit): the new (chunks,
@@ -437,16 +513,20 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         key = (tenant, day or utcnow().date())
         with self._lock:
             with self._tx() as con:
-                row = con.execute("SELECT chunks, tokens FROM usage WHERE tenant = ? AND "
-                                  "day = ?", list(key)).fetchone()
+                row = con.execute(
+                    "SELECT chunks, tokens FROM usage WHERE tenant = ? AND day = ?", list(key)
+                ).fetchone()
                 used = (row[0], row[1]) if row else (0, 0)
                 promised = self._promises.of(tenant)
                 if limit is not None and chunks > 0 and used[0] + promised + chunks > limit:
                     return None
                 new = (max(0, used[0] + chunks), max(0, used[1] + tokens))
-                con.execute("INSERT INTO usage (tenant, day, chunks, tokens) VALUES (?, ?, ?, ?) "
-                            "ON CONFLICT (tenant, day) DO UPDATE SET chunks = excluded.chunks, "
-                            "tokens = excluded.tokens", [*key, *new])
+                con.execute(
+                    "INSERT INTO usage (tenant, day, chunks, tokens) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (tenant, day) DO UPDATE SET chunks = excluded.chunks, "
+                    "tokens = excluded.tokens",
+                    [*key, *new],
+                )
             self._usage[key] = new  # after the commit, under the lock
             return new
 

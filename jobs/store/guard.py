@@ -13,6 +13,7 @@ fails fast with that error; the first one after a backoff checks that the databa
 takes writes again (a probe file beside it) and reopens the file. Nothing is lost that was
 committed: what was committed is in the file or its WAL.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 import duckdb
+
 from embedscale.jobs.errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,7 @@ class StoreGuard:
     operation that fails for storage reasons closes it (StoreUnavailableError); the next one
     after a backoff reopens it once the disk takes writes again."""
 
-    def __init__(self, path: Path, reopen: Callable[[], None],
-                 close: Callable[[], None]) -> None:
+    def __init__(self, path: Path, reopen: Callable[[], None], close: Callable[[], None]) -> None:
         self.path = path
         self._reopen, self._close = reopen, close
         self.lock = threading.RLock()
@@ -90,8 +91,9 @@ class StoreGuard:
                 raise
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if isinstance(exc, Exception) and not isinstance(exc, StoreUnavailableError):
                 error = self.failed(exc)
@@ -112,8 +114,12 @@ class StoreGuard:
         if reason is None:
             return None
         if self.outage is None:
-            log.error("the job store %s failed (%s): %s; it is reopened once it takes writes "
-                      "again", self.path, reason, _detail(exc))
+            log.error(
+                "the job store %s failed (%s): %s; it is reopened once it takes writes again",
+                self.path,
+                reason,
+                _detail(exc),
+            )
             self._since = time.monotonic()
             self._close()
         self.outage = self._error(reason, _detail(exc))
@@ -134,8 +140,7 @@ class StoreGuard:
             self._backoff = min(MAX_RETRY_S, self._backoff * 2)
             self._retry_at = time.monotonic() + self._backoff
             raise self.outage from exc
-        log.warning("the job store %s is open again after %.1f s", self.path,
-                    now - self._since)
+        log.warning("the job store %s is open again after %.1f s", self.path, now - self._since)
         self.outage = None
 
     def check_space(self) -> None:
@@ -145,8 +150,9 @@ class StoreGuard:
         stat = os.statvfs(self.path.parent)
         free = stat.f_bavail * stat.f_frsize
         if free < PROBE_BYTES:
-            raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free)",
-                          str(self.path.parent))
+            raise OSError(
+                errno.ENOSPC, f"No space left on device ({free} bytes free)", str(self.path.parent)
+            )
 
     def _probe(self) -> None:
         """Raise (OSError) unless the database's folder takes PROBE_BYTES now."""
@@ -160,8 +166,9 @@ class StoreGuard:
             probe.unlink(missing_ok=True)
 
     def _error(self, reason: str, detail: str) -> StoreUnavailableError:
-        hint = (f"free space on the disk of {self.path.parent}; " if reason == _NO_SPACE
-                else "")
+        hint = f"free space on the disk of {self.path.parent}; " if reason == _NO_SPACE else ""
         return StoreUnavailableError(
             f"the job store {self.path} is unavailable: {reason} ({detail}); {hint}embedscale "
-            "reopens it by itself once it can write there again", reason)
+            "reopens it by itself once it can write there again",
+            reason,
+        )

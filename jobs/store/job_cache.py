@@ -6,6 +6,7 @@ store's one lock). The store writes every change of a job through here while it 
 its lock, so a record read from here is never older than the file; reads take no lock at all.
 Least recently used records are dropped past `capacity`; a miss reads the file.
 """
+
 from __future__ import annotations
 
 import threading

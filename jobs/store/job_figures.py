@@ -11,6 +11,7 @@ their own and never touches DuckDB.
 Only unfinished jobs can change (the transitions table has no way out of a terminal status),
 so only they are remembered one by one; a finished job is a count and a sum.
 """
+
 from __future__ import annotations
 
 import threading
@@ -37,17 +38,31 @@ class JobShare:
     waiting: int
 
     @classmethod
-    def of(cls, status: JobStatus | str, tenant: str, model: str | None, chunks: int,
-           tokens: int, partitions_total: int, partitions_done: int) -> JobShare:
+    def of(
+        cls,
+        status: JobStatus | str,
+        tenant: str,
+        model: str | None,
+        chunks: int,
+        tokens: int,
+        partitions_total: int,
+        partitions_done: int,
+    ) -> JobShare:
         status = JobStatus(status)
         waiting = max(0, partitions_total - partitions_done) if status in WAITING else 0
         return cls(status, (tenant, model or ""), chunks or 0, tokens or 0, waiting)
 
     @classmethod
     def of_record(cls, record: JobRecord) -> JobShare:
-        return cls.of(record.status, record.tenant, record.spec.get("model"),
-                      record.chunks_done, record.tokens_done, record.partitions_total,
-                      record.partitions_done)
+        return cls.of(
+            record.status,
+            record.tenant,
+            record.spec.get("model"),
+            record.chunks_done,
+            record.tokens_done,
+            record.partitions_total,
+            record.partitions_done,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,9 +85,12 @@ class JobFigures:
         self._unfinished: dict[str, JobShare] = {}
         self._waiting = 0
 
-    def load(self, by_status: dict[str, int],
-             embedded: Iterable[tuple[str, str | None, int | None, int | None]],
-             unfinished: Iterable[tuple[str, JobShare]]) -> None:
+    def load(
+        self,
+        by_status: dict[str, int],
+        embedded: Iterable[tuple[str, str | None, int | None, int | None]],
+        unfinished: Iterable[tuple[str, JobShare]],
+    ) -> None:
         """Start from what the file holds: jobs by status, the embedded sums, and the share
         of each unfinished job (by id)."""
         with self._lock:
@@ -122,6 +140,9 @@ class JobFigures:
         with self._lock:
             return FiguresSnapshot(
                 {status: self._by_status.get(status, 0) for status in JobStatus},
-                [(tenant, model, chunks, tokens)
-                 for (tenant, model), (chunks, tokens) in self._embedded.items()],
-                self._waiting)
+                [
+                    (tenant, model, chunks, tokens)
+                    for (tenant, model), (chunks, tokens) in self._embedded.items()
+                ],
+                self._waiting,
+            )

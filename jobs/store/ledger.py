@@ -13,6 +13,7 @@ Rows go in as one Arrow table per batch: the runner records hundreds of small pa
 once, and an Arrow insert of 300 rows took 5 ms here where a VALUES list took 45 and
 executemany 250 (measured, commit included).
 """
+
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
+
 from embedscale.jobs.store.connection import Connected
 
 PARTITION, OVERWRITE, SYNC_DELETED, SKIPPED = "partition", "overwrite", "sync_deleted", "skipped"
@@ -27,10 +29,17 @@ PARTITION, OVERWRITE, SYNC_DELETED, SKIPPED = "partition", "overwrite", "sync_de
 # can have left unrecorded. (An overwrite is committed on a preparing thread, and recorded before
 # and after its commit instead.)
 _BOUNDING = (PARTITION, SYNC_DELETED)
-_COLUMNS = pa.schema([("job_id", pa.string()), ("kind", pa.string()),
-                      ("partition", pa.int32()), ("version", pa.int64()),
-                      ("read_version", pa.int64()),
-                      ("seen", pa.list_(pa.string())), ("replaced", pa.list_(pa.string()))])
+_COLUMNS = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("kind", pa.string()),
+        ("partition", pa.int32()),
+        ("version", pa.int64()),
+        ("read_version", pa.int64()),
+        ("seen", pa.list_(pa.string())),
+        ("replaced", pa.list_(pa.string())),
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +72,17 @@ def insert_ledger(con: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow]) -> 
     if not rows:
         return
     ledger_batch = pa.Table.from_arrays(  # noqa: F841 (read by name in the INSERT below)
-        [[r.job_id for r in rows], [r.kind for r in rows], [r.partition for r in rows],
-         [r.version for r in rows], [r.read_version for r in rows],
-         [list(r.seen) if r.seen is not None else None for r in rows],
-         [list(r.replaced) or None for r in rows]], schema=_COLUMNS)
+        [
+            [r.job_id for r in rows],
+            [r.kind for r in rows],
+            [r.partition for r in rows],
+            [r.version for r in rows],
+            [r.read_version for r in rows],
+            [list(r.seen) if r.seen is not None else None for r in rows],
+            [list(r.replaced) or None for r in rows],
+        ],
+        schema=_COLUMNS,
+    )
     # Read by name from this frame (DuckDB's replacement scan): con.register and from_arrow
     # refuse a connection whose caller left a result unfinished (a fetchone) in the same
     # transaction, as insert_skipped does; execute finishes it first.
@@ -76,8 +92,7 @@ def insert_ledger(con: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow]) -> 
 class LedgerRows(Connected):
     """The ledger_commits table."""
 
-    def newest_recorded(self, tenant: str, table: str, at_most: int
-                        ) -> tuple[int, set[str]] | None:
+    def newest_recorded(self, tenant: str, table: str, at_most: int) -> tuple[int, set[str]] | None:
         """The newest version of the tenant's table, not past `at_most`, that the runner
         recorded a commit of, with the jobs recorded there (None: none)."""
         kinds = ", ".join(f"'{k}'" for k in _BOUNDING)
@@ -86,7 +101,8 @@ class LedgerRows(Connected):
                 "SELECT l.version, list(DISTINCT l.job_id) FROM ledger_commits l JOIN jobs j ON "
                 f"j.id = l.job_id WHERE j.tenant = ? AND j.table_name = ? AND l.kind IN ({kinds})"
                 " AND l.version <= ? GROUP BY l.version ORDER BY l.version DESC LIMIT 1",
-                [tenant, table, at_most]).fetchone()
+                [tenant, table, at_most],
+            ).fetchone()
         return (row[0], set(row[1])) if row else None
 
     def job_ledger(self, job_id: str) -> StoredLedger:
@@ -95,11 +111,14 @@ class LedgerRows(Connected):
         with self._lock:
             seen = self._con.execute(
                 "SELECT DISTINCT unnest(seen) FROM ledger_commits WHERE job_id = ? "
-                "AND seen IS NOT NULL", [job_id]).fetchall()
+                "AND seen IS NOT NULL",
+                [job_id],
+            ).fetchall()
             rows = self._con.execute(
                 "SELECT kind, version, read_version, replaced FROM ledger_commits "
                 "WHERE job_id = ? AND kind <> ? ORDER BY version NULLS LAST",
-                [job_id, SKIPPED]).fetchall()
+                [job_id, SKIPPED],
+            ).fetchall()
         found.seen = {doc_id for (doc_id,) in seen}
         for kind, version, read_version, replaced in rows:
             if version is not None:
@@ -122,7 +141,9 @@ class LedgerRows(Connected):
         with self._lock:
             rows = self._con.execute(
                 "SELECT job_id, partition, version FROM ledger_commits WHERE kind = ? AND "
-                f"job_id IN ({', '.join('?' for _ in ids)})", [PARTITION, *ids]).fetchall()
+                f"job_id IN ({', '.join('?' for _ in ids)})",
+                [PARTITION, *ids],
+            ).fetchall()
         return set(rows)
 
     def add_ledger_rows(self, rows: Sequence[LedgerRow]) -> None:
@@ -136,25 +157,32 @@ class LedgerRows(Connected):
         None: a crash in between is settled from the table's commits after `read_version`),
         and again once it is made."""
         with self._tx() as con:
-            con.execute("DELETE FROM ledger_commits WHERE job_id = ? AND kind = ?",
-                        [job_id, OVERWRITE])
+            con.execute(
+                "DELETE FROM ledger_commits WHERE job_id = ? AND kind = ?", [job_id, OVERWRITE]
+            )
             insert_ledger(con, [LedgerRow(job_id, OVERWRITE, version, read_version)])
 
     def forget_overwrite(self, job_id: str) -> None:
         """The job's overwrite emptied nothing (it created its table)."""
         with self._tx() as con:
-            con.execute("DELETE FROM ledger_commits WHERE job_id = ? AND kind = ?",
-                        [job_id, OVERWRITE])
+            con.execute(
+                "DELETE FROM ledger_commits WHERE job_id = ? AND kind = ?", [job_id, OVERWRITE]
+            )
 
-    def record_sync_deleted(self, job_id: str, read_version: int, version: int,
-                            gone: Sequence[str]) -> None:
+    def record_sync_deleted(
+        self, job_id: str, read_version: int, version: int, gone: Sequence[str]
+    ) -> None:
         """Record the deletion that ends a sync job. The documents its partitions read are
         not needed any more (they decided what was gone): dropped in the same transaction."""
         with self._tx() as con:
-            if con.execute("SELECT 1 FROM ledger_commits WHERE job_id = ? AND kind = ?",
-                           [job_id, SYNC_DELETED]).fetchone():
+            if con.execute(
+                "SELECT 1 FROM ledger_commits WHERE job_id = ? AND kind = ?", [job_id, SYNC_DELETED]
+            ).fetchone():
                 return  # recorded already (from the table's commits, after a crash)
-            insert_ledger(con, [LedgerRow(job_id, SYNC_DELETED, version, read_version,
-                                          replaced=gone)])
-            con.execute("UPDATE ledger_commits SET seen = NULL WHERE job_id = ? AND "
-                        "seen IS NOT NULL", [job_id])
+            insert_ledger(
+                con, [LedgerRow(job_id, SYNC_DELETED, version, read_version, replaced=gone)]
+            )
+            con.execute(
+                "UPDATE ledger_commits SET seen = NULL WHERE job_id = ? AND seen IS NOT NULL",
+                [job_id],
+            )

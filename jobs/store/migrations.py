@@ -3,6 +3,7 @@
 A file at an older version is migrated in place; one written by a newer embedscale is refused.
 Never edit a released migration: add the next one.
 """
+
 from __future__ import annotations
 
 MIGRATIONS: list[str] = [

@@ -14,6 +14,7 @@ Kept in memory beside the store and moved on by every job it writes, after the c
 under its lock (as JobCache and JobFigures are), read from the file when it opens or reopens.
 Only the store touches it, always under its lock: no lock of its own.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -25,8 +26,10 @@ from embedscale.jobs.store.records import JobRecord
 # The jobs whose chunks are still to come (a cancelling job's never are).
 PROMISING = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 # The promises as the file holds them: each queued or running job's tenant and figures.
-PROMISES_SELECT = ("SELECT id, tenant, status, estimated_chunks, chunks_done FROM jobs "
-                   f"WHERE status IN ({', '.join(repr(str(s)) for s in sorted(PROMISING))})")
+PROMISES_SELECT = (
+    "SELECT id, tenant, status, estimated_chunks, chunks_done FROM jobs "
+    f"WHERE status IN ({', '.join(repr(str(s)) for s in sorted(PROMISING))})"
+)
 
 
 def promised_chunks(status: JobStatus | str, estimated: int, done: int) -> int:
@@ -58,8 +61,11 @@ class Promises:
             if old is not None:
                 self._take(*old)
             if record.status in PROMISING:
-                self._set(record.id, record.tenant, promised_chunks(
-                    record.status, record.estimated_chunks, record.chunks_done))
+                self._set(
+                    record.id,
+                    record.tenant,
+                    promised_chunks(record.status, record.estimated_chunks, record.chunks_done),
+                )
 
     def of(self, tenant: str) -> int:
         """The chunks promised to the tenant's queued and running jobs."""

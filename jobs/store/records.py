@@ -1,4 +1,5 @@
 """Rows of the control plane as typed records, and partitions to and from JSON."""
+
 from __future__ import annotations
 
 import json
@@ -72,22 +73,27 @@ class JobRecord:
         data["table"] = data.pop("table_name")
         seconds = self.seconds
         data["seconds"] = round(seconds, 3) if seconds is not None else None
-        rates = job_rates(self.chunks_done, self.tokens_done, seconds,
-                          running=self.status == JobStatus.RUNNING,
-                          estimated_chunks=self.estimated_chunks,
-                          partitions_done=self.partitions_done,
-                          partitions_total=self.partitions_total)
+        rates = job_rates(
+            self.chunks_done,
+            self.tokens_done,
+            seconds,
+            running=self.status == JobStatus.RUNNING,
+            estimated_chunks=self.estimated_chunks,
+            partitions_done=self.partitions_done,
+            partitions_total=self.partitions_total,
+        )
         data["chunks_per_s"] = round(rates.chunks_per_s, 2)
         data["tokens_per_s"] = round(rates.tokens_per_s, 2)
-        data["eta_seconds"] = round(rates.eta_seconds, 1) if rates.eta_seconds is not None \
-            else None
+        data["eta_seconds"] = round(rates.eta_seconds, 1) if rates.eta_seconds is not None else None
         data["expected_chunks"] = rates.expected_chunks
         data["gpu_busy_percent"] = self.gpu_busy_percent
         data["gpu_peak_memory_bytes"] = self.gpu_peak_bytes or None
         data["progress"] = {
             "partitions": [self.partitions_done, self.partitions_total],
-            "documents": self.documents_done, "chunks": self.chunks_done,
-            "tokens": self.tokens_done, "skipped": self.skipped_count,
+            "documents": self.documents_done,
+            "chunks": self.chunks_done,
+            "tokens": self.tokens_done,
+            "skipped": self.skipped_count,
         }
         data["spec"] = shown_spec(self.spec)
         return data
@@ -127,8 +133,12 @@ class StoredPartition:
 
 
 def partition_to_json(p: Partition) -> str:
-    items = [{"kind": "file", **asdict(i)} if isinstance(i, FileSlice)
-             else {"kind": "inline", **asdict(i)} for i in p.items]
+    items = [
+        {"kind": "file", **asdict(i)}
+        if isinstance(i, FileSlice)
+        else {"kind": "inline", **asdict(i)}
+        for i in p.items
+    ]
     return json.dumps(items)
 
 
@@ -139,6 +149,7 @@ def partition_from_json(index: int, text: str) -> Partition:
         if kind == "file":
             items.append(FileSlice(**raw))
         else:  # an ended job's past its retention keeps only the id (jobs/store/retention.py)
-            items.append(InlineText(raw["doc_id"], raw.get("text", ""),
-                                    raw.get("metadata_json", "{}")))
+            items.append(
+                InlineText(raw["doc_id"], raw.get("text", ""), raw.get("metadata_json", "{}"))
+            )
     return Partition(index, tuple(items))

@@ -1,4 +1,5 @@
 """What the store reports for health checks and metrics: cheap aggregate reads."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ _TABLE_LEDGER = (
     "coalesce(sum(p.chunks), 0) AS chunks_done, min(p.updated_at) AS first_done_at, "
     "max(p.updated_at) AS last_done_at FROM jobs j LEFT JOIN job_partitions p "
     "ON p.job_id = j.id AND p.status = 'done' WHERE j.tenant = ? AND j.table_name = ? "
-    "GROUP BY ALL ORDER BY j.created_at, j.id")
-_EMBEDDED = ("SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
-             "sum(tokens_done) FROM jobs GROUP BY ALL")
+    "GROUP BY ALL ORDER BY j.created_at, j.id"
+)
+_EMBEDDED = (
+    "SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
+    "sum(tokens_done) FROM jobs GROUP BY ALL"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +69,14 @@ class StoreReports(Connected):
         unfinished = con.execute(
             "SELECT id, status, tenant, json_extract_string(spec, '$.model'), chunks_done, "
             "tokens_done, partitions_total, partitions_done FROM jobs WHERE status IN "
-            f"({', '.join('?' for _ in UNFINISHED)})", [str(s) for s in UNFINISHED]).fetchall()
-        return (dict(con.execute(_JOB_COUNTS).fetchall()), con.execute(_EMBEDDED).fetchall(),
-                [(row[0], JobShare.of(*row[1:])) for row in unfinished])
+            f"({', '.join('?' for _ in UNFINISHED)})",
+            [str(s) for s in UNFINISHED],
+        ).fetchall()
+        return (
+            dict(con.execute(_JOB_COUNTS).fetchall()),
+            con.execute(_EMBEDDED).fetchall(),
+            [(row[0], JobShare.of(*row[1:])) for row in unfinished],
+        )
 
     def job_counts(self) -> dict[str, int]:
         """Jobs by status, as the file holds them (/metrics reads JobFigures)."""
@@ -87,7 +96,9 @@ class StoreReports(Connected):
             return self._con.execute(
                 "SELECT count(*) FROM job_partitions p JOIN jobs j ON p.job_id = j.id "
                 f"WHERE j.status IN ({', '.join('?' for _ in _WAITING)}) AND "
-                "p.status != 'done'", [str(s) for s in _WAITING]).fetchone()[0]
+                "p.status != 'done'",
+                [str(s) for s in _WAITING],
+            ).fetchone()[0]
 
     def table_ledger(self, tenant: str, table: str) -> list[LedgerJob]:
         """Every job of `tenant` that wrote (or was to write) `table`, oldest first, with

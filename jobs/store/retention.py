@@ -11,6 +11,7 @@ A small thread (started with the job service) prunes at once and then every hour
 looks only at jobs ended since the previous pass's cutoff (the first pass of a process at all
 of them), in one statement per table, under the store's lock.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,7 @@ PRUNE_EVERY_S = 3600.0  # retention counts in days: an hour late is nothing
 _ENDED = ", ".join(repr(str(s)) for s in sorted(TERMINAL))
 # The ended jobs whose retention ended in the window [since, before): `{since}` is empty for a
 # pass over every ended job.
-ENDED_BEFORE = (f"SELECT id FROM jobs WHERE status IN ({_ENDED}) AND finished_at < ? {{since}}")
+ENDED_BEFORE = f"SELECT id FROM jobs WHERE status IN ({_ENDED}) AND finished_at < ? {{since}}"
 # Each inline item of a partition keeps its document id and loses its text and metadata; items
 # of files (paths) stay as they are. Partitions without an inline text left are not rewritten.
 PRUNE_PARTITIONS = (
@@ -37,14 +38,16 @@ PRUNE_PARTITIONS = (
     "WHEN json_extract_string(e, '$.kind') = 'inline' THEN json_object('kind', 'inline', "
     "'doc_id', json_extract_string(e, '$.doc_id')) ELSE e END))::VARCHAR "
     "WHERE job_id IN ({ended}) AND list_bool_or(list_transform(items::JSON[], "
-    "lambda e: json_exists(e, '$.text'))) RETURNING job_id")
+    "lambda e: json_exists(e, '$.text'))) RETURNING job_id"
+)
 # A record written before the texts were stored once keeps them in its spec: as listings show
 # it (their count, no ids or metadata).
 PRUNE_SPECS = (
     "UPDATE jobs SET spec = CASE WHEN json_type(spec, '$.texts') = 'ARRAY' THEN "
     "json_merge_patch(spec, json_object('texts', json_array_length(spec, '$.texts'), 'ids', "
     "NULL, 'metadata', NULL))::VARCHAR ELSE spec END WHERE id IN ({ended}) AND "
-    "json_type(spec, '$.texts') = 'ARRAY' RETURNING id")
+    "json_type(spec, '$.texts') = 'ARRAY' RETURNING id"
+)
 
 
 class Pruning(Protocol):
@@ -57,14 +60,20 @@ class Retention:
     """Prunes the inline texts of jobs ended more than `days` ago, now and every `every_s`
     seconds, on a thread of its own; `prune()` runs one pass (the tests move the clock)."""
 
-    def __init__(self, store: Pruning, days: float, clock: Callable[[], datetime],
-                 every_s: float = PRUNE_EVERY_S) -> None:
+    def __init__(
+        self,
+        store: Pruning,
+        days: float,
+        clock: Callable[[], datetime],
+        every_s: float = PRUNE_EVERY_S,
+    ) -> None:
         if days < 0:
             raise ValueError(f"job_retention_days must be 0 or more, not {days}")
         self.store, self.days, self.clock, self.every_s = store, days, clock, every_s
         self._done_until: datetime | None = None  # jobs ended before this are pruned
-        self._loop = PeriodicThread("embedscale-retention", self.prune, every_s, log,
-                                    "retention: pass")
+        self._loop = PeriodicThread(
+            "embedscale-retention", self.prune, every_s, log, "retention: pass"
+        )
 
     def prune(self) -> set[str]:
         """One pass: the ids of the jobs whose inline texts were removed."""
@@ -72,8 +81,11 @@ class Retention:
         pruned = self.store.drop_inline_texts(cutoff, self._done_until)
         self._done_until = max(cutoff, self._done_until or cutoff)
         if pruned:
-            log.info("retention: removed the inline texts of %d jobs ended before %s",
-                     len(pruned), cutoff.isoformat())
+            log.info(
+                "retention: removed the inline texts of %d jobs ended before %s",
+                len(pruned),
+                cutoff.isoformat(),
+            )
         return pruned
 
     def start(self) -> None:

@@ -1,5 +1,6 @@
 """How the store's records map to DuckDB rows: columns named, never `SELECT *` by position, so a
 migration that adds a column, or a file whose columns lie in another order, reads the same."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,21 +13,47 @@ from embedscale.jobs.states import JobStatus
 from embedscale.jobs.store.records import JobRecord, TenantRecord
 
 JOB_COLUMNS = [
-    "id", "tenant", "spec", "status", "priority", "table_name", "history", "created_at",
-    "updated_at", "started_at", "finished_at", "estimated_chunks", "partitions_total",
-    "partitions_done", "documents_done", "documents_unchanged", "chunks_done", "tokens_done",
-    "skipped_count", "error", "error_reason", "dashboard_link", "documents_changed",
-    "documents_deleted", "schedule_id", "gpu_seconds", "gpu_busy_seconds", "gpu_peak_bytes",
+    "id",
+    "tenant",
+    "spec",
+    "status",
+    "priority",
+    "table_name",
+    "history",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "estimated_chunks",
+    "partitions_total",
+    "partitions_done",
+    "documents_done",
+    "documents_unchanged",
+    "chunks_done",
+    "tokens_done",
+    "skipped_count",
+    "error",
+    "error_reason",
+    "dashboard_link",
+    "documents_changed",
+    "documents_deleted",
+    "schedule_id",
+    "gpu_seconds",
+    "gpu_busy_seconds",
+    "gpu_peak_bytes",
 ]
 JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # A job's spec as listings show it (jobs.store.records.shown_spec), made by DuckDB: inline texts
 # (up to the request body limit, 16 MiB) become their count and their ids and metadata are
 # left out, so a page of jobs never carries their texts into Python to be parsed and dropped.
-_SHOWN_SPEC = ("CASE WHEN json_type(spec, '$.texts') = 'ARRAY' THEN json_merge_patch(spec, "
-               "json_object('texts', json_array_length(spec, '$.texts'), 'ids', NULL, "
-               "'metadata', NULL))::VARCHAR ELSE spec END")
-JOB_LIST_SELECT = ("SELECT " + ", ".join(_SHOWN_SPEC if c == "spec" else c for c in JOB_COLUMNS)
-                   + " FROM jobs")
+_SHOWN_SPEC = (
+    "CASE WHEN json_type(spec, '$.texts') = 'ARRAY' THEN json_merge_patch(spec, "
+    "json_object('texts', json_array_length(spec, '$.texts'), 'ids', NULL, "
+    "'metadata', NULL))::VARCHAR ELSE spec END"
+)
+JOB_LIST_SELECT = (
+    "SELECT " + ", ".join(_SHOWN_SPEC if c == "spec" else c for c in JOB_COLUMNS) + " FROM jobs"
+)
 TENANT_COLUMNS = [f.name for f in dataclasses.fields(TenantRecord)]
 TENANT_SELECT = f"SELECT {', '.join(TENANT_COLUMNS)} FROM tenants"
 
@@ -64,11 +91,16 @@ def tenant_from_row(row: Sequence[Any]) -> TenantRecord:
     return TenantRecord(**dict(zip(TENANT_COLUMNS, row)))
 
 
-def transition_changes(job: JobRecord, new: JobStatus, now: datetime,
-                       **fields: Any) -> dict[str, Any]:
+def transition_changes(
+    job: JobRecord, new: JobStatus, now: datetime, **fields: Any
+) -> dict[str, Any]:
     """The fields a move of `job` to `new` sets (the caller checks the move is allowed)."""
-    changes: dict[str, Any] = dict(fields, status=JobStatus(new), updated_at=now,
-                                   history=job.history + [(str(new), now.isoformat())])
+    changes: dict[str, Any] = dict(
+        fields,
+        status=JobStatus(new),
+        updated_at=now,
+        history=job.history + [(str(new), now.isoformat())],
+    )
     if new == JobStatus.RUNNING and job.started_at is None:
         changes["started_at"] = now
     if new in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED):
@@ -78,5 +110,7 @@ def transition_changes(job: JobRecord, new: JobStatus, now: datetime,
 
 def stored(changes: dict[str, Any]) -> dict[str, Any]:
     """`changes` as their columns hold them."""
-    return {k: (json.dumps(v) if k == "history" else str(v) if k == "status" else v)
-            for k, v in changes.items()}
+    return {
+        k: (json.dumps(v) if k == "history" else str(v) if k == "status" else v)
+        for k, v in changes.items()
+    }

@@ -1,10 +1,12 @@
 """Tenants: their names, tiers with their own overrides, API keys, and today's usage.
 
 `Tenants` owns the two caches every request reads (a tenant's effective tier, a key's tenant,
-jobs/tenants/key_cache.py, which also remembers missing keys briefly). Both are cleared after the store
+jobs/tenants/key_cache.py, which also remembers missing keys briefly). Both are cleared after the
+store
 write they reflect, never before: a read between a clear and the write would cache the old
 value for good.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +35,9 @@ def check_tenant_name(name: object, field: str = "tenant") -> str:
     InvalidFieldError naming `field`. Such a name can never be a path ('../x', 'a/b')."""
     # fullmatch: with match, '$' also matches before a final newline.
     if not isinstance(name, str) or not _TENANT_NAME.fullmatch(name):
-        raise InvalidFieldError(field, f"invalid tenant name {name!r}: use 1-64 lowercase "
-                                       "letters, digits, '-' or '_'")
+        raise InvalidFieldError(
+            field, f"invalid tenant name {name!r}: use 1-64 lowercase letters, digits, '-' or '_'"
+        )
     return name
 
 
@@ -112,8 +115,10 @@ class Tenants:
         record = self.store.get_tenant(tenant)
         tier = self.tiers.get(record.tier)
         if tier is None:
-            raise InvalidFieldError("tier", f"tenant '{tenant}' has tier '{record.tier}', "
-                                            "which the tiers file does not define")
+            raise InvalidFieldError(
+                "tier",
+                f"tenant '{tenant}' has tier '{record.tier}', which the tiers file does not define",
+            )
         return with_overrides(tier, record.daily_chunks, record.max_concurrent_jobs)
 
     def cached_tier(self, tenant: str) -> Tier | None:
@@ -148,15 +153,19 @@ class Tenants:
         self._written(name)
         return record
 
-    def set_limits(self, name: str, daily_chunks: int | None = None,
-                   max_concurrent_jobs: int | None = None) -> TenantRecord:
+    def set_limits(
+        self, name: str, daily_chunks: int | None = None, max_concurrent_jobs: int | None = None
+    ) -> TenantRecord:
         """Per-tenant overrides of the tier's limits (None: the tier's)."""
-        for field, value in (("daily_chunks", daily_chunks),
-                             ("max_concurrent_jobs", max_concurrent_jobs)):
+        for field, value in (
+            ("daily_chunks", daily_chunks),
+            ("max_concurrent_jobs", max_concurrent_jobs),
+        ):
             if value is not None and value < 0:
                 raise InvalidFieldError(field, f"{field}={value} must not be negative")
-        record = self.store.update_tenant(name, daily_chunks=daily_chunks,
-                                          max_concurrent_jobs=max_concurrent_jobs)
+        record = self.store.update_tenant(
+            name, daily_chunks=daily_chunks, max_concurrent_jobs=max_concurrent_jobs
+        )
         self._written(name)
         return record
 
@@ -195,10 +204,18 @@ class Tenants:
         """The tenant's quota, what it used today, and its jobs holding a concurrency slot."""
         tier = self.tier_of(tenant)
         chunks, tokens = self.store.usage(tenant)
-        return Usage(tenant, tier.name, tier.daily_chunks, chunks, tokens,
-                     remaining_today(tier, chunks), resets_at().isoformat(),
-                     tier.max_concurrent_jobs, self.store.active_job_counts().get(tenant, 0),
-                     self.store.promised(tenant))
+        return Usage(
+            tenant,
+            tier.name,
+            tier.daily_chunks,
+            chunks,
+            tokens,
+            remaining_today(tier, chunks),
+            resets_at().isoformat(),
+            tier.max_concurrent_jobs,
+            self.store.active_job_counts().get(tenant, 0),
+            self.store.promised(tenant),
+        )
 
     def _issue_key(self, tenant: str) -> str:
         key = new_api_key()
@@ -212,5 +229,6 @@ class Tenants:
 
     def _check_tier(self, tier: str) -> None:
         if tier not in self.tiers:
-            raise InvalidFieldError("tier", f"unknown tier {tier!r}: use one of "
-                                            f"{', '.join(sorted(self.tiers))}")
+            raise InvalidFieldError(
+                "tier", f"unknown tier {tier!r}: use one of {', '.join(sorted(self.tiers))}"
+            )

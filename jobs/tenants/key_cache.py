@@ -10,6 +10,7 @@ refused from here: issuing one forgets every invalid key (jobs.tenants.accounts.
 
 Keys are held by their hash (jobs.tenants.keys.hash_key), never as given.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,8 +24,9 @@ MAX_INVALID = 10_000
 class KeyCache:
     """Key hash -> its tenant, or a brief note that no tenant has it."""
 
-    def __init__(self, invalid_ttl_s: float = INVALID_TTL_S,
-                 max_invalid: int = MAX_INVALID) -> None:
+    def __init__(
+        self, invalid_ttl_s: float = INVALID_TTL_S, max_invalid: int = MAX_INVALID
+    ) -> None:
         self.invalid_ttl_s, self.max_invalid = invalid_ttl_s, max_invalid
         self._lock = threading.Lock()
         self._tenants: dict[str, str] = {}

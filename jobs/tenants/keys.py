@@ -1,4 +1,5 @@
 """API keys: random, shown once, stored only as a hash."""
+
 from __future__ import annotations
 
 import hashlib

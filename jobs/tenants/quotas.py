@@ -1,5 +1,6 @@
 """Quota guards: on admission (estimated chunks vs what is left today) and on each partition
 (actual chunks vs what is left, before it is committed and charged)."""
+
 from __future__ import annotations
 
 import math
@@ -20,14 +21,21 @@ UNKNOWN_MODEL_MAX_TOKENS = 256
 UNKNOWN_MODEL_SPECIAL_TOKENS = 2
 
 
-def estimate_chunks(partitions: list[Partition], chunk_tokens: int | None,
-                    overlap_tokens: int | None, model: ModelInfo | None = None,
-                    chars_per_token: float = CHARS_PER_TOKEN) -> int:
+def estimate_chunks(
+    partitions: list[Partition],
+    chunk_tokens: int | None,
+    overlap_tokens: int | None,
+    model: ModelInfo | None = None,
+    chars_per_token: float = CHARS_PER_TOKEN,
+) -> int:
     """About how many chunks a job's partitions make: at least one per file or text. `model`:
     the model's limits where known without loading it (engine.models.limits);
     `chars_per_token`: the job's text as its tokenizer reads it (jobs.token_density)."""
-    max_tokens, special = ((model.max_tokens, model.special_tokens) if model is not None
-                           else (UNKNOWN_MODEL_MAX_TOKENS, UNKNOWN_MODEL_SPECIAL_TOKENS))
+    max_tokens, special = (
+        (model.max_tokens, model.special_tokens)
+        if model is not None
+        else (UNKNOWN_MODEL_MAX_TOKENS, UNKNOWN_MODEL_SPECIAL_TOKENS)
+    )
     _, _, step = chunk_geometry(max_tokens, special, chunk_tokens, overlap_tokens)
     per_chunk = chars_per_token * max(1, step)  # a job's values are checked when it starts
     total = 0
@@ -51,15 +59,17 @@ def remaining_today(tier: Tier, used_today: int) -> int | None:
     return max(0, tier.daily_chunks - used_today)
 
 
-def check_admission(tenant: str, tier: Tier, used_today: int, needed: int,
-                    promised: int = 0) -> None:
+def check_admission(
+    tenant: str, tier: Tier, used_today: int, needed: int, promised: int = 0
+) -> None:
     """Refuse a job whose estimate does not fit what is left today once the chunks already
     promised to the tenant's queued and running jobs are counted (jobs/store/promises.py), with the
     figures."""
     remaining = remaining_today(tier, used_today + promised)
     if remaining is not None and needed > remaining:
-        raise QuotaExceededError(tenant, needed, remaining, tier.daily_chunks, resets_at(),
-                                 promised)
+        raise QuotaExceededError(
+            tenant, needed, remaining, tier.daily_chunks, resets_at(), promised
+        )
 
 
 def partition_fits(tier: Tier, used_today: int, chunks: int) -> bool:

@@ -1,4 +1,5 @@
 """Tiers: daily chunk quotas, concurrent-job limits, fair-share weights, request rates."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
+
 from embedscale.jobs.errors import InvalidFieldError
 
 DEFAULT_TIERS_FILE = Path(__file__).with_name("tiers.yaml")
@@ -42,8 +44,9 @@ def load_tiers(path: str | Path | None = None) -> dict[str, Tier]:
     for name, entry in (data.get("tiers") or {}).items():
         unknown = set(entry or {}) - allowed
         if unknown:
-            raise InvalidFieldError("tiers",
-                                    f"tier '{name}' in {path}: unknown keys {sorted(unknown)}")
+            raise InvalidFieldError(
+                "tiers", f"tier '{name}' in {path}: unknown keys {sorted(unknown)}"
+            )
         entry = dict(entry or {})
         if "reads_per_minute" not in entry and entry.get("requests_per_minute") is not None:
             entry["reads_per_minute"] = READS_PER_REQUEST * entry["requests_per_minute"]
@@ -61,6 +64,7 @@ def with_overrides(tier: Tier, daily_chunks: int | None, max_concurrent_jobs: in
     return dataclasses.replace(
         tier,
         daily_chunks=tier.daily_chunks if daily_chunks is None else daily_chunks,
-        max_concurrent_jobs=(tier.max_concurrent_jobs if max_concurrent_jobs is None
-                             else max_concurrent_jobs),
+        max_concurrent_jobs=(
+            tier.max_concurrent_jobs if max_concurrent_jobs is None else max_concurrent_jobs
+        ),
     )

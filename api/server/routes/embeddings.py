@@ -5,6 +5,7 @@ works unchanged. Requests that arrive together share model calls on the workers
 (jobs.embeddings.batcher); each input is one chunk of the tenant's daily quota, and the request
 counts against the tenant's rate limit. Errors come in OpenAI's shape (api/server/openai_errors.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,14 +14,15 @@ import contextlib
 from typing import Annotated
 
 import numpy as np
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
 from embedscale.api.server.deps import ServiceDep, rate_limit
 from embedscale.api.server.embedding_schemas import EmbeddingCreate, EmbeddingList, OpenAIError
 from embedscale.api.server.openai_errors import OpenAIRoute, openai_error
 from embedscale.api.server.ratelimit import EMBEDDINGS
 from embedscale.jobs.embeddings.requests import PendingEmbedding
-from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=OpenAIRoute)
 # A request whose task has not come back by then is answered 503 (its chunks are settled when
@@ -31,19 +33,27 @@ _ERRORS = {status: {"model": OpenAIError} for status in (400, 401, 404, 429, 503
 
 @router.post("/embeddings", response_model=EmbeddingList, responses=_ERRORS)
 async def create_embeddings(
-        body: EmbeddingCreate, service: ServiceDep,
-        tenant: Annotated[str, Depends(rate_limit(EMBEDDINGS))]) -> JSONResponse:
+    body: EmbeddingCreate,
+    service: ServiceDep,
+    tenant: Annotated[str, Depends(rate_limit(EMBEDDINGS))],
+) -> JSONResponse:
     """One vector per input, in order, with the tokens the model read."""
-    pending = await run_in_threadpool(service.embed, tenant, body.model, body.texts(),
-                                      body.dimensions)
+    pending = await run_in_threadpool(
+        service.embed, tenant, body.model, body.texts(), body.dimensions
+    )
     try:
         # Waits without holding a thread: the batcher resolves the request's future.
-        await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending.ready)),
-                               REQUEST_TIMEOUT_S)
+        await asyncio.wait_for(
+            asyncio.shield(asyncio.wrap_future(pending.ready)), REQUEST_TIMEOUT_S
+        )
     except TimeoutError:
         _settle_later(pending)
-        return openai_error(503, f"the cluster did not embed the request within "
-                                 f"{REQUEST_TIMEOUT_S:.0f} s; try again later", "server_error")
+        return openai_error(
+            503,
+            f"the cluster did not embed the request within "
+            f"{REQUEST_TIMEOUT_S:.0f} s; try again later",
+            "server_error",
+        )
     except asyncio.CancelledError:  # the client went away: settle its charge all the same
         _settle_later(pending)
         raise
@@ -54,17 +64,22 @@ async def create_embeddings(
     else:
         embeddings = vectors.tolist()
     # Built as plain JSON: validating hundreds of floats per input would only cost time.
-    return JSONResponse({
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": e}
-                 for i, e in enumerate(embeddings)],
-        "model": result.model,
-        "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
-    })
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": e}
+                for i, e in enumerate(embeddings)
+            ],
+            "model": result.model,
+            "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        }
+    )
 
 
 def _settle_later(pending: PendingEmbedding) -> None:
     """Charge or refund a request nobody waits for any more, once its task is back."""
+
     def settle() -> None:
         with contextlib.suppress(Exception):  # its error had nobody to go to
             pending.result()

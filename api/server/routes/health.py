@@ -1,14 +1,16 @@
 """/healthz, /readyz, /metrics and /v1/cluster."""
+
 from __future__ import annotations
 
 import asyncio
 
-from embedscale.api.server.deps import CurrentTenant
-from embedscale.api.server.schemas import ClusterOut, ErrorOut
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from embedscale.api.server.deps import CurrentTenant
+from embedscale.api.server.schemas import ClusterOut, ErrorOut
 
 router = APIRouter(tags=["health"])
 READY_TIMEOUT_S = 3.0
@@ -32,7 +34,8 @@ async def readyz(request: Request) -> JSONResponse:
         checks["duckdb"] = f"error: {exc}"
     try:
         info = await asyncio.wait_for(
-            run_in_threadpool(cluster.client.scheduler_info, n_workers=-1), READY_TIMEOUT_S)
+            run_in_threadpool(cluster.client.scheduler_info, n_workers=-1), READY_TIMEOUT_S
+        )
         workers = len(info.get("workers", {}))
         checks["scheduler"] = "ok"
         checks["workers"] = "ok" if workers else "error: no workers"
@@ -43,8 +46,9 @@ async def readyz(request: Request) -> JSONResponse:
     if runner is not None and (runner.error is not None or not runner.alive):
         checks["runner"] = f"error: {runner.error or 'stopped'}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready,
-                                                                    "checks": checks})
+    return JSONResponse(
+        status_code=200 if ready else 503, content={"ready": ready, "checks": checks}
+    )
 
 
 @router.get("/metrics")
@@ -60,12 +64,17 @@ async def cluster_info(request: Request, tenant: CurrentTenant) -> ClusterOut:
     cluster = request.app.state.cluster
     try:
         info = await asyncio.wait_for(
-            run_in_threadpool(cluster.client.scheduler_info, n_workers=-1), READY_TIMEOUT_S)
+            run_in_threadpool(cluster.client.scheduler_info, n_workers=-1), READY_TIMEOUT_S
+        )
     except Exception:
         info = {}
     workers = info.get("workers", {})
-    out = ClusterOut(scheduler=None, dashboard_link=None, workers=len(workers),
-                     threads=sum(w.get("nthreads", 1) for w in workers.values()))
+    out = ClusterOut(
+        scheduler=None,
+        dashboard_link=None,
+        workers=len(workers),
+        threads=sum(w.get("nthreads", 1) for w in workers.values()),
+    )
     if request.app.state.settings.expose_dashboard:
         scheduler = cluster.client.scheduler
         out.scheduler = scheduler.address if scheduler else None

@@ -1,8 +1,13 @@
 """/v1/jobs: create, list, get and cancel jobs; watch one over a WebSocket."""
+
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from embedscale.api.server.deps import (
     AuthenticatedTenant,
@@ -22,9 +27,6 @@ from embedscale.jobs.service import JobService
 from embedscale.jobs.spec import JobSpec
 from embedscale.jobs.states import TERMINAL, JobStatus
 from embedscale.jobs.store.records import JobRecord
-from fastapi import APIRouter, Depends, Query, Request, Response, WebSocket, WebSocketDisconnect
-from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # The statuses as a Literal (not the enum itself): the OpenAPI query parameter stays a plain
@@ -52,13 +54,13 @@ def job_out(record: JobRecord, skipped=None) -> JobOut:
 def as_json(model: BaseModel, status_code: int = 200) -> Response:
     """`model` as a JSON answer, serialised where this is called: a sync route's worker thread,
     not the event loop (FastAPI validates and serialises a returned model again, there)."""
-    return Response(model.model_dump_json(), status_code=status_code,
-                    media_type="application/json")
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
 @router.post("", status_code=201, response_model=JobOut, responses=_ERRORS)
-def create_job(spec: JobSpec, service: ServiceDep,
-               tenant: Annotated[str, Depends(rate_limit(JOB_CREATION))]) -> JobOut:
+def create_job(
+    spec: JobSpec, service: ServiceDep, tenant: Annotated[str, Depends(rate_limit(JOB_CREATION))]
+) -> JobOut:
     """Submit a job: a server-side `source` (under the allowed roots) or inline `texts`."""
     record = service.submit(tenant, spec)
     add_log_fields(job_id=record.id)
@@ -66,34 +68,52 @@ def create_job(spec: JobSpec, service: ServiceDep,
 
 
 @router.get("", response_model=JobList, responses=_ERRORS)
-async def list_jobs(request: Request, service: ServiceDep, tenant: AuthenticatedTenant,
-                    status: StatusFilter | None = None,
-                    table: Annotated[str | None, Query(max_length=128)] = None,
-                    # Checked below, for an answer that says what to do; the schema says it.
-                    limit: Annotated[int, Query(ge=1, json_schema_extra={"maximum": MAX_PAGE},
-                                                description="jobs a page holds")] = 50,
-                    cursor: Annotated[str | None, Query(max_length=64)] = None,
-                    schedule: Annotated[str | None, Query(max_length=64)] = None) -> Response:
+async def list_jobs(
+    request: Request,
+    service: ServiceDep,
+    tenant: AuthenticatedTenant,
+    status: StatusFilter | None = None,
+    table: Annotated[str | None, Query(max_length=128)] = None,
+    # Checked below, for an answer that says what to do; the schema says it.
+    limit: Annotated[
+        int, Query(ge=1, json_schema_extra={"maximum": MAX_PAGE}, description="jobs a page holds")
+    ] = 50,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    schedule: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
     """The tenant's jobs, newest first, at most 100 a page; follow `next_cursor` for older
     ones. `schedule`: only the runs of that schedule. A page costs one read of the tenant's
     allowance per 10 jobs it may hold."""
     if limit > MAX_PAGE:
-        raise InvalidFieldError("limit", f"limit={limit} is over the most a page holds "
-                                         f"({MAX_PAGE}): ask for {MAX_PAGE} or fewer and "
-                                         "follow next_cursor for the rest", location="query")
+        raise InvalidFieldError(
+            "limit",
+            f"limit={limit} is over the most a page holds "
+            f"({MAX_PAGE}): ask for {MAX_PAGE} or fewer and "
+            "follow next_cursor for the rest",
+            location="query",
+        )
     await spend(request.app, tenant, READS, -(-limit // JOBS_PER_READ))
-    return await run_in_threadpool(_page, service, tenant, status, table, limit, cursor,
-                                   schedule)
+    return await run_in_threadpool(_page, service, tenant, status, table, limit, cursor, schedule)
 
 
-def _page(service: JobService, tenant: str, status: str | None, table: str | None, limit: int,
-          cursor: str | None, schedule: str | None) -> Response:
+def _page(
+    service: JobService,
+    tenant: str,
+    status: str | None,
+    table: str | None,
+    limit: int,
+    cursor: str | None,
+    schedule: str | None,
+) -> Response:
     """A page of jobs, read, shown and serialised in a worker thread."""
     try:
         jobs, next_cursor = service.list(tenant, status, table, limit, cursor, schedule)
     except NotFoundError:
-        raise InvalidFieldError("cursor", f"unknown cursor {cursor!r}: use a next_cursor the "
-                                          "API returned", location="query") from None
+        raise InvalidFieldError(
+            "cursor",
+            f"unknown cursor {cursor!r}: use a next_cursor the API returned",
+            location="query",
+        ) from None
     return as_json(JobList(jobs=[job_out(j) for j in jobs], next_cursor=next_cursor))
 
 
@@ -104,8 +124,12 @@ def get_job(job_id: str, service: ServiceDep, tenant: CurrentTenant) -> Response
     return as_json(job_out(record, service.skipped(record)))
 
 
-@router.delete("/{job_id}", status_code=202, response_model=JobOut,
-               responses={**_ERRORS, 409: {"model": ErrorOut}})
+@router.delete(
+    "/{job_id}",
+    status_code=202,
+    response_model=JobOut,
+    responses={**_ERRORS, 409: {"model": ErrorOut}},
+)
 def cancel_job(job_id: str, service: ServiceDep, tenant: CurrentTenant) -> JobOut:
     """Cancel a queued or running job; its rows are removed. 409 once it has finished."""
     return job_out(service.cancel(job_id, tenant))

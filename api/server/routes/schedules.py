@@ -1,5 +1,6 @@
 """/v1/schedules: a tenant's cron-triggered runs; create, list, get, pause, resume, run now and
 remove. Each run is an ordinary job carrying the schedule's id (GET /v1/jobs?schedule=ID)."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -22,16 +23,23 @@ def schedule_out(record: ScheduleRecord) -> ScheduleOut:
     return ScheduleOut.model_validate(record.to_dict())
 
 
-@router.post("", status_code=201, response_model=ScheduleOut,
-             responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}})
-def create_schedule(body: ScheduleCreate, service: ServiceDep,
-                    tenant: Annotated[str, Depends(rate_limit(SCHEDULE_CREATION))]
-                    ) -> ScheduleOut:
+@router.post(
+    "",
+    status_code=201,
+    response_model=ScheduleOut,
+    responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+)
+def create_schedule(
+    body: ScheduleCreate,
+    service: ServiceDep,
+    tenant: Annotated[str, Depends(rate_limit(SCHEDULE_CREATION))],
+) -> ScheduleOut:
     """A new schedule. The cron expression, the time zone and the template (checked as a
     POST /v1/jobs body: allowed roots, allowed models) must all pass: else 422 naming the
     field, and nothing is stored. 409 when the tenant has the most schedules allowed."""
-    return schedule_out(service.schedules.create(tenant, body.cron, body.template,
-                                                 body.timezone, body.enabled))
+    return schedule_out(
+        service.schedules.create(tenant, body.cron, body.template, body.timezone, body.enabled)
+    )
 
 
 @router.get("", response_model=ScheduleList, responses=_ERRORS)
@@ -41,37 +49,48 @@ def list_schedules(service: ServiceDep, tenant: CurrentTenant) -> ScheduleList:
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut, responses=_ERRORS)
-def get_schedule(schedule_id: ScheduleId, service: ServiceDep,
-                 tenant: CurrentTenant) -> ScheduleOut:
+def get_schedule(
+    schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
+) -> ScheduleOut:
     """A schedule with its next slot and what its latest run did."""
     return schedule_out(service.schedules.get(schedule_id, tenant))
 
 
 @router.delete("/{schedule_id}", response_model=ScheduleOut, responses=_ERRORS)
-def delete_schedule(schedule_id: ScheduleId, service: ServiceDep,
-                    tenant: CurrentTenant) -> ScheduleOut:
+def delete_schedule(
+    schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
+) -> ScheduleOut:
     """Remove a schedule (returned as it was). A run already submitted goes on."""
     return schedule_out(service.schedules.delete(schedule_id, tenant))
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleOut, responses=_ERRORS)
-def pause_schedule(schedule_id: ScheduleId, service: ServiceDep,
-                   tenant: CurrentTenant) -> ScheduleOut:
+def pause_schedule(
+    schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
+) -> ScheduleOut:
     """Stop firing until resumed."""
     return schedule_out(service.schedules.pause(schedule_id, tenant))
 
 
 @router.post("/{schedule_id}/resume", response_model=ScheduleOut, responses=_ERRORS)
-def resume_schedule(schedule_id: ScheduleId, service: ServiceDep,
-                    tenant: CurrentTenant) -> ScheduleOut:
+def resume_schedule(
+    schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
+) -> ScheduleOut:
     """Fire again from the next slot after now (slots passed while paused are not run)."""
     return schedule_out(service.schedules.resume(schedule_id, tenant))
 
 
-@router.post("/{schedule_id}/run", status_code=201, response_model=JobOut,
-             responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}})
-def run_schedule_now(schedule_id: ScheduleId, service: ServiceDep,
-                     tenant: Annotated[str, Depends(rate_limit(JOB_CREATION))]) -> JobOut:
+@router.post(
+    "/{schedule_id}/run",
+    status_code=201,
+    response_model=JobOut,
+    responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+)
+def run_schedule_now(
+    schedule_id: ScheduleId,
+    service: ServiceDep,
+    tenant: Annotated[str, Depends(rate_limit(JOB_CREATION))],
+) -> JobOut:
     """Submit a run now, besides the schedule's slots: 409 while a run of it is active, and
     the refusals of POST /v1/jobs (429 quota, 422 source)."""
     return job_out(service.schedules.run_now(schedule_id, tenant))

@@ -1,9 +1,13 @@
 """/v1/tables: the tenant's tables, their size and model, search, and deletion; and, for the
 admin, a table checked against the job ledger."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.concurrency import run_in_threadpool
 
 from embedscale.api.server.deps import AdminOnly, CurrentTenant, ServiceDep, rate_limit
 from embedscale.api.server.ratelimit import SEARCH
@@ -17,8 +21,6 @@ from embedscale.api.server.schemas import (
 )
 from embedscale.engine.sink.lance_sink import TABLE_NAME_PATTERN
 from embedscale.jobs.tenants.accounts import LOCAL_TENANT, TENANT_NAME_PATTERN
-from fastapi import APIRouter, Depends, Path, Query, Response
-from fastapi.concurrency import run_in_threadpool
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"])
 TableName = Annotated[str, Path(min_length=1, max_length=128, pattern=TABLE_NAME_PATTERN)]
@@ -37,13 +39,19 @@ def get_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) -> Ta
     return TableOut(**asdict(service.table(tenant, name)))
 
 
-@router.post("/{name}/search", response_model=SearchResponse,
-             responses={**_ERRORS, 429: {"model": ErrorOut}})
-async def search_table(name: TableName, request: SearchRequest, service: ServiceDep,
-                       tenant: Annotated[str, Depends(rate_limit(SEARCH))]) -> SearchResponse:
+@router.post(
+    "/{name}/search", response_model=SearchResponse, responses={**_ERRORS, 429: {"model": ErrorOut}}
+)
+async def search_table(
+    name: TableName,
+    request: SearchRequest,
+    service: ServiceDep,
+    tenant: Annotated[str, Depends(rate_limit(SEARCH))],
+) -> SearchResponse:
     """The `k` chunks nearest to `query`, embedded with the table's own model."""
-    hits = await run_in_threadpool(service.search, tenant, name, request.query, request.k,
-                                   request.filter)
+    hits = await run_in_threadpool(
+        service.search, tenant, name, request.query, request.k, request.filter
+    )
     return SearchResponse(hits=hits)
 
 
@@ -54,12 +62,17 @@ def delete_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) ->
     return Response(status_code=204)
 
 
-@router.get("/{name}/verify", response_model=VerifyOut,
-            responses={**_ERRORS, 403: {"model": ErrorOut}})
-def verify_table(name: TableName, service: ServiceDep, _: AdminOnly,
-                 tenant: Annotated[str, Query(max_length=64, pattern=TENANT_NAME_PATTERN,
-                                              description="whose table")] = LOCAL_TENANT
-                 ) -> VerifyOut:
+@router.get(
+    "/{name}/verify", response_model=VerifyOut, responses={**_ERRORS, 403: {"model": ErrorOut}}
+)
+def verify_table(
+    name: TableName,
+    service: ServiceDep,
+    _: AdminOnly,
+    tenant: Annotated[
+        str, Query(max_length=64, pattern=TENANT_NAME_PATTERN, description="whose table")
+    ] = LOCAL_TENANT,
+) -> VerifyOut:
     """Admin only: the table checked against itself and the job ledger (row ids unique,
     committed rows present, none of cancelled jobs, vectors finite, one model). 200 either
     way, with `ok` and the problems found."""
