@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import ConfigDict, Field, StrictInt, StrictStr
 
+from embedscale.engine.config_files import ConfigFileError, read_mapping, unknown_keys, validate
 from embedscale.engine.errors import EmbedscaleError
 
 ClusterKind = Literal["local", "local-cuda", "address", "manager"]
@@ -21,24 +21,30 @@ KINDS = ("local", "local-cuda", "address", "manager")
 class ClusterSpec:
     """Where jobs run: a LocalCluster, a LocalCUDACluster (one worker per GPU), the cluster
     behind a scheduler address, or one a Dask cluster manager starts (dask-kubernetes,
-    dask-jobqueue: any class with Dask's Cluster interface)."""
+    dask-jobqueue: any class with Dask's Cluster interface).
+
+    The types are what a spec file is checked against (from_yaml): strict, so a count written
+    1e4 or 2.0, or a GPU list YAML read as a number, is refused when the file is read."""
+
+    # A spec file's unknown keys are refused; built in Python, a spec is not checked here.
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     kind: ClusterKind = "local"
-    n_workers: int | None = None  # local: None = one per core
-    threads_per_worker: int = 1
-    memory_limit: str | int = "auto"
+    n_workers: Annotated[StrictInt, Field(ge=0)] | None = None  # local: None (or 0) = per core
+    threads_per_worker: Annotated[StrictInt, Field(ge=1)] = 1
+    memory_limit: StrictStr | Annotated[StrictInt, Field(ge=0)] = "auto"
     # A bare ':port' listens on loopback (see dashboard_bind); None or 'none': no dashboard.
-    dashboard_address: str | None = ":8787"
-    address: str | None = None  # kind=address
-    cuda_visible_devices: str | None = None  # kind=local-cuda
-    log_level: str = "error"  # local workers' log level (their output shares our terminal)
+    dashboard_address: StrictStr | None = ":8787"
+    address: StrictStr | None = None  # kind=address
+    cuda_visible_devices: StrictStr | None = None  # kind=local-cuda
+    log_level: StrictStr = "error"  # local workers' log level (their output shares our terminal)
     # Local kinds: the scheduler's port (0: any free one; `cluster up` defaults to 8786) and
     # the interface it and the workers listen on.
-    scheduler_port: int = 0
-    host: str = "127.0.0.1"
+    scheduler_port: Annotated[StrictInt, Field(ge=0, le=65535)] = 0
+    host: StrictStr = "127.0.0.1"
     # kind=manager: the cluster manager's class ("dask_jobqueue.SLURMCluster") and its
     # keyword arguments, passed as they are.
-    manager: str | None = None
+    manager: StrictStr | None = None
     manager_options: dict[str, Any] | None = None
     # Object-store options for tables and sources (engine.storage.locations): endpoint, region,
     # credentials; over the AWS_* variables. Never printed.
@@ -52,22 +58,22 @@ class ClusterSpec:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> ClusterSpec:
-        """Read a spec file; unknown keys are an error, so typos do not pass silently."""
+        """Read a spec file, checked against the fields' types (engine.config_files), then as a
+        whole (checked): unknown keys, a float for a count, ... are an error naming the file and
+        the field, so typos do not pass silently."""
         try:
-            data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as exc:
-            raise EmbedscaleError(f"cannot read cluster spec {path}: {exc.strerror}") from None
-        if not isinstance(data, dict):
-            raise EmbedscaleError(f"cluster spec {path}: expected a mapping of keys to values")
+            data = read_mapping(path, "cluster spec")
+        except ConfigFileError as exc:
+            raise EmbedscaleError(str(exc)) from None
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = unknown_keys(data, known)
         if unknown:
             raise EmbedscaleError(
-                f"cluster spec {path}: unknown keys {sorted(unknown)}; known: {sorted(known)}"
+                f"cluster spec {path}: unknown keys {unknown}; known: {sorted(known)}"
             )
         try:
-            return cls(**data).checked()
-        except EmbedscaleError as exc:
+            return validate(cls, data).checked()
+        except (EmbedscaleError, ValueError) as exc:
             raise EmbedscaleError(f"cluster spec {path}: {exc}") from None
 
     def checked(self) -> ClusterSpec:
