@@ -16,7 +16,7 @@ get the fields too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -66,7 +66,7 @@ class LogContextFilter(logging.Filter):
         return True
 
 
-def call_with_log_fields(fields: dict[str, str | None], fn: Callable[..., T], *args: Any) -> T:
+def call_with_log_fields(fields: Mapping[str, str | None], fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` in a scope of `fields`: for work handed to a thread pool, whose threads do
     not inherit the submitter's context."""
     with log_fields(**fields):

@@ -10,6 +10,7 @@ injectable and a tick can be called by hand, so tests move time instead of waiti
 
 from __future__ import annotations
 
+import builtins  # `list` is a method of the class below: annotations name the type
 import logging
 import threading
 import uuid
@@ -160,15 +161,16 @@ class Schedules:
         """Submit a run of the schedule now, besides its slots; ConflictError while a run of
         it is active, and the submission's own error (quota, source) if it is refused."""
         with self._firing:
-            claimed = self.store.claim_run_now(schedule_id, tenant, self.now(), uuid.uuid4().hex)
+            job_id = uuid.uuid4().hex
+            claimed = self.store.claim_run_now(schedule_id, tenant, self.now(), job_id)
             _, error = self._finish_claim(claimed)
         if error is not None:
             raise error
-        return self.store.get_job(claimed.last_job_id)
+        return self.store.get_job(job_id)
 
     # --- firing --------------------------------------------------------------------------
 
-    def tick(self) -> list[ScheduleRecord]:
+    def tick(self) -> builtins.list[ScheduleRecord]:
         """Fire (or skip) every schedule due at the clock's time, and finish claims a crash
         interrupted; returns the schedules this tick changed, as they now are."""
         with self._firing:

@@ -7,6 +7,7 @@ callers turn them into exit codes or HTTP statuses.
 
 from __future__ import annotations
 
+import builtins  # `list` is a method of the class below: annotations name the type
 import os
 import threading
 import uuid
@@ -332,6 +333,8 @@ class JobService:
         try:
             if spec.texts is not None:
                 return plan_texts(spec.texts, spec.ids, spec.metadata)
+            if spec.source is None:  # JobSpec checks that a job names texts or a source
+                raise ValueError("a job names texts or a source")
             source = check_source_allowed(spec.source, self.allowed_roots)
             try:
                 return plan_source(
@@ -389,7 +392,7 @@ class JobService:
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more and jobs else None)
 
-    def skipped(self, job: JobRecord) -> list[Skipped]:
+    def skipped(self, job: JobRecord) -> builtins.list[Skipped]:
         """The documents a job skipped, with reasons (the job's record was already looked up,
         for its tenant, by the caller). Most jobs skip nothing: no DuckDB round trip then."""
         return self.store.skipped(job.id) if job.skipped_count else []
@@ -434,7 +437,7 @@ class JobService:
         if self.runner is not None:
             self.runner.forget_table(table.uri)
 
-    def tables(self, tenant: str) -> list[TableInfo]:
+    def tables(self, tenant: str) -> builtins.list[TableInfo]:
         """The tenant's tables with their rows, model and dimension, by name."""
         return list_tables(self.tenant_data_dir(tenant))
 
@@ -453,7 +456,7 @@ class JobService:
 
     def search(
         self, tenant: str, name: str, query: str, k: int = 5, where: str | None = None
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         """The `k` chunks of the tenant's table nearest to `query`, with the table's own model;
         a filter the engine refuses is an InvalidFieldError of `filter`."""
         data_dir = self.tenant_data_dir(tenant)
@@ -480,7 +483,7 @@ class JobService:
         """Jobs by status, every status present (0 where none); from memory."""
         return self.job_figures().by_status
 
-    def embedded_totals(self) -> list[tuple[str, str, int, int]]:
+    def embedded_totals(self) -> builtins.list[tuple[str, str, int, int]]:
         """(tenant, model, chunks, tokens) embedded by every job ever; from memory."""
         return self.job_figures().embedded
 
@@ -489,12 +492,12 @@ class JobService:
         memory."""
         return self.job_figures().waiting
 
-    def unfinished_jobs(self) -> list[JobRecord]:
+    def unfinished_jobs(self) -> builtins.list[JobRecord]:
         """Jobs not yet ended (queued, running, cancelling), oldest first."""
         return self.store.unfinished_jobs()
 
     def embed(
-        self, tenant: str, model: str, texts: list[str], dimensions: int | None = None
+        self, tenant: str, model: str, texts: builtins.list[str], dimensions: int | None = None
     ) -> PendingEmbedding:
         """Embed `texts` with `model` on the cluster's warm workers, charged to the tenant (see
         jobs.embeddings.requests): checked and charged now, the vectors from `.result()`."""
@@ -505,9 +508,13 @@ class JobService:
     def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job ends; returns its final record (TimeoutError after `timeout`)."""
         done = threading.Event()
-        unsubscribe = self.bus.subscribe(
-            job_id, lambda e: e["job"]["status"] in {s.value for s in TERMINAL} and done.set()
-        )
+        ended = {s.value for s in TERMINAL}
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["job"]["status"] in ended:
+                done.set()
+
+        unsubscribe = self.bus.subscribe(job_id, on_event)
         try:
             while self.store.get_job(job_id).status not in TERMINAL:
                 if self.runner is not None and not self.runner.alive:

@@ -227,6 +227,7 @@ class _Created:
             versions = self.table.dataset().versions()
             if versions:
                 stamp = min(versions, key=lambda v: v["version"])["timestamp"]
-                # Lance gives local wall-clock time without a zone.
-                self._at = stamp.astimezone(UTC) if stamp.tzinfo is None else stamp
+                if isinstance(stamp, datetime):
+                    # Lance gives local wall-clock time without a zone.
+                    self._at = stamp.astimezone(UTC) if stamp.tzinfo is None else stamp
         return self._at

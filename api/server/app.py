@@ -42,7 +42,11 @@ def create_app(
         jobs_service = service if service is not None else open_service(settings)
         own_cluster = cluster is None
         try:
-            running = cluster or await run_in_threadpool(start_cluster, cluster_spec(settings))
+            running: Cluster = (
+                cluster
+                if cluster is not None
+                else await run_in_threadpool(start_cluster, cluster_spec(settings))
+            )
         except BaseException:
             jobs_service.close()
             raise

@@ -69,7 +69,8 @@ AuthenticatedTenant = Annotated[str, Depends(get_tenant)]
 
 async def tier_of(service: JobService, tenant: str) -> Tier:
     """The tenant's effective tier: from memory, or read in a worker thread."""
-    return service.tenants.cached_tier(tenant) or await run_in_threadpool(service.tier_of, tenant)
+    tier = service.tenants.cached_tier(tenant)
+    return tier if tier is not None else await run_in_threadpool(service.tier_of, tenant)
 
 
 async def spend(app: FastAPI, tenant: str, bucket: str, cost: int = 1) -> None:

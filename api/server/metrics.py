@@ -152,8 +152,9 @@ def gpu_metrics() -> Iterator[Metric]:
             continue
         if g.busy_percent is not None:
             busy.add_metric(label, g.busy_percent)
-        used.add_metric(label, g.memory_used)
-        total.add_metric(label, g.memory_total)
+        if g.memory_used is not None and g.memory_total is not None:
+            used.add_metric(label, g.memory_used)
+            total.add_metric(label, g.memory_total)
     yield from (up, busy, used, total)
 
 

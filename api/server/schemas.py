@@ -171,3 +171,8 @@ class ClusterOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: Any
+
+
+def error_responses(*statuses: int, model: type[BaseModel] = ErrorOut) -> dict[int | str, Any]:
+    """A route's documented error statuses, each with the body its errors have (OpenAPI)."""
+    return {status: {"model": model} for status in statuses}

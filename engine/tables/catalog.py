@@ -15,7 +15,12 @@ import pyarrow as pa
 from embedscale.engine.errors import TableNotFoundError
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sink.schema import table_model
-from embedscale.engine.storage.locations import StorageOptions, child_names, remove_tree
+from embedscale.engine.storage.locations import (
+    Location,
+    StorageOptions,
+    child_names,
+    remove_tree,
+)
 
 MAX_NAMES_SHOWN = 10  # in a not-found message: enough to spot a typo, bounded for many tables
 
@@ -31,7 +36,9 @@ class TableInfo:
     dimension: int | None
 
 
-def table_names(data_dir: str | Path, storage: StorageOptions | None = None) -> list[str]:
+def table_names(
+    data_dir: str | Path | Location, storage: StorageOptions | None = None
+) -> list[str]:
     """Names of the tables of a data dir, sorted (folders never committed to are left out).
     `data_dir` may be an object-store URI, reached with `storage` (default: the AWS
     variables), as everywhere in this module."""
@@ -45,7 +52,7 @@ def table_names(data_dir: str | Path, storage: StorageOptions | None = None) -> 
 
 
 def existing_table(
-    data_dir: str | Path, name: str, storage: StorageOptions | None = None
+    data_dir: str | Path | Location, name: str, storage: StorageOptions | None = None
 ) -> ChunkTable:
     """The table `name` of a data dir; TableNotFoundError (naming those that exist) if there
     is none, TableError for a name no table can have."""
@@ -59,13 +66,15 @@ def existing_table(
 
 
 def describe_table(
-    data_dir: str | Path, name: str, storage: StorageOptions | None = None
+    data_dir: str | Path | Location, name: str, storage: StorageOptions | None = None
 ) -> TableInfo:
     """Rows, model and dimension of one table (TableNotFoundError if there is none)."""
     return _describe(existing_table(data_dir, name, storage))
 
 
-def list_tables(data_dir: str | Path, storage: StorageOptions | None = None) -> list[TableInfo]:
+def list_tables(
+    data_dir: str | Path | Location, storage: StorageOptions | None = None
+) -> list[TableInfo]:
     """Every table of a data dir, described, by name."""
     infos = []
     for name in table_names(data_dir, storage):
@@ -80,7 +89,7 @@ def list_tables(data_dir: str | Path, storage: StorageOptions | None = None) -> 
 
 
 def read_table(
-    data_dir: str | Path,
+    data_dir: str | Path | Location,
     name: str,
     columns: list[str] | None = None,
     storage: StorageOptions | None = None,

@@ -22,7 +22,7 @@ from embedscale.engine.models.registry import (
     resolve_model,
 )
 from embedscale.engine.sink.schema import table_model, table_provider
-from embedscale.engine.storage.locations import StorageOptions
+from embedscale.engine.storage.locations import Location, StorageOptions
 from embedscale.engine.tables.catalog import existing_table
 from embedscale.engine.tables.filters import lance_filter
 
@@ -55,7 +55,7 @@ class Hit:
 
 
 def search(
-    data_dir: str | Path,
+    data_dir: str | Path | Location,
     name: str,
     query: str,
     k: int = 5,
@@ -78,7 +78,14 @@ def search(
     vector = get_model(query_model(lance_table.schema, model_name), device="cpu").embed_texts(
         [query]
     )[0]
-    query_builder = lance_table.search(vector).distance_type("cosine").limit(k).select(_COLUMNS)
+    # lancedb types search() as the base LanceQueryBuilder; a vector's query is a
+    # LanceVectorQueryBuilder, which has distance_type.
+    query_builder = (
+        lance_table.search(vector)
+        .distance_type("cosine")  # type: ignore[attr-defined]
+        .limit(k)
+        .select(_COLUMNS)
+    )
     if lance_where:
         query_builder = query_builder.where(lance_where, prefilter=True)
     try:

@@ -69,6 +69,7 @@ class _Request:
         if len(self.parts) < self.pieces or self.future.done():
             return
         ordered = [self.parts[s] for s in sorted(self.parts)]
+        embedded = [o for o in ordered if isinstance(o, RequestEmbedded)]
         refused = [(s, o) for s, o in sorted(self.parts.items()) if isinstance(o, RequestTooLong)]
         if refused:
             start, first = refused[0]
@@ -78,7 +79,7 @@ class _Request:
         else:
             self.future.set_result(
                 RequestEmbedded(
-                    np.concatenate([o.vectors for o in ordered]), sum(o.tokens for o in ordered)
+                    np.concatenate([o.vectors for o in embedded]), sum(o.tokens for o in embedded)
                 )
             )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from embedscale.jobs.policies.scheduling import PRIORITY_LEVELS
 
@@ -21,9 +21,12 @@ class QueuedJob(Protocol):
     created_at: datetime
 
 
+Queued = TypeVar("Queued", bound=QueuedJob)  # the caller's own records come back
+
+
 def admissions(
-    queued: Sequence[QueuedJob], active: Mapping[str, int], limit_of: Callable[[str], int | None]
-) -> list[QueuedJob]:
+    queued: Sequence[Queued], active: Mapping[str, int], limit_of: Callable[[str], int | None]
+) -> list[Queued]:
     """The queued jobs that may start now, in order: highest priority first, then oldest,
     while each tenant stays within its concurrent-job limit (None: no limit). A job over the
     limit is not refused: it waits in `queued` until one of its tenant's jobs ends."""
@@ -94,10 +97,19 @@ class RetryPolicy:
 
 
 class Progressing(Protocol):
-    pending: Collection[int]
-    in_flight: Collection[int]
-    retry_at: Collection[int]
-    suspects: Collection[int]
+    """What `is_done` reads of a running job (read-only: any collection of partitions)."""
+
+    @property
+    def pending(self) -> Collection[int]: ...
+
+    @property
+    def in_flight(self) -> Collection[int]: ...
+
+    @property
+    def retry_at(self) -> Collection[int]: ...
+
+    @property
+    def suspects(self) -> Collection[int]: ...
 
 
 def is_done(job: Progressing) -> bool:

@@ -19,6 +19,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from distributed import Client, Future
 from distributed.scheduler import KilledWorker
@@ -27,6 +28,7 @@ from embedscale.engine.errors import error_line
 from embedscale.engine.sources.partitions import InlineText, Partition
 from embedscale.engine.tasks.partition_task import (
     PartitionFailed,
+    PartitionResult,
     embed_partition,
     embed_partitions,
 )
@@ -36,11 +38,11 @@ from embedscale.jobs.runner.preparation import RunningJob
 
 @dataclass(frozen=True, slots=True)
 class Completed:
-    """A partition's task returned its result (engine.tasks.partition_task.PartitionResult)."""
+    """A partition's task returned its result."""
 
     job: RunningJob
     index: int
-    result: object
+    result: PartitionResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,12 @@ class FeedConfig:
     # slots (the express lane): a small job need not wait for a slot held by a big job's
     # queued slices; with a higher Dask priority it runs as soon as the running slice ends.
     express_per_thread: int = 1
+
+
+def task_key(future: Future) -> str:
+    """A task's key: always one of the strings `Feeder._submit` made (Dask's type allows
+    other kinds of keys)."""
+    return cast(str, future.key)
 
 
 class Feeder:
@@ -243,6 +251,7 @@ class Feeder:
 
     def _submit(self, members: list[tuple[RunningJob, int]], priority: int) -> str:
         client = self._client()
+        future: Future
         if len(members) == 1:
             job, index = members[0]
             # The job, partition and attempt, for the dashboard; then a fresh part, as a
@@ -272,7 +281,7 @@ class Feeder:
                 **pin,
             )
             if pin:
-                self._pinned[future.key] = holder
+                self._pinned[key] = holder
         else:
             key = f"embed-partitions-{uuid.uuid4().hex}"
             future = client.submit(
@@ -282,11 +291,11 @@ class Feeder:
                 key=key,
                 priority=priority,
             )
-        self.tasks[future.key] = [(job.record.id, index) for job, index in members]
+        self.tasks[key] = [(job.record.id, index) for job, index in members]
         for job, index in members:
             job.in_flight[index] = future
         future.add_done_callback(self._on_done)
-        return future.key
+        return key
 
     # --- receiving ------------------------------------------------------------------------
 
@@ -296,8 +305,8 @@ class Feeder:
         counted: shared tasks go back to the queue, tasks whose workers died become
         suspects."""
         # Kept in `tasks` until sorted out: what the runner re-runs (`forget`) if this fails.
-        members = self.tasks.get(future.key, [])
-        ran_alone = future.key == self._alone
+        members = self.tasks.get(task_key(future), [])
+        ran_alone = task_key(future) == self._alone
         live: list[tuple[int, RunningJob, int]] = []
         for position, (job_id, index) in enumerate(members):
             job = jobs.get(job_id)
@@ -346,9 +355,9 @@ class Feeder:
 
     def forget(self, future: Future) -> None:
         """Stop tracking a task: sorted out, or its outcome could not be handled."""
-        self.tasks.pop(future.key, None)
-        self._pinned.pop(future.key, None)
-        if future.key == self._alone:
+        self.tasks.pop(task_key(future), None)
+        self._pinned.pop(task_key(future), None)
+        if task_key(future) == self._alone:
             self._alone = None
         future.release()
 
@@ -366,7 +375,9 @@ class Feeder:
             del self._pinned[key]
             for job_id, index in self.tasks.pop(key, []):
                 job = jobs.get(job_id)
-                future = job.in_flight.pop(index, None) if job is not None else None
+                if job is None:
+                    continue
+                future = job.in_flight.pop(index, None)
                 if future is not None:
                     future.cancel()
                     job.pending.appendleft(index)
@@ -374,7 +385,7 @@ class Feeder:
     def cancel_for(self, job: RunningJob) -> None:
         """Cancel a dropped job's tasks that carry no other job's partitions."""
         for future in job.in_flight.values():
-            if len(self.tasks.get(future.key, ())) <= 1:
+            if len(self.tasks.get(task_key(future), ())) <= 1:
                 future.cancel()
 
     def cancel_all(self, jobs: Mapping[str, RunningJob]) -> None:

@@ -52,7 +52,7 @@ from embedscale.jobs.runner.events import (
     TaskDone,
     WakeUp,
 )
-from embedscale.jobs.runner.feeder import Completed, Feeder, failure_line
+from embedscale.jobs.runner.feeder import Completed, Feeder, failure_line, task_key
 from embedscale.jobs.runner.preparation import JobPreparer, RunningJob
 from embedscale.jobs.runner.store_outage import StoreOutage
 from embedscale.jobs.runner.table_maintenance import TableMaintenance
@@ -382,7 +382,7 @@ class Runner:
                 self._on_error(job, index, exc)
 
     def _on_task_done(self, future: Future) -> None:
-        members = list(self._feeder.tasks.get(future.key, ()))  # done() forgets them
+        members = list(self._feeder.tasks.get(task_key(future), ()))  # done() forgets them
         try:
             for outcome in self._feeder.done(future, self._jobs):
                 if isinstance(outcome, Completed):
@@ -395,7 +395,7 @@ class Runner:
         except Exception as exc:  # e.g. its result could not be read: its partitions run again
             log.error(
                 "runner: the outcome of task %s could not be handled: %s",
-                future.key,
+                task_key(future),
                 error_line(exc),
                 exc_info=exc,
             )

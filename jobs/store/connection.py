@@ -15,6 +15,7 @@ import duckdb
 from embedscale.jobs.errors import StoreDamagedError, StoreLockedError, StoreVersionError
 from embedscale.jobs.store.guard import StoreGuard
 from embedscale.jobs.store.migrations import LATEST_VERSION, MIGRATIONS
+from embedscale.jobs.store.rows import scalar
 
 
 class Connected:
@@ -114,8 +115,7 @@ class Connected:
     def _migrate(self) -> None:
         with self._tx() as con:
             con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = con.execute("SELECT max(version) FROM schema_version").fetchone()
-            version = row[0] or 0
+            version = scalar(con.execute("SELECT max(version) FROM schema_version")) or 0
             if version > LATEST_VERSION:
                 raise StoreVersionError(
                     f"{self.path} has schema version {version}, newer than this embedscale's "
@@ -127,4 +127,4 @@ class Connected:
 
     def schema_version(self) -> int:
         with self._lock:
-            return self._con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            return scalar(self._con.execute("SELECT max(version) FROM schema_version"))

@@ -49,6 +49,7 @@ from embedscale.jobs.store.rows import (
     JOB_SELECT,
     job_from_row,
     job_values,
+    scalar,
     stored,
     transition_changes,
     utcnow,
@@ -219,7 +220,8 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         """Jobs newest first, for listings; `before` is the (created_at, id) of the last job
         of a page; `schedule_id`: only the runs of that schedule. A record read for a listing
         may carry its spec as shown (inline texts counted: jobs.store.records.shown_spec)."""
-        where, args = ["1=1"], []
+        where: list[str] = ["1=1"]
+        args: list[Any] = []
         for column, value in (
             ("tenant", tenant),
             ("status", status),
@@ -286,7 +288,7 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         """Move a job to `new` (checked against the transition table) and set other fields."""
         with self._lock:
             with self._tx() as con:
-                record = self._transition(con, self._latest(con, job_id), new, **fields)
+                record = self._move(con, self._latest(con, job_id), new, **fields)
             self._written([record])  # after the commit, before the lock goes
             return record
 
@@ -324,7 +326,7 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
                 for job_id in job_ids:
                     job = self._latest(con, job_id)
                     if job.status == JobStatus.QUEUED:
-                        started.append(self._transition(con, job, JobStatus.RUNNING))
+                        started.append(self._move(con, job, JobStatus.RUNNING))
             self._written(started)
         return started
 
@@ -347,6 +349,17 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
                     raise PartitionsNotDoneError(job_id)
             self._written([record])
             return record
+
+    @classmethod
+    def _move(
+        cls, con: duckdb.DuckDBPyConnection, job: JobRecord, new: JobStatus, **fields: Any
+    ) -> JobRecord:
+        """`_transition` without a condition: the job was just read under the lock, so its
+        row is there to move."""
+        record = cls._transition(con, job, new, **fields)
+        if record is None:
+            raise RuntimeError(f"job {job.id} left the store while its lock was held")
+        return record
 
     @staticmethod
     def _transition(
@@ -405,10 +418,12 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
     def partitions_left(self, job_id: str) -> int:
         """How many planned partitions of a job the store does not show done."""
         with self._lock:
-            return self._con.execute(
-                "SELECT count(*) FROM job_partitions WHERE job_id = ? AND status <> 'done'",
-                [job_id],
-            ).fetchone()[0]
+            return scalar(
+                self._con.execute(
+                    "SELECT count(*) FROM job_partitions WHERE job_id = ? AND status <> 'done'",
+                    [job_id],
+                )
+            )
 
     def record_attempt_failed(
         self, job_id: str, partition: int, attempts: int, error: str, final: bool

@@ -85,7 +85,7 @@ class StoreGuard:
             try:
                 if self._depth > 1 or self.closed:  # never reopen under an outer operation
                     raise self.outage
-                self._recover()
+                self._recover(self.outage)
             except BaseException:
                 self._leave()
                 raise
@@ -127,16 +127,16 @@ class StoreGuard:
         self._retry_at = time.monotonic() + self._backoff
         return self.outage
 
-    def _recover(self) -> None:
+    def _recover(self, outage: StoreUnavailableError) -> None:
         """Reopen the file if the backoff has passed and the disk takes writes; else raise."""
         now = time.monotonic()
         if now < self._retry_at:
-            raise self.outage
+            raise outage
         try:
             self._probe()
             self._reopen()
         except Exception as exc:
-            self.outage = self._error(storage_failure(exc) or self.outage.reason, _detail(exc))
+            self.outage = self._error(storage_failure(exc) or outage.reason, _detail(exc))
             self._backoff = min(MAX_RETRY_S, self._backoff * 2)
             self._retry_at = time.monotonic() + self._backoff
             raise self.outage from exc

@@ -11,7 +11,7 @@ benchmarks/bench_api_load.py, where that process was the bottleneck.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from embedscale.engine.sources.documents import Skipped
 from embedscale.jobs.states import JobStatus, check_transition
 from embedscale.jobs.store.ledger import LedgerRow, insert_ledger
 from embedscale.jobs.store.records import JobRecord
-from embedscale.jobs.store.rows import JOB_SELECT, job_from_row, stored, transition_changes
+from embedscale.jobs.store.rows import JOB_SELECT, job_from_row, scalar, stored, transition_changes
 
 MAX_SKIPPED_STORED = 1000  # per job; the count is kept in full
 # The condition a job's success is written under: every partition it planned is done.
@@ -39,7 +39,7 @@ class PartitionDone:
     job_id: str
     tenant: str
     partition: int
-    counts: dict[str, int | float]  # chunks, tokens, ...; GPU seconds are fractional
+    counts: Mapping[str, float]  # chunks, tokens, ... (ints); GPU seconds are fractional
     skipped: tuple[Skipped, ...] = ()
     ledger: LedgerRow | None = None
 
@@ -59,7 +59,7 @@ def record_done(
     still running to succeeded. Returns the jobs' records and what was charged."""
     fresh = _mark_done(con, done, now)
     insert_ledger(con, [d.ledger for d in fresh if d.ledger is not None])
-    jobs: dict[str, list[int]] = {}
+    jobs: dict[str, list[float]] = {}
     charged: Charged = {}
     for d in fresh:
         c = d.counts
@@ -80,7 +80,7 @@ def record_done(
             sums[i] += n
         sums[9] = max(sums[9], c.get("gpu_peak_bytes", 0))  # a peak, not a sum
         chunks, tokens = charged.get(d.tenant, (0, 0))
-        charged[d.tenant] = (chunks + c["chunks"], tokens + c["tokens"])
+        charged[d.tenant] = (chunks + int(c["chunks"]), tokens + int(c["tokens"]))
         if d.skipped:
             insert_skipped(con, d.job_id, d.partition, d.skipped)
     if jobs:
@@ -196,9 +196,9 @@ def insert_skipped(
     con: duckdb.DuckDBPyConnection, job_id: str, partition: int | None, skipped: Sequence[Skipped]
 ) -> None:
     """Store a job's skipped documents, up to MAX_SKIPPED_STORED of them."""
-    stored_count = con.execute(
-        "SELECT count(*) FROM job_skipped WHERE job_id = ?", [job_id]
-    ).fetchone()[0]
+    stored_count = scalar(
+        con.execute("SELECT count(*) FROM job_skipped WHERE job_id = ?", [job_id])
+    )
     room = max(0, MAX_SKIPPED_STORED - stored_count)
     if skipped[:room]:
         con.executemany(

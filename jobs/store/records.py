@@ -143,7 +143,7 @@ def partition_to_json(p: Partition) -> str:
 
 
 def partition_from_json(index: int, text: str) -> Partition:
-    items = []
+    items: list[FileSlice | InlineText] = []
     for raw in json.loads(text):
         kind = raw.pop("kind")
         if kind == "file":

@@ -8,6 +8,7 @@ from datetime import datetime
 from embedscale.jobs.states import UNFINISHED, JobStatus
 from embedscale.jobs.store.connection import Connected
 from embedscale.jobs.store.job_figures import JobShare
+from embedscale.jobs.store.rows import scalar
 
 # Jobs whose pending partitions are work waiting (a cancelling job's never run).
 _WAITING = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -93,12 +94,14 @@ class StoreReports(Connected):
         """Partitions of queued and running jobs not yet done: the work waiting, as the file
         holds it (/metrics reads JobFigures)."""
         with self._lock:
-            return self._con.execute(
-                "SELECT count(*) FROM job_partitions p JOIN jobs j ON p.job_id = j.id "
-                f"WHERE j.status IN ({', '.join('?' for _ in _WAITING)}) AND "
-                "p.status != 'done'",
-                [str(s) for s in _WAITING],
-            ).fetchone()[0]
+            return scalar(
+                self._con.execute(
+                    "SELECT count(*) FROM job_partitions p JOIN jobs j ON p.job_id = j.id "
+                    f"WHERE j.status IN ({', '.join('?' for _ in _WAITING)}) AND "
+                    "p.status != 'done'",
+                    [str(s) for s in _WAITING],
+                )
+            )
 
     def table_ledger(self, tenant: str, table: str) -> list[LedgerJob]:
         """Every job of `tenant` that wrote (or was to write) `table`, oldest first, with

@@ -12,6 +12,22 @@ from typing import Any
 from embedscale.jobs.states import JobStatus
 from embedscale.jobs.store.records import JobRecord, TenantRecord
 
+
+def only_row(cursor: Any) -> tuple[Any, ...]:
+    """The row of a query that always returns one: an aggregate (count, max, sum), or an
+    UPDATE ... RETURNING of a row known to exist under the store's lock. None there would be
+    a broken store, not a case to handle."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("a query that always returns a row returned none")
+    return row
+
+
+def scalar(cursor: Any) -> Any:
+    """The single value of a query that always returns one row (see `only_row`)."""
+    return only_row(cursor)[0]
+
+
 JOB_COLUMNS = [
     "id",
     "tenant",

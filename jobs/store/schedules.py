@@ -21,6 +21,7 @@ from embedscale.jobs.errors import ConflictError, NotFoundError
 from embedscale.jobs.policies.schedules import Action, Outcome, ScheduleRecord, decide, next_slot
 from embedscale.jobs.states import UNFINISHED
 from embedscale.jobs.store.connection import Connected
+from embedscale.jobs.store.rows import only_row
 
 SCHEDULE_COLUMNS = [f.name for f in dataclasses.fields(ScheduleRecord)]
 _SELECT = f"SELECT {', '.join(SCHEDULE_COLUMNS)} FROM schedules"
@@ -185,11 +186,13 @@ class ScheduleRows(Connected):
                     f"schedule {schedule_id} has a run still active ({which}); "
                     "wait for it to end or cancel it"
                 )
-            row = con.execute(
-                "UPDATE schedules SET last_outcome = ?, last_job_id = ?, last_error = NULL, "
-                f"last_outcome_at = ?, updated_at = ? WHERE id = ? {_RETURNING}",
-                [str(Outcome.CLAIMED), job_id, now, now, schedule_id],
-            ).fetchone()
+            row = only_row(
+                con.execute(
+                    "UPDATE schedules SET last_outcome = ?, last_job_id = ?, last_error = NULL, "
+                    f"last_outcome_at = ?, updated_at = ? WHERE id = ? {_RETURNING}",
+                    [str(Outcome.CLAIMED), job_id, now, now, schedule_id],
+                )
+            )
         return schedule_from_row(row)
 
     def settle_claim(

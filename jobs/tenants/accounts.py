@@ -13,6 +13,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from embedscale.engine.storage.locations import Location
 from embedscale.jobs.errors import InvalidFieldError, NotFoundError
@@ -28,6 +29,8 @@ LOCAL_TENANT = "local"  # the CLI's built-in tenant; its tables live right in th
 LOCAL_TIER = "unlimited"
 TENANT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _TENANT_NAME = re.compile(TENANT_NAME_PATTERN)
+
+V = TypeVar("V")  # what a cache holds
 
 
 def check_tenant_name(name: object, field: str = "tenant") -> str:
@@ -126,7 +129,7 @@ class Tenants:
         tell), for callers that must not wait on the store (the API's event loop)."""
         return self._tier_cache.get(tenant)
 
-    def _cache(self, cache: dict[str, object], key: str, value: object, version: int) -> None:
+    def _cache(self, cache: dict[str, V], key: str, value: V, version: int) -> None:
         with self._lock:
             if version == self._version:  # no tenant write since the read began
                 cache[key] = value

@@ -65,8 +65,10 @@ def check_admission(
     """Refuse a job whose estimate does not fit what is left today once the chunks already
     promised to the tenant's queued and running jobs are counted (jobs/store/promises.py), with the
     figures."""
-    remaining = remaining_today(tier, used_today + promised)
-    if remaining is not None and needed > remaining:
+    if tier.daily_chunks is None:  # unlimited
+        return
+    remaining = max(0, tier.daily_chunks - used_today - promised)
+    if needed > remaining:
         raise QuotaExceededError(
             tenant, needed, remaining, tier.daily_chunks, resets_at(), promised
         )

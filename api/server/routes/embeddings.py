@@ -22,13 +22,14 @@ from embedscale.api.server.deps import ServiceDep, rate_limit
 from embedscale.api.server.embedding_schemas import EmbeddingCreate, EmbeddingList, OpenAIError
 from embedscale.api.server.openai_errors import OpenAIRoute, openai_error
 from embedscale.api.server.ratelimit import EMBEDDINGS
+from embedscale.api.server.schemas import error_responses
 from embedscale.jobs.embeddings.requests import PendingEmbedding
 
 router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=OpenAIRoute)
 # A request whose task has not come back by then is answered 503 (its chunks are settled when
 # the task ends: charged if it embedded, refunded if not).
 REQUEST_TIMEOUT_S = 300.0
-_ERRORS = {status: {"model": OpenAIError} for status in (400, 401, 404, 429, 503)}
+_ERRORS = error_responses(400, 401, 404, 429, 503, model=OpenAIError)
 
 
 @router.post("/embeddings", response_model=EmbeddingList, responses=_ERRORS)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from embedscale.api.server.deps import CurrentTenant
-from embedscale.api.server.schemas import ClusterOut, ErrorOut
+from embedscale.api.server.schemas import ClusterOut, error_responses
 
 router = APIRouter(tags=["health"])
 READY_TIMEOUT_S = 3.0
@@ -57,7 +57,7 @@ async def metrics(request: Request) -> Response:
     return Response(await request.app.state.metrics.page.body(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/cluster", response_model=ClusterOut, responses={401: {"model": ErrorOut}})
+@router.get("/v1/cluster", response_model=ClusterOut, responses=error_responses(401))
 async def cluster_info(request: Request, tenant: CurrentTenant) -> ClusterOut:
     """Workers and threads the jobs run on. The scheduler's address and the Dask dashboard's
     link (no authentication of its own) only where the operator exposes them."""

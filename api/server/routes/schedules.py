@@ -11,12 +11,13 @@ from embedscale.api.server.deps import CurrentTenant, ServiceDep, rate_limit
 from embedscale.api.server.ratelimit import JOB_CREATION, SCHEDULE_CREATION
 from embedscale.api.server.routes.jobs import job_out
 from embedscale.api.server.schedule_schemas import ScheduleCreate, ScheduleList, ScheduleOut
-from embedscale.api.server.schemas import ErrorOut, JobOut
+from embedscale.api.server.schemas import JobOut, error_responses
 from embedscale.jobs.policies.schedules import ScheduleRecord
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 ScheduleId = Annotated[str, Path(min_length=1, max_length=64)]
-_ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
+_ERRORS = (401, 404)  # every route here may answer these
+_RESPONSES = error_responses(*_ERRORS)
 
 
 def schedule_out(record: ScheduleRecord) -> ScheduleOut:
@@ -27,7 +28,7 @@ def schedule_out(record: ScheduleRecord) -> ScheduleOut:
     "",
     status_code=201,
     response_model=ScheduleOut,
-    responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+    responses=error_responses(*_ERRORS, 409, 429),
 )
 def create_schedule(
     body: ScheduleCreate,
@@ -42,13 +43,13 @@ def create_schedule(
     )
 
 
-@router.get("", response_model=ScheduleList, responses=_ERRORS)
+@router.get("", response_model=ScheduleList, responses=_RESPONSES)
 def list_schedules(service: ServiceDep, tenant: CurrentTenant) -> ScheduleList:
     """The tenant's schedules, oldest first."""
     return ScheduleList(schedules=[schedule_out(s) for s in service.schedules.list(tenant)])
 
 
-@router.get("/{schedule_id}", response_model=ScheduleOut, responses=_ERRORS)
+@router.get("/{schedule_id}", response_model=ScheduleOut, responses=_RESPONSES)
 def get_schedule(
     schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
 ) -> ScheduleOut:
@@ -56,7 +57,7 @@ def get_schedule(
     return schedule_out(service.schedules.get(schedule_id, tenant))
 
 
-@router.delete("/{schedule_id}", response_model=ScheduleOut, responses=_ERRORS)
+@router.delete("/{schedule_id}", response_model=ScheduleOut, responses=_RESPONSES)
 def delete_schedule(
     schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
 ) -> ScheduleOut:
@@ -64,7 +65,9 @@ def delete_schedule(
     return schedule_out(service.schedules.delete(schedule_id, tenant))
 
 
-@router.post("/{schedule_id}/pause", response_model=ScheduleOut, responses=_ERRORS)
+@router.post(
+    "/{schedule_id}/pause", response_model=ScheduleOut, responses=error_responses(*_ERRORS)
+)
 def pause_schedule(
     schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
 ) -> ScheduleOut:
@@ -72,7 +75,9 @@ def pause_schedule(
     return schedule_out(service.schedules.pause(schedule_id, tenant))
 
 
-@router.post("/{schedule_id}/resume", response_model=ScheduleOut, responses=_ERRORS)
+@router.post(
+    "/{schedule_id}/resume", response_model=ScheduleOut, responses=error_responses(*_ERRORS)
+)
 def resume_schedule(
     schedule_id: ScheduleId, service: ServiceDep, tenant: CurrentTenant
 ) -> ScheduleOut:
@@ -84,7 +89,7 @@ def resume_schedule(
     "/{schedule_id}/run",
     status_code=201,
     response_model=JobOut,
-    responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+    responses=error_responses(*_ERRORS, 409, 429),
 )
 def run_schedule_now(
     schedule_id: ScheduleId,

@@ -12,35 +12,35 @@ from fastapi.concurrency import run_in_threadpool
 from embedscale.api.server.deps import AdminOnly, CurrentTenant, ServiceDep, rate_limit
 from embedscale.api.server.ratelimit import SEARCH
 from embedscale.api.server.schemas import (
-    ErrorOut,
     SearchRequest,
     SearchResponse,
     TableList,
     TableOut,
     VerifyOut,
+    error_responses,
 )
 from embedscale.engine.sink.lance_sink import TABLE_NAME_PATTERN
 from embedscale.jobs.tenants.accounts import LOCAL_TENANT, TENANT_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"])
 TableName = Annotated[str, Path(min_length=1, max_length=128, pattern=TABLE_NAME_PATTERN)]
-_ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}}
+_ERRORS = (401, 404)
 
 
-@router.get("", response_model=TableList, responses=_ERRORS)
+@router.get("", response_model=TableList, responses=error_responses(*_ERRORS))
 def list_tables(service: ServiceDep, tenant: CurrentTenant) -> TableList:
     """The tenant's tables with their rows, model and dimension."""
     return TableList(tables=[TableOut(**asdict(t)) for t in service.tables(tenant)])
 
 
-@router.get("/{name}", response_model=TableOut, responses=_ERRORS)
+@router.get("/{name}", response_model=TableOut, responses=error_responses(*_ERRORS))
 def get_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) -> TableOut:
     """One table's rows, model and dimension."""
     return TableOut(**asdict(service.table(tenant, name)))
 
 
 @router.post(
-    "/{name}/search", response_model=SearchResponse, responses={**_ERRORS, 429: {"model": ErrorOut}}
+    "/{name}/search", response_model=SearchResponse, responses=error_responses(*_ERRORS, 429)
 )
 async def search_table(
     name: TableName,
@@ -55,16 +55,14 @@ async def search_table(
     return SearchResponse(hits=hits)
 
 
-@router.delete("/{name}", status_code=204, responses={**_ERRORS, 409: {"model": ErrorOut}})
+@router.delete("/{name}", status_code=204, responses=error_responses(*_ERRORS, 409))
 def delete_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) -> Response:
     """Drop a table with all its rows; 409 while a job of the tenant still writes to it."""
     service.drop_table(tenant, name)
     return Response(status_code=204)
 
 
-@router.get(
-    "/{name}/verify", response_model=VerifyOut, responses={**_ERRORS, 403: {"model": ErrorOut}}
-)
+@router.get("/{name}/verify", response_model=VerifyOut, responses=error_responses(*_ERRORS, 403))
 def verify_table(
     name: TableName,
     service: ServiceDep,

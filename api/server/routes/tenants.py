@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends, Path
 
 from embedscale.api.server.deps import CurrentTenant, ServiceDep, require_admin
 from embedscale.api.server.schemas import (
-    ErrorOut,
     TenantCreate,
     TenantCreated,
     TenantKey,
     TenantOut,
     TenantUpdate,
+    error_responses,
 )
 from embedscale.jobs.store.records import TenantRecord
 from embedscale.jobs.tenants.accounts import Usage
@@ -23,7 +23,7 @@ admin_router = APIRouter(
     prefix="/v1/tenants",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={401: {"model": ErrorOut}},
+    responses=error_responses(401),
 )
 TenantName = Annotated[str, Path(min_length=1, max_length=64)]
 
@@ -38,14 +38,14 @@ def tenant_out(t: TenantRecord) -> TenantOut:
     )
 
 
-@usage_router.get("/v1/usage", response_model=Usage, responses={401: {"model": ErrorOut}})
+@usage_router.get("/v1/usage", response_model=Usage, responses=error_responses(401))
 def usage(service: ServiceDep, tenant: CurrentTenant) -> Usage:
     """The tenant's quota: used and remaining today, and its concurrent jobs."""
     return service.usage(tenant)
 
 
 @admin_router.post(
-    "", status_code=201, response_model=TenantCreated, responses={409: {"model": ErrorOut}}
+    "", status_code=201, response_model=TenantCreated, responses=error_responses(409)
 )
 def create_tenant(body: TenantCreate, service: ServiceDep) -> TenantCreated:
     """A new tenant; its API key is in the answer, once."""
@@ -59,7 +59,7 @@ def list_tenants(service: ServiceDep) -> list[TenantOut]:
     return [tenant_out(t) for t in service.list_tenants()]
 
 
-@admin_router.patch("/{name}", response_model=TenantOut, responses={404: {"model": ErrorOut}})
+@admin_router.patch("/{name}", response_model=TenantOut, responses=error_responses(404))
 def update_tenant(name: TenantName, body: TenantUpdate, service: ServiceDep) -> TenantOut:
     """Change a tenant's tier, or its own quota and concurrency overrides (null: the tier's)."""
     record = service.get_tenant(name)
@@ -77,7 +77,7 @@ def update_tenant(name: TenantName, body: TenantUpdate, service: ServiceDep) -> 
 
 
 @admin_router.post(
-    "/{name}/keys", status_code=201, response_model=TenantKey, responses={404: {"model": ErrorOut}}
+    "/{name}/keys", status_code=201, response_model=TenantKey, responses=error_responses(404)
 )
 def rotate_key(name: TenantName, service: ServiceDep) -> TenantKey:
     """Revoke the tenant's keys and issue a new one (shown once)."""
