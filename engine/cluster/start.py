@@ -256,15 +256,21 @@ def _local_cuda_cluster(spec: ClusterSpec, security: Any | None = None) -> Any:
     # Workers whose torch sees no GPU would run the model on one CPU thread each, far slower
     # than a plain local cluster: refuse rather than start that. (Spawned workers, so asking
     # torch here initialises no CUDA context that they would inherit.)
+    cuda: str | None = None  # the CUDA version torch was built for
     try:
         import torch
     except ImportError:
-        torch = None
-    if torch is None or not torch.cuda.is_available():
-        build = f"torch {torch.__version__}" if torch is not None else "no torch"
+        sees_gpu, build = False, "no torch"
+    else:
+        sees_gpu, build, cuda = (
+            torch.cuda.is_available(),
+            f"torch {torch.__version__}",
+            torch.version.cuda,
+        )
+    if not sees_gpu:
         raise EmbedscaleError(
             f"the local-cuda cluster needs a GPU that torch can use, and {build} "
-            f"(CUDA {getattr(getattr(torch, 'version', None), 'cuda', None) or 'none'}) sees "
+            f"(CUDA {cuda or 'none'}) sees "
             "none: install a CUDA build of torch for your driver (see the README's GPU "
             "section) or use the local cluster (cluster_specs/local.yaml)"
         )

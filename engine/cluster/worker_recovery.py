@@ -59,6 +59,7 @@ class WorkerRecovery:
 
     def _restart(self, names: list[Any]) -> None:
         manager = self.cluster.manager
+        assert manager is not None  # names come from missing(), which finds none without one
 
         async def restart() -> None:
             for name in names:

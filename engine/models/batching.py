@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeGuard
 
 import numpy as np
 
-from embedscale.engine.models.info import EmbeddingModel
+from embedscale.engine.models.info import EmbeddingModel, PreparingModel
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,13 @@ def embed_inputs(
     )
     lengths = np.fromiter(map(len, inputs), np.int64, len(inputs))
     plan = BatchPlan(lengths, budget, MAX_BATCH_ON.get(device, MAX_BATCH))
-    if not callable(getattr(model, "prepare", None)):
+    if not _prepares(model):
         while (idx := plan.take()) is not None:
             out[idx] = _embed_splitting_on_oom(model, [inputs[i] for i in idx], plan)
         return out
     with ThreadPoolExecutor(1, thread_name_prefix="embedscale-prefetch") as prefetch:
         idx = plan.take()
+        assert idx is not None  # inputs is not empty: there is a first batch
         ahead = prefetch.submit(model.prepare, [inputs[i] for i in idx])
         while idx is not None:
             mark = plan.position
@@ -86,9 +88,15 @@ def embed_inputs(
                 ahead.cancel()
                 plan.rewind(mark)
                 next_idx = plan.take()
+                assert next_idx is not None  # rewound to before a batch that was taken
                 ahead = prefetch.submit(model.prepare, [inputs[i] for i in next_idx])
             idx = next_idx
     return out
+
+
+def _prepares(model: EmbeddingModel) -> TypeGuard[PreparingModel]:
+    """True for a model that prepares a batch apart from running it."""
+    return callable(getattr(model, "prepare", None))
 
 
 class BatchPlan:
@@ -126,7 +134,12 @@ def padded_tokens(batch: list[np.ndarray]) -> int:
     return len(batch) * max(map(len, batch))
 
 
-def _run_prepared(model, features: Future, batch: list[np.ndarray], plan: BatchPlan) -> np.ndarray:
+def _run_prepared(
+    model: PreparingModel,
+    features: Future[dict[str, Any]],
+    batch: list[np.ndarray],
+    plan: BatchPlan,
+) -> np.ndarray:
     try:
         return model.forward(features.result())
     except Exception as exc:
@@ -151,7 +164,7 @@ def _embed_splitting_on_oom(
 
 
 def _split(
-    model, batch: list[np.ndarray], plan: BatchPlan | None, failed: bool = True
+    model: EmbeddingModel, batch: list[np.ndarray], plan: BatchPlan | None, failed: bool = True
 ) -> np.ndarray:
     if failed:
         _release_cached_memory()

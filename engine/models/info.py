@@ -8,9 +8,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +32,31 @@ class ModelInfo:
 
 class EmbeddingModel(Protocol):
     """A loaded model. `tokenizer` is a `tokenizers.Tokenizer` with no truncation, padding or
-    special tokens; `wrap` adds the special tokens the model expects."""
+    special tokens (None for an HTTP provider loaded without one, for queries only: it chunks
+    nothing); `wrap` adds the special tokens the model expects."""
 
     info: ModelInfo
-    tokenizer: object
     device: str
+
+    @property
+    def tokenizer(self) -> Tokenizer | None: ...
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray: ...
 
     def embed_token_ids(self, batch: list[np.ndarray]) -> np.ndarray: ...
 
     def embed_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+class PreparingModel(EmbeddingModel, Protocol):
+    """A loaded model that splits a forward pass in two (SentenceTransformerModel):
+    `prepare` pads a batch and copies it to the device, `forward` runs it, so the next batch is
+    prepared on another thread while this one computes (engine.models.batching). Other models
+    only `embed_token_ids`."""
+
+    def prepare(self, batch: list[np.ndarray]) -> dict[str, Any]: ...
+
+    def forward(self, features: dict[str, Any]) -> np.ndarray: ...
 
 
 @contextmanager

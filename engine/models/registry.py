@@ -103,6 +103,7 @@ def provider_spec(
         )
     if not model or not model.strip():
         raise ModelError("model name is empty: give the name the endpoint serves")
+    chunker: ModelSpec | None
     if tokenizer is not None:
         chunker = resolve_model(tokenizer)
     else:

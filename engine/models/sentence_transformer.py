@@ -51,10 +51,14 @@ class SentenceTransformerModel:
         # Renamed in sentence-transformers 6; the old name still exists with a warning.
         dim_of = getattr(self._st, "get_embedding_dimension", None)
         dim = dim_of() if dim_of else self._st.get_sentence_embedding_dimension()
+        max_seq_length = self._st.max_seq_length
+        if dim is None or max_seq_length is None:  # sentence-transformers: "not known"
+            unknown = "embedding dimension" if dim is None else "input limit (max_seq_length)"
+            raise ModelError(f"model '{spec.name}' does not say its {unknown}")
         self.info = ModelInfo(
             name=spec.name,
             dimension=int(dim),
-            max_tokens=int(self._st.max_seq_length),
+            max_tokens=int(max_seq_length),
             special_tokens=len(self._prefix) + len(self._suffix),
             dtype=self.dtype,
         )

@@ -6,10 +6,14 @@ so the ids made while chunking are the ids each model is fed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedscale.engine.errors import ModelError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +21,7 @@ class ChunkingTokenizer:
     """A `tokenizers.Tokenizer` without truncation or padding, the special token ids put
     before and after the content, and the padding id."""
 
-    tokenizer: object
+    tokenizer: Tokenizer
     prefix: np.ndarray
     suffix: np.ndarray
     pad_id: int

@@ -235,9 +235,10 @@ class ChunkTable:
             # the manifest's write was lost): the table's version says which. Redoing a commit
             # that landed would write its rows twice; failing it would fail jobs whose rows
             # are in the table.
-            version = self.landed(ds.version, properties)
-            if version is None:
+            landed = self.landed(ds.version, properties)
+            if landed is None:
                 raise
+            version = landed
         return Commit(ds.version, version)
 
     def landed(self, read_version: int, properties: Mapping[str, str]) -> int | None:

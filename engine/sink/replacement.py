@@ -43,6 +43,7 @@ def commit_replacing(
     `new_fragments`, in one commit carrying `properties`; returns the new version.
     `storage_options` reach a table on an object store (engine.storage.locations)."""
     removed, updated = _deletions(ds, predicate) if predicate else ([], [])
+    operation: lance.LanceOperation.BaseOperation
     if removed or updated:
         operation = lance.LanceOperation.Update(
             removed_fragment_ids=removed,
@@ -65,7 +66,9 @@ def _deletions(ds: lance.LanceDataset, predicate: str) -> tuple[list[int], list]
     fragment_ids = sorted({address >> 32 for address in hits.column("_rowaddr").to_pylist()})
     removed, updated = [], []
     for fragment_id in fragment_ids:
-        metadata = ds.get_fragment(fragment_id).delete(predicate)
+        fragment = ds.get_fragment(fragment_id)
+        assert fragment is not None  # it holds a row of this version's scan
+        metadata = fragment.delete(predicate)
         if metadata is None:
             removed.append(fragment_id)
         else:

@@ -119,7 +119,9 @@ def plan_texts(
             raise SourceError("ids are not unique: each text needs its own id")
     else:
         doc_ids = [inline_doc_id(t) for t in texts]
-    items, skipped, first = [], [], {}
+    items: list[InlineText] = []
+    skipped: list[Skipped] = []
+    first: dict[str, int] = {}  # doc id -> the index of the first text with that id
     for i, (doc_id, text) in enumerate(zip(doc_ids, texts)):
         if doc_id in first:
             skipped.append(Skipped(doc_id, f"same text as texts[{first[doc_id]}]"))

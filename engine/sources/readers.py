@@ -72,21 +72,22 @@ def _read_inline(item: InlineText) -> ReadResult:
     return [Document(item.doc_id, item.text, source="inline", metadata=metadata)], []
 
 
-def _decode_text_file(item: FileSlice, access: FileAccess) -> tuple[str | None, Skipped | None]:
+def _decode_text_file(item: FileSlice, access: FileAccess) -> str | Skipped:
+    """The file's text, or why it is skipped (binary, invalid UTF-8)."""
     limit = access.max_file_bytes if item.fmt in _WHOLE_FILE_FORMATS else None
     raw = access.read_whole(item.path, limit)
     if b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
-        return None, Skipped(item.relpath, "binary file")
+        return Skipped(item.relpath, "binary file")
     try:
-        return raw.decode("utf-8-sig"), None
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return None, Skipped(item.relpath, f"invalid UTF-8 at byte {exc.start}")
+        return Skipped(item.relpath, f"invalid UTF-8 at byte {exc.start}")
 
 
 def _read_whole_text(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
-    text, skipped = _decode_text_file(item, access)
-    if skipped:
-        return [], [skipped]
+    text = _decode_text_file(item, access)
+    if isinstance(text, Skipped):
+        return [], [text]
     if item.fmt == "html":
         text = visible_text(text)
     if not text.strip():
@@ -124,9 +125,9 @@ def _collect(results: Iterable[ReadResult]) -> ReadResult:
 
 
 def _read_json(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
-    text, skipped = _decode_text_file(item, access)
-    if skipped:
-        return [], [skipped]
+    text = _decode_text_file(item, access)
+    if isinstance(text, Skipped):
+        return [], [text]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -190,9 +191,9 @@ def _jsonl_line(line: bytes, item: FileSlice, row: int, fields: RecordFields) ->
 
 
 def _read_csv(item: FileSlice, fields: RecordFields, access: FileAccess) -> ReadResult:
-    text, skipped = _decode_text_file(item, access)
-    if skipped:
-        return [], [skipped]
+    text = _decode_text_file(item, access)
+    if isinstance(text, Skipped):
+        return [], [text]
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         if not reader.fieldnames or fields.text_field not in reader.fieldnames:
@@ -220,12 +221,14 @@ def _read_parquet_file(f: BinaryIO, item: FileSlice, fields: RecordFields) -> Re
         return [], [Skipped(item.relpath, f"no '{fields.text_field}' column")]
     start = item.start or 0
     stop = item.stop if item.stop is not None else pf.metadata.num_rows
-    groups, first_row_of_groups, row = [], None, 0
+    groups: list[int] = []
+    first_row_of_groups = row = 0  # first_row_of_groups: the first row of groups[0]
     for g in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(g).num_rows
         if row + n > start and row < stop:
+            if not groups:
+                first_row_of_groups = row
             groups.append(g)
-            first_row_of_groups = row if first_row_of_groups is None else first_row_of_groups
         row += n
     if not groups:
         return [], []

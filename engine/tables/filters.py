@@ -42,7 +42,9 @@ def _wrapped(where: str) -> str:
 
 def _tree(sql: str) -> dict[str, Any]:
     with _lock:
-        return json.loads(_con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        row = _con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    assert row is not None  # a SELECT without FROM yields exactly one row
+    return json.loads(row[0])
 
 
 def _shape(node: Any) -> Any:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +43,8 @@ from embedscale.engine.tasks.slices import (
     slice_stop,
     worker_address,
 )
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +157,8 @@ def _embed_slice(
     state = STATES.take(cursor) if cursor is not None else None
     if state is None:
         state = _slice_state(partition, config, cursor)
-    prepared: _Prepared = state.prepared  # type: ignore[assignment]
+    # Every SliceState is made by _slice_state, from a _Prepared (slices.py cannot name it).
+    prepared = cast(_Prepared, state.prepared)
     # The document figures come with the first slice only; a later one adds its rows.
     result = prepared.result if cursor is None else PartitionResult(partition.index)
     lengths = np.fromiter(map(len, prepared.inputs), np.int64, len(prepared.inputs))
@@ -215,7 +221,7 @@ def _slice_state(
 
 def _flush(state: SliceState, result: PartitionResult, lengths: np.ndarray) -> None:
     """Write the rows embedded and not yet written as fragments of the slice's result."""
-    prepared: _Prepared = state.prepared  # type: ignore[assignment]
+    prepared = cast(_Prepared, state.prepared)  # made by _slice_state, as above
     start, stop = state.written, state.embedded
     if stop > start:
         vectors = np.concatenate(state.unwritten)
@@ -250,25 +256,23 @@ def embed_partitions(
     share the model's forward passes, and each partition still gets its own fragments and
     result, so the runner commits, charges and retries each on its own. A partition that
     fails is reported as PartitionFailed; the others go on."""
-    outcomes: list[PartitionResult | PartitionFailed | _Prepared] = [
-        _isolated(partition, config, lambda p=partition, c=config: _prepare(p, c))
+    outcomes = [
+        _isolated(partition, config, partial(_prepare, partition, config))
         for partition, config in batch
     ]
-    ready = [i for i, o in enumerate(outcomes) if isinstance(o, _Prepared)]
+    ready = {i: o for i, o in enumerate(outcomes) if isinstance(o, _Prepared)}
+    written: dict[int, PartitionResult | PartitionFailed] = {}
     if ready:
-        config = outcomes[ready[0]].config
-        inputs = [x for i in ready for x in outcomes[i].inputs]
-        texts = [t for i in ready for t in outcomes[i].texts]
+        config = next(iter(ready.values())).config
+        inputs = [x for prepared in ready.values() for x in prepared.inputs]
+        texts = [t for prepared in ready.values() for t in prepared.texts]
         vectors = _embed(get_model(config.model), inputs, texts, config.token_budget)
         start = 0
-        for i in ready:
-            prepared = outcomes[i]
+        for i, prepared in ready.items():
             share = vectors[start : start + len(prepared.inputs)]
             start += len(prepared.inputs)
-            outcomes[i] = _isolated(
-                batch[i][0], prepared.config, lambda p=prepared, v=share: _write(p, v)
-            )
-    return outcomes  # type: ignore[return-value]
+            written[i] = _isolated(batch[i][0], prepared.config, partial(_write, prepared, share))
+    return [written[i] if isinstance(o, _Prepared) else o for i, o in enumerate(outcomes)]
 
 
 def _embed(
@@ -281,7 +285,9 @@ def _embed(
     return embed_inputs(model, inputs, token_budget)
 
 
-def _isolated(partition: Partition, config: TaskConfig, step):
+def _isolated(
+    partition: Partition, config: TaskConfig, step: Callable[[], _T]
+) -> _T | PartitionFailed:
     try:
         return step()
     except Exception as exc:  # this partition's own failure: report it, keep the others

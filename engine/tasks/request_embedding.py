@@ -45,11 +45,13 @@ def embed_request_texts(
     """Tokenize every request's texts with the model's own tokenizer, refuse the requests with an
     input over the model's limit, and embed the inputs of all the others in shared batches."""
     model = get_model(spec)
+    # Requests name local models (jobs.embeddings: resolve_model), which all have a tokenizer.
+    assert model.tokenizer is not None
     flat = [text for texts in requests for text in texts]
     encodings = model.tokenizer.encode_batch(flat, add_special_tokens=False)
     inputs = [model.wrap(np.asarray(e.ids, dtype=np.int64)) for e in encodings]
     limit = model.info.max_tokens
-    outcomes: list[RequestOutcome | None] = []
+    outcomes: list[RequestOutcome | None] = []  # None: kept, embedded below
     kept: list[tuple[int, int, int]] = []  # (request, first input, inputs)
     start = 0
     for number, texts in enumerate(requests):
@@ -64,9 +66,10 @@ def embed_request_texts(
     vectors = embed_inputs(
         model, [x for _, first, n in kept for x in inputs[first : first + n]], token_budget
     )
+    embedded: dict[int, RequestEmbedded] = {}  # request -> its vectors, for each one kept
     offset = 0
     for number, first, n in kept:
         tokens = int(sum(len(x) for x in inputs[first : first + n]))
-        outcomes[number] = RequestEmbedded(vectors[offset : offset + n], tokens)
+        embedded[number] = RequestEmbedded(vectors[offset : offset + n], tokens)
         offset += n
-    return outcomes  # type: ignore[return-value]
+    return [embedded[number] if o is None else o for number, o in enumerate(outcomes)]

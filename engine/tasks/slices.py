@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -55,12 +56,20 @@ class PartitionChanged(Exception):
     """The partition read again for a later slice is not what its first slice chunked."""
 
 
+class PreparedPartition(Protocol):
+    """What a slice state needs of its prepared partition (engine.tasks.partition_task's
+    _Prepared, which imports this module)."""
+
+    @property
+    def inputs(self) -> Sequence[np.ndarray]: ...
+
+
 @dataclass
 class SliceState:
     """A partition mid-way on this worker: what `_prepare` made, and vectors not yet written."""
 
     run: str
-    prepared: object  # engine.tasks.partition_task._Prepared
+    prepared: PreparedPartition  # engine.tasks.partition_task._Prepared
     digest: str
     written: int = 0
     embedded: int = 0
