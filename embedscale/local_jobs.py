@@ -12,18 +12,21 @@ import atexit
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any
 
 from embedscale.api.client.progress import ChunkBar
 from embedscale.api.settings import DEFAULT_DATA_DIR
 from embedscale.engine.cluster.start import Cluster, ClusterSpec, start_cluster
+from embedscale.engine.models.registry import DEFAULT_MODEL
 from embedscale.jobs.local_run import EmbedRequest, Progress, RunSummary, run_embedding
 from embedscale.jobs.local_run import JobFailedError as RunFailedError
+from embedscale.jobs.spec import Mode, Priority, Provider
 
 __all__ = ["RunFailedError", "cluster", "resolve_data_dir", "run", "shutdown"]
 
-_OPTIONS = {f.name for f in fields(EmbedRequest)} - {"table", "source", "texts", "data_dir"}
+# run()'s keywords that are fields of the request as they are (source, texts and data_dir are
+# worked out from what is given).
+_KEYWORDS = tuple(set(EmbedRequest.model_fields) - {"source", "texts", "data_dir"})
 _lock = threading.Lock()
 _default: Cluster | None = None
 
@@ -66,35 +69,54 @@ def run(
     source: str | os.PathLike | Sequence[str],
     *,
     table: str,
-    mode: str = "append",
+    mode: Mode = "append",
+    model: str = DEFAULT_MODEL,
+    provider: Provider = "sentence-transformers",
+    provider_url: str | None = None,
+    tokenizer: str | None = None,
+    chunk_tokens: int | None = None,
+    overlap_tokens: int | None = None,
+    allow_empty: bool = False,
+    priority: Priority = "normal",
+    text_field: str = "text",
+    id_field: str = "id",
+    ids: Sequence[str] | None = None,
+    metadata: Sequence[dict[str, Any] | None] | None = None,
+    labels: dict[str, str] | None = None,
     data_dir: str | os.PathLike | None = None,
+    tables_uri: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    partition_bytes: int | None = None,
+    token_budget: int | None = None,
+    max_attempts: int = 3,
     cluster: Cluster | ClusterSpec | str | None = None,
     progress: bool = True,
     on_progress: Callable[[Progress], None] | None = None,
-    **options: Any,
 ) -> RunSummary:
     """Embed `source` into `table` and return the job's summary.
 
-    `source`: a directory, file or glob (a str or path), or a list of texts. `mode`: append,
-    overwrite, upsert (or sync, where the service supports it). `cluster`: this process's
-    local cluster by default, or a Cluster, a ClusterSpec, or a scheduler address. `progress`
-    draws a bar in chunks; `on_progress` is called after each commit. `options`: the other
-    fields of a job (ids, metadata, model, chunk_tokens, overlap_tokens, text_field, id_field,
-    priority, allow_empty, partition_bytes, token_budget, max_attempts, provider, provider_url,
-    tokenizer). Raises RunFailedError when the job fails (its summary on `.summary`).
+    `source`: a directory, file or glob (a str or path), or a list of texts (with their `ids`
+    and `metadata`, if given). `cluster`: this process's local cluster by default, or a
+    Cluster, a ClusterSpec, or a scheduler address. `progress` draws a bar in chunks;
+    `on_progress` is called after each commit. The other keywords are the job's fields, as the
+    API's job body and `embedscale run`'s flags name them (jobs.spec.JobSpec describes each),
+    and how this process runs it (jobs.local_run.EmbedRequest: `data_dir` defaults to
+    $EMBEDSCALE_DATA_DIR, else the CLI's). Raises RunFailedError when the job fails (its
+    summary on `.summary`), pydantic's ValidationError for a field the job refuses.
     """
-    unknown = sorted(set(options) - _OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown option(s) {unknown}: use {sorted(_OPTIONS)}")
+    # The keywords above are the request's fields by name (tests/test_job_request.py keeps the
+    # signature and EmbedRequest in step): taken from locals, so none is forgotten on the way.
+    given = locals()
+    fields = {name: given[name] for name in _KEYWORDS}
+    if labels is None:
+        del fields["labels"]  # the request's default: none
     if isinstance(source, str | os.PathLike):
         where: dict[str, Any] = {"source": os.fspath(source)}
     elif isinstance(source, bytes):
         raise TypeError("source: a path (str) or a list of texts, not bytes")
     else:
         where = {"texts": list(source)}
-    request = EmbedRequest(
-        table=table, mode=mode, data_dir=resolve_data_dir(data_dir), **where, **options
-    )
+    request = EmbedRequest(data_dir=resolve_data_dir(data_dir), **where, **fields)
     target, owned = _cluster_for(cluster)
     bar = _Bar(table) if progress else None
     try:

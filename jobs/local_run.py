@@ -9,14 +9,16 @@ uniqueness) holds here because it is proven there.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
 
 from embedscale.engine.cluster.start import Cluster
 from embedscale.engine.errors import EmbedscaleError
-from embedscale.engine.models.registry import DEFAULT_MODEL, DEFAULT_PROVIDER
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sources.documents import Skipped
 from embedscale.engine.storage.locations import check_reachable, resolve_storage_options
@@ -35,55 +37,48 @@ class JobFailedError(EmbedscaleError):
         self.summary = summary
 
 
-@dataclass
-class EmbedRequest:
-    """One job: what to embed, with which model and chunking, into which table."""
+def _path_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    table: str
-    source: str | None = None  # a directory, file or glob; or give `texts`
-    texts: Sequence[str] | None = None
-    ids: Sequence[str] | None = None
-    metadata: Sequence[dict[str, Any] | None] | None = None
-    model: str = DEFAULT_MODEL
-    chunk_tokens: int | None = None  # default: the model's maximum input
-    overlap_tokens: int | None = None
-    mode: str = "append"  # append | overwrite | upsert | sync
-    allow_empty: bool = False  # sync: a source that lists nothing may delete every row
-    data_dir: str = "./embedscale-data"  # tables and the job-state file (embedscale.duckdb)
-    # Tables on an object store instead (s3://bucket/prefix), reached with storage_options
-    # (endpoint, credentials; default: the AWS_* variables). Job state stays in data_dir.
-    tables_uri: str | None = None
-    storage_options: dict[str, Any] | None = None
-    text_field: str = "text"
-    id_field: str = "id"
-    priority: str = "normal"
-    partition_bytes: int | None = None  # default: sized for the cluster
-    token_budget: int | None = None  # padded tokens per forward pass (default: per device)
-    max_attempts: int = 3  # per partition, with exponential backoff between them
-    provider: str = DEFAULT_PROVIDER  # or onnx, onnx-int8, openai (an OpenAI-compatible endpoint)
-    provider_url: str | None = None  # openai: the endpoint's base URL
-    tokenizer: str | None = None  # openai: the model whose tokenizer cuts chunks
+
+# A folder given as a str or a Path, kept as a str.
+PathText = Annotated[str, BeforeValidator(_path_text)]
+
+
+class EmbedRequest(JobSpec):
+    """One job from Python: the job's fields, as the API and the CLI take them (JobSpec,
+    validated when the request is made), and how this process runs it."""
+
+    data_dir: PathText = Field(
+        "./embedscale-data", description="tables and the job-state file (embedscale.duckdb)"
+    )
+    # Job state stays in data_dir; the tables may live on an object store instead.
+    tables_uri: str | None = Field(
+        None, description="keep tables on an object store instead, e.g. s3://bucket/prefix"
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None, description="the object store's endpoint and credentials (default: AWS_* variables)"
+    )
+    partition_bytes: int | None = Field(
+        None,
+        gt=0,
+        strict=True,
+        description="bytes of documents per task (default: sized for the cluster)",
+    )
+    token_budget: int | None = Field(
+        None, gt=0, strict=True, description="padded tokens per forward pass (default: per device)"
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        strict=True,
+        description="tries per partition, with exponential backoff between them",
+    )
 
     def spec(self) -> JobSpec:
-        """The request as the control plane's job spec (validated: a bad field raises)."""
-        return JobSpec(
-            table=self.table,
-            source=self.source,
-            texts=list(self.texts) if self.texts is not None else None,
-            ids=list(self.ids) if self.ids is not None else None,
-            metadata=list(self.metadata) if self.metadata is not None else None,
-            model=self.model,
-            chunk_tokens=self.chunk_tokens,
-            overlap_tokens=self.overlap_tokens,
-            mode=self.mode,
-            priority=self.priority,
-            allow_empty=self.allow_empty,
-            provider=self.provider,
-            provider_url=self.provider_url,
-            tokenizer=self.tokenizer,
-            text_field=self.text_field,
-            id_field=self.id_field,
-        )
+        """The request as the control plane's job spec: its JobSpec fields, checked again (a
+        request is a mutable model)."""
+        return JobSpec.model_validate({name: getattr(self, name) for name in JobSpec.model_fields})
 
 
 @dataclass

@@ -46,7 +46,12 @@ class JobSpec(BaseModel):
         json_schema_extra={"pattern": TABLE_NAME_PATTERN, "maxLength": 128},
     )
     source: NameStr | None = Field(
-        None, max_length=4096, description="directory, file or glob on the server"
+        None,
+        max_length=4096,
+        description=(
+            "directory (recursive), file or glob of documents, where the job runs (a server's "
+            "own paths), or an object-store URI such as s3://bucket/docs/"
+        ),
     )
     texts: list[Utf8Str] | None = Field(
         None, max_length=MAX_INLINE_TEXTS, description="inline documents, for small jobs"
@@ -59,7 +64,10 @@ class JobSpec(BaseModel):
         DEFAULT_MODEL,
         min_length=1,
         max_length=512,
-        description="the default model, or one the service allows",
+        description=(
+            "registered name, sentence-transformers hub id or local folder (a service offers its "
+            "default and the models its operator allows)"
+        ),
     )
     provider: Provider = Field(
         DEFAULT_PROVIDER,
@@ -87,8 +95,22 @@ class JobSpec(BaseModel):
             "when known locally); the job record names the one used"
         ),
     )
-    chunk_tokens: int | None = Field(None, gt=0, le=1_000_000, strict=True)
-    overlap_tokens: int | None = Field(None, ge=0, le=1_000_000, strict=True)
+    chunk_tokens: int | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        strict=True,
+        description="tokens per chunk, the model's special tokens included (default: the "
+        "model's maximum input)",
+    )
+    overlap_tokens: int | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        strict=True,
+        description="tokens shared by neighbouring chunks (default: 32, at most a quarter of a "
+        "chunk)",
+    )
     mode: Mode = Field(
         "append",
         description=(
@@ -105,9 +127,23 @@ class JobSpec(BaseModel):
             "this, as an unmounted folder or an empty prefix looks the same)"
         ),
     )
-    priority: Priority = "normal"
-    text_field: NameStr = Field("text", min_length=1, max_length=256)
-    id_field: NameStr = Field("id", min_length=1, max_length=256)
+    priority: Priority = Field(
+        "normal",
+        description="low, normal, high or critical: higher starts first, among the tenant's "
+        "queued jobs and on the workers",
+    )
+    text_field: NameStr = Field(
+        "text",
+        min_length=1,
+        max_length=256,
+        description="the field that holds the text, in json, jsonl, csv and parquet documents",
+    )
+    id_field: NameStr = Field(
+        "id",
+        min_length=1,
+        max_length=256,
+        description="the field that holds a record's id, in json, jsonl, csv and parquet documents",
+    )
     labels: dict[Utf8Str, Utf8Str] = Field(
         default_factory=dict, description="free-form job metadata"
     )

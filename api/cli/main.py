@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError as PydanticValidationError
 
 from embedscale.api.cli.cluster import add_cluster_commands
+from embedscale.api.cli.request_flags import add_request_arguments, flag_name
 from embedscale.api.cli.schedules import add_schedule_commands
 from embedscale.api.settings import DEFAULT_DATA_DIR
 from embedscale.engine.errors import EmbedscaleError
@@ -28,56 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="embed a directory, file or glob of documents into a table")
-    run.add_argument("source", help="directory (recursive), file or glob of documents")
-    run.add_argument("--table", required=True, help="LanceDB table to write")
-    run.add_argument(
-        "--model",
-        default="all-MiniLM-L6-v2",
-        help="registered name, sentence-transformers hub id or local folder",
-    )
-    run.add_argument(
-        "--provider",
-        default="sentence-transformers",
-        choices=["sentence-transformers", "onnx", "onnx-int8", "openai"],
-        help="where vectors come from: sentence-transformers (default, torch on "
-        "the workers), onnx (the same model run by onnxruntime on the "
-        "workers, exported once per host), onnx-int8 (quantized: faster on "
-        "CPUs, other vectors, its own tables) or openai (an OpenAI-compatible "
-        "endpoint, --provider-url; key from EMBEDSCALE_PROVIDER_API_KEY in "
-        "the workers' environment)",
-    )
-    run.add_argument(
-        "--provider-url",
-        metavar="URL",
-        help="provider openai: the endpoint's base URL, e.g. https://api.openai.com/v1",
-    )
-    run.add_argument(
-        "--tokenizer",
-        metavar="NAME",
-        help="provider openai: the model whose tokenizer cuts chunks (default: "
-        "--model, when it is a registered name or a local folder)",
-    )
-    run.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
-    run.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
-    run.add_argument(
-        "--mode",
-        default="append",
-        help="append (default), overwrite, upsert, or sync (upsert, and delete "
-        "documents gone from the source)",
-    )
-    run.add_argument(
-        "--allow-empty",
-        action="store_true",
-        help="sync: let a source that lists nothing delete every row",
-    )
-    run.add_argument("--priority", default="normal", help="low, normal (default), high, critical")
+    # The job's own flags, made from its one definition (jobs.spec.JobSpec).
+    add_request_arguments(run)
     run.add_argument(
         "--tenant",
         default="local",
         help="run as this tenant (default: local, unlimited); its quotas apply",
     )
-    run.add_argument("--text-field", default="text", help="text field of json/jsonl/csv/parquet")
-    run.add_argument("--id-field", default="id", help="id field of json/jsonl/csv/parquet")
     _cluster_args(run)
     _common_args(run)
 
@@ -244,7 +202,7 @@ def describe_validation_error(exc: PydanticValidationError) -> str:
     """One line naming each bad field: `--chunk-tokens: Input should be greater than 0`."""
     parts = []
     for error in exc.errors():
-        where = "--" + "-".join(str(p) for p in error["loc"]).replace("_", "-")
+        where = flag_name("-".join(str(p) for p in error["loc"]))
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {message}" if error["loc"] else message)
     return "; ".join(parts)

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from embedscale.api.cli.request_flags import request_from_args
 from embedscale.api.client.progress import eta_text
 from embedscale.api.settings import Settings
 from embedscale.api.startup import cluster_spec, open_service
@@ -30,21 +31,7 @@ def _cluster_spec(args: argparse.Namespace, settings: Settings) -> ClusterSpec:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    spec = JobSpec(
-        table=args.table,
-        source=args.source,
-        model=args.model,
-        provider=args.provider,
-        provider_url=args.provider_url,
-        tokenizer=args.tokenizer,
-        chunk_tokens=args.chunk_tokens,
-        overlap_tokens=args.overlap_tokens,
-        mode=args.mode,
-        priority=args.priority,
-        text_field=args.text_field,
-        id_field=args.id_field,
-        allow_empty=args.allow_empty,
-    )
+    spec = JobSpec(**request_from_args(args))
     settings = Settings.from_args(args)
     cluster_config = _cluster_spec(args, settings)
     with open_service(settings, local_user=True, parallelism=cluster_config.n_workers) as service:

@@ -8,20 +8,7 @@ import argparse
 import json
 from typing import Any
 
-# Options of `add` that go into the job template, as JobSpec names them (None: the default).
-_TEMPLATE_OPTIONS = (
-    "model",
-    "provider",
-    "provider_url",
-    "tokenizer",
-    "chunk_tokens",
-    "overlap_tokens",
-    "mode",
-    "priority",
-    "text_field",
-    "id_field",
-    "allow_empty",
-)
+from embedscale.api.cli.request_flags import add_request_arguments, request_from_args
 
 
 def add_schedule_commands(sub: Any, common_args: Any) -> None:
@@ -31,43 +18,15 @@ def add_schedule_commands(sub: Any, common_args: Any) -> None:
     ).add_subparsers(dest="schedules_command", required=True)
     add = schedules.add_parser("add", help="a new schedule: a cron expression and a job")
     add.add_argument("cron", help="five fields, e.g. '0 2 * * *' (02:00 every day), or @daily")
-    add.add_argument("source", help="directory (recursive), file or glob each run embeds")
-    add.add_argument("--table", required=True, help="LanceDB table each run writes")
+    # The job template's flags, made from the job's one definition (jobs.spec.JobSpec); only
+    # those given go into the template, the others take the spec's defaults when a run starts.
+    add_request_arguments(add, template=True)
     add.add_argument(
         "--timezone",
         default="UTC",
         help="IANA time zone the cron expression is read in (default UTC)",
     )
     add.add_argument("--tenant", default="local", help="whose schedule (default: local)")
-    add.add_argument("--model", help="default all-MiniLM-L6-v2")
-    add.add_argument(
-        "--provider",
-        help="sentence-transformers (default), onnx, onnx-int8, or "
-        "openai (an OpenAI-compatible endpoint at "
-        "--provider-url)",
-    )
-    add.add_argument(
-        "--provider-url", metavar="URL", help="provider openai: the endpoint's base URL"
-    )
-    add.add_argument(
-        "--tokenizer", metavar="NAME", help="provider openai: the model whose tokenizer cuts chunks"
-    )
-    add.add_argument("--chunk-tokens", type=int, help="tokens per chunk (default: model maximum)")
-    add.add_argument("--overlap-tokens", type=int, help="tokens shared by neighbouring chunks")
-    add.add_argument(
-        "--mode",
-        help="append (default), overwrite, upsert, or sync (upsert, "
-        "and delete documents gone from the source)",
-    )
-    add.add_argument(
-        "--allow-empty",
-        action="store_true",
-        default=None,
-        help="sync: let a source that lists nothing delete every row",
-    )
-    add.add_argument("--priority", help="low, normal (default), high, critical")
-    add.add_argument("--text-field", help="text field of json/jsonl/csv/parquet")
-    add.add_argument("--id-field", help="id field of json/jsonl/csv/parquet")
     add.add_argument("--paused", action="store_true", help="create it paused")
     common_args(add)
     listing = schedules.add_parser("list", help="schedules with their next and latest runs")
@@ -94,10 +53,7 @@ def schedules_command(args: argparse.Namespace) -> int:
         command = args.schedules_command
         if command == "add":
             service.get_tenant(args.tenant)  # NotFoundError: no such tenant
-            template = {"table": args.table, "source": args.source}
-            template.update(
-                {k: getattr(args, k) for k in _TEMPLATE_OPTIONS if getattr(args, k) is not None}
-            )
+            template = request_from_args(args)
             record = schedules.create(
                 args.tenant, args.cron, template, args.timezone, enabled=not args.paused
             )
