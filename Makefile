@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= ./embedscale-data
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench docs clean
 
 install: $(VENV)/.installed
 
@@ -20,8 +20,20 @@ demo: install
 	$(BIN)/embedscale run samples/corpus --table sample --mode overwrite --data-dir $(DATA_DIR)
 	$(BIN)/embedscale search sample "how do I split text into token-sized chunks?" -k 3 --data-dir $(DATA_DIR)
 
-test: install
+# The checks that read the code without running it: lint and format (ruff), the architecture's
+# import contracts (import-linter, pyproject.toml) and types (mypy). The docs are built with
+# `mkdocs build --strict` by tests/test_docs.py, which also checks what the pages name.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
+
+docs: install
+	$(BIN)/mkdocs serve
 
 bench: install
 	$(BIN)/python benchmarks/bench_throughput.py
