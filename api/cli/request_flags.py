@@ -26,6 +26,10 @@ from embedscale.jobs.spec import JobSpec
 NOT_FLAGS = frozenset({"texts", "ids", "metadata", "labels"})
 POSITIONAL = "source"
 METAVARS = {"provider_url": "URL", "tokenizer": "NAME"}
+# Another field named in a description (provider_url) reads as its flag (--provider-url).
+_FIELD_NAME = re.compile(
+    r"\b(" + "|".join(n for n in JobSpec.model_fields if "_" in n and n not in NOT_FLAGS) + r")\b"
+)
 
 
 def flag_name(field: str) -> str:
@@ -56,6 +60,8 @@ def add_request_arguments(parser: argparse.ArgumentParser, *, template: bool = F
                 raise TypeError(f"JobSpec.{name}: a flag switches a False default on")
             options.update(action="store_true", default=None if template else False)
         else:
+            # A Literal's values show in the usage but are not argparse choices: JobSpec checks
+            # them, so a wrong one is the same one-line error as from the API.
             options.update(
                 default=None if template else default,
                 metavar=METAVARS.get(name) or ("{" + ",".join(choices) + "}" if choices else None),
@@ -104,9 +110,3 @@ def _help(field: FieldInfo, default: Any) -> str:
     if default not in (None, False, "") and "(default" not in text:
         text += f" (default: {default})"
     return text.replace("%", "%%")  # argparse formats help with %
-
-
-# Another field named in a description (provider_url) reads as its flag (--provider-url).
-_FIELD_NAME = re.compile(
-    r"\b(" + "|".join(n for n in JobSpec.model_fields if "_" in n and n not in NOT_FLAGS) + r")\b"
-)
