@@ -324,7 +324,7 @@ def check_provider(spec: JobSpec, allowed_urls: list[str] | None) -> None:
     tenant must not be able to send anywhere else. None: any (the CLI's trusted user)."""
     if spec.provider != "openai" or allowed_urls is None:
         return
-    if spec.provider_url.rstrip("/") not in {u.rstrip("/") for u in allowed_urls}:
+    if (spec.provider_url or "").rstrip("/") not in {u.rstrip("/") for u in allowed_urls}:
         raise InvalidFieldError(
             "provider_url",
             "endpoint not offered by this service (the "

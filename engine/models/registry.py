@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Final
 
 from embedscale.engine.errors import ModelError
 
@@ -20,7 +21,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Ollama, Infinity, embedscale's own /v1/embeddings).
 PROVIDERS = ("sentence-transformers", "onnx", "onnx-int8", "openai")
 ONNX_PROVIDERS = ("onnx", "onnx-int8")
-DEFAULT_PROVIDER = "sentence-transformers"
+DEFAULT_PROVIDER: Final = "sentence-transformers"  # Final: its type is the literal value
 BACKENDS = frozenset(PROVIDERS)
 # Providers whose vectors of one model agree (the same weights in fp32: ONNX's cosine to torch
 # is >= 0.9999 on every row), so one table may hold vectors of both. Not onnx-int8 (0.976).
