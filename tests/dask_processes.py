@@ -42,6 +42,22 @@ def run_cli(
     )
 
 
+def run_cli_in_process(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
+    """What `run_cli` gives, with the command run in this process (tests.helpers), in `cwd`,
+    with none of this process's AWS_* and EMBEDSCALE_* variables but those of `env`: for the
+    command's refusals and for jobs on a cluster named with --scheduler."""
+    from contextlib import chdir
+
+    from tests.helpers import embedscale_in_process
+
+    env = env or {}
+    unset = tuple(k for k in os.environ if k.startswith(("AWS_", "EMBEDSCALE_")) and k not in env)
+    with chdir(cwd):
+        return embedscale_in_process(*args, env=env, unset=unset)
+
+
 class DaskProcesses:
     """A scheduler and named workers, each its own process group; `address` to connect."""
 

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -56,6 +57,29 @@ def logged(logger_name: str) -> Iterator[list[str]]:
         yield lines
     finally:
         logger.removeHandler(handler)
+
+
+def embedscale_in_process(
+    *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """`embedscale ARGS` run in this process through the console script's `main`, with `env`
+    added to the environment and `unset` taken out: its exit status, stdout and stderr, as
+    `subprocess.run(..., capture_output=True, text=True)` gives them for the real command. No
+    interpreter, torch or model to load again, and no cluster of its own when the arguments name
+    one with --scheduler; argparse's exits (usage errors, --help) are statuses too."""
+    from embedscale.api.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env or {}), redirect_stdout(out), redirect_stderr(err):
+        for name in unset:
+            os.environ.pop(name, None)
+        try:
+            status = main(list(args))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess(
+        ["embedscale", *args], status, out.getvalue(), err.getvalue()
+    )
 
 
 def verify(

@@ -1,4 +1,8 @@
-"""The real `embedscale` command, end to end, in subprocesses."""
+"""The `embedscale` command end to end: one run of the real command in a process of its own,
+the rest in this process through the console script's `main` (the same argument parsing, error
+lines and exit statuses, without an interpreter, torch and the model to load per command), jobs
+on the session's cluster named with --scheduler. The command starting its own cluster, killed
+and resumed, is tests/test_resume.py's."""
 
 from __future__ import annotations
 
@@ -10,30 +14,34 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import embedscale_in_process as embedscale
+
 pytestmark = pytest.mark.slow
 
 EMBEDSCALE = [sys.executable, "-m", "embedscale"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def embedscale(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def embedscale_process(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The real command in a process of its own."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [*EMBEDSCALE, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
     )
 
 
-def test_run_then_search(small_corpus, data_dir):
+def test_run_then_search(small_corpus, data_dir, cluster):
+    scheduler = cluster.client.scheduler.address
     (small_corpus / "bad.jsonl").write_text("{broken\n")
-    done = embedscale(
+    done = embedscale_process(
         "run",
         str(small_corpus),
         "--table",
         "docs",
         "--data-dir",
         str(data_dir),
-        "--workers",
-        "2",
+        "--scheduler",
+        scheduler,
         "--chunk-tokens",
         "128",
         "--json",
@@ -75,8 +83,8 @@ def test_run_then_search(small_corpus, data_dir):
         "docs",
         "--data-dir",
         str(data_dir),
-        "--workers",
-        "1",
+        "--scheduler",
+        scheduler,
         "--chunk-tokens",
         "128",
         "--mode",
@@ -115,7 +123,7 @@ def test_bad_table_name(small_corpus, tmp_path):
     assert_one_line_error(done, "invalid table name '../x'")
 
 
-def test_unknown_model(small_corpus, tmp_path):
+def test_unknown_model(small_corpus, tmp_path, cluster):
     done = embedscale(
         "run",
         str(small_corpus),
@@ -123,8 +131,8 @@ def test_unknown_model(small_corpus, tmp_path):
         "t",
         "--data-dir",
         str(tmp_path),
-        "--workers",
-        "1",
+        "--scheduler",
+        cluster.client.scheduler.address,
         "--model",
         "no-such-model-anywhere",
     )

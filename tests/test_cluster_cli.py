@@ -18,7 +18,7 @@ from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 from embedscale.engine.errors import EmbedscaleError
 from tests.api_server import free_port
 from tests.conftest import SAMPLE_CORPUS
-from tests.dask_processes import ROOT, clean_env, run_cli
+from tests.dask_processes import ROOT, clean_env, run_cli, run_cli_in_process
 from tests.helpers import run
 
 SPECS = sorted((ROOT / "cluster_specs").glob("*.yaml"))
@@ -120,7 +120,9 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
 
 
 def test_cluster_up_refuses_an_address_spec(tmp_path):
-    done = run_cli("cluster", "up", "--spec", str(ROOT / "cluster_specs" / "remote.yaml"))
+    done = run_cli_in_process(
+        "cluster", "up", "--spec", str(ROOT / "cluster_specs" / "remote.yaml")
+    )
     assert done.returncode == 1 and "cluster up starts a cluster" in done.stderr
 
 

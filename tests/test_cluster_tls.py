@@ -14,7 +14,7 @@ from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 from embedscale.engine.errors import EmbedscaleError
 from embedscale.jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
-from tests.dask_processes import DaskProcesses, run_cli
+from tests.dask_processes import DaskProcesses, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_a_tls_file_that_does_not_exist_is_one_line(tls_files, tmp_path):
             {"kind": "local", "tls": {**tls_files, "cert_file": str(tmp_path / "missing.pem")}}
         )
     )
-    done = run_cli(
+    done = run_cli_in_process(
         "run",
         str(SAMPLE_CORPUS / "notes"),
         "--table",
@@ -102,7 +102,6 @@ def test_a_tls_file_that_does_not_exist_is_one_line(tls_files, tmp_path):
         str(spec),
         "--data-dir",
         str(tmp_path / "d"),
-        timeout=120,
     )
     assert done.returncode == 1
     assert done.stderr.strip() == (

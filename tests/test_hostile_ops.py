@@ -21,6 +21,7 @@ from embedscale.jobs.errors import InvalidFieldError, StoreDamagedError
 from embedscale.jobs.service import DB_FILE, JobService, tenant_data_dir
 from embedscale.jobs.store.duckdb_store import Store
 from tests.api_server import ADMIN_KEY, ROOT, free_port
+from tests.helpers import embedscale_in_process
 
 KEY = "es_0123456789abcdefSECRET"
 
@@ -211,10 +212,11 @@ def test_a_store_that_opens_can_be_read(healthy_db):
 
 def test_cli_commands_on_a_damaged_store_print_one_line(healthy_db):
     damage(healthy_db, "half")
-    assert_one_line_error(
-        cli("jobs", "list", "--data-dir", str(healthy_db.parent)), str(healthy_db), "damaged"
+    listed = embedscale_in_process(
+        "jobs", "list", "--data-dir", str(healthy_db.parent), unset=("EMBEDSCALE_ADMIN_KEY",)
     )
-    started = time.monotonic()
+    assert_one_line_error(listed, str(healthy_db), "damaged")
+    started = time.monotonic()  # serve in a process of its own: were it to start, it is stopped
     served = cli(
         "serve", "--data-dir", str(healthy_db.parent), "--port", str(free_port()), "--workers", "1"
     )
@@ -240,7 +242,9 @@ def test_tenant_data_dir_of_valid_names(tmp_path):
 
 
 def test_cli_search_refuses_a_tenant_name_that_is_a_path(tmp_path):
-    result = cli("search", "x", "q", "--tenant", "../x", "--data-dir", str(tmp_path))
+    result = embedscale_in_process(
+        "search", "x", "q", "--tenant", "../x", "--data-dir", str(tmp_path)
+    )
     assert result.returncode == 1
     assert_one_line_error(result, "invalid tenant name", "'../x'")
 

@@ -17,7 +17,7 @@ from embedscale.engine.tables.catalog import list_tables, read_table
 from embedscale.jobs.errors import InvalidFieldError
 from embedscale.jobs.service import JobService
 from embedscale.jobs.spec import JobSpec, check_source_allowed
-from tests.dask_processes import run_cli
+from tests.dask_processes import run_cli_in_process
 from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,16 +149,18 @@ def test_a_missing_bucket_as_source_is_a_4xx_naming_the_source(cluster, s3_store
     assert "bucket 'no-such-bucket' does not exist" in str(err.value)
 
 
-def test_cli_runs_and_searches_a_table_on_s3(s3_store, tmp_path, small_corpus):
+def test_cli_runs_and_searches_a_table_on_s3(s3_store, tmp_path, small_corpus, cluster):
+    """On the session's cluster, whose workers have no credentials of their own: the job
+    carries them (tests/test_remote_cluster.py runs the command in a process of its own)."""
     bucket = s3_store.make_bucket()
     args = ["--tables-uri", f"s3://{bucket}/cli", "--data-dir", str(tmp_path / "d")]
-    done = run_cli(
+    done = run_cli_in_process(
         "run",
         str(small_corpus),
         "--table",
         "docs",
-        "--workers",
-        "1",
+        "--scheduler",
+        cluster.client.scheduler.address,
         "--json",
         *args,
         env=s3_store.env,
@@ -168,7 +170,7 @@ def test_cli_runs_and_searches_a_table_on_s3(s3_store, tmp_path, small_corpus):
     summary = json.loads(done.stdout)
     assert summary["status"] == "succeeded" and summary["chunks"] > 0
     assert summary["table_uri"] == f"s3://{bucket}/cli/lancedb/docs.lance"
-    found = run_cli(
+    found = run_cli_in_process(
         "search",
         "docs",
         "how are chunks cut?",
@@ -199,7 +201,7 @@ def test_a_store_that_cannot_be_used_is_one_line_naming_the_fix(
     else:
         uri = "s3://no-such-bucket-here/t"
         expected = "bucket 'no-such-bucket-here' does not exist"
-    done = run_cli(
+    done = run_cli_in_process(
         "run",
         str(small_corpus),
         "--table",
@@ -219,7 +221,7 @@ def test_a_store_that_cannot_be_used_is_one_line_naming_the_fix(
 
 
 def test_a_relative_data_dir_with_a_remote_scheduler_is_refused(tmp_path, small_corpus):
-    done = run_cli(
+    done = run_cli_in_process(
         "run",
         str(small_corpus),
         "--table",

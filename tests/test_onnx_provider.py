@@ -35,7 +35,7 @@ from embedscale.engine.sink.schema import chunk_schema, table_provider
 from embedscale.engine.tables.search import query_model
 from embedscale.jobs.spec import JobSpec
 from tests.api_server import ROOT
-from tests.helpers import logged, read_rows
+from tests.helpers import embedscale_in_process, logged, read_rows
 
 TEXTS = [
     "The heap queue algorithm keeps the smallest item at index zero.",
@@ -460,7 +460,9 @@ def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpu
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["chunks"] > 12
-    found = cli(
+    # The run above is the command in a process of its own, its workers started with the
+    # cache's variable; the search and the refusal run in this process (tests.helpers).
+    found = embedscale_in_process(
         "search",
         "docs",
         "heap queue algorithm, priority queue",
@@ -469,10 +471,11 @@ def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpu
         "--data-dir",
         data,
         "--json",
+        env={onnx_export.CACHE_ENV: str(onnx_cache)},
     )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["doc_id"] == "heapq.txt"
-    bad = cli(
+    bad = embedscale_in_process(
         "run", str(small_corpus), "--table", "t", "--data-dir", data, "--provider", "tensorrt"
     )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
@@ -481,30 +484,11 @@ def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpu
 
 @pytest.mark.slow
 def test_cli_schedules_add_takes_the_provider_options(tmp_path, small_corpus):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     data = ["--data-dir", str(tmp_path / "data")]
 
-    def add(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "embedscale",
-                "schedules",
-                "add",
-                "@daily",
-                str(small_corpus),
-                "--table",
-                "t",
-                *args,
-                *data,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-            cwd=ROOT,
+    def add(*args: str) -> subprocess.CompletedProcess:  # in this process (tests.helpers)
+        return embedscale_in_process(
+            "schedules", "add", "@daily", str(small_corpus), "--table", "t", *args, *data, "--json"
         )
 
     onnx_run = add("--provider", "onnx")

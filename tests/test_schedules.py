@@ -1,6 +1,6 @@
 """Schedules end to end: the job service with real DuckDB files and a clock the tests move, the
 firing loop on a real cluster, kill -9 between a claim and its job, the HTTP routes on a real
-uvicorn server, and the CLI in subprocesses."""
+uvicorn server, and the CLI (in this process, through its `main`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from embedscale.jobs.schedules import MAX_SCHEDULES_PER_TENANT
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import JobStatus
 from tests.corpora import jsonl_corpus
-from tests.helpers import read_rows
+from tests.helpers import embedscale_in_process, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2030, 1, 7, 9, 0, 30, tzinfo=UTC)  # a Monday; slots of */5 at :05, :10, ...
@@ -515,15 +515,9 @@ def test_http_client_schedules(server):
 
 
 def embedscale(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "embedscale", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
+    """The command's arguments, output and exit status, run in this process (none of these
+    start a cluster: tests/test_cli.py runs the installed command in a process of its own)."""
+    return embedscale_in_process(*args)
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
+from contextlib import chdir
 from pathlib import Path
 
 import pytest
@@ -15,20 +15,15 @@ from embedscale.api.settings import DEFAULT_DATA_DIR, Settings
 from embedscale.api.startup import cluster_spec
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import check_transition
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import embedscale_in_process
 
 
 def embedscale(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDSCALE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "embedscale", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env={**environ, "PYTHONPATH": str(ROOT), **env},
-    )
+    """The command in this process (tests.helpers), in `cwd`, with no EMBEDSCALE_* variable but
+    those of `env`."""
+    unset = tuple(k for k in os.environ if k.startswith("EMBEDSCALE_") and k not in env)
+    with chdir(cwd):
+        return embedscale_in_process(*args, env=env, unset=unset)
 
 
 def test_the_data_dir_variable_holds_for_tenants_and_jobs(tmp_path):
