@@ -245,6 +245,24 @@ def remove_tree(location: str, options: StorageOptions = NO_OPTIONS) -> None:
         raise _storage_error(exc, location, options) from None
 
 
+def tree_bytes(location: str, options: StorageOptions = NO_OPTIONS) -> int:
+    """The bytes of every file under a folder or prefix (0 if there is none)."""
+    if not is_uri(location):
+        total = 0
+        for folder, _, names in os.walk(location):
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile (a cleanup)
+                    total += os.path.getsize(os.path.join(folder, name))
+        return total
+    fs = filesystem(location, options)
+    try:
+        return int(fs.du(strip_scheme(location).rstrip("/"), total=True))
+    except FileNotFoundError:
+        return 0
+    except Exception as exc:
+        raise _storage_error(exc, location, options) from None
+
+
 def child_names(location: str, options: StorageOptions = NO_OPTIONS) -> list[str]:
     """Names directly under a folder or prefix (empty if there is none)."""
     if not is_uri(location):

@@ -3,7 +3,7 @@
 The ledger of what each job did lives in the control plane (DuckDB), written just after each
 Lance commit. A crash between the two leaves a commit that only the table knows; every commit
 carries its proof as transaction properties (engine.sink.lance_sink, engine.tables.sync), read
-here. The control
+here, as do a cancel's (engine.tables.undo) and a restore's (engine.tables.versions). The control
 plane reads only the commits after the newest version its ledger recorded, so the read is
 bounded by what happened since, not by a window of recent commits that a busy table passes in
 minutes (tens of commits a second under small-job load).
@@ -23,6 +23,9 @@ from embedscale.engine.sink.lance_sink import (
     ChunkTable,
 )
 from embedscale.engine.tables.sync import SYNC_DONE_PROPERTY
+from embedscale.engine.tables.undo import UNDO_PROPERTY
+
+RESTORE_PROPERTY = "embedscale.restore"  # the version a restore brought back (its commit's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +39,22 @@ class TableCommit:
     seen: dict[str, list[str]] = field(default_factory=dict)  # sync job -> doc ids read
     overwrite: str | None = None  # the job whose overwrite emptied the table
     sync_done: dict[str, int] = field(default_factory=dict)  # sync job -> documents deleted
+    undone: str | None = None  # the cancelled job whose rows this commit removed
+    restored: int | None = None  # the version this commit brought back (engine.tables.versions)
 
     def jobs(self) -> set[str]:
-        """The jobs this commit names."""
+        """The jobs whose own work this commit holds (not a cancel's job: it removed that
+        job's rows)."""
         return {*self.partitions, *self.replaced, *self.seen, *self.sync_done} | (
             {self.overwrite} if self.overwrite else set()
         )
 
 
 def commits_after(table: ChunkTable, version: int) -> list[TableCommit]:
-    """The commits of `table` after `version` that name a job, oldest first."""
+    """The commits of `table` after `version` that name a job, a cancel or a restore, oldest
+    first. Where a cleanup removed part of that history, the commits after it: Lance's
+    transactions are read back from the newest and stop at the first version gone, and a
+    cleanup removes only whole runs of old versions (engine.tables.versions.cleanup)."""
     if not table.exists():
         return []
     ds = table.dataset()
@@ -56,13 +65,26 @@ def commits_after(table: ChunkTable, version: int) -> list[TableCommit]:
 
 def commit_at(table: ChunkTable, version: int) -> TableCommit | None:
     """The commit that made `version` of `table`, if it names a job (None otherwise, or when the
-    table has no such version: it was dropped and made again since)."""
+    table has no such version: it was dropped and made again since, or its history cleaned up)."""
     if version < 1 or not table.exists():
         return None
     ds = table.dataset()
     if version > ds.version:
         return None
-    found = _decoded(version, table.dataset(version).get_transactions(1))
+    try:
+        old = ds.checkout_version(version)
+    except (OSError, ValueError):
+        if version in {ref["version"] for ref in ds.version_refs()}:
+            raise  # there, and unreadable: not ours to hide
+        return None  # removed by a cleanup (engine.tables.versions.cleanup)
+    found = _decoded(version, old.get_transactions(1))
+    return found[0] if found else None
+
+
+def decoded_commit(version: int, transaction: object | None) -> TableCommit | None:
+    """The commit that made `version`, from its Lance transaction, if it names a job, a
+    cancel or a restore (None otherwise)."""
+    found = _decoded(version, [transaction])
     return found[0] if found else None
 
 
@@ -100,10 +122,20 @@ def _decoded(newest: int, transactions: list) -> list[TableCommit]:
                 json.loads(props.get(SEEN_PROPERTY, "{}")),
                 json.loads(props[OVERWRITE_PROPERTY]) if OVERWRITE_PROPERTY in props else None,
                 json.loads(props.get(SYNC_DONE_PROPERTY, "{}")),
+                json.loads(props[UNDO_PROPERTY]) if UNDO_PROPERTY in props else None,
+                json.loads(props[RESTORE_PROPERTY]) if RESTORE_PROPERTY in props else None,
             )
         )
     found.reverse()
     return found
 
 
-_KEYS = (COMMITS_PROPERTY, REPLACED_PROPERTY, SEEN_PROPERTY, OVERWRITE_PROPERTY, SYNC_DONE_PROPERTY)
+_KEYS = (
+    COMMITS_PROPERTY,
+    REPLACED_PROPERTY,
+    SEEN_PROPERTY,
+    OVERWRITE_PROPERTY,
+    SYNC_DONE_PROPERTY,
+    UNDO_PROPERTY,
+    RESTORE_PROPERTY,
+)
