@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from embedscale.engine.sources.file_access import DEFAULT_MAX_DOCUMENT_BYTES
 from embedscale.jobs.policies.schedules import MAX_SCHEDULES_PER_TENANT
+from embedscale.jobs.runner.table_maintenance import COMPACT_AFTER_FRAGMENTS, RETENTION
 from embedscale.jobs.store.retention import DEFAULT_RETENTION_DAYS
 
 DEFAULT_DATA_DIR = Path("./embedscale-data")
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
     # Days an ended job keeps the inline texts it was sent (its record, figures and ledger
     # stay; the rows it wrote are the tenant's table's): EMBEDSCALE_JOB_RETENTION_DAYS.
     job_retention_days: float = Field(DEFAULT_RETENTION_DAYS, ge=0)
+    # Table maintenance (compaction, index refresh, old versions removed): a run once a table
+    # has taken this many fragments from commits (EMBEDSCALE_MAINTENANCE_AFTER_FRAGMENTS), and
+    # at least hourly for one that took any; versions younger than
+    # EMBEDSCALE_VERSION_RETENTION_DAYS are kept (to restore from, and for time travel).
+    maintenance_after_fragments: int = Field(COMPACT_AFTER_FRAGMENTS, ge=1)
+    version_retention_days: float = Field(RETENTION.days, ge=0)
     # /v1/ requests without a valid key (none, a wrong one) answered per client address and
     # minute; past that a 429 without touching the database, so that a loop guessing keys
     # costs other tenants nothing (EMBEDSCALE_UNAUTHENTICATED_PER_MINUTE).

@@ -4,6 +4,7 @@ spec of the cluster jobs run on."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 from embedscale.api.settings import Settings
@@ -15,6 +16,7 @@ from embedscale.engine.storage.locations import (
     check_reachable,
     resolve_storage_options,
 )
+from embedscale.jobs.runner.config import RunnerConfig
 from embedscale.jobs.service import JobService
 
 
@@ -93,4 +95,8 @@ def open_service(
         allowed_provider_urls=None if local_user else list(settings.allowed_provider_urls),
         max_schedules_per_tenant=settings.max_schedules_per_tenant,
         job_retention_days=None if local_user else settings.job_retention_days,
+        runner_config=RunnerConfig(
+            compact_after_fragments=settings.maintenance_after_fragments,
+            version_retention=timedelta(days=settings.version_retention_days),
+        ),
     )

@@ -160,3 +160,20 @@ def _unfinished_of(store: Store, tenant: str, job_id: str) -> bool:
     except NotFoundError:
         return False
     return record.tenant == tenant and record.status not in TERMINAL
+
+
+def versions_needed_from(store: Store, tenant: str, name: str) -> int | None:
+    """The oldest version of the tenant's table that a cleanup must keep (with every later
+    one), None when only the newest matters: the versions the commits of jobs not yet ended
+    read (their undo brings rows back from them; their resume and sync read them), and the
+    newest version the ledger recorded, since what a crash left unrecorded is found in the
+    commits after it (`unrecorded_commits`)."""
+    needed = [
+        v
+        for v in (
+            store.oldest_read_by_unfinished(tenant, name),
+            (store.newest_recorded(tenant, name, 2**62) or (None, set()))[0],
+        )
+        if v is not None
+    ]
+    return min(needed) if needed else None

@@ -50,7 +50,7 @@ from embedscale.jobs.spec import (
 from embedscale.jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from embedscale.jobs.store.duckdb_store import Store, utcnow
 from embedscale.jobs.store.job_figures import FiguresSnapshot
-from embedscale.jobs.store.records import JobRecord, TenantRecord
+from embedscale.jobs.store.records import JOB_KINDS, MAINTENANCE, JobRecord, TenantRecord
 from embedscale.jobs.store.retention import Retention
 from embedscale.jobs.table_verify import VerifyReport, verify_table
 from embedscale.jobs.tally import Tally
@@ -375,14 +375,18 @@ class JobService:
         limit: int = 50,
         cursor: str | None = None,
         schedule: str | None = None,
+        kind: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
         """A page of jobs, newest first, and the cursor of the next page (None at the end);
-        `schedule`: only the runs of that schedule."""
+        `schedule`: only the runs of that schedule; `kind`: only embed jobs or only
+        maintenance runs."""
         if status is not None and status not in {s.value for s in JobStatus}:
             raise InvalidFieldError(
                 "status",
                 f"unknown status {status!r}: use one of {', '.join(s.value for s in JobStatus)}",
             )
+        if kind is not None and kind not in JOB_KINDS:
+            raise InvalidFieldError("kind", f"unknown kind {kind!r}: use {' or '.join(JOB_KINDS)}")
         before = None
         if cursor:
             last = self.store.get_job(cursor, tenant)
@@ -403,6 +407,11 @@ class JobService:
         record = self.store.get_job(job_id, tenant)
         if record.status in TERMINAL:
             raise ConflictError(f"job {job_id} already {record.status}")
+        if record.kind == MAINTENANCE:
+            raise ConflictError(
+                f"job {job_id} is a table's maintenance run: it cannot be cancelled; it ends "
+                "on its own and leaves the table's rows as they were"
+            )
         if record.status == JobStatus.QUEUED:
             try:
                 record = self.store.set_status(job_id, JobStatus.CANCELLED)
@@ -432,6 +441,11 @@ class JobService:
         if busy:
             raise ConflictError(
                 f"table '{name}' is being written by job(s) {', '.join(busy)}; cancel them first"
+            )
+        if self.runner is not None and self.runner.maintenance.running(table.uri):
+            raise ConflictError(
+                f"table '{name}' is being maintained (compacted, indexed, cleaned up); drop it "
+                "once the run ends (embedscale jobs list --kind maintenance)"
             )
         remove_table(table)
         if self.runner is not None:

@@ -36,5 +36,14 @@ def test_a_splintered_table_is_compacted_while_jobs_commit(cluster, tmp_path):
         assert {r["job_id"] for r in rows} == {j.id for j in jobs}
         # 40 partitions committed, at least 40 fragments; compaction merged them.
         assert len(ds.get_fragments()) < 40 - 6
+        # Each run is a job of kind maintenance that says what its steps did.
+        service.runner.maintenance.close()  # the run under way, if any, ends
+        runs, _ = service.list(kind="maintenance")
+        assert runs and {r.status for r in runs} == {JobStatus.SUCCEEDED}
+        details = runs[-1].details
+        assert details["compaction"]["fragments_before"] >= 6
+        assert details["indexes"]["rows"] > 0  # the doc_id and text indexes, once it has rows
+        assert "cleanup" in details and "keep_from_version" in details
+        assert {i["name"] for i in details["indexes"]["indexes"]} >= {"doc_id_idx", "text_idx"}
     finally:
         service.close()

@@ -28,17 +28,22 @@ def admin_command(args: argparse.Namespace) -> int:
 def _jobs(service: JobService, args: argparse.Namespace) -> int:
     if args.jobs_command == "list":
         jobs, _ = service.list(
-            tenant=args.tenant, status=args.status, limit=args.limit, schedule=args.schedule
+            tenant=args.tenant,
+            status=args.status,
+            limit=args.limit,
+            schedule=args.schedule,
+            kind=args.kind,
         )
         if args.json:
             _print_json([j.to_dict() for j in jobs])
             return 0
         table = Table(
-            "id", "tenant", "table", "status", "priority", "partitions", "chunks", "created"
+            "id", "kind", "tenant", "table", "status", "priority", "partitions", "chunks", "created"
         )
         for j in jobs:
             table.add_row(
                 j.id,
+                j.kind,
                 j.tenant,
                 j.table_name,
                 str(j.status),

@@ -15,6 +15,7 @@ from embedscale.api.cli.schedules import add_schedule_commands
 from embedscale.api.settings import DEFAULT_DATA_DIR
 from embedscale.engine.errors import EmbedscaleError
 from embedscale.jobs.states import JobStatus
+from embedscale.jobs.store.records import JOB_KINDS
 
 DATA_DIR_HELP = f"default: $EMBEDSCALE_DATA_DIR, else {DEFAULT_DATA_DIR}"
 TABLES_URI_HELP = (
@@ -145,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--limit", type=int, default=20)
     listing.add_argument("--schedule", metavar="ID", help="only the runs of this schedule")
+    listing.add_argument(
+        "--kind",
+        choices=JOB_KINDS,
+        help="only embed jobs, or only table maintenance runs (compaction, indexes, cleanup)",
+    )
     _common_args(listing)
     for name, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job")):
         p = jobs.add_parser(name, help=text)

@@ -17,6 +17,7 @@ from embedscale.api.server.embedding_metrics import EmbeddingCollector
 from embedscale.api.server.metrics_page import MetricsPage
 from embedscale.engine.cluster.gpu_stats import read_gpus
 from embedscale.engine.cluster.start import Cluster
+from embedscale.jobs.runner.table_maintenance import MaintenanceFigures
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import TERMINAL
 
@@ -92,6 +93,7 @@ class ServiceCollector:
                 [kind], runner.partition_failures.counts().get(kind, 0) if runner is not None else 0
             )
         yield failures
+        yield from maintenance_metrics(runner.maintenance.figures if runner is not None else None)
         yield from gpu_metrics()
 
     def _store_figures(self) -> Iterator[Metric]:
@@ -127,6 +129,43 @@ class ServiceCollector:
             lookups.add_metric([source], counted.get(source, 0))
         yield from (jobs, chunks, tokens, depth, lookups)
         self.service.ping()
+
+
+def maintenance_metrics(figures: MaintenanceFigures | None) -> Iterator[Metric]:
+    """Table maintenance (jobs/runner/table_maintenance.py): runs by outcome, runs under way,
+    seconds by step, and what the runs removed; every series present from the start."""
+    runs = CounterMetricFamily(
+        "embedscale_maintenance_runs",
+        "Table maintenance runs ended (compaction, index refresh, version cleanup), by outcome",
+        labels=["outcome"],
+    )
+    counts = figures.runs.counts() if figures is not None else {}
+    for outcome in ("succeeded", "failed"):
+        runs.add_metric([outcome], counts.get(outcome, 0))
+    yield runs
+    yield GaugeMetricFamily(
+        "embedscale_maintenance_running",
+        "Table maintenance runs under way",
+        value=figures.running if figures is not None else 0,
+    )
+    seconds = CounterMetricFamily(
+        "embedscale_maintenance_seconds",
+        "Seconds table maintenance spent, by step: compaction, indexes, cleanup",
+        labels=["step"],
+    )
+    spent = figures.seconds.counts() if figures is not None else {}
+    for step in ("compaction", "indexes", "cleanup"):
+        seconds.add_metric([step], spent.get(step, 0) / 1000)
+    yield seconds
+    removed = CounterMetricFamily(
+        "embedscale_maintenance_removed",
+        "What table maintenance removed: fragments merged away, versions, bytes on disk",
+        labels=["what"],
+    )
+    gone = figures.removed.counts() if figures is not None else {}
+    for what in ("fragments", "versions", "bytes"):
+        removed.add_metric([what], gone.get(what, 0))
+    yield removed
 
 
 def gpu_metrics() -> Iterator[Metric]:

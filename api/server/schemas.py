@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -69,6 +69,14 @@ class JobOut(BaseModel):
     error_reason: str | None
     dashboard_link: str | None
     schedule_id: str | None = Field(None, description="the schedule whose run this job is")
+    kind: Literal["embed", "maintenance"] = Field(
+        "embed",
+        description="embed (documents embedded into the table) or maintenance (the table "
+        "compacted, its indexes refreshed, its old versions removed)",
+    )
+    details: dict[str, Any] | None = Field(
+        None, description="maintenance: what each step did (fragments, indexes, versions, bytes)"
+    )
     gpu_busy_percent: float | None = Field(
         None,
         description="how busy the GPUs were while the job's partitions ran on them "

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from embedscale.jobs.policies.decisions import RetryPolicy
 from embedscale.jobs.runner.feeder import FeedConfig
-from embedscale.jobs.runner.table_maintenance import COMPACT_AFTER_FRAGMENTS
+from embedscale.jobs.runner.table_maintenance import (
+    COMPACT_AFTER_FRAGMENTS,
+    RETENTION,
+    SWEEP_EVERY_S,
+)
 
 
 @dataclass(frozen=True)
@@ -27,10 +32,13 @@ class RunnerConfig:
     # (engine.tasks.slices); None runs each partition whole in one task. What a small job waits
     # behind a big one's running slice at most.
     slice_seconds: float | None = 1.0
-    # Fragments a table takes from commits before it is compacted
-    # (jobs/runner/table_maintenance.py);
-    # None: never.
+    # Table maintenance (jobs/runner/table_maintenance.py): a run once a table has taken this
+    # many fragments from commits (None: never on that count), and at least every
+    # `maintenance_sweep_s` for a table that took any (None: never on a timer); versions
+    # younger than `version_retention` are kept.
     compact_after_fragments: int | None = COMPACT_AFTER_FRAGMENTS
+    maintenance_sweep_s: float | None = SWEEP_EVERY_S
+    version_retention: timedelta = RETENTION
 
     @property
     def retry(self) -> RetryPolicy:

@@ -34,6 +34,7 @@ from embedscale.engine.sources.partitions import Partition
 from embedscale.engine.storage.locations import Location
 from embedscale.jobs.errors import PartitionsNotDoneError, StoreUnavailableError
 from embedscale.jobs.events import EventBus
+from embedscale.jobs.ledger import versions_needed_from
 from embedscale.jobs.log_context import call_with_log_fields, log_fields
 from embedscale.jobs.policies.decisions import is_done
 from embedscale.jobs.runner.admission import AdmissionQueue
@@ -53,9 +54,10 @@ from embedscale.jobs.runner.events import (
     WakeUp,
 )
 from embedscale.jobs.runner.feeder import Completed, Feeder, failure_line, task_key
+from embedscale.jobs.runner.maintenance_runs import StoredMaintenanceRuns
 from embedscale.jobs.runner.preparation import JobPreparer, RunningJob
 from embedscale.jobs.runner.store_outage import StoreOutage
-from embedscale.jobs.runner.table_maintenance import TableMaintenance
+from embedscale.jobs.runner.table_maintenance import TableMaintenance, Target
 from embedscale.jobs.spec import JobSpec
 from embedscale.jobs.states import JobStatus
 from embedscale.jobs.store.duckdb_store import Store
@@ -116,9 +118,16 @@ class Runner:
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
         self.recovery = WorkerRecovery(cluster)
         self._outage = StoreOutage(store, data_dir_of, self._publish)
-        # Compacts the tables as commits add fragments; wakes the loop to commit what waited.
+        # Maintains the tables as commits add fragments (a job of kind maintenance each run);
+        # wakes the loop to commit what waited for a compaction.
+        self._maintenance_runs = StoredMaintenanceRuns(store, self._publish)
         self.maintenance = TableMaintenance(
-            lambda: self._inbox.put(WakeUp()), self.config.compact_after_fragments
+            lambda: self._inbox.put(WakeUp()),
+            self.config.compact_after_fragments,
+            runs=self._maintenance_runs,
+            keep_from=lambda tenant, name: versions_needed_from(store, tenant, name),
+            retention=self.config.version_retention,
+            sweep_every_s=self.config.maintenance_sweep_s,
         )
         self._event_retries = EventRetries()
         self.error: BaseException | None = None
@@ -129,6 +138,8 @@ class Runner:
 
     def start(self) -> None:
         """Pick up where a previous process left off, then start the loop."""
+        for run in self._maintenance_runs.end_interrupted():
+            log.warning("maintenance run %s of table %r was interrupted", run.id, run.table_name)
         for job in self.store.unfinished_jobs():
             if job.status == JobStatus.QUEUED:
                 self._admission.add(job)
@@ -275,6 +286,7 @@ class Runner:
             self.recovery.check()
             self._feeder.unpin_lost(self._jobs, set(self.cluster.worker_addresses()))
             self._end_idle_jobs()
+            self.maintenance.sweep()  # tables below the fragment count, on the timer
         if self._draining:
             return
         if self._admission.due:
@@ -431,13 +443,14 @@ class Runner:
     def _commit(self, results: list[Finished]) -> None:
         """Commit and record a batch of finished partitions (jobs.runner.commits), then tell."""
         outcome = commit_batch(self.store, self.tier_of, results)
-        fragments: dict[str, tuple[ChunkTable, int]] = {}
+        fragments: dict[str, tuple[Target, int]] = {}
         for job, result in outcome.committed:
             self._publish(job.record, "progress", partition_seconds=result.seconds)
-            table, added = fragments.get(job.table.uri, (job.table, 0))
-            fragments[job.table.uri] = (table, added + len(result.fragments))
-        for table, added in fragments.values():
-            self.maintenance.committed(table, added)
+            target = Target(job.table, job.record.tenant, job.record.table_name)
+            _, added = fragments.get(job.table.uri, (target, 0))
+            fragments[job.table.uri] = (target, added + len(result.fragments))
+        for target, added in fragments.values():
+            self.maintenance.committed(target, added)
         for job_id in outcome.succeeded:
             self._jobs.pop(job_id, None)
             self._admission.release(job_id)

@@ -216,10 +216,12 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         limit: int = 50,
         before: tuple[datetime, str] | None = None,
         schedule_id: str | None = None,
+        kind: str | None = None,
     ) -> list[JobRecord]:
         """Jobs newest first, for listings; `before` is the (created_at, id) of the last job
-        of a page; `schedule_id`: only the runs of that schedule. A record read for a listing
-        may carry its spec as shown (inline texts counted: jobs.store.records.shown_spec)."""
+        of a page; `schedule_id`: only the runs of that schedule; `kind`: only jobs of that
+        kind (embed, maintenance). A record read for a listing may carry its spec as shown
+        (inline texts counted: jobs.store.records.shown_spec)."""
         where: list[str] = ["1=1"]
         args: list[Any] = []
         for column, value in (
@@ -227,6 +229,7 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
             ("status", status),
             ("table_name", table),
             ("schedule_id", schedule_id),
+            ("kind", kind),
         ):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -264,21 +267,24 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
                         self._listed.put(record)
         return [found[job_id] for job_id in ids if job_id in found]
 
-    def unfinished_jobs(self) -> list[JobRecord]:
+    def unfinished_jobs(self, kind: str = "embed") -> list[JobRecord]:
+        """Jobs of `kind` not yet ended, oldest first: what the runner resumes (embed jobs)
+        or ends as interrupted (maintenance runs a stopped process left)."""
         with self._lock:
             rows = self._con.execute(
-                f"{JOB_SELECT} WHERE status IN "
+                f"{JOB_SELECT} WHERE kind = ? AND status IN "
                 f"({', '.join('?' for _ in UNFINISHED)}) ORDER BY created_at",
-                [str(s) for s in UNFINISHED],
+                [kind, *(str(s) for s in UNFINISHED)],
             ).fetchall()
         return [job_from_row(r) for r in rows]
 
     def active_job_counts(self) -> dict[str, int]:
-        """Jobs holding a concurrency slot (the ACTIVE statuses), by tenant."""
+        """Jobs holding a concurrency slot (the ACTIVE statuses), by tenant. Maintenance
+        runs hold none: they are the service's, not the tenant's."""
         with self._lock:
             return dict(
                 self._con.execute(
-                    f"SELECT tenant, count(*) FROM jobs WHERE status IN "
+                    f"SELECT tenant, count(*) FROM jobs WHERE kind = 'embed' AND status IN "
                     f"({', '.join('?' for _ in ACTIVE)}) GROUP BY tenant",
                     [str(s) for s in ACTIVE],
                 ).fetchall()

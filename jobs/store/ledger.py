@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
+from embedscale.jobs.states import TERMINAL
 from embedscale.jobs.store.connection import Connected
 
 PARTITION, OVERWRITE, SYNC_DELETED, SKIPPED = "partition", "overwrite", "sync_deleted", "skipped"
@@ -104,6 +105,19 @@ class LedgerRows(Connected):
                 [tenant, table, at_most],
             ).fetchone()
         return (row[0], set(row[1])) if row else None
+
+    def oldest_read_by_unfinished(self, tenant: str, table: str) -> int | None:
+        """The oldest version any commit of a job of the tenant's table not yet ended read
+        (None: none): the rows its undo would bring back, or its resume and sync read, are
+        in that version and those after it."""
+        with self._lock:
+            row = self._con.execute(
+                "SELECT min(l.read_version) FROM ledger_commits l JOIN jobs j ON j.id = "
+                "l.job_id WHERE j.tenant = ? AND j.table_name = ? AND j.status NOT IN "
+                f"({', '.join('?' for _ in TERMINAL)})",
+                [tenant, table, *(str(s) for s in TERMINAL)],
+            ).fetchone()
+        return row[0] if row else None
 
     def job_ledger(self, job_id: str) -> StoredLedger:
         """What the ledger records of `job_id`."""

@@ -128,6 +128,13 @@ MIGRATIONS: list[str] = [
         replaced TEXT[]                 -- documents whose rows (of read_version) it deleted
     );
     """,
+    # 7: what kind of job a row is: `embed` (documents embedded into a table) or `maintenance`
+    # (a table compacted, its indexes refreshed and its old versions removed:
+    # jobs/runner/table_maintenance.py), and what a maintenance run did, as JSON.
+    """
+    ALTER TABLE jobs ADD COLUMN kind TEXT DEFAULT 'embed';
+    ALTER TABLE jobs ADD COLUMN details TEXT;
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -11,6 +11,9 @@ from embedscale.engine.sources.partitions import FileSlice, InlineText, Partitio
 from embedscale.jobs.policies.rates import job_rates
 from embedscale.jobs.states import JobStatus
 
+EMBED, MAINTENANCE = "embed", "maintenance"
+JOB_KINDS = (EMBED, MAINTENANCE)  # what a row of `jobs` is: see JobRecord.kind
+
 
 @dataclass
 class JobRecord:
@@ -45,6 +48,10 @@ class JobRecord:
     gpu_seconds: float = 0.0
     gpu_busy_seconds: float = 0.0
     gpu_peak_bytes: int = 0
+    # `embed`, or `maintenance` (a table's compaction, index refresh and version cleanup);
+    # `details` is what a maintenance run did (fragments, versions and bytes before and after).
+    kind: str = EMBED
+    details: dict[str, Any] | None = None
 
     @property
     def gpu_busy_percent(self) -> float | None:

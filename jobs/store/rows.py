@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from embedscale.jobs.states import JobStatus
-from embedscale.jobs.store.records import JobRecord, TenantRecord
+from embedscale.jobs.store.records import EMBED, JobRecord, TenantRecord
 
 
 def only_row(cursor: Any) -> tuple[Any, ...]:
@@ -57,6 +57,8 @@ JOB_COLUMNS = [
     "gpu_seconds",
     "gpu_busy_seconds",
     "gpu_peak_bytes",
+    "kind",
+    "details",
 ]
 JOB_SELECT = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"
 # A job's spec as listings show it (jobs.store.records.shown_spec), made by DuckDB: inline texts
@@ -83,7 +85,7 @@ def job_values(job: JobRecord) -> list[Any]:
     values = []
     for column in JOB_COLUMNS:
         value = getattr(job, column)
-        if column == "spec":
+        if column == "spec" or (column == "details" and value is not None):
             value = json.dumps(value)
         elif column == "history":
             value = json.dumps([list(h) for h in value])
@@ -97,6 +99,8 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
     """A job from a row of JOB_SELECT."""
     data = dict(zip(JOB_COLUMNS, row))
     data["spec"] = json.loads(data["spec"])
+    data["kind"] = data["kind"] or EMBED
+    data["details"] = json.loads(data["details"]) if data["details"] else None
     data["history"] = [tuple(h) for h in json.loads(data["history"])]
     data["status"] = JobStatus(data["status"])
     return JobRecord(**data)
@@ -127,6 +131,12 @@ def transition_changes(
 def stored(changes: dict[str, Any]) -> dict[str, Any]:
     """`changes` as their columns hold them."""
     return {
-        k: (json.dumps(v) if k == "history" else str(v) if k == "status" else v)
+        k: (
+            json.dumps(v)
+            if k in ("history", "details") and v is not None
+            else str(v)
+            if k == "status"
+            else v
+        )
         for k, v in changes.items()
     }

@@ -84,10 +84,12 @@ async def list_jobs(
     ] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     schedule: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Literal["embed", "maintenance"] | None = None,
 ) -> Response:
     """The tenant's jobs, newest first, at most 100 a page; follow `next_cursor` for older
-    ones. `schedule`: only the runs of that schedule. A page costs one read of the tenant's
-    allowance per 10 jobs it may hold."""
+    ones. `schedule`: only the runs of that schedule; `kind`: only embed jobs or only the
+    maintenance runs of the tenant's tables. A page costs one read of the tenant's allowance
+    per 10 jobs it may hold."""
     if limit > MAX_PAGE:
         raise InvalidFieldError(
             "limit",
@@ -97,7 +99,9 @@ async def list_jobs(
             location="query",
         )
     await spend(request.app, tenant, READS, -(-limit // JOBS_PER_READ))
-    return await run_in_threadpool(_page, service, tenant, status, table, limit, cursor, schedule)
+    return await run_in_threadpool(
+        _page, service, tenant, status, table, limit, cursor, schedule, kind
+    )
 
 
 def _page(
@@ -108,10 +112,11 @@ def _page(
     limit: int,
     cursor: str | None,
     schedule: str | None,
+    kind: str | None = None,
 ) -> Response:
     """A page of jobs, read, shown and serialised in a worker thread."""
     try:
-        jobs, next_cursor = service.list(tenant, status, table, limit, cursor, schedule)
+        jobs, next_cursor = service.list(tenant, status, table, limit, cursor, schedule, kind)
     except NotFoundError:
         raise InvalidFieldError(
             "cursor",
