@@ -17,7 +17,7 @@ ledger records that job committed (its partitions marked done, with their chunks
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -90,7 +90,11 @@ def verify_table(store: Store, table: ChunkTable, tenant: str) -> VerifyReport:
     scan = scan_table(table)
     ledger = store.table_ledger(tenant, table.name)
     problems = list(scan.problems) + ledger_problems(
-        table, scan, ledger, lambda job_id: unrecorded_chunks(store, tenant, table, job_id)
+        table,
+        scan,
+        ledger,
+        lambda job_id: unrecorded_chunks(store, tenant, table, job_id),
+        store.table_restores(tenant, table.name),
     )
     return VerifyReport(
         table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger), problems
@@ -98,11 +102,17 @@ def verify_table(store: Store, table: ChunkTable, tenant: str) -> VerifyReport:
 
 
 def ledger_problems(
-    table: ChunkTable, scan: TableScan, ledger: list[LedgerJob], unrecorded: Callable[[str], int]
+    table: ChunkTable,
+    scan: TableScan,
+    ledger: list[LedgerJob],
+    unrecorded: Callable[[str], int],
+    restores: Sequence[datetime] = (),
 ) -> list[Problem]:
     """Each job's rows in the table held against what the ledger records it committed;
     `unrecorded(job_id)`: the job's chunks the table's commits hold and the ledger does not
-    record yet."""
+    record yet; `restores`: when the table was restored to an older version (jobs.table_admin),
+    which takes away the rows of the jobs after that version and may bring back rows of a job
+    cancelled since."""
     found: dict[str, list[str]] = {}  # kind -> one description per job
     counts: dict[str, int] = {}  # kind -> rows concerned
     created = _Created(table)
@@ -114,9 +124,11 @@ def ledger_problems(
     for job in ledger:
         rows = scan.rows_by_job.get(job.id, 0)
         recorded = f"{job.partitions_done} partitions, {job.chunks_done} chunks"
+        restored = _restored_after(job, restores)
         if job.status == JobStatus.CANCELLED:
             if rows:
-                add("cancelled_job_rows", job, rows, f"has {rows} rows")
+                kind = "restored_cancelled_rows" if restored else "cancelled_job_rows"
+                add(kind, job, rows, f"has {rows} rows")
             continue
         if job.status == JobStatus.CANCELLING:
             if rows:
@@ -129,7 +141,7 @@ def ledger_problems(
             add(
                 kind, job, rows - job.chunks_done, f"has {rows} rows; its ledger records {recorded}"
             )
-        elif rows < job.chunks_done and not _replaceable(job, ledger, created):
+        elif rows < job.chunks_done and not restored and not _replaceable(job, ledger, created):
             add(
                 "missing_rows",
                 job,
@@ -162,6 +174,11 @@ _KINDS: dict[str, tuple[str, str]] = {
         "committed twice, or rows of a failed commit)",
     ),
     "cancelled_job_rows": (ERROR, "rows of cancelled jobs are still in the table"),
+    "restored_cancelled_rows": (
+        WARNING,
+        "rows of cancelled jobs brought back by a restore to a version before their cancel "
+        "(`embedscale tables history` shows it; upsert or delete their documents if unwanted)",
+    ),
     "cancelling_job_rows": (
         WARNING,
         "rows of jobs being cancelled (their cancel removes "
@@ -191,6 +208,13 @@ def _problem(kind: str, jobs: list[str], rows: int) -> Problem:
 
 def _jobs(n: int) -> str:
     return f"{n} job" if n == 1 else f"{n} jobs"
+
+
+def _restored_after(job: LedgerJob, restores: Sequence[datetime]) -> bool:
+    """Whether a restore began after the job's first commit was recorded: it may have taken
+    the job's rows away, or brought back those its cancel removed. (No job runs during a
+    restore: it is refused while one of the table is unfinished.)"""
+    return job.first_done_at is not None and any(at > job.first_done_at for at in restores)
 
 
 def _replaceable(job: LedgerJob, ledger: list[LedgerJob], created: _Created) -> bool:

@@ -134,12 +134,9 @@ def restore(uri: str, storage: StorageOptions, version: int) -> int:
     were then); returns the version made. TableError, nothing changed, for a version the table
     does not have (never made, or removed by a cleanup). Restoring the latest version changes
     nothing and returns it."""
-    ds = _open(uri, storage)
-    latest = ds.version
+    latest = require_version(uri, storage, version)
     if version == latest:
         return latest
-    if not _has_version(ds, version):
-        raise TableError(f"no version {version} to restore: {_kept(ds)}")
     tx = lance.Transaction(
         read_version=latest,
         operation=lance.LanceOperation.Restore(version),
@@ -147,6 +144,15 @@ def restore(uri: str, storage: StorageOptions, version: int) -> int:
     )
     made = lance.LanceDataset.commit(uri, tx, storage_options=lance_options(uri, storage))
     return made.version
+
+
+def require_version(uri: str, storage: StorageOptions, version: int) -> int:
+    """The table's latest version, checked first to have `version` to restore: TableError
+    (naming the versions it has) if it never made it or a cleanup removed it."""
+    ds = _open(uri, storage)
+    if not _has_version(ds, version):
+        raise TableError(f"no version {version} to restore: {_kept(ds)}")
+    return ds.version
 
 
 def cleanup(

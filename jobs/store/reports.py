@@ -23,6 +23,12 @@ _TABLE_LEDGER = (
     "ON p.job_id = j.id AND p.status = 'done' WHERE j.tenant = ? AND j.table_name = ? "
     "GROUP BY ALL ORDER BY j.created_at, j.id"
 )
+# The ledger rows of restores (jobs.table_admin): when each restore of a tenant's table began.
+RESTORE = "restore"
+_TABLE_RESTORES = (
+    "SELECT j.created_at FROM ledger_commits l JOIN jobs j ON j.id = l.job_id WHERE "
+    f"j.tenant = ? AND j.table_name = ? AND l.kind = '{RESTORE}' ORDER BY j.created_at"
+)
 _EMBEDDED = (
     "SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
     "sum(tokens_done) FROM jobs GROUP BY ALL"
@@ -110,3 +116,11 @@ class StoreReports(Connected):
             cursor = self._con.execute(_TABLE_LEDGER, [tenant, table])
             names = [d[0] for d in cursor.description]
             return [LedgerJob(**dict(zip(names, row))) for row in cursor.fetchall()]
+
+    def table_restores(self, tenant: str, table: str) -> list[datetime]:
+        """When each restore of the tenant's table that the ledger records began, oldest
+        first."""
+        with self._lock:
+            return [
+                row[0] for row in self._con.execute(_TABLE_RESTORES, [tenant, table]).fetchall()
+            ]
