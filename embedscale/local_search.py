@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from embedscale.api.client.service import HIT_COLUMNS
 from embedscale.engine.tables.search import Hit
 from embedscale.engine.tables.search import search as search_table
+from embedscale.engine.tables.search_options import DEFAULT_MODE
 from embedscale.jobs.tenants.accounts import LOCAL_TENANT, tenant_data_dir
 from embedscale.local_jobs import resolve_data_dir
 
@@ -22,17 +23,30 @@ def search(
     query: str,
     k: int = 5,
     *,
+    mode: str = DEFAULT_MODE,
     where: str | None = None,
+    nprobes: int | None = None,
+    refine: int | None = None,
     data_dir: str | os.PathLike | None = None,
     tenant: str = LOCAL_TENANT,
     as_dataframe: bool = False,
 ) -> list[Hit] | pd.DataFrame:
-    """The `k` chunks of `table` nearest to `query`, best first (`score`: cosine similarity),
-    optionally filtered by a SQL `where` on the table's columns. `as_dataframe`: a pandas
-    DataFrame, one row per hit, instead of a list of Hit. `data_dir` as for `embedscale.run`;
-    `tenant` reads a service tenant's tables in that data dir."""
+    """The `k` chunks of `table` that best match `query`, best first, optionally filtered by a
+    SQL `where` on the table's columns. `mode`: vector (nearest by meaning; `score` the cosine
+    similarity), text (BM25 over the words; `score` the BM25 score) or hybrid (both, fused by
+    reciprocal rank; `score` the fused score). `nprobes` and `refine` tune the search of a
+    vector index (None: the defaults). `as_dataframe`: a pandas DataFrame, one row per hit,
+    instead of a list of Hit. `data_dir` as for `embedscale.run`; `tenant` reads a service
+    tenant's tables in that data dir."""
     hits = search_table(
-        tenant_data_dir(resolve_data_dir(data_dir), tenant), table, query, k=k, where=where
+        tenant_data_dir(resolve_data_dir(data_dir), tenant),
+        table,
+        query,
+        k=k,
+        where=where,
+        mode=mode,
+        nprobes=nprobes,
+        refine=refine,
     )
     if not as_dataframe:
         return hits

@@ -165,14 +165,16 @@ def _unfinished_of(store: Store, tenant: str, job_id: str) -> bool:
 def versions_needed_from(store: Store, tenant: str, name: str) -> int | None:
     """The oldest version of the tenant's table that a cleanup must keep (with every later
     one), None when only the newest matters: the versions the commits of jobs not yet ended
-    read (their undo brings rows back from them; their resume and sync read them), and the
-    newest version the ledger recorded, since what a crash left unrecorded is found in the
-    commits after it (`unrecorded_commits`)."""
+    read (their undo brings rows back from them; their resume and sync read them), and every
+    version after the newest one the ledger recorded, since a commit a crash left unrecorded
+    is found there (`unrecorded_commits`; with the recorded version itself removed, it reads
+    what history is left, all of it after the removed run)."""
+    newest = store.newest_recorded(tenant, name, 2**62)
     needed = [
         v
         for v in (
             store.oldest_read_by_unfinished(tenant, name),
-            (store.newest_recorded(tenant, name, 2**62) or (None, set()))[0],
+            newest[0] + 1 if newest is not None else None,
         )
         if v is not None
     ]

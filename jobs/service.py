@@ -16,12 +16,7 @@ from typing import Any
 
 from embedscale.engine.cluster.placement import GpuCount, plan_target
 from embedscale.engine.cluster.start import Cluster
-from embedscale.engine.errors import (
-    EmbedscaleError,
-    EmptySourceError,
-    TableError,
-    TableNotFoundError,
-)
+from embedscale.engine.errors import EmbedscaleError, EmptySourceError
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sources.documents import Skipped
 from embedscale.engine.sources.enumeration import SourcePlan, plan_source, plan_texts
@@ -29,7 +24,12 @@ from embedscale.engine.sources.file_access import DEFAULT_MAX_DOCUMENT_BYTES, Fi
 from embedscale.engine.storage.locations import Location, StorageOptions, resolve_storage_options
 from embedscale.engine.tables.catalog import TableInfo, describe_table, existing_table, list_tables
 from embedscale.engine.tables.catalog import drop_table as remove_table
-from embedscale.engine.tables.search import Hit, search
+from embedscale.engine.tables.search import Hit, checked_where, search
+from embedscale.engine.tables.search_options import (
+    DEFAULT_MODE,
+    SearchParameterError,
+    search_options,
+)
 from embedscale.jobs.embeddings.batcher import EmbeddingBatcher
 from embedscale.jobs.embeddings.requests import EmbeddingRequests, PendingEmbedding
 from embedscale.jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
@@ -469,18 +469,35 @@ class JobService:
         return ChunkTable(self.tenant_data_dir(tenant), name).uri
 
     def search(
-        self, tenant: str, name: str, query: str, k: int = 5, where: str | None = None
+        self,
+        tenant: str,
+        name: str,
+        query: str,
+        k: int = 5,
+        where: str | None = None,
+        *,
+        mode: str = DEFAULT_MODE,
+        nprobes: int | None = None,
+        refine: int | None = None,
+        filter_field: str = "filter",
+        location: str = "body",
     ) -> builtins.list[Hit]:
-        """The `k` chunks of the tenant's table nearest to `query`, with the table's own model;
-        a filter the engine refuses is an InvalidFieldError of `filter`."""
+        """The `k` chunks of the tenant's table that best match `query` by `mode` (vector,
+        text, hybrid), with the table's own model. A parameter the engine refuses is an
+        InvalidFieldError of its field (the filter's is `filter_field`: the request's own
+        name for it) at `location` (body, query)."""
         data_dir = self.tenant_data_dir(tenant)
-        existing_table(data_dir, name)  # not found: not the filter's fault
         try:
-            return search(data_dir, name, query, k, where)
-        except TableNotFoundError:
-            raise
-        except TableError as exc:
-            raise InvalidFieldError("filter", str(exc)) from None
+            # Checked before the table is looked for: a bad request is the request's fault.
+            search_options(k, mode, nprobes, refine)
+            checked_where(where)
+            existing_table(data_dir, name)
+            return search(
+                data_dir, name, query, k, where, mode=mode, nprobes=nprobes, refine=refine
+            )
+        except SearchParameterError as exc:
+            field = filter_field if exc.field == "where" else exc.field
+            raise InvalidFieldError(field, str(exc), location) from None
 
     # --- figures for health checks and metrics ---------------------------------------------
 

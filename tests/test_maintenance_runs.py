@@ -94,8 +94,12 @@ def maintenance(recorder: Recorder, runs: FakeRuns | None = None, **kw) -> Table
     adapter = None
     if runs is not None:
         adapter = type(
-            "Runs", (), {"started": lambda s, t, n: runs.started_run(t, n),
-                         "ended": lambda s, r, d, e: runs.ended_run(r, d, e)}
+            "Runs",
+            (),
+            {
+                "started": lambda s, t, n: runs.started_run(t, n),
+                "ended": lambda s, r, d, e: runs.ended_run(r, d, e),
+            },
         )()
     done = kw.pop("on_done", lambda: None)
     return TableMaintenance(done, steps=recorder.steps(), runs=adapter, **kw)
@@ -115,7 +119,10 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 def test_a_run_starts_once_the_fragments_add_up_and_does_its_steps_in_order(tmp_path):
     recorder, runs = Recorder(), FakeRuns()
     m = maintenance(
-        recorder, runs, after_fragments=5, keep_from=lambda tenant, name: 7,
+        recorder,
+        runs,
+        after_fragments=5,
+        keep_from=lambda tenant, name: 7,
         retention=timedelta(days=2),
     )
     t = target(tmp_path)
@@ -206,8 +213,11 @@ def test_the_metrics_name_every_series_from_the_start(tmp_path):
         "embedscale_maintenance_seconds",
         "embedscale_maintenance_removed",
     }
-    assert {s.labels["outcome"] for s in names["embedscale_maintenance_runs"].samples
-            if "outcome" in s.labels} == {"succeeded", "failed"}
+    assert {
+        s.labels["outcome"]
+        for s in names["embedscale_maintenance_runs"].samples
+        if "outcome" in s.labels
+    } == {"succeeded", "failed"}
 
 
 # --- the runs as jobs, in a real store ----------------------------------------------------
@@ -216,9 +226,15 @@ def test_the_metrics_name_every_series_from_the_start(tmp_path):
 def embed_job(store: Store, tenant: str, table: str, status: JobStatus) -> str:
     now = utcnow()
     record = JobRecord(
-        id=uuid.uuid4().hex, tenant=tenant, spec={"table": table}, status=JobStatus.QUEUED,
-        priority="normal", table_name=table, history=[("queued", now.isoformat())],
-        created_at=now, updated_at=now,
+        id=uuid.uuid4().hex,
+        tenant=tenant,
+        spec={"table": table},
+        status=JobStatus.QUEUED,
+        priority="normal",
+        table_name=table,
+        history=[("queued", now.isoformat())],
+        created_at=now,
+        updated_at=now,
     )
     store.insert_job(record, [])
     if status != JobStatus.QUEUED:
@@ -278,7 +294,7 @@ def test_cleanup_keeps_what_jobs_not_yet_ended_read_and_the_newest_recorded_vers
     assert versions_needed_from(store, "acme", "docs") is None  # nothing recorded: only the newest
     done = embed_job(store, "acme", "docs", JobStatus.SUCCEEDED)
     store.add_ledger_rows([LedgerRow(done, PARTITION, version=12, read_version=11, partition=0)])
-    assert versions_needed_from(store, "acme", "docs") == 12  # resume reads the commits after it
+    assert versions_needed_from(store, "acme", "docs") == 13  # resume reads the commits after it
     running = embed_job(store, "acme", "docs", JobStatus.RUNNING)
     store.add_ledger_rows([LedgerRow(running, PARTITION, version=9, read_version=4, partition=0)])
     assert versions_needed_from(store, "acme", "docs") == 4  # its undo brings rows back from 4

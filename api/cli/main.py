@@ -14,6 +14,7 @@ from embedscale.api.cli.request_flags import add_request_arguments, flag_name
 from embedscale.api.cli.schedules import add_schedule_commands
 from embedscale.api.settings import DEFAULT_DATA_DIR
 from embedscale.engine.errors import EmbedscaleError
+from embedscale.engine.tables.search_options import DEFAULT_MODE, DEFAULT_NPROBES, DEFAULT_REFINE
 from embedscale.jobs.states import JobStatus
 from embedscale.jobs.store.records import JOB_KINDS
 
@@ -46,6 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
     search.add_argument(
         "--where", help="SQL filter on the table's columns, e.g. \"source = 'a.md'\""
+    )
+    search.add_argument(
+        "--mode",
+        default=DEFAULT_MODE,
+        metavar="{vector,text,hybrid}",  # checked by the engine, whose error names the field
+        help="vector: nearest by meaning (default); text: BM25 over the words; hybrid: both, "
+        "fused by reciprocal rank",
+    )
+    search.add_argument(
+        "--nprobes",
+        type=int,
+        help=f"vector index partitions searched (default {DEFAULT_NPROBES}); more finds more, "
+        "slower",
+    )
+    search.add_argument(
+        "--refine",
+        type=int,
+        help="k x REFINE candidates re-ranked by exact distance where the table has a vector "
+        f"index (default {DEFAULT_REFINE})",
     )
     search.add_argument("--tenant", default="local", help="whose table (default: local)")
     _common_args(search)

@@ -1,4 +1,5 @@
-"""`embedscale search`: the chunks nearest to a query, with the table's own model."""
+"""`embedscale search`: the chunks that best match a query (by meaning, words or both), with the
+table's own model."""
 
 from __future__ import annotations
 
@@ -17,14 +18,24 @@ def search_command(args: argparse.Namespace) -> int:
     # Straight to the table, not through the job service: its DuckDB file may be owned by a
     # running `serve`, and a search needs none of it.
     data_dir = tenant_data_dir(tables_home(Settings.from_args(args), check=True), args.tenant)
-    hits = search(data_dir, args.table, args.query, k=args.k, where=args.where)
+    hits = search(
+        data_dir,
+        args.table,
+        args.query,
+        k=args.k,
+        where=args.where,
+        mode=args.mode,
+        nprobes=args.nprobes,
+        refine=args.refine,
+    )
     if args.json:
         print(json.dumps([asdict(h) for h in hits], ensure_ascii=False))
         return 0
+    digits = 4 if args.mode == "hybrid" else 3  # fused scores are near 1/61: 0.0164, 0.0161
     for rank, h in enumerate(hits, 1):
         snippet = " ".join(h.text.split())
         snippet = snippet if len(snippet) <= 240 else snippet[:237] + "..."
-        print(f"{rank}. {h.doc_id} [chunk {h.chunk_index}]  score {h.score:.3f}")
+        print(f"{rank}. {h.doc_id} [chunk {h.chunk_index}]  score {h.score:.{digits}f}")
         print(f"   {snippet}")
     if not hits:
         print("no results")

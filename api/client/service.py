@@ -265,10 +265,24 @@ class Client:
         k: int = 10,
         filter: str | None = None,
         as_dataframe: bool = False,
+        *,
+        mode: str | None = None,
+        where: str | None = None,
+        nprobes: int | None = None,
+        refine: int | None = None,
     ) -> list[dict[str, Any]] | pd.DataFrame:
-        """The `k` chunks of `table` nearest to `query`, best first; `as_dataframe`: as a
-        pandas DataFrame, one row per hit (score, doc_id, chunk_index, text, ...)."""
-        body = {"query": query, "k": k, **({"filter": filter} if filter else {})}
+        """The `k` chunks of `table` that best match `query`, best first; `mode`: vector
+        (nearest by meaning, the server's default), text (BM25) or hybrid (both, fused by
+        reciprocal rank); `filter` (or `where`, the same) a SQL condition; `nprobes` and
+        `refine` tune a vector index's search. `as_dataframe`: as a pandas DataFrame, one row
+        per hit (score, doc_id, chunk_index, text, ...)."""
+        if filter is not None and where is not None:
+            raise ValueError("give the filter as `filter` or as `where`, not both")
+        condition = filter if filter is not None else where
+        # Only what was given: a server older than mode, nprobes and refine still answers.
+        body: dict[str, Any] = {"query": query, "k": k}
+        given = {"filter": condition, "mode": mode, "nprobes": nprobes, "refine": refine}
+        body |= {name: value for name, value in given.items() if value is not None}
         hits = self._request("POST", f"/v1/tables/{table}/search", json=body)["hits"]
         if not as_dataframe:
             return hits

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from embedscale.engine.tables.search import Hit
+from embedscale.engine.tables.search_options import (
+    DEFAULT_MODE,
+    DEFAULT_NPROBES,
+    DEFAULT_REFINE,
+    MAX_NPROBES,
+    MAX_REFINE,
+    SearchMode,
+)
 from embedscale.jobs.tenants.accounts import TENANT_NAME_PATTERN
 from embedscale.jobs.textcheck import NameStr, Utf8Str
 
@@ -104,15 +112,55 @@ class TableList(BaseModel):
     tables: list[TableOut]
 
 
+_MODE_HELP = (
+    "vector (nearest by meaning), text (BM25 over the words) or hybrid (both, fused by "
+    "reciprocal rank)"
+)
+_FILTER_HELP = "one SQL condition on the table's columns, e.g. source = 'a.md'"
+_NPROBES_HELP = (
+    f"vector index partitions searched (default {DEFAULT_NPROBES}); more finds more, slower"
+)
+_REFINE_HELP = (
+    f"k x refine candidates re-ranked by exact distance (default {DEFAULT_REFINE}); used "
+    "where the table has a vector index"
+)
+
+
 class SearchRequest(BaseModel):
     # UTF-8 text only (a lone surrogate is a 422 here, not a 500 in the tokenizer); k strict.
     query: Utf8Str = Field(min_length=1, max_length=10_000)
     k: int = Field(10, ge=1, le=1000, strict=True)
-    filter: NameStr | None = Field(
-        None,
-        max_length=2000,
-        description="one SQL condition on the table's columns, e.g. source = 'a.md'",
+    mode: SearchMode = Field(DEFAULT_MODE, description=_MODE_HELP)
+    filter: NameStr | None = Field(None, max_length=2000, description=_FILTER_HELP)
+    where: NameStr | None = Field(
+        None, max_length=2000, description="the same as `filter` (give one of the two)"
     )
+    nprobes: int | None = Field(None, ge=1, le=MAX_NPROBES, strict=True, description=_NPROBES_HELP)
+    refine: int | None = Field(None, ge=1, le=MAX_REFINE, strict=True, description=_REFINE_HELP)
+
+    @field_validator("where")
+    @classmethod
+    def _one_filter(cls, where: str | None, info: ValidationInfo) -> str | None:
+        if where is not None and info.data.get("filter") is not None:
+            raise ValueError("give the filter as `filter` or as `where`, not both")
+        return where
+
+    @property
+    def condition(self) -> str | None:
+        """The filter, whichever name it came by."""
+        return self.filter if self.filter is not None else self.where
+
+
+class SearchQuery(BaseModel):
+    """GET /v1/tables/{name}/search: the parameters of a SearchRequest in the query string
+    (the filter as `where`)."""
+
+    query: Utf8Str = Field(min_length=1, max_length=10_000)
+    k: int = Field(10, ge=1, le=1000)
+    mode: SearchMode = Field(DEFAULT_MODE, description=_MODE_HELP)
+    where: NameStr | None = Field(None, max_length=2000, description=_FILTER_HELP)
+    nprobes: int | None = Field(None, ge=1, le=MAX_NPROBES, description=_NPROBES_HELP)
+    refine: int | None = Field(None, ge=1, le=MAX_REFINE, description=_REFINE_HELP)
 
 
 class SearchResponse(BaseModel):

@@ -4,6 +4,7 @@ admin, a table checked against the job ledger."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
@@ -12,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from embedscale.api.server.deps import AdminOnly, CurrentTenant, ServiceDep, rate_limit
 from embedscale.api.server.ratelimit import SEARCH
 from embedscale.api.server.schemas import (
+    SearchQuery,
     SearchRequest,
     SearchResponse,
     TableList,
@@ -48,9 +50,49 @@ async def search_table(
     service: ServiceDep,
     tenant: Annotated[str, Depends(rate_limit(SEARCH))],
 ) -> SearchResponse:
-    """The `k` chunks nearest to `query`, embedded with the table's own model."""
+    """The `k` chunks that best match `query` by `mode`: vector (nearest by meaning, embedded
+    with the table's own model), text (BM25) or hybrid (both, fused by reciprocal rank)."""
     hits = await run_in_threadpool(
-        service.search, tenant, name, request.query, request.k, request.filter
+        partial(
+            service.search,
+            tenant,
+            name,
+            request.query,
+            request.k,
+            request.condition,
+            mode=request.mode,
+            nprobes=request.nprobes,
+            refine=request.refine,
+            filter_field="filter" if request.filter is not None else "where",
+        )
+    )
+    return SearchResponse(hits=hits)
+
+
+@router.get(
+    "/{name}/search", response_model=SearchResponse, responses=error_responses(*_ERRORS, 429)
+)
+async def search_table_get(
+    name: TableName,
+    params: Annotated[SearchQuery, Query()],
+    service: ServiceDep,
+    tenant: Annotated[str, Depends(rate_limit(SEARCH))],
+) -> SearchResponse:
+    """POST's search with its parameters in the query string (the filter as `where`)."""
+    hits = await run_in_threadpool(
+        partial(
+            service.search,
+            tenant,
+            name,
+            params.query,
+            params.k,
+            params.where,
+            mode=params.mode,
+            nprobes=params.nprobes,
+            refine=params.refine,
+            filter_field="where",
+            location="query",
+        )
     )
     return SearchResponse(hits=hits)
 
