@@ -135,7 +135,7 @@ def test_a_run_starts_once_the_fragments_add_up_and_does_its_steps_in_order(tmp_
     assert [c[0] for c in recorder.calls] == ["compaction", "indexes", "cleanup"]
     assert recorder.calls[2][2:] == (timedelta(days=2), 7)  # the window, and the ledger's keep
     assert runs.started == [("acme", "t")]
-    run_id, details, error = runs.ended[0]
+    _, details, error = runs.ended[0]
     assert error is None and details["keep_from_version"] == 7
     assert details["compaction"]["fragments_before"] == 10
     assert details["cleanup"] == {"versions": 3, "bytes": 4096, "seconds": pytest.approx(0, abs=5)}

@@ -258,10 +258,9 @@ class TableMaintenance:
 
 def default_steps() -> MaintenanceSteps:
     """The engine's own steps: Lance's compaction, index refresh and version cleanup."""
-    from embedscale.engine.tables.versions import cleanup
-
     from embedscale.engine.tables.indexes import refresh_indexes
     from embedscale.engine.tables.maintenance import compact
+    from embedscale.engine.tables.versions import cleanup
 
     return MaintenanceSteps(
         compact=lambda table: compact(table.uri, table.storage),
