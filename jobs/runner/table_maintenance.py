@@ -37,6 +37,9 @@ from typing import Any, Protocol
 
 from embedscale.engine.errors import error_line
 from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.tables.indexes import refresh_indexes
+from embedscale.engine.tables.maintenance import compact
+from embedscale.engine.tables.versions import cleanup
 from embedscale.jobs.tally import Tally
 
 log = logging.getLogger(__name__)
@@ -258,10 +261,6 @@ class TableMaintenance:
 
 def default_steps() -> MaintenanceSteps:
     """The engine's own steps: Lance's compaction, index refresh and version cleanup."""
-    from embedscale.engine.tables.indexes import refresh_indexes
-    from embedscale.engine.tables.maintenance import compact
-    from embedscale.engine.tables.versions import cleanup
-
     return MaintenanceSteps(
         compact=lambda table: compact(table.uri, table.storage),
         refresh_indexes=lambda table: refresh_indexes(table.uri, table.storage),
