@@ -3,12 +3,15 @@ to date incrementally, and used by the id checks; on real Lance tables of synthe
 
 from __future__ import annotations
 
+import lance
 import pytest
 
 from embedscale.engine.sink.lance_sink import existing_hashes
 from embedscale.engine.sink.replacement import doc_predicate
+from embedscale.engine.tables import indexes
 from embedscale.engine.tables.indexes import (
     ID_INDEX,
+    MAX_SEGMENTS,
     TEXT_INDEX,
     VECTOR_INDEX,
     VectorIndexParams,
@@ -82,6 +85,20 @@ def test_indexes_are_built_when_due_then_kept_up_to_date(tmp_path):
     assert table.dataset().count_rows() == 1800  # no row changed
 
 
+def test_vector_index_deltas_are_merged_once_there_are_enough(tmp_path):
+    table = synthetic_table(tmp_path, rows=2000)
+    refresh_indexes(table.uri, vector_min_rows=1000)
+    counts = []
+    for n in range(MAX_SEGMENTS + 1):
+        append_rows(table, 2000 + n * 100, 100)
+        refresh_indexes(table.uri, vector_min_rows=1000)
+        vector = next(d for d in table.dataset().describe_indices() if d.name == VECTOR_INDEX)
+        counts.append(len(vector.segments))
+    # A delta segment per refresh, until MAX_SEGMENTS are merged into one with the new rows.
+    assert counts == [*range(2, MAX_SEGMENTS + 1), 1, 2]
+    assert all(i.unindexed_rows == 0 for i in index_state(table.uri))
+
+
 def test_the_vector_threshold_is_at_least_what_pq_can_train_on(tmp_path):
     table = synthetic_table(tmp_path, rows=200)
     report = refresh_indexes(table.uri, table.storage, vector_min_rows=1)
@@ -95,6 +112,19 @@ def test_the_text_index_is_made_once_on_demand(tmp_path):
     assert [i.name for i in index_state(table.uri)] == [TEXT_INDEX]
     # refresh_indexes takes the index as it is and adds the missing one.
     assert refresh_indexes(table.uri, vector_min_rows=10_000).created == [ID_INDEX]
+
+
+def test_a_text_index_built_meanwhile_is_taken_as_it_is(tmp_path, monkeypatch):
+    table = synthetic_table(tmp_path, rows=300)
+    build = indexes._create_text_index
+
+    def racing(ds):
+        build(lance.dataset(table.uri))  # another process commits the index first
+        raise OSError("Retryable commit conflict for version 3")
+
+    monkeypatch.setattr(indexes, "_create_text_index", racing)
+    assert ensure_text_index(table.uri) is False
+    assert [i.name for i in index_state(table.uri)] == [TEXT_INDEX]
 
 
 def test_id_checks_use_the_doc_id_index_and_still_see_unindexed_rows(tmp_path):

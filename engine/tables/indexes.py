@@ -9,15 +9,16 @@ Three indexes serve a chunk table:
 - `text`: an INVERTED (full-text, BM25) index, what text and hybrid search need
   (engine.tables.search). Both are built as soon as the table has rows: they are cheap.
 - `vector`: an IVF_PQ index on cosine distance, built once the table holds
-  `VECTOR_INDEX_MIN_ROWS` rows (below that a brute-force scan answers in a few
-  milliseconds and is exact), sized by `vector_index_params`.
+  `VECTOR_INDEX_MIN_ROWS` rows (below that a search scans every vector, 150 MB at 100,000 x
+  384 floats, and is exact), sized by `vector_index_params`.
 
 Rows committed after an index was built are not in it; a search still finds them (Lance scans
 unindexed fragments beside the index), only slower. `refresh_indexes` builds what is missing and
 brings the others up to date incrementally with `optimize_indices` (new rows are added to the
-existing partitions and postings; nothing is retrained): one commit per index, none of which
-changes a row. Compaction and the cleanup of old versions are not done here
-(engine.tables.maintenance, engine.tables.versions).
+existing partitions and postings, nothing is retrained; a vector index's delta segments are
+merged once there are MAX_SEGMENTS): one commit per index, none of which changes a row.
+Compaction and the cleanup of old versions are not done here (engine.tables.maintenance,
+engine.tables.versions).
 
 Lance commits an index optimistically: a job's commit meanwhile is fine (its rows are simply
 not covered yet), but the caller should not run this beside a compaction of the same table.
@@ -44,6 +45,10 @@ MAX_PARTITIONS = 4096  # Lance's own cap
 # 16, 4, 2, 1 that divides it.
 SUB_VECTOR_LENGTHS = (8, 16, 4, 2, 1)
 PQ_MIN_ROWS = 256  # PQ trains 256 centroids per sub-vector: fewer rows cannot train it
+# A refresh adds a vector index's new rows as a delta segment, which every search probes
+# beside the others (`nprobes` partitions each): at this many segments a refresh merges them
+# all into one, and Lance splits the partitions that have grown too large meanwhile.
+MAX_SEGMENTS = 4
 
 VECTOR_COLUMN, ID_COLUMN, TEXT_COLUMN = "vector", "doc_id", "text"
 VECTOR_INDEX, ID_INDEX, TEXT_INDEX = "vector_idx", "doc_id_idx", "text_idx"
@@ -130,8 +135,14 @@ def refresh_indexes(
         created.append(VECTOR_INDEX)
     # Created just now, an index covers every row; only the older ones can lag behind.
     stale = sorted(info.name for info in before.values() if info.unindexed_rows > 0)
-    if stale:
-        ds.optimize.optimize_indices(index_names=stale)
+    segments = {d.name: len(d.segments) for d in ds.describe_indices()}
+    for name in stale:
+        # Below MAX_SEGMENTS Lance's default: a vector index gets a delta segment of the new
+        # rows (scalar indexes merge them in). At MAX_SEGMENTS every segment is merged.
+        merge = segments[name] if segments[name] >= MAX_SEGMENTS else None
+        ds.optimize.optimize_indices(
+            index_names=[name], **({"num_indices_to_merge": merge} if merge else {})
+        )
     if not created and not stale:
         return IndexReport(rows, indexes=sorted(before.values(), key=lambda i: i.name))
     ds = lance.dataset(uri, storage_options=options)  # the version the last commit made
@@ -140,16 +151,28 @@ def refresh_indexes(
 
 def ensure_text_index(uri: str, storage: StorageOptions = NO_OPTIONS) -> bool:
     """Create the full-text index on `text` if the table has none; whether it did."""
-    ds = lance.dataset(uri, storage_options=lance_options(uri, storage))
-    if any(TEXT_COLUMN in d.field_names for d in ds.describe_indices()):
+    options = lance_options(uri, storage)
+    ds = lance.dataset(uri, storage_options=options)
+    if _has_text_index(ds):
         return False
-    _create_text_index(ds)
+    try:
+        _create_text_index(ds)
+    except Exception:
+        # Built meanwhile by another process (table maintenance, another search): Lance
+        # refuses the second commit, and the index is there all the same.
+        if not _has_text_index(lance.dataset(uri, storage_options=options)):
+            raise
+        return False
     return True
 
 
 def index_state(uri: str, storage: StorageOptions = NO_OPTIONS) -> list[IndexInfo]:
     """The table's indexes, by name, with the rows each covers and does not yet cover."""
     return _infos(lance.dataset(uri, storage_options=lance_options(uri, storage)))
+
+
+def _has_text_index(ds: lance.LanceDataset) -> bool:
+    return any(TEXT_COLUMN in d.field_names for d in ds.describe_indices())
 
 
 def _create_text_index(ds: lance.LanceDataset) -> None:
