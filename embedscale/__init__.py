@@ -38,6 +38,9 @@ _EXPORTS = {
     "search": "embedscale.local_search",
     "tables": "embedscale.local_tables",
     "read_table": "embedscale.local_tables",
+    "history": "embedscale.local_tables",
+    "restore": "embedscale.local_tables",
+    "optimize": "embedscale.local_tables",
     "Hit": "embedscale.engine.tables.search",
 }
 __all__ = [
@@ -50,7 +53,10 @@ __all__ = [
     "RunFailedError",
     "RunSummary",
     "cluster",
+    "history",
+    "optimize",
     "read_table",
+    "restore",
     "run",
     "search",
     "shutdown",
@@ -69,7 +75,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at 
     from embedscale.jobs.local_run import RunSummary
     from embedscale.local_jobs import RunFailedError, cluster, run, shutdown
     from embedscale.local_search import search
-    from embedscale.local_tables import read_table, tables
+    from embedscale.local_tables import history, optimize, read_table, restore, tables
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,8 @@ import builtins  # `list` is a method of the class below: annotations name the t
 import os
 import threading
 import uuid
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,8 @@ from embedscale.engine.tables.search_options import (
     SearchParameterError,
     search_options,
 )
+from embedscale.engine.tables.versions import HISTORY_LIMIT, VersionInfo
+from embedscale.engine.tables.versions import history as table_history
 from embedscale.jobs.embeddings.batcher import EmbeddingBatcher
 from embedscale.jobs.embeddings.requests import EmbeddingRequests, PendingEmbedding
 from embedscale.jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
@@ -37,6 +41,7 @@ from embedscale.jobs.events import EventBus
 from embedscale.jobs.policies.schedules import MAX_SCHEDULES_PER_TENANT
 from embedscale.jobs.runner.endings import remove_job_rows
 from embedscale.jobs.runner.loop import Runner, RunnerConfig
+from embedscale.jobs.runner.table_maintenance import Target
 from embedscale.jobs.schedules import DEFAULT_POLL_SECONDS, Clock, Schedules
 from embedscale.jobs.spec import (
     JobSpec,
@@ -52,6 +57,15 @@ from embedscale.jobs.store.duckdb_store import Store, utcnow
 from embedscale.jobs.store.job_figures import FiguresSnapshot
 from embedscale.jobs.store.records import JOB_KINDS, MAINTENANCE, JobRecord, TenantRecord
 from embedscale.jobs.store.retention import Retention
+from embedscale.jobs.table_admin import (
+    Restored,
+    TableActions,
+    TableView,
+    optimize_now,
+    refuse_while_written,
+    restore_version,
+)
+from embedscale.jobs.table_admin import show as show_table
 from embedscale.jobs.table_verify import VerifyReport, verify_table
 from embedscale.jobs.tally import Tally
 from embedscale.jobs.tenants.accounts import Tenants, Usage, tenant_data_dir
@@ -128,6 +142,7 @@ class JobService:
         self._gpus = GpuCount()  # GPU workers of the cluster, for planning partitions
         self.runner: Runner | None = None
         self.embeddings: EmbeddingRequests | None = None  # POST /v1/embeddings, on a cluster
+        self.table_actions = TableActions()  # an operator's drop, restore, optimize: one a table
         self.tenants.ensure_local()
         if cluster is not None:
             self.attach(cluster)
@@ -447,9 +462,10 @@ class JobService:
                 f"table '{name}' is being maintained (compacted, indexed, cleaned up); drop it "
                 "once the run ends (embedscale jobs list --kind maintenance)"
             )
-        remove_table(table)
-        if self.runner is not None:
-            self.runner.forget_table(table.uri)
+        with self.table_actions.hold(tenant, name, "dropped"):
+            remove_table(table)
+            if self.runner is not None:
+                self.runner.forget_table(table.uri)
 
     def tables(self, tenant: str) -> builtins.list[TableInfo]:
         """The tenant's tables with their rows, model and dimension, by name."""
@@ -458,6 +474,81 @@ class JobService:
     def table(self, tenant: str, name: str) -> TableInfo:
         """One of the tenant's tables (TableNotFoundError if it has none of that name)."""
         return describe_table(self.tenant_data_dir(tenant), name)
+
+    def table_details(self, tenant: str, name: str) -> TableView:
+        """One of the tenant's tables in full: rows, model, fragments, versions, bytes and
+        indexes (`embedscale tables show`)."""
+        return show_table(self.tenant_data_dir(tenant), name)
+
+    def table_history(
+        self, tenant: str, name: str, limit: int = HISTORY_LIMIT, before: int | None = None
+    ) -> builtins.list[VersionInfo]:
+        """The versions of one of the tenant's tables, newest first, with the jobs that made
+        each (`limit` of them, older than `before` if given)."""
+        if limit < 1:
+            raise InvalidFieldError("limit", "list 1 version or more")
+        table = existing_table(self.tenant_data_dir(tenant), name)
+        listed = table_history(table.uri, table.storage, limit, before)
+        # A restore names no job in its commit; the ledger has the job that recorded it.
+        restores = {r.version: r.job_id for r in self.store.table_restores(tenant, name)}
+        return [
+            replace(v, jobs=(restores[v.version],))
+            if v.restored is not None and v.version in restores
+            else v
+            for v in listed
+        ]
+
+    def restore_table(self, tenant: str, name: str, version: int) -> Restored:
+        """Bring one of the tenant's tables back to `version` as a new commit, recorded in the
+        ledger; InvalidFieldError (of `version`) for a version it lacks, ConflictError while a
+        job of the table is unfinished or another action (a drop, a maintenance run) holds it.
+        Nothing changes when refused."""
+        table = existing_table(self.tenant_data_dir(tenant), name)
+        with self.table_actions.hold(tenant, name, "restored"):
+            refuse_while_written(self.store, tenant, name, "restore")
+            self._refuse_while_maintained(table)
+            if self.runner is None:
+                return restore_version(self.store, tenant, table, version)
+            # No compaction of the runner's starts on the table until the restore committed.
+            with self.runner.maintenance.exclusive(table.uri):
+                return restore_version(self.store, tenant, table, version)
+
+    def optimize_table(
+        self, tenant: str, name: str, retention: timedelta | None = None
+    ) -> JobRecord | None:
+        """One maintenance run of one of the tenant's tables now: compaction, index refresh,
+        cleanup of the versions older than `retention` (default: the runner config's) that no
+        unfinished job needs. With a runner it goes on the runner's maintenance thread (None
+        returned: see the job list); without one (the CLI) it runs here and its record is
+        returned. ConflictError while a job of the table is unfinished or another action holds
+        it."""
+        if retention is not None and retention < timedelta(0):
+            raise InvalidFieldError("retention", "a retention window is 0 or more")
+        table = existing_table(self.tenant_data_dir(tenant), name)
+        with self.table_actions.hold(tenant, name, "optimized"):
+            refuse_while_written(self.store, tenant, name, "optimize")
+            if self.runner is not None:
+                if not self.runner.maintenance.maintain_now(Target(table, tenant, name)):
+                    raise ConflictError(f"table '{name}' is being maintained already")
+                return None
+            return optimize_now(
+                self.store,
+                tenant,
+                table,
+                retention
+                if retention is not None
+                else (self.runner_config or RunnerConfig()).version_retention,
+                lambda record: self.bus.publish(
+                    record.id, {"type": "status", "job": record.to_dict()}
+                ),
+            )
+
+    def _refuse_while_maintained(self, table: ChunkTable) -> None:
+        if self.runner is not None and self.runner.maintenance.running(table.uri):
+            raise ConflictError(
+                f"table '{table.name}' is being maintained (compacted, indexed, cleaned up); "
+                "try again once the run ends (embedscale jobs list --kind maintenance)"
+            )
 
     def verify_table(self, tenant: str, name: str) -> VerifyReport:
         """One of the tenant's tables checked against itself and the job ledger

@@ -94,7 +94,7 @@ def verify_table(store: Store, table: ChunkTable, tenant: str) -> VerifyReport:
         scan,
         ledger,
         lambda job_id: unrecorded_chunks(store, tenant, table, job_id),
-        store.table_restores(tenant, table.name),
+        [r.at for r in store.table_restores(tenant, table.name)],
     )
     return VerifyReport(
         table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger), problems

@@ -12,6 +12,7 @@ from pydantic import ValidationError as PydanticValidationError
 from embedscale.api.cli.cluster import add_cluster_commands
 from embedscale.api.cli.request_flags import add_request_arguments, flag_name
 from embedscale.api.cli.schedules import add_schedule_commands
+from embedscale.api.cli.tables import add_table_commands
 from embedscale.api.settings import DEFAULT_DATA_DIR
 from embedscale.engine.errors import EmbedscaleError
 from embedscale.engine.tables.search_options import DEFAULT_MODE, DEFAULT_NPROBES, DEFAULT_REFINE
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("name")
     _common_args(rotate)
     add_schedule_commands(sub, _common_args)
+    add_table_commands(sub, _common_args)
     add_cluster_commands(sub)
     return parser
 
@@ -258,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from embedscale.api.cli.schedules import schedules_command
 
             return schedules_command(args)
+        if args.command == "tables":
+            from embedscale.api.cli.tables import tables_command
+
+            return tables_command(args)
         if args.command == "cluster":
             from embedscale.api.cli.cluster import cluster_command
 

@@ -16,7 +16,15 @@ from embedscale.api.server.metrics import Metrics
 from embedscale.api.server.ratelimit import RateLimiter
 from embedscale.api.server.request_gate import RequestGate
 from embedscale.api.server.request_observer import RequestObserver
-from embedscale.api.server.routes import embeddings, health, jobs, schedules, tables, tenants
+from embedscale.api.server.routes import (
+    embeddings,
+    health,
+    jobs,
+    schedules,
+    table_admin,
+    tables,
+    tenants,
+)
 from embedscale.api.server.socket_limits import OpenSockets
 from embedscale.api.settings import Settings
 from embedscale.api.startup import cluster_spec, open_service
@@ -85,4 +93,5 @@ def create_app(
     app.include_router(tenants.usage_router)
     if admin_key:  # no admin routes at all without an admin key
         app.include_router(tenants.admin_router)
+        app.include_router(table_admin.router)
     return app

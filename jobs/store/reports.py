@@ -26,8 +26,9 @@ _TABLE_LEDGER = (
 # The ledger rows of restores (jobs.table_admin): when each restore of a tenant's table began.
 RESTORE = "restore"
 _TABLE_RESTORES = (
-    "SELECT j.created_at FROM ledger_commits l JOIN jobs j ON j.id = l.job_id WHERE "
-    f"j.tenant = ? AND j.table_name = ? AND l.kind = '{RESTORE}' ORDER BY j.created_at"
+    "SELECT l.job_id, l.version, l.read_version, j.created_at AS at FROM ledger_commits l "
+    f"JOIN jobs j ON j.id = l.job_id WHERE j.tenant = ? AND j.table_name = ? AND l.kind = "
+    f"'{RESTORE}' ORDER BY j.created_at"
 )
 _EMBEDDED = (
     "SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
@@ -51,6 +52,17 @@ class LedgerJob:
     chunks_done: int
     first_done_at: datetime | None
     last_done_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRow:
+    """A restore of a table as the ledger records it: the job recording it, the version its
+    commit made and the one it read, and when it began."""
+
+    job_id: str
+    version: int
+    read_version: int
+    at: datetime
 
 
 class StoreReports(Connected):
@@ -117,10 +129,8 @@ class StoreReports(Connected):
             names = [d[0] for d in cursor.description]
             return [LedgerJob(**dict(zip(names, row))) for row in cursor.fetchall()]
 
-    def table_restores(self, tenant: str, table: str) -> list[datetime]:
-        """When each restore of the tenant's table that the ledger records began, oldest
-        first."""
+    def table_restores(self, tenant: str, table: str) -> list[RestoreRow]:
+        """The restores of the tenant's table that the ledger records, oldest first."""
         with self._lock:
-            return [
-                row[0] for row in self._con.execute(_TABLE_RESTORES, [tenant, table]).fetchall()
-            ]
+            rows = self._con.execute(_TABLE_RESTORES, [tenant, table]).fetchall()
+        return [RestoreRow(*row) for row in rows]

@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from embedscale.api.server.deps import AdminOnly, CurrentTenant, ServiceDep, rate_limit
 from embedscale.api.server.ratelimit import SEARCH
+from embedscale.api.server.routes.table_admin import MAX_HISTORY, history_page
 from embedscale.api.server.schemas import (
     SearchQuery,
     SearchRequest,
@@ -21,7 +22,9 @@ from embedscale.api.server.schemas import (
     VerifyOut,
     error_responses,
 )
+from embedscale.api.server.table_schemas import HistoryOut
 from embedscale.engine.sink.lance_sink import TABLE_NAME_PATTERN
+from embedscale.engine.tables.versions import HISTORY_LIMIT
 from embedscale.jobs.tenants.accounts import LOCAL_TENANT, TENANT_NAME_PATTERN
 
 router = APIRouter(prefix="/v1/tables", tags=["tables"])
@@ -102,6 +105,19 @@ def delete_table(name: TableName, service: ServiceDep, tenant: CurrentTenant) ->
     """Drop a table with all its rows; 409 while a job of the tenant still writes to it."""
     service.drop_table(tenant, name)
     return Response(status_code=204)
+
+
+@router.get("/{name}/history", response_model=HistoryOut, responses=error_responses(*_ERRORS))
+def table_history(
+    name: TableName,
+    service: ServiceDep,
+    tenant: CurrentTenant,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = HISTORY_LIMIT,
+    before: Annotated[int | None, Query(ge=1, description="only versions older than this")] = None,
+) -> HistoryOut:
+    """The table's versions, newest first, with the jobs that made each (restoring one is
+    the admin's: POST /v1/admin/tables/{name}/restore)."""
+    return history_page(service, tenant, name, limit, before)
 
 
 @router.get("/{name}/verify", response_model=VerifyOut, responses=error_responses(*_ERRORS, 403))
