@@ -12,7 +12,14 @@ import pytest
 
 from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.tables.undo import undo_job
+from embedscale.engine.tables.versions import cleanup
 from embedscale.jobs.errors import ConflictError, InvalidFieldError
+from embedscale.jobs.ledger import (
+    record_unrecorded,
+    unrecorded_chunks,
+    unrecorded_commits,
+    versions_needed_from,
+)
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import JobStatus
 from embedscale.jobs.store.records import MAINTENANCE
@@ -124,5 +131,37 @@ def test_optimize_compacts_indexes_and_cleans_up_as_a_maintenance_job(service, t
     shown = service.table_details(TENANT, "docs")
     assert (shown.details.rows, shown.details.fragments) == (4, 1)
     assert doc_ids(table) == ["a", "b", "c", "d"]
+    report = service.verify_table(TENANT, "docs")
+    assert report.ok and not report.problems, report.lines()
+
+
+def test_a_resume_after_a_restore_finds_only_the_jobs_commits(service, table):
+    ledger_job(service.store, table, ["a"])
+    ledger_job(service.store, table, ["b"])
+    service.restore_table(TENANT, "docs", 2)
+    # A job commits after the restore, and a crash keeps its commit from the ledger.
+    cut_off = ledger_job(service.store, table, ["c"], status=JobStatus.RUNNING, recorded=False)
+    unrecorded = unrecorded_commits(service.store, TENANT, table)
+    assert [(c.restored, sorted(c.jobs())) for c in unrecorded] == [(2, []), (None, [cut_off])]
+    assert unrecorded_chunks(service.store, TENANT, table, cut_off) == 1
+    record_unrecorded(service.store, TENANT, table)
+    assert service.get(cut_off).chunks_done == 1
+    assert unrecorded_commits(service.store, TENANT, table) == []
+    service.store.finish(cut_off, JobStatus.SUCCEEDED)
+    report = service.verify_table(TENANT, "docs")
+    assert report.ok and not report.problems, report.lines()
+
+
+def test_a_resume_after_a_cleanup_still_finds_a_commit_cut_off_from_its_record(service, table):
+    ledger_job(service.store, table, ["a"])
+    ledger_job(service.store, table, ["b"])
+    cut_off = ledger_job(service.store, table, ["c"], status=JobStatus.RUNNING, recorded=False)
+    keep_from = versions_needed_from(service.store, TENANT, "docs")
+    assert keep_from == 4  # after the newest version the ledger recorded (3)
+    removed = cleanup(table.uri, table.storage, timedelta(0), keep_from)
+    assert (removed.first, removed.last) == (2, 3)
+    assert [c.jobs() for c in unrecorded_commits(service.store, TENANT, table)] == [{cut_off}]
+    record_unrecorded(service.store, TENANT, table)
+    service.store.finish(cut_off, JobStatus.SUCCEEDED)
     report = service.verify_table(TENANT, "docs")
     assert report.ok and not report.problems, report.lines()
