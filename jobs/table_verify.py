@@ -94,7 +94,8 @@ def verify_table(store: Store, table: ChunkTable, tenant: str) -> VerifyReport:
         scan,
         ledger,
         lambda job_id: unrecorded_chunks(store, tenant, table, job_id),
-        [r.at for r in store.table_restores(tenant, table.name)],
+        [Restore(r.at, r.restored) for r in store.table_restores(tenant, table.name)],
+        lambda job_id: store.job_ledger(job_id).versions,
     )
     return VerifyReport(
         table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger), problems
@@ -106,13 +107,15 @@ def ledger_problems(
     scan: TableScan,
     ledger: list[LedgerJob],
     unrecorded: Callable[[str], int],
-    restores: Sequence[datetime] = (),
+    restores: Sequence[Restore] = (),
+    committed: Callable[[str], set[int]] = lambda job_id: set(),
 ) -> list[Problem]:
     """Each job's rows in the table held against what the ledger records it committed;
     `unrecorded(job_id)`: the job's chunks the table's commits hold and the ledger does not
-    record yet; `restores`: when the table was restored to an older version (jobs.table_admin),
-    which takes away the rows of the jobs after that version and may bring back rows of a job
-    cancelled since."""
+    record yet; `restores`: the table's restores to older versions (jobs.table_admin), which
+    take away the rows of the jobs committed after the version brought back and may bring back
+    rows of a job cancelled since; `committed(job_id)`: the versions its commits made, as the
+    ledger records them (read only for the jobs a restore came after)."""
     found: dict[str, list[str]] = {}  # kind -> one description per job
     counts: dict[str, int] = {}  # kind -> rows concerned
     created = _Created(table)
@@ -124,11 +127,17 @@ def ledger_problems(
     for job in ledger:
         rows = scan.rows_by_job.get(job.id, 0)
         recorded = f"{job.partitions_done} partitions, {job.chunks_done} chunks"
-        restored = _restored_after(job, restores)
+        later = [r for r in restores if job.first_done_at and r.at > job.first_done_at]
+        versions = committed(job.id) if later else set()
         if job.status == JobStatus.CANCELLED:
             if rows:
-                kind = "restored_cancelled_rows" if restored else "cancelled_job_rows"
-                add(kind, job, rows, f"has {rows} rows")
+                back = any(_brought_back(r, versions) for r in later)
+                add(
+                    "restored_cancelled_rows" if back else "cancelled_job_rows",
+                    job,
+                    rows,
+                    f"has {rows} rows",
+                )
             continue
         if job.status == JobStatus.CANCELLING:
             if rows:
@@ -141,7 +150,11 @@ def ledger_problems(
             add(
                 kind, job, rows - job.chunks_done, f"has {rows} rows; its ledger records {recorded}"
             )
-        elif rows < job.chunks_done and not restored and not _replaceable(job, ledger, created):
+        elif (
+            rows < job.chunks_done
+            and not any(_taken_away(r, versions) for r in later)
+            and not _replaceable(job, ledger, created)
+        ):
             add(
                 "missing_rows",
                 job,
@@ -210,11 +223,30 @@ def _jobs(n: int) -> str:
     return f"{n} job" if n == 1 else f"{n} jobs"
 
 
-def _restored_after(job: LedgerJob, restores: Sequence[datetime]) -> bool:
-    """Whether a restore began after the job's first commit was recorded: it may have taken
-    the job's rows away, or brought back those its cancel removed. (No job runs during a
+@dataclass(frozen=True, slots=True)
+class Restore:
+    """A restore of the table: when it began, and the version it brought back (None: unknown,
+    taken to be older than every commit)."""
+
+    at: datetime
+    version: int | None
+
+
+def _taken_away(restore: Restore, versions: set[int]) -> bool:
+    """Whether a restore that began after a job's first commit may have taken rows of it away:
+    it brought back a version older than one of the job's commits. (No job runs during a
     restore: it is refused while one of the table is unfinished.)"""
-    return job.first_done_at is not None and any(at > job.first_done_at for at in restores)
+    if restore.version is None or not versions:
+        return True  # what it brought back, or where the job's rows were, is not known
+    return max(versions) > restore.version
+
+
+def _brought_back(restore: Restore, versions: set[int]) -> bool:
+    """Whether a restore after a job's cancel may have brought its rows back: it brought back
+    a version made after one of the job's commits."""
+    if restore.version is None or not versions:
+        return True
+    return restore.version >= min(versions)
 
 
 def _replaceable(job: LedgerJob, ledger: list[LedgerJob], created: _Created) -> bool:

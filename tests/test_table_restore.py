@@ -165,3 +165,15 @@ def test_a_resume_after_a_cleanup_still_finds_a_commit_cut_off_from_its_record(s
     service.store.finish(cut_off, JobStatus.SUCCEEDED)
     report = service.verify_table(TENANT, "docs")
     assert report.ok and not report.problems, report.lines()
+
+
+def test_verify_after_a_restore_still_names_the_rows_lost_of_the_jobs_it_kept(service, table):
+    kept = ledger_job(service.store, table, ["a"])
+    ledger_job(service.store, table, ["b"])
+    ledger_job(service.store, table, ["c"])
+    service.restore_table(TENANT, "docs", 3)  # takes away the third job's row only
+    assert service.verify_table(TENANT, "docs").ok
+    table.dataset().delete(f"job_id = '{kept}'")  # a row lost: not the restore's doing
+    report = service.verify_table(TENANT, "docs")
+    assert [p.kind for p in report.problems] == ["missing_rows"], report.lines()
+    assert kept in report.problems[0].message

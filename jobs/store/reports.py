@@ -26,7 +26,9 @@ _TABLE_LEDGER = (
 # The ledger rows of restores (jobs.table_admin): when each restore of a tenant's table began.
 RESTORE = "restore"
 _TABLE_RESTORES = (
-    "SELECT l.job_id, l.version, l.read_version, j.created_at AS at FROM ledger_commits l "
+    "SELECT l.job_id, l.version, l.read_version, j.created_at AS at, "
+    "TRY_CAST(json_extract_string(j.details, '$.restore.version') AS BIGINT) AS restored "
+    "FROM ledger_commits l "
     f"JOIN jobs j ON j.id = l.job_id WHERE j.tenant = ? AND j.table_name = ? AND l.kind = "
     f"'{RESTORE}' ORDER BY j.created_at"
 )
@@ -57,12 +59,14 @@ class LedgerJob:
 @dataclass(frozen=True, slots=True)
 class RestoreRow:
     """A restore of a table as the ledger records it: the job recording it, the version its
-    commit made and the one it read, and when it began."""
+    commit made and the one it read, when it began, and the version it brought back (None
+    where its job's details do not say)."""
 
     job_id: str
     version: int
     read_version: int
     at: datetime
+    restored: int | None
 
 
 class StoreReports(Connected):
