@@ -6,6 +6,7 @@ records them (tests/table_commits.py)."""
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -21,7 +22,7 @@ from embedscale.jobs.ledger import (
     versions_needed_from,
 )
 from embedscale.jobs.service import JobService
-from embedscale.jobs.states import JobStatus
+from embedscale.jobs.states import TERMINAL, JobStatus
 from embedscale.jobs.store.records import MAINTENANCE
 from tests.table_commits import ledger_job, new_table
 
@@ -177,3 +178,23 @@ def test_verify_after_a_restore_still_names_the_rows_lost_of_the_jobs_it_kept(se
     report = service.verify_table(TENANT, "docs")
     assert [p.kind for p in report.problems] == ["missing_rows"], report.lines()
     assert kept in report.problems[0].message
+
+
+@pytest.mark.slow
+def test_with_a_runner_optimize_goes_on_its_maintenance_thread(cluster, tmp_path):
+    from tests.conftest import started_service
+
+    with started_service(cluster, tmp_path / "data") as running:
+        table = new_table(running.tenant_data_dir(TENANT))
+        for doc in "abc":
+            ledger_job(running.store, table, [doc])
+        assert running.optimize_table(TENANT, "docs") is None  # started, not waited for
+        deadline = time.monotonic() + 60
+        while not (runs := running.list(kind=MAINTENANCE)[0]) or runs[0].status not in TERMINAL:
+            assert time.monotonic() < deadline, runs
+            time.sleep(0.05)
+        assert runs[0].status == JobStatus.SUCCEEDED, runs[0].error
+        assert len(table.dataset().get_fragments()) == 1
+        done = running.restore_table(TENANT, "docs", 3)  # with the runner's compactions held
+        assert doc_ids(table) == ["a", "b"] and done.job_id is not None
+        assert running.verify_table(TENANT, "docs").ok
