@@ -3,11 +3,12 @@ optimize it now, drop it; each refused while a job of the table is unfinished, a
 per table (a drop under way refuses the others, and the reverse).
 
 A restore is recorded in the job ledger as a job of kind `maintenance` (visible in the job list)
-with one ledger row of kind RESTORE: the version the restore made, the one it read, and, in the
-job's details, the version it brought back. `embedscale verify` reads these rows: a restore
-takes away the rows of the jobs after the version it brings back, and can bring back rows of a
-job cancelled since; neither is a lost commit (jobs/table_verify.py). The restore's own commit
-names no job's partition, so a resume finds nothing of a job in it (jobs/ledger.py).
+with one ledger row of kind RESTORE, written before its commit: the version it read; the job's
+details say the version it brought back and, once committed, the version it made. `embedscale
+verify` reads these rows: a restore takes away the rows of the jobs after the version it brings
+back, and can bring back rows of a job cancelled since; neither is a lost commit
+(jobs/table_verify.py). The restore's own commit names no job's partition, so a resume finds
+nothing of a job in it (jobs/ledger.py).
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ def show(data_dir: Path | Location, name: str) -> TableView:
 
 def restore_version(store: Store, tenant: str, table: ChunkTable, version: int) -> Restored:
     """Bring the tenant's `table` back to `version` as a new commit, recorded in the ledger
-    (see the module docstring). The job is recorded running before the commit, so a crash in
-    between leaves a run the runner ends as interrupted, not a commit nobody knows."""
+    (see the module docstring). The job and its ledger row are recorded before the commit, so
+    a crash in between leaves a run the runner ends as interrupted and a restore verify allows
+    for, not a commit nobody knows."""
     try:
         latest = require_version(table.uri, table.storage, version)
     except TableNotFoundError:
@@ -156,9 +158,13 @@ def restore_version(store: Store, tenant: str, table: ChunkTable, version: int) 
         created_at=now,
         updated_at=now,
         kind=MAINTENANCE,
+        details={"restore": {"version": version, "read_version": latest}},
     )
     store.insert_job(record, [])
     store.start_jobs([record.id])
+    # Recorded before the commit (the version it makes not known yet): a crash between the
+    # two leaves a restore that verify allows for, never a commit the ledger does not know.
+    store.add_ledger_rows([LedgerRow(record.id, RESTORE, None, latest)])
     try:
         made = restore(table.uri, table.storage, version)
     except Exception as exc:
@@ -170,7 +176,6 @@ def restore_version(store: Store, tenant: str, table: ChunkTable, version: int) 
             details={"restore": {"version": version, "read_version": latest}},
         )
         raise
-    store.add_ledger_rows([LedgerRow(record.id, RESTORE, made, latest)])
     store.finish(
         record.id,
         JobStatus.SUCCEEDED,

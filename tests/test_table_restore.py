@@ -198,3 +198,23 @@ def test_with_a_runner_optimize_goes_on_its_maintenance_thread(cluster, tmp_path
         done = running.restore_table(TENANT, "docs", 3)  # with the runner's compactions held
         assert doc_ids(table) == ["a", "b"] and done.job_id is not None
         assert running.verify_table(TENANT, "docs").ok
+
+
+def test_a_restore_whose_commit_fails_is_recorded_failed_and_changes_nothing(
+    service, table, monkeypatch
+):
+    from embedscale.jobs import table_admin
+
+    ledger_job(service.store, table, ["a"])
+    ledger_job(service.store, table, ["b"])
+
+    def refused(*args):
+        raise OSError("the object store refused the manifest")
+
+    monkeypatch.setattr(table_admin, "restore", refused)
+    with pytest.raises(OSError):
+        service.restore_table(TENANT, "docs", 2)
+    [run] = service.list(kind=MAINTENANCE)[0]
+    assert (run.status, run.error_reason) == (JobStatus.FAILED, "restore_failed")
+    assert doc_ids(table) == ["a", "b"] and service.store.table_restores(TENANT, "docs") == []
+    assert service.verify_table(TENANT, "docs").ok

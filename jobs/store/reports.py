@@ -26,11 +26,12 @@ _TABLE_LEDGER = (
 # The ledger rows of restores (jobs.table_admin): when each restore of a tenant's table began.
 RESTORE = "restore"
 _TABLE_RESTORES = (
-    "SELECT l.job_id, l.version, l.read_version, j.created_at AS at, "
+    "SELECT l.job_id, coalesce(l.version, TRY_CAST(json_extract_string(j.details, "
+    "'$.restore.made') AS BIGINT)) AS version, l.read_version, j.created_at AS at, "
     "TRY_CAST(json_extract_string(j.details, '$.restore.version') AS BIGINT) AS restored "
-    "FROM ledger_commits l "
-    f"JOIN jobs j ON j.id = l.job_id WHERE j.tenant = ? AND j.table_name = ? AND l.kind = "
-    f"'{RESTORE}' ORDER BY j.created_at"
+    "FROM ledger_commits l JOIN jobs j ON j.id = l.job_id WHERE j.tenant = ? AND "
+    f"j.table_name = ? AND l.kind = '{RESTORE}' AND coalesce(j.error_reason, '') <> "
+    "'restore_failed' ORDER BY j.created_at"
 )
 _EMBEDDED = (
     "SELECT tenant, json_extract_string(spec, '$.model'), sum(chunks_done), "
@@ -58,12 +59,12 @@ class LedgerJob:
 
 @dataclass(frozen=True, slots=True)
 class RestoreRow:
-    """A restore of a table as the ledger records it: the job recording it, the version its
-    commit made and the one it read, when it began, and the version it brought back (None
-    where its job's details do not say)."""
+    """A restore of a table as the ledger records it (a failed one left out): the job recording
+    it, the version its commit made (None: not known, a crash came between them) and the one it
+    read, when it began, and the version it brought back (None where its job does not say)."""
 
     job_id: str
-    version: int
+    version: int | None
     read_version: int
     at: datetime
     restored: int | None
