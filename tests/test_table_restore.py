@@ -23,7 +23,7 @@ from embedscale.jobs.ledger import (
 )
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import TERMINAL, JobStatus
-from embedscale.jobs.store.records import MAINTENANCE
+from embedscale.jobs.store.records import MAINTENANCE, JobRecord
 from tests.table_commits import ledger_job, new_table
 
 TENANT = "local"
@@ -42,6 +42,11 @@ def table(service) -> ChunkTable:
 
 def doc_ids(table: ChunkTable) -> list[str]:
     return sorted(table.dataset().to_table(columns=["doc_id"]).column("doc_id").to_pylist())
+
+
+def maintenance_jobs(service: JobService) -> list[JobRecord]:
+    """The maintenance runs and restores of the data dir, newest first."""
+    return [j for j in service.list()[0] if j.kind == MAINTENANCE]
 
 
 def test_history_names_the_jobs_of_the_ledger(service, table):
@@ -91,7 +96,7 @@ def test_a_restore_to_a_version_the_table_lacks_changes_nothing(service, table):
         service.restore_table(TENANT, "docs", 7)
     assert refused.value.field == "version"
     assert table.dataset().version == 2
-    jobs, _ = service.list(kind=MAINTENANCE)
+    jobs = maintenance_jobs(service)
     assert jobs == []
 
 
@@ -190,7 +195,7 @@ def test_with_a_runner_optimize_goes_on_its_maintenance_thread(cluster, tmp_path
             ledger_job(running.store, table, [doc])
         assert running.optimize_table(TENANT, "docs") is None  # started, not waited for
         deadline = time.monotonic() + 60
-        while not (runs := running.list(kind=MAINTENANCE)[0]) or runs[0].status not in TERMINAL:
+        while not (runs := maintenance_jobs(running)) or runs[0].status not in TERMINAL:
             assert time.monotonic() < deadline, runs
             time.sleep(0.05)
         assert runs[0].status == JobStatus.SUCCEEDED, runs[0].error
@@ -214,7 +219,7 @@ def test_a_restore_whose_commit_fails_is_recorded_failed_and_changes_nothing(
     monkeypatch.setattr(table_admin, "restore", refused)
     with pytest.raises(OSError):
         service.restore_table(TENANT, "docs", 2)
-    [run] = service.list(kind=MAINTENANCE)[0]
+    [run] = maintenance_jobs(service)
     assert (run.status, run.error_reason) == (JobStatus.FAILED, "restore_failed")
     assert doc_ids(table) == ["a", "b"] and service.store.table_restores(TENANT, "docs") == []
     assert service.verify_table(TENANT, "docs").ok
