@@ -463,9 +463,13 @@ class JobService:
                 "once the run ends (embedscale jobs list --kind maintenance)"
             )
         with self.table_actions.hold(tenant, name, "dropped"):
-            remove_table(table)
-            if self.runner is not None:
-                self.runner.forget_table(table.uri)
+            if self.runner is None:
+                remove_table(table)
+                return
+            # No maintenance run of the runner's starts on the table while it goes.
+            with self.runner.maintenance.exclusive(table.uri):
+                remove_table(table)
+            self.runner.forget_table(table.uri)
 
     def tables(self, tenant: str) -> builtins.list[TableInfo]:
         """The tenant's tables with their rows, model and dimension, by name."""

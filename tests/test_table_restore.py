@@ -203,6 +203,8 @@ def test_with_a_runner_optimize_goes_on_its_maintenance_thread(cluster, tmp_path
         done = running.restore_table(TENANT, "docs", 3)  # with the runner's compactions held
         assert doc_ids(table) == ["a", "b"] and done.job_id is not None
         assert running.verify_table(TENANT, "docs").ok
+        running.drop_table(TENANT, "docs")  # with the runner's maintenance held off it
+        assert not table.exists()
 
 
 def test_a_restore_whose_commit_fails_is_recorded_failed_and_changes_nothing(
