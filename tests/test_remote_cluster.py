@@ -16,7 +16,7 @@ from embedscale.engine.storage.locations import Location, resolve_storage_option
 from embedscale.engine.tables.catalog import read_table
 from embedscale.jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
-from tests.dask_processes import DaskProcesses, run_cli
+from tests.dask_processes import DaskProcesses, run_cli_in_process
 from tests.helpers import assert_verified, logged
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,8 @@ def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
         with start_cluster(ClusterSpec(kind="address", address=procs.address)) as cluster:
             procs.wait_for_workers(cluster.client, 2)
 
-            # A clean run, through the CLI and --scheduler.
-            done = run_cli(
+            # A clean run, through the CLI and --scheduler (the command in this process).
+            done = run_cli_in_process(
                 "run",
                 source,
                 "--table",
@@ -130,7 +130,7 @@ def test_a_scheduler_restarted_mid_job_costs_nothing(small_corpus, tmp_path):
 
 
 def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
-    done = run_cli(
+    done = run_cli_in_process(
         "run",
         str(SAMPLE_CORPUS / "notes"),
         "--table",
@@ -139,7 +139,6 @@ def test_a_scheduler_that_does_not_answer_is_one_line(tmp_path):
         "tcp://127.0.0.1:9",
         "--data-dir",
         str(tmp_path / "d"),
-        timeout=120,
     )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()

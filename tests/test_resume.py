@@ -16,7 +16,7 @@ import pytest
 from embedscale.jobs.local_run import EmbedRequest, run_embedding
 from embedscale.jobs.store.duckdb_store import Store
 from tests.corpora import jsonl_corpus
-from tests.helpers import assert_verified
+from tests.helpers import assert_verified, embedscale_in_process
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,13 +62,16 @@ def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
     proc.wait()
     rows_at_kill = lance.dataset(str(uri)).count_rows()
 
-    resumed = subprocess.run(
-        cli("jobs", "resume", "--data-dir", str(data), "--workers", "2", "--json"),
-        env=ENV,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    # Started again: `embedscale jobs resume`, here in this process on the session's cluster
+    # (what was killed was the process that owned the job, and its workers).
+    resumed = embedscale_in_process(
+        "jobs",
+        "resume",
+        "--data-dir",
+        str(data),
+        "--scheduler",
+        cluster.client.scheduler.address,
+        "--json",
     )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
