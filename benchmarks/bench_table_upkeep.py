@@ -95,7 +95,7 @@ def small_jobs(args: argparse.Namespace) -> None:
                 time.sleep(0.1)
             before = shape(table.uri)
             runs_before = maintenance.figures.runs.counts()
-            assert maintenance.maintain_now(Target(table, "local", "t"))
+            assert maintenance.maintain_now(Target(table, "local", "t")) is not None
             while maintenance.running(table.uri):
                 time.sleep(0.1)
             after = shape(table.uri)

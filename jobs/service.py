@@ -406,7 +406,7 @@ class JobService:
         if cursor:
             last = self.store.get_job(cursor, tenant)
             before = (last.created_at, last.id)
-        jobs = self.store.list_jobs(tenant, status, table, limit + 1, before, schedule)
+        jobs = self.store.list_jobs(tenant, status, table, limit + 1, before, schedule, kind)
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more and jobs else None)
@@ -522,19 +522,22 @@ class JobService:
     ) -> JobRecord | None:
         """One maintenance run of one of the tenant's tables now: compaction, index refresh,
         cleanup of the versions older than `retention` (default: the runner config's) that no
-        unfinished job needs. With a runner it goes on the runner's maintenance thread (None
-        returned: see the job list); without one (the CLI) it runs here and its record is
-        returned. ConflictError while a job of the table is unfinished or another action holds
-        it."""
+        unfinished job needs. With a runner it goes on the runner's maintenance thread and its
+        record is returned as it starts (running); without one (the CLI) it runs here and its
+        record is returned once it ended. ConflictError while a job of the table is unfinished
+        or another action holds it."""
         if retention is not None and retention < timedelta(0):
             raise InvalidFieldError("retention", "a retention window is 0 or more")
         table = existing_table(self.tenant_data_dir(tenant), name)
         with self.table_actions.hold(tenant, name, "optimized"):
             refuse_while_written(self.store, tenant, name, "optimize")
             if self.runner is not None:
-                if not self.runner.maintenance.maintain_now(Target(table, tenant, name)):
+                run_id = self.runner.maintenance.maintain_now(
+                    Target(table, tenant, name), retention
+                )
+                if run_id is None:
                     raise ConflictError(f"table '{name}' is being maintained already")
-                return None
+                return self.store.get_job(run_id) if run_id else None
             return optimize_now(
                 self.store,
                 tenant,

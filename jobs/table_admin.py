@@ -195,32 +195,16 @@ def optimize_now(
     compaction, index refresh, cleanup of the versions older than `retention` that no job not
     yet ended needs (jobs.ledger.versions_needed_from); recorded as a job of kind
     `maintenance`, returned once it ended (None: the store did not record it)."""
-    runs = _Recorded(StoredMaintenanceRuns(store, publish))
     maintenance = TableMaintenance(
         lambda: None,
         after_fragments=None,
-        runs=runs,
+        runs=StoredMaintenanceRuns(store, publish),
         keep_from=lambda t, n: versions_needed_from(store, t, n),
         retention=retention,
         sweep_every_s=None,
     )
     try:
-        maintenance.maintain_now(Target(table, tenant, table.name))
+        run_id = maintenance.maintain_now(Target(table, tenant, table.name))
     finally:
         maintenance.close()  # waits for the run
-    return store.get_job(runs.run_id) if runs.run_id else None
-
-
-class _Recorded:
-    """The store's record of maintenance runs, remembering the id of the run it started."""
-
-    def __init__(self, runs: StoredMaintenanceRuns) -> None:
-        self.runs = runs
-        self.run_id: str | None = None
-
-    def started(self, tenant: str, table_name: str) -> str:
-        run_id = self.run_id = self.runs.started(tenant, table_name)
-        return run_id
-
-    def ended(self, run_id: str, details: dict[str, Any], error: str | None) -> None:
-        self.runs.ended(run_id, details, error)
+    return store.get_job(run_id) if run_id else None

@@ -152,15 +152,19 @@ def test_one_run_at_a_time_per_table_and_commits_wait_only_for_compaction(tmp_pa
     assert recorder.entered.wait(10)
     assert m.busy(t.table.uri) and m.running(t.table.uri)
     m.committed(t, 50)  # while it runs: no second run of the same table
-    assert m.maintain_now(t) is False
+    assert m.maintain_now(t) is None  # one is under way
     assert not m.busy(other.table.uri)  # another table's commits never wait
     recorder.release.set()
     wait_for(lambda: len(runs.ended) == 1)
     assert woken.is_set()  # the runner is told to commit what waited
     assert not m.busy(t.table.uri) and not m.running(t.table.uri)
     assert runs.started == [("acme", "t")]
-    assert m.maintain_now(t) is True  # an operator's run, once the last one ended
+    assert m.maintain_now(t, timedelta(hours=1)) == "run-2"  # once the last one ended
     wait_for(lambda: len(runs.ended) == 2)
+    assert recorder.calls[-1][2] == timedelta(hours=1)  # the operator's retention
+    m.forget(t.table.uri)  # dropped: the sweep never brings it back
+    m.committed(other, 1)
+    wait_for(lambda: len(runs.ended) == 3)
     m.close()
 
 

@@ -193,7 +193,8 @@ def test_with_a_runner_optimize_goes_on_its_maintenance_thread(cluster, tmp_path
         table = new_table(running.tenant_data_dir(TENANT))
         for doc in "abc":
             ledger_job(running.store, table, [doc])
-        assert running.optimize_table(TENANT, "docs") is None  # started, not waited for
+        started = running.optimize_table(TENANT, "docs")  # its job as it starts, not waited for
+        assert started is not None and started.kind == "maintenance"
         deadline = time.monotonic() + 60
         while not (runs := maintenance_jobs(running)) or runs[0].status not in TERMINAL:
             assert time.monotonic() < deadline, runs

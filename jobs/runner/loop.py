@@ -162,8 +162,10 @@ class Runner:
         self._inbox.put(CancelRequested(job_id))
 
     def forget_table(self, uri: str) -> None:
-        """A table was dropped: the next job on that name prepares it afresh."""
+        """A table was dropped: the next job on that name prepares it afresh, and no sweep of
+        the maintenance brings a run of it back."""
         self._preparer.forget_table(uri)
+        self.maintenance.forget(uri)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful shutdown: feed nothing new, let in-flight partitions finish and be

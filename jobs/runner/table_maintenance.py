@@ -167,30 +167,39 @@ class TableMaintenance:
                 for uri, added in self._added.items()
                 if added > 0 and now - self._last_run.get(uri, now) >= self.sweep_every_s
             ]
-        return sum(self._start(uri) for uri in due)
+        return sum(self._start(uri) is not None for uri in due)
 
-    def maintain_now(self, target: Target) -> bool:
-        """Start a run of the target's table now (an operator's request); False if one is
-        under way."""
+    def maintain_now(self, target: Target, retention: timedelta | None = None) -> str | None:
+        """Start a run of the target's table now (an operator's request), removing versions
+        older than `retention` (default: this maintenance's); its job id ("" when runs are
+        not recorded), or None if a run of the table is under way."""
         with self._lock:
             self._targets[target.table.uri] = target
-        return self._start(target.table.uri)
+        return self._start(target.table.uri, retention)
 
-    def _start(self, uri: str) -> bool:
+    def forget(self, uri: str) -> None:
+        """A table was dropped: no sweep or count brings a run of it back."""
+        with self._lock:
+            for known in (self._targets, self._added, self._last_run):
+                known.pop(uri, None)
+
+    def _start(self, uri: str, retention: timedelta | None = None) -> str | None:
         with self._lock:
             if uri in self._running or uri in self._busy:
-                return False
+                return None
             self._running.add(uri)
             self._busy[uri] = threading.Event()
             self._added[uri] = 0
             self._last_run[uri] = time.monotonic()
             target = self._targets[uri]
-        self._pool.submit(self._run, target)
-        return True
-
-    def _run(self, target: Target) -> None:
-        uri, details, failed = target.table.uri, {}, None
+        # Recorded before it is queued, so an operator's request answers with its job.
         run_id = self._record_start(target)
+        self._pool.submit(self._run, target, run_id, retention or self.retention)
+        return run_id or ""
+
+    def _run(self, target: Target, run_id: str | None, retention: timedelta) -> None:
+        uri, failed = target.table.uri, None
+        details: dict[str, Any] = {}
         self.figures.running += 1
         try:
             try:
@@ -209,7 +218,7 @@ class TableMaintenance:
                 keep = self.keep_from(target.tenant, target.name)
                 details["keep_from_version"] = keep
                 cleaned = self._step(
-                    "cleanup", self.steps.cleanup, target.table, details, self.retention, keep
+                    "cleanup", self.steps.cleanup, target.table, details, retention, keep
                 )
                 self.figures.removed.add("versions", cleaned.versions)
                 self.figures.removed.add("bytes", cleaned.bytes)
