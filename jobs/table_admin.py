@@ -14,7 +14,6 @@ nothing of a job in it (jobs/ledger.py).
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,12 +29,12 @@ from embedscale.engine.tables.indexes import IndexInfo, index_state
 from embedscale.engine.tables.versions import TableDetails, describe, require_version, restore
 from embedscale.jobs.errors import ConflictError, InvalidFieldError
 from embedscale.jobs.ledger import versions_needed_from
-from embedscale.jobs.runner.maintenance_runs import StoredMaintenanceRuns
+from embedscale.jobs.runner.maintenance_runs import StoredMaintenanceRuns, maintenance_record
 from embedscale.jobs.runner.table_maintenance import RETENTION, TableMaintenance, Target
 from embedscale.jobs.states import JobStatus
-from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.duckdb_store import Store
 from embedscale.jobs.store.ledger import LedgerRow
-from embedscale.jobs.store.records import MAINTENANCE, JobRecord
+from embedscale.jobs.store.records import JobRecord
 from embedscale.jobs.store.reports import RESTORE
 
 
@@ -146,19 +145,11 @@ def restore_version(store: Store, tenant: str, table: ChunkTable, version: int) 
         raise InvalidFieldError("version", str(exc)) from None
     if version == latest:
         return Restored(table.name, version, latest, None)
-    now = utcnow()
-    record = JobRecord(
-        id=uuid.uuid4().hex,
-        tenant=tenant,
-        spec={"kind": MAINTENANCE, "table": table.name, "restore": version},
-        status=JobStatus.QUEUED,
-        priority="normal",
-        table_name=table.name,
-        history=[(str(JobStatus.QUEUED), now.isoformat())],
-        created_at=now,
-        updated_at=now,
-        kind=MAINTENANCE,
+    record = maintenance_record(
+        tenant,
+        table.name,
         details={"restore": {"version": version, "read_version": latest}},
+        restore=version,
     )
     store.insert_job(record, [])
     store.start_jobs([record.id])

@@ -18,6 +18,27 @@ from embedscale.jobs.store.rows import utcnow
 INTERRUPTED = "interrupted: the process running it stopped; the next run starts over"
 
 
+def maintenance_record(
+    tenant: str, table_name: str, details: dict[str, Any] | None = None, **spec: Any
+) -> JobRecord:
+    """A new maintenance job of the tenant's table (queued; the caller starts it): a run, or
+    an operator's restore (`spec` says which, `details` what it is about to do)."""
+    now = utcnow()
+    return JobRecord(
+        id=uuid.uuid4().hex,
+        tenant=tenant,
+        spec={"kind": MAINTENANCE, "table": table_name, **spec},
+        status=JobStatus.QUEUED,
+        priority="normal",
+        table_name=table_name,
+        history=[(str(JobStatus.QUEUED), now.isoformat())],
+        created_at=now,
+        updated_at=now,
+        kind=MAINTENANCE,
+        details=details,
+    )
+
+
 class StoredMaintenanceRuns:
     """Records the runs of TableMaintenance in the store; `publish` tells watchers (the API's
     WebSockets and the job list's caches) of each change, as the runner does for jobs."""
@@ -26,19 +47,7 @@ class StoredMaintenanceRuns:
         self.store, self.publish = store, publish
 
     def started(self, tenant: str, table_name: str) -> str:
-        now = utcnow()
-        record = JobRecord(
-            id=uuid.uuid4().hex,
-            tenant=tenant,
-            spec={"kind": MAINTENANCE, "table": table_name},
-            status=JobStatus.QUEUED,
-            priority="normal",
-            table_name=table_name,
-            history=[(str(JobStatus.QUEUED), now.isoformat())],
-            created_at=now,
-            updated_at=now,
-            kind=MAINTENANCE,
-        )
+        record = maintenance_record(tenant, table_name)
         self.store.insert_job(record, [])
         for running in self.store.start_jobs([record.id]):
             self.publish(running)
