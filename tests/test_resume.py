@@ -28,7 +28,7 @@ def cli(*args: str) -> list[str]:
 
 
 def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
-    corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=200)
+    corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=112)  # 7 partitions: 3 commits, then the kill
     data = tmp_path / "data"
     uri = data / "lancedb" / "docs.lance"
     # The driver and its worker processes share a new process group: kill them all at once,
@@ -156,7 +156,7 @@ def test_graceful_stop_records_in_flight_work_and_resumes_later(cluster, tmp_pat
         {
             "table": "t",
             "chunk_tokens": 32,
-            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=200)),
+            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=112)),
         },
     )
     deadline = time.monotonic() + 120
