@@ -28,7 +28,9 @@ def chunk_ids(home: Location, table: str) -> list[str]:
 
 def test_a_killed_worker_process_costs_nothing(s3_store, tmp_path):
     bucket = s3_store.make_bucket()
-    s3_store.upload(SAMPLE_CORPUS / "stdlib", f"s3://{bucket}/docs")
+    for path in (SAMPLE_CORPUS / "stdlib").glob("*.txt"):  # its biggest file left out: 73 KB
+        if path.name != "collections-reference.txt":
+            s3_store.upload(path, f"s3://{bucket}/docs/{path.name}")
     source, tables = f"s3://{bucket}/docs/", f"s3://{bucket}/tables"
     home = Location(tables, resolve_storage_options(s3_store.options))
     procs = DaskProcesses(tmp_path / "dask", workers=2)
