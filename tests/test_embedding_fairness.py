@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedscale.engine.tasks.request_embedding import RequestEmbedded, RequestTooLong
-from embedscale.jobs.embeddings.batcher import EmbeddingBatcher, _Request, cut
+from embedscale.jobs.embeddings.batcher import DEFAULT_MAX_CHARS, EmbeddingBatcher, _Request, cut
 
 pytestmark = pytest.mark.slow
 WORDS = ["cluster", "worker", "model", "batch", "token", "vector", "table", "quota", "tenant"]
@@ -36,8 +36,9 @@ def test_a_request_is_cut_by_characters_and_inputs():
 
 @pytest.fixture
 def batcher(cluster):
-    """A batcher with one task in flight at a time: what it sends next is its choice alone."""
-    b = EmbeddingBatcher(lambda: cluster.client, lambda: 1)
+    """A batcher with one task in flight at a time: what it sends next is its choice alone. Its
+    pieces are a quarter of the default's characters, so a quarter of the text makes as many."""
+    b = EmbeddingBatcher(lambda: cluster.client, lambda: 1, max_chars=DEFAULT_MAX_CHARS // 4)
     yield b
     b.close()
 
@@ -47,7 +48,7 @@ def test_a_small_request_goes_between_the_pieces_of_a_big_one(batcher, st_model)
 
     spec = resolve_model("all-MiniLM-L6-v2")
     batcher.submit(spec, ["warm"], "warm").result(timeout=120)  # the model loaded
-    big_texts = sentences(2048)
+    big_texts = sentences(512)
     order: list[str] = []
     big = batcher.submit(spec, big_texts, "whale", weight=4.0)
     big.add_done_callback(lambda _: order.append("big"))
@@ -56,8 +57,8 @@ def test_a_small_request_goes_between_the_pieces_of_a_big_one(batcher, st_model)
     embedded = big.result(timeout=300)
     small.result(timeout=300)
     assert order == ["small", "big"]
-    assert batcher.counts.tasks >= 1 + 2048 * 40 // batcher.max_chars  # the big one in pieces
-    assert isinstance(embedded, RequestEmbedded) and embedded.vectors.shape == (2048, 384)
+    assert batcher.counts.tasks >= 1 + 512 * 40 // batcher.max_chars  # the big one in pieces
+    assert isinstance(embedded, RequestEmbedded) and embedded.vectors.shape == (512, 384)
     want = st_model.encode(big_texts, convert_to_numpy=True)
     cosine = (embedded.vectors * want).sum(1) / np.linalg.norm(want, axis=1)
     assert cosine.min() >= 0.9999  # every piece's vectors, back in the request's order
