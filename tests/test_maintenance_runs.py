@@ -194,6 +194,17 @@ def test_a_failed_compaction_still_lets_the_tables_commits_go(tmp_path):
     m.close()
 
 
+def test_a_run_asked_for_after_close_is_recorded_as_not_started(tmp_path):
+    recorder, runs = Recorder(), FakeRuns()
+    m = maintenance(recorder, runs, after_fragments=1)
+    m.close()  # the service stops; its last commits still count fragments
+    t = target(tmp_path)
+    m.committed(t, 5)
+    assert m.maintain_now(t) is None
+    assert recorder.calls == [] and not m.running(t.table.uri) and not m.busy(t.table.uri)
+    assert [e[2].startswith("not started") for e in runs.ended] == [True, True]
+
+
 def test_the_sweep_maintains_tables_below_the_count_once_their_time_is_up(tmp_path):
     recorder, runs = Recorder(), FakeRuns()
     m = maintenance(recorder, runs, after_fragments=None, sweep_every_s=0.2)

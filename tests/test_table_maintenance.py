@@ -4,6 +4,7 @@ many fragments is compacted while jobs keep committing to it, and nothing is los
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import lance
@@ -36,14 +37,19 @@ def test_a_splintered_table_is_compacted_while_jobs_commit(cluster, tmp_path):
         finals = [service.wait(j.id, timeout=300) for j in jobs]
         assert {f.status for f in finals} == {JobStatus.SUCCEEDED}
         assert service.runner.maintenance.compactions >= 1
-        ds = lance.dataset(ChunkTable(service.tenant_data_dir("local"), "t").uri)
+        table = ChunkTable(service.tenant_data_dir("local"), "t")
+        ds = lance.dataset(table.uri)
         rows = ds.to_table(columns=["id", "job_id"]).to_pylist()
         assert len(rows) == len({r["id"] for r in rows}) == 80  # each row once
         assert {r["job_id"] for r in rows} == {j.id for j in jobs}
         # 40 partitions committed, at least 40 fragments; compaction merged them.
         assert len(ds.get_fragments()) < 40 - 6
         # Each run is a job of kind maintenance that says what its steps did.
-        service.runner.maintenance.close()  # the run under way, if any, ends
+        maintenance = service.runner.maintenance
+        deadline = time.monotonic() + 60
+        while maintenance.running(table.uri):  # the run under way, if any, ends
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         runs, _ = service.list(kind="maintenance")
         assert runs and {r.status for r in runs} == {JobStatus.SUCCEEDED}
         details = runs[-1].details

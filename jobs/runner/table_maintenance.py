@@ -194,7 +194,14 @@ class TableMaintenance:
             target = self._targets[uri]
         # Recorded before it is queued, so an operator's request answers with its job.
         run_id = self._record_start(target)
-        self._pool.submit(self._run, target, run_id, retention or self.retention)
+        try:
+            self._pool.submit(self._run, target, run_id, retention or self.retention)
+        except RuntimeError as exc:  # closed: the service is stopping; nothing was done
+            with self._lock:
+                self._running.discard(uri)
+                self._busy.pop(uri).set()
+            self._record_end(run_id, {}, f"not started: {exc}")
+            return None
         return run_id or ""
 
     def _run(self, target: Target, run_id: str | None, retention: timedelta) -> None:
@@ -264,7 +271,8 @@ class TableMaintenance:
             log.warning("maintenance run %s: its end not recorded: %s", run_id, exc)
 
     def close(self) -> None:
-        """Let a running maintenance run finish; start no more."""
+        """Let a running maintenance run finish; start no more (a table whose commits add up
+        afterwards is maintained by the next process)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
