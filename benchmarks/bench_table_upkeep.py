@@ -6,10 +6,11 @@ JobService on a LocalCluster (`--workers` processes, the real model), with maint
 defaults (a run per 64 fragments); then one more run (as `embedscale tables optimize` does),
 with `--retention-days` (0: every version no job needs is removed). Prints rows, fragments and
 versions before and after, fragments per 100,000 rows, and the table's bytes on disk against a
-fresh copy of the same rows written in one go.
+fresh copy of the same rows written in one go, with the same indexes.
 
 `commits`: the cost of one small commit (and of the id check upsert makes before it) on a fresh
-table, on one of `--fragments` small fragments, and on that table once maintained: the Lance
+table, on one of `--fragments` small fragments (and as many versions), and on that table once
+maintained (compacted, its old versions removed): the Lance
 append commit the sink makes (engine.sink.replacement.commit_replacing) and
 engine.sink.lance_sink.existing_hashes, `--repeat` times each; medians and ratios to the fresh
 table's, measured in the same run.
@@ -37,7 +38,10 @@ from benchmarks.synthetic_table import SyntheticCorpus
 from embedscale.engine.sink.lance_sink import ChunkTable, existing_hashes
 from embedscale.engine.sink.replacement import commit_replacing
 from embedscale.engine.sink.schema import chunk_schema
+from embedscale.engine.storage.locations import NO_OPTIONS
+from embedscale.engine.tables.indexes import refresh_indexes
 from embedscale.engine.tables.maintenance import compact
+from embedscale.engine.tables.versions import cleanup
 
 DIMENSION = 384
 
@@ -54,6 +58,7 @@ def shape(uri: str) -> dict[str, int]:
         "fragments": len(ds.get_fragments()),
         "versions": len(ds.versions()),
         "bytes": disk_bytes(uri),
+        "index_bytes": disk_bytes(f"{uri}/_indices"),
     }
 
 
@@ -99,11 +104,17 @@ def small_jobs(args: argparse.Namespace) -> None:
             while maintenance.running(table.uri):
                 time.sleep(0.1)
             after = shape(table.uri)
+            if args.keep:
+                import shutil
+
+                shutil.copytree(table.uri, args.keep)
             runs, _ = service.list(kind="maintenance", limit=1000)
         finally:
             service.close()
+        # The same rows written in one go, with the same indexes built on them.
         fresh_uri = str(Path(tmp) / "fresh.lance")
         lance.write_dataset(lance.dataset(table.uri).to_table(), fresh_uri)
+        refresh_indexes(fresh_uri)
         fresh = shape(fresh_uri)
     print(f"{ok}/{args.jobs} small jobs succeeded in {seconds:.1f} s ({args.workers} workers)")
     print(f"maintenance runs during the jobs: {runs_before}; {len(runs)} runs in the job list")
@@ -115,7 +126,7 @@ def small_jobs(args: argparse.Namespace) -> None:
         print(
             f"{label:20} rows {s['rows']:>7,}  fragments {s['fragments']:>5} "
             f"({per_100k:,.1f} per 100,000 rows)  versions {s['versions']:>5}  "
-            f"bytes {s['bytes']:>12,}"
+            f"bytes {s['bytes']:>12,} (indexes {s['index_bytes']:>11,})"
         )
     print(f"disk use after maintenance / fresh copy: {after['bytes'] / fresh['bytes']:.2f}x")
     print(f"disk use before the last run / fresh copy: {before['bytes'] / fresh['bytes']:.2f}x")
@@ -160,8 +171,9 @@ def commits(args: argparse.Namespace) -> None:
                 timed(lambda uri=uri: existing_hashes(uri, ids), args.repeat),
                 fragments,
             )
-        done = compact(tables["splintered"])
         uri = tables["splintered"]
+        done = compact(uri)  # what a maintenance run does: compaction, then cleanup
+        cleanup(uri, NO_OPTIONS, timedelta(0))
         figures["maintained"] = (
             timed(lambda: one_commit(uri), args.repeat),
             timed(lambda: existing_hashes(uri, ids), args.repeat),
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs.add_argument("--workers", type=int, default=2)
     jobs.add_argument("--retention-days", type=float, default=0.0)
     jobs.add_argument("--verbose", action="store_true", help="print each run's details")
+    jobs.add_argument("--keep", metavar="DIR", help="copy the maintained table there")
     commit = sub.add_parser("commits")
     commit.add_argument("--fragments", type=int, default=300)
     commit.add_argument("--repeat", type=int, default=30)

@@ -162,19 +162,25 @@ def _unfinished_of(store: Store, tenant: str, job_id: str) -> bool:
     return record.tenant == tenant and record.status not in TERMINAL
 
 
-def versions_needed_from(store: Store, tenant: str, name: str) -> int | None:
-    """The oldest version of the tenant's table that a cleanup must keep (with every later
+def versions_needed_from(store: Store, tenant: str, table: ChunkTable) -> int | None:
+    """The oldest version of the tenant's `table` that a cleanup must keep (with every later
     one), None when only the newest matters: the versions the commits of jobs not yet ended
-    read (their undo brings rows back from them; their resume and sync read them), and every
-    version after the newest one the ledger recorded, since a commit a crash left unrecorded
-    is found there (`unrecorded_commits`; with the recorded version itself removed, it reads
-    what history is left, all of it after the removed run)."""
-    newest = store.newest_recorded(tenant, name, 2**62)
+    read (their undo brings rows back from them; their resume and sync read them), and the
+    first commit of a job after the newest version the ledger recorded, if there is one (a
+    commit a crash or a moment left unrecorded: resume finds it there). Versions the ledger
+    recorded, and maintenance's own versions after them, are needed by nothing: with the
+    recorded version removed, `unrecorded_commits` reads what history is left, all of it after
+    the removed run. Reads the table's commits after the newest recorded version."""
+    latest = latest_version(table)
+    if not latest:
+        return None
+    newest = store.newest_recorded(tenant, table.name, latest)
+    unrecorded = [c.version for c in commits_after(table, newest[0] if newest else 0) if c.jobs()]
     needed = [
         v
         for v in (
-            store.oldest_read_by_unfinished(tenant, name),
-            newest[0] + 1 if newest is not None else None,
+            store.oldest_read_by_unfinished(tenant, table.name),
+            min(unrecorded, default=None),
         )
         if v is not None
     ]

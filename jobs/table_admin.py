@@ -190,7 +190,7 @@ def optimize_now(
         lambda: None,
         after_fragments=None,
         runs=StoredMaintenanceRuns(store, publish),
-        keep_from=lambda t, n: versions_needed_from(store, t, n),
+        keep_from=lambda target: versions_needed_from(store, target.tenant, target.table),
         retention=retention,
         sweep_every_s=None,
     )

@@ -16,8 +16,13 @@ import pytest
 
 from embedscale.api.server.metrics import maintenance_metrics
 from embedscale.engine.sink.lance_sink import ChunkTable
+from embedscale.engine.storage.locations import NO_OPTIONS
+from embedscale.engine.tables.commit_log import commit_at, commits_after
+from embedscale.engine.tables.indexes import refresh_indexes
+from embedscale.engine.tables.maintenance import compact
+from embedscale.engine.tables.versions import cleanup, history
 from embedscale.jobs.errors import ConflictError, InvalidFieldError
-from embedscale.jobs.ledger import versions_needed_from
+from embedscale.jobs.ledger import record_unrecorded, unrecorded_commits, versions_needed_from
 from embedscale.jobs.runner.maintenance_runs import INTERRUPTED, StoredMaintenanceRuns
 from embedscale.jobs.runner.table_maintenance import (
     MaintenanceSteps,
@@ -27,9 +32,9 @@ from embedscale.jobs.runner.table_maintenance import (
 from embedscale.jobs.service import JobService
 from embedscale.jobs.states import JobStatus
 from embedscale.jobs.store.duckdb_store import Store
-from embedscale.jobs.store.ledger import PARTITION, LedgerRow
 from embedscale.jobs.store.records import MAINTENANCE, JobRecord
 from embedscale.jobs.store.rows import utcnow
+from tests.table_commits import ledger_job, new_table
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def test_a_run_starts_once_the_fragments_add_up_and_does_its_steps_in_order(tmp_
         recorder,
         runs,
         after_fragments=5,
-        keep_from=lambda tenant, name: 7,
+        keep_from=lambda target: 7,
         retention=timedelta(days=2),
     )
     t = target(tmp_path)
@@ -304,16 +309,46 @@ def test_a_run_a_stopped_process_left_is_ended_as_interrupted_and_never_resumed(
     assert store.unfinished_jobs(kind=MAINTENANCE) == []
 
 
-def test_cleanup_keeps_what_jobs_not_yet_ended_read_and_the_newest_recorded_version(tmp_path):
+def test_cleanup_keeps_what_jobs_not_yet_ended_read_and_commits_not_yet_recorded(tmp_path):
     store = Store(tmp_path / "s.duckdb")
-    assert versions_needed_from(store, "acme", "docs") is None  # nothing recorded: only the newest
-    done = embed_job(store, "acme", "docs", JobStatus.SUCCEEDED)
-    store.add_ledger_rows([LedgerRow(done, PARTITION, version=12, read_version=11, partition=0)])
-    assert versions_needed_from(store, "acme", "docs") == 13  # resume reads the commits after it
-    running = embed_job(store, "acme", "docs", JobStatus.RUNNING)
-    store.add_ledger_rows([LedgerRow(running, PARTITION, version=9, read_version=4, partition=0)])
-    assert versions_needed_from(store, "acme", "docs") == 4  # its undo brings rows back from 4
-    other = embed_job(store, "acme", "other", JobStatus.RUNNING)
-    store.add_ledger_rows([LedgerRow(other, PARTITION, version=3, read_version=1, partition=0)])
-    assert versions_needed_from(store, "acme", "docs") == 4  # another table's jobs: not ours
-    assert versions_needed_from(store, "zeta", "docs") is None  # another tenant's table
+    table = new_table(tmp_path / "data")  # version 1, empty
+    assert versions_needed_from(store, "local", table) is None  # nothing: only the newest
+    ledger_job(store, table, ["a"])  # version 2, recorded
+    ledger_job(store, table, ["b"])  # version 3, recorded
+    assert versions_needed_from(store, "local", table) is None  # all recorded, all ended
+    compact(table.uri)  # maintenance's own versions, after the newest recorded
+    assert versions_needed_from(store, "local", table) is None
+    read = table.dataset().version
+    running = ledger_job(store, table, ["c"], status=JobStatus.RUNNING)
+    assert versions_needed_from(store, "local", table) == read  # its undo brings rows back
+    cut_off = ledger_job(store, table, ["d"], status=JobStatus.RUNNING, recorded=False)
+    assert versions_needed_from(store, "local", table) == read
+    store.finish(running, JobStatus.SUCCEEDED)
+    unrecorded = table.dataset().version  # the commit a crash left unrecorded
+    assert versions_needed_from(store, "local", table) == unrecorded
+    assert versions_needed_from(store, "zeta", table) == 2  # no ledger of its: every job commit
+    keep = versions_needed_from(store, "local", table)
+    cleaned = cleanup(table.uri, NO_OPTIONS, timedelta(0), keep)
+    assert (cleaned.first, cleaned.last) == (2, unrecorded - 1)
+    assert [c.jobs() for c in unrecorded_commits(store, "local", table)] == [{cut_off}]
+
+
+def test_a_table_compacted_over_its_indexes_still_tells_what_its_commits_did(tmp_path):
+    # A compaction that remaps an index commits an operation pylance cannot read back (its
+    # RewrittenIndex): every reader of the table's own commits must read past it, or resume,
+    # a cancel's undo, the end of a sync and verify would fail on every maintained table.
+    store = Store(tmp_path / "s.duckdb")
+    table = new_table(tmp_path / "data")
+    early = [ledger_job(store, table, [d]) for d in "ab"]
+    refresh_indexes(table.uri)
+    later = [ledger_job(store, table, [d]) for d in "cd"]
+    compact(table.uri)  # remaps the doc_id and text indexes
+    rewrite = table.dataset().version
+    cut_off = ledger_job(store, table, ["e"], status=JobStatus.RUNNING, recorded=False)
+    assert [c.jobs() for c in commits_after(table, 0)] == [{j} for j in [*early, *later, cut_off]]
+    assert commit_at(table, rewrite) is None  # Lance's own: it names no job
+    assert [c.jobs() for c in unrecorded_commits(store, "local", table)] == [{cut_off}]
+    made = table.dataset().version
+    assert [v.version for v in history(table.uri)][:3] == [made, made - 1, made - 2]
+    record_unrecorded(store, "local", table)
+    assert unrecorded_commits(store, "local", table) == []

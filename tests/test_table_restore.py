@@ -162,8 +162,8 @@ def test_a_resume_after_a_cleanup_still_finds_a_commit_cut_off_from_its_record(s
     ledger_job(service.store, table, ["a"])
     ledger_job(service.store, table, ["b"])
     cut_off = ledger_job(service.store, table, ["c"], status=JobStatus.RUNNING, recorded=False)
-    keep_from = versions_needed_from(service.store, TENANT, "docs")
-    assert keep_from == 4  # after the newest version the ledger recorded (3)
+    keep_from = versions_needed_from(service.store, TENANT, table)
+    assert keep_from == 4  # the commit after the newest version the ledger recorded (3)
     removed = cleanup(table.uri, table.storage, timedelta(0), keep_from)
     assert (removed.first, removed.last) == (2, 3)
     assert [c.jobs() for c in unrecorded_commits(service.store, TENANT, table)] == [{cut_off}]

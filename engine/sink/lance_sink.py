@@ -28,6 +28,7 @@ from embedscale.engine.models.info import ModelInfo
 from embedscale.engine.models.registry import vector_space
 from embedscale.engine.sink.replacement import commit_replacing, doc_predicate, sql_string
 from embedscale.engine.sink.schema import chunk_schema, table_model, table_provider
+from embedscale.engine.sink.transactions import recent_transactions
 from embedscale.engine.storage.locations import (
     NO_OPTIONS,
     Location,
@@ -246,9 +247,7 @@ class ChunkTable:
         (each names its jobs' partitions: no other commit carries the same), or None."""
         try:
             ds = self.dataset()
-            newer = (
-                ds.get_transactions(ds.version - read_version) if ds.version > read_version else []
-            )
+            newer = recent_transactions(ds, ds.version - read_version)
         except Exception:  # the table cannot be read either: the commit's error stands
             return None
         for age, tx in enumerate(newer):  # newest first: the first made ds.version

@@ -22,6 +22,7 @@ from embedscale.engine.sink.lance_sink import (
     SEEN_PROPERTY,
     ChunkTable,
 )
+from embedscale.engine.sink.transactions import recent_transactions, transaction_of
 from embedscale.engine.tables.sync import SYNC_DONE_PROPERTY
 from embedscale.engine.tables.undo import UNDO_PROPERTY
 
@@ -58,9 +59,7 @@ def commits_after(table: ChunkTable, version: int) -> list[TableCommit]:
     if not table.exists():
         return []
     ds = table.dataset()
-    return _decoded(
-        ds.version, ds.get_transactions(ds.version - version) if ds.version > version else []
-    )
+    return _decoded(ds.version, recent_transactions(ds, ds.version - version))
 
 
 def commit_at(table: ChunkTable, version: int) -> TableCommit | None:
@@ -77,7 +76,7 @@ def commit_at(table: ChunkTable, version: int) -> TableCommit | None:
         if version in {ref["version"] for ref in ds.version_refs()}:
             raise  # there, and unreadable: not ours to hide
         return None  # removed by a cleanup (engine.tables.versions.cleanup)
-    found = _decoded(version, old.get_transactions(1))
+    found = _decoded(version, [transaction_of(old)])
     return found[0] if found else None
 
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 import lance
 
 from embedscale.engine.errors import TableError, TableNotFoundError
+from embedscale.engine.sink.transactions import transaction_of
 from embedscale.engine.storage.locations import (
     NO_OPTIONS,
     StorageOptions,
@@ -219,8 +220,7 @@ def _open(uri: str, storage: StorageOptions) -> lance.LanceDataset:
 
 def _info(ds: lance.LanceDataset) -> VersionInfo:
     meta = ds.get_version()["metadata"]
-    transactions = ds.get_transactions(1)
-    tx = transactions[0] if transactions else None
+    tx = transaction_of(ds)
     commit = decoded_commit(ds.version, tx)
     return VersionInfo(
         version=ds.version,

@@ -125,7 +125,7 @@ class Runner:
             lambda: self._inbox.put(WakeUp()),
             self.config.compact_after_fragments,
             runs=self._maintenance_runs,
-            keep_from=lambda tenant, name: versions_needed_from(store, tenant, name),
+            keep_from=lambda target: versions_needed_from(store, target.tenant, target.table),
             retention=self.config.version_retention,
             sweep_every_s=self.config.maintenance_sweep_s,
         )

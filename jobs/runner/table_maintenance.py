@@ -95,7 +95,7 @@ class TableMaintenance:
         after_fragments: int | None = COMPACT_AFTER_FRAGMENTS,
         steps: MaintenanceSteps | None = None,
         runs: MaintenanceRuns | None = None,
-        keep_from: Callable[[str, str], int | None] = lambda tenant, name: None,
+        keep_from: Callable[[Target], int | None] = lambda target: None,
         retention: timedelta = RETENTION,
         sweep_every_s: float | None = SWEEP_EVERY_S,
     ) -> None:
@@ -195,7 +195,9 @@ class TableMaintenance:
         # Recorded before it is queued, so an operator's request answers with its job.
         run_id = self._record_start(target)
         try:
-            self._pool.submit(self._run, target, run_id, retention or self.retention)
+            self._pool.submit(
+                self._run, target, run_id, retention if retention is not None else self.retention
+            )
         except RuntimeError as exc:  # closed: the service is stopping; nothing was done
             with self._lock:
                 self._running.discard(uri)
@@ -222,7 +224,7 @@ class TableMaintenance:
             if self.steps.refresh_indexes is not None:
                 self._step("indexes", self.steps.refresh_indexes, target.table, details)
             if self.steps.cleanup is not None:
-                keep = self.keep_from(target.tenant, target.name)
+                keep = self.keep_from(target)
                 details["keep_from_version"] = keep
                 cleaned = self._step(
                     "cleanup", self.steps.cleanup, target.table, details, retention, keep
