@@ -50,16 +50,18 @@ class Cleaned:
 
 
 class FakeRuns:
+    """MaintenanceRuns that remember what they were told."""
+
     def __init__(self) -> None:
-        self.started: list[tuple[str, str]] = []
-        self.ended: list[tuple[str, dict, str | None]] = []
+        self.starts: list[tuple[str, str]] = []
+        self.ends: list[tuple[str, dict, str | None]] = []
 
-    def started_run(self, tenant: str, table_name: str) -> str:
-        self.started.append((tenant, table_name))
-        return f"run-{len(self.started)}"
+    def started(self, tenant: str, table_name: str) -> str:
+        self.starts.append((tenant, table_name))
+        return f"run-{len(self.starts)}"
 
-    def ended_run(self, run_id: str, details: dict, error: str | None) -> None:
-        self.ended.append((run_id, details, error))
+    def ended(self, run_id: str, details: dict, error: str | None) -> None:
+        self.ends.append((run_id, details, error))
 
 
 class Recorder:
@@ -96,18 +98,8 @@ class Recorder:
 
 
 def maintenance(recorder: Recorder, runs: FakeRuns | None = None, **kw) -> TableMaintenance:
-    adapter = None
-    if runs is not None:
-        adapter = type(
-            "Runs",
-            (),
-            {
-                "started": lambda s, t, n: runs.started_run(t, n),
-                "ended": lambda s, r, d, e: runs.ended_run(r, d, e),
-            },
-        )()
     done = kw.pop("on_done", lambda: None)
-    return TableMaintenance(done, steps=recorder.steps(), runs=adapter, **kw)
+    return TableMaintenance(done, steps=recorder.steps(), runs=runs, **kw)
 
 
 def target(tmp_path, name: str = "t", tenant: str = "acme") -> Target:
@@ -133,14 +125,14 @@ def test_a_run_starts_once_the_fragments_add_up_and_does_its_steps_in_order(tmp_
     t = target(tmp_path)
     m.committed(t, 4)
     time.sleep(0.05)
-    assert recorder.calls == [] and runs.started == []  # 4 < 5: not yet
+    assert recorder.calls == [] and runs.starts == []  # 4 < 5: not yet
     m.committed(t, 1)
-    wait_for(lambda: runs.ended)
+    wait_for(lambda: runs.ends)
     m.close()
     assert [c[0] for c in recorder.calls] == ["compaction", "indexes", "cleanup"]
     assert recorder.calls[2][2:] == (timedelta(days=2), 7)  # the window, and the ledger's keep
-    assert runs.started == [("acme", "t")]
-    _, details, error = runs.ended[0]
+    assert runs.starts == [("acme", "t")]
+    _, details, error = runs.ends[0]
     assert error is None and details["keep_from_version"] == 7
     assert details["compaction"]["fragments_before"] == 10
     assert details["cleanup"] == {"versions": 3, "bytes": 4096, "seconds": pytest.approx(0, abs=5)}
@@ -160,16 +152,16 @@ def test_one_run_at_a_time_per_table_and_commits_wait_only_for_compaction(tmp_pa
     assert m.maintain_now(t) is None  # one is under way
     assert not m.busy(other.table.uri)  # another table's commits never wait
     recorder.release.set()
-    wait_for(lambda: len(runs.ended) == 1)
+    wait_for(lambda: len(runs.ends) == 1)
     assert woken.is_set()  # the runner is told to commit what waited
     assert not m.busy(t.table.uri) and not m.running(t.table.uri)
-    assert runs.started == [("acme", "t")]
+    assert runs.starts == [("acme", "t")]
     assert m.maintain_now(t, timedelta(hours=1)) == "run-2"  # once the last one ended
-    wait_for(lambda: len(runs.ended) == 2)
+    wait_for(lambda: len(runs.ends) == 2)
     assert recorder.calls[-1][2] == timedelta(hours=1)  # the operator's retention
     m.forget(t.table.uri)  # dropped: the sweep never brings it back
     m.committed(other, 1)
-    wait_for(lambda: len(runs.ended) == 3)
+    wait_for(lambda: len(runs.ends) == 3)
     m.close()
 
 
@@ -179,8 +171,8 @@ def test_a_failing_step_ends_the_run_as_failed_and_frees_the_table(tmp_path):
     m = maintenance(recorder, runs, after_fragments=1, on_done=woken.set)
     t = target(tmp_path)
     m.committed(t, 1)
-    wait_for(lambda: runs.ended)
-    _, details, error = runs.ended[0]
+    wait_for(lambda: runs.ends)
+    _, details, error = runs.ends[0]
     assert "index broke" in error and details["indexes"] == {"error": "RuntimeError: index broke"}
     assert [c[0] for c in recorder.calls] == ["compaction", "indexes"]  # no cleanup after it
     assert woken.is_set() and not m.running(t.table.uri)
@@ -193,8 +185,8 @@ def test_a_failed_compaction_still_lets_the_tables_commits_go(tmp_path):
     m = maintenance(recorder, runs, after_fragments=1)
     t = target(tmp_path)
     m.committed(t, 1)
-    wait_for(lambda: runs.ended)
-    assert "compaction broke" in runs.ended[0][2]
+    wait_for(lambda: runs.ends)
+    assert "compaction broke" in runs.ends[0][2]
     assert not m.busy(t.table.uri)
     m.close()
 
@@ -207,7 +199,7 @@ def test_a_run_asked_for_after_close_is_recorded_as_not_started(tmp_path):
     m.committed(t, 5)
     assert m.maintain_now(t) is None
     assert recorder.calls == [] and not m.running(t.table.uri) and not m.busy(t.table.uri)
-    assert [e[2].startswith("not started") for e in runs.ended] == [True, True]
+    assert [e[2].startswith("not started") for e in runs.ends] == [True, True]
 
 
 def test_the_sweep_maintains_tables_below_the_count_once_their_time_is_up(tmp_path):
@@ -218,8 +210,8 @@ def test_the_sweep_maintains_tables_below_the_count_once_their_time_is_up(tmp_pa
     assert m.sweep() == 0  # its time is not up yet
     time.sleep(0.25)
     assert m.sweep() == 1
-    wait_for(lambda: runs.ended)
-    assert runs.started == [("acme", "busy")]  # `quiet` took no commit: nothing to do
+    wait_for(lambda: runs.ends)
+    assert runs.starts == [("acme", "busy")]  # `quiet` took no commit: nothing to do
     assert m.sweep() == 0  # nothing committed since
     m.close()
     assert quiet.name == "quiet"

@@ -241,8 +241,15 @@ class TableMaintenance:
             self.figures.runs.add("failed" if failed else "succeeded")
             self._record_end(run_id, details, failed)
 
-    def _step(self, name: str, step: Callable[..., Any], *args: Any) -> Any:
-        table, details, rest = args[0], args[1], args[2:]
+    def _step(
+        self,
+        name: str,
+        step: Callable[..., Any],
+        table: ChunkTable,
+        details: dict[str, Any],
+        *rest: Any,
+    ) -> Any:
+        """Run one step on `table`, its figures (or its error) put in `details[name]`."""
         started = time.perf_counter()
         try:
             done = step(table, *rest)
