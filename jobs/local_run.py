@@ -19,7 +19,6 @@ from pydantic import BeforeValidator, Field
 
 from embedscale.engine.cluster.start import Cluster
 from embedscale.engine.errors import EmbedscaleError
-from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sources.documents import Skipped
 from embedscale.engine.storage.locations import check_reachable, resolve_storage_options
 from embedscale.jobs.runner.loop import RunnerConfig
@@ -170,7 +169,7 @@ def run_embedding(
             final.id,
             str(final.status),
             final.table_name,
-            ChunkTable(service.tenant_data_dir(LOCAL_TENANT), final.table_name).uri,
+            service.table_uri(LOCAL_TENANT, final.table_name),
             final.spec.get("model", request.model),
             request.mode,
             final.documents_done,

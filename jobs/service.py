@@ -11,6 +11,7 @@ import builtins  # `list` is a method of the class below: annotations name the t
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +39,9 @@ from embedscale.jobs.embeddings.batcher import EmbeddingBatcher
 from embedscale.jobs.embeddings.requests import EmbeddingRequests, PendingEmbedding
 from embedscale.jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
 from embedscale.jobs.events import EventBus
+from embedscale.jobs.generations import active_table, generation_home, generation_table, table_home
+from embedscale.jobs.migrations.compare import MAX_QUERIES, Comparison, compare
+from embedscale.jobs.migrations.driver import DEFAULT_SWITCH_MODE, Migrations, MigrationView
 from embedscale.jobs.policies.schedules import MAX_SCHEDULES_PER_TENANT
 from embedscale.jobs.runner.endings import remove_job_rows
 from embedscale.jobs.runner.loop import Runner, RunnerConfig
@@ -54,8 +58,9 @@ from embedscale.jobs.spec import (
 )
 from embedscale.jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.generations import Generation
 from embedscale.jobs.store.job_figures import FiguresSnapshot
-from embedscale.jobs.store.records import JOB_KINDS, MAINTENANCE, JobRecord, TenantRecord
+from embedscale.jobs.store.records import EMBED, JOB_KINDS, MAINTENANCE, JobRecord, TenantRecord
 from embedscale.jobs.store.retention import Retention
 from embedscale.jobs.table_admin import (
     Restored,
@@ -143,6 +148,20 @@ class JobService:
         self.runner: Runner | None = None
         self.embeddings: EmbeddingRequests | None = None  # POST /v1/embeddings, on a cluster
         self.table_actions = TableActions()  # an operator's drop, restore, optimize: one a table
+        # Tables moved to another model (jobs/migrations/): their builds, switches, rollbacks;
+        # a retired generation is kept for a rollback as long as old versions are.
+        self.migrations = Migrations(
+            self.store,
+            self.tenant_data_dir,
+            lambda tenant, spec, plan, estimate, kind, details: self.submit_planned(
+                tenant, spec, plan, estimate, kind=kind, details=details
+            ),
+            self._check_model,
+            self.table_actions,
+            self.bus,
+            (runner_config or RunnerConfig()).version_retention,
+            lambda: self.parallelism,
+        )
         self.tenants.ensure_local()
         if cluster is not None:
             self.attach(cluster)
@@ -175,6 +194,7 @@ class JobService:
         if self.runner is None:
             raise RuntimeError("attach a cluster before starting the job service")
         self.runner.start()
+        self.migrations.run_in_background()
         if self.retention is not None:
             self.retention.start()
         if fire_schedules:
@@ -183,6 +203,7 @@ class JobService:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop running jobs gracefully (see Runner.stop); call before the cluster closes."""
         self.schedules.stop(timeout)  # first: no run is submitted to a stopping runner
+        self.migrations.stop(timeout)  # nor a migration's catch-up job
         if self.retention is not None:
             self.retention.stop(timeout)
         if self.embeddings is not None:
@@ -195,6 +216,7 @@ class JobService:
     def close(self, timeout: float = 30.0) -> None:
         """Stop the runner, then close the store."""
         self.stop(timeout)
+        self.migrations.close(timeout)
         self.store.close()
 
     def __enter__(self) -> JobService:
@@ -267,7 +289,6 @@ class JobService:
             spec = JobSpec.model_validate(spec)
         limits = self._check_model(spec)
         spec = as_recorded(spec)
-        tier = self.tier_of(tenant)
         plan = self._plan(spec, partition_bytes)
         estimate = estimate_chunks(
             plan.partitions,
@@ -276,6 +297,26 @@ class JobService:
             limits,
             self._chars_per_token(spec, plan, limits),
         )
+        return self.submit_planned(
+            tenant, spec, plan, estimate, job_id=job_id, schedule_id=schedule_id
+        )
+
+    def submit_planned(
+        self,
+        tenant: str,
+        spec: JobSpec,
+        plan: SourcePlan,
+        estimate: int,
+        *,
+        job_id: str | None = None,
+        schedule_id: str | None = None,
+        kind: str = EMBED,
+        details: dict[str, Any] | None = None,
+    ) -> JobRecord:
+        """Admit a job already checked and planned (submit's second half; a migration's
+        jobs are planned from a table, jobs/migrations/): refused for the tenant's daily quota
+        in the transaction that inserts it, queued otherwise and handed to the runner."""
+        tier = self.tier_of(tenant)
         now = utcnow()
         record = JobRecord(
             id=job_id or uuid.uuid4().hex,
@@ -290,6 +331,8 @@ class JobService:
             estimated_chunks=estimate,
             partitions_total=len(plan.partitions),
             schedule_id=schedule_id,
+            kind=kind,
+            details=details,
         )
 
         def admit(used: int, promised: int) -> None:
@@ -447,7 +490,7 @@ class JobService:
     def drop_table(self, tenant: str, name: str) -> None:
         """Delete a tenant's table with all its rows; ConflictError while a job of the tenant
         still writes to it."""
-        table = existing_table(self.tenant_data_dir(tenant), name)
+        table = existing_table(self._home(tenant, name), name)
         busy = [
             j.id
             for j in self.store.unfinished_jobs()
@@ -463,26 +506,47 @@ class JobService:
                 "once the run ends (embedscale jobs list --kind maintenance)"
             )
         with self.table_actions.hold(tenant, name, "dropped"):
-            if self.runner is None:
-                remove_table(table)
-                return
-            # No maintenance run of the runner's starts on the table while it goes.
-            with self.runner.maintenance.exclusive(table.uri):
-                remove_table(table)
-            self.runner.forget_table(table.uri)
+            # Every generation goes with it (the active one last: a crash halfway leaves the
+            # table, and the drop can be done again).
+            data_dir = self.tenant_data_dir(tenant)
+            others = [
+                generation_table(data_dir, g)
+                for g in self.store.generations(tenant, name)
+                if generation_table(data_dir, g).uri != table.uri
+            ]
+            for gone in [*others, table]:
+                if self.runner is None:
+                    remove_table(gone)
+                    continue
+                # No maintenance run of the runner's starts on the table while it goes.
+                with self.runner.maintenance.exclusive(gone.uri):
+                    remove_table(gone)
+                self.runner.forget_table(gone.uri)
+            self.store.forget_generations(tenant, name)
 
     def tables(self, tenant: str) -> builtins.list[TableInfo]:
-        """The tenant's tables with their rows, model and dimension, by name."""
-        return list_tables(self.tenant_data_dir(tenant))
+        """The tenant's tables with their rows, model and dimension, by name (a migrated
+        table as its active generation is)."""
+        migrated = self.store.active_generations(tenant)
+        listed = {t.name: t for t in list_tables(self.tenant_data_dir(tenant))}
+        for name, generation in migrated.items():
+            if generation.generation != 1:
+                listed[name] = describe_table(self._home(tenant, name), name)
+        return [listed[name] for name in sorted(listed)]
 
     def table(self, tenant: str, name: str) -> TableInfo:
         """One of the tenant's tables (TableNotFoundError if it has none of that name)."""
-        return describe_table(self.tenant_data_dir(tenant), name)
+        return describe_table(self._home(tenant, name), name)
+
+    def _home(self, tenant: str, name: str) -> Path | Location:
+        """The data dir holding the active generation of the tenant's table `name`
+        (jobs/generations.py): what every engine call on the table is given."""
+        return table_home(self.store, self.tenant_data_dir(tenant), tenant, name)
 
     def table_details(self, tenant: str, name: str) -> TableView:
         """One of the tenant's tables in full: rows, model, fragments, versions, bytes and
         indexes (`embedscale tables show`)."""
-        return show_table(self.tenant_data_dir(tenant), name)
+        return show_table(self._home(tenant, name), name)
 
     def table_history(
         self, tenant: str, name: str, limit: int = HISTORY_LIMIT, before: int | None = None
@@ -491,7 +555,7 @@ class JobService:
         each (`limit` of them, older than `before` if given)."""
         if limit < 1:
             raise InvalidFieldError("limit", "list 1 version or more")
-        table = existing_table(self.tenant_data_dir(tenant), name)
+        table = existing_table(self._home(tenant, name), name)
         listed = table_history(table.uri, table.storage, limit, before)
         # A restore names no job in its commit; the ledger has the job that recorded it.
         restores = {r.version: r.job_id for r in self.store.table_restores(tenant, name)}
@@ -507,7 +571,7 @@ class JobService:
         ledger; InvalidFieldError (of `version`) for a version it lacks, ConflictError while a
         job of the table is unfinished or another action (a drop, a maintenance run) holds it.
         Nothing changes when refused."""
-        table = existing_table(self.tenant_data_dir(tenant), name)
+        table = existing_table(self._home(tenant, name), name)
         with self.table_actions.hold(tenant, name, "restored"):
             refuse_while_written(self.store, tenant, name, "restore")
             self._refuse_while_maintained(table)
@@ -528,7 +592,7 @@ class JobService:
         or another action holds it."""
         if retention is not None and retention < timedelta(0):
             raise InvalidFieldError("retention", "a retention window is 0 or more")
-        table = existing_table(self.tenant_data_dir(tenant), name)
+        table = existing_table(self._home(tenant, name), name)
         with self.table_actions.hold(tenant, name, "optimized"):
             refuse_while_written(self.store, tenant, name, "optimize")
             if self.runner is not None:
@@ -560,11 +624,73 @@ class JobService:
     def verify_table(self, tenant: str, name: str) -> VerifyReport:
         """One of the tenant's tables checked against itself and the job ledger
         (`embedscale verify`); TableNotFoundError if it has none of that name."""
-        return verify_table(self.store, existing_table(self.tenant_data_dir(tenant), name), tenant)
+        return verify_table(self.store, existing_table(self._home(tenant, name), name), tenant)
+
+    # --- migrations: a table moved to another model (jobs/migrations/) ---------------------
+
+    def migrate(
+        self,
+        tenant: str,
+        name: str,
+        model: str,
+        provider: str | None = None,
+        switch: str = DEFAULT_SWITCH_MODE,
+        priority: str = "normal",
+    ) -> MigrationView:
+        """Start building a new generation of the tenant's table with `model` (`provider`:
+        default the table's), as a job of kind migration; `switch` auto switches once it is
+        built, manual (default) waits for `switch_migration`. InvalidFieldError for a model
+        not offered or not known, ConflictError while a migration of the table is under way:
+        nothing changed then."""
+        return self.migrations.start(tenant, name, model, provider, switch, priority)
+
+    def migration(self, tenant: str, name: str) -> MigrationView:
+        """The tenant's table's generations: which is active, which building, built, retired."""
+        return self.migrations.view(tenant, name)
+
+    def switch_migration(self, tenant: str, name: str) -> MigrationView:
+        """Switch the table to its built generation, once reconciled with the active one (a
+        catch-up job embeds what changed meanwhile; the switch follows it); ConflictError
+        while it is still building or there is none."""
+        return self.migrations.request_switch(tenant, name)
+
+    def rollback_migration(self, tenant: str, name: str) -> MigrationView:
+        """Switch the table back to the generation its latest switch retired (kept for the
+        retention window), reconciled the same way; ConflictError when there is none."""
+        return self.migrations.rollback(tenant, name)
+
+    def compare_migration(
+        self, tenant: str, name: str, queries: builtins.list[str], k: int = 10
+    ) -> Comparison:
+        """The same `queries` searched in the active generation and in the other one (the one
+        built and not switched to, else the one the latest switch retired): top-k overlap,
+        score spreads, latency. InvalidFieldError for no queries or a bad k, ConflictError
+        when there is no other generation to compare with."""
+        queries = [q for q in queries if q.strip()]
+        if not queries or len(queries) > MAX_QUERIES:
+            raise InvalidFieldError("queries", f"give 1 to {MAX_QUERIES} queries (non-empty)")
+        search_options(k, "vector", None, None)  # k's bounds, as a search checks them
+        view = self.migrations.view(tenant, name)
+        active = next((g for g in view.generations if g.state == "active"), None)
+        others = [g for g in view.generations if g.state in ("built", "retired")]
+        if active is None or not others:
+            raise ConflictError(
+                f"table '{name}' has no other generation to compare with: start a migration "
+                "(embedscale migrate TABLE --model M) and wait until it is built"
+            )
+        built = [g for g in others if g.state == "built"]
+        other = built[-1] if built else max(others, key=lambda g: g.retired_at or g.updated_at)
+        data_dir = self.tenant_data_dir(tenant)
+
+        def side(generation: Generation) -> tuple[int, str, Callable[[str], builtins.list[Hit]]]:
+            home = generation_home(data_dir, generation.physical)
+            return generation.generation, generation.model, lambda q: search(home, name, q, k)
+
+        return compare(name, queries, k, side(active), side(other))
 
     def table_uri(self, tenant: str, name: str) -> str:
-        """Where a tenant's table is (or would be) stored."""
-        return ChunkTable(self.tenant_data_dir(tenant), name).uri
+        """Where a tenant's table is (or would be) stored: its active generation."""
+        return active_table(self.store, self.tenant_data_dir(tenant), tenant, name).uri
 
     def search(
         self,
@@ -584,7 +710,7 @@ class JobService:
         text, hybrid), with the table's own model. A parameter the engine refuses is an
         InvalidFieldError of its field (the filter's is `filter_field`: the request's own
         name for it) at `location` (body, query)."""
-        data_dir = self.tenant_data_dir(tenant)
+        data_dir = self._home(tenant, name)  # the active generation, until the switch
         try:
             # Checked before the table is looked for: a bad request is the request's fault.
             search_options(k, mode, nprobes, refine)

@@ -32,12 +32,26 @@ class InlineText:
 
 
 @dataclass(frozen=True, slots=True)
+class TableDocs:
+    """Documents of a table, read back from their chunk rows as of one version (a migration
+    embeds a table's documents again with another model: jobs/migrations/)."""
+
+    uri: str  # the table (one generation of it) the documents are read from
+    version: int  # pinned: what the migration planned, whatever is committed meanwhile
+    doc_ids: tuple[str, ...]
+    size_bytes: int  # the documents' text, about: for planning and the largest-first order
+
+
+Item = FileSlice | InlineText | TableDocs
+
+
+@dataclass(frozen=True, slots=True)
 class Partition:
     """A group of document references processed, retried and committed as one."""
 
     index: int
-    items: tuple[FileSlice | InlineText, ...]
+    items: tuple[Item, ...]
 
     @property
     def size_bytes(self) -> int:
-        return sum(i.size_bytes if isinstance(i, FileSlice) else len(i.text) for i in self.items)
+        return sum(len(i.text) if isinstance(i, InlineText) else i.size_bytes for i in self.items)

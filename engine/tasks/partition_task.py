@@ -29,7 +29,7 @@ from embedscale.engine.sink import lance_sink as sink
 from embedscale.engine.sink.schema import chunk_schema
 from embedscale.engine.sources.documents import Document, Skipped, chunk_id
 from embedscale.engine.sources.file_access import FileAccess
-from embedscale.engine.sources.partitions import Partition
+from embedscale.engine.sources.partitions import Partition, TableDocs
 from embedscale.engine.sources.readers import RecordFields, read_item
 from embedscale.engine.storage.locations import NO_OPTIONS, StorageOptions
 from embedscale.engine.tasks.slices import (
@@ -43,6 +43,7 @@ from embedscale.engine.tasks.slices import (
     slice_stop,
     worker_address,
 )
+from embedscale.engine.tasks.stored_documents import StoredChunks, read_stored, reused_chunks
 
 _T = TypeVar("_T")
 
@@ -67,6 +68,9 @@ class TaskConfig:
     # partition is embedded in slices, each a task, so other jobs' tasks run between them.
     # None: the whole partition in one task.
     slice_seconds: float | None = None
+    # A migration between models of one tokenizer: the chunks of documents read back from a
+    # table (TableDocs) keep their spans and numbers (engine.tasks.stored_documents).
+    reuse_chunks: bool = False
 
 
 @dataclass(slots=True)
@@ -297,12 +301,18 @@ def _isolated(
 def _prepare(partition: Partition, config: TaskConfig) -> _Prepared:
     started = time.perf_counter()
     model = get_model(config.model)
-    docs, skipped = _read(partition, config)
+    stored: dict[str, StoredChunks] = {}
+    docs, skipped = _read(partition, config, stored)
     result = PartitionResult(partition.index, skipped=skipped)
     if config.mode == "sync":  # what the source has, unreadable sources included
         result.seen_doc_ids = [d.doc_id for d in docs] + [s.source for s in skipped]
     docs, result.unchanged, result.replaced_doc_ids = _changed_only(docs, config, skipped)
-    chunks = chunk_texts([d.text for d in docs], model.tokenizer, config.chunking)
+    chunks = None
+    if config.reuse_chunks and stored:
+        info = model.info
+        chunks = reused_chunks(docs, stored, model.tokenizer, info.max_tokens, info.special_tokens)
+    if chunks is None:
+        chunks = chunk_texts([d.text for d in docs], model.tokenizer, config.chunking)
     no_tokens = set(range(len(docs))) - set(chunks.doc_index.tolist())
     skipped.extend(Skipped(docs[i].doc_id, "no tokens in text") for i in sorted(no_tokens))
     result.doc_ids = [d.doc_id for i, d in enumerate(docs) if i not in no_tokens]
@@ -332,12 +342,21 @@ def _write(prepared: _Prepared, vectors: np.ndarray) -> PartitionResult:
     return result
 
 
-def _read(partition: Partition, config: TaskConfig) -> tuple[list[Document], list[Skipped]]:
+def _read(
+    partition: Partition, config: TaskConfig, stored: dict[str, StoredChunks] | None = None
+) -> tuple[list[Document], list[Skipped]]:
+    """The partition's documents and what was skipped; documents read back from a table
+    (a migration's) add their chunks as stored to `stored`."""
     docs: list[Document] = []
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
     for item in partition.items:
-        item_docs, item_skipped = read_item(item, config.fields, config.access)
+        if isinstance(item, TableDocs):
+            item_docs, item_skipped, item_chunks = read_stored(item, config.storage)
+            if stored is not None:
+                stored.update(item_chunks)
+        else:
+            item_docs, item_skipped = read_item(item, config.fields, config.access)
         skipped.extend(item_skipped)
         for d in item_docs:
             if d.doc_id in seen:  # equal ids would give equal chunk ids: keep the first

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from embedscale.engine.errors import error_line
-from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.storage.locations import Location
 from embedscale.engine.tables.sync import delete_gone
 from embedscale.engine.tables.undo import undo_job
 from embedscale.jobs.errors import PartitionsNotDoneError, StoreUnavailableError
+from embedscale.jobs.generations import job_table
 from embedscale.jobs.ledger import job_ledger
 from embedscale.jobs.runner.preparation import RunningJob
 from embedscale.jobs.states import JobStatus
@@ -24,7 +24,7 @@ from embedscale.jobs.store.records import JobRecord
 
 def remove_job_rows(store: Store, data_dir: Path | Location, record: JobRecord) -> None:
     """Undo a cancelled job in one commit: its rows go, the rows it replaced come back."""
-    table = ChunkTable(data_dir, record.table_name)
+    table = job_table(store, data_dir, record)
     if not table.exists():
         return
     ledger = job_ledger(store, record.tenant, table, record.id)

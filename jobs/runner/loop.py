@@ -28,12 +28,12 @@ from distributed.scheduler import KilledWorker
 from embedscale.engine.cluster.start import Cluster
 from embedscale.engine.cluster.worker_recovery import WorkerRecovery
 from embedscale.engine.errors import error_line
-from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sources.file_access import FileAccess
 from embedscale.engine.sources.partitions import Partition
 from embedscale.engine.storage.locations import Location
 from embedscale.jobs.errors import PartitionsNotDoneError, StoreUnavailableError
 from embedscale.jobs.events import EventBus
+from embedscale.jobs.generations import job_table
 from embedscale.jobs.ledger import versions_needed_from
 from embedscale.jobs.log_context import call_with_log_fields, log_fields
 from embedscale.jobs.policies.decisions import is_done
@@ -476,7 +476,7 @@ class Runner:
             record = self.store.set_status(job_id, JobStatus.CANCELLING)
             self._publish(record)
         if record.status == JobStatus.CANCELLING:
-            table = ChunkTable(self.data_dir_of(record.tenant), record.table_name)
+            table = job_table(self.store, self.data_dir_of(record.tenant), record)
             with self.maintenance.exclusive(table.uri):  # its deletion after any compaction
                 remove_job_rows(self.store, self.data_dir_of(record.tenant), record)
             self._publish(self.store.set_status(job_id, JobStatus.CANCELLED))

@@ -29,6 +29,7 @@ from embedscale.engine.sources.readers import RecordFields
 from embedscale.engine.storage.locations import NO_OPTIONS, Location, is_uri
 from embedscale.engine.tables.commit_log import latest_version
 from embedscale.engine.tasks.partition_task import PartitionResult, TaskConfig
+from embedscale.jobs.generations import job_table
 from embedscale.jobs.ledger import record_unrecorded
 from embedscale.jobs.spec import JobSpec, model_spec, spec_to_run
 from embedscale.jobs.store.duckdb_store import Store
@@ -117,7 +118,8 @@ class JobPreparer:
             if info is None:
                 info = self._warm[model] = warm_up(self.cluster.client, model)
         chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
-        table = ChunkTable(self.data_dir_of(record.tenant), spec.table)
+        # The active generation of the table, or a migration job's own (jobs/generations.py).
+        table = job_table(self.store, self.data_dir_of(record.tenant), record)
         # On resume the table already holds this job's work: overwrite must not empty it again.
         mode = "append" if resumed and table.exists() else spec.mode
         # A table already checked for this model needs no second look while it exists;
@@ -146,6 +148,8 @@ class JobPreparer:
             access,
             table.storage,
             self.slice_seconds,
+            # A migration job whose models share a tokenizer keeps the chunks as they were.
+            reuse_chunks=bool((record.details or {}).get("reuse_chunks")),
         )
         if planned is not None and not resumed:
             partitions = {p.index: p for p in planned}

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.storage.locations import Location
 from embedscale.jobs.errors import StoreUnavailableError
+from embedscale.jobs.generations import job_table
 from embedscale.jobs.runner.events import CancelRequested, Event
 from embedscale.jobs.runner.preparation import record_committed
 from embedscale.jobs.states import JobStatus
@@ -118,5 +118,5 @@ class StoreOutage:
         """Record the partitions the job's table holds and the store does not, as a resume
         does, charged to the tenant as usual."""
         record_committed(
-            self.store, record, ChunkTable(self.data_dir_of(record.tenant), record.table_name)
+            self.store, record, job_table(self.store, self.data_dir_of(record.tenant), record)
         )

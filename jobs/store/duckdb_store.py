@@ -25,6 +25,7 @@ from embedscale.engine.sources.documents import Skipped
 from embedscale.engine.sources.partitions import Partition
 from embedscale.jobs.errors import NotFoundError, PartitionsNotDoneError
 from embedscale.jobs.states import ACTIVE, TERMINAL, UNFINISHED, JobStatus, check_transition
+from embedscale.jobs.store.generations import GenerationRows
 from embedscale.jobs.store.job_cache import JobCache
 from embedscale.jobs.store.job_figures import JobFigures
 from embedscale.jobs.store.ledger import SKIPPED, LedgerRow, LedgerRows, insert_ledger
@@ -36,6 +37,7 @@ from embedscale.jobs.store.progress import (
 )
 from embedscale.jobs.store.promises import PROMISES_SELECT, Promises, promised_chunks
 from embedscale.jobs.store.records import (
+    RUNNER_KINDS,
     JobRecord,
     StoredPartition,
     partition_from_json,
@@ -65,7 +67,7 @@ LISTED_CAPACITY = 5_000  # ended jobs' listing records (~1 KB each, their texts 
 Admit = Callable[[int, int], None]
 
 
-class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
+class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows, GenerationRows):
     """Tenants, API keys, jobs, partitions, usage, the job ledger and schedules in one DuckDB
     file."""
 
@@ -96,6 +98,7 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
         self._cache = JobCache(self._cache.capacity)
         self._listed = JobCache(LISTED_CAPACITY)
         self._usage.clear()
+        self._forget_active()  # table generations (jobs/store/generations.py)
         self.figures.load(*self._figures_from_file())
         self._promises.load(self._con.execute(PROMISES_SELECT).fetchall())
 
@@ -267,24 +270,28 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows):
                         self._listed.put(record)
         return [found[job_id] for job_id in ids if job_id in found]
 
-    def unfinished_jobs(self, kind: str = "embed") -> list[JobRecord]:
-        """Jobs of `kind` not yet ended, oldest first: what the runner resumes (embed jobs)
-        or ends as interrupted (maintenance runs a stopped process left)."""
+    def unfinished_jobs(self, kind: str | Sequence[str] = RUNNER_KINDS) -> list[JobRecord]:
+        """Jobs of `kind` (one or several) not yet ended, oldest first: what the runner
+        resumes (embed and migration jobs) or ends as interrupted (maintenance runs a stopped
+        process left)."""
+        kinds = [kind] if isinstance(kind, str) else list(kind)
         with self._lock:
             rows = self._con.execute(
-                f"{JOB_SELECT} WHERE kind = ? AND status IN "
+                f"{JOB_SELECT} WHERE kind IN ({', '.join('?' for _ in kinds)}) AND status IN "
                 f"({', '.join('?' for _ in UNFINISHED)}) ORDER BY created_at",
-                [kind, *(str(s) for s in UNFINISHED)],
+                [*kinds, *(str(s) for s in UNFINISHED)],
             ).fetchall()
         return [job_from_row(r) for r in rows]
 
     def active_job_counts(self) -> dict[str, int]:
         """Jobs holding a concurrency slot (the ACTIVE statuses), by tenant. Maintenance
-        runs hold none: they are the service's, not the tenant's."""
+        runs hold none: they are the service's, not the tenant's (a migration job is the
+        tenant's: it holds one)."""
         with self._lock:
             return dict(
                 self._con.execute(
-                    f"SELECT tenant, count(*) FROM jobs WHERE kind = 'embed' AND status IN "
+                    "SELECT tenant, count(*) FROM jobs WHERE kind IN ('embed', 'migration') AND "
+                    f"status IN "
                     f"({', '.join('?' for _ in ACTIVE)}) GROUP BY tenant",
                     [str(s) for s in ACTIVE],
                 ).fetchall()

@@ -135,6 +135,32 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN kind TEXT DEFAULT 'embed';
     ALTER TABLE jobs ADD COLUMN details TEXT;
     """,
+    # 8: the generations of a table (jobs/migrations/): each a physical LanceDB table holding the
+    # table's rows embedded with one model. Generation 1 is the table's own folder; a migration
+    # builds the next one beside it, and the switch flips which one is `active` in one
+    # transaction. A table with no row here is its own generation 1, active.
+    """
+    CREATE TABLE table_generations (
+        tenant TEXT NOT NULL,
+        table_name TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        physical TEXT NOT NULL,         -- the folder under the tenant's data dir ('' for 1)
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        state TEXT NOT NULL,            -- building | built | active | retired | failed | removed
+        job_id TEXT,                    -- the job that built it (NULL for generation 1)
+        catch_up_job TEXT,              -- the latest job that brought it up to the active one
+        switch_requested BOOLEAN NOT NULL DEFAULT FALSE,  -- switch to it once reconciled
+        switch_mode TEXT NOT NULL DEFAULT 'manual',       -- auto: switch when built
+        reuse_chunks BOOLEAN NOT NULL DEFAULT FALSE,      -- the chunks' text kept as they were
+        error TEXT,                     -- why it failed, or why its last switch did not happen
+        created_at TIMESTAMPTZ NOT NULL,
+        updated_at TIMESTAMPTZ NOT NULL,
+        activated_at TIMESTAMPTZ,
+        retired_at TIMESTAMPTZ,
+        PRIMARY KEY (tenant, table_name, generation)
+    );
+    """,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -7,12 +7,16 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from embedscale.engine.sources.partitions import FileSlice, InlineText, Partition
+from embedscale.engine.sources.partitions import FileSlice, InlineText, Item, Partition, TableDocs
 from embedscale.jobs.policies.rates import job_rates
 from embedscale.jobs.states import JobStatus
 
-EMBED, MAINTENANCE = "embed", "maintenance"
-JOB_KINDS = (EMBED, MAINTENANCE)  # what a row of `jobs` is: see JobRecord.kind
+EMBED, MAINTENANCE, MIGRATION = "embed", "maintenance", "migration"
+JOB_KINDS = (EMBED, MAINTENANCE, MIGRATION)  # what a row of `jobs` is: see JobRecord.kind
+# The kinds the runner runs on the cluster: a migration job embeds a table's documents again
+# with another model into a new generation of the table (jobs/migrations/), as a job of the
+# tenant's (its quota, concurrency slot and priority apply).
+RUNNER_KINDS = (EMBED, MIGRATION)
 
 
 @dataclass
@@ -48,8 +52,10 @@ class JobRecord:
     gpu_seconds: float = 0.0
     gpu_busy_seconds: float = 0.0
     gpu_peak_bytes: int = 0
-    # `embed`, or `maintenance` (a table's compaction, index refresh and version cleanup);
-    # `details` is what a maintenance run did (fragments, versions and bytes before and after).
+    # `embed`, `maintenance` (a table's compaction, index refresh and version cleanup) or
+    # `migration` (a new generation of a table built with another model: jobs/migrations/);
+    # `details` is what a maintenance run did (fragments, versions and bytes before and after),
+    # or which generation a migration job builds.
     kind: str = EMBED
     details: dict[str, Any] | None = None
 
@@ -140,21 +146,20 @@ class StoredPartition:
 
 
 def partition_to_json(p: Partition) -> str:
-    items = [
-        {"kind": "file", **asdict(i)}
-        if isinstance(i, FileSlice)
-        else {"kind": "inline", **asdict(i)}
-        for i in p.items
-    ]
-    return json.dumps(items)
+    kinds = {FileSlice: "file", InlineText: "inline", TableDocs: "table"}
+    return json.dumps([{"kind": kinds[type(i)], **asdict(i)} for i in p.items])
 
 
 def partition_from_json(index: int, text: str) -> Partition:
-    items: list[FileSlice | InlineText] = []
+    items: list[Item] = []
     for raw in json.loads(text):
         kind = raw.pop("kind")
         if kind == "file":
             items.append(FileSlice(**raw))
+        elif kind == "table":  # a migration's documents (jobs/migrations/planning.py)
+            items.append(
+                TableDocs(raw["uri"], raw["version"], tuple(raw["doc_ids"]), raw["size_bytes"])
+            )
         else:  # an ended job's past its retention keeps only the id (jobs/store/retention.py)
             items.append(
                 InlineText(raw["doc_id"], raw.get("text", ""), raw.get("metadata_json", "{}"))

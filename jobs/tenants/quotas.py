@@ -8,7 +8,7 @@ from datetime import UTC, datetime, time, timedelta
 
 from embedscale.engine.chunking.chunker import chunk_geometry
 from embedscale.engine.models.info import ModelInfo
-from embedscale.engine.sources.partitions import FileSlice, Partition
+from embedscale.engine.sources.partitions import InlineText, Partition
 from embedscale.jobs.errors import QuotaExceededError
 from embedscale.jobs.tenants.tiers import Tier
 
@@ -41,7 +41,7 @@ def estimate_chunks(
     total = 0
     for part in partitions:
         for item in part.items:
-            length = item.size_bytes if isinstance(item, FileSlice) else len(item.text)
+            length = len(item.text) if isinstance(item, InlineText) else item.size_bytes
             total += max(1, math.ceil(length / per_chunk))
     return total
 

@@ -1,0 +1,1 @@
+"""Changing a table's model without downtime: generations, their build, switch and rollback."""
