@@ -41,6 +41,11 @@ _EXPORTS = {
     "history": "embedscale.local_tables",
     "restore": "embedscale.local_tables",
     "optimize": "embedscale.local_tables",
+    "migrate": "embedscale.local_migrations",
+    "migration": "embedscale.local_migrations",
+    "switch_migration": "embedscale.local_migrations",
+    "rollback_migration": "embedscale.local_migrations",
+    "compare_migration": "embedscale.local_migrations",
     "Hit": "embedscale.engine.tables.search",
 }
 __all__ = [
@@ -53,13 +58,18 @@ __all__ = [
     "RunFailedError",
     "RunSummary",
     "cluster",
+    "compare_migration",
     "history",
+    "migrate",
+    "migration",
     "optimize",
     "read_table",
     "restore",
+    "rollback_migration",
     "run",
     "search",
     "shutdown",
+    "switch_migration",
     "tables",
 ]
 
@@ -74,6 +84,13 @@ if TYPE_CHECKING:  # what type checkers and editors see; nothing is imported at 
     from embedscale.engine.tables.search import Hit
     from embedscale.jobs.local_run import RunSummary
     from embedscale.local_jobs import RunFailedError, cluster, run, shutdown
+    from embedscale.local_migrations import (
+        compare_migration,
+        migrate,
+        migration,
+        rollback_migration,
+        switch_migration,
+    )
     from embedscale.local_search import search
     from embedscale.local_tables import history, optimize, read_table, restore, tables
 

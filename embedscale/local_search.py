@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from embedscale.api.client.service import HIT_COLUMNS
+from embedscale.engine.tables.generation_pointer import pointed_home
 from embedscale.engine.tables.search import Hit
 from embedscale.engine.tables.search import search as search_table
 from embedscale.engine.tables.search_options import DEFAULT_MODE
@@ -38,8 +39,9 @@ def search(
     vector index (None: the defaults). `as_dataframe`: a pandas DataFrame, one row per hit,
     instead of a list of Hit. `data_dir` as for `embedscale.run`; `tenant` reads a service
     tenant's tables in that data dir."""
+    home = tenant_data_dir(resolve_data_dir(data_dir), tenant)
     hits = search_table(
-        tenant_data_dir(resolve_data_dir(data_dir), tenant),
+        pointed_home(home, table),  # a migrated table: its active generation
         table,
         query,
         k=k,

@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from embedscale.engine.tables.catalog import TableInfo, existing_table, list_tables
+from embedscale.engine.errors import TableNotFoundError
+from embedscale.engine.tables.catalog import TableInfo, describe_table, existing_table, list_tables
 from embedscale.engine.tables.catalog import read_table as read_arrow
+from embedscale.engine.tables.generation_pointer import pointed_home, pointed_names
 from embedscale.engine.tables.versions import HISTORY_LIMIT, VersionInfo
 from embedscale.engine.tables.versions import history as table_history
 from embedscale.jobs.tenants.accounts import LOCAL_TENANT, tenant_data_dir
@@ -31,8 +33,16 @@ if TYPE_CHECKING:
 def tables(
     *, data_dir: str | os.PathLike | None = None, tenant: str = LOCAL_TENANT
 ) -> list[TableInfo]:
-    """The tables of a data dir (name, rows, model, dimension), by name."""
-    return list_tables(tenant_data_dir(resolve_data_dir(data_dir), tenant))
+    """The tables of a data dir (name, rows, model, dimension), by name; a migrated table as
+    its active generation is."""
+    home = tenant_data_dir(resolve_data_dir(data_dir), tenant)
+    found = {t.name: t for t in list_tables(home)}
+    for name in pointed_names(home):
+        try:
+            found[name] = describe_table(pointed_home(home, name), name)
+        except TableNotFoundError:  # dropped meanwhile
+            found.pop(name, None)
+    return [found[name] for name in sorted(found)]
 
 
 def read_table(
@@ -45,7 +55,8 @@ def read_table(
     """A table's rows as a pandas DataFrame, one row per chunk (`columns`: only those). The
     `vector` column holds one numpy array per chunk: `numpy.stack(df["vector"])` is the
     chunks-by-dimension matrix."""
-    data = read_arrow(tenant_data_dir(resolve_data_dir(data_dir), tenant), table, columns)
+    home = tenant_data_dir(resolve_data_dir(data_dir), tenant)
+    data = read_arrow(pointed_home(home, table), table, columns)
     return data.to_pandas()
 
 
@@ -60,7 +71,8 @@ def history(
     """The table's versions, newest first (`limit` of them, older than `before` if given),
     each with when it was made, its rows, the Lance operation and the jobs that made it (or the
     job a cancel removed, or the version a restore brought back). Straight from the table."""
-    found = existing_table(tenant_data_dir(resolve_data_dir(data_dir), tenant), table)
+    home = tenant_data_dir(resolve_data_dir(data_dir), tenant)
+    found = existing_table(pointed_home(home, table), table)
     return table_history(found.uri, found.storage, limit, before)
 
 

@@ -27,6 +27,7 @@ from embedscale.engine.sources.file_access import DEFAULT_MAX_DOCUMENT_BYTES, Fi
 from embedscale.engine.storage.locations import Location, StorageOptions, resolve_storage_options
 from embedscale.engine.tables.catalog import TableInfo, describe_table, existing_table, list_tables
 from embedscale.engine.tables.catalog import drop_table as remove_table
+from embedscale.engine.tables.generation_pointer import remove_pointer
 from embedscale.engine.tables.search import Hit, checked_where, search
 from embedscale.engine.tables.search_options import (
     DEFAULT_MODE,
@@ -60,7 +61,14 @@ from embedscale.jobs.states import TERMINAL, IllegalTransitionError, JobStatus
 from embedscale.jobs.store.duckdb_store import Store, utcnow
 from embedscale.jobs.store.generations import Generation
 from embedscale.jobs.store.job_figures import FiguresSnapshot
-from embedscale.jobs.store.records import EMBED, JOB_KINDS, MAINTENANCE, JobRecord, TenantRecord
+from embedscale.jobs.store.records import (
+    EMBED,
+    JOB_KINDS,
+    MAINTENANCE,
+    MIGRATION,
+    JobRecord,
+    TenantRecord,
+)
 from embedscale.jobs.store.retention import Retention
 from embedscale.jobs.table_admin import (
     Restored,
@@ -523,6 +531,7 @@ class JobService:
                     remove_table(gone)
                 self.runner.forget_table(gone.uri)
             self.store.forget_generations(tenant, name)
+            remove_pointer(data_dir, name)
 
     def tables(self, tenant: str) -> builtins.list[TableInfo]:
         """The tenant's tables with their rows, model and dimension, by name (a migrated
@@ -658,6 +667,30 @@ class JobService:
         """Switch the table back to the generation its latest switch retired (kept for the
         retention window), reconciled the same way; ConflictError when there is none."""
         return self.migrations.rollback(tenant, name)
+
+    def settle_migration(
+        self,
+        tenant: str,
+        name: str,
+        watch: Callable[[builtins.list[JobRecord]], object] | None = None,
+    ) -> MigrationView:
+        """Wait (with a runner) until no migration job of the table is unfinished, moving the
+        migration along after each (a build that switches at once may need a catch-up job);
+        `watch(jobs)` waits for the jobs instead of a plain wait (the CLI's progress bar)."""
+        while jobs := [
+            j
+            for j in self.store.unfinished_jobs(MIGRATION)
+            if j.tenant == tenant and j.table_name == name
+        ]:
+            if self.runner is None:
+                raise RuntimeError("attach a cluster and start the service to run migrations")
+            if watch is not None:
+                watch(jobs)
+            else:
+                for job in jobs:
+                    self.wait(job.id)
+            self.migrations.advance(tenant, name)
+        return self.migrations.view(tenant, name)
 
     def compare_migration(
         self, tenant: str, name: str, queries: builtins.list[str], k: int = 10

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pydantic import ValidationError as PydanticValidationError
 
 from embedscale.api.cli.cluster import add_cluster_commands
+from embedscale.api.cli.migrate import add_migrate_command
 from embedscale.api.cli.request_flags import add_request_arguments, flag_name
 from embedscale.api.cli.schedules import add_schedule_commands
 from embedscale.api.cli.tables import add_table_commands
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--kind",
         choices=JOB_KINDS,
-        help="only embed jobs, or only table maintenance runs (compaction, indexes, cleanup)",
+        help="only embed jobs, only table maintenance runs (compaction, indexes, cleanup), or "
+        "only migrations (a table embedded again with another model: embedscale migrate)",
     )
     _common_args(listing)
     for name, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job")):
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_args(rotate)
     add_schedule_commands(sub, _common_args)
     add_table_commands(sub, _common_args)
+    add_migrate_command(sub, _common_args, _cluster_args)
     add_cluster_commands(sub)
     return parser
 
@@ -264,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from embedscale.api.cli.tables import tables_command
 
             return tables_command(args)
+        if args.command == "migrate":
+            from embedscale.api.cli.migrate import migrate_command
+
+            return migrate_command(args)
         if args.command == "cluster":
             from embedscale.api.cli.cluster import cluster_command
 

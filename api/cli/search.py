@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from embedscale.api.settings import Settings
 from embedscale.api.startup import tables_home
+from embedscale.engine.tables.generation_pointer import pointed_home
 from embedscale.engine.tables.search import search
 from embedscale.jobs.tenants.accounts import tenant_data_dir
 
@@ -19,7 +20,7 @@ def search_command(args: argparse.Namespace) -> int:
     # running `serve`, and a search needs none of it.
     data_dir = tenant_data_dir(tables_home(Settings.from_args(args), check=True), args.tenant)
     hits = search(
-        data_dir,
+        pointed_home(data_dir, args.table),  # a migrated table: its active generation
         args.table,
         args.query,
         k=args.k,

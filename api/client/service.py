@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from embedscale.api.client.migrations import TableMigrations
 from embedscale.api.client.progress import ChunkBar
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ class Client:
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._http = httpx.Client(base_url=self.base_url, headers=self._auth, timeout=timeout)
         self.schedules = Schedules(self)
+        # A table moved to another model without downtime (api/client/migrations.py).
+        self.migrations = TableMigrations(self._request)
 
     def close(self) -> None:
         self._http.close()
@@ -292,6 +295,12 @@ class Client:
 
     def tables(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/tables")["tables"]
+
+    def migrate(self, table: str, model: str, **options: Any) -> dict[str, Any]:
+        """Start moving `table` to `model` (see `client.migrations` for the rest: state,
+        compare, switch, rollback); `options`: provider, switch ("auto" or "manual"),
+        priority."""
+        return self.migrations.start(table, model, **options)
 
     def usage(self) -> dict[str, Any]:
         return self._request("GET", "/v1/usage")

@@ -20,6 +20,7 @@ from embedscale.api.server.routes import (
     embeddings,
     health,
     jobs,
+    migrations,
     schedules,
     table_admin,
     tables,
@@ -89,6 +90,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(schedules.router)
     app.include_router(tables.router)
+    app.include_router(migrations.router)
     app.include_router(embeddings.router)  # OpenAI-compatible, OpenAI-shaped errors
     app.include_router(tenants.usage_router)
     if admin_key:  # no admin routes at all without an admin key

@@ -77,13 +77,16 @@ class JobOut(BaseModel):
     error_reason: str | None
     dashboard_link: str | None
     schedule_id: str | None = Field(None, description="the schedule whose run this job is")
-    kind: Literal["embed", "maintenance"] = Field(
+    kind: Literal["embed", "maintenance", "migration"] = Field(
         "embed",
-        description="embed (documents embedded into the table) or maintenance (the table "
-        "compacted, its indexes refreshed, its old versions removed)",
+        description="embed (documents embedded into the table), maintenance (the table "
+        "compacted, its indexes refreshed, its old versions removed) or migration (the table's "
+        "documents embedded with another model into a new generation of it)",
     )
     details: dict[str, Any] | None = Field(
-        None, description="maintenance: what each step did (fragments, indexes, versions, bytes)"
+        None,
+        description="maintenance: what each step did (fragments, indexes, versions, bytes); "
+        "migration: the generation it builds and whether the chunks were reused",
     )
     gpu_busy_percent: float | None = Field(
         None,

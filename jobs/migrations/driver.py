@@ -40,6 +40,7 @@ from embedscale.engine.sources.enumeration import SourcePlan
 from embedscale.engine.storage.locations import Location, remove_tree
 from embedscale.engine.tables.catalog import existing_table
 from embedscale.engine.tables.documents import delete_documents, documents
+from embedscale.engine.tables.generation_pointer import write_pointer
 from embedscale.jobs.errors import ConflictError, InvalidFieldError
 from embedscale.jobs.events import EventBus
 from embedscale.jobs.generation_states import SWITCHABLE, GenerationState
@@ -220,6 +221,9 @@ class Migrations:
         with self._lock_for(tenant, name):
             for generation in self.store.generations(tenant, name):
                 self._step(generation)
+            active = self.store.active_generation(tenant, name)
+            if active is not None:  # again: a crash may have come between switch and pointer
+                write_pointer(self.data_dir_of(tenant), name, active.physical)
 
     def sweep(self) -> None:
         """Advance every table with a generation under way, or retired (its retention)."""
@@ -305,6 +309,8 @@ class Migrations:
                     return
                 delete_documents(target, diff.gone)
                 self.store.switch_generation(g.tenant, g.table_name, g.generation, reconciled_at)
+                # Readers without the store (`embedscale search`) follow, after the commit.
+                write_pointer(data_dir, g.table_name, g.physical)
                 log.info("table %r now answers from generation %d", g.table_name, g.generation)
         except ConflictError as exc:  # a writer came, or another action holds the table
             self._wait(g, str(exc))

@@ -84,7 +84,7 @@ async def list_jobs(
     ] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     schedule: Annotated[str | None, Query(max_length=64)] = None,
-    kind: Literal["embed", "maintenance"] | None = None,
+    kind: Literal["embed", "maintenance", "migration"] | None = None,
 ) -> Response:
     """The tenant's jobs, newest first, at most 100 a page; follow `next_cursor` for older
     ones. `schedule`: only the runs of that schedule; `kind`: only embed jobs or only the
