@@ -177,6 +177,7 @@ class Migrations:
     def request_switch(self, tenant: str, name: str) -> MigrationView:
         """Switch to the built generation (reconciled first); ConflictError when there is none
         built, or it is still building."""
+        self.advance(tenant, name)  # a build that just ended is built
         generations = self.store.generations(tenant, name)
         building = [g for g in generations if g.state == GenerationState.BUILDING]
         built = [g for g in generations if g.state == GenerationState.BUILT]
@@ -194,6 +195,7 @@ class Migrations:
     def rollback(self, tenant: str, name: str) -> MigrationView:
         """Switch back to the generation retired by the latest switch (reconciled first);
         ConflictError when there is none still kept."""
+        self.advance(tenant, name)
         retired = [
             g for g in self.store.generations(tenant, name) if g.state == GenerationState.RETIRED
         ]
