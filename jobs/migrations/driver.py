@@ -37,6 +37,7 @@ from typing import Any
 from embedscale.engine.models.info import ModelInfo
 from embedscale.engine.sink.schema import table_model, table_provider
 from embedscale.engine.sources.enumeration import SourcePlan
+from embedscale.engine.sources.partitions import TableDocs
 from embedscale.engine.storage.locations import Location, remove_tree
 from embedscale.engine.tables.catalog import existing_table
 from embedscale.engine.tables.documents import delete_documents, documents
@@ -129,9 +130,9 @@ class Migrations:
         spec = JobSpec(
             table=name,
             model=model,
-            provider=provider or old_provider,  # type: ignore[arg-type]
+            provider=provider or old_provider,
             texts=[""],  # stands for the documents read back from the table (planning.py)
-            priority=priority,  # type: ignore[arg-type]
+            priority=priority,
             labels={"migration": f"{old_model} -> {model}"},
         )
         info = self.check_spec(spec)
@@ -321,7 +322,7 @@ class Migrations:
         spec = JobSpec(
             table=g.table_name,
             model=g.model,
-            provider=g.provider,  # type: ignore[arg-type]
+            provider=g.provider,
             texts=[""],
             mode="upsert",
             labels={"migration": f"catch-up of generation {g.generation}"},
@@ -337,7 +338,14 @@ class Migrations:
         version = source.dataset().version if version is None else version
         docs = documents(source, version) if docs is None else docs
         plan = plan_documents(source, version, docs, doc_ids, self.parallelism())
-        estimate = sum(docs[d].chunks for p in plan.partitions for i in p.items for d in i.doc_ids)
+        # The chunks the documents have now: exact where they are reused.
+        estimate = sum(
+            docs[d].chunks
+            for p in plan.partitions
+            for item in p.items
+            if isinstance(item, TableDocs)
+            for d in item.doc_ids
+        )
         details = {
             "generation": g.generation,
             "physical": g.physical,

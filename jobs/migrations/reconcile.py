@@ -17,7 +17,8 @@ from typing import Protocol
 class HasHash(Protocol):
     """What is compared of a document: its content hash."""
 
-    content_hash: str
+    @property
+    def content_hash(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,13 @@ def _generation(row: tuple[Any, ...]) -> Generation:
     return Generation(**values)
 
 
+def _found(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
+    """A row written a moment ago under the store's lock (None there would be a broken store)."""
+    if row is None:
+        raise RuntimeError("a generation just written was not found")
+    return row
+
+
 def generation_folder(generation: int) -> str:
     """Where generation `generation` of a table lives, under its tenant's data dir."""
     return "" if generation == 1 else f"generations/g{generation}"
@@ -182,7 +189,7 @@ class GenerationRows(Connected):
                     [tenant, table, number],
                 ).fetchone()
             self._forget_active()
-        return _generation(row)
+        return _generation(_found(row))
 
     @staticmethod
     def _insert(
@@ -287,7 +294,7 @@ class GenerationRows(Connected):
                     [str(GenerationState.ACTIVE), now, now, tenant, table, generation],
                 ).fetchone()
             self._forget_active()
-        return _generation(row)
+        return _generation(_found(row))
 
     def active_generations(self, tenant: str) -> dict[str, Generation]:
         """The tenant's migrated tables (those with generation rows): name -> active one."""
