@@ -703,7 +703,10 @@ class JobService:
         queries = [q for q in queries if q.strip()]
         if not queries or len(queries) > MAX_QUERIES:
             raise InvalidFieldError("queries", f"give 1 to {MAX_QUERIES} queries (non-empty)")
-        search_options(k, "vector", None, None)  # k's bounds, as a search checks them
+        try:
+            search_options(k, "vector", None, None)  # k's bounds, as a search checks them
+        except SearchParameterError as exc:
+            raise InvalidFieldError("k", str(exc)) from None
         view = self.migrations.view(tenant, name)
         active = next((g for g in view.generations if g.state == "active"), None)
         others = [g for g in view.generations if g.state in ("built", "retired")]

@@ -13,6 +13,7 @@ import pytest
 from embedscale.engine.chunking.chunker import ChunkSettings, chunk_texts
 from embedscale.engine.models.limits import local_tokenizer, model_limits
 from embedscale.engine.models.registry import resolve_model
+from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sources.documents import Document
 from embedscale.engine.tables.generation_pointer import (
     pointed_home,
@@ -142,3 +143,61 @@ def test_percentiles():
     assert percentile([], 0.5) == 0.0
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
+
+
+def test_a_switch_without_a_cluster_then_the_retention_window(tmp_path):
+    """A built generation holding the same documents switches at once (no job needed), a
+    generation with documents missing waits for its catch-up job, and a retired generation past
+    the retention window is removed while the table stays listed."""
+    from embedscale.jobs.generations import generation_table
+    from embedscale.jobs.service import JobService
+    from embedscale.local_tables import tables as local_tables
+    from tests.table_commits import commit_docs, new_table
+
+    with JobService(tmp_path / "data") as service:
+        home = service.tenant_data_dir("local")
+        commit_docs(new_table(home), "j1", ["a", "b"])
+        first, target = ("test-model", "sentence-transformers"), ("other", "sentence-transformers")
+        g = service.store.reserve_generation("local", "docs", first, target, "manual", True)
+        service.store.update_generation(
+            "local", "docs", 2, [GenerationState.BUILDING], state="built"
+        )
+        second = generation_table(home, g)
+        second.prepare(model_limits_of("test-model"), "append")
+        commit_docs(second, "j2", ["a", "z"])  # b missing, z gone from the active one
+        view = service.switch_migration("local", "docs")
+        waiting = view.generations[-1]
+        assert view.active == 1 and waiting.catch_up_job is not None  # b must be embedded
+        catch_up = service.get(waiting.catch_up_job)
+        assert (catch_up.kind, catch_up.status, catch_up.details["phase"]) == (
+            "migration",
+            JobStatus.QUEUED,
+            "catch-up",
+        )
+        service.cancel(catch_up.id)
+        service.migrations.advance("local", "docs")  # the switch gives up, and says why
+        waited = service.store.generations("local", "docs")[-1]
+        assert "cancelled" in (waited.error or "") and not waited.switch_requested
+
+        commit_docs(second, "j3", ["b"])  # what a catch-up would have done
+        view = service.switch_migration("local", "docs")
+        assert view.active == 2, view.to_dict()
+        assert sorted(r["doc_id"] for r in second.dataset().to_table().to_pylist()) == ["a", "b"]
+        assert [(t.name, t.rows) for t in service.tables("local")] == [("docs", 2)]
+
+        service.migrations.retention = timedelta(0)
+        service.migrations.advance("local", "docs")
+        states = {x.generation: str(x.state) for x in service.store.generations("local", "docs")}
+        assert states == {1: "removed", 2: "active"}
+        assert not ChunkTable(home, "docs").exists()
+        assert [t.name for t in service.tables("local")] == ["docs"]
+        with pytest.raises(ConflictError, match="no earlier generation"):
+            service.rollback_migration("local", "docs")
+    # Readers without the store find it through the pointer.
+    assert [t.name for t in local_tables(data_dir=tmp_path / "data")] == ["docs"]
+
+
+def model_limits_of(name: str):
+    from tests.table_commits import MODEL
+
+    return MODEL.__class__(name, MODEL.dimension, MODEL.max_tokens, MODEL.special_tokens)

@@ -210,9 +210,11 @@ class Migrations:
         return self._request(tenant, name, latest)
 
     def _request(self, tenant: str, name: str, target: Generation) -> MigrationView:
-        self.store.update_generation(
-            tenant, name, target.generation, SWITCHABLE, switch_requested=True, error=None
-        )
+        changes: dict[str, Any] = {"switch_requested": True, "error": None}
+        if target.catch_up_job is not None:
+            if self.store.get_job(target.catch_up_job).status in TERMINAL:
+                changes["catch_up_job"] = None  # one that ended before: this request's is new
+        self.store.update_generation(tenant, name, target.generation, SWITCHABLE, **changes)
         self.advance(tenant, name)
         return self.view(tenant, name)
 
