@@ -18,6 +18,7 @@ def migrate(
     model: str,
     *,
     provider: str | None = None,
+    provider_url: str | None = None,
     switch: str = "manual",
     priority: str = "normal",
     data_dir: str | os.PathLike | None = None,
@@ -28,7 +29,7 @@ def migrate(
     from embedscale.local_jobs import cluster
 
     with _service(data_dir) as service:
-        service.migrate(tenant, table, model, provider, switch, priority)
+        service.migrate(tenant, table, model, provider, switch, priority, provider_url)
         service.attach(cluster())
         service.start()
         try:

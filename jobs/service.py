@@ -326,10 +326,13 @@ class JobService:
         in the transaction that inserts it, queued otherwise and handed to the runner."""
         tier = self.tier_of(tenant)
         now = utcnow()
+        recorded = recorded_spec(spec)
+        if details and "documents" in details:  # a migration's texts are a table's documents
+            recorded["texts"] = details["documents"]
         record = JobRecord(
             id=job_id or uuid.uuid4().hex,
             tenant=tenant,
-            spec=recorded_spec(spec),
+            spec=recorded,
             status=JobStatus.QUEUED,
             priority=spec.priority,
             table_name=spec.table,
@@ -645,13 +648,14 @@ class JobService:
         provider: str | None = None,
         switch: str = DEFAULT_SWITCH_MODE,
         priority: str = "normal",
+        provider_url: str | None = None,
     ) -> MigrationView:
-        """Start building a new generation of the tenant's table with `model` (`provider`:
-        default the table's), as a job of kind migration; `switch` auto switches once it is
-        built, manual (default) waits for `switch_migration`. InvalidFieldError for a model
-        not offered or not known, ConflictError while a migration of the table is under way:
-        nothing changed then."""
-        return self.migrations.start(tenant, name, model, provider, switch, priority)
+        """Start building a new generation of the tenant's table with `model` (`provider`,
+        `provider_url`: default the table's), as a job of kind migration; `switch` auto
+        switches once it is built, manual (default) waits for `switch_migration`.
+        InvalidFieldError for a model not offered or not known, ConflictError while a
+        migration of the table is under way: nothing changed then."""
+        return self.migrations.start(tenant, name, model, provider, switch, priority, provider_url)
 
     def migration(self, tenant: str, name: str) -> MigrationView:
         """The tenant's table's generations: which is active, which building, built, retired."""

@@ -52,7 +52,20 @@ def test_a_table_moves_to_another_provider_over_http(server):
         assert nothing.value.status_code == 409 and "no earlier generation" in str(
             nothing.value.detail
         )
+        with pytest.raises(ApiError) as no_url:
+            client.migrate("docs", "all-MiniLM-L6-v2", provider="openai")
+        assert no_url.value.status_code == 422 and "provider_url" in str(no_url.value.detail)
+        with server.admin() as admin:  # the migration job's chunks count against the quota
+            limit = admin.patch("/v1/tenants/mover", json={"daily_chunks": 5})
+            assert limit.status_code == 200, limit.text
+            with pytest.raises(ApiError) as quota:
+                client.migrate("docs", "all-MiniLM-L6-v2", provider="onnx")
+            assert quota.value.status_code == 429
+            assert admin.patch("/v1/tenants/mover", json={"daily_chunks": None}).status_code == 200
         assert client.migrations.state("docs")["generations"] == []  # nothing changed
+        assert [j.id for j in client.jobs(table="docs")] and not [
+            j for j in client.jobs(table="docs") if j.record["kind"] == "migration"
+        ]
 
         started = client.migrate("docs", "all-MiniLM-L6-v2", provider="onnx")
         building = started["generations"][-1]

@@ -42,6 +42,11 @@ def add_migrate_command(sub: Any, common_args: Any, cluster_args: Any) -> None:
         help="where the new model's vectors come from (default: the table's)",
     )
     p.add_argument(
+        "--provider-url",
+        metavar="URL",
+        help="provider openai: the endpoint's base URL (default: the table's)",
+    )
+    p.add_argument(
         "--switch",
         nargs="?",
         const=NOW,
@@ -99,6 +104,7 @@ def migrate_command(args: argparse.Namespace) -> int:
                 args.provider,
                 args.switch or "manual",
                 args.priority,
+                args.provider_url,
             )
         elif args.switch == NOW:
             view = service.switch_migration(args.tenant, args.table)

@@ -27,6 +27,7 @@ class TableMigrations:
         model: str,
         *,
         provider: str | None = None,
+        provider_url: str | None = None,
         switch: str = "manual",
         priority: str = "normal",
     ) -> dict[str, Any]:
@@ -36,6 +37,8 @@ class TableMigrations:
         body: dict[str, Any] = {"model": model, "switch": switch, "priority": priority}
         if provider is not None:
             body["provider"] = provider
+        if provider_url is not None:
+            body["provider_url"] = provider_url
         return self._request("POST", f"/v1/tables/{table}/migrations", json=body)
 
     def state(self, table: str) -> dict[str, Any]:

@@ -27,6 +27,11 @@ class MigrationRequest(BaseModel):
     provider: Provider | None = Field(
         None, description="where its vectors come from (default: the table's)"
     )
+    provider_url: NameStr | None = Field(
+        None,
+        max_length=2048,
+        description="provider openai: the endpoint's base URL (default: the table's)",
+    )
     switch: Literal["auto", "manual"] = Field(
         "manual",
         description=(

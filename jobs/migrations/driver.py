@@ -34,6 +34,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from embedscale.engine.models.info import ModelInfo
 from embedscale.engine.sink.schema import table_model, table_provider
 from embedscale.engine.sources.enumeration import SourcePlan
@@ -80,6 +82,18 @@ class MigrationView:
         }
 
 
+def migration_spec(**fields: Any) -> JobSpec:
+    """The spec of a migration job: a job of inline texts as far as the spec goes (the texts
+    stand for the documents read back from the table: planning.py), checked as any job's; a
+    field it refuses is an InvalidFieldError naming it."""
+    try:
+        return JobSpec(texts=[""], **fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "model"
+        raise InvalidFieldError(field, error["msg"].removeprefix("Value error, ")) from None
+
+
 class Migrations:
     """The migrations of one service's tables (see the module docstring)."""
 
@@ -114,11 +128,13 @@ class Migrations:
         provider: str | None = None,
         switch: str = DEFAULT_SWITCH_MODE,
         priority: str = "normal",
+        provider_url: str | None = None,
     ) -> MigrationView:
-        """Start building a new generation of the tenant's table `name` with `model`:
-        InvalidFieldError for a model not offered or not known here, or the table's own;
-        ConflictError while another migration of the table is under way; nothing changed
-        then. Returns the table's generations, the new one building."""
+        """Start building a new generation of the tenant's table `name` with `model`
+        (`provider` and, for openai, `provider_url`: default the table's): InvalidFieldError
+        for a model not offered or not known here, or the table's own; ConflictError while
+        another migration of the table is under way; nothing changed then. Returns the
+        table's generations, the new one building."""
         if switch not in SWITCH_MODES:
             raise InvalidFieldError("switch", f"unknown switch mode {switch!r}: use auto or manual")
         current = existing_table(
@@ -127,11 +143,14 @@ class Migrations:
         schema = current.dataset().schema
         old_model, _ = table_model(schema)
         old_provider, old_url = table_provider(schema)
-        spec = JobSpec(
+        provider = provider or old_provider
+        if provider == "openai" and provider_url is None and old_provider == "openai":
+            provider_url = old_url
+        spec = migration_spec(
             table=name,
             model=model,
-            provider=provider or old_provider,
-            texts=[""],  # stands for the documents read back from the table (planning.py)
+            provider=provider,
+            provider_url=provider_url,
             priority=priority,
             labels={"migration": f"{old_model} -> {model}"},
         )
@@ -321,11 +340,12 @@ class Migrations:
             self._wait(g, str(exc))
 
     def _catch_up(self, g, active, version, current, changed: list[str]) -> None:
-        spec = JobSpec(
+        _, url = table_provider(generation_table(self.data_dir_of(g.tenant), g).dataset().schema)
+        spec = migration_spec(
             table=g.table_name,
             model=g.model,
             provider=g.provider,
-            texts=[""],
+            provider_url=url if g.provider == "openai" else None,
             mode="upsert",
             labels={"migration": f"catch-up of generation {g.generation}"},
         )

@@ -314,6 +314,14 @@ class GenerationRows(Connected):
                     "generation = ? AND state = ?",
                     [tenant, table, generation, str(GenerationState.BUILDING)],
                 )
+                # A table's first migration also recorded its generation 1: alone, it goes too
+                # (the table is its own generation 1 without it, as before).
+                con.execute(
+                    "DELETE FROM table_generations WHERE tenant = ? AND table_name = ? AND "
+                    "generation = 1 AND NOT EXISTS (SELECT 1 FROM table_generations WHERE "
+                    "tenant = ? AND table_name = ? AND generation > 1)",
+                    [tenant, table, tenant, table],
+                )
             self._forget_active()
 
     def forget_generations(self, tenant: str, table: str) -> None:

@@ -47,6 +47,7 @@ async def start_migration(
         request.provider,
         request.switch,
         request.priority,
+        request.provider_url,
     )
     return _out(view)
 
