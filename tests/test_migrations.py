@@ -252,3 +252,21 @@ def test_the_cli_builds_compares_switches_and_rolls_back(cluster, tmp_path, othe
     assert again.returncode == 1 and "nothing to switch to" in again.stderr
     bad = migrate("--model", str(tmp_path / "missing-model"))
     assert bad.returncode == 1 and "model" in bad.stderr
+
+
+def test_documents_are_chunked_afresh_when_the_tokenizers_differ(service, other_model, monkeypatch):
+    """Another tokenizer: each document's text is rebuilt from its chunks and cut again with
+    the new model's sizes (here its default 256 tokens, not the table's 24)."""
+    from embedscale.jobs.migrations import driver
+
+    monkeypatch.setattr(driver, "tokenizers_agree", lambda old, new: False)
+    embed(service, TEXTS)
+    old = active_table(service.store, service.tenant_data_dir(TENANT), TENANT, "docs")
+    service.migrate(TENANT, "docs", other_model, switch="auto")
+    view = service.settle_migration(TENANT, "docs")
+    assert view.active == 2 and not view.generations[-1].reuse_chunks
+    new = active_table(service.store, service.tenant_data_dir(TENANT), TENANT, "docs")
+    assert documents(new) == documents(old) and ids_unique(new)
+    assert len(rows(new)) == len(TEXTS) < len(rows(old))  # one chunk a document now
+    for r in rows(new):  # each chunk is its document's text, as the source had it
+        assert r["text"] == TEXTS[r["doc_id"]] and r["char_start"] == 0
