@@ -150,6 +150,7 @@ def test_jobs_that_land_during_a_migration_reach_the_new_generation(service, oth
     assert ids_unique(new)
     assert {r["model"] for r in rows(new)} == {other_model}
     assert any("rewritten" in r["text"] for r in rows(new) if r["doc_id"] == "d1")
+    assert service.verify_table(TENANT, "docs").ok  # the new generation against the ledger
 
     # After the switch, jobs write the new generation (naming its model: one naming the old one
     # is refused, as for any table); a rollback brings the old generation level first.
@@ -165,6 +166,7 @@ def test_jobs_that_land_during_a_migration_reach_the_new_generation(service, oth
     assert documents(back) == documents(new) and ids_unique(back)
     assert {r["model"] for r in rows(back)} == {"all-MiniLM-L6-v2"}
     assert service.table(TENANT, "docs").model == "all-MiniLM-L6-v2"
+    assert service.verify_table(TENANT, "docs").ok
 
 
 def test_refusals_change_nothing(service, other_model, tmp_path):
