@@ -16,7 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from embedscale.jobs.errors import ConflictError
-from embedscale.jobs.generation_states import IN_PROGRESS, SWITCHABLE, GenerationState
+from embedscale.jobs.generation_states import (
+    IN_PROGRESS,
+    SWITCHABLE,
+    GenerationState,
+    check_step,
+)
 from embedscale.jobs.states import ACTIVE
 from embedscale.jobs.store.connection import Connected
 from embedscale.jobs.store.rows import scalar, utcnow
@@ -233,6 +238,9 @@ class GenerationRows(Connected):
     ) -> Generation | None:
         """Set `changes` on a generation while it is in one of `states` (one statement: a
         generation moved on meanwhile is left as it is, and None returned)."""
+        if "state" in changes:  # the steps a generation may take (jobs/generation_states.py)
+            for old in states:
+                check_step(old, GenerationState(changes["state"]), f"generation {generation}")
         changes = {k: (str(v) if isinstance(v, GenerationState) else v) for k, v in changes.items()}
         changes["updated_at"] = utcnow()
         assignments = ", ".join(f"{name} = ?" for name in changes)
