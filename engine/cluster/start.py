@@ -11,6 +11,7 @@ import dask
 from distributed import Client
 
 from embedscale.engine.cluster.spec import KINDS, ClusterKind, ClusterSpec, dashboard_bind
+from embedscale.engine.cluster.worker_start import worker_start_config
 from embedscale.engine.errors import EmbedscaleError, error_line
 
 __all__ = [
@@ -145,12 +146,15 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
                 threads_per_worker=spec.threads_per_worker,
             )
         )
+    worker_config = dict(WORKER_DASK_CONFIG)
+    if spec.kind != "local-cuda":  # GPU workers are spawned: see engine.cluster.worker_start
+        worker_config |= worker_start_config()
     if spec.adaptive is not None:
         # Workers an adaptive cluster adds later are made on its event loop, long after a
         # `with dask.config.set(...)` would have ended: they must see the same config, so it
         # goes into this process's Dask config for good (only clusters it starts read it).
-        dask.config.update(dask.config.config, _nested(WORKER_DASK_CONFIG), priority="new")
-    with dask.config.set(WORKER_DASK_CONFIG):
+        dask.config.update(dask.config.config, _nested(worker_config), priority="new")
+    with dask.config.set(worker_config):
         if spec.kind == "local-cuda":
             cluster = _local_cuda_cluster(spec, security)
         else:
