@@ -8,6 +8,11 @@ crash can leave unrecorded comes after the newest version the runner recorded fo
 are read from: a bound set by what happened since, not a window of recent commits that a busy
 table passes in minutes. Resume records what they show (`record_unrecorded`); sync and undo,
 which may run after a crash without a resume (the CLI's cancel), add them to what they read.
+
+A migrated table has several generations, physical tables of one name each with its own version
+numbers (jobs/generations.py). Every reader here takes the generation of the table it is given
+(`physical`, its folder: '' for generation 1, and for a table never migrated) and compares the
+table's versions with what the ledger recorded of that generation only.
 """
 
 from __future__ import annotations
@@ -40,18 +45,20 @@ class JobLedger:
     sync_deleted: int | None = None  # documents the end of a sync deleted (None: not yet)
 
 
-def unrecorded_commits(store: Store, tenant: str, table: ChunkTable) -> list[TableCommit]:
+def unrecorded_commits(
+    store: Store, tenant: str, table: ChunkTable, physical: str = ""
+) -> list[TableCommit]:
     """The commits of the tenant's `table` after the newest version the ledger recorded of
     it: every commit a crash can have left unrecorded (and the maintenance and cancels since,
     which name no partition). A table the ledger has recorded no commit of (a new table whose
     first commit a crash cut off, one written before the ledger existed) or whose recorded
     version is not the commit recorded (the table was dropped and made again) is read whole,
     once: the next commit recorded bounds the read again. (~0.4 ms a commit on local disk:
-    4.4 s for 10,000.)"""
+    4.4 s for 10,000.) `table` is the generation in `physical` ('' for generation 1)."""
     latest = latest_version(table)
     if not latest:
         return []
-    newest = store.newest_recorded(tenant, table.name, latest)
+    newest = store.newest_recorded(tenant, table.name, latest, physical)
     if newest is not None:
         version, jobs = newest
         commit = commit_at(table, version)
@@ -60,11 +67,16 @@ def unrecorded_commits(store: Store, tenant: str, table: ChunkTable) -> list[Tab
     return commits_after(table, 0)
 
 
-def job_ledger(store: Store, tenant: str, table: ChunkTable, job_id: str) -> JobLedger:
-    """What `job_id` did to `table`: the store's ledger, with the table's unrecorded commits."""
+def job_ledger(
+    store: Store, tenant: str, table: ChunkTable, job_id: str, physical: str = ""
+) -> JobLedger:
+    """What `job_id` did to `table` (the generation in `physical` it writes): the store's
+    ledger, with the table's unrecorded commits."""
     stored = store.job_ledger(job_id)
     unrecorded = [
-        c for c in unrecorded_commits(store, tenant, table) if c.version not in stored.versions
+        c
+        for c in unrecorded_commits(store, tenant, table, physical)
+        if c.version not in stored.versions
     ]
     found = JobLedger(seen=stored.seen, sync_deleted=stored.sync_deleted)
     replaced = [(v, read, docs) for v, read, docs in stored.replaced]
@@ -90,12 +102,13 @@ def job_ledger(store: Store, tenant: str, table: ChunkTable, job_id: str) -> Job
     return found
 
 
-def record_unrecorded(store: Store, tenant: str, table: ChunkTable) -> None:
+def record_unrecorded(store: Store, tenant: str, table: ChunkTable, physical: str = "") -> None:
     """Record what the table's unrecorded commits show (a crash, or an outage of the store,
     came between them and their record), for every unfinished job of the tenant they name: the
     partitions committed (marked done and charged as usual, with their ledger rows), a sync's
     deletion, an overwrite. Jobs this store does not know (another data dir wrote them) are
-    left out, and so are ended ones (their ledger is closed: nothing is charged for them now)."""
+    left out, and so are ended ones (their ledger is closed: nothing is charged for them now).
+    `table` is the generation in `physical`."""
     owners: dict[str, bool] = {}
 
     def ours(job_id: str) -> bool:
@@ -104,7 +117,7 @@ def record_unrecorded(store: Store, tenant: str, table: ChunkTable) -> None:
         return owners[job_id]
 
     done: list[PartitionDone] = []
-    unrecorded = unrecorded_commits(store, tenant, table)
+    unrecorded = unrecorded_commits(store, tenant, table, physical)
     for commit in unrecorded:
         for job_id, partitions in commit.partitions.items():
             if not ours(job_id):
@@ -146,10 +159,12 @@ def record_unrecorded(store: Store, tenant: str, table: ChunkTable) -> None:
             store.record_overwrite(commit.overwrite, commit.read_version, commit.version)
 
 
-def unrecorded_chunks(store: Store, tenant: str, table: ChunkTable, job_id: str) -> int:
-    """Chunks of `job_id`'s partitions that its table holds and the ledger does not record
-    yet (a commit is recorded just after it lands)."""
-    commits = unrecorded_commits(store, tenant, table)
+def unrecorded_chunks(
+    store: Store, tenant: str, table: ChunkTable, job_id: str, physical: str = ""
+) -> int:
+    """Chunks of `job_id`'s partitions that its table (the generation in `physical`) holds and
+    the ledger does not record yet (a commit is recorded just after it lands)."""
+    commits = unrecorded_commits(store, tenant, table, physical)
     return sum(int(c.get("chunks", 0)) for c in committed_partitions(commits, job_id).values())
 
 
@@ -162,7 +177,9 @@ def _unfinished_of(store: Store, tenant: str, job_id: str) -> bool:
     return record.tenant == tenant and record.status not in TERMINAL
 
 
-def versions_needed_from(store: Store, tenant: str, table: ChunkTable) -> int | None:
+def versions_needed_from(
+    store: Store, tenant: str, table: ChunkTable, physical: str = ""
+) -> int | None:
     """The oldest version of the tenant's `table` that a cleanup must keep (with every later
     one), None when only the newest matters: the versions the commits of jobs not yet ended
     read (their undo brings rows back from them; their resume and sync read them), and the
@@ -170,16 +187,18 @@ def versions_needed_from(store: Store, tenant: str, table: ChunkTable) -> int | 
     commit a crash or a moment left unrecorded: resume finds it there). Versions the ledger
     recorded, and maintenance's own versions after them, are needed by nothing: with the
     recorded version removed, `unrecorded_commits` reads what history is left, all of it after
-    the removed run. Reads the table's commits after the newest recorded version."""
+    the removed run. Reads the table's commits after the newest recorded version. `table` is
+    the generation in `physical`: a version another generation recorded is not its own (taken
+    for one, a commit this generation's resume needs would be cleaned up)."""
     latest = latest_version(table)
     if not latest:
         return None
-    newest = store.newest_recorded(tenant, table.name, latest)
+    newest = store.newest_recorded(tenant, table.name, latest, physical)
     unrecorded = [c.version for c in commits_after(table, newest[0] if newest else 0) if c.jobs()]
     needed = [
         v
         for v in (
-            store.oldest_read_by_unfinished(tenant, table.name),
+            store.oldest_read_by_unfinished(tenant, table.name, physical),
             min(unrecorded, default=None),
         )
         if v is not None

@@ -40,7 +40,13 @@ from embedscale.jobs.embeddings.batcher import EmbeddingBatcher
 from embedscale.jobs.embeddings.requests import EmbeddingRequests, PendingEmbedding
 from embedscale.jobs.errors import ConflictError, InvalidFieldError, QuotaExceededError
 from embedscale.jobs.events import EventBus
-from embedscale.jobs.generations import active_table, generation_home, generation_table, table_home
+from embedscale.jobs.generations import (
+    active_physical,
+    active_table,
+    generation_home,
+    generation_table,
+    table_home,
+)
 from embedscale.jobs.migrations.compare import MAX_QUERIES, Comparison, compare
 from embedscale.jobs.migrations.driver import DEFAULT_SWITCH_MODE, Migrations, MigrationView
 from embedscale.jobs.policies.schedules import MAX_SCHEDULES_PER_TENANT
@@ -555,6 +561,14 @@ class JobService:
         (jobs/generations.py): what every engine call on the table is given."""
         return table_home(self.store, self.tenant_data_dir(tenant), tenant, name)
 
+    def _active(self, tenant: str, name: str) -> tuple[ChunkTable, str]:
+        """The active generation of the tenant's table `name` (TableNotFoundError if there is
+        none) and its folder ('' for generation 1), read at once: the job ledger's queries
+        about the table take the generation (jobs/ledger.py)."""
+        physical = active_physical(self.store, tenant, name)
+        home = generation_home(self.tenant_data_dir(tenant), physical)
+        return existing_table(home, name), physical
+
     def table_details(self, tenant: str, name: str) -> TableView:
         """One of the tenant's tables in full: rows, model, fragments, versions, bytes and
         indexes (`embedscale tables show`)."""
@@ -567,10 +581,10 @@ class JobService:
         each (`limit` of them, older than `before` if given)."""
         if limit < 1:
             raise InvalidFieldError("limit", "list 1 version or more")
-        table = existing_table(self._home(tenant, name), name)
+        table, physical = self._active(tenant, name)
         listed = table_history(table.uri, table.storage, limit, before)
         # A restore names no job in its commit; the ledger has the job that recorded it.
-        restores = {r.version: r.job_id for r in self.store.table_restores(tenant, name)}
+        restores = {r.version: r.job_id for r in self.store.table_restores(tenant, name, physical)}
         return [
             replace(v, jobs=(restores[v.version],))
             if v.restored is not None and v.version in restores
@@ -583,15 +597,15 @@ class JobService:
         ledger; InvalidFieldError (of `version`) for a version it lacks, ConflictError while a
         job of the table is unfinished or another action (a drop, a maintenance run) holds it.
         Nothing changes when refused."""
-        table = existing_table(self._home(tenant, name), name)
+        table, physical = self._active(tenant, name)
         with self.table_actions.hold(tenant, name, "restored"):
             refuse_while_written(self.store, tenant, name, "restore")
             self._refuse_while_maintained(table)
             if self.runner is None:
-                return restore_version(self.store, tenant, table, version)
+                return restore_version(self.store, tenant, table, version, physical)
             # No compaction of the runner's starts on the table until the restore committed.
             with self.runner.maintenance.exclusive(table.uri):
-                return restore_version(self.store, tenant, table, version)
+                return restore_version(self.store, tenant, table, version, physical)
 
     def optimize_table(
         self, tenant: str, name: str, retention: timedelta | None = None
@@ -604,12 +618,12 @@ class JobService:
         or another action holds it."""
         if retention is not None and retention < timedelta(0):
             raise InvalidFieldError("retention", "a retention window is 0 or more")
-        table = existing_table(self._home(tenant, name), name)
+        table, physical = self._active(tenant, name)
         with self.table_actions.hold(tenant, name, "optimized"):
             refuse_while_written(self.store, tenant, name, "optimize")
             if self.runner is not None:
                 run_id = self.runner.maintenance.maintain_now(
-                    Target(table, tenant, name), retention
+                    Target(table, tenant, name, physical), retention
                 )
                 if run_id is None:
                     raise ConflictError(f"table '{name}' is being maintained already")
@@ -624,6 +638,7 @@ class JobService:
                 lambda record: self.bus.publish(
                     record.id, {"type": "status", "job": record.to_dict()}
                 ),
+                physical,
             )
 
     def _refuse_while_maintained(self, table: ChunkTable) -> None:
@@ -636,7 +651,8 @@ class JobService:
     def verify_table(self, tenant: str, name: str) -> VerifyReport:
         """One of the tenant's tables checked against itself and the job ledger
         (`embedscale verify`); TableNotFoundError if it has none of that name."""
-        return verify_table(self.store, existing_table(self._home(tenant, name), name), tenant)
+        table, physical = self._active(tenant, name)
+        return verify_table(self.store, table, tenant, physical)
 
     # --- migrations: a table moved to another model (jobs/migrations/) ---------------------
 

@@ -132,11 +132,13 @@ def show(data_dir: Path | Location, name: str) -> TableView:
     )
 
 
-def restore_version(store: Store, tenant: str, table: ChunkTable, version: int) -> Restored:
-    """Bring the tenant's `table` back to `version` as a new commit, recorded in the ledger
-    (see the module docstring). The job and its ledger row are recorded before the commit, so
-    a crash in between leaves a run the runner ends as interrupted and a restore verify allows
-    for, not a commit nobody knows."""
+def restore_version(
+    store: Store, tenant: str, table: ChunkTable, version: int, physical: str = ""
+) -> Restored:
+    """Bring the tenant's `table` (the generation in `physical`, '' for generation 1) back to
+    `version` as a new commit, recorded in the ledger (see the module docstring). The job and
+    its ledger row are recorded before the commit, so a crash in between leaves a run the
+    runner ends as interrupted and a restore verify allows for, not a commit nobody knows."""
     try:
         latest = require_version(table.uri, table.storage, version)
     except TableNotFoundError:
@@ -145,10 +147,13 @@ def restore_version(store: Store, tenant: str, table: ChunkTable, version: int) 
         raise InvalidFieldError("version", str(exc)) from None
     if version == latest:
         return Restored(table.name, version, latest, None)
+    # The generation it restores, read with its ledger row (absent: generation 1, as the
+    # restores of before the generations).
+    where = {"physical": physical} if physical else {}
     record = maintenance_record(
         tenant,
         table.name,
-        details={"restore": {"version": version, "read_version": latest}},
+        details={"restore": {"version": version, "read_version": latest}, **where},
         restore=version,
     )
     store.insert_job(record, [])
@@ -164,13 +169,13 @@ def restore_version(store: Store, tenant: str, table: ChunkTable, version: int) 
             JobStatus.FAILED,
             error=error_line(exc),
             error_reason="restore_failed",
-            details={"restore": {"version": version, "read_version": latest}},
+            details={"restore": {"version": version, "read_version": latest}, **where},
         )
         raise
     store.finish(
         record.id,
         JobStatus.SUCCEEDED,
-        details={"restore": {"version": version, "read_version": latest, "made": made}},
+        details={"restore": {"version": version, "read_version": latest, "made": made}, **where},
     )
     return Restored(table.name, version, made, record.id)
 
@@ -181,21 +186,25 @@ def optimize_now(
     table: ChunkTable,
     retention: timedelta = RETENTION,
     publish: Callable[[JobRecord], None] = lambda record: None,
+    physical: str = "",
 ) -> JobRecord | None:
     """One maintenance run of the table in this thread (no runner in this process: the CLI):
     compaction, index refresh, cleanup of the versions older than `retention` that no job not
-    yet ended needs (jobs.ledger.versions_needed_from); recorded as a job of kind
-    `maintenance`, returned once it ended (None: the store did not record it)."""
+    yet ended needs (jobs.ledger.versions_needed_from, of the generation in `physical`);
+    recorded as a job of kind `maintenance`, returned once it ended (None: the store did not
+    record it)."""
     maintenance = TableMaintenance(
         lambda: None,
         after_fragments=None,
         runs=StoredMaintenanceRuns(store, publish),
-        keep_from=lambda target: versions_needed_from(store, target.tenant, target.table),
+        keep_from=lambda target: versions_needed_from(
+            store, target.tenant, target.table, target.physical
+        ),
         retention=retention,
         sweep_every_s=None,
     )
     try:
-        run_id = maintenance.maintain_now(Target(table, tenant, table.name))
+        run_id = maintenance.maintain_now(Target(table, tenant, table.name, physical))
     finally:
         maintenance.close()  # waits for the run
     return store.get_job(run_id) if run_id else None

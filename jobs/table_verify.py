@@ -85,17 +85,24 @@ def _examples(problem: Problem) -> str:
     return f" (e.g. {', '.join(problem.examples)})"
 
 
-def verify_table(store: Store, table: ChunkTable, tenant: str) -> VerifyReport:
-    """Check `table` (of `tenant`) against itself and against the ledger in `store`."""
+def verify_table(store: Store, table: ChunkTable, tenant: str, physical: str = "") -> VerifyReport:
+    """Check `table` (of `tenant`; the generation in `physical`, '' for generation 1) against
+    itself and against the ledger in `store`: the jobs that wrote this generation, its
+    restores. A replacing job of another generation of the table still excuses rows missing
+    here: a switch or rollback reconciles the generations, carrying what it replaced across
+    (jobs/migrations/driver.py)."""
     scan = scan_table(table)
-    ledger = store.table_ledger(tenant, table.name)
+    every = store.table_ledger(tenant, table.name)
+    ledger = [job for job in every if job.physical == physical]
+    restores = store.table_restores(tenant, table.name, physical)
     problems = list(scan.problems) + ledger_problems(
         table,
         scan,
         ledger,
-        lambda job_id: unrecorded_chunks(store, tenant, table, job_id),
-        [Restore(r.at, r.restored) for r in store.table_restores(tenant, table.name)],
+        lambda job_id: unrecorded_chunks(store, tenant, table, job_id, physical),
+        [Restore(r.at, r.restored) for r in restores],
         lambda job_id: store.job_ledger(job_id).versions,
+        replacing=every,
     )
     return VerifyReport(
         table.name, tenant, scan.rows, scan.model, scan.dimension, len(ledger), problems
@@ -109,13 +116,15 @@ def ledger_problems(
     unrecorded: Callable[[str], int],
     restores: Sequence[Restore] = (),
     committed: Callable[[str], set[int]] = lambda job_id: set(),
+    replacing: Sequence[LedgerJob] | None = None,
 ) -> list[Problem]:
     """Each job's rows in the table held against what the ledger records it committed;
     `unrecorded(job_id)`: the job's chunks the table's commits hold and the ledger does not
     record yet; `restores`: the table's restores to older versions (jobs.table_admin), which
     take away the rows of the jobs committed after the version brought back and may bring back
     rows of a job cancelled since; `committed(job_id)`: the versions its commits made, as the
-    ledger records them (read only for the jobs a restore came after)."""
+    ledger records them (read only for the jobs a restore came after); `replacing`: the jobs
+    whose replacements may have removed rows of the table (default: `ledger`'s)."""
     found: dict[str, list[str]] = {}  # kind -> one description per job
     counts: dict[str, int] = {}  # kind -> rows concerned
     created = _Created(table)
@@ -153,7 +162,7 @@ def ledger_problems(
         elif (
             rows < job.chunks_done
             and not any(_taken_away(r, versions) for r in later)
-            and not _replaceable(job, ledger, created)
+            and not _replaceable(job, ledger if replacing is None else replacing, created)
         ):
             add(
                 "missing_rows",
@@ -249,7 +258,7 @@ def _brought_back(restore: Restore, versions: set[int]) -> bool:
     return restore.version >= min(versions)
 
 
-def _replaceable(job: LedgerJob, ledger: list[LedgerJob], created: _Created) -> bool:
+def _replaceable(job: LedgerJob, ledger: Sequence[LedgerJob], created: _Created) -> bool:
     """Whether the job's rows may rightly be fewer than it committed: another job that
     removes rows (overwrite, upsert, sync; not one cancelled, whose removal was undone) was
     still running after the job's first commit, or the table was made after it."""

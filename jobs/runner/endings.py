@@ -14,7 +14,7 @@ from embedscale.engine.storage.locations import Location
 from embedscale.engine.tables.sync import delete_gone
 from embedscale.engine.tables.undo import undo_job
 from embedscale.jobs.errors import PartitionsNotDoneError, StoreUnavailableError
-from embedscale.jobs.generations import job_table
+from embedscale.jobs.generations import job_physical, job_table
 from embedscale.jobs.ledger import job_ledger
 from embedscale.jobs.runner.preparation import RunningJob
 from embedscale.jobs.states import JobStatus
@@ -27,7 +27,7 @@ def remove_job_rows(store: Store, data_dir: Path | Location, record: JobRecord) 
     table = job_table(store, data_dir, record)
     if not table.exists():
         return
-    ledger = job_ledger(store, record.tenant, table, record.id)
+    ledger = job_ledger(store, record.tenant, table, record.id, job_physical(store, record))
     undo_job(table, record.id, ledger.replaced, ledger.overwritten_before)
 
 
@@ -44,7 +44,7 @@ def completion(store: Store, job: RunningJob) -> tuple[JobStatus, dict[str, Any]
     if store.partitions_left(record.id):
         raise PartitionsNotDoneError(record.id)
     try:
-        ledger = job_ledger(store, record.tenant, job.table, record.id)
+        ledger = job_ledger(store, record.tenant, job.table, record.id, job_physical(store, record))
         if ledger.sync_deleted is None:
             kept = {s.source for s in store.skipped(record.id)}  # a store of before the ledger
             deletion = delete_gone(job.table, record.id, ledger.seen, kept)

@@ -33,7 +33,7 @@ from embedscale.engine.sources.partitions import Partition
 from embedscale.engine.storage.locations import Location
 from embedscale.jobs.errors import PartitionsNotDoneError, StoreUnavailableError
 from embedscale.jobs.events import EventBus
-from embedscale.jobs.generations import job_table
+from embedscale.jobs.generations import job_physical, job_table
 from embedscale.jobs.ledger import versions_needed_from
 from embedscale.jobs.log_context import call_with_log_fields, log_fields
 from embedscale.jobs.policies.decisions import is_done
@@ -125,7 +125,9 @@ class Runner:
             lambda: self._inbox.put(WakeUp()),
             self.config.compact_after_fragments,
             runs=self._maintenance_runs,
-            keep_from=lambda target: versions_needed_from(store, target.tenant, target.table),
+            keep_from=lambda target: versions_needed_from(
+                store, target.tenant, target.table, target.physical
+            ),
             retention=self.config.version_retention,
             sweep_every_s=self.config.maintenance_sweep_s,
         )
@@ -448,7 +450,12 @@ class Runner:
         fragments: dict[str, tuple[Target, int]] = {}
         for job, result in outcome.committed:
             self._publish(job.record, "progress", partition_seconds=result.seconds)
-            target = Target(job.table, job.record.tenant, job.record.table_name)
+            target = Target(
+                job.table,
+                job.record.tenant,
+                job.record.table_name,
+                job_physical(self.store, job.record),
+            )
             _, added = fragments.get(job.table.uri, (target, 0))
             fragments[job.table.uri] = (target, added + len(result.fragments))
         for target, added in fragments.values():

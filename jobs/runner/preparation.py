@@ -29,7 +29,7 @@ from embedscale.engine.sources.readers import RecordFields
 from embedscale.engine.storage.locations import NO_OPTIONS, Location, is_uri
 from embedscale.engine.tables.commit_log import latest_version
 from embedscale.engine.tasks.partition_task import PartitionResult, TaskConfig
-from embedscale.jobs.generations import job_table
+from embedscale.jobs.generations import job_physical, job_table, pinned_physical
 from embedscale.jobs.ledger import record_unrecorded
 from embedscale.jobs.spec import JobSpec, model_spec, spec_to_run
 from embedscale.jobs.store.duckdb_store import Store
@@ -118,7 +118,9 @@ class JobPreparer:
             if info is None:
                 info = self._warm[model] = warm_up(self.cluster.client, model)
         chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
-        # The active generation of the table, or a migration job's own (jobs/generations.py).
+        if pinned_physical(record) is None:  # started by an embedscale of before generations
+            record = self.store.pin_generation(record.id)
+        # The generation the job started on (a migration job's own): jobs/generations.py.
         table = job_table(self.store, self.data_dir_of(record.tenant), record)
         # On resume the table already holds this job's work: overwrite must not empty it again.
         mode = "append" if resumed and table.exists() else spec.mode
@@ -194,5 +196,6 @@ class JobPreparer:
 def record_committed(store: Store, record: JobRecord, table: ChunkTable) -> None:
     """Record the partitions of `record`'s job that its table holds and the store does not (a
     commit whose record was lost: a crash, an outage of the store), charged as usual; with
-    them, those of the other jobs of its table in the same commits (jobs/ledger.py)."""
-    record_unrecorded(store, record.tenant, table)
+    them, those of the other jobs of its table in the same commits (jobs/ledger.py). `table`
+    is the generation the job writes (jobs.generations.job_table)."""
+    record_unrecorded(store, record.tenant, table, job_physical(store, record))

@@ -55,6 +55,9 @@ class Target:
     table: ChunkTable
     tenant: str
     name: str
+    # Which generation of the table it is (jobs/generations.py): its folder, '' for generation 1
+    # (a table never migrated). The job ledger compares the versions of this generation only.
+    physical: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from embedscale.engine.sources.documents import Skipped
 from embedscale.engine.sources.partitions import Partition
 from embedscale.jobs.errors import NotFoundError, PartitionsNotDoneError
 from embedscale.jobs.states import ACTIVE, TERMINAL, UNFINISHED, JobStatus, check_transition
-from embedscale.jobs.store.generations import GenerationRows
+from embedscale.jobs.store.generations import GenerationRows, active_folder
 from embedscale.jobs.store.job_cache import JobCache
 from embedscale.jobs.store.job_figures import JobFigures
 from embedscale.jobs.store.ledger import SKIPPED, LedgerRow, LedgerRows, insert_ledger
@@ -339,9 +339,40 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows, GenerationRows):
                 for job_id in job_ids:
                     job = self._latest(con, job_id)
                     if job.status == JobStatus.QUEUED:
-                        started.append(self._move(con, job, JobStatus.RUNNING))
+                        pinned = self._pinned_generation(con, job)
+                        started.append(self._move(con, job, JobStatus.RUNNING, **pinned))
             self._written(started)
         return started
+
+    @staticmethod
+    def _pinned_generation(con: duckdb.DuckDBPyConnection, job: JobRecord) -> dict[str, Any]:
+        """The details that record the generation a job of the runner writes, the active one,
+        for a job that does not name one yet (a migration job names the one it builds). Set
+        in the transaction that starts it, which a switch's check of running jobs also reads
+        (Store.switch_generation): a switch comes before the job starts or after it ends,
+        never while it writes. Its resume, undo and ledger reach that generation."""
+        if job.kind not in RUNNER_KINDS or "physical" in (job.details or {}):
+            return {}
+        return {"details": {**(job.details or {}), "physical": active_folder(con, job)}}
+
+    def pin_generation(self, job_id: str) -> JobRecord:
+        """Record the active generation in the details of a job started before jobs recorded
+        theirs (an embedscale of before the generations); a job that names one already is
+        returned as it is. A running job kept the table's active generation all along: a
+        switch waits for it."""
+        with self._lock:
+            with self._tx() as con:
+                job = self._latest(con, job_id)
+                pinned = self._pinned_generation(con, job)
+                if not pinned:
+                    return job
+                con.execute(
+                    "UPDATE jobs SET details = ? WHERE id = ?",
+                    [stored(pinned)["details"], job_id],
+                )
+                record = dataclasses.replace(job, **pinned)
+            self._written([record])
+            return record
 
     def finish(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord | None:
         """End a running job as `new`, in one transaction with the check that no cancel came

@@ -24,6 +24,7 @@ from embedscale.jobs.generation_states import (
 )
 from embedscale.jobs.states import ACTIVE
 from embedscale.jobs.store.connection import Connected
+from embedscale.jobs.store.records import JobRecord
 from embedscale.jobs.store.rows import scalar, utcnow
 
 
@@ -80,6 +81,16 @@ def _found(row: tuple[Any, ...] | None) -> tuple[Any, ...]:
 def generation_folder(generation: int) -> str:
     """Where generation `generation` of a table lives, under its tenant's data dir."""
     return "" if generation == 1 else f"generations/g{generation}"
+
+
+def active_folder(con: Any, job: JobRecord) -> str:
+    """The folder of the active generation of `job`'s table ('' for generation 1, and for a
+    table never migrated), read inside the caller's transaction."""
+    row = con.execute(
+        "SELECT physical FROM table_generations WHERE tenant = ? AND table_name = ? AND state = ?",
+        [job.tenant, job.table_name, str(GenerationState.ACTIVE)],
+    ).fetchone()
+    return str(row[0]) if row else ""
 
 
 class GenerationRows(Connected):

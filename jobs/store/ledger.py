@@ -9,6 +9,11 @@ the deletion that ended a sync, and the sources a sync's planner skipped. Sync, 
 read these rows, not the table's recent commits, which a busy table passes in minutes; the
 table's own commit properties settle only a crash between a commit and its row (jobs/ledger.py).
 
+A table's generations (jobs/generations.py) are physical tables of one name, each with its own
+versions: a row's table is its job's generation, the `physical` folder its details name (pinned as
+the job starts, Store.start_jobs); a job without one (made before the generations) wrote
+generation 1. The queries that compare versions take the generation and compare its own only.
+
 Rows go in as one Arrow table per batch: the runner records hundreds of small partitions at
 once, and an Arrow insert of 300 rows took 5 ms here where a VALUES list took 45 and
 executemany 250 (measured, commit included).
@@ -30,6 +35,8 @@ PARTITION, OVERWRITE, SYNC_DELETED, SKIPPED = "partition", "overwrite", "sync_de
 # can have left unrecorded. (An overwrite is committed on a preparing thread, and recorded before
 # and after its commit instead.)
 _BOUNDING = (PARTITION, SYNC_DELETED)
+# The generation a job `j` writes: the folder of its physical table ('' for generation 1).
+JOB_GENERATION = "coalesce(json_extract_string(j.details, '$.physical'), '')"
 _COLUMNS = pa.schema(
     [
         ("job_id", pa.string()),
@@ -93,29 +100,34 @@ def insert_ledger(con: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow]) -> 
 class LedgerRows(Connected):
     """The ledger_commits table."""
 
-    def newest_recorded(self, tenant: str, table: str, at_most: int) -> tuple[int, set[str]] | None:
+    def newest_recorded(
+        self, tenant: str, table: str, at_most: int, physical: str = ""
+    ) -> tuple[int, set[str]] | None:
         """The newest version of the tenant's table, not past `at_most`, that the runner
-        recorded a commit of, with the jobs recorded there (None: none)."""
+        recorded a commit of, with the jobs recorded there (None: none). Of the generation in
+        `physical` ('' for generation 1) only: another generation's versions are numbers of
+        another physical table."""
         kinds = ", ".join(f"'{k}'" for k in _BOUNDING)
         with self._lock:
             row = self._con.execute(
                 "SELECT l.version, list(DISTINCT l.job_id) FROM ledger_commits l JOIN jobs j ON "
-                f"j.id = l.job_id WHERE j.tenant = ? AND j.table_name = ? AND l.kind IN ({kinds})"
-                " AND l.version <= ? GROUP BY l.version ORDER BY l.version DESC LIMIT 1",
-                [tenant, table, at_most],
+                f"j.id = l.job_id WHERE j.tenant = ? AND j.table_name = ? AND {JOB_GENERATION} = ?"
+                f" AND l.kind IN ({kinds}) AND l.version <= ? GROUP BY l.version "
+                "ORDER BY l.version DESC LIMIT 1",
+                [tenant, table, physical, at_most],
             ).fetchone()
         return (row[0], set(row[1])) if row else None
 
-    def oldest_read_by_unfinished(self, tenant: str, table: str) -> int | None:
+    def oldest_read_by_unfinished(self, tenant: str, table: str, physical: str = "") -> int | None:
         """The oldest version any commit of a job of the tenant's table not yet ended read
         (None: none): the rows its undo would bring back, or its resume and sync read, are
-        in that version and those after it."""
+        in that version and those after it. Of the generation in `physical` only."""
         with self._lock:
             row = self._con.execute(
                 "SELECT min(l.read_version) FROM ledger_commits l JOIN jobs j ON j.id = "
-                "l.job_id WHERE j.tenant = ? AND j.table_name = ? AND j.status NOT IN "
-                f"({', '.join('?' for _ in TERMINAL)})",
-                [tenant, table, *(str(s) for s in TERMINAL)],
+                f"l.job_id WHERE j.tenant = ? AND j.table_name = ? AND {JOB_GENERATION} = ? "
+                f"AND j.status NOT IN ({', '.join('?' for _ in TERMINAL)})",
+                [tenant, table, physical, *(str(s) for s in TERMINAL)],
             ).fetchone()
         return row[0] if row else None
 

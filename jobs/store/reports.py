@@ -8,29 +8,33 @@ from datetime import datetime
 from embedscale.jobs.states import UNFINISHED, JobStatus
 from embedscale.jobs.store.connection import Connected
 from embedscale.jobs.store.job_figures import JobShare
+from embedscale.jobs.store.ledger import JOB_GENERATION
 from embedscale.jobs.store.rows import scalar
 
 # Jobs whose pending partitions are work waiting (a cancelling job's never run).
 _WAITING = (JobStatus.QUEUED, JobStatus.RUNNING)
 _JOB_COUNTS = "SELECT status, count(*) FROM jobs GROUP BY status"
 # Each job of a tenant's table with what the ledger records it committed there (its partitions
-# marked done), for `embedscale verify` (jobs/table_verify.py).
+# marked done) and the generation it wrote, for `embedscale verify` (jobs/table_verify.py).
 _TABLE_LEDGER = (
     "SELECT j.id, j.status, coalesce(json_extract_string(j.spec, '$.mode'), 'append') AS mode, "
     "j.created_at, j.started_at, j.finished_at, count(p.partition) AS partitions_done, "
     "coalesce(sum(p.chunks), 0) AS chunks_done, min(p.updated_at) AS first_done_at, "
-    "max(p.updated_at) AS last_done_at FROM jobs j LEFT JOIN job_partitions p "
+    f"max(p.updated_at) AS last_done_at, {JOB_GENERATION} AS physical "
+    "FROM jobs j LEFT JOIN job_partitions p "
     "ON p.job_id = j.id AND p.status = 'done' WHERE j.tenant = ? AND j.table_name = ? "
     "GROUP BY ALL ORDER BY j.created_at, j.id"
 )
-# The ledger rows of restores (jobs.table_admin): when each restore of a tenant's table began.
+# The ledger rows of restores (jobs.table_admin): when each restore of a generation of a
+# tenant's table began.
 RESTORE = "restore"
 _TABLE_RESTORES = (
     "SELECT l.job_id, coalesce(l.version, TRY_CAST(json_extract_string(j.details, "
     "'$.restore.made') AS BIGINT)) AS version, l.read_version, j.created_at AS at, "
     "TRY_CAST(json_extract_string(j.details, '$.restore.version') AS BIGINT) AS restored "
     "FROM ledger_commits l JOIN jobs j ON j.id = l.job_id WHERE j.tenant = ? AND "
-    f"j.table_name = ? AND l.kind = '{RESTORE}' AND coalesce(j.error_reason, '') <> "
+    f"j.table_name = ? AND {JOB_GENERATION} = ? AND l.kind = '{RESTORE}' AND "
+    "coalesce(j.error_reason, '') <> "
     "'restore_failed' ORDER BY j.created_at"
 )
 _EMBEDDED = (
@@ -55,6 +59,7 @@ class LedgerJob:
     chunks_done: int
     first_done_at: datetime | None
     last_done_at: datetime | None
+    physical: str = ""  # the generation it wrote (jobs/generations.py): '' for generation 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,14 +133,16 @@ class StoreReports(Connected):
 
     def table_ledger(self, tenant: str, table: str) -> list[LedgerJob]:
         """Every job of `tenant` that wrote (or was to write) `table`, oldest first, with
-        what the ledger records it committed there."""
+        what the ledger records it committed there and the generation it wrote (each job
+        writes one: jobs/generations.py)."""
         with self._lock:
             cursor = self._con.execute(_TABLE_LEDGER, [tenant, table])
             names = [d[0] for d in cursor.description]
             return [LedgerJob(**dict(zip(names, row))) for row in cursor.fetchall()]
 
-    def table_restores(self, tenant: str, table: str) -> list[RestoreRow]:
-        """The restores of the tenant's table that the ledger records, oldest first."""
+    def table_restores(self, tenant: str, table: str, physical: str = "") -> list[RestoreRow]:
+        """The restores of the tenant's table that the ledger records, oldest first: of the
+        generation in `physical` ('' for generation 1; its versions are its own)."""
         with self._lock:
-            rows = self._con.execute(_TABLE_RESTORES, [tenant, table]).fetchall()
+            rows = self._con.execute(_TABLE_RESTORES, [tenant, table, physical]).fetchall()
         return [RestoreRow(*row) for row in rows]
