@@ -29,10 +29,13 @@ TENANT = "local"
 FIRST, TARGET = ("test-model", "sentence-transformers"), ("other", "sentence-transformers")
 
 
-def migration_job(store: Store, table, physical: str, batches: list[list[str]]) -> str:
+def migration_job(
+    store: Store, table, physical: str, batches: list[list[str]], ends: bool = True
+) -> str:
     """A migration job building the generation in `physical` (its details name it, as
     jobs/migrations/driver.py writes them): one partition a batch, each committed to `table`
-    and recorded with its ledger row as the runner records it, then succeeded."""
+    and recorded with its ledger row as the runner records it, then succeeded (left running,
+    unless it `ends`)."""
     job_id = uuid.uuid4().hex
     now = utcnow()
     record = JobRecord(
@@ -59,7 +62,8 @@ def migration_job(store: Store, table, physical: str, batches: list[list[str]]) 
         row = LedgerRow(job_id, PARTITION, made.version, made.read_version, index)
         counts = partition_counts(FakePartition(index, [], len(docs), len(docs)))
         store.record_partitions_done([PartitionDone(job_id, TENANT, index, counts, ledger=row)])
-    store.finish(job_id, JobStatus.SUCCEEDED)
+    if ends:
+        store.finish(job_id, JobStatus.SUCCEEDED)
     return job_id
 
 
@@ -86,6 +90,24 @@ def test_a_cleanup_of_generation_1_keeps_its_unrecorded_commit_past_generation_2
     # Generation 2's commits are all recorded, and its job ended: only the newest matters.
     assert unrecorded_commits(store, TENANT, second, physical=g.physical) == []
     assert versions_needed_from(store, TENANT, second, physical=g.physical) is None
+    store.close()
+
+
+def test_what_an_unfinished_job_read_is_kept_in_its_own_generation_only(tmp_path):
+    """A migration job still building generation 2 read its versions 1 to 3 (its undo brings
+    rows back from them): generation 2 keeps them; generation 1, whose jobs all ended recorded,
+    needs only its newest version, whatever generation 2's jobs read."""
+    store = Store(tmp_path / "s.duckdb")
+    home = tmp_path / "data"
+    first = new_table(home)
+    for docs in (["a"], ["b"], ["c"], ["d"]):
+        ledger_job(store, first, docs)  # versions 2 to 5, recorded, ended
+    g = store.reserve_generation(TENANT, "docs", FIRST, TARGET, "manual", True)
+    second = generation_table(home, g)
+    second.prepare(MODEL, "append")
+    migration_job(store, second, g.physical, [["a"], ["b"], ["c"]], ends=False)  # reads 1-3
+    assert versions_needed_from(store, TENANT, first) is None
+    assert versions_needed_from(store, TENANT, second, physical=g.physical) == 1
     store.close()
 
 
