@@ -20,7 +20,7 @@ from embedscale.engine.cluster.start import Cluster, ClusterSpec, start_cluster
 from embedscale.engine.models.registry import DEFAULT_MODEL
 from embedscale.jobs.local_run import EmbedRequest, Progress, RunSummary, run_embedding
 from embedscale.jobs.local_run import JobFailedError as RunFailedError
-from embedscale.jobs.spec import Mode, Priority, Provider
+from embedscale.jobs.spec import Mode, Precision, Priority, Provider
 
 __all__ = ["RunFailedError", "cluster", "resolve_data_dir", "run", "shutdown"]
 
@@ -74,6 +74,7 @@ def run(
     provider: Provider = "sentence-transformers",
     provider_url: str | None = None,
     tokenizer: str | None = None,
+    precision: Precision = "auto",
     chunk_tokens: int | None = None,
     overlap_tokens: int | None = None,
     allow_empty: bool = False,

@@ -21,6 +21,7 @@ def migrate(
     provider_url: str | None = None,
     switch: str = "manual",
     priority: str = "normal",
+    precision: str = "auto",
     data_dir: str | os.PathLike | None = None,
     tenant: str = LOCAL_TENANT,
 ) -> dict[str, Any]:
@@ -29,7 +30,7 @@ def migrate(
     from embedscale.local_jobs import cluster
 
     with _service(data_dir) as service:
-        service.migrate(tenant, table, model, provider, switch, priority, provider_url)
+        service.migrate(tenant, table, model, provider, switch, priority, provider_url, precision)
         service.attach(cluster())
         service.start()
         try:

@@ -665,13 +665,17 @@ class JobService:
         switch: str = DEFAULT_SWITCH_MODE,
         priority: str = "normal",
         provider_url: str | None = None,
+        precision: str = "auto",
     ) -> MigrationView:
         """Start building a new generation of the tenant's table with `model` (`provider`,
-        `provider_url`: default the table's), as a job of kind migration; `switch` auto
+        `provider_url`: default the table's; `precision`: the job's), as a job of kind
+        migration; `switch` auto
         switches once it is built, manual (default) waits for `switch_migration`.
         InvalidFieldError for a model not offered or not known, ConflictError while a
         migration of the table is under way: nothing changed then."""
-        return self.migrations.start(tenant, name, model, provider, switch, priority, provider_url)
+        return self.migrations.start(
+            tenant, name, model, provider, switch, priority, provider_url, precision
+        )
 
     def migration(self, tenant: str, name: str) -> MigrationView:
         """The tenant's table's generations: which is active, which building, built, retired."""

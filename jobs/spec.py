@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +30,8 @@ Priority = Literal["low", "normal", "high", "critical"]
 Mode = Literal["append", "overwrite", "upsert", "sync"]
 # engine.models.registry.PROVIDERS
 Provider = Literal["sentence-transformers", "onnx", "onnx-int8", "openai"]
+# engine.models.cpu_precision.PRECISIONS
+Precision = Literal["auto", "fp32", "bf16", "int8"]
 MAX_INLINE_TEXTS = 10_000
 
 
@@ -93,6 +96,15 @@ class JobSpec(BaseModel):
         description=(
             "provider openai: the model whose tokenizer cuts chunks (default: the model itself, "
             "when known locally); the job record names the one used"
+        ),
+    )
+    precision: Precision = Field(
+        "auto",
+        description=(
+            "the number format the model runs in: auto (on a CPU worker, the fastest of fp32 "
+            "and bf16 whose vectors keep a minimum cosine of 0.999 to fp32 on a calibration "
+            "sample, measured on the worker's first load; on a GPU, fp16), fp32, bf16 (their "
+            "vectors share a table), or int8 (with provider onnx-int8 only: its own tables)"
         ),
     )
     chunk_tokens: int | None = Field(
@@ -177,6 +189,17 @@ class JobSpec(BaseModel):
             raise ValueError(
                 "'tokenizer' goes with provider 'openai' (the other providers "
                 "chunk with their model's own tokenizer)"
+            )
+        if self.precision == "int8" and self.provider != "onnx-int8":
+            raise ValueError(
+                "precision 'int8' runs as provider onnx-int8 (minimum cosine to fp32 0.976, "
+                "under the 0.999 guard: its own tables): give provider onnx-int8, or precision "
+                "auto, fp32 or bf16"
+            )
+        if self.precision in ("fp32", "bf16") and self.provider != "sentence-transformers":
+            raise ValueError(
+                f"precision {self.precision!r} goes with provider sentence-transformers (the "
+                f"{self.provider} provider runs in its own precision): use precision auto"
             )
         if (self.source is None) == (self.texts is None):
             raise ValueError("give exactly one of 'source' (a server-side path) or 'texts'")
@@ -287,7 +310,10 @@ def check_provider_url(url: str) -> str:
 def model_spec(spec: JobSpec) -> ModelSpec:
     """The ModelSpec a job's provider, model, endpoint and tokenizer name (ModelError if it
     cannot be resolved)."""
-    return provider_spec(spec.provider, spec.model, spec.provider_url, spec.tokenizer)
+    resolved = provider_spec(spec.provider, spec.model, spec.provider_url, spec.tokenizer)
+    if spec.provider == "sentence-transformers" and spec.precision != "auto":
+        return dataclasses.replace(resolved, precision=spec.precision)
+    return resolved
 
 
 def as_recorded(spec: JobSpec) -> JobSpec:

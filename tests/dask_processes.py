@@ -23,8 +23,13 @@ def dask_command() -> str:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment of a process on another host: none of this one's AWS credentials (the
-    job carries what workers need), the project importable, the hub never reached."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EMBEDSCALE_"))}
+    job carries what workers need), the project importable, the hub never reached. The
+    precision settings stay (tests/conftest.py: the suite runs fp32)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "EMBEDSCALE_")) or k.startswith("EMBEDSCALE_PRECISION_")
+    }
     return {**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **extra}
 
 

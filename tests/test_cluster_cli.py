@@ -111,6 +111,8 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
             "workers"
         ]
         assert after[0]["models"] == ["all-MiniLM-L6-v2"]
+        # With its precision (conftest's guard of 1.0 keeps fp32; measured where bf16 exists).
+        assert after[0]["model_precisions"][0].startswith("all-MiniLM-L6-v2 (fp32")
         table = run_cli("cluster", "status", "--scheduler", address)
         assert "all-MiniLM-L6-v2" in table.stdout and "1 workers, 1 threads" in table.stdout
     finally:

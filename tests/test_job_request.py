@@ -31,6 +31,7 @@ FLAGS = [
     "--provider",
     "--provider-url",
     "--tokenizer",
+    "--precision",
     "--chunk-tokens",
     "--overlap-tokens",
     "--mode",

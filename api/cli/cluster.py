@@ -155,7 +155,7 @@ def _status(args: argparse.Namespace) -> int:
             _gib(r["memory"]),
             _gib(r["memory_limit"]),
             str(r["gpus"]),
-            ", ".join(r["models"]) or "-",
+            ", ".join(r.get("model_precisions") or r["models"]) or "-",
         )
     # Piped output has no terminal width to fit: wide enough for the names, not cut short.
     Console(width=None if sys.stdout.isatty() else 160).print(table)
@@ -185,6 +185,8 @@ def worker_rows(client) -> list[dict[str, Any]]:
                 "memory_limit": w.get("memory_limit"),
                 "gpus": gpus,
                 "models": probe.get("models", []),
+                # Each with the precision it runs in (and the measured cosine and speed).
+                "model_precisions": probe.get("model_precisions", []),
             }
         )
     return rows
@@ -194,11 +196,12 @@ def _probe() -> dict[str, Any]:
     """Run on each worker: the models it holds and the GPUs it was given."""
     import os
 
-    from embedscale.engine.models.cache import loaded_models
+    from embedscale.engine.models.cache import loaded_model_precisions, loaded_models
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return {
         "models": loaded_models(),
+        "model_precisions": loaded_model_precisions(),
         "visible_gpus": len([d for d in visible.split(",") if d.strip()]),
     }
 

@@ -47,6 +47,13 @@ def add_migrate_command(sub: Any, common_args: Any, cluster_args: Any) -> None:
         help="provider openai: the endpoint's base URL (default: the table's)",
     )
     p.add_argument(
+        "--precision",
+        default="auto",
+        metavar="{auto,fp32,bf16,int8}",
+        help="the number format the new model runs in, as `embedscale run --precision` "
+        "(default: auto)",
+    )
+    p.add_argument(
         "--switch",
         nargs="?",
         const=NOW,
@@ -105,6 +112,7 @@ def migrate_command(args: argparse.Namespace) -> int:
                 args.switch or "manual",
                 args.priority,
                 args.provider_url,
+                args.precision,
             )
         elif args.switch == NOW:
             view = service.switch_migration(args.tenant, args.table)

@@ -299,7 +299,7 @@ class Client:
     def migrate(self, table: str, model: str, **options: Any) -> dict[str, Any]:
         """Start moving `table` to `model` (see `client.migrations` for the rest: state,
         compare, switch, rollback); `options`: provider, switch ("auto" or "manual"),
-        priority."""
+        priority, precision."""
         return self.migrations.start(table, model, **options)
 
     def usage(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from embedscale.jobs.spec import Priority, Provider
+from embedscale.jobs.spec import Precision, Priority, Provider
 from embedscale.jobs.textcheck import NameStr, Utf8Str
 
 MAX_COMPARE_QUERIES = 1000  # jobs.migrations.compare.MAX_QUERIES
@@ -40,6 +40,9 @@ class MigrationRequest(BaseModel):
         ),
     )
     priority: Priority = Field("normal", description="the migration job's priority")
+    precision: Precision = Field(
+        "auto", description="the number format the new model runs in (a job's precision)"
+    )
 
 
 class GenerationOut(BaseModel):

@@ -28,6 +28,12 @@ class ModelInfo:
     provider: str = "sentence-transformers"  # where the vectors come from (ModelSpec.backend)
     provider_url: str | None = None  # "openai": the endpoint's base URL
     dtype: str = "float32"  # what the loaded model computes in (engine.models.precision)
+    # The form it runs in (fp32, fp16, bf16-autocast, bf16-weights: engine.models.cpu_precision)
+    # and, where chosen by measurement, its minimum cosine to fp32 on the calibration sample
+    # and its speed over fp32 there.
+    precision: str = "fp32"
+    precision_cosine: float | None = None
+    precision_speedup: float | None = None
 
 
 class EmbeddingModel(Protocol):

@@ -96,6 +96,7 @@ class OnnxModel:
             max_tokens=pipeline.max_seq_length or _model_limit(transformer, hf_tokenizer),
             special_tokens=len(self._prefix) + len(self._suffix),
             provider=spec.backend,
+            precision="int8" if spec.backend == "onnx-int8" else "fp32",
         )
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray:

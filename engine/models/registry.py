@@ -43,6 +43,9 @@ class ModelSpec:
     local: bool = False  # loads from local files only (HF_HUB_OFFLINE=1 while loading)
     # "openai": the model whose tokenizer chunks the texts (None: queries only, no chunking).
     tokenizer: ModelSpec | None = None
+    # The job's precision (auto, fp32, bf16): the form a torch model runs in on its device
+    # (engine.models.cpu_precision on a CPU, engine.models.precision on CUDA).
+    precision: str = "auto"
 
 
 def _packaged_minilm() -> ModelSpec:

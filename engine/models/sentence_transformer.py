@@ -9,6 +9,7 @@ import logging
 import numpy as np
 
 from embedscale.engine.errors import ModelError
+from embedscale.engine.models import cpu_precision
 from embedscale.engine.models.devices import default_device
 from embedscale.engine.models.info import ModelInfo, hub_offline, pad_batch
 from embedscale.engine.models.memory import device_token_budget, model_bytes
@@ -39,10 +40,18 @@ class SentenceTransformerModel:
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from None
         self._st.eval()
-        self.dtype = choose_dtype(self.device, dtype, checkpoint_dtype=_checkpoint_dtype(self._st))
+        self._cuda = self.device.split(":")[0] == "cuda"
+        self._autocast = False  # fp32 weights under torch.autocast(bfloat16): a CPU bf16 form
+        # On CUDA a job's precision maps onto the device's dtype logic (auto: its default).
+        requested = dtype or (_CUDA_DTYPES.get(spec.precision) if self._cuda else None)
+        self.dtype = choose_dtype(
+            self.device, requested, checkpoint_dtype=_checkpoint_dtype(self._st)
+        )
         self._st.to(torch_dtype(self.dtype))  # a float16-stored checkpoint runs in fp32 on CPU
         apply_tf32(self.device)
-        self._cuda = self.device.split(":")[0] == "cuda"
+        choice = cpu_precision.Choice(_PRECISION_OF[self.dtype])
+        if not self._cuda and self.dtype == "float32" and (dtype or "auto") == "auto":
+            choice = self._choose_cpu_form(spec)
         hf_tokenizer = self._st.tokenizer
         chunking = chunking_tokenizer(hf_tokenizer, spec.name)
         self.tokenizer = chunking.tokenizer
@@ -61,6 +70,9 @@ class SentenceTransformerModel:
             max_tokens=int(max_seq_length),
             special_tokens=len(self._prefix) + len(self._suffix),
             dtype=self.dtype,
+            precision=choice.candidate,
+            precision_cosine=choice.min_cosine,
+            precision_speedup=choice.speedup,
         )
         # Padded tokens per forward pass: on a GPU, sized from its free memory and the model's
         # shape (engine.models.memory); None leaves the CPU default of engine.models.batching.
@@ -110,13 +122,81 @@ class SentenceTransformerModel:
         """Run a prepared batch; float32 [rows, dim] on the host."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._bf16_autocast():
             out = self._st.forward(features)["sentence_embedding"]
         return out.float().cpu().numpy()
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embed short texts such as search queries (truncated to the model's limit)."""
-        return np.asarray(self._st.encode(texts, convert_to_numpy=True), dtype=np.float32)
+        with self._bf16_autocast():
+            return _encode(self._st, texts)
+
+    def _bf16_autocast(self):
+        import torch
+
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast)
+
+    def _choose_cpu_form(self, spec: ModelSpec) -> cpu_precision.Choice:
+        """The form the model runs in on this CPU for the job's precision (engine.models.
+        cpu_precision: measured on the calibration sample, cached per host), applied to it."""
+        import copy
+
+        import torch
+
+        requested = spec.precision
+        bf16 = cpu_precision.cpu_bf16_supported()
+        candidates = cpu_precision.candidates_for(requested, bf16)
+        if requested in ("auto", "bf16") and not bf16:
+            log.warning(
+                "model %s: this CPU has no bf16 kernels (torch.backends.mkldnn, avx512_bf16 or "
+                "AMX): precision %s falls back to fp32",
+                spec.name,
+                requested,
+            )
+        if candidates == (cpu_precision.FP32,):
+            return cpu_precision.Choice(cpu_precision.FP32)
+        key = cpu_precision.host_key(spec.location, torch.get_num_threads(), bf16)
+        measured = cpu_precision.cached(key)
+        if measured is None or not set(candidates) <= set(measured):
+            texts = cpu_precision.calibration_texts()
+            bf16_copy = copy.deepcopy(self._st).to(torch.bfloat16)
+
+            def run(candidate: str, sample: list[str]) -> np.ndarray:
+                model = bf16_copy if candidate == cpu_precision.BF16_WEIGHTS else self._st
+                with torch.autocast(
+                    "cpu", dtype=torch.bfloat16, enabled=candidate == cpu_precision.BF16_AUTOCAST
+                ):
+                    return _encode(model, sample)
+
+            measured = cpu_precision.measure(run, candidates, texts)
+            del bf16_copy
+            cpu_precision.store(key, measured)
+        guard = cpu_precision.min_cosine_guard()
+        choice = cpu_precision.choose(requested, measured, guard)
+        if choice.candidate == cpu_precision.BF16_WEIGHTS:
+            self._st.to(torch.bfloat16)
+        self._autocast = choice.candidate == cpu_precision.BF16_AUTOCAST
+        if choice.precision == "bf16":
+            self.dtype = "bfloat16"
+        log.info(
+            "model %s on cpu: precision %s -> %s (guard %s)",
+            spec.name,
+            requested,
+            choice.describe(),
+            guard,
+        )
+        return choice
+
+
+# A job's precision as the CUDA dtype logic names it (auto: that logic's own default).
+_CUDA_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+_PRECISION_OF = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+def _encode(st, texts: list[str]) -> np.ndarray:
+    """sentence-transformers' encode as float32 numpy, whatever dtype the model computes in."""
+    out = st.encode(texts, batch_size=32, convert_to_tensor=True, show_progress_bar=False)
+    return out.float().cpu().numpy()
 
 
 def _checkpoint_dtype(st) -> str | None:

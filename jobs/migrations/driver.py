@@ -129,9 +129,12 @@ class Migrations:
         switch: str = DEFAULT_SWITCH_MODE,
         priority: str = "normal",
         provider_url: str | None = None,
+        precision: str = "auto",
     ) -> MigrationView:
         """Start building a new generation of the tenant's table `name` with `model`
-        (`provider` and, for openai, `provider_url`: default the table's): InvalidFieldError
+        (`provider` and, for openai, `provider_url`: default the table's; `precision`: the
+        build job's, engine.models.cpu_precision; later jobs of the generation run in auto,
+        whose vectors share its vector space): InvalidFieldError
         for a model not offered or not known here, or the table's own; ConflictError while
         another migration of the table is under way; nothing changed then. Returns the
         table's generations, the new one building."""
@@ -152,6 +155,7 @@ class Migrations:
             provider=provider,
             provider_url=provider_url,
             priority=priority,
+            precision=precision,
             labels={"migration": f"{old_model} -> {model}"},
         )
         info = self.check_spec(spec)

@@ -48,6 +48,7 @@ async def start_migration(
         request.switch,
         request.priority,
         request.provider_url,
+        request.precision,
     )
     return _out(view)
 
