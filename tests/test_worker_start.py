@@ -32,6 +32,15 @@ def test_the_session_clusters_workers_are_forked_from_the_preloading_server(clus
         assert has_torch
 
 
+def test_a_worker_dask_restarts_is_forked_too(cluster):
+    # Its nanny reads the start method again, long after the cluster started.
+    address = sorted(cluster.client.scheduler_info()["workers"])[0]
+    cluster.client.restart_workers([address])
+    cluster.client.wait_for_workers(2)
+    for parent, has_torch, _ in cluster.client.run(_parent_and_modules).values():
+        assert "multiprocessing.forkserver" in parent and has_torch
+
+
 def test_nothing_unsafe_to_fork_is_preloaded():
     # lancedb starts a thread when imported and lance warns on every fork: workers import them.
     assert not {"lancedb", "lance"} & {name.split(".")[0] for name in PRELOAD}

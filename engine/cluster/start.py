@@ -148,7 +148,11 @@ def start_cluster(spec: ClusterSpec) -> Cluster:
         )
     worker_config = dict(WORKER_DASK_CONFIG)
     if spec.kind != "local-cuda":  # GPU workers are spawned: see engine.cluster.worker_start
-        worker_config |= worker_start_config()
+        # Process-wide, not only while the cluster starts: a worker Dask restarts later (its
+        # nanny reads the method again) is forked too, not spawned with the imports again.
+        dask.config.update(dask.config.config, _nested(worker_start_config()), priority="new")
+    else:  # spawned, even in a process whose local cluster made forking its default
+        worker_config["distributed.worker.multiprocessing-method"] = "spawn"
     if spec.adaptive is not None:
         # Workers an adaptive cluster adds later are made on its event loop, long after a
         # `with dask.config.set(...)` would have ended: they must see the same config, so it

@@ -55,9 +55,10 @@ def worker_start_method() -> str:
 
 
 def worker_start_config() -> dict[str, str]:
-    """The Dask config that makes a local cluster's nannies start workers the chosen way,
-    with the forkserver's preload set (it is read when the server starts, on the first
-    worker; a server already running keeps what it has)."""
+    """The Dask config that makes a local cluster's nannies start (and restart) workers the
+    chosen way (set for the whole process by engine.cluster.start), with the forkserver's
+    preload set (it is read when the server starts, on the first worker; a server already
+    running keeps what it has)."""
     method = worker_start_method()
     if method == "forkserver":
         # distributed sets its own preload once, on its first forkserver context: let it,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -30,10 +30,11 @@ class ModelInfo:
     dtype: str = "float32"  # what the loaded model computes in (engine.models.precision)
     # The form it runs in (fp32, fp16, bf16-autocast, bf16-weights: engine.models.cpu_precision)
     # and, where chosen by measurement, its minimum cosine to fp32 on the calibration sample
-    # and its speed over fp32 there.
-    precision: str = "fp32"
-    precision_cosine: float | None = None
-    precision_speedup: float | None = None
+    # and its speed over fp32 there. How a model runs, not what it is: left out of equality,
+    # so limits read from its files still equal the loaded model's (and int8's the fp32's).
+    precision: str = field(default="fp32", compare=False)
+    precision_cosine: float | None = field(default=None, compare=False)
+    precision_speedup: float | None = field(default=None, compare=False)
 
 
 class EmbeddingModel(Protocol):
