@@ -81,6 +81,26 @@ def commit_docs(table: ChunkTable, job_id: str, doc_ids: list[str], partition: i
     return made
 
 
+def queued_record(
+    job_id: str, tenant: str, table: ChunkTable, texts: list[str], **fields
+) -> JobRecord:
+    """A queued append job of `tenant` into `table` over `texts`, as the service admits one
+    (`fields`: the record's other fields, partitions_total, kind, details...)."""
+    now = utcnow()
+    return JobRecord(
+        id=job_id,
+        tenant=tenant,
+        spec={"table": table.name, "texts": texts, "mode": "append"},
+        status=JobStatus.QUEUED,
+        priority="normal",
+        table_name=table.name,
+        history=[(str(JobStatus.QUEUED), now.isoformat())],
+        created_at=now,
+        updated_at=now,
+        **fields,
+    )
+
+
 def ledger_job(
     store: Store,
     table: ChunkTable,
@@ -94,20 +114,8 @@ def ledger_job(
     `status` (left running for RUNNING). Not `recorded`: a crash came between its commit and
     its record (it is left running). Returns its id."""
     job_id = uuid.uuid4().hex
-    now = utcnow()
     items = tuple(InlineText(d, f"text of {d}") for d in doc_ids)
-    record = JobRecord(
-        id=job_id,
-        tenant=tenant,
-        spec={"table": table.name, "texts": list(doc_ids), "mode": "append"},
-        status=JobStatus.QUEUED,
-        priority="normal",
-        table_name=table.name,
-        history=[(str(JobStatus.QUEUED), now.isoformat())],
-        created_at=now,
-        updated_at=now,
-        partitions_total=1,
-    )
+    record = queued_record(job_id, tenant, table, list(doc_ids), partitions_total=1)
     store.insert_job(record, [Partition(0, items)])
     store.start_jobs([job_id])
     made = commit_docs(table, job_id, doc_ids)

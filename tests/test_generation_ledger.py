@@ -18,12 +18,19 @@ from embedscale.jobs.generations import generation_table, job_physical, job_tabl
 from embedscale.jobs.ledger import unrecorded_commits, versions_needed_from
 from embedscale.jobs.runner.preparation import record_committed
 from embedscale.jobs.states import JobStatus
-from embedscale.jobs.store.duckdb_store import Store, utcnow
+from embedscale.jobs.store.duckdb_store import Store
 from embedscale.jobs.store.ledger import PARTITION, LedgerRow
 from embedscale.jobs.store.progress import PartitionDone
-from embedscale.jobs.store.records import MIGRATION, JobRecord
+from embedscale.jobs.store.records import MIGRATION
 from embedscale.jobs.table_verify import verify_table
-from tests.table_commits import MODEL, FakePartition, commit_docs, ledger_job, new_table
+from tests.table_commits import (
+    MODEL,
+    FakePartition,
+    commit_docs,
+    ledger_job,
+    new_table,
+    queued_record,
+)
 
 TENANT = "local"
 FIRST, TARGET = ("test-model", "sentence-transformers"), ("other", "sentence-transformers")
@@ -37,17 +44,11 @@ def migration_job(
     and recorded with its ledger row as the runner records it, then succeeded (left running,
     unless it `ends`)."""
     job_id = uuid.uuid4().hex
-    now = utcnow()
-    record = JobRecord(
-        id=job_id,
-        tenant=TENANT,
-        spec={"table": table.name, "texts": [d for b in batches for d in b], "mode": "append"},
-        status=JobStatus.QUEUED,
-        priority="normal",
-        table_name=table.name,
-        history=[(str(JobStatus.QUEUED), now.isoformat())],
-        created_at=now,
-        updated_at=now,
+    record = queued_record(
+        job_id,
+        TENANT,
+        table,
+        [d for b in batches for d in b],
         partitions_total=len(batches),
         kind=MIGRATION,
         details={"generation": 2, "physical": physical, "phase": "build"},
