@@ -123,6 +123,9 @@ class RunSummary:
     skipped: list[Skipped]
     error: str | None = None
     error_reason: str | None = None
+    # The precision the job asked for and the forms its model ran in on the workers, with
+    # their measured minimum cosine to fp32 and speed (engine.models.info.precision_forms).
+    precision: dict[str, Any] | None = None
 
     @property
     def chunks_per_s(self) -> float:
@@ -181,6 +184,7 @@ def run_embedding(
             service.skipped(final),
             final.error,
             final.error_reason,
+            (final.details or {}).get("model_precision"),
         )
     if final.status == JobStatus.FAILED:
         raise JobFailedError(summary)

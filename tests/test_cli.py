@@ -59,6 +59,9 @@ def test_run_then_search(small_corpus, data_dir, cluster):
     assert summary["chunks_per_s"] > 0 and summary["dashboard_link"].startswith("http")
     assert summary["tokens_per_s"] > summary["chunks_per_s"]
     assert summary["eta_seconds"] is None  # finished: nothing left to wait for
+    # What precision it asked for and what each worker's model ran in (tests pin fp32).
+    chosen = summary["details"]["model_precision"]
+    assert chosen["requested"] == "auto" and chosen["forms"][0]["form"] == "fp32"
 
     found = embedscale(
         "search",
@@ -95,6 +98,7 @@ def test_run_then_search(small_corpus, data_dir, cluster):
     assert "1 x malformed JSON line" in again.stdout and "chunks/s:" in again.stdout
     assert "Dask dashboard: http" in again.stderr and "partitions" in again.stderr
     assert "chunks/s · ETA" in again.stderr and "tokens/s:" in again.stdout
+    assert "precision:      auto -> fp32" in again.stdout
 
     text = embedscale("search", "docs", "heap", "-k", "1", "--data-dir", str(data_dir))
     assert text.returncode == 0 and text.stdout.startswith("1. heapq.txt")

@@ -183,6 +183,36 @@ def test_the_facade_runs_a_job_in_the_precision_it_names(cluster, tmp_path):
     assert summary.ok
     shown = [label for row in worker_rows(cluster.client) for label in row["model_precisions"]]
     assert "all-MiniLM-L6-v2 (fp32)" in shown
+    # The job records what it asked for and the form each worker ran (nothing measured).
+    workers = len(cluster.client.nthreads())
+    assert summary.precision == {
+        "requested": "fp32",
+        "forms": [
+            {
+                "form": FP32,
+                "precision": "fp32",
+                "min_cosine": None,
+                "speedup": None,
+                "workers": workers,
+            }
+        ],
+    }
+
+
+def test_a_job_records_the_forms_its_workers_chose():
+    from embedscale.engine.models.info import ModelInfo, describe_form, precision_forms
+
+    base = ModelInfo("m", 384, 256, 2)
+    bf16 = dataclasses.replace(
+        base, precision=BF16_WEIGHTS, precision_cosine=0.9999, precision_speedup=1.93
+    )
+    forms = precision_forms([bf16, base, bf16])
+    assert [(f["form"], f["precision"], f["workers"]) for f in forms] == [
+        (BF16_WEIGHTS, "bf16", 2),
+        (FP32, "fp32", 1),
+    ]
+    assert describe_form(forms[0]) == "bf16-weights (min cosine 0.99990, 1.93x) on 2 workers"
+    assert describe_form(forms[1]) == "fp32 on 1 worker"
 
 
 def test_the_cli_refuses_a_bad_precision_naming_the_flag(tmp_path):

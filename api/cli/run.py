@@ -18,6 +18,7 @@ from embedscale.api.client.progress import eta_text
 from embedscale.api.settings import Settings
 from embedscale.api.startup import cluster_spec, open_service
 from embedscale.engine.cluster.start import ClusterSpec, start_cluster
+from embedscale.engine.models.info import describe_form
 from embedscale.jobs.service import JobService
 from embedscale.jobs.spec import JobSpec
 from embedscale.jobs.states import TERMINAL, JobStatus
@@ -180,4 +181,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"seconds:        {s['seconds'] or 0:.1f}")
     print(f"chunks/s:       {s['chunks_per_s']:.1f}")
     print(f"tokens/s:       {s['tokens_per_s']:.1f}")
+    chosen = (s.get("details") or {}).get("model_precision")
+    if chosen:  # what the job asked for, and the form its model ran in on the workers
+        forms = ", ".join(describe_form(f) for f in chosen["forms"])
+        print(f"precision:      {chosen['requested']} -> {forms}")
     print(f"table:          {s['table']} ({s['table_uri']})")

@@ -22,20 +22,23 @@ _preloaded: dict[str, list[str]] = {}  # scheduler address -> preload plugin nam
 _preloaded_lock = threading.Lock()  # jobs are prepared on several threads
 
 
-def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
-    """Load the model on every worker at once (a task each) and return what it is; later
-    workers (restarts, scale-ups) load it at start through a worker plugin."""
+def warm_up(client: Client, spec: ModelSpec) -> list[ModelInfo]:
+    """Load the model on every worker at once (a task each) and return what each loaded (the
+    same model; on CPU workers each with the precision it chose: engine.models.precision_forms);
+    later workers (restarts, scale-ups) load it at start through a worker plugin."""
     if spec.backend == "openai":
         # Nothing heavy to load: one worker asks the endpoint its dimension (so an unreachable
         # one fails the job here, before anything is written); each worker connects on first
         # use. No preload plugin: a worker must start even while the endpoint is down.
-        return client.submit(
-            describe_model,
-            spec,
-            pure=False,
-            priority=WARM_UP_PRIORITY,
-            key=f"warm-model-{uuid.uuid4().hex[:8]}",
-        ).result()
+        return [
+            client.submit(
+                describe_model,
+                spec,
+                pure=False,
+                priority=WARM_UP_PRIORITY,
+                key=f"warm-model-{uuid.uuid4().hex[:8]}",
+            ).result()
+        ]
     workers = list(client.nthreads())
     # Top priority: on a busy cluster these must not wait behind other jobs' partitions.
     futures = [
@@ -56,7 +59,7 @@ def warm_up(client: Client, spec: ModelSpec) -> ModelInfo:
     name = f"embedscale-model-{spec.name}{suffix}"
     if _keep_latest_preloads(client, name):
         client.register_plugin(ModelPreloadPlugin([spec]), name=name)
-    return infos[0]
+    return list(infos)
 
 
 def _keep_latest_preloads(client: Client, name: str) -> bool:

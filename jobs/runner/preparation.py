@@ -9,6 +9,7 @@ warm model and an existing table start without any round trip.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from distributed import Future
 
 from embedscale.engine.chunking.chunker import ChunkSettings
 from embedscale.engine.cluster.start import Cluster
-from embedscale.engine.models.info import ModelInfo
+from embedscale.engine.models.info import ModelInfo, describe_form, precision_forms
 from embedscale.engine.models.registry import ModelSpec
 from embedscale.engine.models.warmup import warm_up
 from embedscale.engine.sink.lance_sink import ChunkTable
@@ -35,6 +36,8 @@ from embedscale.jobs.spec import JobSpec, model_spec, spec_to_run
 from embedscale.jobs.store.duckdb_store import Store
 from embedscale.jobs.store.records import JobRecord
 from embedscale.jobs.tenants.tiers import Tier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,7 +88,7 @@ class JobPreparer:
         self.check_spec = check_spec
         # Models already loaded on the workers (new workers load them through the preload
         # plugin): a job on a warm model starts without a round of warm-up tasks.
-        self._warm: dict[ModelSpec, ModelInfo] = {}
+        self._warm: dict[ModelSpec, list[ModelInfo]] = {}  # what each worker loaded
         self._checked_tables: set[tuple[str, str, int, str]] = set()
         self._lock = threading.Lock()
         self._locks: dict[tuple[str, object], threading.Lock] = {}
@@ -114,9 +117,11 @@ class JobPreparer:
             self.check_spec(spec)
         model = model_spec(spec)
         with self._lock_for(("model", model)):  # one warm-up per model, however many jobs
-            info = self._warm.get(model)
-            if info is None:
-                info = self._warm[model] = warm_up(self.cluster.client, model)
+            loaded = self._warm.get(model)
+            if loaded is None:
+                loaded = self._warm[model] = warm_up(self.cluster.client, model)
+        info = loaded[0]
+        record = self._record_precision(record, spec, loaded)
         chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
         if pinned_physical(record) is None:  # started by an embedscale of before generations
             record = self.store.pin_generation(record.id)
@@ -172,6 +177,27 @@ class JobPreparer:
             pending,
             record.created_at.timestamp(),
         )
+
+    def _record_precision(
+        self, record: JobRecord, spec: JobSpec, loaded: list[ModelInfo]
+    ) -> JobRecord:
+        """Record in the job the precision it asked for and the forms its model runs in on the
+        workers (engine.models.cpu_precision's choice, its minimum cosine to fp32 and its
+        speed over fp32 where measured), as `details.model_precision`; logged once per job."""
+        if spec.provider == "openai":
+            return record  # an endpoint's precision is its own
+        forms = precision_forms(loaded)
+        entry: dict[str, object] = {"requested": spec.precision, "forms": forms}
+        if (record.details or {}).get("model_precision") == entry:
+            return record
+        log.info(
+            "job %s: model %s precision %s runs as %s",
+            record.id,
+            spec.model,
+            spec.precision,
+            ", ".join(describe_form(f) for f in forms),
+        )
+        return self.store.merge_details(record.id, {"model_precision": entry})
 
     def _prepare_table(self, table: ChunkTable, info: ModelInfo, mode: str, job_id: str) -> None:
         """Create, empty or check the job's table. The ledger records an overwrite before its

@@ -374,6 +374,21 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows, GenerationRows):
             self._written([record])
             return record
 
+    def merge_details(self, job_id: str, entries: dict[str, Any]) -> JobRecord:
+        """Add `entries` to a job's details (replacing those of the same names), in one
+        transaction with a read of the latest ones, so no other entry is lost."""
+        with self._lock:
+            with self._tx() as con:
+                job = self._latest(con, job_id)
+                details = {**(job.details or {}), **entries}
+                con.execute(
+                    "UPDATE jobs SET details = ? WHERE id = ?",
+                    [stored({"details": details})["details"], job_id],
+                )
+                record = dataclasses.replace(job, details=details)
+            self._written([record])
+            return record
+
     def finish(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord | None:
         """End a running job as `new`, in one transaction with the check that no cancel came
         first: None (and nothing written) when the job is cancelling or already ended."""
