@@ -21,6 +21,7 @@ tiers:
   enterprise: {daily_chunks: 100000, max_concurrent_jobs: 20, weight: 4.0,
                requests_per_minute: 100000}
   limited: {daily_chunks: 1000, max_concurrent_jobs: 2, weight: 1.0, requests_per_minute: 2}
+  paced: {daily_chunks: 1000, max_concurrent_jobs: 2, weight: 1.0, requests_per_minute: 6}
 """
 
 

@@ -30,7 +30,7 @@ from embedscale.jobs.errors import InvalidFieldError
 from embedscale.jobs.spec import JobSpec, check_model, check_provider
 from embedscale.jobs.tenants.accounts import tenant_data_dir
 from tests.api_server import ROOT, free_port
-from tests.helpers import read_rows
+from tests.helpers import embedscale_in_process, read_rows
 
 TEXTS = [
     "The heap queue algorithm keeps the smallest item at index zero.",
@@ -307,19 +307,20 @@ def test_an_openai_error_body_fails_the_job_naming_its_cause_at_once(server, ser
 
 @pytest.mark.slow
 def test_a_rate_limited_request_waits_for_retry_after(server, monkeypatch):
-    # The "limited" tier allows 2 requests a minute, then one every 30 s: the dimension probe
-    # and one embedding request use them; the next is a 429 with Retry-After (about 30 s, as
+    # The "paced" tier allows 6 requests a minute, then one every 10 s: the dimension probe
+    # and five embedding requests use them; the next is a 429 with Retry-After (up to 10 s, as
     # the server's model is warm), then goes through. Without the header, the backoff alone
-    # (0.5 + 1 + 2 s) would give up long before.
+    # (0.5 + 1 + 2 s) would give up long before: 3.5 s refill a third of one request.
     spec = ModelSpec("all-MiniLM-L6-v2", server.url + "/v1", "openai")
     monkeypatch.setenv(API_KEY_ENV, tenant_key(server, "provider-warm"))
     OpenAIHTTPModel(spec)  # the server's model is loaded on its workers
-    monkeypatch.setenv(API_KEY_ENV, tenant_key(server, "provider-limited", tier="limited"))
+    monkeypatch.setenv(API_KEY_ENV, tenant_key(server, "provider-paced", tier="paced"))
     model = OpenAIHTTPModel(spec)
-    assert model.embed_texts(["first"]).shape == (1, 384)
+    for n in range(5):
+        assert model.embed_texts([f"request {n}"]).shape == (1, 384)
     started = time.monotonic()
-    assert model.embed_texts(["second"]).shape == (1, 384)
-    assert time.monotonic() - started >= 20
+    assert model.embed_texts(["one more"]).shape == (1, 384)
+    assert time.monotonic() - started >= 5
 
 
 def test_search_of_a_table_whose_endpoint_is_down_is_a_502_naming_it(server):
@@ -386,7 +387,10 @@ def test_cli_run_and_search_with_the_openai_provider(server, small_corpus, tmp_p
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["chunks"] > 12
-    found = cli(
+    # Search embeds the query in its own process, with the key of that process's environment:
+    # this one does as well as a fresh interpreter. (The run above is a process of its own: the
+    # workers it starts must get the key from the environment it was started with.)
+    found = embedscale_in_process(
         "search",
         "docs",
         "heap queue algorithm, priority queue",
@@ -395,12 +399,22 @@ def test_cli_run_and_search_with_the_openai_provider(server, small_corpus, tmp_p
         "--data-dir",
         data,
         "--json",
-        key=key,
+        env={API_KEY_ENV: key},
     )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["doc_id"] == "heapq.txt"
     no_secret(key, done.stdout, done.stderr, found.stdout, found.stderr, server_log(server))
 
-    bad = cli("run", str(small_corpus), "--table", "t", "--data-dir", data, "--provider", "openai")
+    bad = embedscale_in_process(
+        "run",
+        str(small_corpus),
+        "--table",
+        "t",
+        "--data-dir",
+        data,
+        "--provider",
+        "openai",
+        unset=(API_KEY_ENV,),
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "embedscale: error: --provider-url: provider 'openai' needs provider_url" in bad.stderr
