@@ -144,6 +144,13 @@ class DaskProcesses:
             ],
         )
 
+    def revive(self) -> None:
+        """Start again the workers that are gone (killed by an earlier test of a module that
+        shares these processes), under their names."""
+        for name, process in list(self.processes.items()):
+            if name != "scheduler" and process.poll() is not None:
+                self.start_worker(name)
+
     def wait_for_workers(self, client, count: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while len(client.scheduler_info(n_workers=-1)["workers"]) < count:
