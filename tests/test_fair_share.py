@@ -85,8 +85,9 @@ def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(c
     """Whole, in slices, and in slices with the worker that holds a partition mid-way killed
     (its next slice runs on the other worker, which reads the partition again and embeds from
     the last flush): the same ids, each once, one commit per partition at most."""
-    # Two partitions (~16 documents each), each embedded in many 0.01-second slices.
-    source = jsonl_corpus(tmp_path / "c.jsonl", rows=32, chars=1500)
+    # Two partitions (~16 documents each), each embedded in many 0.01-second slices (about a
+    # chunk each); a quarter of each row is text, three chunks or so a document.
+    source = jsonl_corpus(tmp_path / "c.jsonl", rows=32, chars=1500, text_chars=375)
     spec = {"table": "t", "source": str(source), "chunk_tokens": 48}
     ids: dict[str, Counter] = {}
     marker = tmp_path / "holder-killed"
