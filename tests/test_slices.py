@@ -88,13 +88,15 @@ def test_a_state_is_taken_only_where_the_cursor_says():
 
 # --- a partition in slices, in this process ---------------------------------------------------
 
+DOCUMENTS = 12
+
 
 @pytest.fixture
 def prepared_job(cluster, tmp_path):
-    """A job over 24 documents (14 KiB: one partition), prepared (model warm, table created)
-    but not run."""
+    """A job over 12 documents (5 KiB: one partition, ~50 chunks), prepared (model warm, table
+    created) but not run."""
     service = JobService(tmp_path / "data", cluster)  # the runner's loop is not started
-    source = jsonl_corpus(tmp_path / "c.jsonl", rows=24, chars=600)
+    source = jsonl_corpus(tmp_path / "c.jsonl", rows=DOCUMENTS, chars=400)
     job = service.submit("local", {"table": "t", "source": str(source), "chunk_tokens": 32})
     record = service.store.set_status(job.id, JobStatus.RUNNING)
     running = service.runner._preparer.prepare(record, resumed=False)
@@ -189,7 +191,7 @@ def test_a_slice_whose_state_is_gone_reads_the_partition_again(in_slices):
     rows = committed(running, result)
     assert len(rows) == result.chunks and result.chunks > 20
     doc_ids = lance.dataset(running.table.uri).to_table(columns=["doc_id"]).column("doc_id")
-    assert set(doc_ids.to_pylist()) == {f"doc-{i}" for i in range(24)}
+    assert set(doc_ids.to_pylist()) == {f"doc-{i}" for i in range(DOCUMENTS)}
 
 
 def test_a_source_changed_between_slices_fails_the_slice(in_slices):
