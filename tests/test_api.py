@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests import faults
-from tests.api_server import ADMIN_KEY, Server, metrics_text
+from tests.api_server import ADMIN_KEY, metrics_text
 from tests.conftest import SAMPLE_CORPUS
 from tests.corpora import jsonl_corpus
 
@@ -43,7 +43,8 @@ def finished(job: dict) -> bool:
 
 def test_create_watch_succeed_then_search(server):
     client = server.tenant("watcher")
-    corpus = jsonl_corpus(server.root / "watch" / "rows.jsonl", rows=48)
+    # Three partitions of rows a quarter text (tests/corpora.py): a progress event for each.
+    corpus = jsonl_corpus(server.root / "watch" / "rows.jsonl", rows=48, text_chars=250)
     shutil.copy(SAMPLE_CORPUS / "notes" / "exactly-once.md", corpus.parent / "exactly-once.md")
     server.hold_in_queue("watcher")
     created = client.post(
@@ -106,18 +107,12 @@ def test_create_watch_succeed_then_search(server):
     }
 
 
-@pytest.fixture(scope="module")
-def gated_server(cluster, tmp_path_factory):
-    """A server whose jobs run on the tests' own cluster, where a test can hold them mid-way
-    with a worker plugin (tests/faults.py)."""
-    srv = Server(tmp_path_factory.mktemp("gated"), "--scheduler", cluster.client.scheduler.address)
-    yield srv
-    srv.stop()
-
-
-def test_cancel_mid_job(gated_server, cluster, tmp_path):
-    client = gated_server.tenant("canceller")
-    corpus = jsonl_corpus(gated_server.root / "cancel" / "rows.jsonl", rows=120)
+def test_cancel_mid_job(server, cluster, tmp_path):
+    """The session's server runs its jobs on the tests' own cluster, where a worker plugin
+    (tests/faults.py) holds this tenant's writes mid-way."""
+    client = server.tenant("canceller")
+    # Six partitions: one committed, four held in flight, one not yet sent.
+    corpus = jsonl_corpus(server.root / "cancel" / "rows.jsonl", rows=96, text_chars=250)
     gate = faults.HoldWrites("/tenants/canceller/", str(tmp_path / "gate"))
     cluster.client.register_plugin(gate)
     try:
