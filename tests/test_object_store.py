@@ -19,6 +19,7 @@ from embedscale.jobs.service import JobService
 from embedscale.jobs.spec import JobSpec, check_source_allowed
 from tests.dask_processes import run_cli_in_process
 from tests.helpers import run
+from tests.spawned import commit_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -291,22 +292,6 @@ def test_an_object_gone_or_forbidden_is_skipped_a_passing_failure_is_retried():
     assert isinstance(passing, StoreUnavailable) and not isinstance(passing, OSError)
 
 
-def _commit_rows(uri: str, options: dict[str, str], tag: str, commits: int) -> None:
-    """One writer's commits, each from a dataset it just opened (another process's view)."""
-    import pyarrow as pa
-    from lance.fragment import write_fragments
-
-    for i in range(commits):
-        rows = pa.table({"a": [f"{tag}-{i}"]})
-        fragments = write_fragments(rows, uri, schema=rows.schema, storage_options=options)
-        read = lance.dataset(uri, storage_options=options).version
-        lance.LanceDataset.commit(
-            uri,
-            lance.Transaction(read_version=read, operation=lance.LanceOperation.Append(fragments)),
-            storage_options=options,
-        )
-
-
 def test_commits_from_several_processes_to_one_s3_table_all_land(s3_store):
     """Two services (or a serve and a run) may share a --tables-uri: their commits race on the
     store, and Lance's conditional writes must keep every one (none overwrites another)."""
@@ -320,7 +305,7 @@ def test_commits_from_several_processes_to_one_s3_table_all_land(s3_store):
     lance.write_dataset(schema.empty_table(), uri, schema=schema, storage_options=options)
     spawn = multiprocessing.get_context("spawn")  # lance is not fork-safe
     writers = [
-        spawn.Process(target=_commit_rows, args=(uri, options, f"w{n}", 12)) for n in range(3)
+        spawn.Process(target=commit_rows, args=(uri, options, f"w{n}", 12)) for n in range(3)
     ]
     for w in writers:
         w.start()

@@ -14,8 +14,6 @@ import multiprocessing as mp
 import os
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lance
@@ -34,8 +32,8 @@ from embedscale.engine.sink.lance_sink import ChunkTable
 from embedscale.engine.sink.schema import chunk_schema, table_provider
 from embedscale.engine.tables.search import query_model
 from embedscale.jobs.spec import JobSpec
-from tests.api_server import ROOT
 from tests.helpers import embedscale_in_process, logged, read_rows
+from tests.spawned import export_race
 
 TEXTS = [
     "The heap queue algorithm keeps the smallest item at index zero.",
@@ -137,28 +135,14 @@ def test_a_changed_model_file_is_a_new_key(tmp_path):
     assert len({key, onnx_export.export_key(folder, pipeline)}) == 2
 
 
-def _fake_export(folder, pipeline, target: Path) -> None:
-    """A slow stand-in exporter that counts its runs in a file beside the cache."""
-    with open(target.parents[1].parent / "runs", "a") as runs:
-        runs.write(f"{os.getpid()}\n")
-    time.sleep(1.0)
-    target.write_bytes(b"onnx")
-
-
-def _race(cache: str, folder: str, start) -> None:
-    os.environ[onnx_export.CACHE_ENV] = cache
-    onnx_export.export = _fake_export
-    start.wait()
-    path = onnx_export.exported_model(Path(folder), read_pipeline(Path(folder)))
-    assert path.read_bytes() == b"onnx"
-
-
 @pytest.mark.slow
 def test_concurrent_loads_on_one_host_export_once(tmp_path):
     cache = tmp_path / "host" / "cache"
     ctx = mp.get_context("spawn")  # three processes, as three workers of one host
     start = ctx.Barrier(3)
-    procs = [ctx.Process(target=_race, args=(str(cache), TORCH.location, start)) for _ in range(3)]
+    procs = [
+        ctx.Process(target=export_race, args=(str(cache), TORCH.location, start)) for _ in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -424,44 +408,33 @@ def test_an_onnx_job_of_another_model_into_the_table_is_refused(service, onnx_ca
 
 
 @pytest.mark.slow
-def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpus, tmp_path):
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
-        onnx_export.CACHE_ENV: str(onnx_cache),
-    }
+def test_cli_run_and_search_with_the_onnx_provider(
+    onnx, onnx_cache, cluster, small_corpus, tmp_path
+):
+    # The commands run in this process (tests.helpers), the run on the tests' cluster, whose
+    # workers share the cache's export: what a run's own cluster would add (a LocalCluster as
+    # the tests' own, starting and loading a model) is the pipeline's and the cluster CLI's to
+    # test, not the provider's.
     data = str(tmp_path / "data")
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "embedscale", *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-            cwd=ROOT,
-        )
-
-    done = cli(
+    cache = {onnx_export.CACHE_ENV: str(onnx_cache)}
+    done = embedscale_in_process(
         "run",
         str(small_corpus),
         "--table",
         "docs",
         "--data-dir",
         data,
-        "--workers",
-        "1",
+        "--scheduler",
+        cluster.client.scheduler.address,
         "--provider",
         "onnx",
         "--chunk-tokens",
         "128",
         "--json",
+        env=cache,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["chunks"] > 12
-    # The run above is the command in a process of its own, its workers started with the
-    # cache's variable; the search and the refusal run in this process (tests.helpers).
     found = embedscale_in_process(
         "search",
         "docs",
@@ -471,7 +444,7 @@ def test_cli_run_and_search_with_the_onnx_provider(onnx, onnx_cache, small_corpu
         "--data-dir",
         data,
         "--json",
-        env={onnx_export.CACHE_ENV: str(onnx_cache)},
+        env=cache,
     )
     assert found.returncode == 0, found.stderr
     assert json.loads(found.stdout)[0]["doc_id"] == "heapq.txt"

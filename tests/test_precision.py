@@ -216,9 +216,10 @@ def test_a_job_records_the_forms_its_workers_chose():
 
 
 def test_the_cli_refuses_a_bad_precision_naming_the_flag(tmp_path):
-    from tests.dask_processes import run_cli
+    from tests.dask_processes import run_cli_in_process
 
-    done = run_cli("run", str(tmp_path), "--table", "t", "--precision", "fp8")
+    # An argparse refusal, the same in this process as in a fresh one.
+    done = run_cli_in_process("run", str(tmp_path), "--table", "t", "--precision", "fp8")
     assert done.returncode != 0 and "precision" in done.stderr, done.stderr
 
 
