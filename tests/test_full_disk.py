@@ -146,7 +146,8 @@ def test_a_full_disk_fails_the_job_in_flight_and_the_service_reopens(
     first = wait_done(client, first["id"])
     assert first["status"] == "succeeded" and first["chunks_done"] > 0
 
-    corpus = jsonl_corpus(server.root / "big" / "rows.jsonl", rows=120)
+    # Six partitions, of rows a quarter text: one committed, the rest held, then the disk fills.
+    corpus = jsonl_corpus(server.root / "big" / "rows.jsonl", rows=96, text_chars=250)
     gate = faults.HoldWrites("/tenants/filler/", str(tmp_path / "gate"))
     cluster.client.register_plugin(gate)
     filler = None

@@ -113,7 +113,9 @@ def test_a_table_deleted_mid_job_fails_the_job_and_leaves_no_orphan_files(
     """The folder vanishes under a running job (an operator's rm -rf): the job fails saying
     so, nothing is charged for rows that are not there, and no data folder is left behind."""
     service.create_tenant("acme", "enterprise")
-    corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=240)
+    # Six partitions, of rows a quarter text: at most four in flight when the first commits,
+    # so some are still to come when the table goes.
+    corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=96, text_chars=250)
     table = ChunkTable(service.tenant_data_dir("acme"), "doomed")
     deleted = []
 

@@ -68,7 +68,8 @@ def test_two_jobs_load_the_model_once_on_each_worker(service, cluster, tmp_path)
             {
                 "table": f"t{i}",
                 "chunk_tokens": 32,
-                "source": str(jsonl_corpus(tmp_path / f"c{i}.jsonl", rows=48)),
+                # Three partitions, of rows a quarter text: the model's work is not the point.
+                "source": str(jsonl_corpus(tmp_path / f"c{i}.jsonl", rows=48, text_chars=250)),
             },
         )
         for i in range(2)
