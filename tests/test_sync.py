@@ -35,13 +35,17 @@ def write_docs(folder: Path, docs: dict[str, str]) -> Path:
 
 
 def write_jsonl(path: Path, version: str, rows: int = 48) -> Path:
+    """`rows` documents of one short chunk each, `version` in their text, in lines of ~720
+    bytes: the planner cuts by bytes, the filler (row metadata) keeps the partitions as many
+    while the model embeds ~40 tokens a row."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "".join(
             json.dumps(
                 {
                     "id": f"doc-{i}",
-                    "text": f"{version} document {i} " + "about heaps and queues " * 30,
+                    "text": f"{version} document {i} " + "about heaps and queues " * 6,
+                    "filler": "-" * 552,
                 }
             )
             + "\n"
