@@ -188,7 +188,8 @@ def test_a_commit_cut_off_from_its_record_is_found_after_many_commits(cluster, t
         {
             "table": "t",
             "chunk_tokens": 32,
-            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64)),
+            # Sixteen partitions of four rows, a quarter of each row text (tests/corpora.py).
+            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64, text_chars=250)),
         },
         partition_bytes=4096,
     )
