@@ -153,34 +153,35 @@ def test_log_format_is_a_setting(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def ops_server(cluster, tmp_path_factory):
-    """`serve --log-format json` on the tests' cluster, where a worker plugin can make a
-    partition fail once."""
+def ops_server(tmp_path_factory):
+    """`serve --log-format json` with a cluster of its own (one worker): the cluster's worker
+    processes write to the server's stderr, so their lines are in its log too."""
     srv = Server(
         tmp_path_factory.mktemp("ops"),
-        "--scheduler",
-        cluster.client.scheduler.address,
+        "--workers",
+        "1",
         "--log-format",
         "json",
+        "--expose-dashboard",
+        "--dashboard-address",
+        ":0",
     )
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def exercised(ops_server, cluster, tmp_path_factory):
-    """What an operator's metrics and logs are about: a job whose partition fails once and is
-    retried, a quota refusal, a rate-limit refusal, a request with a key in its query. Returns
-    the job's id and the /metrics samples afterwards."""
+def exercised(ops_server, tmp_path_factory):
+    """What an operator's metrics and logs are about: a job whose partition fails once (a
+    worker plugin on the server's cluster) and is retried, a quota refusal, a rate-limit
+    refusal, a request with a key in its query. Returns the job's id and the /metrics samples
+    afterwards; the server is stopped then, so its log is whole (its shutdown's lines too)."""
     client = ops_server.tenant("ops-runner")
-    plugin = faults.FailOnce(str(tmp_path_factory.mktemp("fault") / "failed-once"))
-    cluster.client.register_plugin(plugin)
-    try:
+    with Client(client.get("/v1/cluster").json()["scheduler"]) as dask_client:
+        dask_client.register_plugin(faults.FailOnce(str(tmp_path_factory.mktemp("fault") / "once")))
         job = client.post("/v1/jobs", json={"table": "t", "texts": ["one", "two", "three"]})
         assert job.status_code == 201, job.text
         assert wait_done(client, job.json()["id"])["status"] == "succeeded"
-    finally:
-        cluster.client.unregister_worker_plugin(plugin.name)
     thrifty = ops_server.tenant("ops-thrifty", tier="free")
     with ops_server.admin() as admin:
         assert admin.patch("/v1/tenants/ops-thrifty", json={"daily_chunks": 5}).status_code == 200
@@ -193,6 +194,7 @@ def exercised(ops_server, cluster, tmp_path_factory):
     assert codes == [201, 201, 429]
     assert httpx.get(f"{ops_server.url}/v1/jobs?token=leaky-secret-key").status_code == 401
     text = metrics_text(ops_server.url)
+    ops_server.stop()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -276,30 +278,13 @@ def test_json_log_lines_name_the_job_and_the_tenant(exercised, ops_server):
 
 
 @pytest.mark.slow
-def test_every_line_of_a_server_with_its_own_cluster_is_json(tmp_path):
+def test_every_line_of_a_server_with_its_own_cluster_is_json(exercised, ops_server):
     # The cluster's worker processes write to the server's stderr: their lines (here the
-    # worker's error for a partition that fails once) are JSON too.
-    srv = Server(
-        tmp_path,
-        "--workers",
-        "1",
-        "--log-format",
-        "json",
-        "--expose-dashboard",
-        "--dashboard-address",
-        ":0",
-    )
-    try:
-        client = srv.tenant("own")
-        with Client(client.get("/v1/cluster").json()["scheduler"]) as dask_client:
-            dask_client.register_plugin(faults.FailOnce(str(tmp_path / "failed-once")))
-            job = client.post("/v1/jobs", json={"table": "t", "texts": ["a", "b"]}).json()
-            assert wait_done(client, job["id"])["status"] == "succeeded"
-    finally:
-        srv.stop()
+    # worker's error for the partition that failed once) are JSON too.
+    job_id, _ = exercised
     lines = [
         json.loads(line)
-        for line in (tmp_path / "server.log").read_text().splitlines()
+        for line in (ops_server.data_dir.parent / "server.log").read_text().splitlines()
         if line.strip()
     ]
     assert any(
@@ -307,8 +292,8 @@ def test_every_line_of_a_server_with_its_own_cluster_is_json(tmp_path):
     )
     assert any(
         line["logger"] == "embedscale.jobs.runner.loop"
-        and line.get("job_id") == job["id"]
-        and line.get("tenant") == "own"
+        and line.get("job_id") == job_id
+        and line.get("tenant") == "ops-runner"
         for line in lines
     )
 
