@@ -56,7 +56,13 @@ def model():
 @pytest.fixture
 def small_corpus(tmp_path: Path) -> Path:
     """A few documents in several formats: long enough for several chunks of 64 tokens."""
-    src = tmp_path / "corpus"
+    return copy_small_corpus(tmp_path)
+
+
+def copy_small_corpus(folder: Path) -> Path:
+    """`small_corpus` written into `folder` (its `corpus` folder, returned): for a fixture of
+    a wider scope than the test's."""
+    src = folder / "corpus"
     src.mkdir()
     for name in ["heapq.txt", "json.txt", "statistics.txt", "argparse.txt"]:
         shutil.copy(SAMPLE_CORPUS / "stdlib" / name, src / name)

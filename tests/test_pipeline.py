@@ -14,18 +14,29 @@ from embedscale.engine.sources.enumeration import plan_source
 from embedscale.engine.sources.readers import RecordFields, read_item
 from embedscale.jobs.errors import InvalidFieldError
 from embedscale.jobs.local_run import JobFailedError
+from tests.conftest import copy_small_corpus
 from tests.helpers import read_rows, run
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def embedded(cluster, small_corpus, data_dir):
-    (small_corpus / "broken.jsonl").write_text('{"text": "fine row"}\n{oops\n')
-    (small_corpus / "blob.txt").write_bytes(b"\x00\xff\x00 binary")
+@pytest.fixture(scope="module")
+def embedded_corpus(tmp_path_factory):
+    """small_corpus with a malformed JSON line and a binary file, for the module's one run."""
+    corpus = copy_small_corpus(tmp_path_factory.mktemp("pipeline"))
+    (corpus / "broken.jsonl").write_text('{"text": "fine row"}\n{oops\n')
+    (corpus / "blob.txt").write_bytes(b"\x00\xff\x00 binary")
+    return corpus
+
+
+@pytest.fixture(scope="module")
+def embedded(cluster, embedded_corpus):
+    """The corpus embedded once for the tests that only read the result: the summary and the
+    table's rows."""
+    data_dir = embedded_corpus.parent / "data"
     summary = run(
         cluster,
-        source=str(small_corpus),
+        source=str(embedded_corpus),
         table="docs",
         data_dir=str(data_dir),
         partition_bytes=4096,
@@ -43,7 +54,7 @@ def source_texts(path) -> dict[str, str]:
     }
 
 
-def test_summary_counts_and_skipped_reasons(embedded, small_corpus):
+def test_summary_counts_and_skipped_reasons(embedded):
     summary, rows = embedded
     assert summary.ok and summary.partitions > 2
     assert summary.chunks == rows.num_rows
@@ -65,9 +76,9 @@ def test_vectors_equal_sentence_transformers_encode(embedded, st_model):
     assert cosine.min() > 0.999, f"worst cosine {cosine.min()}"
 
 
-def test_chunks_fit_the_model_cover_their_documents_and_keep_offsets(embedded, small_corpus):
+def test_chunks_fit_the_model_cover_their_documents_and_keep_offsets(embedded, embedded_corpus):
     _, rows = embedded
-    texts = source_texts(small_corpus)
+    texts = source_texts(embedded_corpus)
     by_doc = defaultdict(list)
     for r in rows.select(
         [
@@ -96,13 +107,13 @@ def test_chunks_fit_the_model_cover_their_documents_and_keep_offsets(embedded, s
         assert "".join(ch for ch, ok in zip(text, covered) if not ok).strip() == ""
 
 
-def test_ids_are_unique_and_stable_across_runs(embedded, cluster, small_corpus, data_dir):
+def test_ids_are_unique_and_stable_across_runs(embedded, cluster, embedded_corpus, data_dir):
     _, rows = embedded
     ids = rows.column("id").to_pylist()
     assert len(ids) == len(set(ids))
     again = run(
         cluster,
-        source=str(small_corpus),
+        source=str(embedded_corpus),
         table="again",
         data_dir=str(data_dir),
         partition_bytes=50_000,
