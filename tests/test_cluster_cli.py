@@ -89,13 +89,15 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
         address = f"tcp://127.0.0.1:{port}"
         assert f"scheduler:  {address}" in printed and "workers:    1 x 1" in printed
 
-        before = run_cli("cluster", "status", "--scheduler", address, "--json")
+        # The commands that only talk to the cluster run in this process (tests.dask_processes):
+        # `cluster up` above is the command under test in a process of its own.
+        before = run_cli_in_process("cluster", "status", "--scheduler", address, "--json")
         assert before.returncode == 0, before.stderr
         workers = json.loads(before.stdout)["workers"]
         assert [(w["threads"], w["gpus"], w["models"]) for w in workers] == [(1, 0, [])]
         assert workers[0]["memory_limit"] > 0
 
-        done = run_cli(
+        done = run_cli_in_process(
             "run",
             str(SAMPLE_CORPUS / "notes"),
             "--table",
@@ -107,13 +109,13 @@ def test_cluster_up_runs_jobs_and_status_shows_its_workers(tmp_path):
             "--json",
         )
         assert done.returncode == 0, done.stderr
-        after = json.loads(run_cli("cluster", "status", "--scheduler", address, "--json").stdout)[
-            "workers"
-        ]
+        after = json.loads(
+            run_cli_in_process("cluster", "status", "--scheduler", address, "--json").stdout
+        )["workers"]
         assert after[0]["models"] == ["all-MiniLM-L6-v2"]
         # With its precision (conftest's guard of 1.0 keeps fp32; measured where bf16 exists).
         assert after[0]["model_precisions"][0].startswith("all-MiniLM-L6-v2 (fp32")
-        table = run_cli("cluster", "status", "--scheduler", address)
+        table = run_cli_in_process("cluster", "status", "--scheduler", address)
         assert "all-MiniLM-L6-v2" in table.stdout and "1 workers, 1 threads" in table.stdout
     finally:
         os.killpg(up.pid, signal.SIGINT)
