@@ -14,7 +14,7 @@ from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 from embedscale.engine.errors import EmbedscaleError
 from embedscale.jobs.local_run import EmbedRequest, run_embedding
 from tests.conftest import SAMPLE_CORPUS
-from tests.dask_processes import DaskProcesses, run_cli, run_cli_in_process
+from tests.dask_processes import DaskProcesses, run_cli_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -68,8 +68,8 @@ def test_run_over_tls_on_separate_scheduler_and_worker_processes(tls_files, tmp_
     procs = DaskProcesses(tmp_path / "dask", workers=1, scheme="tls", security_args=security)
     spec = tmp_path / "remote-tls.yaml"
     spec.write_text(yaml.safe_dump({"kind": "address", "address": procs.address, "tls": tls_files}))
-    try:
-        done = run_cli(
+    try:  # the command in this process: the processes of the cluster are the point here
+        done = run_cli_in_process(
             "run",
             str(SAMPLE_CORPUS / "notes"),
             "--table",
