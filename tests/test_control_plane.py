@@ -262,7 +262,7 @@ def test_a_job_whose_last_partition_is_refused_in_the_same_batch_fails(cluster, 
     from embedscale.engine.tasks.partition_task import embed_partition
 
     # The runner's loop is not started: the batch is handed to it directly, each partition
-    # embedded whole in this process.
+    # embedded whole by a task on the cluster (whose workers hold the model already).
     service = JobService(tmp_path / "data", cluster, runner_config=RunnerConfig(slice_seconds=None))
     runner = service.runner
     service.create_tenant("acme", "premium")
@@ -272,7 +272,13 @@ def test_a_job_whose_last_partition_is_refused_in_the_same_batch_fails(cluster, 
     assert job.partitions_total == 2
     record = service.store.set_status(job.id, JobStatus.RUNNING)
     running = runner._preparer.prepare(record, resumed=False)
-    results = [embed_partition(running.partitions[i], running.config) for i in running.pending]
+    client = cluster.client
+    results = client.gather(
+        [
+            client.submit(embed_partition, running.partitions[i], running.config, pure=False)
+            for i in running.pending
+        ]
+    )
     running.pending.clear()  # all submitted, all finished: nothing is left but this batch
     runner._jobs[job.id] = running
     service.set_limits("acme", daily_chunks=results[0].chunks)
