@@ -37,7 +37,9 @@ def committed_version(uri) -> int:
 
 
 def test_kill_minus_9_mid_job_then_resume(cluster, tmp_path):
-    corpus = jsonl_corpus(tmp_path / "c.jsonl", rows=112)  # 7 partitions: 3 commits, then the kill
+    corpus = jsonl_corpus(
+        tmp_path / "c.jsonl", rows=112, text_chars=250
+    )  # 7 partitions: 3 commits, the kill
     data = tmp_path / "data"
     uri = data / "lancedb" / "docs.lance"
     # The driver and its worker processes share a new process group: kill them all at once,
@@ -131,7 +133,7 @@ def test_a_partition_committed_but_not_recorded_is_taken_from_the_table(cluster,
         {
             "table": "t",
             "chunk_tokens": 32,
-            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64)),
+            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=64, text_chars=250)),
         },
     )
     deadline = time.monotonic() + 120
@@ -165,7 +167,7 @@ def test_graceful_stop_records_in_flight_work_and_resumes_later(cluster, tmp_pat
         {
             "table": "t",
             "chunk_tokens": 32,
-            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=112)),
+            "source": str(jsonl_corpus(tmp_path / "c.jsonl", rows=112, text_chars=250)),
         },
     )
     deadline = time.monotonic() + 120
