@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from embedscale.engine.cluster.start import ClusterSpec, start_cluster
 from embedscale.engine.cluster.worker_start import (
     PRELOAD,
     START_METHOD_ENV,
@@ -33,11 +34,17 @@ def test_the_session_clusters_workers_are_forked_from_the_preloading_server(clus
 
 
 def test_a_worker_dask_restarts_is_forked_too(cluster):
-    # Its nanny reads the start method again, long after the cluster started.
-    address = sorted(cluster.client.scheduler_info()["workers"])[0]
-    cluster.client.restart_workers([address])
-    cluster.client.wait_for_workers(2)
-    for parent, has_torch, _ in cluster.client.run(_parent_and_modules).values():
+    # Its nanny reads the start method again, after start_cluster has returned. A cluster of
+    # its own, with one worker forked from the server the tests' cluster started (`cluster`):
+    # a restarted worker of the tests' cluster would drop the model it holds, for the next
+    # test to load again, and its restart waits for that worker to wind down (seconds).
+    with start_cluster(ClusterSpec(n_workers=1, dashboard_address="none")) as own:
+        (address,) = own.client.scheduler_info()["workers"]
+        own.client.restart_workers([address])
+        own.client.wait_for_workers(1)
+        seen = own.client.run(_parent_and_modules)
+    assert len(seen) == 1
+    for parent, has_torch, _ in seen.values():
         assert "multiprocessing.forkserver" in parent and has_torch
 
 
