@@ -61,10 +61,12 @@ def test_upsert_of_a_text_without_id_replaces_only_that_text(service):
     )
 
 
-def test_a_partition_that_kills_its_workers_fails_its_job_and_spares_the_others(tmp_path):
-    spec = ClusterSpec(n_workers=2, threads_per_worker=1, dashboard_address=None)
-    with start_cluster(spec) as cluster:
-        cluster.client.register_plugin(faults.FailAlways("poison", kill=True))
+def test_a_partition_that_kills_its_workers_fails_its_job_and_spares_the_others(cluster, tmp_path):
+    """On the session's cluster: its nannies restart the killed workers, as the test checks,
+    and the plugin goes with the test."""
+    poison = faults.FailAlways("poison", kill=True)
+    cluster.client.register_plugin(poison)
+    try:
         with JobService(tmp_path / "data", cluster) as service:
             service.start()
             bad = service.submit("local", {"table": "poison", "texts": TEXTS})
@@ -74,6 +76,8 @@ def test_a_partition_that_kills_its_workers_fails_its_job_and_spares_the_others(
             assert "not tried again" in bad_final.error
             assert service.wait(good.id, timeout=240).status == "succeeded"
             cluster.client.wait_for_workers(2, timeout=120)  # the nannies restarted them
+    finally:
+        cluster.client.unregister_worker_plugin(poison.name)
 
 
 def test_workers_whose_nannies_gave_up_are_started_afresh(tmp_path):
