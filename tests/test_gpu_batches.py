@@ -60,9 +60,10 @@ class _NoPrefetch:
 
 
 def test_prefetching_the_next_batch_gives_the_same_vectors(model):
-    inputs = _inputs(model, 40)
-    plain = embed_inputs(_NoPrefetch(model), inputs, token_budget=1024)
-    prefetched = embed_inputs(model, inputs, token_budget=1024)
+    inputs = _inputs(model, 20)  # ~1,500 tokens: a few batches, each prefetched by the last
+    assert sum(len(i) for i in inputs) > 2 * 512
+    plain = embed_inputs(_NoPrefetch(model), inputs, token_budget=512)
+    prefetched = embed_inputs(model, inputs, token_budget=512)
     assert np.array_equal(plain, prefetched)
 
 
