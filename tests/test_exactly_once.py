@@ -6,6 +6,7 @@ import cloudpickle
 import pytest
 
 from tests import faults
+from tests.conftest import copy_small_corpus
 from tests.helpers import assert_verified, read_rows, run
 
 pytestmark = pytest.mark.slow
@@ -15,27 +16,21 @@ cloudpickle.register_pickle_by_value(faults)
 
 
 @pytest.fixture(scope="module")
-def clean_runs() -> dict[str, list[str]]:
-    """The clean run's ids, once for the module's faults."""
-    return {}
-
-
-@pytest.fixture
-def reference_ids(cluster, small_corpus, data_dir, clean_runs):
-    """The ids of a run without faults. Made once: every test's small_corpus is the same files,
-    and a chunk's id depends on its document's id, its place and the model only."""
-    if "ids" not in clean_runs:
-        run(
-            cluster,
-            source=str(small_corpus),
-            table="reference",
-            data_dir=str(data_dir),
-            partition_bytes=4096,
-        )
-        ids = read_rows(data_dir, "reference").column("id").to_pylist()
-        assert len(ids) == len(set(ids)) > 20
-        clean_runs["ids"] = sorted(ids)
-    return clean_runs["ids"]
+def reference_ids(cluster, tmp_path_factory):
+    """The ids of a run without faults, once for the module's faults: on small_corpus's files
+    (a chunk's id depends on its document's id, its place and the model, not on the folder)."""
+    folder = tmp_path_factory.mktemp("reference")
+    data_dir = folder / "data"
+    run(
+        cluster,
+        source=str(copy_small_corpus(folder)),
+        table="reference",
+        data_dir=str(data_dir),
+        partition_bytes=4096,
+    )
+    ids = read_rows(data_dir, "reference").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) > 20
+    return sorted(ids)
 
 
 @pytest.mark.parametrize("plugin_class", [faults.FailOnce, faults.KillWorkerOnce])
