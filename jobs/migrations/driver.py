@@ -408,20 +408,25 @@ class Migrations:
         """Advance migrations on a thread of their own until `close`."""
         if self._thread is not None:
             return
+        # A stop event of this thread's own: a stop that gave up waiting for it (a close with
+        # a short timeout) leaves it stopping, never running on against a closed store.
+        self._stop = stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._loop, name="embedscale-migrations", daemon=True
+            target=self._loop, args=(stop,), name="embedscale-migrations", daemon=True
         )
         self._thread.start()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             self._wake.wait(SWEEP_EVERY_S)
             self._wake.clear()
-            if self._stop.is_set():
+            if stop.is_set():
                 return
             try:
                 self.sweep()
             except Exception:
+                if stop.is_set():  # stopped mid-sweep: the store may be closing under it
+                    return
                 log.exception("migrations: sweep failed")
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -431,7 +436,6 @@ class Migrations:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
-        self._stop.clear()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the thread and the bus subscription."""
