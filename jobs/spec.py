@@ -78,7 +78,7 @@ class JobSpec(BaseModel):
             "where vectors come from: sentence-transformers (torch on the cluster's workers), onnx "
             "(the same model exported to ONNX, run by onnxruntime on the workers; its vectors may "
             "share a table with sentence-transformers'), onnx-int8 (that export quantized: faster "
-            "on CPUs, cosine to fp32 0.976 at worst, its own tables) or openai (an "
+            "on CPUs, cosine to fp32 0.98 at worst, its own tables) or openai (an "
             "OpenAI-compatible endpoint at provider_url, key from the workers' "
             "EMBEDSCALE_PROVIDER_API_KEY)"
         ),
@@ -192,7 +192,7 @@ class JobSpec(BaseModel):
             )
         if self.precision == "int8" and self.provider != "onnx-int8":
             raise ValueError(
-                "precision 'int8' runs as provider onnx-int8 (minimum cosine to fp32 0.976, "
+                "precision 'int8' runs as provider onnx-int8 (minimum cosine to fp32 0.98, "
                 "under the 0.999 guard: its own tables): give provider onnx-int8, or precision "
                 "auto, fp32 or bf16"
             )

@@ -13,8 +13,9 @@ A job's `precision` (auto, fp32, bf16, int8) reaches the worker in its ModelSpec
 
 Measured on this project's machine (AMD EPYC, 2 cores, avx512_bf16, no AMX; all-MiniLM-L6-v2,
 472 chunks of 150 words, one thread): fp32 37-44 s, bf16 autocast 21.6 s at minimum cosine
-0.99996, bf16 weights 20.3 s at 0.99990: ~1.9-2x within the guard. Dynamic int8 (onnx-int8):
-1.94x at minimum cosine 0.98, below it, so auto never reaches for it.
+0.99996, bf16 weights 20.3 s at 0.99990: ~1.9-2x within the guard. int8 (onnx-int8, static):
+~1.7-2x at minimum cosine 0.982-0.988 (benchmarks/bench_int8.py), below it, so auto never
+reaches for it.
 
 The calibration sample is `calibration_texts.json` beside this module (256 real chunks: pydoc
 text of the standard library, 150 words each); a load measures its first

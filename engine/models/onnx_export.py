@@ -8,7 +8,8 @@ versions), so a changed weight file is a new export and a second job, a restarte
 second worker process on the host load the file instead of exporting again. A folder appears
 whole or not at all (exported into a temporary folder, then renamed), and an exclusive lock on
 the host (fcntl.flock) makes concurrent loads export once: the others wait, then find it.
-The opt-in int8 variant is the fp32 export quantized, cached the same way beside it.
+The opt-in int8 variant is the fp32 export statically quantized on the shipped calibration sample
+(engine.models.onnx_quantize), cached the same way beside it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from embedscale.engine.errors import ModelError
+from embedscale.engine.models import onnx_quantize
 from embedscale.engine.models.onnx_pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -74,9 +76,18 @@ def export_key(folder: Path, pipeline: Pipeline) -> str:
     return digest.hexdigest()[:32]
 
 
-def exported_model(folder: Path, pipeline: Pipeline, precision: str = "fp32") -> Path:
+# The int8 sample, as the graph's input batches: (those that fix the ranges, those that score).
+Sample = tuple[Sequence[onnx_quantize.Feed], Sequence[onnx_quantize.Feed]]
+
+
+def exported_model(
+    folder: Path,
+    pipeline: Pipeline,
+    precision: str = "fp32",
+    sample: Callable[[], Sample] | None = None,
+) -> Path:
     """The path of the model's ONNX file on this host, exporting it first if no process has;
-    "int8" is the fp32 export, quantized (and cached) in turn."""
+    "int8" is the fp32 export, quantized on `sample()` (made only when it is), cached in turn."""
     key = export_key(folder, pipeline)
     fp32 = _cached(key, lambda target: export(folder, pipeline, target), pipeline)
     if precision == "fp32":
@@ -84,15 +95,18 @@ def exported_model(folder: Path, pipeline: Pipeline, precision: str = "fp32") ->
     if precision == "int8":
         import onnxruntime  # its quantizer makes the file: another version, another entry
 
+        if sample is None:
+            raise ModelError("an int8 export needs its calibration sample")
+        made = sample  # for mypy: narrowed inside the lambda too
         return _cached(
-            f"{key}-int8-ort{onnxruntime.__version__}",
-            lambda target: quantize(fp32, target),
+            f"{key}-int8-{onnx_quantize.sample_key()}-ort{onnxruntime.__version__}",
+            lambda target: onnx_quantize.quantize_int8(fp32, target, *made(), OUTPUT),
             pipeline,
         )
     raise ModelError(f"unknown ONNX precision {precision!r}: use fp32 or int8")
 
 
-def _cached(key: str, make: Callable[[Path], None], pipeline: Pipeline) -> Path:
+def _cached(key: str, make: Callable[[Path], object], pipeline: Pipeline) -> Path:
     """The model file of cache entry `key`, made by `make(target)` first if it is missing."""
     root = cache_root()
     final = root / key
@@ -126,7 +140,7 @@ def _host_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _make_into(final: Path, make: Callable[[Path], None], pipeline: Pipeline) -> None:
+def _make_into(final: Path, make: Callable[[Path], object], pipeline: Pipeline) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         make(tmp / MODEL_FILE)
@@ -137,42 +151,6 @@ def _make_into(final: Path, make: Callable[[Path], None], pipeline: Pipeline) ->
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("made the ONNX model %s", final)
-
-
-def quantize(source: Path, target: Path) -> None:
-    """Dynamic int8 quantization of the fp32 export: the MatMuls' weights per output channel,
-    their inputs per batch (the embedding tables and LayerNorms stay fp32: quantizing the
-    embedding Gather too cost far more accuracy, measured: cosine 0.88 to fp32 at worst)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quiet = _DropRecords("Please consider to run pre-processing")
-    root = logging.getLogger()
-    root.addFilter(quiet)  # one root-logger warning per export, about static quantization
-    try:
-        quantize_dynamic(
-            str(source),
-            str(target),
-            op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-        )
-    except Exception as exc:
-        raise ModelError(
-            f"cannot quantize {source} to int8: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}; use provider "
-            "onnx"
-        ) from None
-    finally:
-        root.removeFilter(quiet)
-
-
-class _DropRecords(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
 
 
 def export(folder: Path, pipeline: Pipeline, target: Path) -> None:

@@ -2,10 +2,11 @@
 (engine.models.onnx_export) and run by onnxruntime, fed with the same pre-tokenized ids as the
 torch backend (one tokenization). "onnx" (fp32) makes the torch model's vectors (cosine >=
 0.9999 on every row, tests/test_onnx_provider.py), so its rows may share a table with them.
-"onnx-int8" (opt-in) is the export with int8 MatMuls: about 2x faster than fp32 on this
-project's CPUs, cosine to fp32 0.992 on average and 0.976 at worst over 128 real chunks, to
-torch 0.982 at worst over bench_throughput's 2,055 (measured), so its vectors are their own
-space, kept out of fp32 tables.
+"onnx-int8" (opt-in) is the export with its weight MatMuls statically quantized to int8 on the
+shipped calibration sample (engine.models.onnx_quantize): 1.7-2x faster than fp32 on this
+project's CPUs, cosine to fp32 0.993 on average and 0.982-0.988 at worst over 128 held-out
+chunks or queries (benchmarks/bench_int8.py), so its vectors are their own space, kept out of
+fp32 tables.
 
 Speed, measured on this project's 2-core CPU machine (AVX-512), all-MiniLM-L6-v2, one thread,
 64 inputs of 256 tokens: onnxruntime 5.3 s, sentence-transformers' torch model (SDPA attention)
@@ -28,8 +29,9 @@ import numpy as np
 from embedscale.engine.errors import ModelError
 from embedscale.engine.models.devices import default_device
 from embedscale.engine.models.info import EmbeddingModel, ModelInfo, hub_offline
-from embedscale.engine.models.onnx_export import INPUTS, OUTPUT, exported_model
+from embedscale.engine.models.onnx_export import INPUTS, OUTPUT, Sample, exported_model
 from embedscale.engine.models.onnx_pipeline import read_pipeline
+from embedscale.engine.models.onnx_quantize import sample_texts, split_sample
 from embedscale.engine.models.registry import ModelSpec
 from embedscale.engine.models.sentence_transformer import SentenceTransformerModel
 from embedscale.engine.models.tokenization import chunking_tokenizer
@@ -78,26 +80,27 @@ class OnnxModel:
         self.device = device or default_device()
         folder = _model_folder(spec)
         pipeline = read_pipeline(folder)
-        path = exported_model(folder, pipeline, "int8" if spec.backend == "onnx-int8" else "fp32")
         transformer = pipeline.transformer_folder(folder)
         with hub_offline(True):
             hf_tokenizer = AutoTokenizer.from_pretrained(str(transformer))
         chunking = chunking_tokenizer(hf_tokenizer, spec.name)  # as the torch backend's
         self.tokenizer = chunking.tokenizer
         self._prefix, self._suffix, self._pad_id = chunking.prefix, chunking.suffix, chunking.pad_id
-        self._session = onnxruntime.InferenceSession(
-            str(path), _session_options(), providers=_providers(self.device)
-        )
-        # For the process's model memory budget (engine.models.cache): the weights are the file.
-        self.memory_bytes = path.stat().st_size
+        int8 = spec.backend == "onnx-int8"
         self.info = ModelInfo(
             name=spec.name,
             dimension=pipeline.dimension,
             max_tokens=pipeline.max_seq_length or _model_limit(transformer, hf_tokenizer),
             special_tokens=len(self._prefix) + len(self._suffix),
             provider=spec.backend,
-            precision="int8" if spec.backend == "onnx-int8" else "fp32",
+            precision="int8" if int8 else "fp32",
         )
+        path = exported_model(folder, pipeline, "int8" if int8 else "fp32", self._int8_sample)
+        self._session = onnxruntime.InferenceSession(
+            str(path), _session_options(), providers=_providers(self.device)
+        )
+        # For the process's model memory budget (engine.models.cache): the weights are the file.
+        self.memory_bytes = path.stat().st_size
 
     def wrap(self, content_ids: np.ndarray) -> np.ndarray:
         """The model's input for one chunk: its special tokens around the content ids."""
@@ -105,23 +108,50 @@ class OnnxModel:
 
     def embed_token_ids(self, batch: list[np.ndarray]) -> np.ndarray:
         """Embed a batch of full inputs (already wrapped); returns float32 [len(batch), dim]."""
-        width = max(len(ids) for ids in batch)
-        input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-        attention = np.zeros((len(batch), width), dtype=np.int64)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = ids
-            attention[row, : len(ids)] = 1
-        out = self._session.run([OUTPUT], dict(zip(INPUTS, (input_ids, attention))))[0]
+        out = self._session.run([OUTPUT], graph_inputs(batch, self._pad_id))[0]
         return np.asarray(out, dtype=np.float32)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embed short texts such as search queries (truncated to the model's limit)."""
+        return self.embed_token_ids(self._inputs(texts))
+
+    def _inputs(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's full input, its content truncated to the model's limit."""
+        return [self.wrap(ids) for ids in self._contents(texts)]
+
+    def _contents(self, texts: list[str]) -> list[np.ndarray]:
         room = self.info.max_tokens - self.info.special_tokens
-        batch = [
-            self.wrap(np.asarray(e.ids[:room], dtype=np.int64))
+        return [
+            np.asarray(e.ids[:room], dtype=np.int64)
             for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)
         ]
-        return self.embed_token_ids(batch)
+
+    def _int8_sample(self) -> Sample:
+        """The int8 quantization's sample (engine.models.onnx_quantize), fed as jobs feed the
+        model: full inputs of the model's own tokenizer, sorted by length, padded per batch."""
+        calibrate, score = split_sample(self._contents(sample_texts()))
+        return (
+            _batches([self.wrap(c) for c in calibrate], self._pad_id),
+            _batches([self.wrap(c) for c in score], self._pad_id),
+        )
+
+
+def graph_inputs(batch: list[np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+    """The exported graph's inputs for a batch of full inputs: ids padded to the longest, and
+    the attention mask."""
+    width = max(len(ids) for ids in batch)
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(batch), width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = ids
+        attention[row, : len(ids)] = 1
+    return dict(zip(INPUTS, (input_ids, attention)))
+
+
+def _batches(inputs: list[np.ndarray], pad_id: int, size: int = 16) -> list[dict[str, np.ndarray]]:
+    # Sorted by length, as engine.models.batching makes a job's batches: little padding.
+    ordered = sorted(inputs, key=len)
+    return [graph_inputs(ordered[i : i + size], pad_id) for i in range(0, len(ordered), size)]
 
 
 def _model_folder(spec: ModelSpec) -> Path:

@@ -24,7 +24,7 @@ ONNX_PROVIDERS = ("onnx", "onnx-int8")
 DEFAULT_PROVIDER: Final = "sentence-transformers"  # Final: its type is the literal value
 BACKENDS = frozenset(PROVIDERS)
 # Providers whose vectors of one model agree (the same weights in fp32: ONNX's cosine to torch
-# is >= 0.9999 on every row), so one table may hold vectors of both. Not onnx-int8 (0.976).
+# is >= 0.9999 on every row), so one table may hold vectors of both. Not onnx-int8 (0.98).
 _VECTOR_SPACES = {"onnx": "sentence-transformers"}
 
 
