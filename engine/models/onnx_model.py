@@ -28,7 +28,7 @@ import numpy as np
 
 from embedscale.engine.errors import ModelError
 from embedscale.engine.models.devices import default_device
-from embedscale.engine.models.info import EmbeddingModel, ModelInfo, hub_offline
+from embedscale.engine.models.info import EmbeddingModel, ModelInfo, hub_offline, pad_batch
 from embedscale.engine.models.onnx_export import INPUTS, OUTPUT, Sample, exported_model
 from embedscale.engine.models.onnx_pipeline import read_pipeline
 from embedscale.engine.models.onnx_quantize import sample_texts, split_sample
@@ -138,14 +138,8 @@ class OnnxModel:
 
 def graph_inputs(batch: list[np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
     """The exported graph's inputs for a batch of full inputs: ids padded to the longest, and
-    the attention mask."""
-    width = max(len(ids) for ids in batch)
-    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-    attention = np.zeros((len(batch), width), dtype=np.int64)
-    for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = ids
-        attention[row, : len(ids)] = 1
-    return dict(zip(INPUTS, (input_ids, attention)))
+    the attention mask (engine.models.info.pad_batch, as the torch path pads)."""
+    return dict(zip(INPUTS, pad_batch(batch, pad_id)))
 
 
 def _batches(inputs: list[np.ndarray], pad_id: int, size: int = 16) -> list[dict[str, np.ndarray]]:
