@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from embedscale.engine.errors import ModelError
+from embedscale.engine.models.info import form_label
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,8 @@ class Choice:
         return self.candidate.split("-")[0]
 
     def describe(self) -> str:
-        if self.min_cosine is None or self.speedup is None:
-            return self.candidate
-        return f"{self.candidate} (min cosine {self.min_cosine:.5f}, {self.speedup:.2f}x fp32)"
+        """The form and what was measured of it, as logged (engine.models.info.form_label)."""
+        return form_label(self.candidate, self.min_cosine, self.speedup)
 
 
 def min_cosine_guard() -> float:
@@ -149,7 +149,7 @@ def cpu_bf16_supported() -> bool:
 
 
 def calibration_texts(count: int | None = None) -> list[str]:
-    """The first `count` ($EMBEDSCALE_PRECISION_SAMPLE, default 48) texts of the sample."""
+    """The first `count` ($EMBEDSCALE_PRECISION_SAMPLE, default 32) texts of the sample."""
     if count is None:
         count = int(os.environ.get(SAMPLE_ENV) or DEFAULT_SAMPLE)
     texts = json.loads(CALIBRATION_FILE.read_text(encoding="utf-8"))["texts"]
@@ -225,9 +225,10 @@ def measure(
         vectors[candidate] = np.asarray(run(candidate, texts), dtype=np.float32)
         times[candidate] = time.perf_counter() - started
     reference = vectors[FP32]
-    return {c: Measurement(c, times[c], _min_cosine(vectors[c], reference)) for c in candidates}
+    return {c: Measurement(c, times[c], min_row_cosine(vectors[c], reference)) for c in candidates}
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+def min_row_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The least cosine between a row of `a` and the same row of `b`."""
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return float(((a * b).sum(1) / np.maximum(norms, 1e-12)).min())

@@ -58,14 +58,20 @@ def precision_forms(infos: Sequence[ModelInfo]) -> list[dict[str, Any]]:
     ]
 
 
+def form_label(form: str, min_cosine: float | None, speedup: float | None) -> str:
+    """A form a model runs in, with what was measured of it: `bf16-weights (min cosine 0.99990,
+    2.01x)`, or the form alone where nothing was."""
+    if min_cosine is None or speedup is None:
+        return form
+    return f"{form} (min cosine {min_cosine:.5f}, {speedup:.2f}x)"
+
+
 def describe_form(form: dict[str, Any]) -> str:
     """One of precision_forms' entries in words: `bf16-weights (min cosine 0.99990, 2.01x) on 2
     workers`."""
-    measured = ""
-    if form["min_cosine"] is not None and form["speedup"] is not None:
-        measured = f" (min cosine {form['min_cosine']:.5f}, {form['speedup']:.2f}x)"
+    label = form_label(form["form"], form["min_cosine"], form["speedup"])
     workers = form["workers"]
-    return f"{form['form']}{measured} on {workers} worker{'s' if workers != 1 else ''}"
+    return f"{label} on {workers} worker{'s' if workers != 1 else ''}"
 
 
 class EmbeddingModel(Protocol):

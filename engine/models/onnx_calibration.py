@@ -70,15 +70,17 @@ def local_errors(
     from onnx import numpy_helper
 
     nodes = {n.name: n for n in model.graph.node}
-    weights = {i.name: i for i in model.graph.initializer}
+    initializers = {i.name: i for i in model.graph.initializer}
+    # Each weight and its int8 form once, not once a batch.
+    weights = {n: numpy_helper.to_array(initializers[nodes[n].input[1]]) for n in inputs}
+    rounded = {n: _int8_columns(w) for n, w in weights.items()}
     error = dict.fromkeys(inputs, 0.0)
     signal = dict.fromkeys(inputs, 0.0)
     for values in _activations(model, sorted(set(inputs.values())), feeds):
         for node, tensor in inputs.items():
             x = values[tensor]
-            w = numpy_helper.to_array(weights[nodes[node].input[1]])
-            y = x @ w
-            error[node] += float(((_uint8(x, *ranges[tensor]) @ _int8_columns(w) - y) ** 2).sum())
+            y = x @ weights[node]
+            error[node] += float(((_uint8(x, *ranges[tensor]) @ rounded[node] - y) ** 2).sum())
             signal[node] += float((y**2).sum())
     return {n: error[n] / max(signal[n], 1e-30) for n in inputs}
 
@@ -88,20 +90,24 @@ def _activations(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Per batch, each tensor's values at the real tokens: [tokens, width]."""
     import onnx
-    import onnxruntime
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     for name in tensors:
         probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    session = onnxruntime.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = cpu_session(probe.SerializeToString())
     for feed in feeds:
         real = feed["attention_mask"].astype(bool)
         yield {name: v[real] for name, v in zip(tensors, session.run(list(tensors), feed))}
+
+
+def cpu_session(model: bytes):
+    """An onnxruntime session of a serialized model on the CPU, logging errors only."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings name internal graph nodes
+    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _uint8(x: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -52,9 +52,10 @@ from pathlib import Path
 import numpy as np
 
 from embedscale.engine.errors import ModelError
-from embedscale.engine.models.cpu_precision import calibration_texts
+from embedscale.engine.models.cpu_precision import calibration_texts, min_row_cosine
 from embedscale.engine.models.onnx_calibration import (
     Feed,
+    cpu_session,
     input_ranges,
     local_errors,
     matmul_inputs,
@@ -169,7 +170,7 @@ def quantize_int8(
 
             def score(kept: tuple[str, ...]) -> float:
                 trial = _kept_in_fp32(quantized_model, model, kept)
-                value = _min_cosine(_run(trial.SerializeToString(), scoring, output), reference)
+                value = min_row_cosine(_run(trial.SerializeToString(), scoring, output), reference)
                 log.debug("int8 with %s in fp32: min cosine %.5f", kept or "nothing", value)
                 return value
 
@@ -290,22 +291,9 @@ def _kept_in_fp32(quantized, fp32, kept: tuple[str, ...]):
     return trial
 
 
-def _session(model: bytes):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def _run(model: bytes, feeds: Sequence[Feed], output: str) -> np.ndarray:
-    session = _session(model)
+    session = cpu_session(model)
     return np.concatenate([session.run([output], feed)[0] for feed in feeds]).astype(np.float32)
-
-
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(((a * b).sum(axis=1) / np.maximum(norms, 1e-12)).min())
 
 
 class _DropRecords(logging.Filter):
