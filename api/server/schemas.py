@@ -87,9 +87,9 @@ class JobOut(BaseModel):
         None,
         description="maintenance: what each step did (fragments, indexes, versions, bytes); "
         "migration: the generation it builds and whether the chunks were reused; embed and "
-        "migration, once succeeded or failed: model_precision, the precision the job asked "
-        "for and the forms its model ran in on the workers (form, precision, min_cosine and "
-        "speedup against fp32 where measured, workers)",
+        "migration: model_precision, the precision the job asked for and the forms its model "
+        "runs in on the workers (form, precision, min_cosine and speedup against fp32 where "
+        "measured, workers)",
     )
     gpu_busy_percent: float | None = Field(
         None,

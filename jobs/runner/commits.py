@@ -125,9 +125,6 @@ def _record(store: Store, outcome: CommitOutcome) -> None:
             for job, result in outcome.committed
         ],
         succeeded=finishing,
-        add_details={
-            job.record.id: job.ended_details for job in done if job.ended_details is not None
-        },
     )
     for job in jobs.values():
         job.record = outcome.records[job.record.id]

@@ -522,11 +522,7 @@ class Runner:
         self._start_preparing(self.store.get_job(job.record.id), resumed=True)
 
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
-        """End a job, unless a cancel came first (one store call decides: the cancel wins),
-        with the details it gathered as it ran."""
-        job = self._jobs.get(job_id)
-        if job is not None and job.ended_details:
-            fields["add_details"] = job.ended_details
+        """End a job, unless a cancel came first (one store call decides: the cancel wins)."""
         self._drop(job_id)
         record = self._outage.finish(job_id, status, **fields)  # owed while the store is out
         if record is not None:

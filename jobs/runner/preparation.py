@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from distributed import Future
 
@@ -63,9 +62,6 @@ class RunningJob:
     # until the last slice, when the partition is committed as a whole.
     progress: dict[int, PartitionResult] = field(default_factory=dict)
     served_at: float | None = None  # when its last task was sent (jobs.policies.scheduling's age)
-    # Entries its details take as it ends (JobPreparer._model_precision): with the ending's
-    # transaction (Store.finish, Store.record_partitions_done), not a commit of their own.
-    ended_details: dict[str, Any] | None = None
 
 
 class JobPreparer:
@@ -125,6 +121,7 @@ class JobPreparer:
             if loaded is None:
                 loaded = self._warm[model] = warm_up(self.cluster.client, model)
         info = loaded[0]
+        record = self._record_precision(record, spec, loaded)
         chunking = ChunkSettings.for_model(info, spec.chunk_tokens, spec.overlap_tokens)
         if pinned_physical(record) is None:  # started by an embedscale of before generations
             record = self.store.pin_generation(record.id)
@@ -179,20 +176,20 @@ class JobPreparer:
             partitions,
             pending,
             record.created_at.timestamp(),
-            ended_details=self._model_precision(record, spec, loaded),
         )
 
-    @staticmethod
-    def _model_precision(
-        record: JobRecord, spec: JobSpec, loaded: list[ModelInfo]
-    ) -> dict[str, Any] | None:
-        """What the job records of its precision, written with its ending (no commit of its
-        own per job): the precision it asked for and the forms its model runs in on the
-        workers (engine.models.cpu_precision's choice, its minimum cosine to fp32 and its speed
-        over fp32 where measured); logged now."""
+    def _record_precision(
+        self, record: JobRecord, spec: JobSpec, loaded: list[ModelInfo]
+    ) -> JobRecord:
+        """Record in the job the precision it asked for and the forms its model runs in on the
+        workers (engine.models.cpu_precision's choice, its minimum cosine to fp32 and its
+        speed over fp32 where measured), as `details.model_precision`; logged once per job."""
         if spec.provider == "openai":
-            return None  # an endpoint's precision is its own
+            return record  # an endpoint's precision is its own
         forms = precision_forms(loaded)
+        entry: dict[str, object] = {"requested": spec.precision, "forms": forms}
+        if (record.details or {}).get("model_precision") == entry:
+            return record
         log.info(
             "job %s: model %s precision %s runs as %s",
             record.id,
@@ -200,7 +197,7 @@ class JobPreparer:
             spec.precision,
             ", ".join(describe_form(f) for f in forms),
         )
-        return {"model_precision": {"requested": spec.precision, "forms": forms}}
+        return self.store.merge_details(record.id, {"model_precision": entry})
 
     def _prepare_table(self, table: ChunkTable, info: ModelInfo, mode: str, job_id: str) -> None:
         """Create, empty or check the job's table. The ledger records an overwrite before its

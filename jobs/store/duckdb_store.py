@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -374,25 +374,29 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows, GenerationRows):
             self._written([record])
             return record
 
-    def finish(
-        self,
-        job_id: str,
-        new: JobStatus,
-        add_details: dict[str, Any] | None = None,
-        **fields: Any,
-    ) -> JobRecord | None:
+    def merge_details(self, job_id: str, entries: dict[str, Any]) -> JobRecord:
+        """Add `entries` to a job's details (replacing those of the same names), in one
+        transaction with a read of the latest ones, so no other entry is lost."""
+        with self._lock:
+            with self._tx() as con:
+                job = self._latest(con, job_id)
+                details = {**(job.details or {}), **entries}
+                con.execute(
+                    "UPDATE jobs SET details = ? WHERE id = ?",
+                    [stored({"details": details})["details"], job_id],
+                )
+                record = dataclasses.replace(job, details=details)
+            self._written([record])
+            return record
+
+    def finish(self, job_id: str, new: JobStatus, **fields: Any) -> JobRecord | None:
         """End a running job as `new`, in one transaction with the check that no cancel came
-        first: None (and nothing written) when the job is cancelling or already ended.
-        `add_details`: entries added to the job's details as they stand in that transaction
-        (what the runner learned of the job while it ran, written with its ending rather than
-        in a commit of its own)."""
+        first: None (and nothing written) when the job is cancelling or already ended."""
         with self._lock:
             with self._tx() as con:
                 job = self._latest(con, job_id)
                 if job.status != JobStatus.RUNNING:
                     return None
-                if add_details:
-                    fields["details"] = {**(job.details or {}), **add_details}
                 # Success is the store's word: written only if every partition is done.
                 condition = (
                     ALL_PARTITIONS_DONE.format(job="jobs.id")
@@ -508,18 +512,16 @@ class Store(TenantRows, ScheduleRows, StoreReports, LedgerRows, GenerationRows):
         done: Sequence[PartitionDone],
         succeeded: Collection[str] = (),
         day: date | None = None,
-        add_details: Mapping[str, dict[str, Any]] | None = None,
     ) -> dict[str, JobRecord]:
         """Mark committed partitions done, add their counts to their jobs, charge their chunks
         to their tenants' usage for `day` (UTC today), and move the jobs in `succeeded` (all
         their partitions done) to succeeded: all in one transaction. A partition already done
-        is left alone, so recording twice never charges twice. Returns the jobs' records.
-        `add_details`: per job of `succeeded`, entries added to its details as it succeeds."""
+        is left alone, so recording twice never charges twice. Returns the jobs' records."""
         day = day or utcnow().date()
         now = utcnow()
         with self._lock:
             with self._tx() as con:
-                records, charged = record_done(con, done, succeeded, day, now, add_details or {})
+                records, charged = record_done(con, done, succeeded, day, now)
             self._written(records.values())
             for tenant, (chunks, tokens) in charged.items():  # after the commit, under the lock
                 if (tenant, day) in self._usage:

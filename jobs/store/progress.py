@@ -53,12 +53,10 @@ def record_done(
     succeeded: Collection[str],
     day: date,
     now: datetime,
-    add_details: Mapping[str, dict[str, Any]],
 ) -> tuple[dict[str, JobRecord], Charged]:
     """Inside the caller's transaction: record `done` (a partition already done is left
     alone, so recording twice never charges twice) and move the jobs in `succeeded` that are
-    still running to succeeded (with `add_details` of each added to its details). Returns the
-    jobs' records and what was charged."""
+    still running to succeeded. Returns the jobs' records and what was charged."""
     fresh = _mark_done(con, done, now)
     insert_ledger(con, [d.ledger for d in fresh if d.ledger is not None])
     jobs: dict[str, list[float]] = {}
@@ -109,7 +107,7 @@ def record_done(
             [[tenant, day, chunks, tokens] for tenant, (chunks, tokens) in charged.items()],
         )
     records = _read_jobs(con, {d.job_id for d in done} | set(succeeded))
-    _succeed(con, records, succeeded, now, add_details)
+    _succeed(con, records, succeeded, now)
     return records, charged
 
 
@@ -159,7 +157,6 @@ def _succeed(
     records: dict[str, JobRecord],
     succeeded: Collection[str],
     now: datetime,
-    add_details: Mapping[str, dict[str, Any]],
 ) -> None:
     """Move the jobs of `succeeded` still running (a cancel may have come first) and with
     every partition recorded done to succeeded, in one statement; `records` are updated to
@@ -171,11 +168,9 @@ def _succeed(
         if job.status != JobStatus.RUNNING:
             continue
         check_transition(job.id, job.status, JobStatus.SUCCEEDED, job.history)
-        extra = add_details.get(job_id)
-        details = {**(job.details or {}), **extra} if extra else job.details
-        changes = transition_changes(job, JobStatus.SUCCEEDED, now, details=details)
+        changes = transition_changes(job, JobStatus.SUCCEEDED, now)
         values = stored(changes)
-        rows.append([job_id, values["status"], values["history"], values["details"]])
+        rows.append([job_id, values["status"], values["history"]])
         records[job_id] = dataclasses.replace(job, **changes)
     if not rows:
         return
@@ -185,9 +180,8 @@ def _succeed(
         job_id
         for (job_id,) in _execute_values(
             con,
-            "UPDATE jobs AS j SET status = v.status, history = v.history, details = v.details, "
-            "updated_at = ?, finished_at = ? FROM ({values}) v(id, status, history, details) "
-            "WHERE j.id = v.id AND "
+            "UPDATE jobs AS j SET status = v.status, history = v.history, updated_at = ?, "
+            "finished_at = ? FROM ({values}) v(id, status, history) WHERE j.id = v.id AND "
             f"j.status = 'running' AND {ALL_PARTITIONS_DONE.format(job='j.id')} RETURNING j.id",
             rows,
             before=[now, now],
