@@ -95,6 +95,36 @@ class KillHolderOnce(WorkerPlugin):
         slices.STATES.take = self._original
 
 
+class KillOnPluginAdd(WorkerPlugin):
+    """The first worker sent a plugin whose name contains `needle` dies while it receives it,
+    once across the cluster: the scheduler's broadcast of that plugin loses a worker mid-way,
+    as when an adaptive cluster retires one."""
+
+    name = "fault-kill-on-plugin-add"
+
+    def __init__(self, marker: str, needle: str) -> None:
+        self.marker, self.needle = marker, needle
+
+    def setup(self, worker) -> None:
+        self._original = original = worker.handlers["plugin-add"]
+        marker, needle = self.marker, self.needle
+
+        async def add_or_die(plugin, name=None, catch_errors=True):
+            if needle in (name or ""):
+                try:
+                    os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    pass
+                else:
+                    os._exit(1)
+            return await original(plugin=plugin, name=name, catch_errors=catch_errors)
+
+        worker.handlers["plugin-add"] = add_or_die
+
+    def teardown(self, worker) -> None:
+        worker.handlers["plugin-add"] = self._original
+
+
 class FailAlways(WorkerPlugin):
     """Every partition written to a table whose path contains `needle` fails; with `kill`,
     it kills its worker instead, as a tenant's file that exhausts a worker's memory would."""

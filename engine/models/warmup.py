@@ -58,8 +58,21 @@ def warm_up(client: Client, spec: ModelSpec) -> list[ModelInfo]:
     suffix = "" if spec.backend == "sentence-transformers" else f"-{spec.backend}"
     name = f"embedscale-model-{spec.name}{suffix}"
     if _keep_latest_preloads(client, name):
-        client.register_plugin(ModelPreloadPlugin([spec]), name=name)
+        _register_preload(client, ModelPreloadPlugin([spec]), name)
     return list(infos)
+
+
+def _register_preload(client: Client, plugin: ModelPreloadPlugin, name: str) -> None:
+    """Register the preload plugin, once more if a worker left while the scheduler sent it
+    out: the scheduler stores the plugin before it broadcasts it, and a worker whose
+    connection closes mid-broadcast (an adaptive scale-down, a crash) fails the whole call
+    with CommClosedError. The plugin is idempotent, so the second call keeps the stored one
+    and sends nothing; the workers alive have loaded the model already (warm_up's tasks), and
+    a worker that joins later gets it from the scheduler."""
+    try:
+        client.register_plugin(plugin, name=name)
+    except OSError:  # distributed's CommClosedError is one
+        client.register_plugin(plugin, name=name)
 
 
 def _keep_latest_preloads(client: Client, name: str) -> bool:
