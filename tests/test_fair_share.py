@@ -50,8 +50,9 @@ def ids_of(service, tenant, table) -> Counter:
 
 @pytest.fixture
 def service(cluster, tmp_path):
-    """The control plane on the shared cluster, with partitions embedded in 1-second slices."""
-    svc = started_service(cluster, tmp_path / "data", slice_seconds=1.0)
+    """The control plane on the shared cluster, with partitions embedded in 1-second slices,
+    and a job alone on the cluster in tasks that go on until asked to yield."""
+    svc = started_service(cluster, tmp_path / "data", slice_seconds=1.0, alone_slice_seconds=600)
     yield svc
     svc.close()
 
@@ -61,14 +62,11 @@ def test_a_small_job_runs_between_the_slices_of_a_big_jobs_partitions(service, t
     service.create_tenant("minnow", "free")
     big = service.submit("whale", {"table": "big", "source": str(big_documents(tmp_path / "b"))})
     runner = service.runner
-    # Every worker busy with the big job, which has already gone past a first slice.
+    # Every worker busy with the big job, alone on the cluster: each runs a task that would go
+    # on to its partition's end (minutes) unless the runner asks for the workers back.
     wait_for(
-        lambda: (
-            big.id in runner._jobs
-            and runner._jobs[big.id].progress
-            and len(runner._jobs[big.id].in_flight) >= 2
-        ),
-        what="the big job's slices",
+        lambda: big.id in runner._jobs and len(runner._jobs[big.id].in_flight) >= 2,
+        what="the big job's tasks",
     )
     small = service.submit("minnow", {"table": "small", "texts": ["a quick one", "and another"]})
     final = service.wait(small.id, timeout=120)
@@ -91,16 +89,17 @@ def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(c
     spec = {"table": "t", "source": str(source), "chunk_tokens": 48}
     ids: dict[str, Counter] = {}
     marker = tmp_path / "holder-killed"
-    for name, slice_seconds, fault in (
-        ("whole", None, None),
-        ("sliced", 0.01, None),
-        ("killed", 0.01, faults.KillHolderOnce(str(marker))),
+    for name, slice_seconds, alone_seconds, fault in (
+        ("whole", None, None, None),
+        ("sliced", 0.01, None, None),
+        ("killed", 0.01, None, faults.KillHolderOnce(str(marker))),
+        # Alone on the cluster: a partition's slices in one task, to its end.
+        ("alone", 0.01, 600.0, None),
     ):
         if fault is not None:
             cluster.client.register_plugin(fault)
-        service = JobService(
-            tmp_path / name, cluster, runner_config=RunnerConfig(slice_seconds=slice_seconds)
-        )
+        config = RunnerConfig(slice_seconds=slice_seconds, alone_slice_seconds=alone_seconds)
+        service = JobService(tmp_path / name, cluster, runner_config=config)
         service.start()
         try:
             job = service.submit("local", spec)
@@ -119,7 +118,7 @@ def test_partitions_in_slices_commit_once_each_with_exactly_the_whole_runs_ids(c
             if fault is not None:
                 cluster.client.unregister_worker_plugin(fault.name)
     assert marker.exists(), "no worker was killed holding a partition"
-    assert ids["sliced"] == ids["whole"] == ids["killed"]
+    assert ids["sliced"] == ids["whole"] == ids["killed"] == ids["alone"]
     for name in ids:
         assert_verified(tmp_path / name, "t")
 

@@ -220,3 +220,55 @@ def test_a_slice_sent_again_with_an_older_cursor_ignores_a_state_ahead_of_it(in_
     whole = embed_partition(partition, dataclasses.replace(config, slice_seconds=None))
     rows = committed(running, result)
     assert len(rows) == result.chunks == whole.chunks
+
+
+def test_a_task_sent_alone_goes_on_slice_after_slice_to_the_partitions_end(
+    prepared_job, monkeypatch
+):
+    """Its job alone on the cluster, a task embeds slice after slice: the whole partition in one
+    task, flushed as often as in slices, and exactly the rows of the partition embedded whole."""
+    running, _ = prepared_job
+    (index,) = running.pending
+    partition = running.partitions[index]
+    whole = embed_partition(partition, dataclasses.replace(running.config, slice_seconds=None))
+    monkeypatch.setattr("embedscale.engine.tasks.partition_task.RATES", FixedSlices(1))
+    monkeypatch.setattr("embedscale.engine.tasks.partition_task.FLUSH_ROWS", 8)
+    monkeypatch.setattr("embedscale.engine.tasks.partition_task.YIELDS", slices.YieldRequests())
+    config = dataclasses.replace(running.config, slice_seconds=1.0, alone_slice_seconds=600.0)
+
+    alone = embed_partition(partition, config, None, time.time())
+    assert alone.cursor is None  # one task, a chunk a slice
+    assert (alone.chunks, alone.tokens, alone.documents) == (
+        whole.chunks,
+        whole.tokens,
+        whole.documents,
+    )
+    assert len(alone.fragments) == -(-whole.chunks // 8)  # every flush kept
+    rows = committed(running, alone)
+    lance.dataset(running.table.uri).delete("true")
+    reference = committed(running, whole)
+    assert rows.keys() == reference.keys()
+    for row_id, vector in rows.items():
+        assert np.dot(vector, reference[row_id]) > 0.9999
+
+
+def test_a_task_sent_alone_ends_at_its_slice_once_asked_or_out_of_time(in_slices, monkeypatch):
+    running, _, partition, config = in_slices
+    yields = slices.YieldRequests()
+    monkeypatch.setattr("embedscale.engine.tasks.partition_task.YIELDS", yields)
+    config = dataclasses.replace(config, alone_slice_seconds=600.0)
+    sent = time.time()
+    yields.ask(time.time())  # another job wants the workers: asked after it was sent
+    first = embed_partition(partition, config, None, sent)
+    # One slice of 100 tokens: a few chunks of the partition's 60 or so, held unwritten.
+    assert first.cursor is not None and 0 < first.cursor.embedded < first.cursor.total / 4
+    # Sent after the request: it goes on to the end.
+    rest = embed_partition(partition, config, first.cursor, time.time() + 1e-3)
+    assert rest.cursor is None
+    total = first.add_slice(rest)
+    assert len(committed(running, total)) == total.chunks > 20
+    # Out of time: one slice, however alone.
+    lance.dataset(running.table.uri).delete("true")
+    brief = dataclasses.replace(config, alone_slice_seconds=1e-9)
+    assert embed_partition(partition, brief, None, time.time() + 1e-3).cursor is not None
+    slices.STATES.clear()

@@ -36,6 +36,7 @@ from embedscale.engine.tasks.slices import (
     FLUSH_ROWS,
     RATES,
     STATES,
+    YIELDS,
     PartitionChanged,
     SliceCursor,
     SliceState,
@@ -68,6 +69,10 @@ class TaskConfig:
     # partition is embedded in slices, each a task, so other jobs' tasks run between them.
     # None: the whole partition in one task.
     slice_seconds: float | None = None
+    # How long a task sent while its job had the cluster to itself may go on, slice after
+    # slice, before it returns (it ends sooner when the runner asks: engine.tasks.slices).
+    # None: one slice per task.
+    alone_slice_seconds: float | None = None
     # A migration between models of one tokenizer: the chunks of documents read back from a
     # table (TableDocs) keep their spans and numbers (engine.tasks.stored_documents).
     reuse_chunks: bool = False
@@ -140,22 +145,30 @@ class _Prepared:
 
 
 def embed_partition(
-    partition: Partition, config: TaskConfig, cursor: SliceCursor | None = None
+    partition: Partition,
+    config: TaskConfig,
+    cursor: SliceCursor | None = None,
+    alone_since: float | None = None,
 ) -> PartitionResult:
     """Embed a partition on this worker, or its next slice when `config.slice_seconds` is set
     (engine.tasks.slices): the result's `cursor` then says where the next one starts, None once the
-    partition is done. Bad documents are skipped, not fatal."""
+    partition is done. `alone_since`: the runner's time when it sent this task with its job
+    alone on the cluster, so that it may go on past one slice. Bad documents are skipped, not
+    fatal."""
     if config.slice_seconds is None and cursor is None:
         prepared = _prepare(partition, config)
         return _write(
             prepared,
             _embed(get_model(config.model), prepared.inputs, prepared.texts, config.token_budget),
         )
-    return _embed_slice(partition, config, cursor)
+    return _embed_slice(partition, config, cursor, alone_since)
 
 
 def _embed_slice(
-    partition: Partition, config: TaskConfig, cursor: SliceCursor | None
+    partition: Partition,
+    config: TaskConfig,
+    cursor: SliceCursor | None,
+    alone_since: float | None,
 ) -> PartitionResult:
     started = time.perf_counter()
     state = STATES.take(cursor) if cursor is not None else None
@@ -168,26 +181,45 @@ def _embed_slice(
     lengths = np.fromiter(map(len, prepared.inputs), np.int64, len(prepared.inputs))
     model = get_model(config.model)
     one_batch = config.token_budget or getattr(model, "token_budget", None) or 4096
-    budget = RATES.slice_tokens(config.model, config.slice_seconds or 0.0, one_batch)
-    start = state.embedded
-    stop = slice_stop(lengths, start, budget) if start < state.total else start
-    if stop > start:
-        embed_started = time.perf_counter()
-        state.unwritten.append(
-            _embed(
-                model, prepared.inputs[start:stop], prepared.texts[start:stop], config.token_budget
+    # Sent alone: slice after slice until the partition ends, the time is up, or the runner
+    # asks for the worker back.
+    go_on_until = (
+        started + config.alone_slice_seconds
+        if alone_since is not None and config.alone_slice_seconds
+        else None
+    )
+    while True:
+        budget = RATES.slice_tokens(config.model, config.slice_seconds or 0.0, one_batch)
+        start = state.embedded
+        stop = slice_stop(lengths, start, budget) if start < state.total else start
+        if stop > start:
+            embed_started = time.perf_counter()
+            state.unwritten.append(
+                _embed(
+                    model,
+                    prepared.inputs[start:stop],
+                    prepared.texts[start:stop],
+                    config.token_budget,
+                )
             )
-        )
-        RATES.record(
-            config.model, int(lengths[start:stop].sum()), time.perf_counter() - embed_started
-        )
-        state.embedded = stop
-    # A slice that had to read its partition again writes what it embedded at once: were
-    # the state lost at every slice, the partition would otherwise never get past its last
-    # flush.
-    if stop == state.total or state.embedded - state.written >= FLUSH_ROWS or state.reread:
-        _flush(state, result, lengths)
-        state.reread = False
+            RATES.record(
+                config.model, int(lengths[start:stop].sum()), time.perf_counter() - embed_started
+            )
+            state.embedded = stop
+        # A slice that had to read its partition again writes what it embedded at once: were
+        # the state lost at every slice, the partition would otherwise never get past its last
+        # flush.
+        if stop == state.total or state.embedded - state.written >= FLUSH_ROWS or state.reread:
+            _flush(state, result, lengths)
+            state.reread = False
+        if (
+            state.embedded >= state.total
+            or go_on_until is None
+            or alone_since is None
+            or time.perf_counter() >= go_on_until
+            or YIELDS.asked_since(alone_since)
+        ):
+            break
     result.seconds = time.perf_counter() - started
     result.device = prepared.device
     result.gpu_busy_percent = gpu_busy_since(prepared.device, started)
@@ -245,11 +277,12 @@ def _flush(state: SliceState, result: PartitionResult, lengths: np.ndarray) -> N
             vectors,
             prepared.config,
         )
-        result.fragments = sink.write_fragments(
+        result.fragments = result.fragments + sink.write_fragments(
             prepared.config.table_uri, rows, prepared.config.storage
         )
-    result.chunks = stop - start
-    result.tokens = int(lengths[start:stop].sum())
+    # Added to: a task that goes on past one slice may flush more than once.
+    result.chunks += stop - start
+    result.tokens += int(lengths[start:stop].sum())
     state.written, state.unwritten = stop, []
 
 

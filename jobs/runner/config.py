@@ -32,6 +32,10 @@ class RunnerConfig:
     # (engine.tasks.slices); None runs each partition whole in one task. What a small job waits
     # behind a big one's running slice at most.
     slice_seconds: float | None = 1.0
+    # A task sent while its job has the cluster to itself goes on, slice after slice, for up to
+    # this long; the runner asks for the workers back (they end at their next slice's end) as
+    # soon as another job has work or the job is cancelled. None: one slice per task always.
+    alone_slice_seconds: float | None = 30.0
     # Table maintenance (jobs/runner/table_maintenance.py): a run once a table has taken this
     # many fragments from commits (None: never on that count), and at least every
     # `maintenance_sweep_s` for a table that took any (None: never on a timer); versions

@@ -11,10 +11,17 @@ them: a worker runs one task and holds the next, and both are lost with it. So e
 of such a task becomes a suspect and runs again alone on the cluster, nothing beside it: one
 that kills its workers then is the culprit and fails its job; one that finishes was only
 standing beside it, and no attempt is counted against its job.
+
+A partition of a job that has the cluster to itself goes out as a long task: slice after slice
+on its worker (engine.tasks.slices). As soon as another job has work, or the job is cancelled,
+the feeder asks every worker to end such tasks at their next slice's end (`ask_to_yield`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -32,8 +39,11 @@ from embedscale.engine.tasks.partition_task import (
     embed_partition,
     embed_partitions,
 )
+from embedscale.engine.tasks.slices import ask_to_yield
 from embedscale.jobs.policies.scheduling import JobView, choose, dask_priority
 from embedscale.jobs.runner.preparation import RunningJob
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,7 @@ class Feeder:
         self._suspects: deque[tuple[str, int]] = deque()  # to run alone, in order
         self._pinned: dict[str, str] = {}  # task key -> the worker it must run on
         self._alone: str | None = None  # the key of the suspect running alone
+        self._long: set[str] = set()  # keys of tasks sent as their job's alone, to yield
 
     def __len__(self) -> int:
         """Tasks submitted and not yet handled."""
@@ -133,8 +144,11 @@ class Feeder:
         if not jobs:
             return
         slots = max(1, threads) * self.config.slots_per_thread
+        alone = sum(1 for job in jobs.values() if job.pending or job.in_flight) == 1
+        if not alone:
+            self.yield_long_tasks()  # another job has work: long tasks end at their slice's end
         # A job may fill the whole cluster when it runs alone.
-        self._send(jobs, list(jobs.values()), slots - len(self.tasks), slots, now)
+        self._send(jobs, list(jobs.values()), slots - len(self.tasks), slots, now, alone)
         express = slots + max(1, threads) * self.config.express_per_thread - len(self.tasks)
         small = [job for job in jobs.values() if self._express(job)]
         if express > 0 and small:
@@ -160,8 +174,10 @@ class Feeder:
         free: int,
         per_job_cap: int,
         now: float,
+        alone: bool = False,
     ) -> None:
-        """Submit up to `free` tasks of `candidates`' pending partitions in the fair order."""
+        """Submit up to `free` tasks of `candidates`' pending partitions in the fair order;
+        `alone`: theirs is the only job with work, its partitions go out as long tasks."""
         if free <= 0:
             return
         views = {
@@ -224,6 +240,7 @@ class Feeder:
             self._submit(
                 [(job, index) for job, index, _ in members],
                 max(priority for _, _, priority in members),
+                alone,
             )
             for job, _, _ in members:
                 job.served_at = now
@@ -249,7 +266,9 @@ class Feeder:
             and all(isinstance(i, InlineText) for i in part.items)
         )
 
-    def _submit(self, members: list[tuple[RunningJob, int]], priority: int) -> str:
+    def _submit(
+        self, members: list[tuple[RunningJob, int]], priority: int, alone: bool = False
+    ) -> str:
         client = self._client()
         future: Future
         if len(members) == 1:
@@ -270,11 +289,13 @@ class Feeder:
                 if holder and holder in self._workers()
                 else {}
             )
+            long = alone and job.config.slice_seconds is not None
             future = client.submit(
                 embed_partition,
                 job.partitions[index],
                 job.config,
                 cursor,
+                time.time() if long else None,  # alone_since: may go on past one slice
                 pure=False,
                 key=key,
                 priority=priority,
@@ -282,6 +303,8 @@ class Feeder:
             )
             if pin:
                 self._pinned[key] = holder
+            if long and job.config.alone_slice_seconds:
+                self._long.add(key)
         else:
             key = f"embed-partitions-{uuid.uuid4().hex}"
             future = client.submit(
@@ -357,6 +380,7 @@ class Feeder:
         """Stop tracking a task: sorted out, or its outcome could not be handled."""
         self.tasks.pop(task_key(future), None)
         self._pinned.pop(task_key(future), None)
+        self._long.discard(task_key(future))
         if task_key(future) == self._alone:
             self._alone = None
         future.release()
@@ -373,6 +397,7 @@ class Feeder:
             if holder in alive:
                 continue
             del self._pinned[key]
+            self._long.discard(key)
             for job_id, index in self.tasks.pop(key, []):
                 job = jobs.get(job_id)
                 if job is None:
@@ -382,14 +407,36 @@ class Feeder:
                     future.cancel()
                     job.pending.appendleft(index)
 
+    def yield_long_tasks(self) -> None:
+        """Ask every worker to end the long tasks sent so far at their next slice's end (their
+        slices go on as ordinary tasks, in the fair order). Sent from a thread of its own: a
+        broadcast to the workers must not hold up the runner, and one that fails costs only
+        time (each long task still ends within its config's `alone_slice_seconds`)."""
+        if not self._long:
+            return
+        self._long.clear()
+        at = time.time()
+
+        def broadcast() -> None:
+            try:
+                self._client().run(ask_to_yield, at, on_error="ignore")
+            except Exception as exc:  # the scheduler out of reach: the tasks end on time
+                log.debug("could not ask the workers to yield: %s", error_line(exc))
+
+        threading.Thread(target=broadcast, name="embedscale-yield", daemon=True).start()
+
     def cancel_for(self, job: RunningJob) -> None:
-        """Cancel a dropped job's tasks that carry no other job's partitions."""
+        """Cancel a dropped job's tasks that carry no other job's partitions (a running task
+        goes on until it returns: a long one is asked to end at its slice's end)."""
+        if any(task_key(f) in self._long for f in job.in_flight.values()):
+            self.yield_long_tasks()
         for future in job.in_flight.values():
             if len(self.tasks.get(task_key(future), ())) <= 1:
                 future.cancel()
 
     def cancel_all(self, jobs: Mapping[str, RunningJob]) -> None:
         """Cancel every task in flight (at stop: they run again after a restart)."""
+        self.yield_long_tasks()
         for job in jobs.values():
             for future in job.in_flight.values():
                 future.cancel()

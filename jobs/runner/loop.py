@@ -113,6 +113,7 @@ class Runner:
             access or FileAccess(),
             check_spec,
             self.config.slice_seconds,
+            self.config.alone_slice_seconds,
         )
         self._pool = ThreadPoolExecutor(self.config.prepare_threads, "embedscale-prepare")
         self._thread = threading.Thread(target=self._loop, name="embedscale-runner", daemon=True)
@@ -270,6 +271,7 @@ class Runner:
             self._on_task_done(event.future)
         elif isinstance(event, Drain):
             self._draining = True
+            self._feeder.yield_long_tasks()  # what runs returns at its slice's end
 
     def _act(self) -> None:
         """What the handled events call for: commit, check workers, admit, retry, feed."""

@@ -77,9 +77,10 @@ class JobPreparer:
         access: FileAccess | None = None,
         check_spec: Callable[[JobSpec], None] | None = None,
         slice_seconds: float | None = None,
+        alone_slice_seconds: float | None = None,
     ) -> None:
         self.store, self.cluster = store, cluster
-        self.slice_seconds = slice_seconds
+        self.slice_seconds, self.alone_slice_seconds = slice_seconds, alone_slice_seconds
         self.tier_of, self.data_dir_of = tier_of, data_dir_of
         self.token_budget = token_budget
         self.access = access or FileAccess()
@@ -155,6 +156,7 @@ class JobPreparer:
             access,
             table.storage,
             self.slice_seconds,
+            self.alone_slice_seconds,
             # A migration job whose models share a tokenizer keeps the chunks as they were.
             reuse_chunks=bool((record.details or {}).get("reuse_chunks")),
         )
