@@ -53,8 +53,8 @@ def test_a_task_the_client_cancels_puts_its_partition_back(
     cancelled: list[str] = []
     submit_task = Feeder._submit
 
-    def submit_then_lose(self, members, priority):
-        key = submit_task(self, members, priority)
+    def submit_then_lose(self, members, *args, **kwargs):
+        key = submit_task(self, members, *args, **kwargs)
         if not cancelled:  # the first task: the client drops it, as on a reconnect
             cancelled.append(key)
             self._client().cancel([members[0][0].in_flight[members[0][1]]])
