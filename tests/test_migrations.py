@@ -244,6 +244,16 @@ def test_the_cli_builds_compares_switches_and_rolls_back(cluster, tmp_path, othe
     assert compared.returncode == 0, compared.stderr
     assert json.loads(compared.stdout)["queries"] == 3
     assert "chunk overlap" in migrate("--compare", "--queries", str(queries)).stdout
+    binary = tmp_path / "queries.bin"
+    binary.write_bytes(b"\xff\xfe\x00query\n")
+    for path, reason in (
+        (tmp_path / "missing.txt", "cannot read it"),
+        (tmp_path, "cannot read it"),  # a folder
+        (binary, "not UTF-8"),
+    ):
+        refused = migrate("--compare", "--queries", str(path))
+        assert refused.returncode == 1 and reason in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
     switched = migrate("--switch", "--json")
     assert switched.returncode == 0 and json.loads(switched.stdout)["active"] == 2
     searched = embedscale_in_process("search", "docs", "topic 1", "--json", "--data-dir", str(data))

@@ -99,10 +99,11 @@ def migrate_command(args: argparse.Namespace) -> int:
         raise EmbedscaleError("--switch auto|manual goes with --model; --switch alone switches")
     if args.compare and not args.queries:
         raise EmbedscaleError("--compare needs --queries FILE (one query a line)")
+    queries = _read_queries(args.queries) if args.compare else []
     settings = Settings.from_args(args)
     with open_service(settings, local_user=True) as service:
         if args.compare:
-            return _compare(service, args)
+            return _compare(service, args, queries)
         if args.model:
             view = service.migrate(
                 args.tenant,
@@ -154,9 +155,21 @@ def _failed(view: MigrationView) -> bool:
     return latest is not None and latest.state == "failed"
 
 
-def _compare(service: JobService, args: argparse.Namespace) -> int:
-    with open(args.queries, encoding="utf-8") as f:
-        queries = [line.strip() for line in f if line.strip()]
+def _read_queries(path: str) -> list[str]:
+    """The non-empty lines of the --queries file; an unreadable one is one line of error, read
+    before the service opens."""
+    from embedscale.engine.errors import EmbedscaleError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise EmbedscaleError(f"--queries {path}: not UTF-8 text (one query a line)") from None
+    except OSError as exc:
+        raise EmbedscaleError(f"--queries {path}: cannot read it ({exc.strerror})") from None
+
+
+def _compare(service: JobService, args: argparse.Namespace, queries: list[str]) -> int:
     report = service.compare_migration(args.tenant, args.table, queries, args.k).to_dict()
     if args.json:
         print(json.dumps(report))
