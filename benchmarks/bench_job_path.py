@@ -3,7 +3,8 @@
 1. plain `SentenceTransformer.encode` (batch 32) on one thread: the baseline;
 2. embedscale's model path alone (`embed_inputs` on the chunker's token ids, one thread);
 3. jobs through the control plane on a LocalCluster of `--workers` single-threaded workers,
-   with partitions in 1-second slices (the runner's default) and whole.
+   with partitions in 1-second slices one task each, in the runner's default (1-second
+   slices, slice after slice in one task while the job is alone), and whole.
 
 Ratios are against the baseline (divided among the workers for the jobs: a perfect split of
 the baseline's work). Usage:
@@ -74,8 +75,11 @@ def main() -> None:
     cluster_spec = ClusterSpec(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0")
     share = plain / args.workers
     with start_cluster(cluster_spec) as cluster:
-        for n, slice_seconds in enumerate((1.0, None)):
-            config = RunnerConfig(slice_seconds=slice_seconds)
+        # 1-second slices, one per task; the default (1-second slices, slice after slice in one
+        # task while the job is alone); whole partitions.
+        variants = ((1.0, None), (1.0, 30.0), (None, None))
+        for n, (slice_seconds, alone_seconds) in enumerate(variants):
+            config = RunnerConfig(slice_seconds=slice_seconds, alone_slice_seconds=alone_seconds)
             with JobService(tmp / f"data{n}", cluster, runner_config=config) as service:
                 service.start()
                 job = {"table": "t", "precision": args.precision}
@@ -85,7 +89,8 @@ def main() -> None:
                 done = service.wait(record.id, 3600)
                 seconds = done.seconds or 0.0
                 print(
-                    f"job, {args.workers} worker(s), slices {slice_seconds}: {seconds:7.2f} s "
+                    f"job, {args.workers} worker(s), slices {slice_seconds}, alone "
+                    f"{alone_seconds}: {seconds:7.2f} s "
                     f"({share / seconds:.2f}x; {done.partitions_total} partitions, "
                     f"{done.chunks_done} chunks)",
                     flush=True,
