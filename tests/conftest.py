@@ -26,32 +26,6 @@ os.environ.setdefault("EMBEDSCALE_PRECISION_SAMPLE", "16")
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "samples" / "corpus"
 
-# The longest files (junit times under `-n 2`), longest first, run first: xdist hands files out
-# in collection order, and a long file that starts last runs on alone while the other process
-# has nothing left. Most of these wait on processes they start, so early on their waits give
-# the cores to the other process.
-LONGEST_FIRST = (
-    "test_remote_cluster.py",
-    "test_autoscale.py",
-    "test_resume.py",
-    "test_onnx_provider.py",
-    "test_providers.py",
-    "test_gpu_smoke.py",
-    "test_job_ledger.py",
-    "test_notebooks.py",
-    "test_hostile_validation.py",
-    "test_hostile_ops.py",
-    "test_migrations.py",
-    "test_control_plane.py",
-    "test_object_store.py",
-    "test_schemathesis.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
-
 
 @pytest.fixture(scope="session")
 def cluster():
