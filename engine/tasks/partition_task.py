@@ -183,11 +183,7 @@ def _embed_slice(
     one_batch = config.token_budget or getattr(model, "token_budget", None) or 4096
     # Sent alone: slice after slice until the partition ends, the time is up, or the runner
     # asks for the worker back.
-    go_on_until = (
-        started + config.alone_slice_seconds
-        if alone_since is not None and config.alone_slice_seconds
-        else None
-    )
+    alone_until = started + (config.alone_slice_seconds or 0.0)
     while True:
         budget = RATES.slice_tokens(config.model, config.slice_seconds or 0.0, one_batch)
         start = state.embedded
@@ -212,13 +208,7 @@ def _embed_slice(
         if stop == state.total or state.embedded - state.written >= FLUSH_ROWS or state.reread:
             _flush(state, result, lengths)
             state.reread = False
-        if (
-            state.embedded >= state.total
-            or go_on_until is None
-            or alone_since is None
-            or time.perf_counter() >= go_on_until
-            or YIELDS.asked_since(alone_since)
-        ):
+        if state.embedded >= state.total or not _goes_on(alone_since, alone_until):
             break
     result.seconds = time.perf_counter() - started
     result.device = prepared.device
@@ -232,6 +222,16 @@ def _embed_slice(
     else:
         result.cursor = None
     return result
+
+
+def _goes_on(alone_since: float | None, alone_until: float) -> bool:
+    """Whether a task goes on to another slice: it was sent alone, its time is not up, and the
+    runner has not asked for the worker back since it was sent."""
+    return (
+        alone_since is not None
+        and time.perf_counter() < alone_until
+        and not YIELDS.asked_since(alone_since)
+    )
 
 
 def _slice_state(

@@ -289,7 +289,11 @@ class Feeder:
                 if holder and holder in self._workers()
                 else {}
             )
-            long = alone and job.config.slice_seconds is not None
+            long = (
+                alone
+                and job.config.slice_seconds is not None
+                and bool(job.config.alone_slice_seconds)
+            )
             future = client.submit(
                 embed_partition,
                 job.partitions[index],
@@ -303,7 +307,7 @@ class Feeder:
             )
             if pin:
                 self._pinned[key] = holder
-            if long and job.config.alone_slice_seconds:
+            if long:
                 self._long.add(key)
         else:
             key = f"embed-partitions-{uuid.uuid4().hex}"
