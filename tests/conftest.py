@@ -17,9 +17,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # second thread each only spins against the others (measured: the GPU smoke check's forward
 # passes took 6x longer on a busy machine with 2 threads than with 1).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Precision auto keeps fp32 in the suite (no lower form reaches a cosine of 1.0): most tests
-# compare vectors with fp32 references at tight tolerances. tests/test_precision.py sets the
-# real guard where it tests the choice; a short sample keeps each host's one measurement quick.
+# Precision auto keeps fp32 in the suite, measuring nothing (under a guard of 1.0 no lower form
+# can be kept): most tests compare vectors with fp32 references at tight tolerances.
+# tests/test_precision.py sets the real guard where it tests the choice; a short sample keeps
+# each of its measurements quick.
 os.environ.setdefault("EMBEDSCALE_PRECISION_MIN_COSINE", "1.0")
 os.environ.setdefault("EMBEDSCALE_PRECISION_SAMPLE", "16")
 

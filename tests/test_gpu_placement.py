@@ -213,6 +213,20 @@ def test_the_preload_plugin_frees_its_models_at_teardown(fake_cache):
     assert cache.release_model(a) is False
 
 
+def test_a_closing_worker_process_ends_with_its_models_and_frees_nothing_first(fake_cache):
+    from types import SimpleNamespace
+
+    from distributed.core import Status
+
+    a = _spec("a")
+    plugin = cache.ModelPreloadPlugin([a])
+    plugin.setup(worker=None)
+    plugin.teardown(SimpleNamespace(status=Status.closing, nanny="tcp://127.0.0.1:1"))
+    assert cache.loaded_models() == ["a"]  # the process ends: no garbage collection for it
+    plugin.teardown(SimpleNamespace(status=Status.closing, nanny=None))  # in-process worker
+    assert cache.loaded_models() == []
+
+
 @pytest.mark.slow
 def test_search_embeds_its_query_on_the_cpu_of_a_gpu_machine(cluster, tmp_path, monkeypatch):
     import torch

@@ -62,6 +62,9 @@ def test_bf16_takes_the_faster_bf16_form_or_is_refused_naming_the_field():
 def test_candidates_follow_the_cpu_and_int8_is_not_a_torch_form():
     assert candidates_for("auto", True) == (FP32, BF16_AUTOCAST, BF16_WEIGHTS)
     assert candidates_for("auto", False) == candidates_for("fp32", True) == (FP32,)
+    # A guard of 1.0: only fp32 gives fp32's vectors, so auto measures nothing else.
+    assert candidates_for("auto", True, 1.0) == (FP32,)
+    assert candidates_for("bf16", True, 1.0) == (FP32, BF16_AUTOCAST, BF16_WEIGHTS)
     with pytest.raises(ModelError, match="onnx-int8"):
         candidates_for("int8", True)
 

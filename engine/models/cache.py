@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 
+from distributed.core import Status
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from embedscale.engine.models.info import EmbeddingModel, ModelInfo
@@ -147,7 +148,18 @@ class ModelPreloadPlugin(WorkerPlugin):
             get_model(spec)
 
     def teardown(self, worker) -> None:
-        """The worker closes or the plugin is removed: its models leave the worker (and the
-        GPU) rather than wait for the process to end."""
+        """The plugin is removed, or the worker closes: its models leave the worker (and the
+        GPU) rather than wait for the process to end. A worker process of its own (started by a
+        nanny) that closes ends with them: freeing them there would cost a full garbage
+        collection, about a second of CPU, for nothing."""
+        if _closing_in_its_own_process(worker):
+            return
         for spec in self.specs:
             release_model(spec)
+
+
+def _closing_in_its_own_process(worker) -> bool:
+    """Whether `worker` is closing in a process that ends with it (a nanny's worker)."""
+    return getattr(worker, "status", None) == Status.closing and bool(
+        getattr(worker, "nanny", None)
+    )

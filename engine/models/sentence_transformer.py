@@ -145,7 +145,7 @@ class SentenceTransformerModel:
 
         requested = spec.precision
         bf16 = cpu_precision.cpu_bf16_supported()
-        candidates = cpu_precision.candidates_for(requested, bf16)
+        candidates = cpu_precision.candidates_for(requested, bf16, cpu_precision.min_cosine_guard())
         if requested in ("auto", "bf16") and not bf16:
             log.warning(
                 "model %s: this CPU has no bf16 kernels (torch.backends.mkldnn, avx512_bf16 or "
