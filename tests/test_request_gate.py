@@ -104,8 +104,14 @@ def test_bad_keys_cost_one_store_read_and_a_guessing_address_is_stopped(server):
             guesses += 1
             assert guesses <= budget + budget * (time.monotonic() - started) / 60 + 1
         assert guesses >= budget
+        # On a busy machine a request may come a refill later (budget/60 a second): that
+        # token lets one more request through (a 401, counted below), and the next is stopped.
+        refilled = 0
         for headers in ({"Authorization": "Bearer es_guess-one-more"}, {}):
             stopped = guessing.get("/v1/usage", headers=headers)
+            if stopped.status_code == 401:
+                refilled += bool(headers)  # a guess looked up; a missing key is not
+                stopped = guessing.get("/v1/usage", headers=headers)
             assert stopped.status_code == 429 and int(stopped.headers["Retry-After"]) >= 1
             assert stopped.json()["detail"].startswith(
                 f"client 127.0.0.4 is over its rate limit for requests without a valid key "
@@ -136,9 +142,9 @@ def test_bad_keys_cost_one_store_read_and_a_guessing_address_is_stopped(server):
     # One read for the repeated key, one per distinct guess until the address was stopped,
     # one for the other address's: none for the repeats, the stopped guesses or valid keys.
     # The guess the bucket stopped, and the two requests after it, are the address's refusals.
-    assert delta("embedscale_api_key_lookups_total", answered_by="store") == guesses + 2
+    assert delta("embedscale_api_key_lookups_total", answered_by="store") == guesses + 2 + refilled
     assert delta("embedscale_gate_refusals_total", reason="address_rate_limited") == 3
-    assert delta("embedscale_gate_refusals_total", reason="invalid_key") == guesses + 32
+    assert delta("embedscale_gate_refusals_total", reason="invalid_key") == guesses + 32 + refilled
 
 
 def test_metrics_are_made_at_most_once_a_second(server):
