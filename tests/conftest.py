@@ -27,6 +27,46 @@ os.environ.setdefault("EMBEDSCALE_PRECISION_SAMPLE", "16")
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "samples" / "corpus"
 
+# The files that take longest (their tests' times in a full `-n 2` run, from --junitxml),
+# longest first; they run first, the rest after in collection order. xdist hands each process
+# a file at a time, and by default sorts files by their number of tests: the long files of
+# one to three tests (a real cluster's faults, a notebook, a server's fuzzing) came last, and
+# the run ended on one of them while the other process had nothing left (pyproject's addopts
+# turn that sort off: --no-loadscope-reorder).
+LONGEST_FIRST = (
+    "test_remote_cluster.py",
+    "test_providers.py",
+    "test_autoscale.py",
+    "test_onnx_provider.py",
+    "test_resume.py",
+    "test_job_ledger.py",
+    "test_gpu_smoke.py",
+    "test_control_plane.py",
+    "test_hostile_ops.py",
+    "test_notebooks.py",
+    "test_hostile_validation.py",
+    "test_never_lose_work.py",
+    "test_object_store.py",
+    "test_migrations.py",
+    "test_api.py",
+    "test_fair_share.py",
+    "test_schemathesis.py",
+    "test_pipeline.py",
+    "test_cluster_cli.py",
+    "test_ops.py",
+    "test_cli.py",
+    "test_precision.py",
+    "test_schedules.py",
+    "test_cluster_tls.py",
+    "test_embedding_fairness.py",
+    "test_full_disk.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
 
 @pytest.fixture(scope="session")
 def cluster():

@@ -24,14 +24,12 @@ search should not fail for that).
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import lancedb
-from lancedb.query import MatchQuery
 
 from embedscale.engine.errors import TableError
 from embedscale.engine.models.cache import get_model
@@ -66,9 +64,6 @@ _COLUMNS = [
     "char_end",
 ]
 HYBRID_DEPTH = 2  # each leg of a hybrid search ranks 2k candidates: a chunk fair in both counts
-# One cache of index and metadata for every search of this process: a table opened for each
-# search still finds its IVF centroids and PQ codebooks in memory.
-_SESSION = lancedb.Session()
 _TEXT_INDEX_LOCK = threading.Lock()  # one lazy full-text index build at a time
 
 
@@ -133,9 +128,22 @@ def checked_where(where: str | None) -> str | None:
         raise SearchParameterError("where", str(exc)) from None
 
 
+@functools.cache
+def _session() -> Any:
+    """One cache of index and metadata for every search of this process: a table opened for
+    each search still finds its IVF centroids and PQ codebooks in memory. lancedb is imported
+    here, at the first search: its import (its namespace client's models) takes ~1 s of CPU,
+    which a server, a CLI command or a worker that never searches need not pay."""
+    import lancedb
+
+    return lancedb.Session()
+
+
 def open_table(table: ChunkTable) -> Any:
     """The table as lancedb opens it, sharing this process's index cache."""
-    db = lancedb.connect(str(table.root), storage_options=table.storage_options, session=_SESSION)
+    import lancedb
+
+    db = lancedb.connect(str(table.root), storage_options=table.storage_options, session=_session())
     return db.open_table(table.name)
 
 
@@ -193,6 +201,8 @@ def _text_rows(
     # A MatchQuery: the words of the query, any of them; never Lance's query syntax (quotes
     # would ask for a phrase, which an index without positions refuses).
     # (its keyword fields have pydantic defaults, which mypy does not see without the plugin)
+    from lancedb.query import MatchQuery
+
     match = MatchQuery(text, TEXT_COLUMN)  # type: ignore[call-arg]
     query = lance_table.search(match, query_type="fts")
     query = query.limit(limit).select([*_COLUMNS, "_score"])
