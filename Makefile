@@ -1,9 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Both create .venv on first use and install the project into it. constraints/cpu.txt pins the
 # CPU build of torch; on a GPU machine install with `pip install -e '.[gpu]'` instead.
-# --no-compile: pip would byte-compile every file of every package (torch, transformers, ...),
-# about half of the install's time; Python compiles the modules a process imports, once, as
-# uv does by default (measured: the install 90 s -> 38 s).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -c constraints/cpu.txt -e '.[dev,notebooks]'
+	$(BIN)/pip install --quiet -c constraints/cpu.txt -e '.[dev,notebooks]'
 	touch $@
 
 demo: install
