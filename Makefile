@@ -29,7 +29,12 @@ lint: install
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# The project's own modules byte-compiled first (only those changed since the last run): where
+# PYTHONDONTWRITEBYTECODE is set, as on this project's machines, no process would write them,
+# and each of the suite's ~80 Python processes compiled them from source (~0.3 s of CPU each).
 test: lint
+	$(BIN)/python -m compileall -q -l embedscale
+	$(BIN)/python -m compileall -q engine jobs api tests benchmarks
 	$(BIN)/python -m pytest
 
 docs: install
