@@ -101,11 +101,12 @@ def min_cosine_guard() -> float:
 
 
 def candidates_for(
-    requested: str, bf16_supported: bool, guard: float = DEFAULT_MIN_COSINE
+    requested: str, bf16_supported: bool, guard: float | None = None
 ) -> tuple[str, ...]:
     """The forms to measure for a `requested` precision on a CPU (fp32 always, the reference).
-    auto under a guard of 1.0 measures nothing: no lower form gives fp32's vectors exactly, so
-    fp32 is the only form it could keep (and a worker's first load costs no measurement)."""
+    auto under a `guard` of 1.0 measures nothing: no lower form gives fp32's vectors exactly,
+    so fp32 is the only form it could keep (and a worker's first load costs no measurement);
+    None: the guard is not known (the candidates do not depend on it otherwise)."""
     if requested not in PRECISIONS:
         raise ModelError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
     if requested == "int8":
@@ -113,7 +114,8 @@ def candidates_for(
             "precision 'int8' runs as provider onnx-int8 (its own tables): give "
             "provider onnx-int8 with it"
         )
-    if requested == "fp32" or not bf16_supported or (requested == "auto" and guard >= 1.0):
+    only_fp32_kept = requested == "auto" and guard is not None and guard >= 1.0
+    if requested == "fp32" or not bf16_supported or only_fp32_kept:
         return (FP32,)
     return CANDIDATES
 

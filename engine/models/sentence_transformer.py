@@ -145,7 +145,10 @@ class SentenceTransformerModel:
 
         requested = spec.precision
         bf16 = cpu_precision.cpu_bf16_supported()
-        candidates = cpu_precision.candidates_for(requested, bf16, cpu_precision.min_cosine_guard())
+        # The guard, read once, where a lower form could be kept (fp32 and CPUs without bf16
+        # never need it, so a bad $EMBEDSCALE_PRECISION_MIN_COSINE does not stop them).
+        guard = cpu_precision.min_cosine_guard() if bf16 and requested != "fp32" else None
+        candidates = cpu_precision.candidates_for(requested, bf16, guard)
         if requested in ("auto", "bf16") and not bf16:
             log.warning(
                 "model %s: this CPU has no bf16 kernels (torch.backends.mkldnn, avx512_bf16 or "
@@ -171,7 +174,7 @@ class SentenceTransformerModel:
             measured = cpu_precision.measure(run, candidates, texts)
             del bf16_copy
             cpu_precision.store(key, measured)
-        guard = cpu_precision.min_cosine_guard()
+        assert guard is not None  # a lower form was a candidate: the guard was read
         choice = cpu_precision.choose(requested, measured, guard)
         if choice.candidate == cpu_precision.BF16_WEIGHTS:
             self._st.to(torch.bfloat16)
