@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,6 +67,19 @@ def test_small_files_are_packed_and_partitions_are_deterministic(tmp_path):
     assert [len(p.items) for p in plan.partitions] == [5, 5, 5, 5]
     assert [p.index for p in plan.partitions] == [0, 1, 2, 3]
     assert plan_source(tmp_path, partition_bytes=5000).partitions == plan.partitions
+
+
+def test_a_file_of_a_partition_s_size_or_more_is_a_partition_alone(tmp_path):
+    # Packed behind small files, a big one would make the biggest partition bigger still:
+    # the one a job's last worker runs while the others wait.
+    for name, size in [("a", 1000), ("b", 1000), ("c", 20_000), ("d", 1000), ("e", 4000)]:
+        (tmp_path / f"{name}.txt").write_text("x" * size)
+    plan = plan_source(tmp_path, partition_bytes=5000)
+    assert sorted([Path(i.path).name for i in p.items] for p in plan.partitions) == [
+        ["a.txt", "b.txt", "d.txt", "e.txt"],
+        ["c.txt"],
+    ]
+    assert sorted(p.index for p in plan.partitions) == [0, 1]
 
 
 def test_large_jsonl_is_split_by_rows_and_every_row_is_read_once(tmp_path):

@@ -288,11 +288,17 @@ def _parquet_slices(
 
 
 def _pack(slices: list[FileSlice], target: int) -> list[Partition]:
-    """Group slices, in order, into partitions of at least `target` bytes (the last may be less)."""
+    """Group slices into partitions of at least `target` bytes (the last may be less): the
+    smaller ones in order, each slice of `target` or more alone. A big file packed behind
+    small ones would make a partition bigger still, and the biggest partition is what a job's
+    last worker still runs when the others are done."""
     partitions: list[Partition] = []
     current: list[FileSlice] = []
     size = 0
     for s in slices:
+        if s.size_bytes >= target:
+            partitions.append(Partition(len(partitions), (s,)))
+            continue
         current.append(s)
         size += s.size_bytes
         if size >= target:
