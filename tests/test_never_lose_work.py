@@ -191,6 +191,37 @@ def test_an_event_that_cannot_be_handled_fails_only_its_job(service, monkeypatch
     assert "a bug in the runner" in failed.error
 
 
+def test_a_partition_the_client_cannot_send_fails_its_job_and_holds_up_no_other(
+    service, small_corpus, tmp_path, monkeypatch
+):
+    """Dask's client refuses a task whose arguments do not serialize, at submit: that costs
+    the partition an attempt (and its job, after the last), not the runner its loop, which
+    used to retry the whole feed every second and send no job's work."""
+    import dataclasses
+    import threading
+
+    from embedscale.jobs.runner.preparation import JobPreparer
+
+    prepare = JobPreparer.prepare
+
+    def prepare_unsendable(self, record, *args, **kwargs):
+        job = prepare(self, record, *args, **kwargs)
+        if record.table_name == "unsendable":  # a lock cannot be pickled
+            job.config = dataclasses.replace(job.config, mode=threading.Lock())
+        return job
+
+    monkeypatch.setattr(JobPreparer, "prepare", prepare_unsendable)
+    bad = submit(service, small_corpus, table="unsendable")
+    good = submit(service, small_corpus, table="fine")
+    failed = service.wait(bad.id, timeout=120)
+    assert failed.status == JobStatus.FAILED and failed.error_reason == "partition_failed"
+    assert "after 3 attempts: the client could not send its task" in failed.error
+    assert "cannot pickle" in failed.error, failed.error
+    final = service.wait(good.id, timeout=180)
+    assert final.table_name == "fine"
+    assert_whole(service, final, tmp_path / "data")
+
+
 def test_a_commit_that_lands_but_reports_an_error_is_not_redone(
     service, small_corpus, tmp_path, monkeypatch
 ):

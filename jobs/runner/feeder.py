@@ -126,6 +126,7 @@ class Feeder:
         self._pinned: dict[str, str] = {}  # task key -> the worker it must run on
         self._alone: str | None = None  # the key of the suspect running alone
         self._long: set[str] = set()  # keys of tasks sent as their job's alone, to yield
+        self._unsent: list[Failed] = []  # this feed's partitions the client refused
 
     def __len__(self) -> int:
         """Tasks submitted and not yet handled."""
@@ -133,16 +134,18 @@ class Feeder:
 
     # --- sending --------------------------------------------------------------------------
 
-    def feed(self, jobs: Mapping[str, RunningJob], threads: int, now: float) -> None:
+    def feed(self, jobs: Mapping[str, RunningJob], threads: int, now: float) -> list[Failed]:
         """Submit what fits: a suspect alone once the cluster is empty; or else the fair
         order's picks for `slots_per_thread` tasks per worker thread (one running, one
         queued), small ones sharing tasks; and then small jobs with nothing in flight on the
         express lane, up to `express_per_thread` tasks per thread more, so they never wait
-        for a big job's queued slices to leave a slot."""
+        for a big job's queued slices to leave a slot. Returns the partitions that could not
+        be sent through a working client (`_unsendable`): each failed an attempt."""
+        self._unsent = []
         if self._alone is not None or self._run_a_suspect(jobs, now):
-            return
+            return self._unsent
         if not jobs:
-            return
+            return self._unsent
         slots = max(1, threads) * self.config.slots_per_thread
         alone = sum(1 for job in jobs.values() if job.pending or job.in_flight) == 1
         if not alone:
@@ -153,6 +156,7 @@ class Feeder:
         small = [job for job in jobs.values() if self._express(job)]
         if express > 0 and small:
             self._send(jobs, small, express, 1, now)
+        return self._unsent
 
     def _express(self, job: RunningJob) -> bool:
         """A small job waiting to start: nothing in flight, all it has left is small."""
@@ -236,14 +240,43 @@ class Feeder:
                 tasks.append([(job, index, priority)])
         if batch:
             tasks.append(batch)
-        for members in tasks:
-            self._submit(
-                [(job, index) for job, index, _ in members],
-                max(priority for _, _, priority in members),
-                alone,
-            )
+        for position, members in enumerate(tasks):
+            try:
+                self._submit(
+                    [(job, index) for job, index, _ in members],
+                    max(priority for _, _, priority in members),
+                    alone,
+                )
+            except Exception as exc:
+                if not self._unsendable([(job, index) for job, index, _ in members], exc):
+                    for rest in tasks[position:]:  # the client is down: all wait for it
+                        for job, index, _ in reversed(rest):
+                            job.pending.appendleft(index)
+                    return
+                continue
             for job, _, _ in members:
                 job.served_at = now
+
+    def _unsendable(self, members: list[tuple[RunningJob, int]], exc: Exception) -> bool:
+        """A task Dask's client refused (its arguments would not serialize, say). Whether the
+        fault is the task's: with the client running, each partition of a task of its own
+        fails an attempt (the retry policy then decides, and one job's bad partition stops
+        neither the runner nor the other jobs); those of a shared task go back to be sent
+        alone, which finds the culprit. A client that is not running refuses every task: the
+        caller puts them all back, to be sent once it runs again."""
+        if getattr(self._client(), "status", None) != "running":
+            log.warning("could not send tasks (the client is not running): %s", error_line(exc))
+            return False
+        # Dask's own error says which type it could not serialize; its cause says why.
+        cause = exc.__cause__ or exc
+        message = f"the client could not send its task: {error_line(cause)}"
+        for job, index in members:
+            if len(members) == 1:
+                self._unsent.append(Failed(job, index, exc, message))
+            else:
+                job.solo.add(index)
+                job.pending.appendleft(index)
+        return True
 
     def _run_a_suspect(self, jobs: Mapping[str, RunningJob], now: float) -> bool:
         """Whether suspects hold the cluster: nothing new goes out until they have run."""
@@ -253,7 +286,13 @@ class Feeder:
             if job is None or index not in job.suspects:
                 continue  # its job ended meanwhile
             job.suspects.discard(index)
-            self._alone = self._submit([(job, index)], priority=0)
+            try:
+                self._alone = self._submit([(job, index)], priority=0)
+            except Exception as exc:
+                if self._unsendable([(job, index)], exc):
+                    continue
+                job.suspects.add(index)
+                self._suspects.appendleft((job_id, index))
             return True
         return bool(self._suspects)
 

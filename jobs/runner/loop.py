@@ -354,7 +354,11 @@ class Runner:
     # --- the cluster ---------------------------------------------------------------------
 
     def _feed(self) -> None:
-        self._feeder.feed(self._jobs, self.cluster.worker_threads(THREADS_MAX_AGE_S), time.time())
+        threads = self.cluster.worker_threads(THREADS_MAX_AGE_S)
+        for unsent in self._feeder.feed(self._jobs, threads, time.time()):
+            if unsent.job.record.id in self._jobs:  # not failed by an earlier one
+                with log_fields(job_id=unsent.job.record.id, tenant=unsent.job.record.tenant):
+                    self._on_error(unsent.job, unsent.index, unsent.exc, unsent.message)
 
     def _event_failed(self, event: Event, exc: Exception) -> bool:
         """A failure to handle `event`: whether to handle it again; otherwise the job it
