@@ -272,3 +272,61 @@ def test_a_task_sent_alone_ends_at_its_slice_once_asked_or_out_of_time(in_slices
     brief = dataclasses.replace(config, alone_slice_seconds=1e-9)
     assert embed_partition(partition, brief, None, time.time() + 1e-3).cursor is not None
     slices.STATES.clear()
+
+
+# --- a partition split into ranges ------------------------------------------------------------
+
+
+def test_a_cursor_splits_into_ranges_of_at_least_the_minimum_in_order():
+    cursor = slices.SliceCursor("a", 10, 20, total=100, digest="d", holder="w1")
+    first, second, third = slices.split_cursor(cursor, 3, min_chunks=10)
+    # The holder keeps its state, up to the first range's end...
+    assert (first.run, first.written, first.embedded, first.holder) == ("a", 10, 20, "w1")
+    assert (first.end, second.embedded, second.end, third.embedded, third.end) == (
+        46,
+        46,
+        73,
+        73,
+        100,
+    )
+    # ...and each other range starts where no worker holds anything: it is read again.
+    for other in (second, third):
+        assert other.written == other.embedded and other.holder == "" and other.run != "a"
+    assert len({first.run, second.run, third.run}) == 3
+    halves = slices.split_cursor(cursor, 4, min_chunks=30)  # 80 left: two ranges of 40
+    assert [(c.embedded, c.end) for c in halves] == [(20, 60), (60, 100)]
+    assert slices.split_cursor(cursor, 3, min_chunks=50) == [cursor]  # 80 left: one range
+    assert slices.split_cursor(second, 2, min_chunks=10)[0].end == 59  # a range splits again
+
+
+def test_a_partition_split_into_ranges_writes_exactly_its_whole_rows(in_slices):
+    """The first slice, then its rest split in three: the holder's range goes on from its
+    state, the two others are read again; together the partition's rows, each once, as
+    embedded whole, and the document figures counted once."""
+    running, _, partition, config = in_slices
+    whole = embed_partition(partition, dataclasses.replace(config, slice_seconds=None))
+    result = embed_partition(partition, config)
+    ranges = slices.split_cursor(result.cursor, 3, min_chunks=5)
+    assert len(ranges) == 3 and len(slices.STATES) == 1  # only the holder's state exists
+    results = []
+    for cursor in ranges:
+        part = embed_partition(partition, config, cursor)
+        while part.cursor is not None:  # every range to its end, slice after slice
+            assert part.cursor.stop == cursor.stop
+            part = part.add_slice(embed_partition(partition, config, part.cursor))
+        results.append(part)
+    for part in results:
+        result.add_slice(part)
+    assert (result.chunks, result.tokens, result.documents) == (
+        whole.chunks,
+        whole.tokens,
+        whole.documents,
+    )
+    assert len(slices.STATES) == 0
+    rows = committed(running, result)
+    assert len(rows) == whole.chunks
+    lance.dataset(running.table.uri).delete("true")
+    reference = committed(running, whole)
+    assert rows.keys() == reference.keys()
+    for row_id, vector in rows.items():
+        assert np.dot(vector, reference[row_id]) > 0.9999

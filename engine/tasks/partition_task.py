@@ -102,6 +102,18 @@ class PartitionResult:
     # document figures above come with a partition's first slice; later slices add fragments,
     # chunks, tokens and time (`add_slice`).
     cursor: SliceCursor | None = None
+    # The runner's, for a partition split into ranges (engine.tasks.slices.split_cursor): the
+    # cursors of its other ranges left, `cursor` being the first.
+    other_ranges: list[SliceCursor] = field(default_factory=list)
+
+    def ranges_left(self) -> list[SliceCursor]:
+        """The cursors of every range of the partition still to embed, in order."""
+        return ([self.cursor] if self.cursor is not None else []) + self.other_ranges
+
+    def set_ranges(self, ranges: list[SliceCursor]) -> None:
+        """Record the ranges left (in any order): the first as `cursor`, the rest beside."""
+        ranges = sorted(ranges, key=lambda c: c.embedded)
+        self.cursor, self.other_ranges = (ranges[0] if ranges else None), ranges[1:]
 
     def add_slice(self, later: PartitionResult) -> PartitionResult:
         """This partial result with a later slice of its partition added; the cursor is the
@@ -187,7 +199,8 @@ def _embed_slice(
     while True:
         budget = RATES.slice_tokens(config.model, config.slice_seconds or 0.0, one_batch)
         start = state.embedded
-        stop = slice_stop(lengths, start, budget) if start < state.total else start
+        end = state.end  # the partition's end, or its range's (engine.tasks.slices)
+        stop = slice_stop(lengths[:end], start, budget) if start < end else start
         if stop > start:
             embed_started = time.perf_counter()
             state.unwritten.append(
@@ -205,18 +218,24 @@ def _embed_slice(
         # A slice that had to read its partition again writes what it embedded at once: were
         # the state lost at every slice, the partition would otherwise never get past its last
         # flush.
-        if stop == state.total or state.embedded - state.written >= FLUSH_ROWS or state.reread:
+        if stop == end or state.embedded - state.written >= FLUSH_ROWS or state.reread:
             _flush(state, result, lengths)
             state.reread = False
-        if state.embedded >= state.total or not _goes_on(alone_since, alone_until):
+        if state.embedded >= end or not _goes_on(alone_since, alone_until):
             break
     result.seconds = time.perf_counter() - started
     result.device = prepared.device
     result.gpu_busy_percent = gpu_busy_since(prepared.device, started)
     result.gpu_peak_bytes = gpu_peak_bytes(prepared.device)
-    if state.embedded < state.total:
+    if state.embedded < state.end:
         result.cursor = SliceCursor(
-            state.run, state.written, state.embedded, state.total, state.digest, worker_address()
+            state.run,
+            state.written,
+            state.embedded,
+            state.total,
+            state.digest,
+            worker_address(),
+            state.stop,
         )
         STATES.keep(state)
     else:
@@ -252,7 +271,9 @@ def _slice_state(
             f"partition {partition.index} changed since its first slice (a document was "
             "edited, or committed by another job, meanwhile); it runs again from its start"
         )
-    return SliceState(cursor.run, prepared, digest, cursor.written, cursor.written, reread=True)
+    return SliceState(
+        cursor.run, prepared, digest, cursor.written, cursor.written, reread=True, stop=cursor.stop
+    )
 
 
 def _flush(state: SliceState, result: PartitionResult, lengths: np.ndarray) -> None:

@@ -20,6 +20,12 @@ whole (measured: 1-second slices cost 11% of a 2-worker job here, mostly by inte
 partition with the others on its worker, so that it ends last, alone on one worker); beside
 other jobs every task is still one slice.
 
+A partition whose job has the cluster to itself and workers to spare is split into ranges
+(`split_cursor`): the worker holding it keeps the first range, and each other range is a
+slice cursor of its own that starts where no worker holds state, so that it is read again
+there (below) and embedded from its start to its `stop`. The runner commits the partition once
+every range is done (jobs/runner/ranges.py).
+
 A slice that finds no state here (the worker that held it died, or Dask ran it elsewhere) reads
 and chunks the partition again, embeds from the last flush and writes what it embedded at once
 (so a partition whose state is lost at every slice still moves on). Its chunking must match the
@@ -29,9 +35,11 @@ runner runs the partition again from its start.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +54,9 @@ FLUSH_ROWS = 2048
 STATES_PER_WORKER = 8  # partitions mid-way on one worker process (the runner keeps ~2 a thread)
 STATE_TTL_S = 600.0  # a state not continued this long belongs to a job that ended
 RATE_SMOOTHING = 0.5  # weight of the newest measurement in a model's tokens-per-second
+# The fewest chunks a range split off a partition may hold: a range is read and chunked again
+# on its worker (its whole partition), a cost worth paying for a few seconds of model time.
+MIN_RANGE_CHUNKS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,12 @@ class SliceCursor:
     total: int  # chunks in the partition
     digest: str  # of the partition as first chunked: a re-read must chunk the same
     holder: str = ""  # the worker address holding the state ("" outside a Dask worker)
+    stop: int | None = None  # a range's end (split_cursor); None: the partition's end
+
+    @property
+    def end(self) -> int:
+        """Where this cursor's range ends: its `stop`, or the partition's end."""
+        return self.total if self.stop is None else self.stop
 
 
 class PartitionChanged(Exception):
@@ -84,10 +101,15 @@ class SliceState:
     unwritten: list[np.ndarray] = field(default_factory=list)
     used_at: float = field(default_factory=time.monotonic)
     reread: bool = False  # read again for a later slice: its next flush is due at once
+    stop: int | None = None  # the end of the range this state embeds; None: the partition's
 
     @property
     def total(self) -> int:
         return len(self.prepared.inputs)
+
+    @property
+    def end(self) -> int:
+        return self.total if self.stop is None else self.stop
 
 
 class WorkerStates:
@@ -111,6 +133,7 @@ class WorkerStates:
             state = self._states.pop(cursor.run, None)
         if state is None or (state.written, state.embedded) != (cursor.written, cursor.embedded):
             return None
+        state.stop = cursor.stop  # the runner may have split the rest off since (split_cursor)
         return state
 
     def keep(self, state: SliceState) -> None:
@@ -177,6 +200,26 @@ class ModelRates:
         until its rate here is known."""
         rate = self._rates.get(model)
         return first if rate is None else max(1, int(rate * seconds))
+
+
+def split_cursor(
+    cursor: SliceCursor, parts: int, min_chunks: int = MIN_RANGE_CHUNKS
+) -> list[SliceCursor]:
+    """`cursor`'s range cut into up to `parts` ranges of at least `min_chunks` chunks each, in
+    order: the first keeps `cursor` (its holder's state goes on up to the new stop), each
+    other is a cursor of its own run, which no worker holds (its worker reads the partition
+    again and embeds from the range's start: `written` = `embedded` = its start)."""
+    left = cursor.end - cursor.embedded
+    parts = min(parts, left // max(1, min_chunks))
+    if parts <= 1:
+        return [cursor]
+    bounds = [cursor.embedded + left * i // parts for i in range(parts + 1)]
+    ranges = [dataclasses.replace(cursor, stop=bounds[1])]
+    for start, stop in zip(bounds[1:-1], bounds[2:]):
+        ranges.append(
+            SliceCursor(uuid.uuid4().hex, start, start, cursor.total, cursor.digest, "", stop)
+        )
+    return ranges
 
 
 def slice_stop(lengths: np.ndarray, start: int, budget_tokens: int) -> int:

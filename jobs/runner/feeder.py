@@ -15,6 +15,10 @@ standing beside it, and no attempt is counted against its job.
 A partition of a job that has the cluster to itself goes out as a long task: slice after slice
 on its worker (engine.tasks.slices). As soon as another job has work, or the job is cancelled,
 the feeder asks every worker to end such tasks at their next slice's end (`ask_to_yield`).
+It asks them too when such a job leaves a worker thread idle with nothing pending: a partition
+that comes back with enough left is then split into ranges, one for each idle thread besides
+its own (jobs/runner/ranges.py), so that a job's last long documents do not run on one worker
+each while the others wait.
 """
 
 from __future__ import annotations
@@ -39,9 +43,15 @@ from embedscale.engine.tasks.partition_task import (
     embed_partition,
     embed_partitions,
 )
-from embedscale.engine.tasks.slices import ask_to_yield
+from embedscale.engine.tasks.slices import (
+    MIN_RANGE_CHUNKS,
+    SliceCursor,
+    ask_to_yield,
+    split_cursor,
+)
 from embedscale.jobs.policies.scheduling import JobView, choose, dask_priority
 from embedscale.jobs.runner.preparation import RunningJob
+from embedscale.jobs.runner.ranges import RangeGroup
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +110,11 @@ class FeedConfig:
     # slots (the express lane): a small job need not wait for a slot held by a big job's
     # queued slices; with a higher Dask priority it runs as soon as the running slice ends.
     express_per_thread: int = 1
+    # A partition sent alone is worth splitting once it has this many chunks left, so that each
+    # range holds at least MIN_RANGE_CHUNKS (engine.tasks.slices); before its first slice has
+    # counted them, a partition of this many bytes (about a kilobyte of text a chunk).
+    split_min_chunks: int = 2 * MIN_RANGE_CHUNKS
+    split_min_bytes: int = 2 * MIN_RANGE_CHUNKS * 1024
 
 
 def task_key(future: Future) -> str:
@@ -127,6 +142,9 @@ class Feeder:
         self._alone: str | None = None  # the key of the suspect running alone
         self._long: set[str] = set()  # keys of tasks sent as their job's alone, to yield
         self._unsent: list[Failed] = []  # this feed's partitions the client refused
+        self._groups: dict[str, RangeGroup] = {}  # range task key -> its partition's ranges
+        self._splittable: set[str] = set()  # long tasks with enough left to be split
+        self._threads = 1  # worker threads at the last feed
 
     def __len__(self) -> int:
         """Tasks submitted and not yet handled."""
@@ -146,12 +164,17 @@ class Feeder:
             return self._unsent
         if not jobs:
             return self._unsent
-        slots = max(1, threads) * self.config.slots_per_thread
+        self._threads = max(1, threads)
+        slots = self._threads * self.config.slots_per_thread
         alone = sum(1 for job in jobs.values() if job.pending or job.in_flight) == 1
         if not alone:
             self.yield_long_tasks()  # another job has work: long tasks end at their slice's end
         # A job may fill the whole cluster when it runs alone.
         self._send(jobs, list(jobs.values()), slots - len(self.tasks), slots, now, alone)
+        if alone and len(self.tasks) < self._threads and self._splittable & self._long:
+            # A thread is idle and nothing is pending: the long tasks end at their slice's
+            # end, and what they bring back is split (_submit_partition).
+            self.yield_long_tasks()
         express = slots + max(1, threads) * self.config.express_per_thread - len(self.tasks)
         small = [job for job in jobs.values() if self._express(job)]
         if express > 0 and small:
@@ -241,11 +264,15 @@ class Feeder:
         if batch:
             tasks.append(batch)
         for position, members in enumerate(tasks):
+            job = members[0][0]
+            # The job's last pending partition, sent alone: it may take the idle threads.
+            last = alone and position == len(tasks) - 1 and len(members) == 1 and not job.pending
             try:
                 self._submit(
                     [(job, index) for job, index, _ in members],
                     max(priority for _, _, priority in members),
                     alone,
+                    spare=self._threads - len(self.tasks) - 1 if last else 0,
                 )
             except Exception as exc:
                 if not self._unsendable([(job, index) for job, index, _ in members], exc):
@@ -306,62 +333,106 @@ class Feeder:
         )
 
     def _submit(
-        self, members: list[tuple[RunningJob, int]], priority: int, alone: bool = False
+        self,
+        members: list[tuple[RunningJob, int]],
+        priority: int,
+        alone: bool = False,
+        spare: int = 0,
     ) -> str:
-        client = self._client()
-        future: Future
+        """Send one task: a partition (in ranges, where it has several), or small partitions
+        sharing one; returns its key (the first range's)."""
         if len(members) == 1:
             job, index = members[0]
-            # The job, partition and attempt, for the dashboard; then a fresh part, as a
-            # partition that ran alone after its task died runs again on the same attempt.
-            key = (
-                f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}-"
-                f"{uuid.uuid4().hex[:8]}"
-            )
-            held = job.progress.get(index)
-            cursor = held.cursor if held is not None else None
-            # The next slice goes back to the worker that holds the partition's state
-            # (engine.tasks.slices), while it is alive; anywhere else it is read again.
-            holder = cursor.holder if cursor is not None else ""
-            pin = (
-                {"workers": [holder], "allow_other_workers": True}
-                if holder and holder in self._workers()
-                else {}
-            )
-            long = (
-                alone
-                and job.config.slice_seconds is not None
-                and bool(job.config.alone_slice_seconds)
-            )
-            future = client.submit(
-                embed_partition,
-                job.partitions[index],
-                job.config,
-                cursor,
-                time.time() if long else None,  # alone_since: may go on past one slice
-                pure=False,
-                key=key,
-                priority=priority,
-                **pin,
-            )
-            if pin:
-                self._pinned[key] = holder
-            if long:
-                self._long.add(key)
-        else:
-            key = f"embed-partitions-{uuid.uuid4().hex}"
-            future = client.submit(
-                embed_partitions,
-                [(job.partitions[i], job.config) for job, i in members],
-                pure=False,
-                key=key,
-                priority=priority,
-            )
+            return self._submit_partition(job, index, priority, alone, spare)
+        client = self._client()
+        key = f"embed-partitions-{uuid.uuid4().hex}"
+        future = client.submit(
+            embed_partitions,
+            [(job.partitions[i], job.config) for job, i in members],
+            pure=False,
+            key=key,
+            priority=priority,
+        )
         self.tasks[key] = [(job.record.id, index) for job, index in members]
         for job, index in members:
             job.in_flight[index] = future
         future.add_done_callback(self._on_done)
         return key
+
+    def _submit_partition(
+        self, job: RunningJob, index: int, priority: int, alone: bool, spare: int
+    ) -> str:
+        """Send a partition's next slice, or one for each of its ranges; split first into
+        `spare` + 1 ranges where it has enough left (engine.tasks.slices.split_cursor)."""
+        client = self._client()
+        held = job.progress.get(index)
+        if held is not None and spare > 0:
+            ranges = held.ranges_left()
+            biggest = max(ranges, key=lambda c: c.end - c.embedded)
+            held.set_ranges(
+                [c for c in ranges if c is not biggest] + split_cursor(biggest, spare + 1)
+            )
+        cursors: list[SliceCursor | None] = list(held.ranges_left()) if held is not None else []
+        long = (
+            alone and job.config.slice_seconds is not None and bool(job.config.alone_slice_seconds)
+        )
+        workers = set(self._workers()) if any(c.holder for c in cursors if c) else set()
+        sent: list[tuple[str, Future, SliceCursor | None, str]] = []
+        try:
+            for cursor in cursors or [None]:
+                # The job, partition and attempt, for the dashboard; then a fresh part, as a
+                # partition that ran alone after its task died runs again on the same attempt.
+                key = (
+                    f"embed-partition-{job.record.id}-{index}-{job.attempts.get(index, 0)}-"
+                    f"{uuid.uuid4().hex[:8]}"
+                )
+                # The next slice goes back to the worker that holds the partition's state
+                # (engine.tasks.slices), while it is alive; anywhere else it is read again.
+                holder = cursor.holder if cursor is not None and cursor.holder in workers else ""
+                pin = {"workers": [holder], "allow_other_workers": True} if holder else {}
+                future = client.submit(
+                    embed_partition,
+                    job.partitions[index],
+                    job.config,
+                    cursor,
+                    time.time() if long else None,  # alone_since: may go on past one slice
+                    pure=False,
+                    key=key,
+                    priority=priority,
+                    **pin,
+                )
+                sent.append((key, future, cursor, holder))
+        except Exception:
+            for _, future, _, _ in sent:  # a partition goes out whole or not at all
+                future.cancel()
+            raise
+        if len(sent) > 1:
+            group = RangeGroup(
+                job.record.id,
+                index,
+                sent[0][1],
+                {key: future for key, future, _, _ in sent},
+                {key: cursor.embedded for key, _, cursor, _ in sent if cursor is not None},
+            )
+            self._groups.update((key, group) for key, *_ in sent)
+        for key, _, cursor, holder in sent:
+            self.tasks[key] = [(job.record.id, index)]
+            if holder:
+                self._pinned[key] = holder
+            if long:
+                self._long.add(key)
+                if self._worth_splitting(job, index, cursor):
+                    self._splittable.add(key)
+        job.in_flight[index] = sent[0][1]
+        for _, future, _, _ in sent:
+            future.add_done_callback(self._on_done)
+        return sent[0][0]
+
+    def _worth_splitting(self, job: RunningJob, index: int, cursor: SliceCursor | None) -> bool:
+        """Whether a partition's range (its whole, before a first slice) has enough left."""
+        if cursor is None:
+            return job.partitions[index].size_bytes >= self.config.split_min_bytes
+        return cursor.end - cursor.embedded >= self.config.split_min_chunks
 
     # --- receiving ------------------------------------------------------------------------
 
@@ -370,6 +441,9 @@ class Feeder:
         task that failed as a whole are put back to run again, alone, with no attempt
         counted: shared tasks go back to the queue, tasks whose workers died become
         suspects."""
+        group = self._groups.get(task_key(future))
+        if group is not None:
+            return self._range_done(future, group, jobs)
         # Kept in `tasks` until sorted out: what the runner re-runs (`forget`) if this fails.
         members = self.tasks.get(task_key(future), [])
         ran_alone = task_key(future) == self._alone
@@ -389,13 +463,7 @@ class Feeder:
                     outcomes.append(Failed(job, index, None, result.error))
                     continue
                 held = job.progress.pop(index, None)
-                if held is not None:
-                    result = held.add_slice(result)
-                if result.cursor is not None:  # a slice: the rest waits its turn
-                    job.progress[index] = result
-                    job.pending.appendleft(index)
-                else:
-                    outcomes.append(Completed(job, index, result))
+                outcomes += self._returned(job, index, held.add_slice(result) if held else result)
         elif future.status == "cancelled":
             # Not by this feeder: it forgets its own cancels' partitions before it cancels
             # (cancel_for, unpin_lost). The client cancels every open future when it loses
@@ -405,42 +473,129 @@ class Feeder:
         elif future.status != "finished":
             exc = future.exception()
             for _, job, index in live:
-                # The partition runs again from its start: the fragments of its earlier
-                # slices are never committed.
-                job.progress.pop(index, None)
-                if isinstance(exc, KilledWorker) and not ran_alone:
-                    job.suspects.add(index)
-                    self._suspects.append((job.record.id, index))
-                elif len(members) > 1:
-                    job.solo.add(index)
-                    job.pending.appendleft(index)
-                else:
-                    outcomes.append(Failed(job, index, exc))
+                outcomes += self._failed(job, index, exc, ran_alone, shared=len(members) > 1)
         self.forget(future)
         return outcomes
 
+    def _range_done(
+        self, future: Future, group: RangeGroup, jobs: Mapping[str, RunningJob]
+    ) -> list[Outcome]:
+        """A range of a split partition returned: the partition comes back once every range
+        has; one that failed (or was cancelled) takes the others with it, and the partition
+        is handled as its one task's failure would be."""
+        key, job = task_key(future), jobs.get(group.job_id)
+        if job is None or job.in_flight.get(group.index) is not group.lead:
+            self.forget(future)  # its job ended, or its partition went out again since
+            return []
+        if future.status == "finished":
+            result = future.result()
+            self._release(future)
+            if not group.returned(key, result):
+                return []  # the other ranges run on; the thread this one had is free
+            self._end_group(group)
+            del job.in_flight[group.index]
+            held = job.progress.pop(group.index)  # ranges go out from slices held only
+            return self._returned(job, group.index, group.joined(held))
+        # Read before the future is released: a released future no longer says it failed.
+        exc = future.exception() if future.status == "error" else None
+        group.running.pop(key, None)
+        self.forget(future)  # and the other ranges with it
+        del job.in_flight[group.index]
+        if exc is None:  # cancelled, by the client as above
+            job.pending.appendleft(group.index)
+            return []
+        return self._failed(job, group.index, exc, False, shared=False)
+
+    def _returned(self, job: RunningJob, index: int, result: PartitionResult) -> list[Outcome]:
+        """A partition's slices so far: done, or held while the rest waits its turn."""
+        if result.ranges_left():
+            job.progress[index] = result
+            job.pending.appendleft(index)
+            return []
+        return [Completed(job, index, result)]
+
+    def _failed(
+        self, job: RunningJob, index: int, exc: BaseException | None, ran_alone: bool, shared: bool
+    ) -> list[Outcome]:
+        """A partition whose task failed: it runs again from its start (the fragments of its
+        earlier slices are never committed), alone on the cluster where its workers died."""
+        job.progress.pop(index, None)
+        if isinstance(exc, KilledWorker) and not ran_alone:
+            job.suspects.add(index)
+            self._suspects.append((job.record.id, index))
+            return []
+        if shared:
+            job.solo.add(index)
+            job.pending.appendleft(index)
+            return []
+        return [Failed(job, index, exc)]
+
+    def carries(self, job: RunningJob, index: int, future: Future) -> bool:
+        """Whether `future` is (a range of) the task in flight for the job's partition."""
+        lead = job.in_flight.get(index)
+        group = self._groups.get(task_key(future))
+        return lead is future or (group is not None and group.lead is lead)
+
     def forget(self, future: Future) -> None:
-        """Stop tracking a task: sorted out, or its outcome could not be handled."""
+        """Stop tracking a task: sorted out, or its outcome could not be handled. A range's
+        other ranges are cancelled with it: its partition runs again as a whole."""
+        group = self._groups.get(task_key(future))
+        self._release(future)
+        if group is not None:
+            self._end_group(group)
+
+    def _release(self, future: Future) -> None:
         self.tasks.pop(task_key(future), None)
         self._pinned.pop(task_key(future), None)
         self._long.discard(task_key(future))
+        self._splittable.discard(task_key(future))
         if task_key(future) == self._alone:
             self._alone = None
         future.release()
+
+    def _end_group(self, group: RangeGroup) -> None:
+        """Forget a split partition's ranges, cancelling those still running."""
+        for other in list(group.running.values()):
+            other.cancel()
+            self._release(other)
+        group.running.clear()
+        for key in group.starts:
+            self._groups.pop(key, None)
+
+    def _keys_of(self, future: Future) -> list[str]:
+        """The keys of a task in flight: of every range still running, where it is one."""
+        group = self._groups.get(task_key(future))
+        return list(group.running) if group is not None else [task_key(future)]
+
+    def _cancel(self, future: Future) -> None:
+        """Cancel a task, and every range of its partition where it is one."""
+        group = self._groups.get(task_key(future))
+        for each in list(group.running.values()) if group is not None else [future]:
+            each.cancel()
 
     def unpin_lost(self, jobs: Mapping[str, RunningJob], alive: set[str]) -> None:
         """Send again, to any worker, the slices pinned to a worker that is gone. Dask would
         run them elsewhere while other workers live, but one that finds no worker alive
         waits for its own for ever, even once new workers join (a one-worker cluster whose
         worker restarted); the state it was sent to is lost with its worker anyway. No
-        workers known (the scheduler out of reach) says nothing: nothing is sent again."""
+        workers known (the scheduler out of reach) says nothing: nothing is sent again. A
+        split partition goes back whole, its ranges as they were sent."""
         if not alive:
             return
         for key, holder in list(self._pinned.items()):
-            if holder in alive:
+            if holder in alive or key not in self._pinned:
+                continue
+            group = self._groups.get(key)
+            if group is not None:
+                job = jobs.get(group.job_id)
+                if job is not None and job.in_flight.get(group.index) is group.lead:
+                    del job.in_flight[group.index]
+                    job.pending.appendleft(group.index)
+                self._end_group(group)
                 continue
             del self._pinned[key]
             self._long.discard(key)
+            self._splittable.discard(key)
             for job_id, index in self.tasks.pop(key, []):
                 job = jobs.get(job_id)
                 if job is None:
@@ -458,6 +613,7 @@ class Feeder:
         if not self._long:
             return
         self._long.clear()
+        self._splittable.clear()
         at = time.time()
 
         def broadcast() -> None:
@@ -471,15 +627,15 @@ class Feeder:
     def cancel_for(self, job: RunningJob) -> None:
         """Cancel a dropped job's tasks that carry no other job's partitions (a running task
         goes on until it returns: a long one is asked to end at its slice's end)."""
-        if any(task_key(f) in self._long for f in job.in_flight.values()):
+        if any(self._long.intersection(self._keys_of(f)) for f in job.in_flight.values()):
             self.yield_long_tasks()
         for future in job.in_flight.values():
             if len(self.tasks.get(task_key(future), ())) <= 1:
-                future.cancel()
+                self._cancel(future)
 
     def cancel_all(self, jobs: Mapping[str, RunningJob]) -> None:
         """Cancel every task in flight (at stop: they run again after a restart)."""
         self.yield_long_tasks()
         for job in jobs.values():
             for future in job.in_flight.values():
-                future.cancel()
+                self._cancel(future)

@@ -385,6 +385,13 @@ class Runner:
         """A finished task whose outcome could not be handled: each of its partitions that
         is neither finished, queued, waiting for a retry nor running again counts a failed
         attempt (and is retried, or fails its job, by the retry policy)."""
+        # Before forgetting it: a range of a split partition is carried by its first range's
+        # future, which is what the partition's in_flight holds (jobs/runner/ranges.py).
+        carried = {
+            (job_id, index)
+            for job_id, index in members
+            if job_id in self._jobs and self._feeder.carries(self._jobs[job_id], index, future)
+        }
         self._feeder.forget(future)
         finished = {(job.record.id, result.partition) for job, result in self._finished}
         for job_id, index in members:
@@ -395,7 +402,7 @@ class Runner:
                 or index in job.pending
                 or index in job.retry_at
                 or index in job.suspects
-                or (index in job.in_flight and job.in_flight[index] is not future)
+                or (index in job.in_flight and (job_id, index) not in carried)
             ):
                 continue
             job.in_flight.pop(index, None)
