@@ -1,6 +1,7 @@
 """Real corpora for benchmarks, made on the spot from what every machine already has: the pydoc
 text of CPython's standard library (PSF licence), one .txt file per module, with documents of
-mixed length; and the Debian changelogs and READMEs under /usr/share/doc, long documents."""
+mixed length; the Debian changelogs and READMEs under /usr/share/doc, long documents; and those
+same Debian documents joined into one (a single long file: one document, one partition)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,14 @@ def debian_docs(target_bytes: int, root: Path = DEBIAN_DOCS) -> list[tuple[str, 
     return docs
 
 
-CORPORA = {"pydoc": stdlib_docs, "debian-docs": debian_docs}
+def one_long_document(target_bytes: int, root: Path = DEBIAN_DOCS) -> list[tuple[str, str]]:
+    """The Debian documents of `debian_docs` joined into one: a job whose one partition is
+    all of its work (empty where the machine has none)."""
+    docs = debian_docs(target_bytes, root)
+    return [("one-long-document", "\n\n".join(text for _, text in docs))] if docs else []
+
+
+CORPORA = {"pydoc": stdlib_docs, "debian-docs": debian_docs, "long-document": one_long_document}
 
 
 def write_corpus(folder: Path, target_bytes: int, kind: str = "pydoc") -> Path:

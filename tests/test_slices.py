@@ -297,6 +297,13 @@ def test_a_cursor_splits_into_ranges_of_at_least_the_minimum_in_order():
     assert [(c.embedded, c.end) for c in halves] == [(20, 60), (60, 100)]
     assert slices.split_cursor(cursor, 3, min_chunks=50) == [cursor]  # 80 left: one range
     assert slices.split_cursor(second, 2, min_chunks=10)[0].end == 59  # a range splits again
+    # Where the holder measured its rate: at least MIN_RANGE_SECONDS (4 s) of model time each
+    # (a GPU's 80 chunks take a fraction of a second: not worth reading the partition again).
+    timed = dataclasses.replace(cursor, seconds_left=10.0)
+    assert len(slices.split_cursor(timed, 3, min_chunks=10)) == 2
+    assert slices.split_cursor(dataclasses.replace(cursor, seconds_left=0.2), 3, 10) == [
+        dataclasses.replace(cursor, seconds_left=0.2)
+    ]
 
 
 def test_a_partition_split_into_ranges_writes_exactly_its_whole_rows(in_slices):

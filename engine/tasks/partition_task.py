@@ -236,11 +236,18 @@ def _embed_slice(
             state.digest,
             worker_address(),
             state.stop,
+            _seconds_left(config.model, lengths[state.embedded : state.end]),
         )
         STATES.keep(state)
     else:
         result.cursor = None
     return result
+
+
+def _seconds_left(model: ModelSpec, lengths: np.ndarray) -> float | None:
+    """Model seconds the chunks of `lengths` take at this worker's measured rate."""
+    rate = RATES.get(model)
+    return float(lengths.sum()) / rate if rate else None
 
 
 def _goes_on(alone_since: float | None, alone_until: float) -> bool:

@@ -54,9 +54,11 @@ FLUSH_ROWS = 2048
 STATES_PER_WORKER = 8  # partitions mid-way on one worker process (the runner keeps ~2 a thread)
 STATE_TTL_S = 600.0  # a state not continued this long belongs to a job that ended
 RATE_SMOOTHING = 0.5  # weight of the newest measurement in a model's tokens-per-second
-# The fewest chunks a range split off a partition may hold: a range is read and chunked again
-# on its worker (its whole partition), a cost worth paying for a few seconds of model time.
+# The least a range split off a partition may hold: a range is read and chunked again on its
+# worker (its whole partition), a cost worth paying for a few seconds of model time, not for
+# the fraction of a second that many chunks take on a GPU.
 MIN_RANGE_CHUNKS = 32
+MIN_RANGE_SECONDS = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,8 @@ class SliceCursor:
     digest: str  # of the partition as first chunked: a re-read must chunk the same
     holder: str = ""  # the worker address holding the state ("" outside a Dask worker)
     stop: int | None = None  # a range's end (split_cursor); None: the partition's end
+    # Model seconds to the range's end at the holder's measured rate (None: not measured).
+    seconds_left: float | None = None
 
     @property
     def end(self) -> int:
@@ -205,16 +209,19 @@ class ModelRates:
 def split_cursor(
     cursor: SliceCursor, parts: int, min_chunks: int = MIN_RANGE_CHUNKS
 ) -> list[SliceCursor]:
-    """`cursor`'s range cut into up to `parts` ranges of at least `min_chunks` chunks each, in
-    order: the first keeps `cursor` (its holder's state goes on up to the new stop), each
-    other is a cursor of its own run, which no worker holds (its worker reads the partition
-    again and embeds from the range's start: `written` = `embedded` = its start)."""
+    """`cursor`'s range cut into up to `parts` ranges of at least `min_chunks` chunks and
+    MIN_RANGE_SECONDS of model time (where the holder measured it) each, in order: the first
+    keeps `cursor` (its holder's state goes on up to the new stop), each other is a cursor of
+    its own run, which no worker holds (its worker reads the partition again and embeds from
+    the range's start: `written` = `embedded` = its start)."""
     left = cursor.end - cursor.embedded
     parts = min(parts, left // max(1, min_chunks))
+    if cursor.seconds_left is not None:
+        parts = min(parts, int(cursor.seconds_left // MIN_RANGE_SECONDS))
     if parts <= 1:
         return [cursor]
     bounds = [cursor.embedded + left * i // parts for i in range(parts + 1)]
-    ranges = [dataclasses.replace(cursor, stop=bounds[1])]
+    ranges = [dataclasses.replace(cursor, stop=bounds[1], seconds_left=None)]
     for start, stop in zip(bounds[1:-1], bounds[2:]):
         ranges.append(
             SliceCursor(uuid.uuid4().hex, start, start, cursor.total, cursor.digest, "", stop)

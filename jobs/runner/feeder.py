@@ -45,6 +45,7 @@ from embedscale.engine.tasks.partition_task import (
 )
 from embedscale.engine.tasks.slices import (
     MIN_RANGE_CHUNKS,
+    MIN_RANGE_SECONDS,
     SliceCursor,
     ask_to_yield,
     split_cursor,
@@ -432,7 +433,9 @@ class Feeder:
         """Whether a partition's range (its whole, before a first slice) has enough left."""
         if cursor is None:
             return job.partitions[index].size_bytes >= self.config.split_min_bytes
-        return cursor.end - cursor.embedded >= self.config.split_min_chunks
+        return cursor.end - cursor.embedded >= self.config.split_min_chunks and (
+            cursor.seconds_left is None or cursor.seconds_left >= 2 * MIN_RANGE_SECONDS
+        )
 
     # --- receiving ------------------------------------------------------------------------
 
