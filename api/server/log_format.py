@@ -87,7 +87,9 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO) -> None:
 
 
 # Dask's "new style" logging config (a logging.dictConfig) for worker processes: JSON lines,
-# keys redacted; the levels are Dask's defaults.
+# keys redacted; the levels are Dask's defaults. The root logger's handler takes every other
+# logger's warnings (embedscale's own: a CPU without bf16 kernels, say), which Python would
+# otherwise print bare, as its last resort.
 WORKER_LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -100,6 +102,7 @@ WORKER_LOGGING = {
             "filters": ["redact_secrets"],
         }
     },
+    "root": {"level": "WARNING", "handlers": ["stderr"]},
     "loggers": {
         name: {"level": level, "handlers": ["stderr"], "propagate": False}
         for name, level in (
