@@ -51,6 +51,47 @@ HOST_LACKS = [
     "typing-inspection==0.4.5",
     "typing-extensions==4.16.0",
 ]
+# What the host's image holds of this project's dependencies (its package list, as the device
+# tool's KINDS.md gives it). What the smoke path imports must be among these, travel
+# (HOST_LACKS), or not be imported at all: tests/test_gpu_smoke.py runs the smoke check with
+# every other dependency of the project made unimportable (absent_on_host).
+HOST_HAS = frozenset(
+    {
+        "click",
+        "cloudpickle",
+        "cuda-bindings",
+        "cuda-core",
+        "fsspec",
+        "httpx",
+        "huggingface-hub",
+        "jinja2",
+        "msgpack",
+        "numpy",
+        "nvidia-ml-py",
+        "onnx",
+        "onnxruntime",
+        "packaging",
+        "pandas",
+        "prometheus-client",
+        "psutil",
+        "pyarrow",
+        "pyyaml",
+        "rich",
+        "safetensors",
+        "scikit-learn",
+        "scipy",
+        "sentence-transformers",
+        "sortedcontainers",
+        "tokenizers",
+        "toolz",
+        "torch",
+        "tqdm",
+        "transformers",
+        "typing-extensions",
+        "urllib3",
+        "uvloop",
+    }
+)
 # dask-cuda imports cuda.core (>= 0.5.1) eagerly; the host's image has cuda-core and
 # cuda-bindings of its own. Should its cuda-core be older, --cuda-core carries these too
 # (about 7 MB more), still under the limit.
@@ -75,6 +116,37 @@ MODEL_FILES = [
     "vocab.txt",
     "1_Pooling/config.json",
 ]
+
+
+def absent_on_host() -> list[str]:
+    """The installed embedscale's own dependencies (its extras aside) that the host lacks and
+    that do not travel: what the smoke path must never import."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    carried = {canonicalize_name(Requirement(pin).name) for pin in HOST_LACKS}
+    wanted = set()
+    for line in requires("embedscale") or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or "extra" not in str(requirement.marker):
+            wanted.add(canonicalize_name(requirement.name))
+    return sorted(wanted - HOST_HAS - carried)
+
+
+def modules_of(distributions: list[str]) -> list[str]:
+    """The top-level modules the installed `distributions` provide."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    names = {canonicalize_name(d) for d in distributions}
+    return sorted(
+        module
+        for module, dists in packages_distributions().items()
+        if names & {canonicalize_name(d) for d in dists}
+    )
 
 
 def download_wheels(dest: Path, pins: list[str] = HOST_LACKS) -> list[Path]:

@@ -116,6 +116,9 @@ class FixedSlices:
     def slice_tokens(self, *_args) -> int:
         return self.tokens
 
+    def get(self, *_args) -> None:
+        return None  # no rate measured: cursors carry no time left
+
 
 def run_in_slices(partition, config, between=lambda: None):
     """The partition's slices one after another, merged as the runner merges them."""
