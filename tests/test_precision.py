@@ -148,12 +148,29 @@ def test_auto_picks_from_the_hosts_measurements_and_records_its_choice(host_cach
     assert [line for line in lines if "precision auto -> bf16-autocast" in line]
 
 
-def test_a_cpu_without_bf16_falls_back_to_fp32_with_one_line(host_cache, monkeypatch):
+@pytest.mark.parametrize(("requested", "level"), [("bf16", "WARNING"), ("auto", "INFO")])
+def test_a_cpu_without_bf16_falls_back_to_fp32_with_one_line(
+    host_cache, monkeypatch, requested, level
+):
+    """A warning where bf16 was asked for; for auto, the default, an info line."""
+    import logging
+
     monkeypatch.setattr(cpu_precision, "cpu_bf16_supported", lambda: False)
-    with logged(SENTENCE_TRANSFORMER_LOG) as lines:
-        model = load("bf16")
+    logger = logging.getLogger(SENTENCE_TRANSFORMER_LOG)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
+        model = load(requested)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
     assert (model.info.precision, model.info.dtype) == (FP32, "float32")
-    assert len([line for line in lines if "no bf16 kernels" in line]) == 1
+    lines = [r for r in records if "no bf16 kernels" in r.getMessage()]
+    assert [r.levelname for r in lines] == [level]
     assert not host_cache.exists()  # nothing to measure
 
 

@@ -150,7 +150,10 @@ class SentenceTransformerModel:
         guard = cpu_precision.min_cosine_guard() if bf16 and requested != "fp32" else None
         candidates = cpu_precision.candidates_for(requested, bf16, guard)
         if requested in ("auto", "bf16") and not bf16:
-            log.warning(
+            # A warning where bf16 was asked for; auto's fp32 on such a CPU is what it is for,
+            # and `run` and `search` would otherwise print it on every call there.
+            log.log(
+                logging.WARNING if requested == "bf16" else logging.INFO,
                 "model %s: this CPU has no bf16 kernels (torch.backends.mkldnn, avx512_bf16 or "
                 "AMX): precision %s falls back to fp32",
                 spec.name,
