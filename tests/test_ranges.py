@@ -13,10 +13,19 @@ from distributed import get_task_stream
 
 from embedscale.jobs.states import JobStatus
 from tests import faults
-from tests.conftest import SAMPLE_CORPUS
+from tests.conftest import SAMPLE_CORPUS, started_service
 from tests.helpers import read_rows
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def service(cluster, tmp_path):
+    """The control plane on the shared cluster, splitting ranges of a second of model time or
+    more (4 s by default: the test's document is some 6 s of model time on this machine)."""
+    svc = started_service(cluster, tmp_path / "data", min_range_seconds=1.0)
+    yield svc
+    svc.close()
 
 
 @pytest.fixture

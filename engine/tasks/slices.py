@@ -207,17 +207,20 @@ class ModelRates:
 
 
 def split_cursor(
-    cursor: SliceCursor, parts: int, min_chunks: int = MIN_RANGE_CHUNKS
+    cursor: SliceCursor,
+    parts: int,
+    min_chunks: int = MIN_RANGE_CHUNKS,
+    min_seconds: float = MIN_RANGE_SECONDS,
 ) -> list[SliceCursor]:
     """`cursor`'s range cut into up to `parts` ranges of at least `min_chunks` chunks and
-    MIN_RANGE_SECONDS of model time (where the holder measured it) each, in order: the first
+    `min_seconds` of model time (where the holder measured it) each, in order: the first
     keeps `cursor` (its holder's state goes on up to the new stop), each other is a cursor of
     its own run, which no worker holds (its worker reads the partition again and embeds from
     the range's start: `written` = `embedded` = its start)."""
     left = cursor.end - cursor.embedded
     parts = min(parts, left // max(1, min_chunks))
     if cursor.seconds_left is not None:
-        parts = min(parts, int(cursor.seconds_left // MIN_RANGE_SECONDS))
+        parts = min(parts, int(cursor.seconds_left // max(min_seconds, 1e-9)))
     if parts <= 1:
         return [cursor]
     bounds = [cursor.embedded + left * i // parts for i in range(parts + 1)]

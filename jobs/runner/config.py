@@ -36,6 +36,9 @@ class RunnerConfig:
     # this long; the runner asks for the workers back (they end at their next slice's end) as
     # soon as another job has work or the job is cancelled. None: one slice per task always.
     alone_slice_seconds: float | None = 30.0
+    # A lone job's partition is split into ranges for idle threads (jobs/runner/ranges.py),
+    # each of at least this much model time where it was measured.
+    min_range_seconds: float = FeedConfig.min_range_seconds
     # Table maintenance (jobs/runner/table_maintenance.py): a run once a table has taken this
     # many fragments from commits (None: never on that count), and at least every
     # `maintenance_sweep_s` for a table that took any (None: never on a timer); versions
@@ -56,4 +59,5 @@ class RunnerConfig:
             self.batch_partitions,
             self.batch_bytes,
             self.express_per_thread,
+            min_range_seconds=self.min_range_seconds,
         )

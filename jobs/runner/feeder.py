@@ -116,6 +116,8 @@ class FeedConfig:
     # counted them, a partition of this many bytes (about a kilobyte of text a chunk).
     split_min_chunks: int = 2 * MIN_RANGE_CHUNKS
     split_min_bytes: int = 2 * MIN_RANGE_CHUNKS * 1024
+    # ...and each range at least this much model time where the holder measured its rate.
+    min_range_seconds: float = MIN_RANGE_SECONDS
 
 
 def task_key(future: Future) -> str:
@@ -363,16 +365,23 @@ class Feeder:
     def _submit_partition(
         self, job: RunningJob, index: int, priority: int, alone: bool, spare: int
     ) -> str:
-        """Send a partition's next slice, or one for each of its ranges; split first into
-        `spare` + 1 ranges where it has enough left (engine.tasks.slices.split_cursor)."""
+        """Send a partition's next slice, or one for each of its ranges; split first, where it
+        has enough left (engine.tasks.slices.split_cursor), into as many ranges as its own
+        thread and the `spare` ones."""
         client = self._client()
         held = job.progress.get(index)
-        if held is not None and spare > 0:
-            ranges = held.ranges_left()
+        ranges = held.ranges_left() if held is not None else []
+        # Its ranges may take its own thread and the spare ones: one more range a thread.
+        if ranges and spare + 1 > len(ranges):
             biggest = max(ranges, key=lambda c: c.end - c.embedded)
-            held.set_ranges(
-                [c for c in ranges if c is not biggest] + split_cursor(biggest, spare + 1)
+            pieces = split_cursor(
+                biggest,
+                spare + 2 - len(ranges),
+                self.config.split_min_chunks // 2,
+                self.config.min_range_seconds,
             )
+            assert held is not None  # it has ranges
+            held.set_ranges([c for c in ranges if c is not biggest] + pieces)
         cursors: list[SliceCursor | None] = list(held.ranges_left()) if held is not None else []
         long = (
             alone and job.config.slice_seconds is not None and bool(job.config.alone_slice_seconds)
@@ -434,7 +443,7 @@ class Feeder:
         if cursor is None:
             return job.partitions[index].size_bytes >= self.config.split_min_bytes
         return cursor.end - cursor.embedded >= self.config.split_min_chunks and (
-            cursor.seconds_left is None or cursor.seconds_left >= 2 * MIN_RANGE_SECONDS
+            cursor.seconds_left is None or cursor.seconds_left >= 2 * self.config.min_range_seconds
         )
 
     # --- receiving ------------------------------------------------------------------------
