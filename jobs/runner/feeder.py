@@ -111,12 +111,11 @@ class FeedConfig:
     # slots (the express lane): a small job need not wait for a slot held by a big job's
     # queued slices; with a higher Dask priority it runs as soon as the running slice ends.
     express_per_thread: int = 1
-    # A partition sent alone is worth splitting once it has this many chunks left, so that each
-    # range holds at least MIN_RANGE_CHUNKS (engine.tasks.slices); before its first slice has
-    # counted them, a partition of this many bytes (about a kilobyte of text a chunk).
-    split_min_chunks: int = 2 * MIN_RANGE_CHUNKS
-    split_min_bytes: int = 2 * MIN_RANGE_CHUNKS * 1024
-    # ...and each range at least this much model time where the holder measured its rate.
+    # The least a range split off a partition holds (engine.tasks.slices.split_cursor): chunks,
+    # and model time where the holder measured its rate. A partition sent alone is worth
+    # splitting once it has two ranges' worth left (before its first slice has counted its
+    # chunks: two ranges' worth of bytes, about a kilobyte of text a chunk).
+    min_range_chunks: int = MIN_RANGE_CHUNKS
     min_range_seconds: float = MIN_RANGE_SECONDS
 
 
@@ -370,17 +369,15 @@ class Feeder:
         thread and the `spare` ones."""
         client = self._client()
         held = job.progress.get(index)
-        ranges = held.ranges_left() if held is not None else []
         # Its ranges may take its own thread and the spare ones: one more range a thread.
-        if ranges and spare + 1 > len(ranges):
+        if held is not None and spare + 1 > len(ranges := held.ranges_left()):
             biggest = max(ranges, key=lambda c: c.end - c.embedded)
             pieces = split_cursor(
                 biggest,
                 spare + 2 - len(ranges),
-                self.config.split_min_chunks // 2,
+                self.config.min_range_chunks,
                 self.config.min_range_seconds,
             )
-            assert held is not None  # it has ranges
             held.set_ranges([c for c in ranges if c is not biggest] + pieces)
         cursors: list[SliceCursor | None] = list(held.ranges_left()) if held is not None else []
         long = (
@@ -441,8 +438,8 @@ class Feeder:
     def _worth_splitting(self, job: RunningJob, index: int, cursor: SliceCursor | None) -> bool:
         """Whether a partition's range (its whole, before a first slice) has enough left."""
         if cursor is None:
-            return job.partitions[index].size_bytes >= self.config.split_min_bytes
-        return cursor.end - cursor.embedded >= self.config.split_min_chunks and (
+            return job.partitions[index].size_bytes >= 2 * self.config.min_range_chunks * 1024
+        return cursor.end - cursor.embedded >= 2 * self.config.min_range_chunks and (
             cursor.seconds_left is None or cursor.seconds_left >= 2 * self.config.min_range_seconds
         )
 
@@ -574,16 +571,10 @@ class Feeder:
         for key in group.starts:
             self._groups.pop(key, None)
 
-    def _keys_of(self, future: Future) -> list[str]:
-        """The keys of a task in flight: of every range still running, where it is one."""
+    def _running(self, future: Future) -> list[Future]:
+        """A task in flight: itself, or every range of its partition still running."""
         group = self._groups.get(task_key(future))
-        return list(group.running) if group is not None else [task_key(future)]
-
-    def _cancel(self, future: Future) -> None:
-        """Cancel a task, and every range of its partition where it is one."""
-        group = self._groups.get(task_key(future))
-        for each in list(group.running.values()) if group is not None else [future]:
-            each.cancel()
+        return list(group.running.values()) if group is not None else [future]
 
     def unpin_lost(self, jobs: Mapping[str, RunningJob], alive: set[str]) -> None:
         """Send again, to any worker, the slices pinned to a worker that is gone. Dask would
@@ -639,15 +630,18 @@ class Feeder:
     def cancel_for(self, job: RunningJob) -> None:
         """Cancel a dropped job's tasks that carry no other job's partitions (a running task
         goes on until it returns: a long one is asked to end at its slice's end)."""
-        if any(self._long.intersection(self._keys_of(f)) for f in job.in_flight.values()):
+        running = [self._running(f) for f in job.in_flight.values()]
+        if any(task_key(each) in self._long for task in running for each in task):
             self.yield_long_tasks()
-        for future in job.in_flight.values():
+        for future, task in zip(job.in_flight.values(), running):
             if len(self.tasks.get(task_key(future), ())) <= 1:
-                self._cancel(future)
+                for each in task:
+                    each.cancel()
 
     def cancel_all(self, jobs: Mapping[str, RunningJob]) -> None:
         """Cancel every task in flight (at stop: they run again after a restart)."""
         self.yield_long_tasks()
         for job in jobs.values():
             for future in job.in_flight.values():
-                self._cancel(future)
+                for each in self._running(future):
+                    each.cancel()
